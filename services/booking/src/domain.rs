@@ -1,0 +1,477 @@
+//! Booking domain types and errors. Nothing here knows prost or tonic.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// How a consultation takes place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Modality {
+    /// At the office.
+    InPerson,
+    /// Video.
+    Video,
+    /// Phone.
+    Phone,
+}
+
+impl Modality {
+    /// Storage code (same numbers as the proto enum).
+    pub fn code(self) -> i64 {
+        match self {
+            Modality::InPerson => 1,
+            Modality::Video => 2,
+            Modality::Phone => 3,
+        }
+    }
+    /// Inverse of [`Modality::code`].
+    pub fn from_code(c: i64) -> Option<Self> {
+        match c {
+            1 => Some(Modality::InPerson),
+            2 => Some(Modality::Video),
+            3 => Some(Modality::Phone),
+            _ => None,
+        }
+    }
+    /// Name used in events and statistics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Modality::InPerson => "in_person",
+            Modality::Video => "video",
+            Modality::Phone => "phone",
+        }
+    }
+}
+
+/// FHIR Slot.status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotStatus {
+    /// Bookable.
+    Free,
+    /// Booked.
+    Busy,
+    /// Held.
+    BusyTentative,
+    /// Withdrawn.
+    BusyUnavailable,
+}
+
+impl SlotStatus {
+    /// Storage code.
+    pub fn code(self) -> i64 {
+        match self {
+            SlotStatus::Free => 1,
+            SlotStatus::Busy => 2,
+            SlotStatus::BusyTentative => 3,
+            SlotStatus::BusyUnavailable => 4,
+        }
+    }
+    /// Status of a stored slot at `now_ms` (a lapsed hold is free).
+    pub fn from_row(code: i64, hold_expires_at: Option<i64>, now_ms: i64) -> Self {
+        match code {
+            1 => SlotStatus::Free,
+            2 => SlotStatus::Busy,
+            3 if hold_expires_at.is_some_and(|t| t > now_ms) => SlotStatus::BusyTentative,
+            3 => SlotStatus::Free,
+            _ => SlotStatus::BusyUnavailable,
+        }
+    }
+}
+
+/// FHIR Appointment.status (subset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppointmentStatus {
+    /// Booked.
+    Booked,
+    /// Arrived.
+    Arrived,
+    /// Held.
+    Fulfilled,
+    /// Cancelled.
+    Cancelled,
+    /// Did not come.
+    NoShow,
+}
+
+impl AppointmentStatus {
+    /// Storage code.
+    pub fn code(self) -> i64 {
+        match self {
+            AppointmentStatus::Booked => 1,
+            AppointmentStatus::Arrived => 2,
+            AppointmentStatus::Fulfilled => 3,
+            AppointmentStatus::Cancelled => 4,
+            AppointmentStatus::NoShow => 5,
+        }
+    }
+    /// Inverse of [`AppointmentStatus::code`].
+    pub fn from_code(c: i64) -> Option<Self> {
+        Some(match c {
+            1 => AppointmentStatus::Booked,
+            2 => AppointmentStatus::Arrived,
+            3 => AppointmentStatus::Fulfilled,
+            4 => AppointmentStatus::Cancelled,
+            5 => AppointmentStatus::NoShow,
+            _ => return None,
+        })
+    }
+    /// FHIR code.
+    pub fn fhir(self) -> &'static str {
+        match self {
+            AppointmentStatus::Booked => "booked",
+            AppointmentStatus::Arrived => "arrived",
+            AppointmentStatus::Fulfilled => "fulfilled",
+            AppointmentStatus::Cancelled => "cancelled",
+            AppointmentStatus::NoShow => "noshow",
+        }
+    }
+    /// Inverse of [`AppointmentStatus::fhir`].
+    pub fn from_fhir(s: &str) -> Option<Self> {
+        [
+            Self::Booked,
+            Self::Arrived,
+            Self::Fulfilled,
+            Self::Cancelled,
+            Self::NoShow,
+        ]
+        .into_iter()
+        .find(|x| x.fhir() == s)
+    }
+}
+
+/// Whether a list has its own GP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListStatus {
+    /// Own GP.
+    Staffed,
+    /// No GP.
+    Vacant,
+    /// Served by a locum.
+    Locum,
+}
+
+impl ListStatus {
+    /// Storage code.
+    pub fn code(self) -> i64 {
+        match self {
+            ListStatus::Staffed => 1,
+            ListStatus::Vacant => 2,
+            ListStatus::Locum => 3,
+        }
+    }
+    /// Inverse of [`ListStatus::code`].
+    pub fn from_code(c: i64) -> Option<Self> {
+        Some(match c {
+            1 => ListStatus::Staffed,
+            2 => ListStatus::Vacant,
+            3 => ListStatus::Locum,
+            _ => return None,
+        })
+    }
+}
+
+/// Who cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelledBy {
+    /// The patient.
+    Patient,
+    /// The practice.
+    Practice,
+}
+
+impl CancelledBy {
+    /// Storage code.
+    pub fn code(self) -> i64 {
+        match self {
+            CancelledBy::Patient => 1,
+            CancelledBy::Practice => 2,
+        }
+    }
+    /// Inverse of [`CancelledBy::code`].
+    pub fn from_code(c: i64) -> Option<Self> {
+        match c {
+            1 => Some(CancelledBy::Patient),
+            2 => Some(CancelledBy::Practice),
+            _ => None,
+        }
+    }
+    /// Name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelledBy::Patient => "patient",
+            CancelledBy::Practice => "practice",
+        }
+    }
+}
+
+/// A GP and the GP's list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gp {
+    /// Internal key.
+    pub gp_uid: String,
+    /// The EHR's id.
+    pub gp_id: String,
+    /// HPR number.
+    pub hpr_number: String,
+    /// Display name.
+    pub display_name: String,
+    /// Practice organisation.
+    pub org_number: String,
+    /// Municipality.
+    pub municipality_number: String,
+    /// Capacity.
+    pub list_capacity: u32,
+    /// Staffing.
+    pub list_status: ListStatus,
+    /// Current list size.
+    pub list_size: u32,
+}
+
+/// Validated input of UpsertGp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpInput {
+    /// The EHR's id.
+    pub gp_id: String,
+    /// HPR number.
+    pub hpr_number: String,
+    /// Display name.
+    pub display_name: String,
+    /// Municipality.
+    pub municipality_number: String,
+    /// Capacity.
+    pub list_capacity: u32,
+    /// Staffing.
+    pub list_status: ListStatus,
+}
+
+/// A slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Id.
+    pub slot_id: String,
+    /// GP.
+    pub gp_id: String,
+    /// Start.
+    pub start: DateTime<Utc>,
+    /// End.
+    pub end: DateTime<Utc>,
+    /// Modality.
+    pub modality: Modality,
+    /// Status.
+    pub status: SlotStatus,
+    /// Reserved for same-day emergency help.
+    pub acute_reserve: bool,
+}
+
+/// Validated slot to publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewSlot {
+    /// Start.
+    pub start: DateTime<Utc>,
+    /// Minutes.
+    pub duration_minutes: u32,
+    /// Modality.
+    pub modality: Modality,
+    /// Acute reserve.
+    pub acute_reserve: bool,
+}
+
+/// An appointment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Appointment {
+    /// Id.
+    pub appointment_id: String,
+    /// The slot.
+    pub slot: Slot,
+    /// Status.
+    pub status: AppointmentStatus,
+    /// Patient.
+    pub patient_nin: String,
+    /// GP.
+    pub gp_id: String,
+    /// Reason.
+    pub reason: String,
+    /// Booked at.
+    pub booked_at: DateTime<Utc>,
+    /// Cancelled at.
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// Who cancelled.
+    pub cancelled_by: Option<CancelledBy>,
+    /// Late cancellation by the patient.
+    pub late_cancellation: bool,
+    /// Replaced appointment.
+    pub rescheduled_from: Option<String>,
+}
+
+/// A hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Id.
+    pub hold_id: String,
+    /// The slot.
+    pub slot: Slot,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// Offered from the waitlist.
+    pub from_waitlist: bool,
+}
+
+/// A waitlist entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitlistEntry {
+    /// Id.
+    pub entry_id: String,
+    /// GP.
+    pub gp_id: String,
+    /// Latest acceptable date.
+    pub latest_date: chrono::NaiveDate,
+    /// Wanted modality.
+    pub modality: Option<Modality>,
+    /// Joined at.
+    pub joined_at: DateTime<Utc>,
+    /// Still waiting.
+    pub active: bool,
+}
+
+/// Why the earliest offer is not within five working days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BreachReason {
+    /// Nobody has a free slot in time.
+    NoSlots,
+    /// The list has no GP.
+    ListWithoutGp,
+}
+
+impl BreachReason {
+    /// Storage code.
+    pub fn code(self) -> i64 {
+        match self {
+            BreachReason::NoSlots => 1,
+            BreachReason::ListWithoutGp => 2,
+        }
+    }
+    /// Name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreachReason::NoSlots => "no_slots",
+            BreachReason::ListWithoutGp => "list_without_gp",
+        }
+    }
+}
+
+/// A slot offered by FindSlots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// The slot.
+    pub slot: Slot,
+    /// GP name.
+    pub gp_display_name: String,
+    /// Own GP.
+    pub own_gp: bool,
+    /// Why another GP is offered.
+    pub alternative_reason: String,
+    /// Working days from the request.
+    pub working_days: u32,
+}
+
+/// Result of FindSlots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offers {
+    /// Offered slots.
+    pub slots: Vec<Offer>,
+    /// Earliest offered start.
+    pub earliest: Option<DateTime<Utc>>,
+    /// Working days to it.
+    pub earliest_working_days: Option<u32>,
+    /// Within five working days.
+    pub within_target: bool,
+    /// Why not.
+    pub breach: Option<BreachReason>,
+    /// Recorded request.
+    pub request_id: String,
+}
+
+/// Target of Book and Reschedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// An own hold.
+    Hold(String),
+    /// A free slot.
+    Slot(String),
+}
+
+/// Booking errors a caller must tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum BookingError {
+    /// Bad input; names the field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Unknown (or not visible to the caller).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The idempotency key was used for another request.
+    #[error("idempotency_key was already used for a different request")]
+    KeyReused,
+    /// Database failure.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// Anything else unexpected.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl BookingError {
+    /// A validation error for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        BookingError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<econsult_runtime::idempotency::IdempotencyError> for BookingError {
+    fn from(e: econsult_runtime::idempotency::IdempotencyError) -> Self {
+        use econsult_runtime::idempotency::IdempotencyError as E;
+        match e {
+            E::KeyReused => BookingError::KeyReused,
+            E::BadKey => BookingError::invalid("idempotency_key", "must be 1 to 128 characters"),
+            E::Db(d) => BookingError::Db(d),
+            E::Codec(c) => BookingError::Other(c.into()),
+        }
+    }
+}
+
+impl From<BookingError> for tonic::Status {
+    fn from(e: BookingError) -> Self {
+        use tonic::Status;
+        match e {
+            BookingError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            BookingError::NotFound(_) => Status::not_found(e.to_string()),
+            BookingError::FailedPrecondition(m) => Status::failed_precondition(m),
+            BookingError::AlreadyExists(m) => Status::already_exists(m),
+            BookingError::KeyReused => Status::failed_precondition(e.to_string()),
+            BookingError::Db(d) => econsult_runtime::grpc::db_status("booking", d),
+            BookingError::Other(o) => econsult_runtime::grpc::internal("booking", o),
+        }
+    }
+}
+
+/// Strips control characters (keeps newlines and tabs) and trims.
+pub fn clean_text(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}

@@ -1,0 +1,14 @@
+//! Booking service: the EHR publishes GP schedules; patients find, hold, book, cancel and
+//! reschedule; waitlist; and the five-working-day measurement of fastlegeforskriften § 22.
+//!
+//! - [`domain`]: types and errors, no transport.
+//! - [`service`]: the logic over the shared storage (one transaction per mutation, with its
+//!   outbox events, audit rows and idempotency record).
+//! - [`grpc`]: the tonic adapter (authorisation and validation).
+
+pub mod domain;
+pub mod grpc;
+pub mod service;
+
+pub use grpc::BookingGrpc;
+pub use service::{Booking, BookingConfig};

@@ -1,0 +1,1690 @@
+//! Booking logic over the shared storage. Every mutation runs in one write transaction that
+//! also writes its outbox events, its audit rows and its idempotency record; double booking is
+//! prevented by conditional updates and the `booking_appointments_one_per_slot` unique index.
+
+use crate::domain::*;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use econsult_calendar::{Calendar, oslo_date};
+use econsult_runtime::audit::{self, Access};
+use econsult_runtime::auth::Caller;
+use econsult_runtime::clock::from_ms;
+use econsult_runtime::db::{Tx, is_unique_violation};
+use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
+use econsult_runtime::idempotency::{self, Lookup};
+use econsult_runtime::outbox::{self, NewEvent};
+use econsult_runtime::platform::Platform;
+use serde::{Serialize, de::DeserializeOwned};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+/// The five-working-day target of fastlegeforskriften § 22 (2).
+pub const TARGET_WORKING_DAYS: i64 = 5;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct BookingConfig {
+    /// How long a patient's hold lasts.
+    pub hold_ttl: Duration,
+    /// How long a hold offered from the waitlist lasts.
+    pub waitlist_hold_ttl: Duration,
+}
+
+impl Default for BookingConfig {
+    fn default() -> Self {
+        Self {
+            hold_ttl: Duration::minutes(5),
+            waitlist_hold_ttl: Duration::hours(2),
+        }
+    }
+}
+
+/// An open mutating call: its transaction and idempotency record.
+struct Op {
+    tx: Tx,
+    scope: String,
+    key: String,
+    hash: String,
+}
+
+enum Begun<R> {
+    Replay(R),
+    New(Op),
+}
+
+/// The booking service logic.
+#[derive(Clone)]
+pub struct Booking {
+    p: Platform,
+    cfg: BookingConfig,
+}
+
+pub(crate) mod rpc {
+    pub const UPDATE_LIST: &str = "/econsult.booking.v1.BookingService/UpdateList";
+    pub const MARK: &str = "/econsult.booking.v1.BookingService/MarkAppointment";
+    pub const CANCEL_BY_PRACTICE: &str = "/econsult.booking.v1.BookingService/CancelByPractice";
+    pub const WATCH: &str = "/econsult.booking.v1.BookingService/WatchBookings";
+    pub const FIND: &str = "/econsult.booking.v1.BookingService/FindSlots";
+    pub const HOLD: &str = "/econsult.booking.v1.BookingService/HoldSlot";
+    pub const BOOK: &str = "/econsult.booking.v1.BookingService/Book";
+    pub const CANCEL: &str = "/econsult.booking.v1.BookingService/Cancel";
+    pub const RESCHEDULE: &str = "/econsult.booking.v1.BookingService/Reschedule";
+    pub const LIST_MINE: &str = "/econsult.booking.v1.BookingService/ListMyBookings";
+    pub const JOIN_WAITLIST: &str = "/econsult.booking.v1.BookingService/JoinWaitlist";
+    pub const LEAVE_WAITLIST: &str = "/econsult.booking.v1.BookingService/LeaveWaitlist";
+}
+
+const GP_COLS: &str = "g.gp_uid, g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, \
+     g.list_capacity, g.list_status, (SELECT COUNT(*) FROM booking_list_members m WHERE m.gp_uid = g.gp_uid) AS list_size";
+const SLOT_COLS: &str = "s.slot_id, s.start_at, s.end_at, s.modality, s.acute_reserve, s.status AS slot_status, \
+     s.hold_expires_at, g.gp_id";
+const APPT_SELECT: &str = "SELECT a.appointment_id, a.status, a.patient_nin, a.reason, a.booked_at, a.cancelled_at, \
+     a.cancelled_by, a.late_cancellation, a.rescheduled_from, s.slot_id, s.start_at, s.end_at, s.modality, \
+     s.acute_reserve, s.status AS slot_status, s.hold_expires_at, g.gp_id, g.org_number, g.municipality_number \
+     FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id JOIN booking_gps g ON g.gp_uid = a.gp_uid";
+/// A slot that can be taken at `$now`: free, or held by a hold that has lapsed.
+const TAKEABLE: &str = "(s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $NOW))";
+
+fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {
+    Ok(Gp {
+        gp_uid: r.try_get("gp_uid")?,
+        gp_id: r.try_get("gp_id")?,
+        hpr_number: r.try_get("hpr_number")?,
+        display_name: r.try_get("display_name")?,
+        org_number: r.try_get("org_number")?,
+        municipality_number: r.try_get("municipality_number")?,
+        list_capacity: r.try_get::<i64, _>("list_capacity")? as u32,
+        list_status: ListStatus::from_code(r.try_get("list_status")?)
+            .ok_or_else(|| anyhow::anyhow!("bad list_status"))?,
+        list_size: r.try_get::<i64, _>("list_size")? as u32,
+    })
+}
+
+fn slot_from_row(r: &AnyRow, now_ms: i64) -> Result<Slot, BookingError> {
+    Ok(Slot {
+        slot_id: r.try_get("slot_id")?,
+        gp_id: r.try_get("gp_id")?,
+        start: from_ms(r.try_get("start_at")?),
+        end: from_ms(r.try_get("end_at")?),
+        modality: Modality::from_code(r.try_get("modality")?)
+            .ok_or_else(|| anyhow::anyhow!("bad modality"))?,
+        status: SlotStatus::from_row(
+            r.try_get("slot_status")?,
+            r.try_get("hold_expires_at")?,
+            now_ms,
+        ),
+        acute_reserve: r.try_get::<i64, _>("acute_reserve")? != 0,
+    })
+}
+
+fn appt_from_row(r: &AnyRow, now_ms: i64) -> Result<Appointment, BookingError> {
+    Ok(Appointment {
+        appointment_id: r.try_get("appointment_id")?,
+        slot: slot_from_row(r, now_ms)?,
+        status: AppointmentStatus::from_code(r.try_get("status")?)
+            .ok_or_else(|| anyhow::anyhow!("bad status"))?,
+        patient_nin: r.try_get("patient_nin")?,
+        gp_id: r.try_get("gp_id")?,
+        reason: r.try_get("reason")?,
+        booked_at: from_ms(r.try_get("booked_at")?),
+        cancelled_at: r.try_get::<Option<i64>, _>("cancelled_at")?.map(from_ms),
+        cancelled_by: r
+            .try_get::<Option<i64>, _>("cancelled_by")?
+            .and_then(CancelledBy::from_code),
+        late_cancellation: r.try_get::<i64, _>("late_cancellation")? != 0,
+        rescheduled_from: r.try_get("rescheduled_from")?,
+    })
+}
+
+/// Organisation and municipality of an appointment row, for events.
+fn appt_routing(r: &AnyRow) -> Result<(String, String), BookingError> {
+    Ok((r.try_get("org_number")?, r.try_get("municipality_number")?))
+}
+
+fn changed(a: &Appointment, org: &str, municipality: &str) -> AppointmentChanged {
+    AppointmentChanged {
+        appointment_id: a.appointment_id.clone(),
+        slot_id: a.slot.slot_id.clone(),
+        gp_id: a.gp_id.clone(),
+        org_number: org.to_owned(),
+        municipality_number: municipality.to_owned(),
+        patient_nin: a.patient_nin.clone(),
+        modality: a.slot.modality.as_str().to_owned(),
+        start_ms: a.slot.start.timestamp_millis(),
+        end_ms: a.slot.end.timestamp_millis(),
+        status: a.status.fhir().to_owned(),
+        reason: a.reason.clone(),
+        booked_at_ms: a.booked_at.timestamp_millis(),
+        cancelled_at_ms: a.cancelled_at.map(|t| t.timestamp_millis()),
+        cancelled_by: a.cancelled_by.map(|c| c.as_str().to_owned()),
+        late_cancellation: a.late_cancellation,
+        rescheduled_from: a.rescheduled_from.clone(),
+    }
+}
+
+/// Rewrites the `$NOW` marker of [`TAKEABLE`] to a numbered placeholder.
+fn takeable(now_param: usize) -> String {
+    TAKEABLE.replace("$NOW", &format!("${now_param}"))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl Booking {
+    /// The service over the platform.
+    pub fn new(p: Platform, cfg: BookingConfig) -> Self {
+        Self { p, cfg }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.p.clock.now()
+    }
+
+    /// Opens the write transaction of a mutating call, guarded by the idempotency record of
+    /// (`caller`, `rpc`, `key`): a retry gets the stored first result instead.
+    async fn begin_op<Req, Resp>(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        key: &str,
+        req: &Req,
+    ) -> Result<Begun<Resp>, BookingError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let hash = idempotency::request_hash(req).map_err(anyhow::Error::from)?;
+        let scope = format!("{}|{}", caller.subject, rpc);
+        let mut tx = self.p.db.begin().await?;
+        match idempotency::lookup::<Resp>(&self.p.db, &mut tx, &scope, key, &hash).await? {
+            Lookup::Replay(r) => Ok(Begun::Replay(r)),
+            Lookup::New => Ok(Begun::New(Op {
+                tx,
+                scope,
+                key: key.to_owned(),
+                hash,
+            })),
+        }
+    }
+
+    /// Stores the result with the idempotency key and commits.
+    async fn finish_op<Resp: Serialize>(
+        &self,
+        mut op: Op,
+        resp: &Resp,
+    ) -> Result<(), BookingError> {
+        idempotency::store(
+            &mut op.tx,
+            &op.scope,
+            &op.key,
+            &op.hash,
+            resp,
+            self.p.clock.now_ms(),
+        )
+        .await?;
+        op.tx.commit().await?;
+        self.p.committed();
+        Ok(())
+    }
+
+    async fn calendar(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        org: &str,
+    ) -> Result<Calendar, BookingError> {
+        let rows = sqlx::query("SELECT closed_on FROM booking_closures WHERE org_number = $1")
+            .bind(org)
+            .fetch_all(conn)
+            .await?;
+        let mut days = Vec::with_capacity(rows.len());
+        for r in rows {
+            let s: String = r.try_get("closed_on")?;
+            if let Ok(d) = NaiveDate::parse_from_str(&s, "%Y-%m-%d") {
+                days.push(d);
+            }
+        }
+        Ok(Calendar::with_closures(days))
+    }
+
+    async fn gp_in_org(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        org: &str,
+        gp_id: &str,
+    ) -> Result<Gp, BookingError> {
+        let row = sqlx::query(&format!(
+            "SELECT {GP_COLS} FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2"
+        ))
+        .bind(org)
+        .bind(gp_id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| BookingError::NotFound(format!("gp {gp_id}")))?;
+        gp_from_row(&row)
+    }
+
+    async fn own_gp(&self, conn: &mut sqlx::AnyConnection, nin: &str) -> Result<Gp, BookingError> {
+        let row = sqlx::query(&format!(
+            "SELECT {GP_COLS} FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1"
+        ))
+        .bind(nin)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| BookingError::FailedPrecondition("you are not on any GP's list in this service".into()))?;
+        gp_from_row(&row)
+    }
+
+    // ---------------------------------------------------------------- EHR side
+
+    /// Creates or updates a GP of `org`.
+    pub async fn upsert_gp(&self, org: &str, input: GpInput) -> Result<Gp, BookingError> {
+        let mut tx = self.p.db.begin().await?;
+        let now = self.p.clock.now_ms();
+        if let Ok(existing) = self.gp_in_org(&mut tx, org, &input.gp_id).await {
+            if existing.list_size > input.list_capacity {
+                return Err(BookingError::FailedPrecondition(format!(
+                    "list_capacity {} is below the current list size {}",
+                    input.list_capacity, existing.list_size
+                )));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO booking_gps (gp_uid, org_number, gp_id, hpr_number, display_name, municipality_number, list_capacity, list_status, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (org_number, gp_id) DO UPDATE SET hpr_number = excluded.hpr_number, display_name = excluded.display_name, \
+             municipality_number = excluded.municipality_number, list_capacity = excluded.list_capacity, \
+             list_status = excluded.list_status, updated_at = excluded.updated_at",
+        )
+        .bind(new_id())
+        .bind(org)
+        .bind(&input.gp_id)
+        .bind(&input.hpr_number)
+        .bind(&input.display_name)
+        .bind(&input.municipality_number)
+        .bind(i64::from(input.list_capacity))
+        .bind(input.list_status.code())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let gp = self.gp_in_org(&mut tx, org, &input.gp_id).await?;
+        tx.commit().await?;
+        Ok(gp)
+    }
+
+    /// Reads a GP of `org`.
+    pub async fn get_gp(&self, org: &str, gp_id: &str) -> Result<Gp, BookingError> {
+        let mut conn = self.p.db.read().acquire().await?;
+        self.gp_in_org(&mut conn, org, gp_id).await
+    }
+
+    /// Adds and removes list members.
+    pub async fn update_list(
+        &self,
+        caller: &Caller,
+        org: &str,
+        gp_id: &str,
+        add: &[String],
+        remove: &[String],
+        key: &str,
+    ) -> Result<u32, BookingError> {
+        let req = (org, gp_id, add, remove);
+        let mut op = match self.begin_op(caller, rpc::UPDATE_LIST, key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let gp = self.gp_in_org(tx, org, gp_id).await?;
+            self.p.db.lock(tx, &format!("list:{}", gp.gp_uid)).await?;
+            let now = self.p.clock.now_ms();
+            for nin in remove {
+                sqlx::query("DELETE FROM booking_list_members WHERE patient_nin = $1 AND gp_uid = $2")
+                    .bind(nin)
+                    .bind(&gp.gp_uid)
+                    .execute(&mut **tx)
+                    .await?;
+                let access = Access { action: rpc::UPDATE_LIST, resource: format!("gp:{gp_id}"), patient_nin: nin };
+                audit::record(tx, caller, &access, now).await?;
+            }
+            for nin in add {
+                sqlx::query(
+                    "INSERT INTO booking_list_members (patient_nin, gp_uid, added_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (patient_nin) DO UPDATE SET gp_uid = excluded.gp_uid, added_at = excluded.added_at",
+                )
+                .bind(nin)
+                .bind(&gp.gp_uid)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                let access = Access { action: rpc::UPDATE_LIST, resource: format!("gp:{gp_id}"), patient_nin: nin };
+                audit::record(tx, caller, &access, now).await?;
+            }
+            let size: i64 = sqlx::query("SELECT COUNT(*) AS n FROM booking_list_members WHERE gp_uid = $1")
+                .bind(&gp.gp_uid)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("n")?;
+            if size > i64::from(gp.list_capacity) {
+                return Err(BookingError::FailedPrecondition(format!(
+                    "the list would hold {size} persons, over its capacity of {}",
+                    gp.list_capacity
+                )));
+            }
+            Ok(size as u32)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Replaces the closure days of `org`.
+    pub async fn set_closures(
+        &self,
+        caller: &Caller,
+        org: &str,
+        dates: Vec<NaiveDate>,
+        key: &str,
+    ) -> Result<Vec<NaiveDate>, BookingError> {
+        let mut dates = dates;
+        dates.sort();
+        dates.dedup();
+        let req = (org, &dates);
+        let mut op = match self.begin_op(caller, "SetClosures", key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            sqlx::query("DELETE FROM booking_closures WHERE org_number = $1")
+                .bind(org)
+                .execute(&mut **tx)
+                .await?;
+            for d in &dates {
+                sqlx::query("INSERT INTO booking_closures (org_number, closed_on) VALUES ($1, $2)")
+                    .bind(org)
+                    .bind(d.format("%Y-%m-%d").to_string())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(dates.clone())
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Publishes slots for a GP of `org`, all or nothing.
+    pub async fn publish_slots(
+        &self,
+        caller: &Caller,
+        org: &str,
+        gp_id: &str,
+        slots: Vec<NewSlot>,
+        key: &str,
+    ) -> Result<Vec<Slot>, BookingError> {
+        let now = self.now();
+        for (i, s) in slots.iter().enumerate() {
+            if s.start <= now {
+                return Err(BookingError::invalid(
+                    format!("slots[{i}].start"),
+                    "must be in the future",
+                ));
+            }
+        }
+        // Overlaps inside the request.
+        let mut order: Vec<usize> = (0..slots.len()).collect();
+        order.sort_by_key(|&i| slots[i].start);
+        for w in order.windows(2) {
+            let (a, b) = (&slots[w[0]], &slots[w[1]]);
+            if b.start < a.start + Duration::minutes(i64::from(a.duration_minutes)) {
+                return Err(BookingError::invalid(
+                    format!("slots[{}].start", w[1]),
+                    format!("overlaps slots[{}]", w[0]),
+                ));
+            }
+        }
+        let req = (org, gp_id, &slots);
+        let mut op = match self.begin_op(caller, "PublishSlots", key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let gp = self.gp_in_org(tx, org, gp_id).await?;
+            self.p.db.lock(tx, &format!("slots:{}", gp.gp_uid)).await?;
+            let (Some(first), Some(last)) = (order.first(), order.last()) else {
+                return Ok(Vec::new());
+            };
+            let lo = slots[*first].start.timestamp_millis();
+            let hi = slots[*last].start.timestamp_millis() + i64::from(slots[*last].duration_minutes) * 60_000;
+            let existing = sqlx::query(
+                "SELECT start_at, end_at FROM booking_slots WHERE gp_uid = $1 AND status <> 4 AND start_at < $2 AND end_at > $3",
+            )
+            .bind(&gp.gp_uid)
+            .bind(hi)
+            .bind(lo)
+            .fetch_all(&mut **tx)
+            .await?;
+            let existing: Vec<(i64, i64)> = existing
+                .iter()
+                .map(|r| Ok((r.try_get("start_at")?, r.try_get("end_at")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            let created_at = now.timestamp_millis();
+            let mut out = Vec::with_capacity(slots.len());
+            for (i, s) in slots.iter().enumerate() {
+                let start = s.start.timestamp_millis();
+                let end = start + i64::from(s.duration_minutes) * 60_000;
+                if existing.iter().any(|&(a, b)| a < end && b > start) {
+                    return Err(BookingError::invalid(format!("slots[{i}].start"), "overlaps an existing slot of the GP"));
+                }
+                let slot_id = new_id();
+                sqlx::query(
+                    "INSERT INTO booking_slots (slot_id, gp_uid, start_at, end_at, modality, acute_reserve, status, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7)",
+                )
+                .bind(&slot_id)
+                .bind(&gp.gp_uid)
+                .bind(start)
+                .bind(end)
+                .bind(s.modality.code())
+                .bind(i64::from(s.acute_reserve))
+                .bind(created_at)
+                .execute(&mut **tx)
+                .await?;
+                out.push(Slot {
+                    slot_id,
+                    gp_id: gp_id.to_owned(),
+                    start: s.start,
+                    end: from_ms(end),
+                    modality: s.modality,
+                    status: SlotStatus::Free,
+                    acute_reserve: s.acute_reserve,
+                });
+            }
+            if self.has_waiting(tx, &gp.gp_uid).await? {
+                for s in &mut out {
+                    if !s.acute_reserve && self.offer_to_waitlist(tx, &s.slot_id).await? {
+                        s.status = SlotStatus::BusyTentative;
+                    }
+                }
+            }
+            Ok(out)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Withdraws free slots of `org`.
+    pub async fn withdraw_slots(
+        &self,
+        caller: &Caller,
+        org: &str,
+        slot_ids: &[String],
+        key: &str,
+    ) -> Result<Vec<Slot>, BookingError> {
+        let req = (org, slot_ids);
+        let mut op = match self.begin_op(caller, "WithdrawSlots", key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let mut out = Vec::new();
+            for (i, id) in slot_ids.iter().enumerate() {
+                let n = sqlx::query(&format!(
+                    "UPDATE booking_slots SET status = 4, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
+                     WHERE slot_id = $1 AND gp_uid IN (SELECT gp_uid FROM booking_gps WHERE org_number = $2) AND {}",
+                    takeable(3).replace("s.", "")
+                ))
+                .bind(id)
+                .bind(org)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                let row = sqlx::query(&format!(
+                    "SELECT {SLOT_COLS} FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE s.slot_id = $1 AND g.org_number = $2"
+                ))
+                .bind(id)
+                .bind(org)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| BookingError::NotFound(format!("slot_ids[{i}]")))?;
+                if n == 0 {
+                    return Err(BookingError::FailedPrecondition(format!(
+                        "slot_ids[{i}] is held, booked or already withdrawn: cancel the appointment first"
+                    )));
+                }
+                out.push(slot_from_row(&row, now)?);
+            }
+            Ok(out)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    async fn appointment_in_org(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        org: &str,
+        id: &str,
+    ) -> Result<AnyRow, BookingError> {
+        sqlx::query(&format!(
+            "{APPT_SELECT} WHERE a.appointment_id = $1 AND g.org_number = $2"
+        ))
+        .bind(id)
+        .bind(org)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| BookingError::NotFound(format!("appointment {id}")))
+    }
+
+    /// Records arrival, a held consultation or a no-show.
+    pub async fn mark(
+        &self,
+        caller: &Caller,
+        org: &str,
+        id: &str,
+        to: AppointmentStatus,
+        key: &str,
+    ) -> Result<Appointment, BookingError> {
+        let req = (org, id, to);
+        let mut op = match self.begin_op(caller, rpc::MARK, key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let row = self.appointment_in_org(tx, org, id).await?;
+            let before = appt_from_row(&row, now)?;
+            let allowed_from: &[AppointmentStatus] = match to {
+                AppointmentStatus::Arrived => &[AppointmentStatus::Booked],
+                AppointmentStatus::Fulfilled => &[AppointmentStatus::Booked, AppointmentStatus::Arrived],
+                AppointmentStatus::NoShow => &[AppointmentStatus::Booked],
+                _ => return Err(BookingError::invalid("status", "must be ARRIVED, FULFILLED or NOSHOW")),
+            };
+            if !allowed_from.contains(&before.status) {
+                return Err(BookingError::FailedPrecondition(format!(
+                    "appointment is {}, cannot become {}",
+                    before.status.fhir(),
+                    to.fhir()
+                )));
+            }
+            if matches!(to, AppointmentStatus::Fulfilled | AppointmentStatus::NoShow) && before.slot.start.timestamp_millis() > now {
+                return Err(BookingError::FailedPrecondition(format!("the appointment has not started yet, cannot become {}", to.fhir())));
+            }
+            let n = sqlx::query("UPDATE booking_appointments SET status = $1 WHERE appointment_id = $2 AND status = $3")
+                .bind(to.code())
+                .bind(id)
+                .bind(before.status.code())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(BookingError::FailedPrecondition("the appointment changed concurrently, retry".into()));
+            }
+            let after = Appointment { status: to, ..before };
+            let (org_n, muni) = appt_routing(&row)?;
+            let topic = match to {
+                AppointmentStatus::Arrived => topics::BOOKING_ARRIVED,
+                AppointmentStatus::Fulfilled => topics::BOOKING_ATTENDED,
+                _ => topics::BOOKING_NOSHOW,
+            };
+            self.emit(tx, topic, &after, &org_n, &muni, now).await?;
+            let access = Access { action: rpc::MARK, resource: format!("appointment:{id}"), patient_nin: &after.patient_nin };
+            audit::record(tx, caller, &access, now).await?;
+            Ok(after)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Cancels on behalf of the GP: the slot is withdrawn and the patient goes first in line on
+    /// the GP's waitlist.
+    pub async fn cancel_by_practice(
+        &self,
+        caller: &Caller,
+        org: &str,
+        id: &str,
+        reason: &str,
+        key: &str,
+    ) -> Result<Appointment, BookingError> {
+        let req = (org, id, reason);
+        let mut op = match self
+            .begin_op(caller, rpc::CANCEL_BY_PRACTICE, key, &req)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let row = self.appointment_in_org(tx, org, id).await?;
+            let before = appt_from_row(&row, now)?;
+            if before.status != AppointmentStatus::Booked {
+                return Err(BookingError::FailedPrecondition(format!("appointment is {}, only booked ones can be cancelled", before.status.fhir())));
+            }
+            let n = sqlx::query(
+                "UPDATE booking_appointments SET status = 4, cancelled_at = $1, cancelled_by = 2 WHERE appointment_id = $2 AND status = 1",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(BookingError::FailedPrecondition("the appointment changed concurrently, retry".into()));
+            }
+            // The GP cannot take the slot: withdraw it rather than offer it again.
+            sqlx::query("UPDATE booking_slots SET status = 4 WHERE slot_id = $1").bind(&before.slot.slot_id).execute(&mut **tx).await?;
+            let cal = self.calendar(tx, org).await?;
+            let latest = cal.add_working_days(oslo_date(before.slot.start), TARGET_WORKING_DAYS as u32);
+            let gp_uid: String = sqlx::query("SELECT gp_uid FROM booking_appointments WHERE appointment_id = $1")
+                .bind(id)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("gp_uid")?;
+            sqlx::query(
+                "INSERT INTO booking_waitlist (entry_id, gp_uid, patient_nin, latest_date, modality, priority, joined_at, active) \
+                 VALUES ($1, $2, $3, $4, 0, 1, $5, 1) \
+                 ON CONFLICT (gp_uid, patient_nin) WHERE active = 1 DO UPDATE SET priority = 1",
+            )
+            .bind(new_id())
+            .bind(&gp_uid)
+            .bind(&before.patient_nin)
+            .bind(latest.format("%Y-%m-%d").to_string())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            let after = Appointment {
+                status: AppointmentStatus::Cancelled,
+                cancelled_at: Some(from_ms(now)),
+                cancelled_by: Some(CancelledBy::Practice),
+                slot: Slot { status: SlotStatus::BusyUnavailable, ..before.slot.clone() },
+                ..before
+            };
+            let (org_n, muni) = appt_routing(&row)?;
+            self.emit(tx, topics::BOOKING_CANCELLED, &after, &org_n, &muni, now).await?;
+            let access = Access { action: rpc::CANCEL_BY_PRACTICE, resource: format!("appointment:{id}"), patient_nin: &after.patient_nin };
+            audit::record(tx, caller, &access, now).await?;
+            Ok(after)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    async fn emit(
+        &self,
+        tx: &mut Tx,
+        topic: &str,
+        a: &Appointment,
+        org: &str,
+        muni: &str,
+        now: i64,
+    ) -> Result<(), BookingError> {
+        let body = changed(a, org, muni);
+        outbox::enqueue(
+            tx,
+            NewEvent {
+                topic,
+                org_number: org,
+                payload: &body,
+            },
+            now,
+        )
+        .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- patient side
+
+    /// Offers slots and records the request for the SLA figures.
+    pub async fn find_slots(
+        &self,
+        caller: &Caller,
+        nin: &str,
+        modality: Option<Modality>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> Result<Offers, BookingError> {
+        let now = self.now();
+        let now_ms = now.timestamp_millis();
+        let from = from.map_or(now, |f| f.max(now));
+        let to = to.unwrap_or(from + Duration::days(30));
+        if to <= from {
+            return Err(BookingError::invalid("to", "must be after from"));
+        }
+        if to - from > Duration::days(92) {
+            return Err(BookingError::invalid("to", "at most 92 days after from"));
+        }
+        let mut conn = self.p.db.read().acquire().await?;
+        let gp = self.own_gp(&mut conn, nin).await?;
+        let cal = self.calendar(&mut conn, &gp.org_number).await?;
+        let today = oslo_date(now);
+        let wd = |t: DateTime<Utc>| cal.working_days_between(today, oslo_date(t)).max(0) as u32;
+        let modality_code = modality.map_or(0, Modality::code);
+        let sql = format!(
+            "SELECT {SLOT_COLS}, g.display_name, g.gp_uid FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+             WHERE g.org_number = $1 AND ($2 = '' OR g.gp_uid = $2) AND g.gp_uid <> $3 AND g.list_status <> 2 \
+             AND s.start_at >= $4 AND s.start_at < $5 AND s.acute_reserve = 0 AND {} AND ($7 = 0 OR s.modality = $7) \
+             ORDER BY s.start_at LIMIT $8",
+            takeable(6)
+        );
+        let fetch = async |conn: &mut sqlx::AnyConnection,
+                           only: &str,
+                           except: &str|
+               -> Result<Vec<(Slot, String)>, BookingError> {
+            let rows = sqlx::query(&sql)
+                .bind(&gp.org_number)
+                .bind(only)
+                .bind(except)
+                .bind(from.timestamp_millis())
+                .bind(to.timestamp_millis())
+                .bind(now_ms)
+                .bind(modality_code)
+                .bind(i64::from(limit))
+                .fetch_all(conn)
+                .await?;
+            rows.iter()
+                .map(|r| Ok((slot_from_row(r, now_ms)?, r.try_get("display_name")?)))
+                .collect()
+        };
+        let vacant = gp.list_status == ListStatus::Vacant;
+        let own = if vacant {
+            Vec::new()
+        } else {
+            fetch(&mut conn, &gp.gp_uid, "").await?
+        };
+        let own_in_time = own
+            .first()
+            .is_some_and(|(s, _)| i64::from(wd(s.start)) <= TARGET_WORKING_DAYS);
+        let mut offers: Vec<Offer> = own
+            .into_iter()
+            .map(|(slot, name)| Offer {
+                working_days: wd(slot.start),
+                slot,
+                gp_display_name: name,
+                own_gp: true,
+                alternative_reason: String::new(),
+            })
+            .collect();
+        if !own_in_time {
+            let reason = if vacant {
+                "your list has no GP: another GP of the practice"
+            } else {
+                "your GP has no free slot within five working days: another GP of the practice"
+            };
+            let others = fetch(&mut conn, "", &gp.gp_uid).await?;
+            offers.extend(others.into_iter().map(|(slot, name)| Offer {
+                working_days: wd(slot.start),
+                slot,
+                gp_display_name: name,
+                own_gp: false,
+                alternative_reason: reason.to_owned(),
+            }));
+            offers.sort_by_key(|o| (oslo_date(o.slot.start), !o.own_gp, o.slot.start));
+            offers.truncate(limit as usize);
+        }
+        drop(conn);
+        let earliest = offers.iter().map(|o| o.slot.start).min();
+        let earliest_wd = earliest.map(wd);
+        let within = earliest_wd.is_some_and(|d| i64::from(d) <= TARGET_WORKING_DAYS);
+        let breach = match (within, vacant) {
+            (true, _) => None,
+            (false, true) => Some(BreachReason::ListWithoutGp),
+            (false, false) => Some(BreachReason::NoSlots),
+        };
+        let request_id = new_id();
+        let mut tx = self.p.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO booking_requests (request_id, patient_nin, gp_uid, requested_at, earliest_offer_at, earliest_offer_working_days, within_target, breach_reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&request_id)
+        .bind(nin)
+        .bind(&gp.gp_uid)
+        .bind(now_ms)
+        .bind(earliest.map(|t| t.timestamp_millis()))
+        .bind(earliest_wd.map(i64::from))
+        .bind(i64::from(within))
+        .bind(breach.map_or(0, BreachReason::code))
+        .execute(&mut *tx)
+        .await?;
+        let body = BookingRequested {
+            request_id: request_id.clone(),
+            gp_id: gp.gp_id.clone(),
+            org_number: gp.org_number.clone(),
+            municipality_number: gp.municipality_number.clone(),
+            requested_at_ms: now_ms,
+            date: today.format("%Y-%m-%d").to_string(),
+            earliest_offer_working_days: earliest_wd,
+            within_target: within,
+            breach_reason: breach.map(|b| b.as_str().to_owned()),
+        };
+        outbox::enqueue(
+            &mut tx,
+            NewEvent {
+                topic: topics::BOOKING_REQUESTED,
+                org_number: &gp.org_number,
+                payload: &body,
+            },
+            now_ms,
+        )
+        .await?;
+        let access = Access {
+            action: rpc::FIND,
+            resource: format!("gp:{}", gp.gp_id),
+            patient_nin: nin,
+        };
+        audit::record(&mut tx, caller, &access, now_ms).await?;
+        tx.commit().await?;
+        self.p.committed();
+        Ok(Offers {
+            slots: offers,
+            earliest,
+            earliest_working_days: earliest_wd,
+            within_target: within,
+            breach,
+            request_id,
+        })
+    }
+
+    /// Org of the patient's list, for scoping slots to the patient's practice.
+    async fn patient_org(&self, tx: &mut Tx, nin: &str) -> Result<String, BookingError> {
+        Ok(self.own_gp(tx, nin).await?.org_number)
+    }
+
+    /// Loads a slot of `org` or NOT_FOUND (slots of other practices are invisible).
+    async fn slot_in_org(
+        &self,
+        tx: &mut Tx,
+        org: &str,
+        slot_id: &str,
+        field: &str,
+    ) -> Result<Slot, BookingError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SLOT_COLS} FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE s.slot_id = $1 AND g.org_number = $2"
+        ))
+        .bind(slot_id)
+        .bind(org)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| BookingError::NotFound(field.to_owned()))?;
+        slot_from_row(&row, self.p.clock.now_ms())
+    }
+
+    /// Holds a free slot of the patient's practice; releases the patient's previous hold.
+    pub async fn hold(
+        &self,
+        caller: &Caller,
+        nin: &str,
+        slot_id: &str,
+        request_id: &str,
+        key: &str,
+    ) -> Result<Hold, BookingError> {
+        let req = (nin, slot_id, request_id);
+        let mut op = match self.begin_op(caller, rpc::HOLD, key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let org = self.patient_org(tx, nin).await?;
+            let slot = self.slot_in_org(tx, &org, slot_id, "slot_id").await?;
+            if slot.acute_reserve {
+                return Err(BookingError::FailedPrecondition("slot is reserved for same-day emergency help".into()));
+            }
+            if slot.start.timestamp_millis() <= now {
+                return Err(BookingError::FailedPrecondition("slot has already started".into()));
+            }
+            // One hold at a time: an earlier hold of the patient is released.
+            let released = sqlx::query(
+                "UPDATE booking_slots SET status = 1, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL, hold_request_id = NULL \
+                 WHERE hold_patient = $1 AND status = 3 AND hold_from_waitlist = 0 AND slot_id <> $2 RETURNING slot_id",
+            )
+            .bind(nin)
+            .bind(slot_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            let hold_id = new_id();
+            let expires = now + self.cfg.hold_ttl.num_milliseconds();
+            let n = sqlx::query(&format!(
+                "UPDATE booking_slots SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, hold_from_waitlist = 0, \
+                 hold_request_id = $4 WHERE slot_id = $5 AND start_at > $6 AND acute_reserve = 0 AND {}",
+                takeable(6).replace("s.", "")
+            ))
+            .bind(&hold_id)
+            .bind(nin)
+            .bind(expires)
+            .bind(Some(request_id).filter(|r| !r.is_empty()))
+            .bind(slot_id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(BookingError::FailedPrecondition("slot is no longer free".into()));
+            }
+            for r in released {
+                let id: String = r.try_get("slot_id")?;
+                self.offer_to_waitlist(tx, &id).await?;
+            }
+            Ok(Hold {
+                hold_id,
+                slot: Slot { status: SlotStatus::BusyTentative, ..slot },
+                expires_at: from_ms(expires),
+                from_waitlist: false,
+            })
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Takes the slot for the patient inside `tx`: from an own hold or a takeable slot.
+    async fn take_slot(
+        &self,
+        tx: &mut Tx,
+        nin: &str,
+        org: &str,
+        target: &Target,
+    ) -> Result<Slot, BookingError> {
+        let now = self.p.clock.now_ms();
+        let (slot_id, n) = match target {
+            Target::Hold(hold_id) => {
+                let row = sqlx::query("SELECT slot_id, hold_expires_at FROM booking_slots WHERE hold_id = $1 AND hold_patient = $2")
+                    .bind(hold_id)
+                    .bind(nin)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or_else(|| BookingError::NotFound("hold_id".into()))?;
+                let slot_id: String = row.try_get("slot_id")?;
+                let n = sqlx::query(
+                    "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
+                     WHERE hold_id = $1 AND hold_patient = $2 AND status = 3 AND hold_expires_at > $3",
+                )
+                .bind(hold_id)
+                .bind(nin)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    return Err(BookingError::FailedPrecondition(
+                        "the hold has expired".into(),
+                    ));
+                }
+                (slot_id, n)
+            }
+            Target::Slot(slot_id) => {
+                let slot = self.slot_in_org(tx, org, slot_id, "slot_id").await?;
+                if slot.acute_reserve {
+                    return Err(BookingError::FailedPrecondition(
+                        "slot is reserved for same-day emergency help".into(),
+                    ));
+                }
+                let n = sqlx::query(&format!(
+                    "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
+                     WHERE slot_id = $1 AND start_at > $2 AND acute_reserve = 0 AND ({} OR (status = 3 AND hold_patient = $3))",
+                    takeable(2).replace("s.", "")
+                ))
+                .bind(slot_id)
+                .bind(now)
+                .bind(nin)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                (slot_id.clone(), n)
+            }
+        };
+        if n == 0 {
+            return Err(BookingError::FailedPrecondition(
+                "slot is no longer free".into(),
+            ));
+        }
+        let slot = self.slot_in_org(tx, org, &slot_id, "slot_id").await?;
+        if slot.start.timestamp_millis() <= now {
+            return Err(BookingError::FailedPrecondition(
+                "slot has already started".into(),
+            ));
+        }
+        Ok(slot)
+    }
+
+    async fn insert_appointment(
+        &self,
+        tx: &mut Tx,
+        nin: &str,
+        slot: &Slot,
+        reason: &str,
+        request_id: &str,
+        rescheduled_from: Option<&str>,
+    ) -> Result<(Appointment, String, String), BookingError> {
+        let now = self.p.clock.now_ms();
+        let g = sqlx::query("SELECT g.gp_uid, g.org_number, g.municipality_number FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE s.slot_id = $1")
+            .bind(&slot.slot_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let (gp_uid, org, muni): (String, String, String) = (
+            g.try_get("gp_uid")?,
+            g.try_get("org_number")?,
+            g.try_get("municipality_number")?,
+        );
+        let id = new_id();
+        let inserted = sqlx::query(
+            "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at, rescheduled_from, request_id) \
+             VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8)",
+        )
+        .bind(&id)
+        .bind(&slot.slot_id)
+        .bind(&gp_uid)
+        .bind(nin)
+        .bind(reason)
+        .bind(now)
+        .bind(rescheduled_from)
+        .bind(Some(request_id).filter(|r| !r.is_empty()))
+        .execute(&mut **tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(BookingError::FailedPrecondition(
+                    "slot is already booked".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        if !request_id.is_empty() {
+            let today = oslo_date(from_ms(now));
+            let cal = self.calendar(tx, &org).await?;
+            let wd = cal
+                .working_days_between(today, oslo_date(slot.start))
+                .max(0);
+            sqlx::query("UPDATE booking_requests SET chosen_slot_id = $1, chosen_working_days = $2 WHERE request_id = $3 AND patient_nin = $4")
+                .bind(&slot.slot_id)
+                .bind(wd)
+                .bind(request_id)
+                .bind(nin)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let a = Appointment {
+            appointment_id: id,
+            slot: Slot {
+                status: SlotStatus::Busy,
+                ..slot.clone()
+            },
+            status: AppointmentStatus::Booked,
+            patient_nin: nin.to_owned(),
+            gp_id: slot.gp_id.clone(),
+            reason: reason.to_owned(),
+            booked_at: from_ms(now),
+            cancelled_at: None,
+            cancelled_by: None,
+            late_cancellation: false,
+            rescheduled_from: rescheduled_from.map(str::to_owned),
+        };
+        Ok((a, org, muni))
+    }
+
+    /// Books a hold or a free slot.
+    pub async fn book(
+        &self,
+        caller: &Caller,
+        nin: &str,
+        target: Target,
+        reason: &str,
+        request_id: &str,
+        key: &str,
+    ) -> Result<Appointment, BookingError> {
+        let req = (nin, &target, reason, request_id);
+        let mut op = match self.begin_op(caller, rpc::BOOK, key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let org = self.patient_org(tx, nin).await?;
+            let slot = self.take_slot(tx, nin, &org, &target).await?;
+            let (a, org, muni) = self
+                .insert_appointment(tx, nin, &slot, reason, request_id, None)
+                .await?;
+            self.emit(tx, topics::BOOKING_CREATED, &a, &org, &muni, now)
+                .await?;
+            let access = Access {
+                action: rpc::BOOK,
+                resource: format!("appointment:{}", a.appointment_id),
+                patient_nin: nin,
+            };
+            audit::record(tx, caller, &access, now).await?;
+            Ok(a)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Cancels a booked appointment of the patient inside `tx`; returns it and its routing.
+    async fn cancel_own(
+        &self,
+        tx: &mut Tx,
+        nin: &str,
+        id: &str,
+    ) -> Result<(Appointment, String, String), BookingError> {
+        let now = self.p.clock.now_ms();
+        let row = sqlx::query(&format!(
+            "{APPT_SELECT} WHERE a.appointment_id = $1 AND a.patient_nin = $2"
+        ))
+        .bind(id)
+        .bind(nin)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| BookingError::NotFound("appointment_id".into()))?;
+        let before = appt_from_row(&row, now)?;
+        if before.status != AppointmentStatus::Booked {
+            return Err(BookingError::FailedPrecondition(format!(
+                "appointment is {}, only booked ones can be cancelled",
+                before.status.fhir()
+            )));
+        }
+        let start = before.slot.start.timestamp_millis();
+        if start <= now {
+            return Err(BookingError::FailedPrecondition(
+                "the appointment has already started".into(),
+            ));
+        }
+        let late = start - now < 24 * 3_600_000;
+        let n = sqlx::query(
+            "UPDATE booking_appointments SET status = 4, cancelled_at = $1, cancelled_by = 1, late_cancellation = $2 \
+             WHERE appointment_id = $3 AND status = 1",
+        )
+        .bind(now)
+        .bind(i64::from(late))
+        .bind(id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(BookingError::FailedPrecondition(
+                "the appointment changed concurrently, retry".into(),
+            ));
+        }
+        sqlx::query("UPDATE booking_slots SET status = 1 WHERE slot_id = $1 AND status = 2")
+            .bind(&before.slot.slot_id)
+            .execute(&mut **tx)
+            .await?;
+        let (org, muni) = appt_routing(&row)?;
+        let after = Appointment {
+            status: AppointmentStatus::Cancelled,
+            cancelled_at: Some(from_ms(now)),
+            cancelled_by: Some(CancelledBy::Patient),
+            late_cancellation: late,
+            slot: Slot {
+                status: SlotStatus::Free,
+                ..before.slot.clone()
+            },
+            ..before
+        };
+        Ok((after, org, muni))
+    }
+
+    /// Cancels an own appointment; the slot goes to the waitlist or back to free.
+    pub async fn cancel(
+        &self,
+        caller: &Caller,
+        nin: &str,
+        id: &str,
+        key: &str,
+    ) -> Result<Appointment, BookingError> {
+        let req = (nin, id);
+        let mut op = match self.begin_op(caller, rpc::CANCEL, key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let (a, org, muni) = self.cancel_own(tx, nin, id).await?;
+            self.emit(tx, topics::BOOKING_CANCELLED, &a, &org, &muni, now)
+                .await?;
+            self.offer_to_waitlist(tx, &a.slot.slot_id).await?;
+            let access = Access {
+                action: rpc::CANCEL,
+                resource: format!("appointment:{id}"),
+                patient_nin: nin,
+            };
+            audit::record(tx, caller, &access, now).await?;
+            Ok(a)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Moves an own appointment to another slot atomically.
+    pub async fn reschedule(
+        &self,
+        caller: &Caller,
+        nin: &str,
+        id: &str,
+        target: Target,
+        key: &str,
+    ) -> Result<Appointment, BookingError> {
+        let req = (nin, id, &target);
+        let mut op = match self.begin_op(caller, rpc::RESCHEDULE, key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let org = self.patient_org(tx, nin).await?;
+            // Take the new slot first: if it is gone, nothing has changed.
+            let slot = self.take_slot(tx, nin, &org, &target).await?;
+            let (old, old_org, old_muni) = self.cancel_own(tx, nin, id).await?;
+            let (new, org, muni) = self
+                .insert_appointment(tx, nin, &slot, &old.reason, "", Some(id))
+                .await?;
+            self.emit(
+                tx,
+                topics::BOOKING_CANCELLED,
+                &old,
+                &old_org,
+                &old_muni,
+                now,
+            )
+            .await?;
+            self.emit(tx, topics::BOOKING_RESCHEDULED, &new, &org, &muni, now)
+                .await?;
+            self.offer_to_waitlist(tx, &old.slot.slot_id).await?;
+            let access = Access {
+                action: rpc::RESCHEDULE,
+                resource: format!("appointment:{}", new.appointment_id),
+                patient_nin: nin,
+            };
+            audit::record(tx, caller, &access, now).await?;
+            Ok(new)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// The patient's appointments, holds and waitlist entries.
+    pub async fn list_mine(
+        &self,
+        caller: &Caller,
+        nin: &str,
+        include_past: bool,
+    ) -> Result<(Vec<Appointment>, Vec<Hold>, Vec<WaitlistEntry>), BookingError> {
+        let now = self.p.clock.now_ms();
+        let rows = sqlx::query(&format!("{APPT_SELECT} WHERE a.patient_nin = $1 AND ($2 = 1 OR s.end_at > $3) ORDER BY s.start_at"))
+            .bind(nin)
+            .bind(i64::from(include_past))
+            .bind(now)
+            .fetch_all(self.p.db.read())
+            .await?;
+        let appts = rows
+            .iter()
+            .map(|r| appt_from_row(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SLOT_COLS}, s.hold_id, s.hold_from_waitlist FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+             WHERE s.hold_patient = $1 AND s.status = 3 AND s.hold_expires_at > $2 ORDER BY s.start_at"
+        ))
+        .bind(nin)
+        .bind(now)
+        .fetch_all(self.p.db.read())
+        .await?;
+        let mut holds = Vec::with_capacity(rows.len());
+        for r in &rows {
+            holds.push(Hold {
+                hold_id: r.try_get("hold_id")?,
+                slot: slot_from_row(r, now)?,
+                expires_at: from_ms(r.try_get("hold_expires_at")?),
+                from_waitlist: r.try_get::<i64, _>("hold_from_waitlist")? != 0,
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT w.entry_id, g.gp_id, w.latest_date, w.modality, w.joined_at, w.active FROM booking_waitlist w \
+             JOIN booking_gps g ON g.gp_uid = w.gp_uid WHERE w.patient_nin = $1 AND w.active = 1 ORDER BY w.joined_at",
+        )
+        .bind(nin)
+        .fetch_all(self.p.db.read())
+        .await?;
+        let waitlist = rows
+            .iter()
+            .map(waitlist_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let access = Access {
+            action: rpc::LIST_MINE,
+            resource: "appointments".into(),
+            patient_nin: nin,
+        };
+        audit::record_reads(&self.p.db, caller, &[access], now).await?;
+        Ok((appts, holds, waitlist))
+    }
+
+    /// Joins the own GP's waitlist; a matching free slot is offered at once.
+    pub async fn join_waitlist(
+        &self,
+        caller: &Caller,
+        nin: &str,
+        latest: NaiveDate,
+        modality: Option<Modality>,
+        key: &str,
+    ) -> Result<WaitlistEntry, BookingError> {
+        let now = self.now();
+        if latest < oslo_date(now) {
+            return Err(BookingError::invalid(
+                "latest_date",
+                "must be today or later",
+            ));
+        }
+        let req = (nin, latest, modality);
+        let mut op = match self.begin_op(caller, rpc::JOIN_WAITLIST, key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now_ms = now.timestamp_millis();
+            let gp = self.own_gp(tx, nin).await?;
+            let entry_id = new_id();
+            let inserted = sqlx::query(
+                "INSERT INTO booking_waitlist (entry_id, gp_uid, patient_nin, latest_date, modality, priority, joined_at, active) \
+                 VALUES ($1, $2, $3, $4, $5, 0, $6, 1)",
+            )
+            .bind(&entry_id)
+            .bind(&gp.gp_uid)
+            .bind(nin)
+            .bind(latest.format("%Y-%m-%d").to_string())
+            .bind(modality.map_or(0, Modality::code))
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await;
+            match inserted {
+                Err(e) if is_unique_violation(&e) => return Err(BookingError::AlreadyExists("you are already on this GP's waitlist".into())),
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+            // A slot that is free right now goes to the first in line (which may be someone else).
+            let free = sqlx::query(&format!(
+                "SELECT s.slot_id FROM booking_slots s WHERE s.gp_uid = $1 AND s.start_at > $2 AND s.acute_reserve = 0 AND {} \
+                 AND ($3 = 0 OR s.modality = $3) ORDER BY s.start_at LIMIT 20",
+                takeable(2)
+            ))
+            .bind(&gp.gp_uid)
+            .bind(now_ms)
+            .bind(modality.map_or(0, Modality::code))
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in free {
+                let id: String = r.try_get("slot_id")?;
+                self.offer_to_waitlist(tx, &id).await?;
+            }
+            let access = Access { action: rpc::JOIN_WAITLIST, resource: format!("waitlist:{entry_id}"), patient_nin: nin };
+            audit::record(tx, caller, &access, now_ms).await?;
+            let row = sqlx::query(
+                "SELECT w.entry_id, g.gp_id, w.latest_date, w.modality, w.joined_at, w.active FROM booking_waitlist w \
+                 JOIN booking_gps g ON g.gp_uid = w.gp_uid WHERE w.entry_id = $1",
+            )
+            .bind(&entry_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            waitlist_from_row(&row)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Leaves the waitlist.
+    pub async fn leave_waitlist(
+        &self,
+        caller: &Caller,
+        nin: &str,
+        entry_id: &str,
+    ) -> Result<WaitlistEntry, BookingError> {
+        let mut tx = self.p.db.begin().await?;
+        let now = self.p.clock.now_ms();
+        sqlx::query(
+            "UPDATE booking_waitlist SET active = 0 WHERE entry_id = $1 AND patient_nin = $2",
+        )
+        .bind(entry_id)
+        .bind(nin)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT w.entry_id, g.gp_id, w.latest_date, w.modality, w.joined_at, w.active FROM booking_waitlist w \
+             JOIN booking_gps g ON g.gp_uid = w.gp_uid WHERE w.entry_id = $1 AND w.patient_nin = $2",
+        )
+        .bind(entry_id)
+        .bind(nin)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| BookingError::NotFound("entry_id".into()))?;
+        let access = Access {
+            action: rpc::LEAVE_WAITLIST,
+            resource: format!("waitlist:{entry_id}"),
+            patient_nin: nin,
+        };
+        audit::record(&mut tx, caller, &access, now).await?;
+        tx.commit().await?;
+        waitlist_from_row(&row)
+    }
+
+    async fn has_waiting(&self, tx: &mut Tx, gp_uid: &str) -> Result<bool, BookingError> {
+        Ok(sqlx::query(
+            "SELECT 1 AS x FROM booking_waitlist WHERE gp_uid = $1 AND active = 1 LIMIT 1",
+        )
+        .bind(gp_uid)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some())
+    }
+
+    /// Offers a takeable slot to the first matching waiting patient as a hold. Returns whether
+    /// it was offered.
+    async fn offer_to_waitlist(&self, tx: &mut Tx, slot_id: &str) -> Result<bool, BookingError> {
+        let now = self.p.clock.now_ms();
+        let Some(s) = sqlx::query(&format!(
+            "SELECT s.gp_uid, s.start_at, s.modality, g.org_number FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+             WHERE s.slot_id = $1 AND s.start_at > $2 AND s.acute_reserve = 0 AND {}",
+            takeable(2)
+        ))
+        .bind(slot_id)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?
+        else {
+            return Ok(false);
+        };
+        let gp_uid: String = s.try_get("gp_uid")?;
+        let org: String = s.try_get("org_number")?;
+        let date = oslo_date(from_ms(s.try_get("start_at")?))
+            .format("%Y-%m-%d")
+            .to_string();
+        let Some(w) = sqlx::query(
+            "SELECT entry_id, patient_nin FROM booking_waitlist WHERE gp_uid = $1 AND active = 1 AND latest_date >= $2 \
+             AND (modality = 0 OR modality = $3) ORDER BY priority DESC, joined_at LIMIT 1",
+        )
+        .bind(&gp_uid)
+        .bind(&date)
+        .bind(s.try_get::<i64, _>("modality")?)
+        .fetch_optional(&mut **tx)
+        .await?
+        else {
+            return Ok(false);
+        };
+        let entry_id: String = w.try_get("entry_id")?;
+        let patient: String = w.try_get("patient_nin")?;
+        let hold_id = new_id();
+        let expires = now + self.cfg.waitlist_hold_ttl.num_milliseconds();
+        sqlx::query(
+            "UPDATE booking_slots SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, hold_from_waitlist = 1, hold_request_id = NULL \
+             WHERE slot_id = $4",
+        )
+        .bind(&hold_id)
+        .bind(&patient)
+        .bind(expires)
+        .bind(slot_id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE booking_waitlist SET active = 0, offered_hold_id = $1 WHERE entry_id = $2",
+        )
+        .bind(&hold_id)
+        .bind(&entry_id)
+        .execute(&mut **tx)
+        .await?;
+        let body = serde_json::json!({ "entry_id": entry_id, "hold_id": hold_id, "slot_id": slot_id, "patient_nin": patient, "expires_at_ms": expires });
+        outbox::enqueue(
+            tx,
+            NewEvent {
+                topic: topics::BOOKING_WAITLIST_OFFERED,
+                org_number: &org,
+                payload: &body,
+            },
+            now,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Frees lapsed holds (and offers those slots to the waitlist). Returns how many.
+    pub async fn sweep_expired_holds(&self) -> Result<usize, BookingError> {
+        let now = self.p.clock.now_ms();
+        let mut tx = self.p.db.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE booking_slots SET status = 1, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL, hold_request_id = NULL \
+             WHERE slot_id IN (SELECT slot_id FROM booking_slots WHERE status = 3 AND hold_expires_at <= $1 LIMIT 200) RETURNING slot_id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            let id: String = r.try_get("slot_id")?;
+            self.offer_to_waitlist(&mut tx, &id).await?;
+        }
+        tx.commit().await?;
+        if !rows.is_empty() {
+            self.p.committed();
+        }
+        Ok(rows.len())
+    }
+
+    /// Background task: sweeps lapsed holds every `every` until shutdown.
+    pub async fn run_hold_sweeper(self, every: std::time::Duration) {
+        let mut stop = self.p.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            match self.sweep_expired_holds().await {
+                Ok(n) if n > 0 => tracing::info!(freed = n, "lapsed holds freed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "hold sweeper failed"),
+            }
+        }
+    }
+
+    /// Booking changes of `org` after `cursor` (for WatchBookings); audits each delivered
+    /// appointment.
+    pub async fn changes_after(
+        &self,
+        caller: &Caller,
+        org: &str,
+        cursor: u64,
+    ) -> Result<Vec<(u64, String, AppointmentChanged)>, BookingError> {
+        let events = outbox::read_after(&self.p.db, cursor, "booking.", Some(org), 200).await?;
+        let mut out = Vec::with_capacity(events.len());
+        let mut last_seq = cursor;
+        for e in events {
+            last_seq = e.seq;
+            if matches!(
+                e.topic.as_str(),
+                topics::BOOKING_REQUESTED | topics::BOOKING_WAITLIST_OFFERED
+            ) {
+                continue;
+            }
+            let body: AppointmentChanged =
+                serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?;
+            out.push((e.seq, e.topic, body));
+        }
+        let accesses: Vec<Access<'_>> = out
+            .iter()
+            .map(|(_, _, b)| Access {
+                action: rpc::WATCH,
+                resource: format!("appointment:{}", b.appointment_id),
+                patient_nin: &b.patient_nin,
+            })
+            .collect();
+        audit::record_reads(&self.p.db, caller, &accesses, self.p.clock.now_ms()).await?;
+        if out.is_empty() && last_seq > cursor {
+            // Only non-appointment events: report progress with an empty marker.
+            out.push((last_seq, String::new(), empty_change()));
+        }
+        Ok(out)
+    }
+
+    /// The platform (for the gRPC adapter's streams).
+    pub fn platform(&self) -> &Platform {
+        &self.p
+    }
+}
+
+fn empty_change() -> AppointmentChanged {
+    AppointmentChanged {
+        appointment_id: String::new(),
+        slot_id: String::new(),
+        gp_id: String::new(),
+        org_number: String::new(),
+        municipality_number: String::new(),
+        patient_nin: String::new(),
+        modality: String::new(),
+        start_ms: 0,
+        end_ms: 0,
+        status: String::new(),
+        reason: String::new(),
+        booked_at_ms: 0,
+        cancelled_at_ms: None,
+        cancelled_by: None,
+        late_cancellation: false,
+        rescheduled_from: None,
+    }
+}
+
+fn waitlist_from_row(r: &AnyRow) -> Result<WaitlistEntry, BookingError> {
+    let latest: String = r.try_get("latest_date")?;
+    Ok(WaitlistEntry {
+        entry_id: r.try_get("entry_id")?,
+        gp_id: r.try_get("gp_id")?,
+        latest_date: NaiveDate::parse_from_str(&latest, "%Y-%m-%d").map_err(anyhow::Error::from)?,
+        modality: Modality::from_code(r.try_get("modality")?),
+        joined_at: from_ms(r.try_get("joined_at")?),
+        active: r.try_get::<i64, _>("active")? != 0,
+    })
+}

@@ -1,0 +1,331 @@
+//! The composition root: builds the platform and the selected services and serves them on one
+//! port (gRPC, gRPC-Web, health, reflection), plus a Prometheus endpoint. `main` and the
+//! integration tests start the system the same way, through [`Application::start`].
+
+use anyhow::Context as _;
+use econsult_booking::{Booking, BookingConfig, BookingGrpc};
+use econsult_proto::audit::v1::audit_service_server::AuditServiceServer;
+use econsult_runtime::audit::AuditGrpc;
+use econsult_runtime::auth::{AuthInterceptor, Authenticator, DevKeys};
+use econsult_runtime::clock::Clock;
+use econsult_runtime::platform::{Platform, PlatformConfig, PlatformHandle};
+use econsult_runtime::telemetry::RpcMetricsLayer;
+use econsult_stats::{Aggregator, StatsGrpc};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+
+/// The services one process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    /// econsult.booking.v1.
+    Booking,
+    /// econsult.stats.v1.
+    Stats,
+}
+
+impl ServiceKind {
+    /// All services.
+    pub const ALL: [ServiceKind; 2] = [ServiceKind::Booking, ServiceKind::Stats];
+
+    /// Full gRPC service name.
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            ServiceKind::Booking => "econsult.booking.v1.BookingService",
+            ServiceKind::Stats => "econsult.stats.v1.StatsService",
+        }
+    }
+}
+
+impl FromStr for ServiceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "booking" => Ok(ServiceKind::Booking),
+            "stats" => Ok(ServiceKind::Stats),
+            other => Err(format!(
+                "unknown service {other:?}: expected booking or stats"
+            )),
+        }
+    }
+}
+
+/// Everything [`Application::start`] needs.
+#[derive(Clone)]
+pub struct Config {
+    /// gRPC address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address; `None` disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Holds the SQLite file and the dev signing key.
+    pub data_dir: PathBuf,
+    /// Database; default `sqlite://<data_dir>/econsult.db`.
+    pub database_url: Option<String>,
+    /// Redis for events across replicas.
+    pub redis_url: Option<String>,
+    /// Prefix of Redis keys.
+    pub redis_namespace: String,
+    /// Which services to run.
+    pub services: Vec<ServiceKind>,
+    /// A JWKS file of the identity providers; `None` trusts the local dev key.
+    pub jwks_file: Option<PathBuf>,
+    /// Trusted issuers when `jwks_file` is set.
+    pub issuers: Vec<String>,
+    /// Required audience.
+    pub audience: String,
+    /// Booking tunables.
+    pub booking: BookingConfig,
+    /// How long to drain calls and streams on shutdown.
+    pub shutdown_grace: Duration,
+    /// Name of this instance (consumer name on the bus).
+    pub instance_id: String,
+    /// Prometheus registry to serve (from `Telemetry`).
+    pub registry: Option<prometheus::Registry>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Config {
+    /// Embedded defaults: all services, SQLite under `data_dir`, dev key, loopback, no metrics.
+    pub fn embedded(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
+            data_dir,
+            database_url: None,
+            redis_url: None,
+            redis_namespace: "econsult".into(),
+            services: ServiceKind::ALL.to_vec(),
+            jwks_file: None,
+            issuers: Vec::new(),
+            audience: econsult_runtime::auth::DEFAULT_AUDIENCE.into(),
+            booking: BookingConfig::default(),
+            shutdown_grace: Duration::from_secs(20),
+            instance_id: format!("econsult-{}", std::process::id()),
+            registry: None,
+            clock: Arc::new(econsult_runtime::clock::SystemClock),
+        }
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("econsult.db").display()))
+    }
+
+    fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        match &self.jwks_file {
+            Some(path) => {
+                let jwks = std::fs::read_to_string(path)
+                    .with_context(|| format!("read {}", path.display()))?;
+                Authenticator::from_jwks(&jwks, self.issuers.clone(), self.audience.clone())
+            }
+            None => DevKeys::load_or_create(&self.data_dir)?.authenticator(&self.audience),
+        }
+    }
+}
+
+/// A running system.
+pub struct Application {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    platform: Platform,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Application {
+    /// Connects, migrates, binds and starts serving in the background.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create {}", config.data_dir.display()))?;
+        let auth = Arc::new(config.authenticator()?);
+        let (platform, mut handle) = Platform::start(PlatformConfig {
+            database_url: config.database_url(),
+            redis_url: config.redis_url.clone(),
+            redis_namespace: config.redis_namespace.clone(),
+            migrate: true,
+            auth: auth.clone(),
+            clock: config.clock.clone(),
+        })
+        .await?;
+
+        let interceptor = AuthInterceptor(auth);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(econsult_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let mut routes = tonic::service::Routes::builder();
+        routes.add_service(health_service).add_service(reflection);
+        const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+        routes.add_service(AuditServiceServer::with_interceptor(
+            AuditGrpc::new(platform.db.clone(), platform.clock.clone()),
+            interceptor.clone(),
+        ));
+        for kind in &config.services {
+            match kind {
+                ServiceKind::Booking => {
+                    let booking = Booking::new(platform.clone(), config.booking.clone());
+                    handle.track(tokio::spawn(
+                        booking.clone().run_hold_sweeper(Duration::from_secs(5)),
+                    ));
+                    let server = BookingGrpc::new(booking)
+                        .into_server()
+                        .max_decoding_message_size(MAX_MESSAGE);
+                    routes.add_service(tonic::service::interceptor::InterceptedService::new(
+                        server,
+                        interceptor.clone(),
+                    ));
+                }
+                ServiceKind::Stats => {
+                    let agg = Aggregator::new(platform.db.clone());
+                    handle.track(tokio::spawn(
+                        agg.run(platform.clone(), config.instance_id.clone()),
+                    ));
+                    let server = StatsGrpc::new(platform.db.clone())
+                        .into_server()
+                        .max_decoding_message_size(MAX_MESSAGE);
+                    routes.add_service(tonic::service::interceptor::InterceptedService::new(
+                        server,
+                        interceptor.clone(),
+                    ));
+                }
+            }
+            health
+                .set_service_status(kind.grpc_name(), ServingStatus::Serving)
+                .await;
+        }
+        health.set_service_status("", ServingStatus::Serving).await;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let metrics_addr = match (config.metrics_listen, config.registry.clone()) {
+            (Some(a), Some(registry)) => {
+                Some(serve_metrics(a, registry, platform.shutdown.clone(), &mut handle).await?)
+            }
+            _ => None,
+        };
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let services = config.services.clone();
+        let grace = config.shutdown_grace;
+        let routes = routes.routes();
+        let task = tokio::spawn(async move {
+            let (drain_tx, drain_rx) = oneshot::channel::<()>();
+            let server = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .layer(RpcMetricsLayer::default())
+                .layer(tonic_web::GrpcWebLayer::new())
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = drain_rx.await;
+                    },
+                );
+            tokio::pin!(server);
+            tokio::select! {
+                r = &mut server => { r?; }
+                _ = stop_rx => {
+                    // Shutdown: NOT_SERVING first (load balancers stop sending), streams told to
+                    // end, then drain in-flight calls with a deadline, then flush the outbox.
+                    tracing::info!("shutting down");
+                    for kind in &services {
+                        health.set_service_status(kind.grpc_name(), ServingStatus::NotServing).await;
+                    }
+                    health.set_service_status("", ServingStatus::NotServing).await;
+                    handle.signal();
+                    let _ = drain_tx.send(());
+                    if tokio::time::timeout(grace, &mut server).await.is_err() {
+                        tracing::warn!("calls still running after the shutdown deadline; closing");
+                    }
+                    handle.shutdown(grace).await;
+                    return Ok(());
+                }
+            }
+            handle.shutdown(grace).await;
+            Ok(())
+        });
+        tracing::info!(%addr, "econsult serving");
+        Ok(Self {
+            addr,
+            metrics_addr,
+            platform,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+
+    /// The gRPC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metrics address, when serving metrics.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The platform handles (tests inspect the database through it).
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// Runs until `signal` completes, then shuts down cleanly.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            r = &mut self.task => return r?,
+            _ = signal => {}
+        }
+        self.stop().await
+    }
+
+    /// Shuts down cleanly and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let result = (&mut self.task).await?;
+        self.platform.db.close().await;
+        result
+    }
+}
+
+async fn serve_metrics(
+    addr: SocketAddr,
+    registry: prometheus::Registry,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    handle: &mut PlatformHandle,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind metrics {addr}"))?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move { econsult_runtime::telemetry::prometheus_text(&registry) }
+        }),
+    );
+    handle.track(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "metrics endpoint failed");
+        }
+    }));
+    Ok(local)
+}

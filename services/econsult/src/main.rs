@@ -1,0 +1,244 @@
+//! `econsult`: run the services, apply migrations, mint development tokens.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use econsult::{Application, Config, ServiceKind};
+use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
+use econsult_runtime::telemetry::Telemetry;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+#[derive(Parser)]
+#[command(
+    name = "econsult",
+    version,
+    about = "Digital access to the regular GP: booking, e-consultation, video, statistics"
+)]
+struct Cli {
+    /// Directory for the embedded SQLite database and the development signing key.
+    #[arg(long, global = true, env = "ECONSULT_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Database URL (sqlite://… or postgres://…); default: SQLite file in the data directory.
+    #[arg(
+        long,
+        global = true,
+        env = "ECONSULT_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the selected services on one port until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Print a token signed by the local development key (never trusted with --jwks-file).
+    DevToken(DevTokenArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// gRPC (and gRPC-Web) listen address.
+    #[arg(long, env = "ECONSULT_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Prometheus metrics listen address (GET /metrics).
+    #[arg(
+        long,
+        env = "ECONSULT_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: SocketAddr,
+    /// Comma-separated services to run.
+    #[arg(
+        long,
+        env = "ECONSULT_SERVICES",
+        value_delimiter = ',',
+        default_value = "booking,stats"
+    )]
+    services: Vec<ServiceKind>,
+    /// Redis URL: events through Redis Streams so that replicas cooperate.
+    #[arg(long, env = "ECONSULT_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of the Redis keys.
+    #[arg(long, env = "ECONSULT_REDIS_NAMESPACE", default_value = "econsult")]
+    redis_namespace: String,
+    /// JWKS file of the identity providers (ID-porten, HelseID); without it the dev key is trusted.
+    #[arg(long, env = "ECONSULT_JWKS_FILE")]
+    jwks_file: Option<PathBuf>,
+    /// Trusted token issuer (repeat for several); required with --jwks-file.
+    #[arg(
+        long = "trusted-issuer",
+        env = "ECONSULT_TRUSTED_ISSUERS",
+        value_delimiter = ','
+    )]
+    issuers: Vec<String>,
+    /// Required token audience.
+    #[arg(long, env = "ECONSULT_AUDIENCE", default_value = "econsult")]
+    audience: String,
+    /// How long a patient's hold lasts, in seconds.
+    #[arg(long, env = "ECONSULT_HOLD_TTL_SECONDS", default_value_t = 300)]
+    hold_ttl_seconds: i64,
+    /// Seconds to drain calls and streams on shutdown.
+    #[arg(long, env = "ECONSULT_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    shutdown_grace_seconds: u64,
+    /// Name of this instance on the event bus (default: host name and process id).
+    #[arg(long, env = "ECONSULT_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Log format.
+    #[arg(long, env = "ECONSULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Patient,
+    Clinician,
+    Ehr,
+    Ops,
+}
+
+#[derive(clap::Args)]
+struct DevTokenArgs {
+    /// Who the token is for.
+    #[arg(long, value_enum)]
+    role: Role,
+    /// Patient: national identity number (use a synthetic one, see `econsult dev-token --help`).
+    #[arg(long)]
+    nin: Option<String>,
+    /// Patient: ID-porten level.
+    #[arg(long, default_value = REQUIRED_ACR)]
+    acr: String,
+    /// Clinician: HPR number.
+    #[arg(long)]
+    hpr: Option<String>,
+    /// Clinician and EHR: organisation number (9 digits).
+    #[arg(long)]
+    org: Option<String>,
+    /// Clinician and EHR: scopes, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "econsult:booking.read,econsult:booking.write,econsult:stats.read"
+    )]
+    scopes: Vec<String>,
+    /// EHR client id / ops subject.
+    #[arg(long, default_value = "dev-client")]
+    subject: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: i64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(cli.data_dir, cli.database_url, args).await,
+        Command::Migrate => {
+            let mut config = Config::embedded(cli.data_dir.clone());
+            config.database_url = cli.database_url;
+            std::fs::create_dir_all(&cli.data_dir)?;
+            let db = econsult_runtime::db::Db::connect(&config.database_url()).await?;
+            db.migrate().await?;
+            db.close().await;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::DevToken(a) => {
+            let keys = DevKeys::load_or_create(&cli.data_dir)?;
+            let need = |v: Option<String>, what: &str| {
+                v.with_context(|| format!("--{what} is required for this role"))
+            };
+            let spec = match a.role {
+                Role::Patient => TokenSpec::Patient {
+                    nin: need(a.nin, "nin")?,
+                    acr: a.acr,
+                },
+                Role::Clinician => TokenSpec::Clinician {
+                    hpr_number: need(a.hpr, "hpr")?,
+                    org_number: need(a.org, "org")?,
+                    scopes: a.scopes,
+                },
+                Role::Ehr => TokenSpec::Ehr {
+                    client_id: a.subject,
+                    org_number: need(a.org, "org")?,
+                    scopes: a.scopes,
+                },
+                Role::Ops => TokenSpec::Ops { subject: a.subject },
+            };
+            println!(
+                "{}",
+                keys.mint(&spec, chrono::Utc::now().timestamp(), a.ttl)?
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(
+    data_dir: PathBuf,
+    database_url: Option<String>,
+    a: ServeArgs,
+) -> anyhow::Result<()> {
+    let telemetry = Telemetry::init("econsult", matches!(a.log_format, LogFormat::Json))?;
+    let mut config = Config::embedded(data_dir);
+    config.listen = a.listen;
+    config.metrics_listen = Some(a.metrics_listen);
+    config.registry = Some(telemetry.registry());
+    config.database_url = database_url;
+    config.redis_url = a.redis_url;
+    config.redis_namespace = a.redis_namespace;
+    config.services = a.services;
+    if a.jwks_file.is_some() && a.issuers.is_empty() {
+        anyhow::bail!("--trusted-issuer is required with --jwks-file");
+    }
+    config.jwks_file = a.jwks_file;
+    config.issuers = a.issuers;
+    config.audience = a.audience;
+    config.booking.hold_ttl = chrono::Duration::seconds(a.hold_ttl_seconds.clamp(30, 3600));
+    config.shutdown_grace = Duration::from_secs(a.shutdown_grace_seconds);
+    if let Some(id) = a.instance_id {
+        config.instance_id = id;
+    }
+    let app = Application::start(config).await?;
+    tracing::info!(grpc = %app.local_addr(), metrics = ?app.metrics_addr(), "ready");
+    let result = app.run_until(shutdown_signal()).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,949 @@
+//! Booking through the real gRPC server, on SQLite and on PostgreSQL + Redis.
+
+mod common;
+
+use chrono::{DateTime, Duration, Utc};
+use common::*;
+use econsult_proto::booking::v1 as pb;
+use pb::book_request::Target as BookTarget;
+use tonic::Code;
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+async fn book_slot(
+    app: &TestApp,
+    nin: &str,
+    slot_id: &str,
+) -> Result<pb::Appointment, tonic::Status> {
+    let mut c = app.booking().await;
+    c.book(authed(
+        pb::BookRequest {
+            target: Some(BookTarget::SlotId(slot_id.into())),
+            reason: "sore throat".into(),
+            request_id: String::new(),
+            idempotency_key: key(),
+        },
+        &app.patient_token(nin),
+    ))
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn finding_holding_and_booking_a_slot_works_end_to_end(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 1, 2).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-03T08:00:00Z"), at("2026-03-04T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let mut c = app.booking().await;
+    let token = app.patient_token(&nins[0]);
+    let found = c
+        .find_slots(authed(pb::FindSlotsRequest::default(), &token))
+        .await
+        .expect("find")
+        .into_inner();
+    assert_eq!(found.slots.len(), 2);
+    assert!(found.slots.iter().all(|s| s.own_gp));
+    assert!(found.within_five_working_days);
+    assert_eq!(found.earliest_offer_working_days, 1);
+    assert_eq!(found.earliest_offer, Some(ts(at("2026-03-03T08:00:00Z"))));
+
+    let hold = c
+        .hold_slot(authed(
+            pb::HoldSlotRequest {
+                slot_id: slots[0].slot_id.clone(),
+                request_id: found.request_id.clone(),
+                idempotency_key: key(),
+            },
+            &token,
+        ))
+        .await
+        .expect("hold")
+        .into_inner();
+    assert_eq!(
+        hold.slot.as_ref().map(|s| s.status),
+        Some(pb::SlotStatus::BusyTentative as i32)
+    );
+    // Someone else cannot take a held slot.
+    let err = book_slot(&app, &nins[1], &slots[0].slot_id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let appt = c
+        .book(authed(
+            pb::BookRequest {
+                target: Some(BookTarget::HoldId(hold.hold_id.clone())),
+                reason: "check-up".into(),
+                request_id: found.request_id,
+                idempotency_key: key(),
+            },
+            &token,
+        ))
+        .await
+        .expect("book")
+        .into_inner();
+    assert_eq!(appt.status, pb::AppointmentStatus::Booked as i32);
+    assert_eq!(appt.patient_nin, nins[0]);
+
+    let mine = c
+        .list_my_bookings(authed(
+            pb::ListMyBookingsRequest {
+                include_past: false,
+            },
+            &token,
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(mine.appointments.len(), 1);
+    assert_eq!(mine.appointments[0].appointment_id, appt.appointment_id);
+    assert!(mine.holds.is_empty());
+
+    // The booked slot is no longer offered.
+    let found = c
+        .find_slots(authed(
+            pb::FindSlotsRequest::default(),
+            &app.patient_token(&nins[1]),
+        ))
+        .await
+        .expect("find")
+        .into_inner();
+    assert_eq!(found.slots.len(), 1);
+    assert_eq!(
+        found.slots[0].slot.as_ref().map(|s| s.slot_id.clone()),
+        Some(slots[1].slot_id.clone())
+    );
+    app.shutdown().await;
+}
+
+async fn two_hundred_concurrent_clients_racing_for_three_slots_give_exactly_three_bookings(
+    env: Env,
+) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-hot", 2, 200).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-hot",
+        &[
+            at("2026-03-03T08:00:00Z"),
+            at("2026-03-03T08:15:00Z"),
+            at("2026-03-03T08:30:00Z"),
+        ],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let channels = futures::future::join_all((0..8).map(|_| app.channel())).await;
+    let mut tasks = Vec::new();
+    for (i, nin) in nins.iter().enumerate() {
+        let mut c = pb::booking_service_client::BookingServiceClient::new(
+            channels[i % channels.len()].clone(),
+        );
+        let token = app.patient_token(nin);
+        let slot_id = slots[i % 3].slot_id.clone();
+        tasks.push(tokio::spawn(async move {
+            c.book(authed(
+                pb::BookRequest {
+                    target: Some(BookTarget::SlotId(slot_id)),
+                    reason: String::new(),
+                    request_id: String::new(),
+                    idempotency_key: key(),
+                },
+                &token,
+            ))
+            .await
+        }));
+    }
+    let mut ok = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(r) => ok.push(r.into_inner()),
+            Err(s) => {
+                assert!(
+                    matches!(s.code(), Code::FailedPrecondition | Code::AlreadyExists),
+                    "unexpected {s:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    eprintln!(
+        "race on {}: {} booked, {} refused",
+        app.env.name,
+        ok.len(),
+        refused
+    );
+    assert_eq!(ok.len(), 3);
+    assert_eq!(refused, 197);
+    let mut booked: Vec<String> = ok
+        .iter()
+        .filter_map(|a| a.slot.as_ref().map(|s| s.slot_id.clone()))
+        .collect();
+    booked.sort();
+    booked.dedup();
+    assert_eq!(booked.len(), 3, "each slot booked once");
+    let n: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM booking_appointments WHERE status <> 4")
+            .fetch_one(app.platform().db.read())
+            .await
+            .expect("count"),
+        "n",
+    )
+    .expect("n");
+    assert_eq!(n, 3);
+    app.shutdown().await;
+}
+
+async fn a_retried_call_with_the_same_key_returns_the_first_result(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 3, 1).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-03T08:00:00Z"), at("2026-03-03T09:00:00Z")],
+        pb::Modality::Video,
+    )
+    .await;
+    let mut c = app.booking().await;
+    let token = app.patient_token(&nins[0]);
+    let req = pb::BookRequest {
+        target: Some(BookTarget::SlotId(slots[0].slot_id.clone())),
+        reason: "x".into(),
+        request_id: String::new(),
+        idempotency_key: "retry-1".into(),
+    };
+    let first = c
+        .book(authed(req.clone(), &token))
+        .await
+        .expect("first")
+        .into_inner();
+    let again = c
+        .book(authed(req.clone(), &token))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(first, again);
+    let other = pb::BookRequest {
+        target: Some(BookTarget::SlotId(slots[1].slot_id.clone())),
+        ..req
+    };
+    let err = c.book(authed(other, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("idempotency_key"));
+    let mine = c
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &token))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(mine.appointments.len(), 1);
+    app.shutdown().await;
+}
+
+async fn bad_input_is_refused_with_the_field_named(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 4, 1).await;
+    let mut c = app.booking().await;
+    let ehr = app.ehr_token(ORG_A);
+    let slot = |start: DateTime<Utc>, minutes: u32, modality: i32| pb::NewSlot {
+        start: Some(ts(start)),
+        duration_minutes: minutes,
+        modality,
+        acute_reserve: false,
+    };
+    let publish = |slots: Vec<pb::NewSlot>| pb::PublishSlotsRequest {
+        gp_id: "gp-1".into(),
+        slots,
+        idempotency_key: key(),
+    };
+    let cases = vec![
+        (
+            publish(vec![slot(at("2026-03-01T08:00:00Z"), 15, 1)]),
+            "slots[0].start",
+        ),
+        (
+            publish(vec![slot(at("2026-03-03T08:00:00Z"), 0, 1)]),
+            "slots[0].duration_minutes",
+        ),
+        (
+            publish(vec![slot(at("2026-03-03T08:00:00Z"), 241, 1)]),
+            "slots[0].duration_minutes",
+        ),
+        (
+            publish(vec![slot(at("2026-03-03T08:00:00Z"), 15, 99)]),
+            "slots[0].modality",
+        ),
+        (
+            publish(vec![slot(at("2026-03-03T08:00:00Z"), 15, 0)]),
+            "slots[0].modality",
+        ),
+        (
+            publish(vec![
+                slot(at("2026-03-03T08:00:00Z"), 30, 1),
+                slot(at("2026-03-03T08:15:00Z"), 15, 1),
+            ]),
+            "slots[1].start",
+        ),
+    ];
+    for (req, field) in cases {
+        let err = c.publish_slots(authed(req, &ehr)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            err.message().contains(field),
+            "{} should name {field}",
+            err.message()
+        );
+    }
+    // Overlap with an existing slot.
+    c.publish_slots(authed(
+        publish(vec![slot(at("2026-03-03T08:00:00Z"), 30, 1)]),
+        &ehr,
+    ))
+    .await
+    .expect("publish");
+    let err = c
+        .publish_slots(authed(
+            publish(vec![slot(at("2026-03-03T08:20:00Z"), 15, 1)]),
+            &ehr,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("slots[0].start"));
+    // Invalid identity number.
+    let err = c
+        .update_list(authed(
+            pb::UpdateListRequest {
+                gp_id: "gp-1".into(),
+                add: vec!["12345678901".into()],
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("add[0]"));
+    // Capacity above the legal maximum.
+    let err = c
+        .upsert_gp(authed(
+            pb::UpsertGpRequest {
+                gp: Some(pb::Gp {
+                    gp_id: "gp-2".into(),
+                    hpr_number: "123".into(),
+                    display_name: "Dr".into(),
+                    municipality_number: "0301".into(),
+                    list_capacity: 2501,
+                    list_status: 1,
+                    ..Default::default()
+                }),
+            },
+            &ehr,
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("gp.list_capacity"));
+    // A patient who is on no list in the service.
+    let stranger = econsult_runtime::nin::synthetic(999_999)
+        .as_str()
+        .to_owned();
+    let err = c
+        .find_slots(authed(
+            pb::FindSlotsRequest::default(),
+            &app.patient_token(&stranger),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // A missing idempotency key.
+    let err = c
+        .book(authed(
+            pb::BookRequest {
+                target: Some(BookTarget::SlotId("x".into())),
+                reason: String::new(),
+                request_id: String::new(),
+                idempotency_key: String::new(),
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("idempotency_key"));
+    app.shutdown().await;
+}
+
+async fn callers_only_reach_their_own_data(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 5, 2).await;
+    seed_gp(&app, ORG_B, "gp-b", 6, 0).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-03T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let appt = book_slot(&app, &nins[0], &slots[0].slot_id)
+        .await
+        .expect("book");
+    let mut c = app.booking().await;
+
+    // No token, a patient on an EHR call, patient B on patient A's appointment.
+    let err = c
+        .get_gp(tonic::Request::new(pb::GetGpRequest {
+            gp_id: "gp-1".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = c
+        .get_gp(authed(
+            pb::GetGpRequest {
+                gp_id: "gp-1".into(),
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = c
+        .cancel(authed(
+            pb::CancelRequest {
+                appointment_id: appt.appointment_id.clone(),
+                idempotency_key: key(),
+            },
+            &app.patient_token(&nins[1]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let theirs = c
+        .list_my_bookings(authed(
+            pb::ListMyBookingsRequest { include_past: true },
+            &app.patient_token(&nins[1]),
+        ))
+        .await
+        .expect("list");
+    assert!(theirs.into_inner().appointments.is_empty());
+
+    // The EHR of another organisation sees neither the GP nor the appointment.
+    let ehr_b = app.ehr_token(ORG_B);
+    let err = c
+        .get_gp(authed(
+            pb::GetGpRequest {
+                gp_id: "gp-1".into(),
+            },
+            &ehr_b,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .cancel_by_practice(authed(
+            pb::CancelByPracticeRequest {
+                appointment_id: appt.appointment_id.clone(),
+                reason: String::new(),
+                idempotency_key: key(),
+            },
+            &ehr_b,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // An EHR token without the write scope.
+    let read_only = app.token(econsult_runtime::auth::TokenSpec::Ehr {
+        client_id: "ro".into(),
+        org_number: ORG_A.into(),
+        scopes: vec!["econsult:booking.read".into()],
+    });
+    let err = c
+        .withdraw_slots(authed(
+            pb::WithdrawSlotsRequest {
+                slot_ids: vec![slots[0].slot_id.clone()],
+                idempotency_key: key(),
+            },
+            &read_only,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    app.shutdown().await;
+}
+
+async fn an_expired_hold_frees_the_slot(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 7, 2).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-03T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let mut c = app.booking().await;
+    let a = app.patient_token(&nins[0]);
+    let hold = c
+        .hold_slot(authed(
+            pb::HoldSlotRequest {
+                slot_id: slots[0].slot_id.clone(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &a,
+        ))
+        .await
+        .expect("hold")
+        .into_inner();
+    app.clock.advance(Duration::minutes(6));
+    let err = c
+        .book(authed(
+            pb::BookRequest {
+                target: Some(BookTarget::HoldId(hold.hold_id.clone())),
+                reason: String::new(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &a,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("expired"), "{}", err.message());
+    let b_appt = book_slot(&app, &nins[1], &slots[0].slot_id)
+        .await
+        .expect("the lapsed hold no longer blocks");
+    assert_eq!(b_appt.patient_nin, nins[1]);
+    // Once someone else took the slot, the lapsed hold is gone.
+    let err = c
+        .book(authed(
+            pb::BookRequest {
+                target: Some(BookTarget::HoldId(hold.hold_id)),
+                reason: String::new(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &a,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    app.shutdown().await;
+}
+
+async fn cancel_and_reschedule_are_atomic_and_late_cancellations_are_marked(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 8, 2).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[
+            at("2026-03-03T08:00:00Z"),
+            at("2026-03-04T08:00:00Z"),
+            at("2026-03-05T08:00:00Z"),
+        ],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let mut c = app.booking().await;
+    let a = app.patient_token(&nins[0]);
+    let first = book_slot(&app, &nins[0], &slots[0].slot_id)
+        .await
+        .expect("book");
+    book_slot(&app, &nins[1], &slots[2].slot_id)
+        .await
+        .expect("other patient books slot 3");
+
+    // Rescheduling onto a taken slot changes nothing.
+    let err = c
+        .reschedule(authed(
+            pb::RescheduleRequest {
+                appointment_id: first.appointment_id.clone(),
+                target: Some(pb::reschedule_request::Target::SlotId(
+                    slots[2].slot_id.clone(),
+                )),
+                idempotency_key: key(),
+            },
+            &a,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let mine = c
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &a))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(mine.appointments.len(), 1);
+    assert_eq!(
+        mine.appointments[0].status,
+        pb::AppointmentStatus::Booked as i32
+    );
+
+    // A successful reschedule: exactly one of the two is booked.
+    let moved = c
+        .reschedule(authed(
+            pb::RescheduleRequest {
+                appointment_id: first.appointment_id.clone(),
+                target: Some(pb::reschedule_request::Target::SlotId(
+                    slots[1].slot_id.clone(),
+                )),
+                idempotency_key: key(),
+            },
+            &a,
+        ))
+        .await
+        .expect("reschedule")
+        .into_inner();
+    assert_eq!(moved.rescheduled_from, first.appointment_id);
+    let mine = c
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &a))
+        .await
+        .expect("list")
+        .into_inner();
+    let booked: Vec<_> = mine
+        .appointments
+        .iter()
+        .filter(|x| x.status == pb::AppointmentStatus::Booked as i32)
+        .collect();
+    assert_eq!(booked.len(), 1);
+    assert_eq!(booked[0].appointment_id, moved.appointment_id);
+    // The old slot is free again.
+    book_slot(&app, &nins[1], &slots[0].slot_id)
+        .await
+        .expect("old slot is free");
+
+    // Cancelling less than 24 hours before start is a late cancellation; earlier is not.
+    app.clock.set(at("2026-03-03T09:00:00Z"));
+    let cancelled = c
+        .cancel(authed(
+            pb::CancelRequest {
+                appointment_id: moved.appointment_id.clone(),
+                idempotency_key: key(),
+            },
+            &a,
+        ))
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert!(cancelled.late_cancellation);
+    assert_eq!(cancelled.cancelled_by, pb::CancelledBy::Patient as i32);
+    app.shutdown().await;
+}
+
+async fn the_five_working_day_target_is_measured_with_alternatives_and_breaches(env: Env) {
+    // Maundy Thursday 2026-04-02, 09:00 Oslo: five working days later is Monday 13 April.
+    let app = TestApp::start_at(env, at("2026-04-02T07:00:00Z")).await;
+    let nins = seed_gp(&app, ORG_A, "gp-own", 9, 1).await;
+    seed_gp(&app, ORG_A, "gp-other", 10, 0).await;
+    let vacant = seed_gp_with(&app, ORG_A, "gp-vacant", 11, 1, pb::ListStatus::Vacant).await;
+    let mut c = app.booking().await;
+    let token = app.patient_token(&nins[0]);
+
+    // Nothing anywhere: a breach because there are no slots.
+    let r = c
+        .find_slots(authed(pb::FindSlotsRequest::default(), &token))
+        .await
+        .expect("find")
+        .into_inner();
+    assert!(!r.within_five_working_days);
+    assert_eq!(r.breach_reason, pb::BreachReason::NoSlots as i32);
+
+    // Own GP only on 14 April (six working days): the other GP's 13 April slot is offered too.
+    publish(
+        &app,
+        ORG_A,
+        "gp-own",
+        &[at("2026-04-14T07:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    publish(
+        &app,
+        ORG_A,
+        "gp-other",
+        &[at("2026-04-13T07:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let r = c
+        .find_slots(authed(pb::FindSlotsRequest::default(), &token))
+        .await
+        .expect("find")
+        .into_inner();
+    assert_eq!(r.slots.len(), 2);
+    let other = r.slots.iter().find(|s| !s.own_gp).expect("alternative");
+    assert_eq!(other.working_days_from_request, 5);
+    assert!(!other.alternative_reason.is_empty());
+    let own = r.slots.iter().find(|s| s.own_gp).expect("own");
+    assert_eq!(own.working_days_from_request, 6);
+    assert!(r.within_five_working_days);
+    assert_eq!(r.earliest_offer_working_days, 5);
+
+    // A list without GP breaches with that reason when nobody has a slot in time.
+    let vac = app.patient_token(&vacant[0]);
+    let mut w = app.booking().await;
+    let ehr = app.ehr_token(ORG_A);
+    w.withdraw_slots(authed(
+        pb::WithdrawSlotsRequest {
+            slot_ids: vec![other.slot.as_ref().expect("slot").slot_id.clone()],
+            idempotency_key: key(),
+        },
+        &ehr,
+    ))
+    .await
+    .expect("withdraw");
+    let r = c
+        .find_slots(authed(pb::FindSlotsRequest::default(), &vac))
+        .await
+        .expect("find")
+        .into_inner();
+    assert!(!r.within_five_working_days);
+    assert_eq!(r.breach_reason, pb::BreachReason::ListWithoutGp as i32);
+    assert!(r.slots.iter().all(|s| !s.own_gp));
+
+    let n: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM booking_requests WHERE within_target = 0")
+            .fetch_one(app.platform().db.read())
+            .await
+            .expect("count"),
+        "n",
+    )
+    .expect("n");
+    assert_eq!(n, 2, "two breaches recorded");
+    app.shutdown().await;
+}
+
+async fn a_freed_slot_is_offered_to_the_waitlist_and_practice_cancellation_goes_first(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 12, 3).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-03T08:00:00Z"), at("2026-03-04T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let mut c = app.booking().await;
+    let first = book_slot(&app, &nins[0], &slots[0].slot_id)
+        .await
+        .expect("book");
+    let second = book_slot(&app, &nins[2], &slots[1].slot_id)
+        .await
+        .expect("book");
+    let b = app.patient_token(&nins[1]);
+    c.join_waitlist(authed(
+        pb::JoinWaitlistRequest {
+            latest_date: "2026-03-10".into(),
+            modality: 0,
+            idempotency_key: key(),
+        },
+        &b,
+    ))
+    .await
+    .expect("join");
+
+    // The practice cancels patient C: C goes first in line (ahead of B).
+    c.cancel_by_practice(authed(
+        pb::CancelByPracticeRequest {
+            appointment_id: second.appointment_id.clone(),
+            reason: "GP ill".into(),
+            idempotency_key: key(),
+        },
+        &app.ehr_token(ORG_A),
+    ))
+    .await
+    .expect("practice cancels");
+    // Patient A cancels: the freed slot goes to C first.
+    c.cancel(authed(
+        pb::CancelRequest {
+            appointment_id: first.appointment_id,
+            idempotency_key: key(),
+        },
+        &app.patient_token(&nins[0]),
+    ))
+    .await
+    .expect("cancel");
+    let c_view = c
+        .list_my_bookings(authed(
+            pb::ListMyBookingsRequest::default(),
+            &app.patient_token(&nins[2]),
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(c_view.holds.len(), 1, "the first in line got a hold");
+    assert!(c_view.holds[0].from_waitlist);
+    assert_eq!(
+        c_view.holds[0].slot.as_ref().map(|s| s.slot_id.clone()),
+        Some(slots[0].slot_id.clone())
+    );
+    let b_view = c
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &b))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(b_view.holds.is_empty(), "{b_view:?}");
+    assert_eq!(b_view.waitlist.len(), 1, "B still waits");
+    app.shutdown().await;
+}
+
+async fn watch_bookings_resumes_from_a_cursor_without_gaps_or_duplicates(env: Env) {
+    use tokio_stream::StreamExt as _;
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 13, 4).await;
+    seed_gp(&app, ORG_B, "gp-b", 14, 1).await;
+    let starts: Vec<_> = (0..4)
+        .map(|i| at("2026-03-03T08:00:00Z") + Duration::minutes(15 * i))
+        .collect();
+    let slots = publish(&app, ORG_A, "gp-1", &starts, pb::Modality::InPerson).await;
+    let mut c = app.booking().await;
+    let ehr = app.ehr_token(ORG_A);
+    let mut stream = c
+        .watch_bookings(authed(pb::WatchBookingsRequest { after_cursor: 0 }, &ehr))
+        .await
+        .expect("watch")
+        .into_inner();
+    book_slot(&app, &nins[0], &slots[0].slot_id)
+        .await
+        .expect("book 1");
+    book_slot(&app, &nins[1], &slots[1].slot_id)
+        .await
+        .expect("book 2");
+    let next = async |s: &mut tonic::Streaming<pb::BookingChange>| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.next())
+            .await
+            .expect("change in time")
+            .expect("open")
+            .expect("ok")
+    };
+    let c1 = next(&mut stream).await;
+    let c2 = next(&mut stream).await;
+    assert_eq!(c1.kind, "booking.created");
+    assert!(c2.cursor > c1.cursor);
+    drop(stream);
+    // While disconnected.
+    book_slot(&app, &nins[2], &slots[2].slot_id)
+        .await
+        .expect("book 3");
+    book_slot(&app, &nins[3], &slots[3].slot_id)
+        .await
+        .expect("book 4");
+    let mut stream = c
+        .watch_bookings(authed(
+            pb::WatchBookingsRequest {
+                after_cursor: c2.cursor,
+            },
+            &ehr,
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let c3 = next(&mut stream).await;
+    let c4 = next(&mut stream).await;
+    let got: Vec<String> = [&c1, &c2, &c3, &c4]
+        .iter()
+        .map(|c| c.appointment.as_ref().expect("appt").patient_nin.clone())
+        .collect();
+    assert_eq!(got, nins[..4].to_vec(), "every booking once, in order");
+    // Nothing more, and nothing of the other organisation.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(800), stream.next())
+            .await
+            .is_err()
+    );
+    app.shutdown().await;
+}
+
+async fn attendance_is_recorded_and_audited(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 15, 1).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-03T08:00:00Z")],
+        pb::Modality::Video,
+    )
+    .await;
+    let appt = book_slot(&app, &nins[0], &slots[0].slot_id)
+        .await
+        .expect("book");
+    let mut c = app.booking().await;
+    let ehr = app.ehr_token(ORG_A);
+    let mark = |status: pb::AppointmentStatus| pb::MarkAppointmentRequest {
+        appointment_id: appt.appointment_id.clone(),
+        status: status as i32,
+        idempotency_key: key(),
+    };
+    let err = c
+        .mark_appointment(authed(mark(pb::AppointmentStatus::Fulfilled), &ehr))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "not started yet");
+    app.clock.set(at("2026-03-03T08:20:00Z"));
+    let done = c
+        .mark_appointment(authed(mark(pb::AppointmentStatus::Fulfilled), &ehr))
+        .await
+        .expect("fulfilled")
+        .into_inner();
+    assert_eq!(done.status, pb::AppointmentStatus::Fulfilled as i32);
+    let err = c
+        .mark_appointment(authed(mark(pb::AppointmentStatus::Noshow), &ehr))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "fulfilled cannot become noshow"
+    );
+
+    // The patient sees who touched the data: the EHR's mark is in the patient's access log.
+    let mut audit = econsult_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        app.channel().await,
+    );
+    let log = audit
+        .list_my_access_log(authed(
+            econsult_proto::audit::v1::ListMyAccessLogRequest::default(),
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .expect("log")
+        .into_inner();
+    assert!(
+        log.entries
+            .iter()
+            .any(|e| e.action.ends_with("/MarkAppointment") && e.subject == "epj-910000001")
+    );
+    assert!(log.entries.iter().all(|e| e.patient_nin == nins[0]));
+    app.shutdown().await;
+}
+
+on_both_backends!(
+    finding_holding_and_booking_a_slot_works_end_to_end,
+    two_hundred_concurrent_clients_racing_for_three_slots_give_exactly_three_bookings,
+    a_retried_call_with_the_same_key_returns_the_first_result,
+    bad_input_is_refused_with_the_field_named,
+    callers_only_reach_their_own_data,
+    an_expired_hold_frees_the_slot,
+    cancel_and_reschedule_are_atomic_and_late_cancellations_are_marked,
+    the_five_working_day_target_is_measured_with_alternatives_and_breaches,
+    a_freed_slot_is_offered_to_the_waitlist_and_practice_cancellation_goes_first,
+    watch_bookings_resumes_from_a_cursor_without_gaps_or_duplicates,
+    attendance_is_recorded_and_audited,
+);

@@ -1,0 +1,364 @@
+//! Test harness: a real server on 127.0.0.1:0 talking gRPC, a fresh database per test (a temp
+//! SQLite file, or a uniquely named PostgreSQL database), optional Redis with a unique namespace.
+//!
+//! PostgreSQL/Redis variants need `TEST_DATABASE_URL` / `TEST_REDIS_URL`. Locally they are
+//! skipped when unset; under `CI=true` a missing variable fails the test.
+#![allow(dead_code)]
+
+use chrono::{DateTime, Utc};
+use econsult::{Application, Config};
+use econsult_proto::booking::v1 as bpb;
+use econsult_proto::booking::v1::booking_service_client::BookingServiceClient;
+use econsult_proto::stats::v1::stats_service_client::StatsServiceClient;
+use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
+use econsult_runtime::clock::{Clock, ManualClock};
+use std::sync::Arc;
+use tonic::transport::Channel;
+
+/// Which storage and bus a test runs on.
+pub struct Env {
+    pub name: &'static str,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    admin_url: Option<String>,
+    db_name: Option<String>,
+}
+
+fn required(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{var} must be set in CI"),
+        _ => {
+            eprintln!("skipped: {var} is not set");
+            None
+        }
+    }
+}
+
+impl Env {
+    /// Embedded: SQLite file and the database-backed bus.
+    pub async fn sqlite() -> Self {
+        Self {
+            name: "sqlite",
+            database_url: None,
+            redis_url: None,
+            admin_url: None,
+            db_name: None,
+        }
+    }
+
+    /// Production-like: a fresh PostgreSQL database and Redis Streams.
+    pub async fn postgres() -> Option<Self> {
+        let admin = required("TEST_DATABASE_URL")?;
+        let redis = required("TEST_REDIS_URL")?;
+        let name = format!("econsult_t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .expect("connect admin db");
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create db");
+        let url = replace_db(&admin, &name);
+        Some(Self {
+            name: "postgres",
+            database_url: Some(url),
+            redis_url: Some(redis),
+            admin_url: Some(admin),
+            db_name: Some(name),
+        })
+    }
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// A started system plus what tests need to talk to it.
+pub struct TestApp {
+    pub app: Option<Application>,
+    pub addr: std::net::SocketAddr,
+    pub keys: DevKeys,
+    pub clock: ManualClock,
+    pub dir: tempfile::TempDir,
+    pub env: Env,
+    pub namespace: String,
+}
+
+/// 2026-03-02 08:00 Oslo (Monday) as the default test time.
+pub fn monday_0800() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-03-02T07:00:00Z")
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+impl TestApp {
+    pub async fn start(env: Env) -> Self {
+        Self::start_at(env, monday_0800()).await
+    }
+
+    pub async fn start_at(env: Env, now: DateTime<Utc>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(now);
+        let namespace = format!("econsult-test-{}", uuid::Uuid::new_v4().simple());
+        let app = Self::boot(&env, &dir, &clock, &namespace).await;
+        let keys = DevKeys::load_or_create(dir.path()).expect("dev keys");
+        Self {
+            addr: app.local_addr(),
+            app: Some(app),
+            keys,
+            clock,
+            dir,
+            env,
+            namespace,
+        }
+    }
+
+    async fn boot(
+        env: &Env,
+        dir: &tempfile::TempDir,
+        clock: &ManualClock,
+        namespace: &str,
+    ) -> Application {
+        let mut config = Config::embedded(dir.path().to_path_buf());
+        config.database_url = env.database_url.clone();
+        config.redis_url = env.redis_url.clone();
+        config.redis_namespace = namespace.to_owned();
+        config.clock = Arc::new(clock.clone()) as Arc<dyn Clock>;
+        config.shutdown_grace = std::time::Duration::from_secs(5);
+        Application::start(config).await.expect("start application")
+    }
+
+    /// Stops and starts the server on the same data (a restart).
+    pub async fn restart(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await.expect("stop");
+        }
+        let app = Self::boot(&self.env, &self.dir, &self.clock, &self.namespace).await;
+        self.addr = app.local_addr();
+        self.app = Some(app);
+    }
+
+    pub fn platform(&self) -> &econsult_runtime::platform::Platform {
+        self.app.as_ref().expect("running").platform()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn booking(&self) -> BookingServiceClient<Channel> {
+        BookingServiceClient::new(self.channel().await)
+    }
+
+    pub async fn stats(&self) -> StatsServiceClient<Channel> {
+        StatsServiceClient::new(self.channel().await)
+    }
+
+    fn mint(&self, spec: TokenSpec) -> String {
+        self.keys
+            .mint(&spec, Utc::now().timestamp(), 3600)
+            .expect("mint")
+    }
+
+    pub fn patient_token(&self, nin: &str) -> String {
+        self.mint(TokenSpec::Patient {
+            nin: nin.into(),
+            acr: REQUIRED_ACR.into(),
+        })
+    }
+
+    pub fn ehr_token(&self, org: &str) -> String {
+        self.mint(TokenSpec::Ehr {
+            client_id: format!("epj-{org}"),
+            org_number: org.into(),
+            scopes: vec![
+                "econsult:booking.read".into(),
+                "econsult:booking.write".into(),
+                "econsult:stats.read".into(),
+            ],
+        })
+    }
+
+    pub fn ops_token(&self) -> String {
+        self.mint(TokenSpec::Ops {
+            subject: "ops-1".into(),
+        })
+    }
+
+    pub fn token(&self, spec: TokenSpec) -> String {
+        self.mint(spec)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await.expect("stop");
+        }
+        if let (Some(admin), Some(name)) = (&self.env.admin_url, &self.env.db_name) {
+            if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(admin).await {
+                let _ = sqlx::Executor::execute(
+                    &mut conn,
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// A request carrying a bearer token.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    req
+}
+
+pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+pub fn key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub const ORG_A: &str = "910000001";
+pub const ORG_B: &str = "920000002";
+
+/// Creates a GP of `org` with `patients` on the list (synthetic identity numbers from `seed`).
+pub async fn seed_gp(
+    app: &TestApp,
+    org: &str,
+    gp_id: &str,
+    seed: u64,
+    patients: usize,
+) -> Vec<String> {
+    seed_gp_with(app, org, gp_id, seed, patients, bpb::ListStatus::Staffed).await
+}
+
+pub async fn seed_gp_with(
+    app: &TestApp,
+    org: &str,
+    gp_id: &str,
+    seed: u64,
+    patients: usize,
+    status: bpb::ListStatus,
+) -> Vec<String> {
+    let mut c = app.booking().await;
+    let token = app.ehr_token(org);
+    c.upsert_gp(authed(
+        bpb::UpsertGpRequest {
+            gp: Some(bpb::Gp {
+                gp_id: gp_id.into(),
+                hpr_number: if status == bpb::ListStatus::Vacant {
+                    String::new()
+                } else {
+                    format!("{}", 1_000_000 + seed)
+                },
+                display_name: format!("Dr {gp_id}"),
+                org_number: String::new(),
+                municipality_number: "0301".into(),
+                list_capacity: 2500,
+                list_status: status as i32,
+                list_size: 0,
+            }),
+        },
+        &token,
+    ))
+    .await
+    .expect("upsert gp");
+    let nins: Vec<String> = (0..patients)
+        .map(|i| {
+            econsult_runtime::nin::synthetic(seed * 100_000 + i as u64)
+                .as_str()
+                .to_owned()
+        })
+        .collect();
+    if !nins.is_empty() {
+        c.update_list(authed(
+            bpb::UpdateListRequest {
+                gp_id: gp_id.into(),
+                add: nins.clone(),
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &token,
+        ))
+        .await
+        .expect("update list");
+    }
+    nins
+}
+
+/// Publishes slots of `minutes` length for `gp_id` at the given starts.
+pub async fn publish(
+    app: &TestApp,
+    org: &str,
+    gp_id: &str,
+    starts: &[DateTime<Utc>],
+    modality: bpb::Modality,
+) -> Vec<bpb::Slot> {
+    let mut c = app.booking().await;
+    let slots = starts
+        .iter()
+        .map(|s| bpb::NewSlot {
+            start: Some(ts(*s)),
+            duration_minutes: 15,
+            modality: modality as i32,
+            acute_reserve: false,
+        })
+        .collect();
+    c.publish_slots(authed(
+        bpb::PublishSlotsRequest {
+            gp_id: gp_id.into(),
+            slots,
+            idempotency_key: key(),
+        },
+        &app.ehr_token(org),
+    ))
+    .await
+    .expect("publish")
+    .into_inner()
+    .slots
+}
+
+/// Runs each named async test fn `fn(Env)` on SQLite and on PostgreSQL + Redis.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(crate::common::Env::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if let Some(env) = crate::common::Env::postgres().await {
+                        super::$name(env).await
+                    }
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,182 @@
+//! Storage: one sqlx `Any` pool per process, on SQLite (embedded default) or PostgreSQL.
+//!
+//! Every service writes its SQL once, in the dialect both engines share (`$1` placeholders,
+//! `RETURNING`, `ON CONFLICT`, partial unique indexes, integers for times and flags), and the
+//! same contract tests run it on both. Where the engines differ (locks, auto-increment, DDL) the
+//! code asks [`Db::backend`]. Correctness lives in the database: unique constraints and
+//! conditional updates, never check-then-write in Rust.
+//!
+//! On SQLite there is exactly one writer connection (SQLite has one writer anyway; a single
+//! connection avoids lock-upgrade deadlocks) and a pool of read-only connections in WAL mode.
+//! On PostgreSQL both are the same pool.
+
+use anyhow::Context as _;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor as _, Transaction};
+use std::{str::FromStr, time::Duration};
+
+/// A write transaction.
+pub type Tx = Transaction<'static, Any>;
+
+/// Which engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file, single process.
+    Sqlite,
+    /// PostgreSQL server, any number of processes.
+    Postgres,
+}
+
+/// The database of a process.
+#[derive(Clone, Debug)]
+pub struct Db {
+    backend: Backend,
+    write: AnyPool,
+    read: AnyPool,
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Db {
+    /// Connects to `url`: `sqlite://path/to/file.db` (created if missing) or `postgres://…`.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        if url.starts_with("sqlite:") {
+            let rw = with_param(url, "mode=rwc");
+            let write = AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(AnyConnectOptions::from_str(&rw)?)
+                .await
+                .with_context(|| "open sqlite database for writing")?;
+            // Make sure the file exists in WAL mode before readers open it.
+            write.acquire().await.context("first sqlite connection")?;
+            let ro = with_param(url, "mode=ro");
+            let read = AnyPoolOptions::new()
+                .max_connections(8)
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout = 10000;").await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(AnyConnectOptions::from_str(&ro)?)
+                .await
+                .context("open sqlite database for reading")?;
+            Ok(Self {
+                backend: Backend::Sqlite,
+                write,
+                read,
+            })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(32)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await
+                .context("connect to postgresql")?;
+            Ok(Self {
+                backend: Backend::Postgres,
+                write: pool.clone(),
+                read: pool,
+            })
+        } else {
+            anyhow::bail!("unsupported database url: expected sqlite:// or postgres://")
+        }
+    }
+
+    /// Applies the embedded migrations of every service (PostgreSQL: under an advisory lock,
+    /// so replicas starting together do not race).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator.run(&self.write).await.context("run migrations")?;
+        Ok(())
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool for reads that need no transaction.
+    pub fn read(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// Begins a write transaction.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.write.begin().await
+    }
+
+    /// Serialises transactions that use the same `key` until the end of `tx` (PostgreSQL
+    /// transaction-scoped advisory lock; a no-op on SQLite, whose single writer serialises
+    /// everything already).
+    pub async fn lock(&self, tx: &mut Tx, key: &str) -> Result<(), sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::text")
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes all connections.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+fn with_param(url: &str, param: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{param}")
+    } else {
+        format!("{url}?{param}")
+    }
+}
+
+/// True when the error is a unique-constraint violation.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+/// True when the error is transient (connection lost, pool exhausted, database busy, PostgreSQL
+/// serialization failure or deadlock): the client should retry, so it maps to `UNAVAILABLE`.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            // SQLite BUSY/LOCKED, PostgreSQL serialization failure, deadlock, admin shutdown,
+            // cannot connect now.
+            matches!(
+                code.as_ref(),
+                "5" | "6" | "40001" | "40P01" | "57P01" | "57P02" | "57P03"
+            )
+        }
+        _ => false,
+    }
+}

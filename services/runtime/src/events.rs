@@ -1,0 +1,84 @@
+//! The event contracts between services (JSON bodies of outbox events). Producers and consumers
+//! share these types; add fields with `#[serde(default)]` so old events still parse.
+
+use serde::{Deserialize, Serialize};
+
+/// Topic names.
+pub mod topics {
+    /// A patient looked for slots: the five-working-day measurement.
+    pub const BOOKING_REQUESTED: &str = "booking.requested";
+    /// An appointment was booked.
+    pub const BOOKING_CREATED: &str = "booking.created";
+    /// An appointment was cancelled.
+    pub const BOOKING_CANCELLED: &str = "booking.cancelled";
+    /// An appointment was moved to another slot (the old one is cancelled in the same event).
+    pub const BOOKING_RESCHEDULED: &str = "booking.rescheduled";
+    /// The patient arrived.
+    pub const BOOKING_ARRIVED: &str = "booking.arrived";
+    /// The consultation was held: a contact for the statistics.
+    pub const BOOKING_ATTENDED: &str = "booking.attended";
+    /// The patient did not come.
+    pub const BOOKING_NOSHOW: &str = "booking.noshow";
+    /// A freed slot was offered to a waiting patient as a hold.
+    pub const BOOKING_WAITLIST_OFFERED: &str = "booking.waitlist_offered";
+}
+
+/// Body of `booking.requested`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookingRequested {
+    /// The request id returned by FindSlots.
+    pub request_id: String,
+    /// The patient's own GP.
+    pub gp_id: String,
+    /// Practice organisation number.
+    pub org_number: String,
+    /// Municipality of the GP's list.
+    pub municipality_number: String,
+    /// When the patient asked (ms since the epoch).
+    pub requested_at_ms: i64,
+    /// The Norwegian date of the request (ISO).
+    pub date: String,
+    /// Working days to the earliest offer; `None` when nothing was offered.
+    pub earliest_offer_working_days: Option<u32>,
+    /// Earliest offer within five working days.
+    pub within_target: bool,
+    /// `no_slots` or `list_without_gp` when not within target.
+    pub breach_reason: Option<String>,
+}
+
+/// Body of the appointment topics: the appointment after the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppointmentChanged {
+    /// The appointment.
+    pub appointment_id: String,
+    /// Its slot.
+    pub slot_id: String,
+    /// The GP.
+    pub gp_id: String,
+    /// Practice organisation number.
+    pub org_number: String,
+    /// Municipality of the GP's list.
+    pub municipality_number: String,
+    /// Patient identity number.
+    pub patient_nin: String,
+    /// `in_person`, `video` or `phone`.
+    pub modality: String,
+    /// Slot start and end (ms since the epoch).
+    pub start_ms: i64,
+    /// Slot end.
+    pub end_ms: i64,
+    /// FHIR status: `booked`, `arrived`, `fulfilled`, `cancelled`, `noshow`.
+    pub status: String,
+    /// Reason for the visit given by the patient.
+    pub reason: String,
+    /// When booked.
+    pub booked_at_ms: i64,
+    /// When cancelled.
+    pub cancelled_at_ms: Option<i64>,
+    /// `patient` or `practice`.
+    pub cancelled_by: Option<String>,
+    /// Patient cancellation less than 24 hours before start.
+    pub late_cancellation: bool,
+    /// For a rescheduled appointment, the one it replaced.
+    pub rescheduled_from: Option<String>,
+}

@@ -1,0 +1,241 @@
+//! Transactional outbox and its relay.
+//!
+//! A service writes its events with [`enqueue`] in the same transaction as the state change, so
+//! an event exists exactly when its change committed. The [`Relay`] then (1) gives unsequenced
+//! events a gap-free `seq` in one transaction, (2) publishes sequenced-but-unpublished events to
+//! the bus, (3) marks them published. A crash anywhere repeats at most step 2 on restart:
+//! delivery is at least once, and consumers deduplicate by `event_id`. Only one relay sequences
+//! at a time (PostgreSQL advisory lock held by the leader; `seq` is also UNIQUE).
+
+use crate::bus::{Event, EventBus};
+use crate::db::{Backend, Db, Tx};
+use serde::Serialize;
+use sqlx::Row as _;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::{Notify, watch};
+
+/// Topic and routing data of a new event.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a, P: Serialize> {
+    /// e.g. `booking.created`.
+    pub topic: &'a str,
+    /// Organisation the event belongs to (routes EHR change streams).
+    pub org_number: &'a str,
+    /// The event body, stored as JSON.
+    pub payload: &'a P,
+}
+
+/// Writes an event into the outbox inside `tx`; returns its event id.
+pub async fn enqueue<P: Serialize>(
+    tx: &mut Tx,
+    event: NewEvent<'_, P>,
+    now_ms: i64,
+) -> anyhow::Result<String> {
+    let event_id = uuid::Uuid::now_v7().to_string();
+    let payload = serde_json::to_string(event.payload)?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, org_number, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&event_id)
+    .bind(event.topic)
+    .bind(event.org_number)
+    .bind(payload)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(event_id)
+}
+
+/// Reads sequenced events after `after_seq` whose topic starts with `topic_prefix`, optionally
+/// of one organisation, in `seq` order.
+pub async fn read_after(
+    db: &Db,
+    after_seq: u64,
+    topic_prefix: &str,
+    org_number: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Event>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox \
+         WHERE seq > $1 AND topic LIKE $2 AND ($3 = '' OR org_number = $3) ORDER BY seq LIMIT $4",
+    )
+    .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+    .bind(format!("{topic_prefix}%"))
+    .bind(org_number.unwrap_or(""))
+    .bind(limit)
+    .fetch_all(db.read())
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Reads an outbox row (columns seq, event_id, topic, org_number, payload, created_at).
+pub fn event_from_row(r: &sqlx::any::AnyRow) -> Result<Event, sqlx::Error> {
+    Ok(Event {
+        seq: r.try_get::<i64, _>("seq")? as u64,
+        event_id: r.try_get("event_id")?,
+        topic: r.try_get("topic")?,
+        org_number: r.try_get("org_number")?,
+        payload: r.try_get("payload")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+/// Moves events from the outbox to the bus.
+pub struct Relay {
+    db: Db,
+    bus: Arc<dyn EventBus>,
+    wake: Arc<Notify>,
+    sequenced: watch::Sender<u64>,
+    batch: i64,
+}
+
+const RELAY_LOCK_KEY: i64 = 0x0ec0_5017;
+
+impl Relay {
+    /// A relay over `db` publishing to `bus`. `wake` is notified by writers after commit;
+    /// `sequenced` receives the highest sequenced `seq`.
+    pub fn new(
+        db: Db,
+        bus: Arc<dyn EventBus>,
+        wake: Arc<Notify>,
+        sequenced: watch::Sender<u64>,
+    ) -> Self {
+        Self {
+            db,
+            bus,
+            wake,
+            sequenced,
+            batch: 256,
+        }
+    }
+
+    /// Runs until `stop` turns true, then drains what it can once more.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            match self.lead(&mut stop).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.run_once().await {
+            tracing::warn!(error = %e, "final outbox flush failed");
+        }
+    }
+
+    /// Takes leadership (PostgreSQL) and relays until stopped or the lock connection fails.
+    async fn lead(&self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+        let _lock = match self.db.backend() {
+            Backend::Postgres => {
+                let mut conn = self.db.read().acquire().await?;
+                loop {
+                    let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS ok")
+                        .bind(RELAY_LOCK_KEY)
+                        .fetch_one(&mut *conn)
+                        .await?
+                        .try_get("ok")?;
+                    if got {
+                        break;
+                    }
+                    // Another replica relays; check again later (and publish nothing meanwhile).
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = stop.changed() => return Ok(()),
+                    }
+                }
+                Some(conn)
+            }
+            Backend::Sqlite => None,
+        };
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let moved = self.run_once().await?;
+            if moved == 0 {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// One pass: sequence a batch, publish a batch. Returns how many events moved.
+    pub async fn run_once(&self) -> anyhow::Result<usize> {
+        let sequenced = self.sequence_batch().await?;
+        let published = self.publish_batch().await?;
+        Ok(sequenced + published)
+    }
+
+    async fn sequence_batch(&self) -> anyhow::Result<usize> {
+        let mut tx = self.db.begin().await?;
+        let ids: Vec<i64> =
+            sqlx::query("SELECT id FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1")
+                .bind(self.batch)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>("id"))
+                .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let max: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS m FROM outbox")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("m")?;
+        for (i, id) in ids.iter().enumerate() {
+            sqlx::query("UPDATE outbox SET seq = $1 WHERE id = $2")
+                .bind(max + 1 + i as i64)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        crate::failpoint("relay-after-sequence");
+        let last = (max + ids.len() as i64) as u64;
+        self.sequenced.send_if_modified(|v| {
+            let changed = *v < last;
+            *v = (*v).max(last);
+            changed
+        });
+        Ok(ids.len())
+    }
+
+    async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox \
+             WHERE seq IS NOT NULL AND published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(self.batch)
+        .fetch_all(self.db.read())
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<Event> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+        self.bus.publish(&events).await?;
+        let (first, last) = (events[0].seq as i64, events[events.len() - 1].seq as i64);
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "UPDATE outbox SET published_at = $1 WHERE seq >= $2 AND seq <= $3 AND published_at IS NULL",
+        )
+        .bind(chrono::Utc::now().timestamp_millis())
+        .bind(first)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(events.len())
+    }
+}

@@ -1,0 +1,114 @@
+//! What every service gets from the process: database, event bus, clock, authenticator, the
+//! outbox relay, and a shutdown signal.
+
+use crate::auth::Authenticator;
+use crate::bus::{DbBus, EventBus, RedisBus};
+use crate::clock::Clock;
+use crate::db::Db;
+use crate::outbox::Relay;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// How to build a [`Platform`].
+pub struct PlatformConfig {
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// Redis for events across replicas; `None` uses the embedded database bus.
+    pub redis_url: Option<String>,
+    /// Prefix of Redis keys (tests use a unique one).
+    pub redis_namespace: String,
+    /// Apply migrations on start.
+    pub migrate: bool,
+    /// Token validation.
+    pub auth: Arc<Authenticator>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Shared handles of one process.
+#[derive(Clone)]
+pub struct Platform {
+    /// The database.
+    pub db: Db,
+    /// The event bus.
+    pub bus: Arc<dyn EventBus>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Token validation.
+    pub auth: Arc<Authenticator>,
+    /// Highest outbox `seq` known to be sequenced (wakes change streams).
+    pub sequenced: watch::Receiver<u64>,
+    /// Turns true when the process is shutting down: long streams end themselves.
+    pub shutdown: watch::Receiver<bool>,
+    outbox_wake: Arc<Notify>,
+}
+
+impl Platform {
+    /// Connects storage and bus and starts the outbox relay.
+    pub async fn start(cfg: PlatformConfig) -> anyhow::Result<(Platform, PlatformHandle)> {
+        let db = Db::connect(&cfg.database_url).await?;
+        if cfg.migrate {
+            db.migrate().await?;
+        }
+        let (seq_tx, seq_rx) = watch::channel(0u64);
+        let bus: Arc<dyn EventBus> = match &cfg.redis_url {
+            Some(url) => {
+                Arc::new(RedisBus::connect(url, &cfg.redis_namespace, seq_tx.clone()).await?)
+            }
+            None => Arc::new(DbBus::new(db.clone(), seq_rx.clone())),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let relay = Relay::new(db.clone(), bus.clone(), wake.clone(), seq_tx);
+        let relay_task = tokio::spawn(relay.run(stop_rx.clone()));
+        let platform = Platform {
+            db,
+            bus,
+            clock: cfg.clock,
+            auth: cfg.auth,
+            sequenced: seq_rx,
+            shutdown: stop_rx,
+            outbox_wake: wake,
+        };
+        Ok((
+            platform,
+            PlatformHandle {
+                stop: stop_tx,
+                tasks: vec![relay_task],
+            },
+        ))
+    }
+
+    /// Tells the relay that a transaction with outbox events committed.
+    pub fn committed(&self) {
+        self.outbox_wake.notify_one();
+    }
+}
+
+/// Owner of the background tasks; stops them on [`PlatformHandle::shutdown`].
+pub struct PlatformHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl PlatformHandle {
+    /// Adds a background task to stop and await at shutdown.
+    pub fn track(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Signals shutdown to streams and tasks.
+    pub fn signal(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Signals shutdown and waits up to `deadline` for the tasks (the relay flushes once more).
+    pub async fn shutdown(self, deadline: Duration) {
+        self.signal();
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!("background tasks did not stop within the shutdown deadline");
+        }
+    }
+}

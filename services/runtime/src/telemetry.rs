@@ -1,0 +1,256 @@
+//! Logs, traces and metrics.
+//!
+//! - `tracing` with JSON logs (or pretty ones for a terminal), filtered by `RUST_LOG`.
+//! - OpenTelemetry traces and metrics; exported by OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//!   set (the standard `OTEL_*` variables apply), and metrics always scrapeable in Prometheus
+//!   format at `/metrics` on the metrics port.
+//! - RED metrics of every RPC by [`RpcMetricsLayer`]: `rpc_server_requests_total` and
+//!   `rpc_server_duration_seconds` by method and gRPC status code.
+//!
+//! Never log message bodies, identity numbers or SDP: log ids.
+
+use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry::{KeyValue, global};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+/// Handles of the installed telemetry; call [`Telemetry::shutdown`] before exit to flush.
+pub struct Telemetry {
+    registry: prometheus::Registry,
+    meters: SdkMeterProvider,
+    tracers: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Installs the global subscriber, tracer and meter providers. `json` selects JSON logs.
+    pub fn init(service_name: &str, json: bool) -> anyhow::Result<Self> {
+        let resource = Resource::builder()
+            .with_service_name(service_name.to_owned())
+            .build();
+        let otlp = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+
+        let registry = prometheus::Registry::new();
+        let prom = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()?;
+        let mut meters = SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(prom);
+        let mut tracers = SdkTracerProvider::builder().with_resource(resource);
+        if otlp {
+            let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()?;
+            meters = meters.with_reader(
+                opentelemetry_sdk::metrics::PeriodicReader::builder(metric_exporter).build(),
+            );
+            let span_exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()?;
+            tracers = tracers.with_batch_exporter(span_exporter);
+        }
+        let meters = meters.build();
+        let tracers = tracers.build();
+        global::set_meter_provider(meters.clone());
+        global::set_tracer_provider(tracers.clone());
+        global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
+        let otel_layer = tracing_opentelemetry::layer().with_tracer(tracers.tracer("econsult"));
+        let registry_layer = tracing_subscriber::registry().with(filter).with(otel_layer);
+        if json {
+            registry_layer
+                .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+                .try_init()?;
+        } else {
+            registry_layer
+                .with(tracing_subscriber::fmt::layer().with_target(false))
+                .try_init()?;
+        }
+        Ok(Self {
+            registry,
+            meters,
+            tracers,
+        })
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn prometheus_text(&self) -> String {
+        prometheus_text(&self.registry)
+    }
+
+    /// The Prometheus registry (for a scrape endpoint).
+    pub fn registry(&self) -> prometheus::Registry {
+        self.registry.clone()
+    }
+
+    /// Flushes and stops exporters.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.meters.shutdown() {
+            tracing::debug!(error = %e, "meter provider shutdown");
+        }
+        if let Err(e) = self.tracers.shutdown() {
+            tracing::debug!(error = %e, "tracer provider shutdown");
+        }
+    }
+}
+
+/// Renders a registry in Prometheus text format.
+pub fn prometheus_text(registry: &prometheus::Registry) -> String {
+    use prometheus::Encoder as _;
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::warn!(error = %e, "encode metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// The W3C trace id of the current span, or an empty string outside a traced request.
+pub fn current_trace_id() -> String {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    if sc.is_valid() {
+        sc.trace_id().to_string()
+    } else {
+        String::new()
+    }
+}
+
+struct RpcInstruments {
+    requests: Counter<u64>,
+    duration: Histogram<f64>,
+}
+
+/// Tower layer recording RED metrics and a tracing span (continuing an incoming W3C
+/// `traceparent`) for every gRPC call.
+#[derive(Clone)]
+pub struct RpcMetricsLayer(Arc<RpcInstruments>);
+
+impl Default for RpcMetricsLayer {
+    fn default() -> Self {
+        let meter = global::meter("econsult");
+        Self(Arc::new(RpcInstruments {
+            requests: meter
+                .u64_counter("rpc_server_requests")
+                .with_description("gRPC calls handled, by method and status code")
+                .build(),
+            duration: meter
+                .f64_histogram("rpc_server_duration")
+                .with_unit("s")
+                .with_description(
+                    "gRPC call duration until response headers, by method and status code",
+                )
+                .with_boundaries(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ])
+                .build(),
+        }))
+    }
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService {
+            inner,
+            instruments: self.0.clone(),
+        }
+    }
+}
+
+/// See [`RpcMetricsLayer`].
+#[derive(Clone)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    instruments: Arc<RpcInstruments>,
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+fn method_label(path: &str) -> String {
+    // Bounded label set: only paths of known packages are kept verbatim.
+    if path.starts_with("/econsult.") || path.starts_with("/grpc.") {
+        path.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = method_label(req.uri().path());
+        let parent =
+            global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+        let span = tracing::info_span!("rpc", otel.name = %method, rpc.system = "grpc", rpc.grpc.status_code = tracing::field::Empty);
+        let _ = span.set_parent(parent);
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let instruments = self.instruments.clone();
+        let start = Instant::now();
+        Box::pin(
+            async move {
+                let result = inner.call(req).await;
+                // Trailers-only responses (errors) carry grpc-status in the headers; a normal
+                // response carries it in the trailers, after a successful start: count it as 0.
+                let code = match &result {
+                    Ok(res) => res
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("0")
+                        .to_owned(),
+                    Err(_) => "transport".to_owned(),
+                };
+                tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
+                let attrs = [
+                    KeyValue::new("rpc.method", method),
+                    KeyValue::new("rpc.grpc.status_code", code),
+                ];
+                instruments.requests.add(1, &attrs);
+                instruments
+                    .duration
+                    .record(start.elapsed().as_secs_f64(), &attrs);
+                result
+            }
+            .instrument(span),
+        )
+    }
+}

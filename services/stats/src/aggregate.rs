@@ -1,0 +1,252 @@
+//! Applies events to the aggregate tables, exactly once per event id.
+
+use econsult_calendar::oslo_date;
+use econsult_runtime::bus::{Delivery, Event};
+use econsult_runtime::clock::from_ms;
+use econsult_runtime::db::{Db, Tx};
+use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
+use econsult_runtime::platform::Platform;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
+use std::time::Duration;
+
+/// Consumer group of the statistics service on the bus.
+pub const CONSUMER_GROUP: &str = "stats";
+
+/// Contact type and Normaltariffen code of a held consultation of a modality.
+///
+/// In person: 2ad (day). Video: 2ae (e-consultation, text or video). Phone: 1bd (simple contact
+/// by phone), as the project's tariff table (shared/DOMAIN.md) lists it.
+pub fn contact_of_modality(modality: &str) -> Option<(&'static str, &'static str)> {
+    match modality {
+        "in_person" => Some(("in_person", "2ad")),
+        "video" => Some(("video", "2ae")),
+        "phone" => Some(("phone", "1bd")),
+        _ => None,
+    }
+}
+
+/// Consumes events and keeps the aggregates.
+pub struct Aggregator {
+    db: Db,
+    requests: Counter<u64>,
+    breaches: Counter<u64>,
+    contacts: Counter<u64>,
+}
+
+impl Aggregator {
+    /// An aggregator writing to `db`.
+    pub fn new(db: Db) -> Self {
+        let meter = opentelemetry::global::meter("econsult.stats");
+        Self {
+            db,
+            requests: meter
+                .u64_counter("econsult_booking_requests")
+                .with_description("Booking requests (FindSlots by patients), by whether the earliest offer was within five working days")
+                .build(),
+            breaches: meter
+                .u64_counter("econsult_booking_breaches")
+                .with_description("Booking requests whose earliest offer was not within five working days, by reason")
+                .build(),
+            contacts: meter.u64_counter("econsult_contacts").with_description("Held contacts, by contact type").build(),
+        }
+    }
+
+    /// Applies one event in `tx` unless it was applied before. Returns whether it was new.
+    pub async fn apply(&self, tx: &mut Tx, e: &Event) -> anyhow::Result<bool> {
+        let fresh = sqlx::query(
+            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(CONSUMER_GROUP)
+        .bind(&e.event_id)
+        .bind(e.created_at)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(false);
+        }
+        match e.topic.as_str() {
+            topics::BOOKING_REQUESTED => {
+                let b: BookingRequested = serde_json::from_str(&e.payload)?;
+                let wd = b
+                    .earliest_offer_working_days
+                    .map_or(-1, |d| i64::from(d.min(15)));
+                sqlx::query(
+                    "INSERT INTO stats_booking_requests (day, org_number, municipality_number, gp_id, working_days, within_target, breach_reason, n) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1) ON CONFLICT (day, org_number, municipality_number, gp_id, working_days, within_target, breach_reason) \
+                     DO UPDATE SET n = stats_booking_requests.n + 1",
+                )
+                .bind(&b.date)
+                .bind(&b.org_number)
+                .bind(&b.municipality_number)
+                .bind(&b.gp_id)
+                .bind(wd)
+                .bind(i64::from(b.within_target))
+                .bind(b.breach_reason.as_deref().unwrap_or(""))
+                .execute(&mut **tx)
+                .await?;
+                self.requests
+                    .add(1, &[KeyValue::new("within_target", b.within_target)]);
+                if let Some(r) = &b.breach_reason {
+                    self.breaches.add(1, &[KeyValue::new("reason", r.clone())]);
+                }
+            }
+            topics::BOOKING_ATTENDED => {
+                let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
+                if let Some((ctype, tariff)) = contact_of_modality(&a.modality) {
+                    let day = oslo_date(from_ms(a.start_ms))
+                        .format("%Y-%m-%d")
+                        .to_string();
+                    sqlx::query(
+                        "INSERT INTO stats_contacts (day, org_number, municipality_number, gp_id, contact_type, tariff_code, n) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (day, org_number, municipality_number, gp_id, contact_type, tariff_code) \
+                         DO UPDATE SET n = stats_contacts.n + 1",
+                    )
+                    .bind(day)
+                    .bind(&a.org_number)
+                    .bind(&a.municipality_number)
+                    .bind(&a.gp_id)
+                    .bind(ctype)
+                    .bind(tariff)
+                    .execute(&mut **tx)
+                    .await?;
+                    self.contacts
+                        .add(1, &[KeyValue::new("contact_type", ctype)]);
+                }
+            }
+            topics::BOOKING_CREATED | topics::BOOKING_RESCHEDULED => {
+                let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
+                self.count_appointment(tx, &a, a.booked_at_ms, "booked")
+                    .await?;
+            }
+            topics::BOOKING_CANCELLED => {
+                let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
+                let at = a.cancelled_at_ms.unwrap_or(e.created_at);
+                self.count_appointment(tx, &a, at, "cancelled").await?;
+                if a.late_cancellation {
+                    self.count_appointment(tx, &a, at, "late_cancellation")
+                        .await?;
+                }
+            }
+            topics::BOOKING_NOSHOW => {
+                let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
+                self.count_appointment(tx, &a, a.start_ms, "noshow").await?;
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    async fn count_appointment(
+        &self,
+        tx: &mut Tx,
+        a: &AppointmentChanged,
+        at_ms: i64,
+        kind: &str,
+    ) -> anyhow::Result<()> {
+        let day = oslo_date(from_ms(at_ms)).format("%Y-%m-%d").to_string();
+        sqlx::query(
+            "INSERT INTO stats_appointments (day, org_number, municipality_number, gp_id, kind, n) VALUES ($1, $2, $3, $4, $5, 1) \
+             ON CONFLICT (day, org_number, municipality_number, gp_id, kind) DO UPDATE SET n = stats_appointments.n + 1",
+        )
+        .bind(day)
+        .bind(&a.org_number)
+        .bind(&a.municipality_number)
+        .bind(&a.gp_id)
+        .bind(kind)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies a batch in one transaction. Returns how many were new.
+    pub async fn apply_batch(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
+        let mut tx = self.db.begin().await?;
+        let mut fresh = 0;
+        for d in deliveries {
+            if self.apply(&mut tx, &d.event).await? {
+                fresh += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Consumes from the bus until shutdown: fetch, apply and commit, then acknowledge.
+    pub async fn run(self, platform: Platform, consumer: String) {
+        let mut stop = platform.shutdown.clone();
+        loop {
+            let result: anyhow::Result<()> = async {
+                let mut sub = platform.bus.subscribe(CONSUMER_GROUP, &consumer).await?;
+                loop {
+                    if *stop.borrow() {
+                        return Ok(());
+                    }
+                    let batch = tokio::select! {
+                        b = sub.fetch(256, Duration::from_millis(500)) => b?,
+                        _ = stop.changed() => return Ok(()),
+                    };
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    self.apply_batch(&batch).await?;
+                    sub.ack(&batch).await?;
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stats consumer failed, resubscribing");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Recomputes all aggregates from the outbox (the durable event log): clears the tables and
+    /// this consumer's processed-event marks, then applies every event in `seq` order.
+    pub async fn rebuild(&self) -> anyhow::Result<usize> {
+        let mut tx = self.db.begin().await?;
+        for t in [
+            "stats_contacts",
+            "stats_booking_requests",
+            "stats_appointments",
+        ] {
+            sqlx::query(&format!("DELETE FROM {t}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM processed_events WHERE consumer = $1")
+            .bind(CONSUMER_GROUP)
+            .execute(&mut *tx)
+            .await?;
+        let mut after = 0u64;
+        let mut n = 0;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox WHERE seq > $1 ORDER BY seq LIMIT 1000",
+            )
+            .bind(after as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let e = econsult_runtime::outbox::event_from_row(r)?;
+                after = e.seq;
+                if self.apply(&mut tx, &e).await? {
+                    n += 1;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+}
