@@ -19,6 +19,18 @@ pub mod booking {
     }
 }
 
+pub mod consultation {
+    pub mod v1 {
+        tonic::include_proto!("econsult.consultation.v1");
+    }
+}
+
+pub mod signalling {
+    pub mod v1 {
+        tonic::include_proto!("econsult.signalling.v1");
+    }
+}
+
 pub mod stats {
     pub mod v1 {
         tonic::include_proto!("econsult.stats.v1");

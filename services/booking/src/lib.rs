@@ -6,6 +6,7 @@
 //!   outbox events, audit rows and idempotency record).
 //! - [`grpc`]: the tonic adapter (authorisation and validation).
 
+pub mod directory;
 pub mod domain;
 pub mod grpc;
 pub mod service;

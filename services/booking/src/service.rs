@@ -158,6 +158,7 @@ fn changed(a: &Appointment, org: &str, municipality: &str) -> AppointmentChanged
         cancelled_by: a.cancelled_by.map(|c| c.as_str().to_owned()),
         late_cancellation: a.late_cancellation,
         rescheduled_from: a.rescheduled_from.clone(),
+        gp_hpr_number: String::new(),
     }
 }
 
@@ -726,26 +727,15 @@ impl Booking {
         Ok(resp)
     }
 
-    async fn emit(
-        &self,
-        tx: &mut Tx,
-        topic: &str,
-        a: &Appointment,
-        org: &str,
-        muni: &str,
-        now: i64,
-    ) -> Result<(), BookingError> {
-        let body = changed(a, org, muni);
-        outbox::enqueue(
-            tx,
-            NewEvent {
-                topic,
-                org_number: org,
-                payload: &body,
-            },
-            now,
-        )
-        .await?;
+    async fn emit(&self, tx: &mut Tx, topic: &str, a: &Appointment, org: &str, muni: &str, now: i64) -> Result<(), BookingError> {
+        let mut body = changed(a, org, muni);
+        body.gp_hpr_number = sqlx::query("SELECT hpr_number FROM booking_gps WHERE org_number = $1 AND gp_id = $2")
+            .bind(org)
+            .bind(&a.gp_id)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("hpr_number")?;
+        outbox::enqueue(tx, NewEvent { topic, org_number: org, payload: &body }, now).await?;
         Ok(())
     }
 
@@ -1674,6 +1664,7 @@ fn empty_change() -> AppointmentChanged {
         cancelled_by: None,
         late_cancellation: false,
         rescheduled_from: None,
+        gp_hpr_number: String::new(),
     }
 }
 

@@ -21,6 +21,78 @@ pub mod topics {
     pub const BOOKING_NOSHOW: &str = "booking.noshow";
     /// A freed slot was offered to a waiting patient as a hold.
     pub const BOOKING_WAITLIST_OFFERED: &str = "booking.waitlist_offered";
+    /// A patient started a text consultation.
+    pub const CONSULTATION_STARTED: &str = "consultation.started";
+    /// The practice answered a consultation for the first time.
+    pub const CONSULTATION_FIRST_RESPONSE: &str = "consultation.first_response";
+    /// The practice marked the consultation answered.
+    pub const CONSULTATION_ANSWERED: &str = "consultation.answered";
+    /// The practice closed the consultation with an outcome and tariff code: a contact.
+    pub const CONSULTATION_CLOSED: &str = "consultation.closed";
+    /// A video session ended (held or not).
+    pub const VIDEO_SESSION_ENDED: &str = "signalling.session_ended";
+}
+
+/// Body of the consultation topics: the thread after the change. Producer: services/consultation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsultationChanged {
+    /// The thread.
+    pub thread_id: String,
+    /// The patient's GP.
+    pub gp_id: String,
+    /// Practice organisation number.
+    pub org_number: String,
+    /// Municipality of the GP's list.
+    pub municipality_number: String,
+    /// `e_consultation`, `prescription_renewal` or `administrative`.
+    pub category: String,
+    /// When the patient submitted it (ms since the epoch).
+    pub submitted_at_ms: i64,
+    /// SLA due time (submission + N working days).
+    pub due_at_ms: i64,
+    /// First practice response, if any.
+    #[serde(default)]
+    pub first_response_at_ms: Option<i64>,
+    /// Working days from submission to first response.
+    #[serde(default)]
+    pub response_working_days: Option<u32>,
+    /// Working hours (08:00–16:00 Oslo on working days) from submission to first response.
+    #[serde(default)]
+    pub response_working_hours: Option<f64>,
+    /// Closed at (consultation.closed only).
+    #[serde(default)]
+    pub closed_at_ms: Option<i64>,
+    /// Tariff code billed at closing, e.g. `2ae` or `1bd`.
+    #[serde(default)]
+    pub tariff_code: Option<String>,
+    /// Outcome at closing, e.g. `answered`, `converted_to_booking`, `withdrawn`.
+    #[serde(default)]
+    pub outcome: Option<String>,
+}
+
+/// Body of `signalling.session_ended`. Producer: services/signalling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoSessionEnded {
+    /// The booked appointment the session belongs to.
+    pub appointment_id: String,
+    /// The GP.
+    pub gp_id: String,
+    /// Practice organisation number.
+    pub org_number: String,
+    /// Municipality of the GP's list.
+    pub municipality_number: String,
+    /// When the session started (first join), ms since the epoch.
+    pub started_at_ms: i64,
+    /// When it ended.
+    pub ended_at_ms: i64,
+    /// Whether the two peers connected (ICE completed on both sides as reported).
+    pub connected: bool,
+    /// Milliseconds both participants were connected.
+    pub connected_ms: i64,
+    /// `hang_up`, `timeout`, `failed_to_connect`, `server_shutdown`, …
+    pub end_reason: String,
+    /// The GP marked the consultation as held (a contact, tariff 2ae).
+    pub held: bool,
 }
 
 /// Body of `booking.requested`.
@@ -81,4 +153,7 @@ pub struct AppointmentChanged {
     pub late_cancellation: bool,
     /// For a rescheduled appointment, the one it replaced.
     pub rescheduled_from: Option<String>,
+    /// HPR number of the slot's GP (who may join a video consultation).
+    #[serde(default)]
+    pub gp_hpr_number: String,
 }
