@@ -1,0 +1,411 @@
+//! Tests of the real `econsult` binary as a process: crash safety of the outbox (kill -9 in the
+//! window between commit and publish), clean shutdown on SIGTERM, the Prometheus endpoint,
+//! gRPC-Web, health and reflection.
+
+mod common;
+
+use chrono::Utc;
+use common::{ORG_A, authed, key, ts};
+use econsult_proto::booking::v1 as pb;
+use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Proc {
+    child: Child,
+    port: u16,
+    metrics_port: u16,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, extra: &[String], failpoint: Option<&str>) -> Self {
+        let (port, metrics_port) = (free_port(), free_port());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_econsult"));
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("--shutdown-grace-seconds")
+            .arg("5")
+            .args(extra)
+            .env_remove("ECONSULT_FAILPOINT")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(fp) = failpoint {
+            cmd.env("ECONSULT_FAILPOINT", fp);
+        }
+        let child = cmd.spawn().expect("spawn econsult");
+        Self {
+            child,
+            port,
+            metrics_port,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+                .expect("uri")
+                .connect()
+                .await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+                if let Ok(r) = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    if r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                    {
+                        return ch;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "process did not exit in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tokens(dir: &Path) -> (String, String, String, String) {
+    let keys = DevKeys::load_or_create(dir).expect("keys");
+    let now = Utc::now().timestamp();
+    let nin = econsult_runtime::nin::synthetic(4242).as_str().to_owned();
+    let ehr = keys
+        .mint(
+            &TokenSpec::Ehr {
+                client_id: "epj".into(),
+                org_number: ORG_A.into(),
+                scopes: vec![
+                    "econsult:booking.write".into(),
+                    "econsult:booking.read".into(),
+                ],
+            },
+            now,
+            600,
+        )
+        .expect("mint");
+    let patient = keys
+        .mint(
+            &TokenSpec::Patient {
+                nin: nin.clone(),
+                acr: REQUIRED_ACR.into(),
+            },
+            now,
+            600,
+        )
+        .expect("mint");
+    let ops = keys
+        .mint(
+            &TokenSpec::Ops {
+                subject: "ops".into(),
+            },
+            now,
+            600,
+        )
+        .expect("mint");
+    (ehr, patient, ops, nin)
+}
+
+async fn seed(ch: Channel, ehr: &str, nin: &str) {
+    let mut c = pb::booking_service_client::BookingServiceClient::new(ch);
+    c.upsert_gp(authed(
+        pb::UpsertGpRequest {
+            gp: Some(pb::Gp {
+                gp_id: "gp-1".into(),
+                hpr_number: "1234567".into(),
+                display_name: "Dr A".into(),
+                municipality_number: "0301".into(),
+                list_capacity: 100,
+                list_status: 1,
+                ..Default::default()
+            }),
+        },
+        ehr,
+    ))
+    .await
+    .expect("gp");
+    c.update_list(authed(
+        pb::UpdateListRequest {
+            gp_id: "gp-1".into(),
+            add: vec![nin.into()],
+            remove: vec![],
+            idempotency_key: key(),
+        },
+        ehr,
+    ))
+    .await
+    .expect("list");
+    let start = Utc::now() + chrono::Duration::days(1);
+    c.publish_slots(authed(
+        pb::PublishSlotsRequest {
+            gp_id: "gp-1".into(),
+            slots: vec![pb::NewSlot {
+                start: Some(ts(start)),
+                duration_minutes: 15,
+                modality: 1,
+                acute_reserve: false,
+            }],
+            idempotency_key: key(),
+        },
+        ehr,
+    ))
+    .await
+    .expect("slots");
+}
+
+async fn requests_counted(ch: Channel, ops: &str) -> u64 {
+    let today = Utc::now().date_naive();
+    let filter = econsult_proto::stats::v1::Filter {
+        from_date: (today - chrono::Duration::days(1)).to_string(),
+        to_date: (today + chrono::Duration::days(1)).to_string(),
+        ..Default::default()
+    };
+    let mut s = econsult_proto::stats::v1::stats_service_client::StatsServiceClient::new(ch);
+    s.get_booking_accessibility(authed(
+        econsult_proto::stats::v1::GetBookingAccessibilityRequest {
+            filter: Some(filter),
+        },
+        ops,
+    ))
+    .await
+    .expect("stats")
+    .into_inner()
+    .requests
+}
+
+async fn count(db: &econsult_runtime::db::Db, sql: &str) -> i64 {
+    sqlx::Row::try_get(
+        &sqlx::query(sql).fetch_one(db.read()).await.expect("query"),
+        "n",
+    )
+    .expect("n")
+}
+
+/// Kills the server with the equivalent of `kill -9` right after the relay committed the
+/// sequencing of an event and before it published it; after a restart the event reaches the
+/// statistics consumer exactly once.
+async fn kill_9_between_commit_and_publish_loses_no_event(env: common::Env) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut extra = Vec::new();
+    let db_url = env
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("econsult.db").display()));
+    extra.extend(["--database-url".to_owned(), db_url.clone()]);
+    if let Some(r) = &env.redis_url {
+        extra.extend([
+            "--redis-url".to_owned(),
+            r.clone(),
+            "--redis-namespace".to_owned(),
+            format!("crash-{}", uuid::Uuid::new_v4().simple()),
+        ]);
+    }
+    let mut server = Proc::spawn(dir.path(), &extra, Some("relay-after-sequence"));
+    let ch = server.channel().await;
+    let (ehr, patient, ops, nin) = tokens(dir.path());
+    seed(ch.clone(), &ehr, &nin).await;
+    // FindSlots commits a booking.requested event; the relay sequences it and the process dies.
+    let mut c = pb::booking_service_client::BookingServiceClient::new(ch);
+    let _ = c
+        .find_slots(authed(pb::FindSlotsRequest::default(), &patient))
+        .await;
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "the failpoint aborts the process: {status:?}"
+    );
+
+    let db = econsult_runtime::db::Db::connect(&db_url)
+        .await
+        .expect("db");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM outbox WHERE seq IS NOT NULL AND published_at IS NULL"
+        )
+        .await,
+        1,
+        "sequenced, not published"
+    );
+    db.close().await;
+
+    let server = Proc::spawn(dir.path(), &extra, None);
+    let ch = server.channel().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while requests_counted(ch.clone(), &ops).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the event never reached the statistics"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(requests_counted(ch, &ops).await, 1, "counted exactly once");
+    let db = econsult_runtime::db::Db::connect(&db_url)
+        .await
+        .expect("db");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL"
+        )
+        .await,
+        0,
+        "the outbox drained"
+    );
+    db.close().await;
+}
+
+on_both_backends!(kill_9_between_commit_and_publish_loses_no_event);
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    let (ehr, _, _, nin) = tokens(dir.path());
+    seed(ch.clone(), &ehr, &nin).await;
+    let mut watch = pb::booking_service_client::BookingServiceClient::new(ch)
+        .watch_bookings(authed(pb::WatchBookingsRequest { after_cursor: 0 }, &ehr))
+        .await
+        .expect("watch")
+        .into_inner();
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // The open stream is ended by the server (UNAVAILABLE: resume later), not cut.
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("stream ends in time");
+    match end {
+        Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable),
+        Ok(None) => {}
+        Ok(Some(m)) => panic!("unexpected message {m:?}"),
+    }
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "clean exit: {status:?}");
+}
+
+#[tokio::test]
+async fn metrics_grpc_web_health_and_reflection_are_served() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    // An RPC without a token is refused, and counted.
+    let err = pb::booking_service_client::BookingServiceClient::new(ch.clone())
+        .find_slots(pb::FindSlotsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // Prometheus endpoint with RED metrics by method and status code.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.metrics_port))
+        .await
+        .expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    assert!(body.contains("rpc_server_requests_total"), "{body}");
+    assert!(
+        body.contains("rpc_method=\"/econsult.booking.v1.BookingService/FindSlots\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("rpc_grpc_status_code=\"16\""),
+        "UNAUTHENTICATED counted: {body}"
+    );
+    assert!(body.contains("rpc_server_duration_seconds_bucket"));
+
+    // gRPC-Web over HTTP/1.1: a health check framed as grpc-web.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .expect("grpc-web");
+    let req = b"POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n\x00\x00\x00\x00\x00";
+    s.write_all(req).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("application/grpc-web"), "{text}");
+    assert!(
+        text.contains("grpc-status:0"),
+        "trailer frame with OK status: {text}"
+    );
+
+    // Server reflection lists the econsult services.
+    use tokio_stream::StreamExt as _;
+    let mut refl =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let resp = stream.next().await.expect("response").expect("ok");
+    let listed = format!("{:?}", resp.message_response);
+    assert!(
+        listed.contains("econsult.booking.v1.BookingService"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("econsult.stats.v1.StatsService"),
+        "{listed}"
+    );
+}
