@@ -33,7 +33,8 @@ fn gp_ref(r: &sqlx::any::AnyRow) -> Result<GpRef, sqlx::Error> {
     })
 }
 
-const COLS: &str = "g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, g.list_status";
+const COLS: &str =
+    "g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, g.list_status";
 
 /// The regular GP of a patient (by identity number), if the patient is on a list.
 pub async fn patient_gp(db: &Db, nin: &str) -> Result<Option<GpRef>, sqlx::Error> {
@@ -48,11 +49,13 @@ pub async fn patient_gp(db: &Db, nin: &str) -> Result<Option<GpRef>, sqlx::Error
 
 /// A GP of an organisation.
 pub async fn gp(db: &Db, org_number: &str, gp_id: &str) -> Result<Option<GpRef>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {COLS} FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2"))
-        .bind(org_number)
-        .bind(gp_id)
-        .fetch_optional(db.read())
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLS} FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2"
+    ))
+    .bind(org_number)
+    .bind(gp_id)
+    .fetch_optional(db.read())
+    .await?;
     row.as_ref().map(gp_ref).transpose()
 }
 

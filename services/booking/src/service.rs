@@ -727,15 +727,33 @@ impl Booking {
         Ok(resp)
     }
 
-    async fn emit(&self, tx: &mut Tx, topic: &str, a: &Appointment, org: &str, muni: &str, now: i64) -> Result<(), BookingError> {
+    async fn emit(
+        &self,
+        tx: &mut Tx,
+        topic: &str,
+        a: &Appointment,
+        org: &str,
+        muni: &str,
+        now: i64,
+    ) -> Result<(), BookingError> {
         let mut body = changed(a, org, muni);
-        body.gp_hpr_number = sqlx::query("SELECT hpr_number FROM booking_gps WHERE org_number = $1 AND gp_id = $2")
-            .bind(org)
-            .bind(&a.gp_id)
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get("hpr_number")?;
-        outbox::enqueue(tx, NewEvent { topic, org_number: org, payload: &body }, now).await?;
+        body.gp_hpr_number =
+            sqlx::query("SELECT hpr_number FROM booking_gps WHERE org_number = $1 AND gp_id = $2")
+                .bind(org)
+                .bind(&a.gp_id)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("hpr_number")?;
+        outbox::enqueue(
+            tx,
+            NewEvent {
+                topic,
+                org_number: org,
+                payload: &body,
+            },
+            now,
+        )
+        .await?;
         Ok(())
     }
 
