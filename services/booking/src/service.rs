@@ -281,13 +281,15 @@ impl Booking {
     pub async fn upsert_gp(&self, org: &str, input: GpInput) -> Result<Gp, BookingError> {
         let mut tx = self.p.db.begin().await?;
         let now = self.p.clock.now_ms();
-        if let Ok(existing) = self.gp_in_org(&mut tx, org, &input.gp_id).await {
-            if existing.list_size > input.list_capacity {
+        match self.gp_in_org(&mut tx, org, &input.gp_id).await {
+            Ok(existing) if existing.list_size > input.list_capacity => {
                 return Err(BookingError::FailedPrecondition(format!(
                     "list_capacity {} is below the current list size {}",
                     input.list_capacity, existing.list_size
                 )));
             }
+            Ok(_) | Err(BookingError::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
         sqlx::query(
             "INSERT INTO booking_gps (gp_uid, org_number, gp_id, hpr_number, display_name, municipality_number, list_capacity, list_status, updated_at) \

@@ -284,17 +284,17 @@ fn caller_from_claims(c: Claims) -> Result<Caller, Status> {
             scopes,
         });
     }
-    if let Some(org) = org {
-        if scopes.iter().any(|s| s.starts_with("econsult:")) {
-            return Ok(Caller {
-                subject: c.sub,
-                role: Role::Ehr,
-                nin: None,
-                hpr_number: None,
-                org_number: Some(org),
-                scopes,
-            });
-        }
+    if let Some(org) = org
+        && scopes.iter().any(|s| s.starts_with("econsult:"))
+    {
+        return Ok(Caller {
+            subject: c.sub,
+            role: Role::Ehr,
+            nin: None,
+            hpr_number: None,
+            org_number: Some(org),
+            scopes,
+        });
     }
     Err(Status::permission_denied("token carries no econsult role"))
 }

@@ -270,10 +270,10 @@ impl EventBus for RedisBus {
             .arg("MKSTREAM")
             .query_async(&mut con)
             .await;
-        if let Err(e) = created {
-            if e.code() != Some("BUSYGROUP") {
-                return Err(e.into());
-            }
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e.into());
         }
         Ok(Box::new(RedisSubscription {
             con,

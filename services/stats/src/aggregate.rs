@@ -4,11 +4,32 @@ use econsult_calendar::oslo_date;
 use econsult_runtime::bus::{Delivery, Event};
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::{Db, Tx};
-use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
+use econsult_runtime::events::{
+    AppointmentChanged, BookingRequested, ConsultationChanged, VideoSessionEnded, topics,
+};
 use econsult_runtime::platform::Platform;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use std::time::Duration;
+
+/// Where a contact is counted.
+struct Contact<'a> {
+    org: &'a str,
+    municipality: &'a str,
+    gp: &'a str,
+    ctype: &'static str,
+    tariff: &'a str,
+}
+
+/// Every table the aggregator writes (migrations 0003_stats.sql); a rebuild clears them all.
+pub const AGGREGATE_TABLES: [&str; 6] = [
+    "stats_contacts",
+    "stats_booking_requests",
+    "stats_appointments",
+    "stats_counted_appointments",
+    "stats_video_sessions",
+    "stats_consultation_responses",
+];
 
 /// Consumer group of the statistics service on the bus.
 pub const CONSUMER_GROUP: &str = "stats";
@@ -22,6 +43,17 @@ pub fn contact_of_modality(modality: &str) -> Option<(&'static str, &'static str
         "in_person" => Some(("in_person", "2ad")),
         "video" => Some(("video", "2ae")),
         "phone" => Some(("phone", "1bd")),
+        _ => None,
+    }
+}
+
+/// Contact type and tariff code of a closed text consultation of a category (the tariff code
+/// the practice billed wins when the event carries one).
+pub fn contact_of_category(category: &str) -> Option<(&'static str, &'static str)> {
+    match category {
+        "e_consultation" => Some(("text_econsultation", "2ae")),
+        "prescription_renewal" => Some(("prescription_renewal", "1bd")),
+        "administrative" => Some(("administrative", "1bd")),
         _ => None,
     }
 }
@@ -96,24 +128,91 @@ impl Aggregator {
             topics::BOOKING_ATTENDED => {
                 let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
                 if let Some((ctype, tariff)) = contact_of_modality(&a.modality) {
-                    let day = oslo_date(from_ms(a.start_ms))
+                    let contact = Contact {
+                        org: &a.org_number,
+                        municipality: &a.municipality_number,
+                        gp: &a.gp_id,
+                        ctype,
+                        tariff,
+                    };
+                    self.count_contact(tx, Some(&a.appointment_id), a.start_ms, contact)
+                        .await?;
+                }
+            }
+            topics::VIDEO_SESSION_ENDED => {
+                let v: VideoSessionEnded = serde_json::from_str(&e.payload)?;
+                let day = oslo_date(from_ms(v.started_at_ms))
+                    .format("%Y-%m-%d")
+                    .to_string();
+                sqlx::query(
+                    "INSERT INTO stats_video_sessions (day, org_number, municipality_number, gp_id, connected, held, n, connected_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7) ON CONFLICT (day, org_number, municipality_number, gp_id, connected, held) \
+                     DO UPDATE SET n = stats_video_sessions.n + 1, connected_ms = stats_video_sessions.connected_ms + excluded.connected_ms",
+                )
+                .bind(day)
+                .bind(&v.org_number)
+                .bind(&v.municipality_number)
+                .bind(&v.gp_id)
+                .bind(i64::from(v.connected))
+                .bind(i64::from(v.held))
+                .bind(v.connected_ms.max(0))
+                .execute(&mut **tx)
+                .await?;
+                if v.held {
+                    let contact = Contact {
+                        org: &v.org_number,
+                        municipality: &v.municipality_number,
+                        gp: &v.gp_id,
+                        ctype: "video",
+                        tariff: "2ae",
+                    };
+                    self.count_contact(tx, Some(&v.appointment_id), v.started_at_ms, contact)
+                        .await?;
+                }
+            }
+            topics::CONSULTATION_FIRST_RESPONSE => {
+                let c: ConsultationChanged = serde_json::from_str(&e.payload)?;
+                if let Some(first) = c.first_response_at_ms {
+                    let day = oslo_date(from_ms(c.submitted_at_ms))
                         .format("%Y-%m-%d")
                         .to_string();
+                    let wd = c.response_working_days.map_or(15, |d| i64::from(d.min(15)));
                     sqlx::query(
-                        "INSERT INTO stats_contacts (day, org_number, municipality_number, gp_id, contact_type, tariff_code, n) \
-                         VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (day, org_number, municipality_number, gp_id, contact_type, tariff_code) \
-                         DO UPDATE SET n = stats_contacts.n + 1",
+                        "INSERT INTO stats_consultation_responses (day, org_number, municipality_number, gp_id, category, working_days, within_sla, n) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 1) ON CONFLICT (day, org_number, municipality_number, gp_id, category, working_days, within_sla) \
+                         DO UPDATE SET n = stats_consultation_responses.n + 1",
                     )
                     .bind(day)
-                    .bind(&a.org_number)
-                    .bind(&a.municipality_number)
-                    .bind(&a.gp_id)
-                    .bind(ctype)
-                    .bind(tariff)
+                    .bind(&c.org_number)
+                    .bind(&c.municipality_number)
+                    .bind(&c.gp_id)
+                    .bind(&c.category)
+                    .bind(wd)
+                    .bind(i64::from(first <= c.due_at_ms))
                     .execute(&mut **tx)
                     .await?;
-                    self.contacts
-                        .add(1, &[KeyValue::new("contact_type", ctype)]);
+                }
+            }
+            topics::CONSULTATION_CLOSED => {
+                let c: ConsultationChanged = serde_json::from_str(&e.payload)?;
+                let withdrawn = c.outcome.as_deref() == Some("withdrawn");
+                if let (false, Some((ctype, default_tariff))) =
+                    (withdrawn, contact_of_category(&c.category))
+                {
+                    let tariff = c
+                        .tariff_code
+                        .as_deref()
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or(default_tariff);
+                    let contact = Contact {
+                        org: &c.org_number,
+                        municipality: &c.municipality_number,
+                        gp: &c.gp_id,
+                        ctype,
+                        tariff,
+                    };
+                    self.count_contact(tx, None, c.closed_at_ms.unwrap_or(e.created_at), contact)
+                        .await?;
                 }
             }
             topics::BOOKING_CREATED | topics::BOOKING_RESCHEDULED => {
@@ -137,6 +236,45 @@ impl Aggregator {
             _ => {}
         }
         Ok(true)
+    }
+
+    /// Counts one contact on the Oslo day of `at_ms`; with an appointment id, at most once per
+    /// appointment whatever reports it.
+    async fn count_contact(
+        &self,
+        tx: &mut Tx,
+        appointment_id: Option<&str>,
+        at_ms: i64,
+        c: Contact<'_>,
+    ) -> anyhow::Result<()> {
+        if let Some(id) = appointment_id {
+            let first = sqlx::query("INSERT INTO stats_counted_appointments (appointment_id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if !first {
+                return Ok(());
+            }
+        }
+        let day = oslo_date(from_ms(at_ms)).format("%Y-%m-%d").to_string();
+        sqlx::query(
+            "INSERT INTO stats_contacts (day, org_number, municipality_number, gp_id, contact_type, tariff_code, n) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (day, org_number, municipality_number, gp_id, contact_type, tariff_code) \
+             DO UPDATE SET n = stats_contacts.n + 1",
+        )
+        .bind(day)
+        .bind(c.org)
+        .bind(c.municipality)
+        .bind(c.gp)
+        .bind(c.ctype)
+        .bind(c.tariff)
+        .execute(&mut **tx)
+        .await?;
+        self.contacts
+            .add(1, &[KeyValue::new("contact_type", c.ctype)]);
+        Ok(())
     }
 
     async fn count_appointment(
@@ -213,11 +351,7 @@ impl Aggregator {
     /// this consumer's processed-event marks, then applies every event in `seq` order.
     pub async fn rebuild(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
-        for t in [
-            "stats_contacts",
-            "stats_booking_requests",
-            "stats_appointments",
-        ] {
+        for t in AGGREGATE_TABLES {
             sqlx::query(&format!("DELETE FROM {t}"))
                 .execute(&mut *tx)
                 .await?;
@@ -248,5 +382,47 @@ impl Aggregator {
         }
         tx.commit().await?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuild_clears_every_stats_table_of_both_schemas() {
+        for sql in [
+            include_str!("../../runtime/migrations/sqlite/0003_stats.sql"),
+            include_str!("../../runtime/migrations/postgres/0003_stats.sql"),
+        ] {
+            let mut tables: Vec<&str> = sql
+                .lines()
+                .filter_map(|l| l.strip_prefix("CREATE TABLE "))
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            tables.sort_unstable();
+            let mut listed = AGGREGATE_TABLES.to_vec();
+            listed.sort_unstable();
+            assert_eq!(tables, listed);
+        }
+    }
+
+    #[test]
+    fn every_modality_and_category_has_a_tariff_code() {
+        assert_eq!(contact_of_modality("in_person"), Some(("in_person", "2ad")));
+        assert_eq!(contact_of_modality("video"), Some(("video", "2ae")));
+        assert_eq!(
+            contact_of_category("e_consultation"),
+            Some(("text_econsultation", "2ae"))
+        );
+        assert_eq!(
+            contact_of_category("prescription_renewal"),
+            Some(("prescription_renewal", "1bd"))
+        );
+        assert_eq!(
+            contact_of_category("administrative"),
+            Some(("administrative", "1bd"))
+        );
+        assert_eq!(contact_of_modality("carrier pigeon"), None);
     }
 }
