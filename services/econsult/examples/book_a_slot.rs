@@ -15,7 +15,8 @@ const ORG: &str = "910000001";
 
 fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
     Ok(req)
 }
 
@@ -26,14 +27,34 @@ fn key() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let addr = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let data_dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "data".into()));
     let keys = DevKeys::load_or_create(&data_dir)?;
     let now = Utc::now().timestamp();
-    let scopes = vec!["econsult:booking.read".into(), "econsult:booking.write".into()];
-    let ehr = keys.mint(&TokenSpec::Ehr { client_id: "demo-epj".into(), org_number: ORG.into(), scopes }, now, 600)?;
+    let scopes = vec![
+        "econsult:booking.read".into(),
+        "econsult:booking.write".into(),
+    ];
+    let ehr = keys.mint(
+        &TokenSpec::Ehr {
+            client_id: "demo-epj".into(),
+            org_number: ORG.into(),
+            scopes,
+        },
+        now,
+        600,
+    )?;
     let nin = econsult_runtime::nin::synthetic(1).as_str().to_owned();
-    let patient = keys.mint(&TokenSpec::Patient { nin: nin.clone(), acr: REQUIRED_ACR.into() }, now, 600)?;
+    let patient = keys.mint(
+        &TokenSpec::Patient {
+            nin: nin.clone(),
+            acr: REQUIRED_ACR.into(),
+        },
+        now,
+        600,
+    )?;
     let mut c = BookingServiceClient::connect(addr).await?;
 
     // As the EHR: a GP, a list member, three slots tomorrow morning.
@@ -46,26 +67,58 @@ async fn main() -> anyhow::Result<()> {
         list_status: pb::ListStatus::Staffed as i32,
         ..Default::default()
     };
-    c.upsert_gp(authed(pb::UpsertGpRequest { gp: Some(gp) }, &ehr)?).await?;
-    let list = pb::UpdateListRequest { gp_id: "gp-demo".into(), add: vec![nin.clone()], remove: vec![], idempotency_key: key() };
-    let size = c.update_list(authed(list, &ehr)?).await?.into_inner().list_size;
+    c.upsert_gp(authed(pb::UpsertGpRequest { gp: Some(gp) }, &ehr)?)
+        .await?;
+    let list = pb::UpdateListRequest {
+        gp_id: "gp-demo".into(),
+        add: vec![nin.clone()],
+        remove: vec![],
+        idempotency_key: key(),
+    };
+    let size = c
+        .update_list(authed(list, &ehr)?)
+        .await?
+        .into_inner()
+        .list_size;
     println!("EHR: gp-demo has {size} person(s) on the list");
-    let tomorrow = (Utc::now() + Duration::days(1)).with_minute(0).and_then(|t| t.with_second(0)).unwrap_or_else(Utc::now);
+    let tomorrow = (Utc::now() + Duration::days(1))
+        .with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .unwrap_or_else(Utc::now);
     let slots = (0..3)
         .map(|i| pb::NewSlot {
-            start: Some(prost_types::Timestamp { seconds: (tomorrow + Duration::minutes(20 * i)).timestamp(), nanos: 0 }),
+            start: Some(prost_types::Timestamp {
+                seconds: (tomorrow + Duration::minutes(20 * i)).timestamp(),
+                nanos: 0,
+            }),
             duration_minutes: 20,
             modality: pb::Modality::InPerson as i32,
             acute_reserve: false,
         })
         .collect();
-    match c.publish_slots(authed(pb::PublishSlotsRequest { gp_id: "gp-demo".into(), slots, idempotency_key: key() }, &ehr)?).await {
+    match c
+        .publish_slots(authed(
+            pb::PublishSlotsRequest {
+                gp_id: "gp-demo".into(),
+                slots,
+                idempotency_key: key(),
+            },
+            &ehr,
+        )?)
+        .await
+    {
         Ok(r) => println!("EHR: published {} slots", r.into_inner().slots.len()),
-        Err(s) => println!("EHR: slots not published ({}), using what is there", s.message()),
+        Err(s) => println!(
+            "EHR: slots not published ({}), using what is there",
+            s.message()
+        ),
     }
 
     // As the patient: find, hold, book, list.
-    let found = c.find_slots(authed(pb::FindSlotsRequest::default(), &patient)?).await?.into_inner();
+    let found = c
+        .find_slots(authed(pb::FindSlotsRequest::default(), &patient)?)
+        .await?
+        .into_inner();
     println!(
         "patient: {} slot(s) offered, earliest {} working day(s) away, within five working days: {}",
         found.slots.len(),
@@ -76,10 +129,20 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("no free slot to book");
     };
     let hold = c
-        .hold_slot(authed(pb::HoldSlotRequest { slot_id: slot.slot_id, request_id: found.request_id.clone(), idempotency_key: key() }, &patient)?)
+        .hold_slot(authed(
+            pb::HoldSlotRequest {
+                slot_id: slot.slot_id,
+                request_id: found.request_id.clone(),
+                idempotency_key: key(),
+            },
+            &patient,
+        )?)
         .await?
         .into_inner();
-    println!("patient: holding {} until {:?}", hold.hold_id, hold.expires_at);
+    println!(
+        "patient: holding {} until {:?}",
+        hold.hold_id, hold.expires_at
+    );
     let book = pb::BookRequest {
         target: Some(pb::book_request::Target::HoldId(hold.hold_id)),
         reason: "check-up".into(),
@@ -87,8 +150,18 @@ async fn main() -> anyhow::Result<()> {
         idempotency_key: key(),
     };
     let appt = c.book(authed(book, &patient)?).await?.into_inner();
-    println!("patient: booked appointment {} (status {:?})", appt.appointment_id, appt.status());
-    let mine = c.list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &patient)?).await?.into_inner();
-    println!("patient: {} upcoming appointment(s)", mine.appointments.len());
+    println!(
+        "patient: booked appointment {} (status {:?})",
+        appt.appointment_id,
+        appt.status()
+    );
+    let mine = c
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &patient)?)
+        .await?
+        .into_inner();
+    println!(
+        "patient: {} upcoming appointment(s)",
+        mine.appointments.len()
+    );
     Ok(())
 }
