@@ -441,6 +441,24 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         }))
     }
 
+    async fn book_for_patient(
+        &self,
+        req: Request<pb::BookForPatientRequest>,
+    ) -> Result<Response<pb::Appointment>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let org = caller.org_with_scope(SCOPE_WRITE)?;
+        let r = req.into_inner();
+        id_field(&r.slot_id, "slot_id")?;
+        let nin = nin_field(&r.patient_nin, "patient_nin")?;
+        key_field(&r.idempotency_key)?;
+        let reason = text_field(&r.reason, "reason", 1000)?;
+        let a = self
+            .svc
+            .book_for_patient(&caller, org, &nin, &r.slot_id, &reason, &r.idempotency_key)
+            .await?;
+        Ok(Response::new(appt_to(&a)))
+    }
+
     async fn mark_appointment(
         &self,
         req: Request<pb::MarkAppointmentRequest>,

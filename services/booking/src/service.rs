@@ -61,6 +61,7 @@ pub struct Booking {
 pub(crate) mod rpc {
     pub const UPDATE_LIST: &str = "/econsult.booking.v1.BookingService/UpdateList";
     pub const MARK: &str = "/econsult.booking.v1.BookingService/MarkAppointment";
+    pub const BOOK_FOR_PATIENT: &str = "/econsult.booking.v1.BookingService/BookForPatient";
     pub const CANCEL_BY_PRACTICE: &str = "/econsult.booking.v1.BookingService/CancelByPractice";
     pub const WATCH: &str = "/econsult.booking.v1.BookingService/WatchBookings";
     pub const FIND: &str = "/econsult.booking.v1.BookingService/FindSlots";
@@ -1014,6 +1015,7 @@ impl Booking {
         nin: &str,
         org: &str,
         target: &Target,
+        allow_acute: bool,
     ) -> Result<Slot, BookingError> {
         let now = self.p.clock.now_ms();
         let (slot_id, n) = match target {
@@ -1044,19 +1046,21 @@ impl Booking {
             }
             Target::Slot(slot_id) => {
                 let slot = self.slot_in_org(tx, org, slot_id, "slot_id").await?;
-                if slot.acute_reserve {
+                if slot.acute_reserve && !allow_acute {
                     return Err(BookingError::FailedPrecondition(
                         "slot is reserved for same-day emergency help".into(),
                     ));
                 }
                 let n = sqlx::query(&format!(
                     "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
-                     WHERE slot_id = $1 AND start_at > $2 AND acute_reserve = 0 AND ({} OR (status = 3 AND hold_patient = $3))",
+                     WHERE slot_id = $1 AND start_at > $2 AND (acute_reserve = 0 OR $4 = 1) \
+                     AND ({} OR (status = 3 AND hold_patient = $3))",
                     takeable(2).replace("s.", "")
                 ))
                 .bind(slot_id)
                 .bind(now)
                 .bind(nin)
+                .bind(i64::from(allow_acute))
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
@@ -1172,7 +1176,7 @@ impl Booking {
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
             let org = self.patient_org(tx, nin).await?;
-            let slot = self.take_slot(tx, nin, &org, &target).await?;
+            let slot = self.take_slot(tx, nin, &org, &target, false).await?;
             let (a, org, muni) = self
                 .insert_appointment(tx, nin, &slot, reason, request_id, None)
                 .await?;
@@ -1180,6 +1184,59 @@ impl Booking {
                 .await?;
             let access = Access {
                 action: rpc::BOOK,
+                resource: format!("appointment:{}", a.appointment_id),
+                patient_nin: nin,
+            };
+            audit::record(tx, caller, &access, now).await?;
+            Ok(a)
+        }
+        .await;
+        let resp = resp?;
+        self.finish_op(op, &resp).await?;
+        Ok(resp)
+    }
+
+    /// Books a slot of `org` for a patient on one of the practice's lists (EHR).
+    pub async fn book_for_patient(
+        &self,
+        caller: &Caller,
+        org: &str,
+        nin: &str,
+        slot_id: &str,
+        reason: &str,
+        key: &str,
+    ) -> Result<Appointment, BookingError> {
+        let req = (org, nin, slot_id, reason);
+        let mut op = match self
+            .begin_op(caller, rpc::BOOK_FOR_PATIENT, key, &req)
+            .await?
+        {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let on_list = match self.own_gp(tx, nin).await {
+                Ok(gp) => gp.org_number == org,
+                Err(BookingError::FailedPrecondition(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if !on_list {
+                return Err(BookingError::FailedPrecondition(
+                    "patient_nin is not on a list of this practice".into(),
+                ));
+            }
+            let slot = self
+                .take_slot(tx, nin, org, &Target::Slot(slot_id.to_owned()), true)
+                .await?;
+            let (a, org, muni) = self
+                .insert_appointment(tx, nin, &slot, reason, "", None)
+                .await?;
+            self.emit(tx, topics::BOOKING_CREATED, &a, &org, &muni, now)
+                .await?;
+            let access = Access {
+                action: rpc::BOOK_FOR_PATIENT,
                 resource: format!("appointment:{}", a.appointment_id),
                 patient_nin: nin,
             };
@@ -1309,7 +1366,7 @@ impl Booking {
             let now = self.p.clock.now_ms();
             let org = self.patient_org(tx, nin).await?;
             // Take the new slot first: if it is gone, nothing has changed.
-            let slot = self.take_slot(tx, nin, &org, &target).await?;
+            let slot = self.take_slot(tx, nin, &org, &target, false).await?;
             let (old, old_org, old_muni) = self.cancel_own(tx, nin, id).await?;
             let (new, org, muni) = self
                 .insert_appointment(tx, nin, &slot, &old.reason, "", Some(id))

@@ -69,8 +69,13 @@ pub struct Config {
     pub redis_namespace: String,
     /// Which services to run.
     pub services: Vec<ServiceKind>,
-    /// A JWKS file of the identity providers; `None` trusts the local dev key.
+    /// A JWKS file of the identity providers; with neither this nor `jwks_url`, the local dev
+    /// key is trusted.
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL of the identity providers, fetched at start and every `jwks_refresh`.
+    pub jwks_url: Option<String>,
+    /// How often to re-fetch `jwks_url` (key rotation).
+    pub jwks_refresh: Duration,
     /// Trusted issuers when `jwks_file` is set.
     pub issuers: Vec<String>,
     /// Required audience.
@@ -99,6 +104,8 @@ impl Config {
             redis_namespace: "econsult".into(),
             services: ServiceKind::ALL.to_vec(),
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(600),
             issuers: Vec::new(),
             audience: econsult_runtime::auth::DEFAULT_AUDIENCE.into(),
             booking: BookingConfig::default(),
@@ -116,15 +123,23 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("econsult.db").display()))
     }
 
-    fn authenticator(&self) -> anyhow::Result<Authenticator> {
-        match &self.jwks_file {
-            Some(path) => {
-                let jwks = std::fs::read_to_string(path)
-                    .with_context(|| format!("read {}", path.display()))?;
-                Authenticator::from_jwks(&jwks, self.issuers.clone(), self.audience.clone())
+    async fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let jwks = match (&self.jwks_file, &self.jwks_url) {
+            (Some(_), Some(_)) => anyhow::bail!("give a JWKS file or a JWKS URL, not both"),
+            (Some(path), None) => {
+                std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?
             }
-            None => DevKeys::load_or_create(&self.data_dir)?.authenticator(&self.audience),
-        }
+            (None, Some(url)) => {
+                let u = url.clone();
+                tokio::task::spawn_blocking(move || econsult_runtime::auth::fetch_jwks(&u))
+                    .await?
+                    .with_context(|| format!("fetch JWKS from {url}"))?
+            }
+            (None, None) => {
+                return DevKeys::load_or_create(&self.data_dir)?.authenticator(&self.audience);
+            }
+        };
+        Authenticator::from_jwks(&jwks, self.issuers.clone(), self.audience.clone())
     }
 }
 
@@ -142,7 +157,7 @@ impl Application {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
-        let auth = Arc::new(config.authenticator()?);
+        let auth = Arc::new(config.authenticator().await?);
         let (platform, mut handle) = Platform::start(PlatformConfig {
             database_url: config.database_url(),
             redis_url: config.redis_url.clone(),
@@ -153,6 +168,15 @@ impl Application {
         })
         .await?;
 
+        if let Some(url) = &config.jwks_url {
+            let refresh = econsult_runtime::auth::refresh_jwks(
+                auth.clone(),
+                url.clone(),
+                config.jwks_refresh,
+                platform.shutdown.clone(),
+            );
+            handle.track(tokio::spawn(refresh));
+        }
         let interceptor = AuthInterceptor(auth);
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()

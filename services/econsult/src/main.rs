@@ -68,7 +68,13 @@ struct ServeArgs {
     /// JWKS file of the identity providers (ID-porten, HelseID); without it the dev key is trusted.
     #[arg(long, env = "ECONSULT_JWKS_FILE")]
     jwks_file: Option<PathBuf>,
-    /// Trusted token issuer (repeat for several); required with --jwks-file.
+    /// JWKS URL of the identity providers, re-fetched every --jwks-refresh-seconds.
+    #[arg(long, env = "ECONSULT_JWKS_URL")]
+    jwks_url: Option<String>,
+    /// How often to re-fetch --jwks-url.
+    #[arg(long, env = "ECONSULT_JWKS_REFRESH_SECONDS", default_value_t = 600)]
+    jwks_refresh_seconds: u64,
+    /// Trusted token issuer (repeat for several); required with --jwks-file or --jwks-url.
     #[arg(
         long = "trusted-issuer",
         env = "ECONSULT_TRUSTED_ISSUERS",
@@ -204,10 +210,12 @@ async fn serve(
     config.redis_url = a.redis_url;
     config.redis_namespace = a.redis_namespace;
     config.services = a.services;
-    if a.jwks_file.is_some() && a.issuers.is_empty() {
-        anyhow::bail!("--trusted-issuer is required with --jwks-file");
+    if (a.jwks_file.is_some() || a.jwks_url.is_some()) && a.issuers.is_empty() {
+        anyhow::bail!("--trusted-issuer is required with --jwks-file or --jwks-url");
     }
     config.jwks_file = a.jwks_file;
+    config.jwks_url = a.jwks_url;
+    config.jwks_refresh = Duration::from_secs(a.jwks_refresh_seconds.max(10));
     config.issuers = a.issuers;
     config.audience = a.audience;
     config.booking.hold_ttl = chrono::Duration::seconds(a.hold_ttl_seconds.clamp(30, 3600));

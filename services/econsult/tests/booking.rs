@@ -934,7 +934,83 @@ async fn attendance_is_recorded_and_audited(env: Env) {
     app.shutdown().await;
 }
 
+async fn acute_reserve_slots_are_hidden_from_patients_and_booked_by_the_practice(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 16, 1).await;
+    let outsider = seed_gp(&app, ORG_B, "gp-b", 17, 1).await;
+    let mut c = app.booking().await;
+    let ehr = app.ehr_token(ORG_A);
+    let acute = c
+        .publish_slots(authed(
+            pb::PublishSlotsRequest {
+                gp_id: "gp-1".into(),
+                slots: vec![pb::NewSlot {
+                    start: Some(ts(at("2026-03-02T13:00:00Z"))),
+                    duration_minutes: 20,
+                    modality: 1,
+                    acute_reserve: true,
+                }],
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .expect("publish")
+        .into_inner()
+        .slots
+        .remove(0);
+    let found = c
+        .find_slots(authed(
+            pb::FindSlotsRequest::default(),
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .expect("find")
+        .into_inner();
+    assert!(
+        found.slots.is_empty(),
+        "acute reserve is never offered to patients"
+    );
+    let err = book_slot(&app, &nins[0], &acute.slot_id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let book = |nin: &str| pb::BookForPatientRequest {
+        slot_id: acute.slot_id.clone(),
+        patient_nin: nin.into(),
+        reason: "acute chest pain".into(),
+        idempotency_key: key(),
+    };
+    let err = c
+        .book_for_patient(authed(book(&outsider[0]), &ehr))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "not on a list of this practice"
+    );
+    let err = c
+        .book_for_patient(authed(book("01010112345"), &ehr))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("patient_nin"));
+    let err = c
+        .book_for_patient(authed(book(&nins[0]), &app.patient_token(&nins[0])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let appt = c
+        .book_for_patient(authed(book(&nins[0]), &ehr))
+        .await
+        .expect("the practice books it")
+        .into_inner();
+    assert_eq!(appt.patient_nin, nins[0]);
+    assert!(appt.slot.expect("slot").acute_reserve);
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    acute_reserve_slots_are_hidden_from_patients_and_booked_by_the_practice,
     finding_holding_and_booking_a_slot_works_end_to_end,
     two_hundred_concurrent_clients_racing_for_three_slots_give_exactly_three_bookings,
     a_retried_call_with_the_same_key_returns_the_first_result,

@@ -71,17 +71,15 @@ impl Proc {
                 .await
             {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-                if let Ok(r) = health
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
+                let serving =
+                    tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+                let request = tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                };
+                if let Ok(r) = health.check(request).await
+                    && r.into_inner().status == serving
                 {
-                    if r.into_inner().status
-                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-                    {
-                        return ch;
-                    }
+                    return ch;
                 }
             }
             assert!(Instant::now() < deadline, "server did not become ready");

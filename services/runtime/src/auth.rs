@@ -162,9 +162,11 @@ pub struct Claims {
     pub org_number: Option<String>,
 }
 
-/// Validates bearer tokens against a key set.
+type KeySet = Vec<(Option<String>, DecodingKey, Algorithm)>;
+
+/// Validates bearer tokens against a key set (replaceable at run time, for key rotation).
 pub struct Authenticator {
-    keys: Vec<(Option<String>, DecodingKey, Algorithm)>,
+    keys: std::sync::RwLock<Arc<KeySet>>,
     issuers: Vec<String>,
     audience: String,
 }
@@ -172,7 +174,7 @@ pub struct Authenticator {
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.current_keys().len())
             .field("issuers", &self.issuers)
             .field("audience", &self.audience)
             .finish()
@@ -182,34 +184,33 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Builds an authenticator from a JWKS document, the trusted issuers and the audience.
     pub fn from_jwks(jwks: &str, issuers: Vec<String>, audience: String) -> anyhow::Result<Self> {
-        let set: JwkSet = serde_json::from_str(jwks)?;
-        let mut keys = Vec::new();
-        for jwk in &set.keys {
-            let alg = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => {
-                    anyhow::bail!("symmetric keys are not accepted in the JWKS")
-                }
-            };
-            keys.push((jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)?, alg));
-        }
-        anyhow::ensure!(!keys.is_empty(), "the JWKS holds no keys");
         anyhow::ensure!(!issuers.is_empty(), "no trusted issuer configured");
         Ok(Self {
-            keys,
+            keys: std::sync::RwLock::new(Arc::new(parse_jwks(jwks)?)),
             issuers,
             audience,
         })
+    }
+
+    /// Replaces the key set (e.g. after fetching a rotated JWKS). A document without usable
+    /// keys is refused and the old keys stay.
+    pub fn replace_jwks(&self, jwks: &str) -> anyhow::Result<usize> {
+        let keys = parse_jwks(jwks)?;
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(n)
+    }
+
+    fn current_keys(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Validates `token` and derives the caller.
     pub fn authenticate(&self, token: &str) -> Result<Caller, Status> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Status::unauthenticated("malformed bearer token"))?;
-        let key = self
-            .keys
+        let keys = self.current_keys();
+        let key = keys
             .iter()
             .find(|(kid, _, alg)| {
                 *alg == header.alg && (header.kid.is_none() || header.kid == *kid)
@@ -232,6 +233,67 @@ impl Authenticator {
             Status::unauthenticated(why)
         })?;
         caller_from_claims(data.claims)
+    }
+}
+
+fn parse_jwks(jwks: &str) -> anyhow::Result<KeySet> {
+    let set: JwkSet = serde_json::from_str(jwks)?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let alg = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_) => {
+                anyhow::bail!("symmetric keys are not accepted in the JWKS")
+            }
+        };
+        keys.push((jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)?, alg));
+    }
+    anyhow::ensure!(!keys.is_empty(), "the JWKS holds no keys");
+    Ok(keys)
+}
+
+/// Fetches a JWKS document over HTTP(S) (blocking; call from `spawn_blocking`).
+pub fn fetch_jwks(url: &str) -> anyhow::Result<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let body = agent
+        .get(url)
+        .call()?
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()?;
+    Ok(body)
+}
+
+/// Re-fetches the JWKS at `url` every `every` until `stop` turns true, replacing the keys of
+/// `auth` (key rotation at the identity provider). Failures keep the old keys and are logged.
+pub async fn refresh_jwks(
+    auth: Arc<Authenticator>,
+    url: String,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let u = url.clone();
+        match tokio::task::spawn_blocking(move || fetch_jwks(&u)).await {
+            Ok(Ok(doc)) => match auth.replace_jwks(&doc) {
+                Ok(n) => tracing::debug!(keys = n, "jwks refreshed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "jwks refresh: unusable document, keeping the old keys")
+                }
+            },
+            Ok(Err(e)) => tracing::warn!(error = %e, "jwks refresh failed, keeping the old keys"),
+            Err(e) => tracing::warn!(error = %e, "jwks refresh task failed"),
+        }
     }
 }
 

@@ -82,8 +82,12 @@ fn replace_db(url: &str, db: &str) -> String {
 }
 
 /// A started system plus what tests need to talk to it.
+/// Adjusts the configuration of a test server.
+pub type Tweak = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
 pub struct TestApp {
     pub app: Option<Application>,
+    tweak: Option<Tweak>,
     pub addr: std::net::SocketAddr,
     pub keys: DevKeys,
     pub clock: ManualClock,
@@ -105,14 +109,21 @@ impl TestApp {
     }
 
     pub async fn start_at(env: Env, now: DateTime<Utc>) -> Self {
+        Self::start_configured(env, now, None).await
+    }
+
+    /// Starts with `tweak` applied to the configuration (also on restarts).
+    pub async fn start_configured(env: Env, now: DateTime<Utc>, tweak: Option<Tweak>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = ManualClock::new(now);
         let namespace = format!("econsult-test-{}", uuid::Uuid::new_v4().simple());
-        let app = Self::boot(&env, &dir, &clock, &namespace).await;
+        // The dev key exists before the server starts, so a tweak can serve its JWKS.
         let keys = DevKeys::load_or_create(dir.path()).expect("dev keys");
+        let app = Self::boot(&env, &dir, &clock, &namespace, tweak.as_ref()).await;
         Self {
             addr: app.local_addr(),
             app: Some(app),
+            tweak,
             keys,
             clock,
             dir,
@@ -126,6 +137,7 @@ impl TestApp {
         dir: &tempfile::TempDir,
         clock: &ManualClock,
         namespace: &str,
+        tweak: Option<&Tweak>,
     ) -> Application {
         let mut config = Config::embedded(dir.path().to_path_buf());
         config.database_url = env.database_url.clone();
@@ -133,6 +145,9 @@ impl TestApp {
         config.redis_namespace = namespace.to_owned();
         config.clock = Arc::new(clock.clone()) as Arc<dyn Clock>;
         config.shutdown_grace = std::time::Duration::from_secs(5);
+        if let Some(t) = tweak {
+            t(&mut config);
+        }
         Application::start(config).await.expect("start application")
     }
 
@@ -141,7 +156,14 @@ impl TestApp {
         if let Some(app) = self.app.take() {
             app.stop().await.expect("stop");
         }
-        let app = Self::boot(&self.env, &self.dir, &self.clock, &self.namespace).await;
+        let app = Self::boot(
+            &self.env,
+            &self.dir,
+            &self.clock,
+            &self.namespace,
+            self.tweak.as_ref(),
+        )
+        .await;
         self.addr = app.local_addr();
         self.app = Some(app);
     }
@@ -205,14 +227,14 @@ impl TestApp {
         if let Some(app) = self.app.take() {
             app.stop().await.expect("stop");
         }
-        if let (Some(admin), Some(name)) = (&self.env.admin_url, &self.env.db_name) {
-            if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(admin).await {
-                let _ = sqlx::Executor::execute(
-                    &mut conn,
-                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-                )
-                .await;
-            }
+        if let (Some(admin), Some(name)) = (&self.env.admin_url, &self.env.db_name)
+            && let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(admin).await
+        {
+            let _ = sqlx::Executor::execute(
+                &mut conn,
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+            )
+            .await;
         }
     }
 }
@@ -346,7 +368,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    super::$name(crate::common::Env::sqlite().await).await
+                    super::$name($crate::common::Env::sqlite().await).await
                 }
             )*
         }
@@ -354,7 +376,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
-                    if let Some(env) = crate::common::Env::postgres().await {
+                    if let Some(env) = $crate::common::Env::postgres().await {
                         super::$name(env).await
                     }
                 }
