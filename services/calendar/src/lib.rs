@@ -1,5 +1,8 @@
 //! Norwegian working days (arbeidsdager): Monday–Friday minus public holidays, minus
-//! per-practice closure days. Interim implementation; see tests in the crate.
+//! per-practice closure days (24 and 31 December and staff days are closures, not holidays).
+//!
+//! Used for the five-working-day booking target (fastlegeforskriften § 22) and for the
+//! response SLA of text consultations. Pure functions, no I/O.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc, Weekday};
 use std::collections::BTreeSet;
@@ -7,7 +10,7 @@ use std::collections::BTreeSet;
 /// Years for which holidays are computed.
 pub const SUPPORTED_YEARS: std::ops::RangeInclusive<i32> = 1900..=2200;
 
-/// Norwegian public holidays.
+/// Norwegian public holidays (helligdagsfredloven § 2 and the 1947 law for 1 and 17 May).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Holiday {
     NewYearsDay,
@@ -120,17 +123,31 @@ impl Calendar {
         }
         cur
     }
-    /// Working days w with from < w <= to (negated when to < from).
+    /// Working days w with from < w <= to (negated when to < from). Runs in time proportional
+    /// to the number of years spanned, not days.
     pub fn working_days_between(&self, from: NaiveDate, to: NaiveDate) -> i64 {
         if to < from {
             return -self.working_days_between(to, from);
         }
-        from.iter_days()
-            .skip(1)
-            .take_while(|d| *d <= to)
-            .filter(|d| self.is_working_day(*d))
-            .count() as i64
+        let mut n = weekdays_up_to(to) - weekdays_up_to(from);
+        // A date can carry two holidays (Ascension Day on 1 May, as in 2008): count dates.
+        let mut holidays = BTreeSet::new();
+        for year in from.year()..=to.year() {
+            for (d, _) in public_holidays(year) {
+                if d > from && d <= to && is_weekday(d) {
+                    holidays.insert(d);
+                }
+            }
+        }
+        n -= holidays.len() as i64;
+        for d in self.closures.range(from.succ_opt().unwrap_or(from)..=to) {
+            if is_weekday(*d) && public_holiday(*d).is_none() && *d > from {
+                n -= 1;
+            }
+        }
+        n
     }
+
     /// `d` if it is a working day, else the next one.
     pub fn next_working_day_on_or_after(&self, d: NaiveDate) -> NaiveDate {
         let mut cur = d;
@@ -139,6 +156,21 @@ impl Calendar {
         }
         cur
     }
+}
+
+fn is_weekday(d: NaiveDate) -> bool {
+    !matches!(d.weekday(), Weekday::Sat | Weekday::Sun)
+}
+
+/// Number of Mondays–Fridays from a fixed epoch Monday up to and including `d` (may be negative
+/// before the epoch); differences of it count weekdays in a half-open range.
+fn weekdays_up_to(d: NaiveDate) -> i64 {
+    // 1900-01-01 was a Monday.
+    let epoch = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or(NaiveDate::MIN);
+    let days = (d - epoch).num_days() + 1; // days in [epoch, d]
+    let weeks = days.div_euclid(7);
+    let rest = days.rem_euclid(7);
+    weeks * 5 + rest.min(5)
 }
 
 /// The Norwegian (Europe/Oslo) date of an instant.
