@@ -37,6 +37,15 @@ enum Command {
     Migrate,
     /// Print a token signed by the local development key (never trusted with --jwks-file).
     DevToken(DevTokenArgs),
+    /// Check a running server's gRPC health (exit 0 when SERVING): for container health checks.
+    Health {
+        /// Server address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Service name to check; empty checks the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -163,6 +172,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db.migrate().await?;
             db.close().await;
             eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Health { addr, service } => {
+            use tonic_health::pb::{
+                HealthCheckRequest, health_check_response::ServingStatus,
+                health_client::HealthClient,
+            };
+            let channel = tonic::transport::Endpoint::from_shared(addr)?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(2))
+                .connect()
+                .await?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest { service })
+                .await?
+                .into_inner()
+                .status;
+            anyhow::ensure!(
+                status == ServingStatus::Serving as i32,
+                "not serving (status {status})"
+            );
+            println!("SERVING");
             Ok(())
         }
         Command::DevToken(a) => {
