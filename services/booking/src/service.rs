@@ -10,7 +10,7 @@ use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::{Tx, is_unique_violation};
 use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
-use econsult_runtime::idempotency::{self, Lookup};
+use econsult_runtime::idempotency::{self, Begun, Op};
 use econsult_runtime::outbox::{self, NewEvent};
 use econsult_runtime::platform::Platform;
 use serde::{Serialize, de::DeserializeOwned};
@@ -36,19 +36,6 @@ impl Default for BookingConfig {
             waitlist_hold_ttl: Duration::hours(2),
         }
     }
-}
-
-/// An open mutating call: its transaction and idempotency record.
-struct Op {
-    tx: Tx,
-    scope: String,
-    key: String,
-    hash: String,
-}
-
-enum Begun<R> {
-    Replay(R),
-    New(Op),
 }
 
 /// The booking service logic.
@@ -195,36 +182,12 @@ impl Booking {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let hash = idempotency::request_hash(req).map_err(anyhow::Error::from)?;
-        let scope = format!("{}|{}", caller.subject, rpc);
-        let mut tx = self.p.db.begin().await?;
-        match idempotency::lookup::<Resp>(&self.p.db, &mut tx, &scope, key, &hash).await? {
-            Lookup::Replay(r) => Ok(Begun::Replay(r)),
-            Lookup::New => Ok(Begun::New(Op {
-                tx,
-                scope,
-                key: key.to_owned(),
-                hash,
-            })),
-        }
+        Ok(idempotency::begin(&self.p.db, &caller.subject, rpc, key, req).await?)
     }
 
-    /// Stores the result with the idempotency key and commits.
-    async fn finish_op<Resp: Serialize>(
-        &self,
-        mut op: Op,
-        resp: &Resp,
-    ) -> Result<(), BookingError> {
-        idempotency::store(
-            &mut op.tx,
-            &op.scope,
-            &op.key,
-            &op.hash,
-            resp,
-            self.p.clock.now_ms(),
-        )
-        .await?;
-        op.tx.commit().await?;
+    /// Stores the result with the idempotency key, commits, and wakes the outbox relay.
+    async fn finish_op<Resp: Serialize>(&self, op: Op, resp: &Resp) -> Result<(), BookingError> {
+        op.finish(resp, self.p.clock.now_ms()).await?;
         self.p.committed();
         Ok(())
     }
@@ -752,6 +715,7 @@ impl Booking {
             NewEvent {
                 topic,
                 org_number: org,
+                route_key: &a.patient_nin,
                 payload: &body,
             },
             now,
@@ -891,6 +855,7 @@ impl Booking {
             NewEvent {
                 topic: topics::BOOKING_REQUESTED,
                 org_number: &gp.org_number,
+                route_key: nin,
                 payload: &body,
             },
             now_ms,
@@ -1632,6 +1597,7 @@ impl Booking {
             NewEvent {
                 topic: topics::BOOKING_WAITLIST_OFFERED,
                 org_number: &org,
+                route_key: &patient,
                 payload: &body,
             },
             now,
@@ -1686,7 +1652,17 @@ impl Booking {
         org: &str,
         cursor: u64,
     ) -> Result<Vec<(u64, String, AppointmentChanged)>, BookingError> {
-        let events = outbox::read_after(&self.p.db, cursor, "booking.", Some(org), 200).await?;
+        let events = outbox::read_after(
+            &self.p.db,
+            cursor,
+            outbox::EventFilter {
+                topic_prefix: "booking.",
+                org_number: Some(org),
+                route_key: None,
+            },
+            200,
+        )
+        .await?;
         let mut out = Vec::with_capacity(events.len());
         let mut last_seq = cursor;
         for e in events {

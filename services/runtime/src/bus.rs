@@ -118,8 +118,13 @@ impl Subscription for DbSubscription {
     async fn fetch(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let events =
-                crate::outbox::read_after(&self.db, self.position, "", None, max as i64).await?;
+            let events = crate::outbox::read_after(
+                &self.db,
+                self.position,
+                crate::outbox::EventFilter::default(),
+                max as i64,
+            )
+            .await?;
             if let Some(last) = events.last() {
                 self.position = last.seq;
                 return Ok(events

@@ -98,3 +98,63 @@ pub async fn store<T: Serialize>(
     .await?;
     Ok(())
 }
+
+/// An open mutating call: its write transaction and its idempotency record.
+pub struct Op {
+    /// The call's write transaction: make the change, the outbox events and the audit rows here.
+    pub tx: Tx,
+    scope: String,
+    key: String,
+    hash: String,
+}
+
+/// Outcome of [`begin`].
+pub enum Begun<R> {
+    /// A retry: the stored first result.
+    Replay(R),
+    /// First use of the key: do the work in `op.tx`, then [`Op::finish`].
+    New(Op),
+}
+
+/// Opens the write transaction of a mutating call by `subject` to `rpc` with idempotency `key`.
+pub async fn begin<Req: Serialize, Resp: DeserializeOwned>(
+    db: &Db,
+    subject: &str,
+    rpc: &str,
+    key: &str,
+    request: &Req,
+) -> Result<Begun<Resp>, IdempotencyError> {
+    let hash = request_hash(request)?;
+    let scope = format!("{subject}|{rpc}");
+    let mut tx = db.begin().await?;
+    match lookup::<Resp>(db, &mut tx, &scope, key, &hash).await? {
+        Lookup::Replay(r) => Ok(Begun::Replay(r)),
+        Lookup::New => Ok(Begun::New(Op {
+            tx,
+            scope,
+            key: key.to_owned(),
+            hash,
+        })),
+    }
+}
+
+impl Op {
+    /// Stores `response` under the key and commits the whole call.
+    pub async fn finish<Resp: Serialize>(
+        mut self,
+        response: &Resp,
+        now_ms: i64,
+    ) -> Result<(), IdempotencyError> {
+        store(
+            &mut self.tx,
+            &self.scope,
+            &self.key,
+            &self.hash,
+            response,
+            now_ms,
+        )
+        .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

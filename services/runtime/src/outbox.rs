@@ -21,6 +21,8 @@ pub struct NewEvent<'a, P: Serialize> {
     pub topic: &'a str,
     /// Organisation the event belongs to (routes EHR change streams).
     pub org_number: &'a str,
+    /// Routes per-person change streams, e.g. the patient's identity number; "" for none.
+    pub route_key: &'a str,
     /// The event body, stored as JSON.
     pub payload: &'a P,
 }
@@ -34,11 +36,12 @@ pub async fn enqueue<P: Serialize>(
     let event_id = uuid::Uuid::now_v7().to_string();
     let payload = serde_json::to_string(event.payload)?;
     sqlx::query(
-        "INSERT INTO outbox (event_id, topic, org_number, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO outbox (event_id, topic, org_number, route_key, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&event_id)
     .bind(event.topic)
     .bind(event.org_number)
+    .bind(event.route_key)
     .bind(payload)
     .bind(now_ms)
     .execute(&mut **tx)
@@ -46,22 +49,33 @@ pub async fn enqueue<P: Serialize>(
     Ok(event_id)
 }
 
-/// Reads sequenced events after `after_seq` whose topic starts with `topic_prefix`, optionally
-/// of one organisation, in `seq` order.
+/// Which sequenced events a reader wants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventFilter<'a> {
+    /// Topics starting with this ("" = all).
+    pub topic_prefix: &'a str,
+    /// Only this organisation.
+    pub org_number: Option<&'a str>,
+    /// Only this route key (e.g. one patient's events).
+    pub route_key: Option<&'a str>,
+}
+
+/// Reads sequenced events after `after_seq` that match `filter`, in `seq` order.
 pub async fn read_after(
     db: &Db,
     after_seq: u64,
-    topic_prefix: &str,
-    org_number: Option<&str>,
+    filter: EventFilter<'_>,
     limit: i64,
 ) -> Result<Vec<Event>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox \
-         WHERE seq > $1 AND topic LIKE $2 AND ($3 = '' OR org_number = $3) ORDER BY seq LIMIT $4",
+         WHERE seq > $1 AND topic LIKE $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR route_key = $4) \
+         ORDER BY seq LIMIT $5",
     )
     .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
-    .bind(format!("{topic_prefix}%"))
-    .bind(org_number.unwrap_or(""))
+    .bind(format!("{}%", filter.topic_prefix))
+    .bind(filter.org_number.unwrap_or(""))
+    .bind(filter.route_key.unwrap_or(""))
     .bind(limit)
     .fetch_all(db.read())
     .await?;

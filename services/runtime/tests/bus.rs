@@ -79,6 +79,7 @@ async fn enqueue(db: &Db, n: usize, topic: &str) {
             NewEvent {
                 topic,
                 org_number: "910000001",
+                route_key: "",
                 payload: &body,
             },
             0,
@@ -117,9 +118,17 @@ async fn contract(f: Fixture) {
     drain(&f.relay).await;
 
     // Sequenced gap-free in commit order, all published.
-    let events = outbox::read_after(&f.db, 0, "test.", None, 100)
-        .await
-        .expect("read");
+    let events = outbox::read_after(
+        &f.db,
+        0,
+        outbox::EventFilter {
+            topic_prefix: "test.",
+            ..Default::default()
+        },
+        100,
+    )
+    .await
+    .expect("read");
     assert_eq!(
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]

@@ -6,6 +6,7 @@ CREATE TABLE outbox (
     event_id TEXT NOT NULL UNIQUE,
     topic TEXT NOT NULL,
     org_number TEXT NOT NULL,
+    route_key TEXT NOT NULL DEFAULT '',
     payload TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     seq BIGINT UNIQUE,
@@ -14,6 +15,7 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_unsequenced ON outbox (id) WHERE seq IS NULL;
 CREATE INDEX outbox_unpublished ON outbox (seq) WHERE seq IS NOT NULL AND published_at IS NULL;
 CREATE INDEX outbox_org_seq ON outbox (org_number, seq);
+CREATE INDEX outbox_route_seq ON outbox (route_key, seq) WHERE route_key <> '';
 
 CREATE TABLE bus_offsets (
     consumer_group TEXT PRIMARY KEY,

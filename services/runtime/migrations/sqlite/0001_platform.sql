@@ -4,11 +4,13 @@
 -- Events written in the same transaction as the state change they describe. The relay gives
 -- each a gap-free `seq` in commit order and then publishes it; `published_at` marks delivery to
 -- the bus. Rows are kept: the outbox is also the durable event log stats can rebuild from.
+-- route_key routes per-person change streams (e.g. a patient's identity number); '' = none.
 CREATE TABLE outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
     topic TEXT NOT NULL,
     org_number TEXT NOT NULL,
+    route_key TEXT NOT NULL DEFAULT '',
     payload TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     seq BIGINT UNIQUE,
@@ -17,6 +19,7 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_unsequenced ON outbox (id) WHERE seq IS NULL;
 CREATE INDEX outbox_unpublished ON outbox (seq) WHERE seq IS NOT NULL AND published_at IS NULL;
 CREATE INDEX outbox_org_seq ON outbox (org_number, seq);
+CREATE INDEX outbox_route_seq ON outbox (route_key, seq) WHERE route_key <> '';
 
 -- Position of each consumer group of the embedded (database-backed) event bus.
 CREATE TABLE bus_offsets (
