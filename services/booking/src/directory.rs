@@ -59,6 +59,47 @@ pub async fn gp(db: &Db, org_number: &str, gp_id: &str) -> Result<Option<GpRef>,
     row.as_ref().map(gp_ref).transpose()
 }
 
+/// A free slot as other services offer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeSlot {
+    /// Slot id (book it with HoldSlot and Book).
+    pub slot_id: String,
+    /// Start, ms since the epoch.
+    pub start_ms: i64,
+    /// End, ms since the epoch.
+    pub end_ms: i64,
+}
+
+/// The earliest free (or lapsed-hold) non-acute slots of a GP starting after `from_ms`.
+pub async fn free_slots(
+    db: &Db,
+    org_number: &str,
+    gp_id: &str,
+    from_ms: i64,
+    limit: i64,
+) -> Result<Vec<FreeSlot>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT s.slot_id, s.start_at, s.end_at FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+         WHERE g.org_number = $1 AND g.gp_id = $2 AND s.start_at > $3 AND s.acute_reserve = 0 \
+         AND (s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $3)) ORDER BY s.start_at, s.slot_id LIMIT $4",
+    )
+    .bind(org_number)
+    .bind(gp_id)
+    .bind(from_ms)
+    .bind(limit)
+    .fetch_all(db.read())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(FreeSlot {
+                slot_id: r.try_get("slot_id")?,
+                start_ms: r.try_get("start_at")?,
+                end_ms: r.try_get("end_at")?,
+            })
+        })
+        .collect()
+}
+
 /// Closure days of a practice (ISO dates), as set through booking's SetClosures.
 pub async fn closures(db: &Db, org_number: &str) -> Result<Vec<chrono::NaiveDate>, sqlx::Error> {
     let rows = sqlx::query("SELECT closed_on FROM booking_closures WHERE org_number = $1")
@@ -73,4 +114,60 @@ pub async fn closures(db: &Db, org_number: &str) -> Result<Vec<chrono::NaiveDate
         }
     }
     Ok(out)
+}
+
+/// A booked appointment as the signalling service needs it (who may join, when, how).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppointmentRef {
+    /// The appointment.
+    pub appointment_id: String,
+    /// The booked patient's identity number.
+    pub patient_nin: String,
+    /// The EHR's id of the slot's GP.
+    pub gp_id: String,
+    /// HPR number of the slot's GP.
+    pub gp_hpr_number: String,
+    /// Practice organisation number.
+    pub org_number: String,
+    /// Municipality number of the GP's list.
+    pub municipality_number: String,
+    /// Slot start, ms since the epoch.
+    pub start_ms: i64,
+    /// Slot end, ms since the epoch.
+    pub end_ms: i64,
+    /// `econsult.booking.v1.Modality` number of the slot (2 = video).
+    pub modality: i64,
+    /// Appointment status: 1 booked, 2 arrived, 3 fulfilled, 4 cancelled, 5 noshow.
+    pub status: i64,
+}
+
+/// One appointment by id, with its slot and GP.
+pub async fn appointment(
+    db: &Db,
+    appointment_id: &str,
+) -> Result<Option<AppointmentRef>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT a.appointment_id, a.patient_nin, a.status, s.start_at, s.end_at, s.modality, \
+         g.gp_id, g.hpr_number, g.org_number, g.municipality_number \
+         FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id \
+         JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE a.appointment_id = $1",
+    )
+    .bind(appointment_id)
+    .fetch_optional(db.read())
+    .await?;
+    row.map(|r| {
+        Ok(AppointmentRef {
+            appointment_id: r.try_get("appointment_id")?,
+            patient_nin: r.try_get("patient_nin")?,
+            gp_id: r.try_get("gp_id")?,
+            gp_hpr_number: r.try_get("hpr_number")?,
+            org_number: r.try_get("org_number")?,
+            municipality_number: r.try_get("municipality_number")?,
+            start_ms: r.try_get("start_at")?,
+            end_ms: r.try_get("end_at")?,
+            modality: r.try_get("modality")?,
+            status: r.try_get("status")?,
+        })
+    })
+    .transpose()
 }

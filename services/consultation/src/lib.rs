@@ -1,1 +1,66 @@
-//! See the crate description.
+//! Consultation service: asynchronous text e-consultations between a patient and the practice
+//! of the patient's regular GP, with a response SLA in Norwegian working days.
+//!
+//! - [`content`]: sanitising text and checking attachments (magic bytes, sizes).
+//! - [`sla`]: due times, working days and working hours.
+//! - [`store`]: the tables (`consultation_*`) and the thread state machine.
+//! - [`grpc`]: `econsult.consultation.v1.ConsultationService` (authorisation, validation,
+//!   transactions with outbox events, audit rows and idempotency records).
+
+pub mod content;
+pub mod grpc;
+pub mod sla;
+pub mod store;
+
+pub use grpc::ConsultationGrpc;
+
+use econsult_runtime::platform::Platform;
+use opentelemetry::KeyValue;
+use std::time::Duration;
+
+/// Response SLA when a practice has not set its own (working days).
+pub const DEFAULT_RESPONSE_WORKING_DAYS: u32 = 5;
+
+/// Publishes `econsult_consultations_overdue` (open threads without a practice response whose due
+/// time has passed, per organisation with open threads; 0 included) every `every` and soon after
+/// new events, until shutdown.
+pub async fn run_overdue_gauge(p: Platform, every: Duration) {
+    let gauge = opentelemetry::global::meter("econsult.consultation")
+        .i64_gauge("econsult_consultations_overdue")
+        .with_description(
+            "Open e-consultations without a practice response past their due time, by organisation",
+        )
+        .build();
+    let mut stop = p.shutdown.clone();
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
+    loop {
+        let rows: Result<Vec<(String, i64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT org_number, CAST(SUM(CASE WHEN first_response_at IS NULL AND due_at < $1 THEN 1 ELSE 0 END) AS BIGINT) \
+             FROM consultation_threads WHERE state IN (1,2,3) GROUP BY org_number",
+        )
+        .bind(p.clock.now_ms())
+        .fetch_all(p.db.read())
+        .await;
+        match rows {
+            Ok(rows) => {
+                let now: std::collections::BTreeSet<String> =
+                    rows.iter().map(|(o, _)| o.clone()).collect();
+                // Organisations that are no longer overdue go back to 0.
+                for org in seen.difference(&now) {
+                    gauge.record(0, &[KeyValue::new("org_number", org.clone())]);
+                }
+                for (org, n) in rows {
+                    gauge.record(n, &[KeyValue::new("org_number", org)]);
+                }
+                seen = now;
+            }
+            Err(e) => tracing::warn!(error = %e, "overdue gauge query failed"),
+        }
+        let mut events = p.sequenced.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = events.changed() => tokio::time::sleep(Duration::from_secs(1)).await,
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -22,18 +22,29 @@ use tonic_health::ServingStatus;
 pub enum ServiceKind {
     /// econsult.booking.v1.
     Booking,
+    /// econsult.consultation.v1.
+    Consultation,
+    /// econsult.signalling.v1.
+    Signalling,
     /// econsult.stats.v1.
     Stats,
 }
 
 impl ServiceKind {
     /// All services.
-    pub const ALL: [ServiceKind; 2] = [ServiceKind::Booking, ServiceKind::Stats];
+    pub const ALL: [ServiceKind; 4] = [
+        ServiceKind::Booking,
+        ServiceKind::Consultation,
+        ServiceKind::Signalling,
+        ServiceKind::Stats,
+    ];
 
     /// Full gRPC service name.
     pub fn grpc_name(self) -> &'static str {
         match self {
             ServiceKind::Booking => "econsult.booking.v1.BookingService",
+            ServiceKind::Consultation => "econsult.consultation.v1.ConsultationService",
+            ServiceKind::Signalling => "econsult.signalling.v1.SignallingService",
             ServiceKind::Stats => "econsult.stats.v1.StatsService",
         }
     }
@@ -44,9 +55,11 @@ impl FromStr for ServiceKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim() {
             "booking" => Ok(ServiceKind::Booking),
+            "consultation" => Ok(ServiceKind::Consultation),
+            "signalling" => Ok(ServiceKind::Signalling),
             "stats" => Ok(ServiceKind::Stats),
             other => Err(format!(
-                "unknown service {other:?}: expected booking or stats"
+                "unknown service {other:?}: expected booking, consultation, signalling or stats"
             )),
         }
     }
@@ -82,6 +95,8 @@ pub struct Config {
     pub audience: String,
     /// Booking tunables.
     pub booking: BookingConfig,
+    /// Signalling tunables (join window, STUN/TURN, limits).
+    pub signalling: econsult_signalling::SignallingConfig,
     /// How long to drain calls and streams on shutdown.
     pub shutdown_grace: Duration,
     /// Name of this instance (consumer name on the bus).
@@ -109,6 +124,7 @@ impl Config {
             issuers: Vec::new(),
             audience: econsult_runtime::auth::DEFAULT_AUDIENCE.into(),
             booking: BookingConfig::default(),
+            signalling: econsult_signalling::SignallingConfig::default(),
             shutdown_grace: Duration::from_secs(20),
             instance_id: format!("econsult-{}", std::process::id()),
             registry: None,
@@ -204,7 +220,50 @@ impl Application {
                         interceptor.clone(),
                     ));
                 }
+                ServiceKind::Consultation => {
+                    handle.track(tokio::spawn(econsult_consultation::run_overdue_gauge(
+                        platform.clone(),
+                        Duration::from_secs(30),
+                    )));
+                    let server = econsult_consultation::ConsultationGrpc::new(platform.clone())
+                        .into_server()
+                        // Three 5 MiB attachments and the text fit.
+                        .max_decoding_message_size(16 * 1024 * 1024);
+                    routes.add_service(tonic::service::interceptor::InterceptedService::new(
+                        server,
+                        interceptor.clone(),
+                    ));
+                }
+                ServiceKind::Signalling => {
+                    let turn_secret = match &config.signalling.turn_secret {
+                        Some(s) => s.clone(),
+                        None => econsult_signalling::dev_turn_secret(&config.data_dir)?,
+                    };
+                    let (signalling, tasks) = econsult_signalling::Signalling::start(
+                        platform.clone(),
+                        config.signalling.clone(),
+                        turn_secret,
+                        config.redis_url.as_deref(),
+                        &config.redis_namespace,
+                        config.instance_id.clone(),
+                    )
+                    .await?;
+                    for task in tasks {
+                        handle.track(tokio::spawn(task));
+                    }
+                    let server = econsult_signalling::SignallingGrpc::new(signalling)
+                        .into_server()
+                        .max_decoding_message_size(256 * 1024);
+                    routes.add_service(tonic::service::interceptor::InterceptedService::new(
+                        server,
+                        interceptor.clone(),
+                    ));
+                }
                 ServiceKind::Stats => {
+                    handle.track(tokio::spawn(econsult_stats::run_gauges(
+                        platform.clone(),
+                        Duration::from_secs(15),
+                    )));
                     let agg = Aggregator::new(platform.db.clone());
                     handle.track(tokio::spawn(
                         agg.run(platform.clone(), config.instance_id.clone()),

@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the selected services on one port until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate,
     /// Print a token signed by the local development key (never trusted with --jwks-file).
@@ -65,7 +65,7 @@ struct ServeArgs {
         long,
         env = "ECONSULT_SERVICES",
         value_delimiter = ',',
-        default_value = "booking,stats"
+        default_value = "booking,consultation,signalling,stats"
     )]
     services: Vec<ServiceKind>,
     /// Redis URL: events through Redis Streams so that replicas cooperate.
@@ -96,6 +96,19 @@ struct ServeArgs {
     /// How long a patient's hold lasts, in seconds.
     #[arg(long, env = "ECONSULT_HOLD_TTL_SECONDS", default_value_t = 300)]
     hold_ttl_seconds: i64,
+    /// STUN URLs for video consultations (repeat or comma-separate).
+    #[arg(long = "stun-url", env = "ECONSULT_STUN_URLS", value_delimiter = ',')]
+    stun_urls: Vec<String>,
+    /// TURN URLs for video consultations (coturn with use-auth-secret).
+    #[arg(long = "turn-url", env = "ECONSULT_TURN_URLS", value_delimiter = ',')]
+    turn_urls: Vec<String>,
+    /// The coturn static-auth-secret; without it a development secret is kept in the data
+    /// directory.
+    #[arg(long, env = "ECONSULT_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// Lifetime of TURN credentials, in seconds.
+    #[arg(long, env = "ECONSULT_TURN_TTL_SECONDS", default_value_t = 3600)]
+    turn_ttl_seconds: u64,
     /// Seconds to drain calls and streams on shutdown.
     #[arg(long, env = "ECONSULT_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     shutdown_grace_seconds: u64,
@@ -163,7 +176,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(cli.data_dir, cli.database_url, args).await,
+        Command::Serve(args) => serve(cli.data_dir, cli.database_url, *args).await,
         Command::Migrate => {
             let mut config = Config::embedded(cli.data_dir.clone());
             config.database_url = cli.database_url;
@@ -250,6 +263,10 @@ async fn serve(
     config.issuers = a.issuers;
     config.audience = a.audience;
     config.booking.hold_ttl = chrono::Duration::seconds(a.hold_ttl_seconds.clamp(30, 3600));
+    config.signalling.stun_urls = a.stun_urls;
+    config.signalling.turn_urls = a.turn_urls;
+    config.signalling.turn_secret = a.turn_secret.filter(|s| !s.is_empty());
+    config.signalling.turn_ttl = Duration::from_secs(a.turn_ttl_seconds.clamp(60, 86_400));
     config.shutdown_grace = Duration::from_secs(a.shutdown_grace_seconds);
     if let Some(id) = a.instance_id {
         config.instance_id = id;

@@ -407,3 +407,77 @@ async fn metrics_grpc_web_health_and_reflection_are_served() {
         "{listed}"
     );
 }
+
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+#[tokio::test]
+async fn sla_metrics_reach_the_prometheus_endpoint() {
+    use econsult_proto::consultation::v1 as cpb;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    let (ehr, patient, _ops, nin) = tokens(dir.path());
+    seed(ch.clone(), &ehr, &nin).await;
+    // A booking request within five working days, and an e-consultation.
+    pb::booking_service_client::BookingServiceClient::new(ch.clone())
+        .find_slots(authed(pb::FindSlotsRequest::default(), &patient))
+        .await
+        .expect("find");
+    cpb::consultation_service_client::ConsultationServiceClient::new(ch)
+        .start_consultation(authed(
+            cpb::StartConsultationRequest {
+                category: cpb::Category::EConsultation as i32,
+                subject: "Question".into(),
+                body: "Is this normal?".into(),
+                attachments: vec![],
+                urgent: false,
+                idempotency_key: key(),
+            },
+            &patient,
+        ))
+        .await
+        .expect("start");
+    let wanted = [
+        "econsult_booking_requests_total{",
+        "econsult_booking_within_target_share{",
+        "econsult_consultations_overdue{",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let body = scrape(server.metrics_port).await;
+        let missing: Vec<&&str> = wanted.iter().filter(|m| !body.contains(**m)).collect();
+        if missing.is_empty() {
+            assert!(
+                body.lines()
+                    .any(|l| l.starts_with("econsult_booking_within_target_share{")
+                        && l.contains("municipality_number=\"0301\"")
+                        && l.ends_with(" 1")),
+                "one request, within target: {body}"
+            );
+            assert!(
+                body.lines()
+                    .any(|l| l.starts_with("econsult_consultations_overdue{")
+                        && l.contains(&format!("org_number=\"{ORG_A}\""))
+                        && l.ends_with(" 0")),
+                "nothing overdue yet: {body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics {missing:?} missing from: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

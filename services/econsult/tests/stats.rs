@@ -6,6 +6,7 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::*;
 use econsult_proto::booking::v1 as pb;
+use econsult_proto::consultation::v1 as cpb;
 use econsult_proto::stats::v1 as spb;
 use pb::book_request::Target as BookTarget;
 use std::time::{Duration, Instant};
@@ -45,7 +46,10 @@ async fn contacts(app: &TestApp) -> Vec<(String, String, String, u64)> {
     let mut s = app.stats().await;
     let rows = s
         .get_contact_counts(authed(
-            spb::GetContactCountsRequest { filter: filter("") },
+            spb::GetContactCountsRequest {
+                filter: filter(""),
+                ..Default::default()
+            },
             &app.ops_token(),
         ))
         .await
@@ -249,4 +253,274 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
     app.shutdown().await;
 }
 
-on_both_backends!(booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same);
+async fn consult(app: &TestApp, nin: &str, category: cpb::Category) -> String {
+    app.consultation()
+        .await
+        .start_consultation(authed(
+            cpb::StartConsultationRequest {
+                category: category as i32,
+                subject: "Question".into(),
+                body: "Body".into(),
+                attachments: vec![],
+                urgent: false,
+                idempotency_key: key(),
+            },
+            &app.patient_token(nin),
+        ))
+        .await
+        .expect("start")
+        .into_inner()
+        .thread
+        .expect("thread")
+        .thread_id
+}
+
+async fn answer_and_close(app: &TestApp, org: &str, id: &str) {
+    let mut c = app.consultation().await;
+    let ehr = app.ehr_token(org);
+    c.reply(authed(
+        cpb::ReplyRequest {
+            thread_id: id.into(),
+            body: "Answer".into(),
+            clinician_hpr_number: "1000001".into(),
+            idempotency_key: key(),
+            ..Default::default()
+        },
+        &ehr,
+    ))
+    .await
+    .expect("reply");
+    c.close_consultation(authed(
+        cpb::CloseConsultationRequest {
+            thread_id: id.into(),
+            outcome: "answered".into(),
+            tariff_code: String::new(),
+            idempotency_key: key(),
+        },
+        &ehr,
+    ))
+    .await
+    .expect("close");
+}
+
+/// Consultations through the API, then response-time figures, week and month series,
+/// breakdowns, CSV exports with small-cell suppression, and list figures.
+async fn consultation_statistics_series_and_exports(env: Env) {
+    // Monday 2 March 2026 08:00 Oslo (ISO week 10).
+    let app = TestApp::start(env).await;
+    let a = seed_gp(&app, ORG_A, "gp-1", 31, 7).await;
+    let b = seed_gp(&app, ORG_B, "gp-b", 32, 2).await;
+    seed_gp_with(&app, ORG_B, "gp-vacant", 33, 3, pb::ListStatus::Vacant).await;
+    let mut threads = Vec::new();
+    for nin in &a[..6] {
+        threads.push((
+            ORG_A,
+            consult(&app, nin, cpb::Category::EConsultation).await,
+        ));
+    }
+    threads.push((
+        ORG_A,
+        consult(&app, &a[6], cpb::Category::PrescriptionRenewal).await,
+    ));
+    for nin in &b {
+        threads.push((
+            ORG_B,
+            consult(&app, nin, cpb::Category::EConsultation).await,
+        ));
+    }
+    // Six answered the same day; the last two (ORG_B) only on Tuesday 10 March: 6 working days
+    // after submission, past the five-day SLA.
+    for (org, id) in &threads[..7] {
+        answer_and_close(&app, org, id).await;
+    }
+    app.clock.set(at("2026-03-10T09:00:00Z"));
+    for (org, id) in &threads[7..] {
+        answer_and_close(&app, org, id).await;
+    }
+
+    let ops = app.ops_token();
+    let mut s = app.stats().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let times = loop {
+        let t = s
+            .get_consultation_response_times(authed(
+                spb::GetConsultationResponseTimesRequest { filter: filter("") },
+                &ops,
+            ))
+            .await
+            .expect("response times")
+            .into_inner();
+        let contacts = contacts(&app).await;
+        if t.responded == 9 && contacts.iter().map(|c| c.3).sum::<u64>() == 9 {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged: {t:?} {contacts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(times.within_sla, 7);
+    assert!((times.within_sla_share - 7.0 / 9.0).abs() < 1e-9);
+    assert_eq!(times.working_days_histogram[0], 7);
+    assert_eq!(times.working_days_histogram[6], 2);
+
+    // Weekly series by contact type: week 10 has the 7 same-day closings, week 11 the 2 late.
+    let weekly = s
+        .get_contact_counts(authed(
+            spb::GetContactCountsRequest {
+                filter: filter(""),
+                granularity: spb::Granularity::IsoWeek as i32,
+                group_by: vec![spb::Dimension::ContactType as i32],
+            },
+            &ops,
+        ))
+        .await
+        .expect("weekly")
+        .into_inner()
+        .rows;
+    let weekly: Vec<(String, String, String, u64)> = weekly
+        .into_iter()
+        .map(|r| (r.date, r.contact_type, r.org_number, r.count))
+        .collect();
+    assert_eq!(
+        weekly,
+        vec![
+            (
+                "2026-W10".into(),
+                "prescription_renewal".into(),
+                String::new(),
+                1
+            ),
+            (
+                "2026-W10".into(),
+                "text_econsultation".into(),
+                String::new(),
+                6
+            ),
+            (
+                "2026-W11".into(),
+                "text_econsultation".into(),
+                String::new(),
+                2
+            ),
+        ]
+    );
+    let monthly = s
+        .get_contact_counts(authed(
+            spb::GetContactCountsRequest {
+                filter: filter(""),
+                granularity: spb::Granularity::Month as i32,
+                group_by: vec![
+                    spb::Dimension::Org as i32,
+                    spb::Dimension::TariffCode as i32,
+                ],
+            },
+            &ops,
+        ))
+        .await
+        .expect("monthly")
+        .into_inner()
+        .rows;
+    let monthly: Vec<(String, String, String, u64)> = monthly
+        .into_iter()
+        .map(|r| (r.date, r.org_number, r.tariff_code, r.count))
+        .collect();
+    assert_eq!(
+        monthly,
+        vec![
+            ("2026-03".into(), ORG_A.into(), "1bd".into(), 1),
+            ("2026-03".into(), ORG_A.into(), "2ae".into(), 6),
+            ("2026-03".into(), ORG_B.into(), "2ae".into(), 2),
+        ]
+    );
+
+    // Municipality-level export: organisations summed, cells under 5 suppressed.
+    let export = s
+        .export_contacts(authed(
+            spb::ExportContactsRequest {
+                filter: filter(""),
+                granularity: spb::Granularity::Month as i32,
+                level: spb::ExportLevel::Municipality as i32,
+            },
+            &ops,
+        ))
+        .await
+        .expect("export")
+        .into_inner();
+    assert_eq!(
+        export.csv,
+        "period,org_number,municipality_number,gp_id,contact_type,tariff_code,count,suppressed\r\n\
+         2026-03,,0301,,prescription_renewal,1bd,,true\r\n\
+         2026-03,,0301,,text_econsultation,2ae,8,false\r\n"
+    );
+    assert_eq!((export.rows, export.suppressed_rows), (2, 1));
+    // An EHR exports its own organisation at GP level, unsuppressed.
+    let own = s
+        .export_contacts(authed(
+            spb::ExportContactsRequest {
+                filter: filter(""),
+                granularity: spb::Granularity::Day as i32,
+                level: spb::ExportLevel::Gp as i32,
+            },
+            &app.ehr_token(ORG_B),
+        ))
+        .await
+        .expect("own export")
+        .into_inner();
+    assert_eq!(
+        own.csv,
+        format!(
+            "period,org_number,municipality_number,gp_id,contact_type,tariff_code,count,suppressed\r\n\
+             2026-03-10,{ORG_B},0301,gp-b,text_econsultation,2ae,2,false\r\n"
+        )
+    );
+
+    let lists = s
+        .get_list_figures(authed(
+            spb::GetListFiguresRequest { filter: filter("") },
+            &ops,
+        ))
+        .await
+        .expect("lists")
+        .into_inner();
+    assert_eq!(
+        (
+            lists.lists,
+            lists.lists_without_gp,
+            lists.persons_on_lists_without_gp
+        ),
+        (3, 1, 3)
+    );
+    let err = s
+        .get_list_figures(authed(
+            spb::GetListFiguresRequest {
+                filter: filter(ORG_A),
+            },
+            &app.ehr_token(ORG_B),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // A rebuild gives the same figures.
+    econsult_stats::Aggregator::new(app.platform().db.clone())
+        .rebuild()
+        .await
+        .expect("rebuild");
+    let again = s
+        .get_consultation_response_times(authed(
+            spb::GetConsultationResponseTimesRequest { filter: filter("") },
+            &ops,
+        ))
+        .await
+        .expect("again")
+        .into_inner();
+    assert_eq!(again, times);
+    app.shutdown().await;
+}
+
+on_both_backends!(
+    booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same,
+    consultation_statistics_series_and_exports,
+);

@@ -33,6 +33,12 @@ pub struct Filter {
 impl Filter {
     /// Validates `f` for `caller`: ops see all, an EHR only its own organisation.
     pub fn from_proto(f: Option<pb::Filter>, caller: &Caller) -> Result<Self, Status> {
+        // Who may ask comes before what is asked: a caller without access learns nothing from
+        // validation messages.
+        let own = match caller.role {
+            Role::Ops => None,
+            _ => Some(caller.org_with_scope(SCOPE_READ)?.to_owned()),
+        };
         let f = f.ok_or_else(|| Status::invalid_argument("filter is required"))?;
         let from = parse_date(&f.from_date, "filter.from_date")?;
         let to = parse_date(&f.to_date, "filter.to_date")?;
@@ -46,16 +52,15 @@ impl Filter {
                 "filter.to_date must be at most 366 days after filter.from_date",
             ));
         }
-        let org = match caller.role {
-            Role::Ops => f.org_number,
-            _ => {
-                let own = caller.org_with_scope(SCOPE_READ)?;
+        let org = match own {
+            None => f.org_number,
+            Some(own) => {
                 if !f.org_number.is_empty() && f.org_number != own {
                     return Err(Status::permission_denied(
                         "an EHR can only read its own organisation's statistics",
                     ));
                 }
-                own.to_owned()
+                own
             }
         };
         Ok(Self {
@@ -172,6 +177,257 @@ impl StatsGrpc {
     }
 }
 
+/// Smallest count shown in a municipality-level export (smaller cells are suppressed so nobody
+/// can be identified).
+pub const SMALL_CELL: u64 = 5;
+
+/// Period label of an ISO day at a granularity.
+pub fn period(day: &str, g: pb::Granularity) -> String {
+    use chrono::Datelike as _;
+    let Ok(d) = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d") else {
+        return day.to_owned();
+    };
+    match g {
+        pb::Granularity::IsoWeek => {
+            let w = d.iso_week();
+            format!("{}-W{:02}", w.year(), w.week())
+        }
+        pb::Granularity::Month => format!("{}-{:02}", d.year(), d.month()),
+        _ => day.to_owned(),
+    }
+}
+
+fn granularity(v: i32) -> Result<pb::Granularity, Status> {
+    match pb::Granularity::try_from(v) {
+        Ok(pb::Granularity::Unspecified) => Ok(pb::Granularity::Day),
+        Ok(g) => Ok(g),
+        Err(_) => Err(Status::invalid_argument("granularity is not a known value")),
+    }
+}
+
+fn dimensions(v: &[i32]) -> Result<[bool; 5], Status> {
+    if v.is_empty() {
+        return Ok([true; 5]);
+    }
+    let mut keep = [false; 5];
+    for (i, d) in v.iter().enumerate() {
+        match pb::Dimension::try_from(*d) {
+            Ok(d) if d != pb::Dimension::Unspecified => keep[d as usize - 1] = true,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "group_by[{i}] is not a known dimension"
+                )));
+            }
+        }
+    }
+    Ok(keep)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// The stable header of contact exports.
+pub const CSV_HEADER: &str =
+    "period,org_number,municipality_number,gp_id,contact_type,tariff_code,count,suppressed";
+
+impl StatsGrpc {
+    /// Contact counts grouped by period and the kept dimensions
+    /// (`keep` = org, municipality, gp, contact type, tariff code).
+    pub async fn contact_breakdown(
+        &self,
+        f: &Filter,
+        g: pb::Granularity,
+        keep: [bool; 5],
+    ) -> Result<Vec<pb::ContactCountRow>, sqlx::Error> {
+        let mut sums: std::collections::BTreeMap<(String, [String; 5]), u64> = Default::default();
+        for r in self.contact_counts(f).await? {
+            let dims = [
+                r.org_number,
+                r.municipality_number,
+                r.gp_id,
+                r.contact_type,
+                r.tariff_code,
+            ];
+            let mut k: [String; 5] = Default::default();
+            for (i, v) in dims.into_iter().enumerate() {
+                if keep[i] {
+                    k[i] = v;
+                }
+            }
+            *sums.entry((period(&r.date, g), k)).or_default() += r.count;
+        }
+        Ok(sums
+            .into_iter()
+            .map(
+                |((date, [org, muni, gp, ctype, tariff]), count)| pb::ContactCountRow {
+                    date,
+                    org_number: org,
+                    municipality_number: muni,
+                    gp_id: gp,
+                    contact_type: ctype,
+                    tariff_code: tariff,
+                    count,
+                },
+            )
+            .collect())
+    }
+
+    /// CSV export; municipality level sums over organisation and GP and suppresses small cells.
+    pub async fn export(
+        &self,
+        f: &Filter,
+        g: pb::Granularity,
+        level: pb::ExportLevel,
+    ) -> Result<pb::ExportContactsResponse, sqlx::Error> {
+        let municipal = level == pb::ExportLevel::Municipality;
+        let keep = if municipal {
+            [false, true, false, true, true]
+        } else {
+            [true; 5]
+        };
+        let rows = self.contact_breakdown(f, g, keep).await?;
+        let mut csv = String::with_capacity(64 * (rows.len() + 1));
+        csv.push_str(CSV_HEADER);
+        csv.push_str("\r\n");
+        let mut suppressed_rows = 0;
+        for r in &rows {
+            let suppressed = municipal && r.count < SMALL_CELL;
+            if suppressed {
+                suppressed_rows += 1;
+            }
+            let count = if suppressed {
+                String::new()
+            } else {
+                r.count.to_string()
+            };
+            let fields = [
+                r.date.as_str(),
+                &r.org_number,
+                &r.municipality_number,
+                &r.gp_id,
+                &r.contact_type,
+                &r.tariff_code,
+                &count,
+                if suppressed { "true" } else { "false" },
+            ];
+            let line: Vec<String> = fields.iter().map(|v| csv_field(v)).collect();
+            csv.push_str(&line.join(","));
+            csv.push_str("\r\n");
+        }
+        Ok(pb::ExportContactsResponse {
+            csv,
+            rows: rows.len() as u64,
+            suppressed_rows,
+        })
+    }
+
+    /// First-response figures of text consultations.
+    pub async fn response_times(
+        &self,
+        f: &Filter,
+    ) -> Result<pb::GetConsultationResponseTimesResponse, sqlx::Error> {
+        let sql = format!(
+            "SELECT working_days, within_sla, CAST(SUM(n) AS BIGINT) AS n FROM stats_consultation_responses \
+             WHERE {WHERE} GROUP BY working_days, within_sla"
+        );
+        let mut out = pb::GetConsultationResponseTimesResponse {
+            working_days_histogram: vec![0; 16],
+            ..Default::default()
+        };
+        for r in Self::query(&sql, f).fetch_all(self.db.read()).await? {
+            let n = r.try_get::<i64, _>("n")? as u64;
+            let wd: i64 = r.try_get("working_days")?;
+            out.responded += n;
+            if r.try_get::<i64, _>("within_sla")? != 0 {
+                out.within_sla += n;
+            }
+            out.working_days_histogram[wd.clamp(0, 15) as usize] += n;
+        }
+        out.within_sla_share = if out.responded == 0 {
+            0.0
+        } else {
+            out.within_sla as f64 / out.responded as f64
+        };
+        Ok(out)
+    }
+
+    /// Video session figures.
+    pub async fn video_sessions(
+        &self,
+        f: &Filter,
+    ) -> Result<pb::GetVideoSessionsResponse, sqlx::Error> {
+        let sql = format!(
+            "SELECT connected, held, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(connected_ms) AS BIGINT) AS ms \
+             FROM stats_video_sessions WHERE {WHERE} GROUP BY connected, held"
+        );
+        let mut out = pb::GetVideoSessionsResponse::default();
+        let (mut connected_n, mut connected_ms) = (0u64, 0i64);
+        for r in Self::query(&sql, f).fetch_all(self.db.read()).await? {
+            let n = r.try_get::<i64, _>("n")? as u64;
+            out.sessions += n;
+            if r.try_get::<i64, _>("held")? != 0 {
+                out.held += n;
+            }
+            if r.try_get::<i64, _>("connected")? != 0 {
+                connected_n += n;
+                connected_ms += r.try_get::<i64, _>("ms")?;
+            } else {
+                out.failed_to_connect += n;
+            }
+        }
+        out.average_connected_seconds = if connected_n == 0 {
+            0.0
+        } else {
+            connected_ms as f64 / 1000.0 / connected_n as f64
+        };
+        Ok(out)
+    }
+
+    /// Lists and waitlists now (read-only over the booking tables, like
+    /// `econsult_booking::directory`).
+    pub async fn list_figures(
+        &self,
+        f: &Filter,
+    ) -> Result<pb::GetListFiguresResponse, sqlx::Error> {
+        let gp_where = "($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2)";
+        let lists = sqlx::query(&format!(
+            "SELECT COUNT(*) AS lists, CAST(COALESCE(SUM(CASE WHEN g.list_status = 2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS vacant \
+             FROM booking_gps g WHERE {gp_where}"
+        ))
+        .bind(&f.org)
+        .bind(&f.municipality)
+        .fetch_one(self.db.read())
+        .await?;
+        let persons: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid \
+             WHERE g.list_status = 2 AND {gp_where}"
+        ))
+        .bind(&f.org)
+        .bind(&f.municipality)
+        .fetch_one(self.db.read())
+        .await?;
+        let waitlist: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM booking_waitlist w JOIN booking_gps g ON g.gp_uid = w.gp_uid \
+             WHERE w.active = 1 AND {gp_where}"
+        ))
+        .bind(&f.org)
+        .bind(&f.municipality)
+        .fetch_one(self.db.read())
+        .await?;
+        Ok(pb::GetListFiguresResponse {
+            lists: lists.try_get::<i64, _>("lists")? as u64,
+            lists_without_gp: lists.try_get::<i64, _>("vacant")? as u64,
+            persons_on_lists_without_gp: persons as u64,
+            waitlist_active: waitlist as u64,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::stats_service_server::StatsService for StatsGrpc {
     async fn get_contact_counts(
@@ -179,12 +435,78 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
         req: Request<pb::GetContactCountsRequest>,
     ) -> Result<Response<pb::GetContactCountsResponse>, Status> {
         let caller = Caller::from_request(&req)?.clone();
-        let f = Filter::from_proto(req.into_inner().filter, &caller)?;
+        let r = req.into_inner();
+        let f = Filter::from_proto(r.filter, &caller)?;
+        let g = granularity(r.granularity)?;
+        let keep = dimensions(&r.group_by)?;
         let rows = self
-            .contact_counts(&f)
+            .contact_breakdown(&f, g, keep)
             .await
             .map_err(|e| db_status("contact counts", e))?;
         Ok(Response::new(pb::GetContactCountsResponse { rows }))
+    }
+
+    async fn get_consultation_response_times(
+        &self,
+        req: Request<pb::GetConsultationResponseTimesRequest>,
+    ) -> Result<Response<pb::GetConsultationResponseTimesResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let f = Filter::from_proto(req.into_inner().filter, &caller)?;
+        let out = self
+            .response_times(&f)
+            .await
+            .map_err(|e| db_status("response times", e))?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_video_sessions(
+        &self,
+        req: Request<pb::GetVideoSessionsRequest>,
+    ) -> Result<Response<pb::GetVideoSessionsResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let f = Filter::from_proto(req.into_inner().filter, &caller)?;
+        let out = self
+            .video_sessions(&f)
+            .await
+            .map_err(|e| db_status("video sessions", e))?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_list_figures(
+        &self,
+        req: Request<pb::GetListFiguresRequest>,
+    ) -> Result<Response<pb::GetListFiguresResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let mut filter = req.into_inner().filter.unwrap_or_default();
+        // Dates do not apply to figures of now; any valid range passes validation.
+        filter.from_date = "2000-01-01".into();
+        filter.to_date = "2000-01-01".into();
+        let f = Filter::from_proto(Some(filter), &caller)?;
+        let out = self
+            .list_figures(&f)
+            .await
+            .map_err(|e| db_status("list figures", e))?;
+        Ok(Response::new(out))
+    }
+
+    async fn export_contacts(
+        &self,
+        req: Request<pb::ExportContactsRequest>,
+    ) -> Result<Response<pb::ExportContactsResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let r = req.into_inner();
+        let f = Filter::from_proto(r.filter, &caller)?;
+        let g = granularity(r.granularity)?;
+        let level = match pb::ExportLevel::try_from(r.level) {
+            Ok(pb::ExportLevel::Unspecified) => pb::ExportLevel::Gp,
+            Ok(l) => l,
+            Err(_) => return Err(Status::invalid_argument("level is not a known value")),
+        };
+        let out = self
+            .export(&f, g, level)
+            .await
+            .map_err(|e| db_status("export", e))?;
+        Ok(Response::new(out))
     }
 
     async fn get_booking_accessibility(

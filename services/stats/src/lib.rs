@@ -7,3 +7,71 @@ pub mod grpc;
 
 pub use aggregate::{Aggregator, CONSUMER_GROUP};
 pub use grpc::StatsGrpc;
+
+use econsult_runtime::platform::Platform;
+use opentelemetry::KeyValue;
+use std::time::Duration;
+
+/// Publishes the SLA gauges every `every` (and a second after new events) until shutdown, from the aggregates of the current
+/// Oslo day and the last 30 days:
+/// - `econsult_booking_within_target_share{municipality_number}`: share of today's booking
+///   requests whose earliest offer was within five working days;
+/// - `econsult_consultation_within_sla_share{municipality_number}`: share of first responses in
+///   the last 30 days that came before the due time.
+pub async fn run_gauges(p: Platform, every: Duration) {
+    let meter = opentelemetry::global::meter("econsult.stats");
+    let booking = meter
+        .f64_gauge("econsult_booking_within_target_share")
+        .with_description(
+            "Share of today's booking requests with an offer within five working days",
+        )
+        .build();
+    let consultation = meter
+        .f64_gauge("econsult_consultation_within_sla_share")
+        .with_description(
+            "Share of e-consultation first responses in the last 30 days within the SLA",
+        )
+        .build();
+    let mut stop = p.shutdown.clone();
+    loop {
+        let today = econsult_calendar::oslo_date(p.clock.now());
+        let month_ago = today - chrono::Duration::days(30);
+        let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+        let q1: Result<Vec<(String, i64, i64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT municipality_number, CAST(SUM(n) AS BIGINT), CAST(SUM(CASE WHEN within_target = 1 THEN n ELSE 0 END) AS BIGINT) \
+             FROM stats_booking_requests WHERE day = $1 GROUP BY municipality_number",
+        )
+        .bind(day(today))
+        .fetch_all(p.db.read())
+        .await;
+        let q2: Result<Vec<(String, i64, i64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT municipality_number, CAST(SUM(n) AS BIGINT), CAST(SUM(CASE WHEN within_sla = 1 THEN n ELSE 0 END) AS BIGINT) \
+             FROM stats_consultation_responses WHERE day > $1 AND day <= $2 GROUP BY municipality_number",
+        )
+        .bind(day(month_ago))
+        .bind(day(today))
+        .fetch_all(p.db.read())
+        .await;
+        for (rows, gauge) in [(q1, &booking), (q2, &consultation)] {
+            match rows {
+                Ok(rows) => {
+                    for (m, n, ok) in rows {
+                        if n > 0 {
+                            gauge.record(
+                                ok as f64 / n as f64,
+                                &[KeyValue::new("municipality_number", m)],
+                            );
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "SLA gauge query failed"),
+            }
+        }
+        let mut events = p.sequenced.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = events.changed() => tokio::time::sleep(Duration::from_secs(1)).await,
+            _ = stop.changed() => return,
+        }
+    }
+}

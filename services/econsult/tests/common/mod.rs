@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use econsult::{Application, Config};
 use econsult_proto::booking::v1 as bpb;
 use econsult_proto::booking::v1::booking_service_client::BookingServiceClient;
+use econsult_proto::consultation::v1::consultation_service_client::ConsultationServiceClient;
 use econsult_proto::stats::v1::stats_service_client::StatsServiceClient;
 use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
 use econsult_runtime::clock::{Clock, ManualClock};
@@ -184,6 +185,12 @@ impl TestApp {
         BookingServiceClient::new(self.channel().await)
     }
 
+    pub async fn consultation(&self) -> ConsultationServiceClient<Channel> {
+        ConsultationServiceClient::new(self.channel().await)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+
     pub async fn stats(&self) -> StatsServiceClient<Channel> {
         StatsServiceClient::new(self.channel().await)
     }
@@ -209,6 +216,8 @@ impl TestApp {
                 "econsult:booking.read".into(),
                 "econsult:booking.write".into(),
                 "econsult:stats.read".into(),
+                "econsult:consultation.read".into(),
+                "econsult:consultation.write".into(),
             ],
         })
     }
@@ -383,4 +392,40 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+impl TestApp {
+    /// A second instance of the service on the same database, Redis namespace, signing key and
+    /// clock (another replica behind the load balancer). Stop it before `shutdown`.
+    pub async fn start_replica(&self) -> Application {
+        let mut config = Config::embedded(self.dir.path().to_path_buf());
+        config.database_url = self.env.database_url.clone();
+        config.redis_url = self.env.redis_url.clone();
+        config.redis_namespace = self.namespace.clone();
+        config.clock = Arc::new(self.clock.clone()) as Arc<dyn Clock>;
+        config.shutdown_grace = std::time::Duration::from_secs(5);
+        if let Some(t) = &self.tweak {
+            t(&mut config);
+        }
+        config.instance_id = format!("{}-replica", config.instance_id);
+        Application::start(config).await.expect("start replica")
+    }
+
+    /// A clinician (HelseID) token of `org` with `hpr`.
+    pub fn clinician_token(&self, hpr: &str, org: &str) -> String {
+        self.mint(TokenSpec::Clinician {
+            hpr_number: hpr.into(),
+            org_number: org.into(),
+            scopes: vec![],
+        })
+    }
+}
+
+/// A gRPC channel to an application.
+pub async fn channel_to(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
 }

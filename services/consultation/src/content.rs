@@ -1,0 +1,174 @@
+//! Content rules for messages: sanitising text and checking attachments.
+
+use sha2::Digest as _;
+use tonic::Status;
+
+/// Most characters in a message body (after sanitising).
+pub const MAX_BODY_CHARS: usize = 5000;
+/// Most characters in a subject line.
+pub const MAX_SUBJECT_CHARS: usize = 200;
+/// Largest attachment.
+pub const MAX_ATTACHMENT_BYTES: usize = 5 * 1024 * 1024;
+/// Most attachments per message.
+pub const MAX_ATTACHMENTS: usize = 3;
+
+/// Removes control characters (keeping newline and tab) and escapes `&`, `<`, `>`, so that no
+/// markup survives; trims surrounding whitespace. Counting happens on the result.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.trim().chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\n' | '\t' => out.push(c),
+            '\r' => {}
+            c if c.is_control() => {}
+            // Bidirectional overrides and zero-width characters that hide or reorder text.
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}' | '\u{FEFF}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A sanitised, non-empty text of at most `max` characters; `INVALID_ARGUMENT` naming `field`
+/// and the limit otherwise.
+pub fn checked_text(text: &str, field: &str, max: usize) -> Result<String, Status> {
+    let clean = sanitize(text);
+    if clean.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field} must not be empty"
+        )));
+    }
+    let n = clean.chars().count();
+    if n > max {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {n} characters; the limit is {max} characters"
+        )));
+    }
+    Ok(clean)
+}
+
+/// A checked attachment.
+#[derive(Debug, Clone)]
+pub struct CheckedAttachment {
+    /// File name.
+    pub file_name: String,
+    /// Content type matching the magic bytes.
+    pub content_type: &'static str,
+    /// The bytes.
+    pub content: Vec<u8>,
+    /// Hex SHA-256.
+    pub sha256: String,
+}
+
+/// The content type the bytes really are, by magic bytes.
+pub fn sniff(content: &[u8]) -> Option<&'static str> {
+    if content.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if content.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("image/jpeg")
+    } else if content.starts_with(b"%PDF-") {
+        Some("application/pdf")
+    } else {
+        None
+    }
+}
+
+/// Checks the attachments of a message: count, size, name, and type by magic bytes.
+pub fn check_attachments(
+    list: Vec<econsult_proto::consultation::v1::NewAttachment>,
+) -> Result<Vec<CheckedAttachment>, Status> {
+    if list.len() > MAX_ATTACHMENTS {
+        return Err(Status::invalid_argument(format!(
+            "attachments: {} given; the limit is {MAX_ATTACHMENTS} per message",
+            list.len()
+        )));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let field = format!("attachments[{i}]");
+            if a.content.is_empty() {
+                return Err(Status::invalid_argument(format!("{field}.content is empty")));
+            }
+            if a.content.len() > MAX_ATTACHMENT_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.content is {} bytes; the limit is {MAX_ATTACHMENT_BYTES} bytes (5 MiB)",
+                    a.content.len()
+                )));
+            }
+            let name = sanitize(&a.file_name);
+            if name.is_empty()
+                || name.chars().count() > 200
+                || name.contains(['/', '\\'])
+                || name.starts_with('.')
+            {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.file_name must be 1-200 characters without path separators"
+                )));
+            }
+            let real = sniff(&a.content).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{field}.content is not a PNG, JPEG or PDF file (checked by its first bytes)"
+                ))
+            })?;
+            if !a.content_type.is_empty() && a.content_type != real {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.content_type is {:?} but the content is {real}",
+                    a.content_type
+                )));
+            }
+            let sha256 = hex(&sha2::Sha256::digest(&a.content));
+            Ok(CheckedAttachment {
+                file_name: name,
+                content_type: real,
+                content: a.content,
+                sha256,
+            })
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_is_escaped_and_controls_removed() {
+        assert_eq!(
+            sanitize(" <script>alert('x')</script>\u{7}\u{202E}ok &\r\n "),
+            "&lt;script&gt;alert('x')&lt;/script&gt;ok &amp;"
+        );
+        assert_eq!(sanitize("a\nb\tc"), "a\nb\tc");
+    }
+
+    #[test]
+    fn text_limits_name_the_field() {
+        let e = checked_text(" \u{0} ", "body", 10).unwrap_err();
+        assert!(e.message().contains("body must not be empty"));
+        let e = checked_text(&"x".repeat(11), "body", 10).unwrap_err();
+        assert!(e.message().contains("limit is 10"), "{}", e.message());
+        // Escaping counts: 3 '<' become 12 characters.
+        assert!(checked_text("<<<", "body", 11).is_err());
+    }
+
+    #[test]
+    fn magic_bytes_decide_the_type() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\nrest"), Some("image/png"));
+        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some("image/jpeg"));
+        assert_eq!(sniff(b"%PDF-1.7"), Some("application/pdf"));
+        assert_eq!(sniff(b"<html>"), None);
+        let mismatch = econsult_proto::consultation::v1::NewAttachment {
+            file_name: "x.png".into(),
+            content_type: "image/png".into(),
+            content: b"%PDF-1.4".to_vec(),
+        };
+        assert!(check_attachments(vec![mismatch]).is_err());
+    }
+}

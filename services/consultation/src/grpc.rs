@@ -1,0 +1,1311 @@
+//! `econsult.consultation.v1.ConsultationService`: authorisation, validation, and the state
+//! machine. Every mutation is one write transaction holding the thread's lock, with its
+//! messages, outbox events, audit rows and idempotency record.
+
+use crate::content::{MAX_BODY_CHARS, MAX_SUBJECT_CHARS, check_attachments, checked_text};
+use crate::store::{self, MessageRow, ThreadRow, state};
+use crate::{DEFAULT_RESPONSE_WORKING_DAYS, sla};
+use econsult_booking::directory;
+use econsult_calendar::Calendar;
+use econsult_proto::consultation::v1 as pb;
+use econsult_runtime::audit::{self, Access};
+use econsult_runtime::auth::{Caller, Role};
+use econsult_runtime::clock::from_ms;
+use econsult_runtime::db::Tx;
+use econsult_runtime::events::{ConsultationChanged, topics};
+use econsult_runtime::grpc::{db_status, internal, timestamp};
+use econsult_runtime::idempotency::{self, Begun, IdempotencyError, Op};
+use econsult_runtime::outbox::{self, EventFilter, NewEvent};
+use econsult_runtime::platform::Platform;
+use serde::{Deserialize, Serialize};
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+/// Scope to read threads of the organisation.
+pub const SCOPE_READ: &str = "econsult:consultation.read";
+/// Scope to act on threads of the organisation.
+pub const SCOPE_WRITE: &str = "econsult:consultation.write";
+
+/// Topic of a new message (for the change streams; stats ignores it).
+pub const TOPIC_MESSAGE: &str = "consultation.message";
+/// Topic of a state or assignment change without a stats meaning.
+pub const TOPIC_STATE: &str = "consultation.state";
+/// Topic of a read receipt.
+pub const TOPIC_READ: &str = "consultation.read";
+
+const URGENT_REFUSAL: &str = "text consultations are not for urgent help: in an emergency call 113; \
+     if it cannot wait for your GP, call the legevakt (out-of-hours service) on 116 117";
+
+mod rpc {
+    pub const START: &str = "/econsult.consultation.v1.ConsultationService/StartConsultation";
+    pub const SEND: &str = "/econsult.consultation.v1.ConsultationService/SendMessage";
+    pub const GET: &str = "/econsult.consultation.v1.ConsultationService/GetThread";
+    pub const ATTACHMENT: &str = "/econsult.consultation.v1.ConsultationService/GetAttachment";
+    pub const READ: &str = "/econsult.consultation.v1.ConsultationService/MarkRead";
+    pub const WITHDRAW: &str = "/econsult.consultation.v1.ConsultationService/WithdrawConsultation";
+    pub const INBOX: &str = "/econsult.consultation.v1.ConsultationService/ListInbox";
+    pub const CLAIM: &str = "/econsult.consultation.v1.ConsultationService/ClaimThread";
+    pub const REPLY: &str = "/econsult.consultation.v1.ConsultationService/Reply";
+    pub const CONVERT: &str = "/econsult.consultation.v1.ConsultationService/ConvertToBooking";
+    pub const CLOSE: &str = "/econsult.consultation.v1.ConsultationService/CloseConsultation";
+    pub const WATCH: &str = "/econsult.consultation.v1.ConsultationService/WatchInbox";
+}
+
+/// Tariff codes a practice may bill when closing (Normaltariffen): 2ae e-consultation, 1bd
+/// simple contact by the doctor, 1be simple contact by staff, 1ad simple contact in person.
+pub const TARIFF_CODES: [&str; 4] = ["2ae", "1bd", "1be", "1ad"];
+
+/// What an idempotent call stored: ids to rebuild the response from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Done {
+    thread_id: String,
+    message_id: Option<String>,
+    offered: Vec<(String, i64, i64)>,
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct ConsultationGrpc {
+    p: Platform,
+}
+
+/// Who looks at a thread.
+enum Viewer {
+    Patient(String),
+    Practice(String),
+}
+
+impl ConsultationGrpc {
+    /// The service over the shared platform.
+    pub fn new(p: Platform) -> Self {
+        Self { p }
+    }
+
+    /// The tonic server.
+    pub fn into_server(self) -> pb::consultation_service_server::ConsultationServiceServer<Self> {
+        pb::consultation_service_server::ConsultationServiceServer::new(self)
+    }
+
+    fn now(&self) -> i64 {
+        self.p.clock.now_ms()
+    }
+
+    fn viewer(caller: &Caller, scope: &str) -> Result<Viewer, Status> {
+        match caller.role {
+            Role::Patient => Ok(Viewer::Patient(caller.patient()?.as_str().to_owned())),
+            _ => Ok(Viewer::Practice(caller.org_with_scope(scope)?.to_owned())),
+        }
+    }
+
+    /// The thread if `viewer` may see it: `NOT_FOUND` when it does not exist,
+    /// `PERMISSION_DENIED` when it belongs to another patient or organisation.
+    fn authorize(viewer: &Viewer, t: Option<ThreadRow>, id: &str) -> Result<ThreadRow, Status> {
+        let t = t.ok_or_else(|| Status::not_found(format!("thread {id} not found")))?;
+        let ok = match viewer {
+            Viewer::Patient(nin) => t.patient_nin == *nin,
+            Viewer::Practice(org) => t.org_number == *org,
+        };
+        if ok {
+            Ok(t)
+        } else {
+            Err(Status::permission_denied(format!(
+                "thread {id} is not accessible with this token"
+            )))
+        }
+    }
+
+    async fn begin(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        key: &str,
+        req: &serde_json::Value,
+    ) -> Result<Begun<Done>, Status> {
+        idempotency::begin(&self.p.db, &caller.subject, rpc, key, req)
+            .await
+            .map_err(idem_status)
+    }
+
+    async fn finish(&self, op: Op, done: &Done) -> Result<(), Status> {
+        op.finish(done, self.now()).await.map_err(idem_status)?;
+        self.p.committed();
+        Ok(())
+    }
+
+    async fn calendar(&self, org: &str) -> Result<Calendar, Status> {
+        let days = directory::closures(&self.p.db, org)
+            .await
+            .map_err(|e| db_status("closures", e))?;
+        Ok(Calendar::with_closures(days))
+    }
+
+    /// Locks the thread for this transaction and reads it.
+    async fn locked(&self, tx: &mut Tx, viewer: &Viewer, id: &str) -> Result<ThreadRow, Status> {
+        self.p
+            .db
+            .lock(tx, &format!("consultation:{id}"))
+            .await
+            .map_err(|e| db_status("lock", e))?;
+        let t = store::thread_tx(tx, id)
+            .await
+            .map_err(|e| db_status("thread", e))?;
+        Self::authorize(viewer, t, id)
+    }
+
+    async fn event(
+        &self,
+        tx: &mut Tx,
+        topic: &str,
+        t: &ThreadRow,
+        body: &impl Serialize,
+    ) -> Result<(), Status> {
+        outbox::enqueue(
+            tx,
+            NewEvent {
+                topic,
+                org_number: &t.org_number,
+                route_key: &t.patient_nin,
+                payload: body,
+            },
+            self.now(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| internal("outbox", e))
+    }
+
+    async fn changed(
+        &self,
+        tx: &mut Tx,
+        topic: &str,
+        t: &ThreadRow,
+        cal: Option<&Calendar>,
+    ) -> Result<(), Status> {
+        let body = changed_body(t, cal);
+        self.event(tx, topic, t, &body).await
+    }
+
+    async fn message_event(
+        &self,
+        tx: &mut Tx,
+        t: &ThreadRow,
+        m: &MessageRow,
+    ) -> Result<(), Status> {
+        let body = serde_json::json!({
+            "thread_id": t.thread_id,
+            "message_id": m.message_id,
+            "seq": m.seq,
+        });
+        self.event(tx, TOPIC_MESSAGE, t, &body).await
+    }
+
+    async fn thread_view(&self, id: &str, practice: bool) -> Result<pb::Thread, Status> {
+        let t = store::thread(&self.p.db, id)
+            .await
+            .map_err(|e| db_status("thread", e))?
+            .ok_or_else(|| Status::not_found(format!("thread {id} not found")))?;
+        Ok(t.to_pb(self.now(), practice))
+    }
+
+    async fn message_view(&self, id: &str) -> Result<pb::Message, Status> {
+        store::message(&self.p.db, id)
+            .await
+            .map_err(|e| db_status("message", e))?
+            .map(|m| m.to_pb())
+            .ok_or_else(|| internal("message", format!("stored message {id} missing")))
+    }
+
+    async fn audit(
+        &self,
+        tx: &mut Tx,
+        caller: &Caller,
+        action: &str,
+        t: &ThreadRow,
+    ) -> Result<(), Status> {
+        if caller.role == Role::Patient {
+            return Ok(());
+        }
+        audit::record(
+            tx,
+            caller,
+            &Access {
+                action,
+                resource: format!("consultation:{}", t.thread_id),
+                patient_nin: &t.patient_nin,
+            },
+            self.now(),
+        )
+        .await
+        .map_err(|e| db_status("audit", e))
+    }
+
+    /// Adds a practice message and moves the thread; shared by Reply and ConvertToBooking.
+    #[allow(clippy::too_many_arguments)]
+    async fn practice_message(
+        &self,
+        tx: &mut Tx,
+        caller: &Caller,
+        action: &str,
+        t: &mut ThreadRow,
+        to: i64,
+        hpr: &str,
+        body: &str,
+        attachments: &[crate::content::CheckedAttachment],
+    ) -> Result<MessageRow, Status> {
+        if !state::allowed(t.state, to) {
+            return Err(transition_refused(t.state, to));
+        }
+        let now = self.now();
+        let m = store::append_message(tx, &t.thread_id, 2, hpr, body, attachments, now)
+            .await
+            .map_err(|e| db_status("append", e))?;
+        t.last_seq = m.seq;
+        t.state = to;
+        t.practice_read_seq = m.seq;
+        t.updated_at = now;
+        let first = t.first_response_at.is_none();
+        if first {
+            t.first_response_at = Some(now);
+        }
+        if t.assigned_hpr.is_empty() {
+            t.assigned_hpr = hpr.to_owned();
+        }
+        store::update_thread(tx, t)
+            .await
+            .map_err(|e| db_status("update", e))?;
+        self.audit(tx, caller, action, t).await?;
+        self.message_event(tx, t, &m).await?;
+        let cal = self.calendar(&t.org_number).await?;
+        if first {
+            self.changed(tx, topics::CONSULTATION_FIRST_RESPONSE, t, Some(&cal))
+                .await?;
+        }
+        let topic = if to == state::ANSWERED {
+            topics::CONSULTATION_ANSWERED
+        } else {
+            TOPIC_STATE
+        };
+        self.changed(tx, topic, t, Some(&cal)).await?;
+        Ok(m)
+    }
+
+    /// The HPR number a practice action is done by.
+    fn acting_hpr(caller: &Caller, given: &str, field: &str) -> Result<String, Status> {
+        if let Some(own) = &caller.hpr_number {
+            if !given.is_empty() && given != own {
+                return Err(Status::permission_denied(format!(
+                    "{field}: a clinician acts as themselves"
+                )));
+            }
+            return Ok(own.clone());
+        }
+        if given.is_empty() {
+            return Ok(String::new());
+        }
+        if given.len() > 9 || !given.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Status::invalid_argument(format!(
+                "{field} must be an HPR number (up to 9 digits)"
+            )));
+        }
+        Ok(given.to_owned())
+    }
+
+    fn change_stream(
+        &self,
+        caller: Caller,
+        practice: Option<String>,
+        mut cursor: u64,
+    ) -> ChangeStream {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ThreadChange, Status>>(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut sequenced = this.p.sequenced.clone();
+            let mut stop = this.p.shutdown.clone();
+            let route = caller.nin.as_ref().map(|n| n.as_str().to_owned());
+            loop {
+                let filter = EventFilter {
+                    topic_prefix: "consultation.",
+                    org_number: practice.as_deref(),
+                    route_key: if practice.is_some() {
+                        None
+                    } else {
+                        route.as_deref()
+                    },
+                };
+                if practice.is_none() && route.is_none() {
+                    return;
+                }
+                match outbox::read_after(&this.p.db, cursor, filter, 200).await {
+                    Ok(events) if !events.is_empty() => {
+                        let mut accesses = Vec::new();
+                        let mut changes = Vec::with_capacity(events.len());
+                        for e in &events {
+                            match this.to_change(e, practice.is_some()).await {
+                                Ok((change, nin)) => {
+                                    if practice.is_some() {
+                                        accesses.push((
+                                            change
+                                                .thread
+                                                .as_ref()
+                                                .map(|t| t.thread_id.clone())
+                                                .unwrap_or_default(),
+                                            nin,
+                                        ));
+                                    }
+                                    changes.push(change);
+                                }
+                                Err(s) => {
+                                    let _ = tx.send(Err(s)).await;
+                                    return;
+                                }
+                            }
+                        }
+                        if !accesses.is_empty() {
+                            let rows: Vec<Access<'_>> = accesses
+                                .iter()
+                                .map(|(id, nin)| Access {
+                                    action: rpc::WATCH,
+                                    resource: format!("consultation:{id}"),
+                                    patient_nin: nin,
+                                })
+                                .collect();
+                            if let Err(e) =
+                                audit::record_reads(&this.p.db, &caller, &rows, this.now()).await
+                            {
+                                let _ = tx.send(Err(db_status("audit", e))).await;
+                                return;
+                            }
+                        }
+                        for change in changes {
+                            cursor = change.cursor;
+                            if tx.send(Ok(change)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(db_status("changes", e))).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = sequenced.changed() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = stop.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down, resume from the last cursor"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    async fn to_change(
+        &self,
+        e: &econsult_runtime::bus::Event,
+        practice: bool,
+    ) -> Result<(pb::ThreadChange, String), Status> {
+        let v: serde_json::Value =
+            serde_json::from_str(&e.payload).map_err(|err| internal("event", err))?;
+        let thread_id = v["thread_id"].as_str().unwrap_or_default();
+        let t = store::thread(&self.p.db, thread_id)
+            .await
+            .map_err(|err| db_status("thread", err))?
+            .ok_or_else(|| internal("event", format!("thread {thread_id} missing")))?;
+        let kind = match e.topic.as_str() {
+            topics::CONSULTATION_STARTED => pb::ChangeKind::Started,
+            TOPIC_MESSAGE => pb::ChangeKind::Message,
+            TOPIC_READ => pb::ChangeKind::Read,
+            _ => pb::ChangeKind::State,
+        };
+        let message = match v["message_id"].as_str() {
+            Some(id) if kind == pb::ChangeKind::Message => Some(self.message_view(id).await?),
+            _ => None,
+        };
+        Ok((
+            pb::ThreadChange {
+                cursor: e.seq,
+                kind: kind as i32,
+                thread: Some(t.to_pb(self.now(), practice)),
+                message,
+            },
+            t.patient_nin,
+        ))
+    }
+}
+
+type ChangeStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ThreadChange, Status>> + Send + 'static>>;
+
+fn idem_status(e: IdempotencyError) -> Status {
+    match e {
+        IdempotencyError::KeyReused => Status::already_exists(e.to_string()),
+        IdempotencyError::BadKey => Status::invalid_argument(e.to_string()),
+        IdempotencyError::Db(db) => db_status("idempotency", db),
+        IdempotencyError::Codec(c) => internal("idempotency", c),
+    }
+}
+
+fn transition_refused(from: i64, to: i64) -> Status {
+    Status::failed_precondition(format!(
+        "the thread is {}; it cannot become {}",
+        state::name(from),
+        state::name(to)
+    ))
+}
+
+fn category_name(c: i64) -> &'static str {
+    match c {
+        1 => "e_consultation",
+        2 => "prescription_renewal",
+        3 => "administrative",
+        _ => "unknown",
+    }
+}
+
+fn changed_body(t: &ThreadRow, cal: Option<&Calendar>) -> ConsultationChanged {
+    let (days, hours) = match (t.first_response_at, cal) {
+        (Some(first), Some(cal)) => (
+            Some(sla::working_days(
+                cal,
+                from_ms(t.submitted_at),
+                from_ms(first),
+            )),
+            Some(sla::working_hours(
+                cal,
+                from_ms(t.submitted_at),
+                from_ms(first),
+            )),
+        ),
+        _ => (None, None),
+    };
+    ConsultationChanged {
+        thread_id: t.thread_id.clone(),
+        gp_id: t.gp_id.clone(),
+        org_number: t.org_number.clone(),
+        municipality_number: t.municipality_number.clone(),
+        category: category_name(t.category).into(),
+        submitted_at_ms: t.submitted_at,
+        due_at_ms: t.due_at,
+        first_response_at_ms: t.first_response_at,
+        response_working_days: days,
+        response_working_hours: hours,
+        closed_at_ms: t.closed_at,
+        tariff_code: (!t.tariff_code.is_empty()).then(|| t.tariff_code.clone()),
+        outcome: (!t.outcome.is_empty()).then(|| t.outcome.clone()),
+    }
+}
+
+fn required_id(id: &str, field: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 64 {
+        Err(Status::invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(())
+    }
+}
+
+/// A request fingerprint for idempotency: attachments by hash, not bytes.
+fn fingerprint(
+    fields: serde_json::Value,
+    attachments: &[crate::content::CheckedAttachment],
+) -> serde_json::Value {
+    let hashes: Vec<&str> = attachments.iter().map(|a| a.sha256.as_str()).collect();
+    serde_json::json!({ "fields": fields, "attachments": hashes })
+}
+
+fn page(size: i32, default: i64, max: i64, field: &str) -> Result<i64, Status> {
+    match size {
+        0 => Ok(default),
+        n if n < 0 || i64::from(n) > max => Err(Status::invalid_argument(format!(
+            "{field} must be between 1 and {max}"
+        ))),
+        n => Ok(i64::from(n)),
+    }
+}
+
+fn offset(token: &str) -> Result<i64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .parse::<i64>()
+        .ok()
+        .filter(|o| *o >= 0)
+        .ok_or_else(|| Status::invalid_argument("page_token is not a token this service issued"))
+}
+
+#[tonic::async_trait]
+impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
+    async fn start_consultation(
+        &self,
+        req: Request<pb::StartConsultationRequest>,
+    ) -> Result<Response<pb::StartConsultationResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let nin = caller.patient()?.as_str().to_owned();
+        let r = req.into_inner();
+        if r.urgent {
+            return Err(Status::failed_precondition(URGENT_REFUSAL));
+        }
+        let category = match pb::Category::try_from(r.category) {
+            Ok(c) if c != pb::Category::Unspecified => c as i64,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "category must be E_CONSULTATION, PRESCRIPTION_RENEWAL or ADMINISTRATIVE",
+                ));
+            }
+        };
+        let subject = checked_text(&r.subject, "subject", MAX_SUBJECT_CHARS)?;
+        let body = checked_text(&r.body, "body", MAX_BODY_CHARS)?;
+        let attachments = check_attachments(r.attachments)?;
+        let fp = fingerprint(serde_json::json!([category, subject, body]), &attachments);
+        let mut op = match self
+            .begin(&caller, rpc::START, &r.idempotency_key, &fp)
+            .await?
+        {
+            Begun::Replay(done) => {
+                return Ok(Response::new(pb::StartConsultationResponse {
+                    thread: Some(self.thread_view(&done.thread_id, false).await?),
+                    message: Some(
+                        self.message_view(done.message_id.as_deref().unwrap_or_default())
+                            .await?,
+                    ),
+                }));
+            }
+            Begun::New(op) => op,
+        };
+        let gp = directory::patient_gp(&self.p.db, &nin)
+            .await
+            .map_err(|e| db_status("patient gp", e))?
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "you are not on a GP's list (fastlegeliste): choose a GP first",
+                )
+            })?;
+        let now = self.now();
+        let mut tx = &mut op.tx;
+        let n = store::response_days(tx, &gp.org_number)
+            .await
+            .map_err(|e| db_status("settings", e))?;
+        let cal = self.calendar(&gp.org_number).await?;
+        let due = sla::due_at(&cal, from_ms(now), n).timestamp_millis();
+        let mut t = ThreadRow {
+            thread_id: uuid::Uuid::now_v7().to_string(),
+            patient_nin: nin,
+            gp_id: gp.gp_id,
+            gp_display_name: gp.display_name,
+            org_number: gp.org_number,
+            municipality_number: gp.municipality_number,
+            category,
+            subject,
+            state: state::SUBMITTED,
+            submitted_at: now,
+            due_at: due,
+            first_response_at: None,
+            assigned_hpr: String::new(),
+            last_seq: 0,
+            patient_read_seq: 0,
+            practice_read_seq: 0,
+            outcome: String::new(),
+            tariff_code: String::new(),
+            closed_at: None,
+            updated_at: now,
+        };
+        store::insert_thread(tx, &t)
+            .await
+            .map_err(|e| db_status("insert thread", e))?;
+        let m = store::append_message(tx, &t.thread_id, 1, "", &body, &attachments, now)
+            .await
+            .map_err(|e| db_status("append", e))?;
+        t.last_seq = m.seq;
+        t.patient_read_seq = m.seq;
+        store::update_thread(tx, &t)
+            .await
+            .map_err(|e| db_status("update", e))?;
+        tx = &mut op.tx;
+        self.changed(tx, topics::CONSULTATION_STARTED, &t, Some(&cal))
+            .await?;
+        self.message_event(tx, &t, &m).await?;
+        let done = Done {
+            thread_id: t.thread_id.clone(),
+            message_id: Some(m.message_id.clone()),
+            offered: Vec::new(),
+        };
+        self.finish(op, &done).await?;
+        tracing::info!(thread_id = %t.thread_id, category = category_name(category), due_at = t.due_at, "consultation started");
+        Ok(Response::new(pb::StartConsultationResponse {
+            thread: Some(t.to_pb(now, false)),
+            message: Some(m.to_pb()),
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Viewer::Patient(caller.patient()?.as_str().to_owned());
+        let r = req.into_inner();
+        required_id(&r.thread_id, "thread_id")?;
+        let body = checked_text(&r.body, "body", MAX_BODY_CHARS)?;
+        let attachments = check_attachments(r.attachments)?;
+        let fp = fingerprint(serde_json::json!([r.thread_id, body]), &attachments);
+        let mut op = match self
+            .begin(&caller, rpc::SEND, &r.idempotency_key, &fp)
+            .await?
+        {
+            Begun::Replay(done) => {
+                return Ok(Response::new(pb::SendMessageResponse {
+                    message: Some(
+                        self.message_view(done.message_id.as_deref().unwrap_or_default())
+                            .await?,
+                    ),
+                    thread: Some(self.thread_view(&done.thread_id, false).await?),
+                }));
+            }
+            Begun::New(op) => op,
+        };
+        let mut t = self.locked(&mut op.tx, &viewer, &r.thread_id).await?;
+        let to = match t.state {
+            state::SUBMITTED | state::IN_REVIEW => t.state,
+            state::AWAITING_PATIENT => state::IN_REVIEW,
+            other => {
+                return Err(Status::failed_precondition(format!(
+                    "the thread is {}: start a new consultation instead",
+                    state::name(other)
+                )));
+            }
+        };
+        let now = self.now();
+        let m = store::append_message(&mut op.tx, &t.thread_id, 1, "", &body, &attachments, now)
+            .await
+            .map_err(|e| db_status("append", e))?;
+        let state_changed = to != t.state;
+        t.last_seq = m.seq;
+        t.state = to;
+        t.patient_read_seq = m.seq;
+        t.updated_at = now;
+        store::update_thread(&mut op.tx, &t)
+            .await
+            .map_err(|e| db_status("update", e))?;
+        self.message_event(&mut op.tx, &t, &m).await?;
+        if state_changed {
+            self.changed(&mut op.tx, TOPIC_STATE, &t, None).await?;
+        }
+        let done = Done {
+            thread_id: t.thread_id.clone(),
+            message_id: Some(m.message_id.clone()),
+            offered: Vec::new(),
+        };
+        self.finish(op, &done).await?;
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(m.to_pb()),
+            thread: Some(t.to_pb(now, false)),
+        }))
+    }
+
+    async fn list_threads(
+        &self,
+        req: Request<pb::ListThreadsRequest>,
+    ) -> Result<Response<pb::ListThreadsResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let nin = caller.patient()?.as_str().to_owned();
+        let r = req.into_inner();
+        let limit = page(r.page_size, 20, 100, "page_size")?;
+        let off = offset(&r.page_token)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM consultation_threads WHERE patient_nin = $1 ORDER BY submitted_at DESC, thread_id DESC LIMIT $2 OFFSET $3",
+            store::THREAD_COLS
+        ))
+        .bind(&nin)
+        .bind(limit + 1)
+        .bind(off)
+        .fetch_all(self.p.db.read())
+        .await
+        .map_err(|e| db_status("list", e))?;
+        let now = self.now();
+        let more = rows.len() as i64 > limit;
+        let threads = rows
+            .iter()
+            .take(limit as usize)
+            .map(|r| ThreadRow::from_row(r).map(|t| t.to_pb(now, false)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| db_status("list", e))?;
+        Ok(Response::new(pb::ListThreadsResponse {
+            threads,
+            next_page_token: if more {
+                (off + limit).to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn get_thread(
+        &self,
+        req: Request<pb::GetThreadRequest>,
+    ) -> Result<Response<pb::GetThreadResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Self::viewer(&caller, SCOPE_READ)?;
+        let r = req.into_inner();
+        required_id(&r.thread_id, "thread_id")?;
+        if r.after_seq < 0 {
+            return Err(Status::invalid_argument("after_seq must not be negative"));
+        }
+        let limit = page(r.page_size, 50, 200, "page_size")?;
+        let t = store::thread(&self.p.db, &r.thread_id)
+            .await
+            .map_err(|e| db_status("thread", e))?;
+        let t = Self::authorize(&viewer, t, &r.thread_id)?;
+        let practice = matches!(viewer, Viewer::Practice(_));
+        if practice {
+            // Logged before the data leaves: a read that cannot be logged fails.
+            audit::record_reads(
+                &self.p.db,
+                &caller,
+                &[Access {
+                    action: rpc::GET,
+                    resource: format!("consultation:{}", t.thread_id),
+                    patient_nin: &t.patient_nin,
+                }],
+                self.now(),
+            )
+            .await
+            .map_err(|e| db_status("audit", e))?;
+        }
+        let mut msgs = store::messages(&self.p.db, &t.thread_id, r.after_seq, limit + 1)
+            .await
+            .map_err(|e| db_status("messages", e))?;
+        let has_more = msgs.len() as i64 > limit;
+        msgs.truncate(limit as usize);
+        Ok(Response::new(pb::GetThreadResponse {
+            thread: Some(t.to_pb(self.now(), practice)),
+            messages: msgs.iter().map(MessageRow::to_pb).collect(),
+            has_more,
+        }))
+    }
+
+    async fn get_attachment(
+        &self,
+        req: Request<pb::GetAttachmentRequest>,
+    ) -> Result<Response<pb::GetAttachmentResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Self::viewer(&caller, SCOPE_READ)?;
+        let id = req.into_inner().attachment_id;
+        required_id(&id, "attachment_id")?;
+        let (thread_id, meta, content) = store::attachment(&self.p.db, &id)
+            .await
+            .map_err(|e| db_status("attachment", e))?
+            .ok_or_else(|| Status::not_found(format!("attachment {id} not found")))?;
+        let t = store::thread(&self.p.db, &thread_id)
+            .await
+            .map_err(|e| db_status("thread", e))?;
+        let t = Self::authorize(&viewer, t, &thread_id)?;
+        if matches!(viewer, Viewer::Practice(_)) {
+            audit::record_reads(
+                &self.p.db,
+                &caller,
+                &[Access {
+                    action: rpc::ATTACHMENT,
+                    resource: format!("consultation-attachment:{id}"),
+                    patient_nin: &t.patient_nin,
+                }],
+                self.now(),
+            )
+            .await
+            .map_err(|e| db_status("audit", e))?;
+        }
+        Ok(Response::new(pb::GetAttachmentResponse {
+            attachment: Some(meta),
+            content,
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        req: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Self::viewer(&caller, SCOPE_READ)?;
+        let r = req.into_inner();
+        required_id(&r.thread_id, "thread_id")?;
+        let mut tx = self.p.db.begin().await.map_err(|e| db_status("begin", e))?;
+        let mut t = self.locked(&mut tx, &viewer, &r.thread_id).await?;
+        if r.up_to_seq < 1 || r.up_to_seq > t.last_seq {
+            return Err(Status::invalid_argument(format!(
+                "up_to_seq must be between 1 and {} (the thread's last message)",
+                t.last_seq
+            )));
+        }
+        let practice = matches!(viewer, Viewer::Practice(_));
+        let receipt = if practice {
+            &mut t.practice_read_seq
+        } else {
+            &mut t.patient_read_seq
+        };
+        if r.up_to_seq > *receipt {
+            *receipt = r.up_to_seq;
+            t.updated_at = self.now();
+            store::update_thread(&mut tx, &t)
+                .await
+                .map_err(|e| db_status("update", e))?;
+            let body = serde_json::json!({
+                "thread_id": t.thread_id,
+                "by": if practice { "practice" } else { "patient" },
+                "up_to_seq": r.up_to_seq,
+            });
+            self.event(&mut tx, TOPIC_READ, &t, &body).await?;
+            self.audit(&mut tx, &caller, rpc::READ, &t).await?;
+            tx.commit().await.map_err(|e| db_status("commit", e))?;
+            self.p.committed();
+        }
+        Ok(Response::new(pb::MarkReadResponse {
+            thread: Some(t.to_pb(self.now(), practice)),
+        }))
+    }
+
+    async fn withdraw_consultation(
+        &self,
+        req: Request<pb::WithdrawConsultationRequest>,
+    ) -> Result<Response<pb::WithdrawConsultationResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Viewer::Patient(caller.patient()?.as_str().to_owned());
+        let r = req.into_inner();
+        required_id(&r.thread_id, "thread_id")?;
+        let fp = serde_json::json!([r.thread_id]);
+        let mut op = match self
+            .begin(&caller, rpc::WITHDRAW, &r.idempotency_key, &fp)
+            .await?
+        {
+            Begun::Replay(done) => {
+                return Ok(Response::new(pb::WithdrawConsultationResponse {
+                    thread: Some(self.thread_view(&done.thread_id, false).await?),
+                }));
+            }
+            Begun::New(op) => op,
+        };
+        let mut t = self.locked(&mut op.tx, &viewer, &r.thread_id).await?;
+        if !state::allowed(t.state, state::WITHDRAWN) {
+            return Err(transition_refused(t.state, state::WITHDRAWN));
+        }
+        let now = self.now();
+        t.state = state::WITHDRAWN;
+        t.outcome = "withdrawn".into();
+        t.closed_at = Some(now);
+        t.updated_at = now;
+        store::update_thread(&mut op.tx, &t)
+            .await
+            .map_err(|e| db_status("update", e))?;
+        self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, None)
+            .await?;
+        let done = Done {
+            thread_id: t.thread_id.clone(),
+            message_id: None,
+            offered: Vec::new(),
+        };
+        self.finish(op, &done).await?;
+        Ok(Response::new(pb::WithdrawConsultationResponse {
+            thread: Some(t.to_pb(now, false)),
+        }))
+    }
+
+    type SubscribeStream = ChangeStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        caller.patient()?;
+        let cursor = req.into_inner().after_cursor;
+        Ok(Response::new(self.change_stream(caller, None, cursor)))
+    }
+
+    async fn list_inbox(
+        &self,
+        req: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let org = caller.org_with_scope(SCOPE_READ)?.to_owned();
+        let r = req.into_inner();
+        let limit = page(r.page_size, 50, 200, "page_size")?;
+        let off = offset(&r.page_token)?;
+        if r.gp_id.len() > 64 {
+            return Err(Status::invalid_argument("gp_id is too long"));
+        }
+        let now = self.now();
+        let states = if r.include_done {
+            "1,2,3,4,5,6,7"
+        } else {
+            "1,2,3"
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM consultation_threads WHERE org_number = $1 AND ($2 = '' OR gp_id = $2) AND state IN ({states}) \
+             ORDER BY CASE WHEN first_response_at IS NULL AND due_at < $3 AND state IN (1,2,3) THEN 0 ELSE 1 END, due_at, thread_id \
+             LIMIT $4 OFFSET $5",
+            store::THREAD_COLS
+        ))
+        .bind(&org)
+        .bind(&r.gp_id)
+        .bind(now)
+        .bind(limit + 1)
+        .bind(off)
+        .fetch_all(self.p.db.read())
+        .await
+        .map_err(|e| db_status("inbox", e))?;
+        let overdue: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM consultation_threads WHERE org_number = $1 AND ($2 = '' OR gp_id = $2) \
+             AND state IN (1,2,3) AND first_response_at IS NULL AND due_at < $3",
+        )
+        .bind(&org)
+        .bind(&r.gp_id)
+        .bind(now)
+        .fetch_one(self.p.db.read())
+        .await
+        .map_err(|e| db_status("inbox", e))?;
+        let more = rows.len() as i64 > limit;
+        let threads = rows
+            .iter()
+            .take(limit as usize)
+            .map(ThreadRow::from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| db_status("inbox", e))?;
+        let accesses: Vec<Access<'_>> = threads
+            .iter()
+            .map(|t| Access {
+                action: rpc::INBOX,
+                resource: format!("consultation:{}", t.thread_id),
+                patient_nin: &t.patient_nin,
+            })
+            .collect();
+        audit::record_reads(&self.p.db, &caller, &accesses, now)
+            .await
+            .map_err(|e| db_status("audit", e))?;
+        Ok(Response::new(pb::ListInboxResponse {
+            threads: threads.iter().map(|t| t.to_pb(now, true)).collect(),
+            next_page_token: if more {
+                (off + limit).to_string()
+            } else {
+                String::new()
+            },
+            overdue_count: overdue,
+        }))
+    }
+
+    async fn claim_thread(
+        &self,
+        req: Request<pb::ClaimThreadRequest>,
+    ) -> Result<Response<pb::ClaimThreadResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Viewer::Practice(caller.org_with_scope(SCOPE_WRITE)?.to_owned());
+        let r = req.into_inner();
+        required_id(&r.thread_id, "thread_id")?;
+        let hpr = Self::acting_hpr(&caller, &r.clinician_hpr_number, "clinician_hpr_number")?;
+        if hpr.is_empty() {
+            return Err(Status::invalid_argument(
+                "clinician_hpr_number is required for an EHR token",
+            ));
+        }
+        let fp = serde_json::json!([r.thread_id, hpr]);
+        let mut op = match self
+            .begin(&caller, rpc::CLAIM, &r.idempotency_key, &fp)
+            .await?
+        {
+            Begun::Replay(done) => {
+                return Ok(Response::new(pb::ClaimThreadResponse {
+                    thread: Some(self.thread_view(&done.thread_id, true).await?),
+                }));
+            }
+            Begun::New(op) => op,
+        };
+        let mut t = self.locked(&mut op.tx, &viewer, &r.thread_id).await?;
+        if !matches!(t.state, state::SUBMITTED | state::IN_REVIEW) {
+            return Err(transition_refused(t.state, state::IN_REVIEW));
+        }
+        let now = self.now();
+        t.state = state::IN_REVIEW;
+        t.assigned_hpr = hpr;
+        t.updated_at = now;
+        store::update_thread(&mut op.tx, &t)
+            .await
+            .map_err(|e| db_status("update", e))?;
+        self.audit(&mut op.tx, &caller, rpc::CLAIM, &t).await?;
+        self.changed(&mut op.tx, TOPIC_STATE, &t, None).await?;
+        let done = Done {
+            thread_id: t.thread_id.clone(),
+            message_id: None,
+            offered: Vec::new(),
+        };
+        self.finish(op, &done).await?;
+        Ok(Response::new(pb::ClaimThreadResponse {
+            thread: Some(t.to_pb(now, true)),
+        }))
+    }
+
+    async fn reply(
+        &self,
+        req: Request<pb::ReplyRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Viewer::Practice(caller.org_with_scope(SCOPE_WRITE)?.to_owned());
+        let r = req.into_inner();
+        required_id(&r.thread_id, "thread_id")?;
+        let hpr = Self::acting_hpr(&caller, &r.clinician_hpr_number, "clinician_hpr_number")?;
+        let body = checked_text(&r.body, "body", MAX_BODY_CHARS)?;
+        let attachments = check_attachments(r.attachments)?;
+        let fp = fingerprint(
+            serde_json::json!([r.thread_id, body, r.ask_patient, hpr]),
+            &attachments,
+        );
+        let mut op = match self
+            .begin(&caller, rpc::REPLY, &r.idempotency_key, &fp)
+            .await?
+        {
+            Begun::Replay(done) => {
+                return Ok(Response::new(pb::SendMessageResponse {
+                    message: Some(
+                        self.message_view(done.message_id.as_deref().unwrap_or_default())
+                            .await?,
+                    ),
+                    thread: Some(self.thread_view(&done.thread_id, true).await?),
+                }));
+            }
+            Begun::New(op) => op,
+        };
+        let mut t = self.locked(&mut op.tx, &viewer, &r.thread_id).await?;
+        let to = if r.ask_patient {
+            state::AWAITING_PATIENT
+        } else {
+            state::ANSWERED
+        };
+        let m = self
+            .practice_message(
+                &mut op.tx,
+                &caller,
+                rpc::REPLY,
+                &mut t,
+                to,
+                &hpr,
+                &body,
+                &attachments,
+            )
+            .await?;
+        let done = Done {
+            thread_id: t.thread_id.clone(),
+            message_id: Some(m.message_id.clone()),
+            offered: Vec::new(),
+        };
+        self.finish(op, &done).await?;
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some(m.to_pb()),
+            thread: Some(t.to_pb(self.now(), true)),
+        }))
+    }
+
+    async fn convert_to_booking(
+        &self,
+        req: Request<pb::ConvertToBookingRequest>,
+    ) -> Result<Response<pb::ConvertToBookingResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Viewer::Practice(caller.org_with_scope(SCOPE_WRITE)?.to_owned());
+        let r = req.into_inner();
+        required_id(&r.thread_id, "thread_id")?;
+        let hpr = Self::acting_hpr(&caller, "", "clinician_hpr_number")?;
+        let body = checked_text(&r.body, "body", MAX_BODY_CHARS)?;
+        let count = page(r.offer_count, 3, 10, "offer_count")?;
+        let fp = serde_json::json!([r.thread_id, body, count]);
+        let offered = |done: &Done| -> Vec<pb::OfferedSlot> {
+            done.offered
+                .iter()
+                .map(|(id, s, e)| pb::OfferedSlot {
+                    slot_id: id.clone(),
+                    start: Some(timestamp(from_ms(*s))),
+                    end: Some(timestamp(from_ms(*e))),
+                })
+                .collect()
+        };
+        let mut op = match self
+            .begin(&caller, rpc::CONVERT, &r.idempotency_key, &fp)
+            .await?
+        {
+            Begun::Replay(done) => {
+                return Ok(Response::new(pb::ConvertToBookingResponse {
+                    thread: Some(self.thread_view(&done.thread_id, true).await?),
+                    message: Some(
+                        self.message_view(done.message_id.as_deref().unwrap_or_default())
+                            .await?,
+                    ),
+                    offered_slots: offered(&done),
+                }));
+            }
+            Begun::New(op) => op,
+        };
+        let mut t = self.locked(&mut op.tx, &viewer, &r.thread_id).await?;
+        if !state::allowed(t.state, state::CONVERTED) {
+            return Err(transition_refused(t.state, state::CONVERTED));
+        }
+        let slots = directory::free_slots(&self.p.db, &t.org_number, &t.gp_id, self.now(), count)
+            .await
+            .map_err(|e| db_status("free slots", e))?;
+        let mut text = body.clone();
+        if slots.is_empty() {
+            text.push_str("\n\nNo free time is published right now: join the waitlist in the booking service.");
+        } else {
+            text.push_str("\n\nFree times you can book:");
+            for s in &slots {
+                let local = from_ms(s.start_ms).with_timezone(&chrono_tz::Europe::Oslo);
+                text.push_str(&format!(
+                    "\n- {} (slot {})",
+                    local.format("%d.%m.%Y %H:%M"),
+                    s.slot_id
+                ));
+            }
+        }
+        let m = self
+            .practice_message(
+                &mut op.tx,
+                &caller,
+                rpc::CONVERT,
+                &mut t,
+                state::CONVERTED,
+                &hpr,
+                &text,
+                &[],
+            )
+            .await?;
+        let done = Done {
+            thread_id: t.thread_id.clone(),
+            message_id: Some(m.message_id.clone()),
+            offered: slots
+                .iter()
+                .map(|s| (s.slot_id.clone(), s.start_ms, s.end_ms))
+                .collect(),
+        };
+        self.finish(op, &done).await?;
+        Ok(Response::new(pb::ConvertToBookingResponse {
+            thread: Some(t.to_pb(self.now(), true)),
+            message: Some(m.to_pb()),
+            offered_slots: offered(&done),
+        }))
+    }
+
+    async fn close_consultation(
+        &self,
+        req: Request<pb::CloseConsultationRequest>,
+    ) -> Result<Response<pb::CloseConsultationResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let viewer = Viewer::Practice(caller.org_with_scope(SCOPE_WRITE)?.to_owned());
+        let r = req.into_inner();
+        required_id(&r.thread_id, "thread_id")?;
+        let outcome = r.outcome.trim().to_owned();
+        if outcome.is_empty()
+            || outcome.len() > 64
+            || !outcome.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            return Err(Status::invalid_argument(
+                "outcome must be 1-64 characters of a-z and _, e.g. answered",
+            ));
+        }
+        if !r.tariff_code.is_empty() && !TARIFF_CODES.contains(&r.tariff_code.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "tariff_code must be one of {}",
+                TARIFF_CODES.join(", ")
+            )));
+        }
+        let fp = serde_json::json!([r.thread_id, outcome, r.tariff_code]);
+        let mut op = match self
+            .begin(&caller, rpc::CLOSE, &r.idempotency_key, &fp)
+            .await?
+        {
+            Begun::Replay(done) => {
+                return Ok(Response::new(pb::CloseConsultationResponse {
+                    thread: Some(self.thread_view(&done.thread_id, true).await?),
+                }));
+            }
+            Begun::New(op) => op,
+        };
+        let mut t = self.locked(&mut op.tx, &viewer, &r.thread_id).await?;
+        if !state::allowed(t.state, state::CLOSED) {
+            return Err(transition_refused(t.state, state::CLOSED));
+        }
+        let now = self.now();
+        t.state = state::CLOSED;
+        t.outcome = outcome;
+        t.tariff_code = if r.tariff_code.is_empty() {
+            if t.category == pb::Category::EConsultation as i64 {
+                "2ae"
+            } else {
+                "1bd"
+            }
+            .into()
+        } else {
+            r.tariff_code
+        };
+        t.closed_at = Some(now);
+        t.updated_at = now;
+        store::update_thread(&mut op.tx, &t)
+            .await
+            .map_err(|e| db_status("update", e))?;
+        self.audit(&mut op.tx, &caller, rpc::CLOSE, &t).await?;
+        let cal = self.calendar(&t.org_number).await?;
+        self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, Some(&cal))
+            .await?;
+        let done = Done {
+            thread_id: t.thread_id.clone(),
+            message_id: None,
+            offered: Vec::new(),
+        };
+        self.finish(op, &done).await?;
+        Ok(Response::new(pb::CloseConsultationResponse {
+            thread: Some(t.to_pb(now, true)),
+        }))
+    }
+
+    type WatchInboxStream = ChangeStream;
+
+    async fn watch_inbox(
+        &self,
+        req: Request<pb::WatchInboxRequest>,
+    ) -> Result<Response<Self::WatchInboxStream>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let org = caller.org_with_scope(SCOPE_READ)?.to_owned();
+        let cursor = req.into_inner().after_cursor;
+        Ok(Response::new(self.change_stream(caller, Some(org), cursor)))
+    }
+
+    async fn set_response_days(
+        &self,
+        req: Request<pb::SetResponseDaysRequest>,
+    ) -> Result<Response<pb::SetResponseDaysResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let org = caller.org_with_scope(SCOPE_WRITE)?.to_owned();
+        let days = req.into_inner().working_days;
+        let days = match days {
+            0 => DEFAULT_RESPONSE_WORKING_DAYS as i32,
+            1..=20 => days,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "working_days must be between 1 and 20",
+                ));
+            }
+        };
+        let mut tx = self.p.db.begin().await.map_err(|e| db_status("begin", e))?;
+        sqlx::query(
+            "INSERT INTO consultation_settings (org_number, response_working_days, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (org_number) DO UPDATE SET response_working_days = excluded.response_working_days, updated_at = excluded.updated_at",
+        )
+        .bind(&org)
+        .bind(i64::from(days))
+        .bind(self.now())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_status("settings", e))?;
+        tx.commit().await.map_err(|e| db_status("commit", e))?;
+        Ok(Response::new(pb::SetResponseDaysResponse {
+            working_days: days,
+        }))
+    }
+}

@@ -1,0 +1,864 @@
+//! Text e-consultations through the real gRPC server, on SQLite and on PostgreSQL + Redis.
+
+mod common;
+
+use chrono::{DateTime, Duration, TimeZone as _, Utc};
+use common::*;
+use econsult_proto::booking::v1 as bpb;
+use econsult_proto::consultation::v1 as pb;
+use sha2::Digest as _;
+use std::collections::BTreeMap;
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn oslo(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+    chrono_tz::Europe::Oslo
+        .with_ymd_and_hms(y, m, d, h, min, 0)
+        .single()
+        .expect("valid Oslo time")
+        .with_timezone(&Utc)
+}
+
+fn start_req(body: &str) -> pb::StartConsultationRequest {
+    pb::StartConsultationRequest {
+        category: pb::Category::EConsultation as i32,
+        subject: "Rash".into(),
+        body: body.into(),
+        attachments: vec![],
+        urgent: false,
+        idempotency_key: key(),
+    }
+}
+
+async fn start(app: &TestApp, nin: &str, body: &str) -> pb::StartConsultationResponse {
+    app.consultation()
+        .await
+        .start_consultation(authed(start_req(body), &app.patient_token(nin)))
+        .await
+        .expect("start consultation")
+        .into_inner()
+}
+
+async fn send(
+    app: &TestApp,
+    nin: &str,
+    thread: &str,
+    body: &str,
+) -> Result<pb::Message, tonic::Status> {
+    app.consultation()
+        .await
+        .send_message(authed(
+            pb::SendMessageRequest {
+                thread_id: thread.into(),
+                body: body.into(),
+                attachments: vec![],
+                idempotency_key: key(),
+            },
+            &app.patient_token(nin),
+        ))
+        .await
+        .map(|r| r.into_inner().message.expect("message"))
+}
+
+async fn reply(
+    app: &TestApp,
+    org: &str,
+    thread: &str,
+    body: &str,
+    ask: bool,
+) -> Result<pb::SendMessageResponse, tonic::Status> {
+    app.consultation()
+        .await
+        .reply(authed(
+            pb::ReplyRequest {
+                thread_id: thread.into(),
+                body: body.into(),
+                attachments: vec![],
+                ask_patient: ask,
+                clinician_hpr_number: "1000001".into(),
+                idempotency_key: key(),
+            },
+            &app.ehr_token(org),
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get(
+    app: &TestApp,
+    token: &str,
+    thread: &str,
+) -> Result<pb::GetThreadResponse, tonic::Status> {
+    app.consultation()
+        .await
+        .get_thread(authed(
+            pb::GetThreadRequest {
+                thread_id: thread.into(),
+                after_seq: 0,
+                page_size: 200,
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn state(t: &Option<pb::Thread>) -> i32 {
+    t.as_ref().expect("thread").state
+}
+
+async fn a_consultation_goes_from_question_to_closed_answer(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 1, 1).await;
+    let ehr = app.ehr_token(ORG_A);
+    let mut c = app.consultation().await;
+
+    let started = start(&app, &nins[0], "I have had a rash for a week").await;
+    let thread = started.thread.clone().expect("thread");
+    assert_eq!(thread.state, pb::ThreadState::Submitted as i32);
+    assert_eq!(thread.gp_id, "gp-1");
+    assert_eq!(
+        thread.patient_nin, "",
+        "patients do not get their own number echoed"
+    );
+    assert_eq!(started.message.as_ref().map(|m| m.seq), Some(1));
+    let id = thread.thread_id.clone();
+
+    // Closing before anything was answered is not a valid transition.
+    let err = c
+        .close_consultation(authed(
+            pb::CloseConsultationRequest {
+                thread_id: id.clone(),
+                outcome: "answered".into(),
+                tariff_code: String::new(),
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("submitted"), "{}", err.message());
+
+    let inbox = c
+        .list_inbox(authed(pb::ListInboxRequest::default(), &ehr))
+        .await
+        .expect("inbox")
+        .into_inner();
+    assert_eq!(inbox.threads.len(), 1);
+    assert_eq!(inbox.threads[0].patient_nin, nins[0]);
+
+    let claimed = c
+        .claim_thread(authed(
+            pb::ClaimThreadRequest {
+                thread_id: id.clone(),
+                clinician_hpr_number: "1000001".into(),
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .expect("claim")
+        .into_inner();
+    assert_eq!(state(&claimed.thread), pb::ThreadState::InReview as i32);
+    assert_eq!(
+        claimed
+            .thread
+            .as_ref()
+            .map(|t| t.assigned_hpr_number.as_str()),
+        Some("1000001")
+    );
+
+    let asked = reply(&app, ORG_A, &id, "Does it itch?", true)
+        .await
+        .expect("ask");
+    assert_eq!(
+        state(&asked.thread),
+        pb::ThreadState::AwaitingPatient as i32
+    );
+    assert!(
+        asked
+            .thread
+            .as_ref()
+            .and_then(|t| t.first_response_at)
+            .is_some()
+    );
+    let m = send(&app, &nins[0], &id, "Yes, at night")
+        .await
+        .expect("patient answers");
+    assert_eq!(m.seq, 3);
+    let answered = reply(&app, ORG_A, &id, "Use the cream twice a day", false)
+        .await
+        .expect("answer");
+    assert_eq!(state(&answered.thread), pb::ThreadState::Answered as i32);
+    // An answered thread takes no further patient messages.
+    let err = send(&app, &nins[0], &id, "thanks").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let read = c
+        .mark_read(authed(
+            pb::MarkReadRequest {
+                thread_id: id.clone(),
+                up_to_seq: 4,
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(read.thread.as_ref().map(|t| t.patient_read_seq), Some(4));
+
+    let closed = c
+        .close_consultation(authed(
+            pb::CloseConsultationRequest {
+                thread_id: id.clone(),
+                outcome: "answered".into(),
+                tariff_code: String::new(),
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .expect("close")
+        .into_inner();
+    let t = closed.thread.expect("thread");
+    assert_eq!(t.state, pb::ThreadState::Closed as i32);
+    assert_eq!(t.tariff_code, "2ae");
+
+    // Kept after closing, readable, and staff reads are in the access log.
+    let full = get(&app, &ehr, &id).await.expect("practice reads");
+    let seqs: Vec<i64> = full.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    let db = &app.platform().db;
+    let logged: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = '/econsult.consultation.v1.ConsultationService/GetThread' AND patient_nin = $1",
+    )
+    .bind(&nins[0])
+    .fetch_one(db.read())
+    .await
+    .expect("audit count");
+    assert_eq!(logged, 1);
+    // The closing event for stats carries category, tariff and response time.
+    let payload: String =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE topic = 'consultation.closed'")
+            .fetch_one(db.read())
+            .await
+            .expect("closed event");
+    let v: serde_json::Value = serde_json::from_str(&payload).expect("json");
+    assert_eq!(v["tariff_code"], "2ae");
+    assert_eq!(v["category"], "e_consultation");
+    assert_eq!(v["response_working_days"], 0);
+    // Threads are never deleted, not even by hand.
+    assert!(
+        sqlx::query("DELETE FROM consultation_threads")
+            .execute(db.read())
+            .await
+            .is_err()
+    );
+    app.shutdown().await;
+}
+
+async fn concurrent_replies_keep_a_gap_free_order(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 2, 1).await;
+    let id = start(&app, &nins[0], "first")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    // Practice replies asking for more and patient messages, all at once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let addr = app.addr;
+        let (id, ehr, pat) = (
+            id.clone(),
+            app.ehr_token(ORG_A),
+            app.patient_token(&nins[0]),
+        );
+        tasks.spawn(async move {
+            let mut c = pb::consultation_service_client::ConsultationServiceClient::new(
+                channel_to(addr).await,
+            );
+            if i % 2 == 0 {
+                c.reply(authed(
+                    pb::ReplyRequest {
+                        thread_id: id,
+                        body: format!("practice {i}"),
+                        attachments: vec![],
+                        ask_patient: true,
+                        clinician_hpr_number: "1000002".into(),
+                        idempotency_key: key(),
+                    },
+                    &ehr,
+                ))
+                .await
+                .map(|r| r.into_inner().message.expect("m").seq)
+            } else {
+                c.send_message(authed(
+                    pb::SendMessageRequest {
+                        thread_id: id,
+                        body: format!("patient {i}"),
+                        attachments: vec![],
+                        idempotency_key: key(),
+                    },
+                    &pat,
+                ))
+                .await
+                .map(|r| r.into_inner().message.expect("m").seq)
+            }
+        });
+    }
+    let mut seqs = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        seqs.push(r.expect("join").expect("every send succeeds"));
+    }
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (2..=13).collect::<Vec<i64>>(),
+        "each send got its own seq"
+    );
+    let full = get(&app, &app.patient_token(&nins[0]), &id)
+        .await
+        .expect("get");
+    let stored: Vec<i64> = full.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        stored,
+        (1..=13).collect::<Vec<i64>>(),
+        "gap-free, no duplicates"
+    );
+    assert_eq!(full.thread.expect("thread").message_count, 13);
+    app.shutdown().await;
+}
+
+async fn a_retried_send_returns_the_same_message(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 3, 1).await;
+    let token = app.patient_token(&nins[0]);
+    let mut c = app.consultation().await;
+    let mut req = start_req("question");
+    let first = c
+        .start_consultation(authed(req.clone(), &token))
+        .await
+        .expect("start")
+        .into_inner();
+    let again = c
+        .start_consultation(authed(req.clone(), &token))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(
+        first.thread.as_ref().map(|t| &t.thread_id),
+        again.thread.as_ref().map(|t| &t.thread_id)
+    );
+    let id = first.thread.expect("thread").thread_id;
+
+    let send = pb::SendMessageRequest {
+        thread_id: id.clone(),
+        body: "more detail".into(),
+        attachments: vec![],
+        idempotency_key: key(),
+    };
+    let a = c
+        .send_message(authed(send.clone(), &token))
+        .await
+        .expect("send")
+        .into_inner();
+    let b = c
+        .send_message(authed(send.clone(), &token))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(a.message, b.message, "a retry returns the first message");
+    let threads = c
+        .list_threads(authed(pb::ListThreadsRequest::default(), &token))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        threads.threads.len(),
+        1,
+        "one thread despite the retried start"
+    );
+    assert_eq!(
+        threads.threads[0].message_count, 2,
+        "one message despite the retried send"
+    );
+    // Same key, different content: refused.
+    let mut other = send.clone();
+    other.body = "something else".into();
+    let err = c.send_message(authed(other, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    req.idempotency_key = String::new();
+    let err = c.start_consultation(authed(req, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    app.shutdown().await;
+}
+
+async fn next_change(s: &mut tonic::Streaming<pb::ThreadChange>) -> pb::ThreadChange {
+    tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("change within the deadline")
+        .expect("stream open")
+        .expect("change")
+}
+
+async fn a_subscriber_resumes_from_its_cursor_and_sees_every_message_once(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 4, 2).await;
+    let token = app.patient_token(&nins[0]);
+    let mut c = app.consultation().await;
+    let id = start(&app, &nins[0], "m1")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    // Another patient's thread must never show up.
+    start(&app, &nins[1], "not yours").await;
+
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut stream = c
+        .subscribe(authed(pb::SubscribeRequest { after_cursor: 0 }, &token))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut cursor = 0;
+    // STARTED and MESSAGE(1) so far.
+    while seen.is_empty() {
+        let ch = next_change(&mut stream).await;
+        assert_eq!(
+            ch.thread.as_ref().map(|t| t.thread_id.as_str()),
+            Some(id.as_str())
+        );
+        assert!(ch.cursor > cursor, "cursors increase");
+        cursor = ch.cursor;
+        if let Some(m) = ch.message {
+            *seen.entry(m.seq).or_default() += 1;
+        }
+    }
+    reply(&app, ORG_A, &id, "m2 from the GP", true)
+        .await
+        .expect("reply");
+    while !seen.contains_key(&2) {
+        let ch = next_change(&mut stream).await;
+        cursor = ch.cursor;
+        if let Some(m) = ch.message {
+            *seen.entry(m.seq).or_default() += 1;
+        }
+    }
+    drop(stream);
+    // While disconnected: three more messages.
+    send(&app, &nins[0], &id, "m3").await.expect("m3");
+    reply(&app, ORG_A, &id, "m4", true).await.expect("m4");
+    send(&app, &nins[0], &id, "m5").await.expect("m5");
+    let mut stream = c
+        .subscribe(authed(
+            pb::SubscribeRequest {
+                after_cursor: cursor,
+            },
+            &token,
+        ))
+        .await
+        .expect("resubscribe")
+        .into_inner();
+    while seen.len() < 5 {
+        let ch = next_change(&mut stream).await;
+        assert!(ch.cursor > cursor, "nothing before the cursor is repeated");
+        cursor = ch.cursor;
+        if let Some(m) = ch.message {
+            *seen.entry(m.seq).or_default() += 1;
+        }
+    }
+    // Nothing more arrives (no duplicates after the last message).
+    let extra = tokio::time::timeout(std::time::Duration::from_millis(1500), stream.next()).await;
+    if let Ok(Some(Ok(ch))) = extra {
+        assert!(ch.message.is_none(), "unexpected extra message {ch:?}");
+    }
+    assert_eq!(
+        seen,
+        (1..=5).map(|s| (s, 1)).collect::<BTreeMap<i64, usize>>()
+    );
+    app.shutdown().await;
+}
+
+async fn patients_and_practices_see_only_their_own_threads(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 5, 2).await;
+    seed_gp(&app, ORG_B, "gp-b", 6, 0).await;
+    let id = start(&app, &nins[0], "private")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    let mut c = app.consultation().await;
+
+    let other = app.patient_token(&nins[1]);
+    assert_eq!(
+        get(&app, &other, &id).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        send(&app, &nins[1], &id, "hi").await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let mine = c
+        .list_threads(authed(pb::ListThreadsRequest::default(), &other))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(mine.threads.is_empty());
+
+    let ehr_b = app.ehr_token(ORG_B);
+    assert_eq!(
+        get(&app, &ehr_b, &id).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let inbox_b = c
+        .list_inbox(authed(
+            pb::ListInboxRequest {
+                include_done: true,
+                ..Default::default()
+            },
+            &ehr_b,
+        ))
+        .await
+        .expect("inbox b")
+        .into_inner();
+    assert!(
+        inbox_b.threads.is_empty(),
+        "organisation B sees none of A's threads"
+    );
+    let err = reply(&app, ORG_B, &id, "hijack", false).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // A token without the consultation scopes, and a patient calling a practice RPC.
+    let no_scope = app.token(econsult_runtime::auth::TokenSpec::Ehr {
+        client_id: "epj".into(),
+        org_number: ORG_A.into(),
+        scopes: vec!["econsult:booking.read".into()],
+    });
+    let err = c
+        .list_inbox(authed(pb::ListInboxRequest::default(), &no_scope))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("econsult:consultation.read"));
+    let err = c
+        .list_inbox(authed(
+            pb::ListInboxRequest::default(),
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = c
+        .list_inbox(tonic::Request::new(pb::ListInboxRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    app.shutdown().await;
+}
+
+async fn due_times_skip_weekends_and_holidays_and_overdue_comes_first(env: Env) {
+    // Maundy Thursday 2026 at 10:00 Oslo.
+    let app = TestApp::start_at(env, oslo(2026, 4, 2, 10, 0)).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 7, 3).await;
+    let easter = start(&app, &nins[0], "before easter")
+        .await
+        .thread
+        .expect("thread");
+    // Thu 2 (holiday), Fri 3 (Good Friday), Mon 6 (Easter Monday): 5 working days are
+    // Tue 7, Wed 8, Thu 9, Fri 10, Mon 13.
+    assert_eq!(easter.due_at, Some(ts(oslo(2026, 4, 13, 10, 0))));
+
+    // A practice with a 2-day SLA, later submission: due earlier than the Easter one.
+    let mut c = app.consultation().await;
+    let ehr = app.ehr_token(ORG_A);
+    let set = c
+        .set_response_days(authed(pb::SetResponseDaysRequest { working_days: 2 }, &ehr))
+        .await
+        .expect("set days")
+        .into_inner();
+    assert_eq!(set.working_days, 2);
+    app.clock.set(oslo(2026, 4, 9, 9, 0));
+    let later = start(&app, &nins[1], "after easter")
+        .await
+        .thread
+        .expect("thread");
+    assert_eq!(
+        later.due_at,
+        Some(ts(oslo(2026, 4, 13, 9, 0))),
+        "Thu 9 + 2 working days = Mon 13"
+    );
+    let answered_one = start(&app, &nins[2], "answered quickly")
+        .await
+        .thread
+        .expect("thread");
+    reply(&app, ORG_A, &answered_one.thread_id, "Answer", true)
+        .await
+        .expect("reply");
+    let err = c
+        .set_response_days(authed(
+            pb::SetResponseDaysRequest { working_days: 21 },
+            &ehr,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Tuesday 14 April: the two unanswered ones are overdue and come first, earliest due first.
+    app.clock.set(oslo(2026, 4, 14, 12, 0));
+    let inbox = c
+        .list_inbox(authed(pb::ListInboxRequest::default(), &ehr))
+        .await
+        .expect("inbox")
+        .into_inner();
+    assert_eq!(inbox.overdue_count, 2);
+    let order: Vec<(&str, bool)> = inbox
+        .threads
+        .iter()
+        .map(|t| (t.thread_id.as_str(), t.overdue))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (later.thread_id.as_str(), true),
+            (easter.thread_id.as_str(), true),
+            (answered_one.thread_id.as_str(), false),
+        ]
+    );
+    app.shutdown().await;
+}
+
+fn png(extra: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    v.extend((0..extra).map(|i| (i * 7 % 251) as u8));
+    v
+}
+
+async fn content_rules_urgency_and_attachments(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 8, 1).await;
+    let token = app.patient_token(&nins[0]);
+    let mut c = app.consultation().await;
+
+    let mut urgent = start_req("chest pain");
+    urgent.urgent = true;
+    let err = c
+        .start_consultation(authed(urgent, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("113") && err.message().contains("116 117"),
+        "{}",
+        err.message()
+    );
+
+    let err = c
+        .start_consultation(authed(start_req(" \u{7} "), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("body"), "{}", err.message());
+    let err = c
+        .start_consultation(authed(start_req(&"a".repeat(5001)), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("5000"), "{}", err.message());
+    let mut no_cat = start_req("x");
+    no_cat.category = 0;
+    let err = c
+        .start_consultation(authed(no_cat, &token))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("category"), "{}", err.message());
+
+    let image = png(200_000);
+    let mut with_file = start_req("<img src=x onerror=alert(1)>\u{0}look at this");
+    with_file.attachments = vec![pb::NewAttachment {
+        file_name: "rash.png".into(),
+        content_type: "image/png".into(),
+        content: image.clone(),
+    }];
+    let started = c
+        .start_consultation(authed(with_file, &token))
+        .await
+        .expect("start")
+        .into_inner();
+    let m = started.message.expect("message");
+    assert_eq!(m.body, "&lt;img src=x onerror=alert(1)&gt;look at this");
+    let meta = m.attachments.first().expect("attachment").clone();
+    assert_eq!(meta.size_bytes, image.len() as i64);
+    let hex: String = sha2::Sha256::digest(&image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(meta.sha256, hex);
+    // The practice gets the bytes back intact.
+    let got = c
+        .get_attachment(authed(
+            pb::GetAttachmentRequest {
+                attachment_id: meta.attachment_id.clone(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("attachment")
+        .into_inner();
+    assert_eq!(got.content, image);
+    assert_eq!(
+        got.attachment.map(|a| a.content_type),
+        Some("image/png".to_string())
+    );
+    let err = c
+        .get_attachment(authed(
+            pb::GetAttachmentRequest {
+                attachment_id: meta.attachment_id.clone(),
+            },
+            &app.ehr_token(ORG_B),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let id = started.thread.expect("thread").thread_id;
+    let bad = |content: Vec<u8>, ctype: &str| pb::SendMessageRequest {
+        thread_id: id.clone(),
+        body: "file".into(),
+        attachments: vec![pb::NewAttachment {
+            file_name: "f.png".into(),
+            content_type: ctype.into(),
+            content,
+        }],
+        idempotency_key: key(),
+    };
+    let err = c
+        .send_message(authed(
+            bad(b"<html>not a png".to_vec(), "image/png"),
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("attachments[0]"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .send_message(authed(bad(png(5 * 1024 * 1024), "image/png"), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("5 MiB"), "{}", err.message());
+    let err = c
+        .send_message(authed(bad(b"%PDF-1.7".to_vec(), "image/png"), &token))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("application/pdf"),
+        "{}",
+        err.message()
+    );
+    app.shutdown().await;
+}
+
+async fn converting_to_a_booking_offers_the_gps_free_slots(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 9, 1).await;
+    let now = econsult_runtime::clock::Clock::now(&app.clock);
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[
+            now + Duration::hours(26),
+            now + Duration::hours(2),
+            now + Duration::hours(3),
+        ],
+        bpb::Modality::InPerson,
+    )
+    .await;
+    app.clock.advance(Duration::minutes(150));
+    let id = start(&app, &nins[0], "my knee")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    let mut c = app.consultation().await;
+    let conv = c
+        .convert_to_booking(authed(
+            pb::ConvertToBookingRequest {
+                thread_id: id.clone(),
+                body: "I need to examine the knee.".into(),
+                offer_count: 5,
+                idempotency_key: key(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("convert")
+        .into_inner();
+    assert_eq!(
+        state(&conv.thread),
+        pb::ThreadState::ConvertedToBooking as i32
+    );
+    let offered: Vec<&str> = conv
+        .offered_slots
+        .iter()
+        .map(|s| s.slot_id.as_str())
+        .collect();
+    // Only slots that have not started, earliest first.
+    assert_eq!(
+        offered,
+        vec![slots[2].slot_id.as_str(), slots[0].slot_id.as_str()]
+    );
+    assert!(
+        conv.message
+            .expect("message")
+            .body
+            .contains(&slots[2].slot_id)
+    );
+    // The patient can book an offered slot with the booking service.
+    let booked = app
+        .booking()
+        .await
+        .book(authed(
+            bpb::BookRequest {
+                target: Some(bpb::book_request::Target::SlotId(offered[0].into())),
+                reason: "knee".into(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await;
+    assert!(booked.is_ok(), "{booked:?}");
+    // Converted threads can no longer be withdrawn.
+    let err = c
+        .withdraw_consultation(authed(
+            pb::WithdrawConsultationRequest {
+                thread_id: id,
+                idempotency_key: key(),
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    app.shutdown().await;
+}
+
+on_both_backends!(
+    a_consultation_goes_from_question_to_closed_answer,
+    concurrent_replies_keep_a_gap_free_order,
+    a_retried_send_returns_the_same_message,
+    a_subscriber_resumes_from_its_cursor_and_sees_every_message_once,
+    patients_and_practices_see_only_their_own_threads,
+    due_times_skip_weekends_and_holidays_and_overdue_comes_first,
+    content_rules_urgency_and_attachments,
+    converting_to_a_booking_offers_the_gps_free_slots,
+);

@@ -1,0 +1,1175 @@
+//! Video-consultation signalling through the real gRPC server: two real webrtc-rs peers that
+//! only talk to the gRPC API connect over loopback and exchange data, on one instance and on two
+//! replicas sharing Redis and PostgreSQL; access, join window, waiting room, validation,
+//! resume after a dropped stream, and TURN credentials.
+
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use econsult::Config;
+use econsult_proto::booking::v1 as bpb;
+use econsult_proto::signalling::v1 as pb;
+use pb::client_signal::Body as Out;
+use pb::server_event::Body as Ev;
+use pb::signalling_service_client::SignallingServiceClient;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tonic::Code;
+use tonic::transport::Channel;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
+    RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCSessionDescription,
+};
+
+/// Upper bound of every wait.
+const WAIT: Duration = Duration::from_secs(20);
+const GP_SEED: u64 = 7;
+const MESSAGE: &[u8] = b"hei fra pasienten";
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+/// The booked video slot: Tuesday 09:00–09:15 UTC.
+fn slot_start() -> DateTime<Utc> {
+    at("2026-03-03T09:00:00Z")
+}
+
+fn gp_hpr() -> String {
+    format!("{}", 1_000_000 + GP_SEED)
+}
+
+/// A started system with a booked video appointment; the clock stands 5 minutes before start.
+struct Video {
+    app: TestApp,
+    appointment_id: String,
+    nins: Vec<String>,
+}
+
+impl Video {
+    fn patient(&self) -> String {
+        self.app.patient_token(&self.nins[0])
+    }
+    fn gp(&self) -> String {
+        self.app.clinician_token(&gp_hpr(), ORG_A)
+    }
+    async fn client(&self) -> SignallingServiceClient<Channel> {
+        SignallingServiceClient::new(self.app.channel().await)
+    }
+}
+
+async fn book(app: &TestApp, nin: &str, slot_id: &str) -> String {
+    let mut c = app.booking().await;
+    c.book(authed(
+        bpb::BookRequest {
+            target: Some(bpb::book_request::Target::SlotId(slot_id.into())),
+            reason: "video, please".into(),
+            request_id: String::new(),
+            idempotency_key: key(),
+        },
+        &app.patient_token(nin),
+    ))
+    .await
+    .expect("book")
+    .into_inner()
+    .appointment_id
+}
+
+async fn video_appointment(env: Env, tweak: Option<Tweak>) -> Video {
+    let app = TestApp::start_configured(env, monday_0800(), tweak).await;
+    let nins = seed_gp(&app, ORG_A, "gp-video", GP_SEED, 3).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-video",
+        &[slot_start()],
+        bpb::Modality::Video,
+    )
+    .await;
+    let appointment_id = book(&app, &nins[0], &slots[0].slot_id).await;
+    app.clock.set(slot_start() - chrono::Duration::minutes(5));
+    Video {
+        app,
+        appointment_id,
+        nins,
+    }
+}
+
+async fn join(
+    channel: Channel,
+    token: &str,
+    appointment_id: &str,
+) -> Result<pb::JoinSessionResponse, tonic::Status> {
+    SignallingServiceClient::new(channel)
+        .join_session(authed(
+            pb::JoinSessionRequest {
+                appointment_id: appointment_id.into(),
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn admit(channel: Channel, token: &str, appointment_id: &str, hpr: &str) {
+    SignallingServiceClient::new(channel)
+        .admit(authed(
+            pb::AdmitRequest {
+                appointment_id: appointment_id.into(),
+                clinician_hpr_number: hpr.into(),
+            },
+            token,
+        ))
+        .await
+        .expect("admit");
+}
+
+/// One participant's Signal stream.
+struct Sig {
+    tx: mpsc::Sender<pb::ClientSignal>,
+    rx: tonic::Streaming<pb::ServerEvent>,
+    buf: VecDeque<pb::ServerEvent>,
+    next_id: u64,
+    last_seq: u64,
+}
+
+impl Sig {
+    async fn open(
+        channel: Channel,
+        token: &str,
+        appointment_id: &str,
+        resume_after_seq: u64,
+    ) -> Result<Sig, tonic::Status> {
+        let (tx, rx) = mpsc::channel(256);
+        tx.send(pb::ClientSignal {
+            client_msg_id: 1,
+            body: Some(Out::Hello(pb::Hello {
+                appointment_id: appointment_id.into(),
+                resume_after_seq,
+            })),
+        })
+        .await
+        .expect("queue hello");
+        let resp = tokio::time::timeout(
+            WAIT,
+            SignallingServiceClient::new(channel).signal(authed(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                token,
+            )),
+        )
+        .await
+        .expect("signal answered in time")?;
+        Ok(Sig {
+            tx,
+            rx: resp.into_inner(),
+            buf: VecDeque::new(),
+            next_id: 2,
+            last_seq: resume_after_seq,
+        })
+    }
+
+    async fn welcome(&mut self) -> pb::Welcome {
+        match self.expect(|e| matches!(e, Ev::Welcome(_))).await {
+            Ev::Welcome(w) => w,
+            _ => unreachable!(),
+        }
+    }
+
+    async fn send(&mut self, body: Out) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.tx
+            .send(pb::ClientSignal {
+                client_msg_id: id,
+                body: Some(body),
+            })
+            .await
+            .expect("stream open");
+        id
+    }
+
+    async fn next_event(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<pb::ServerEvent, tonic::Status>> {
+        let ev = tokio::time::timeout_at(deadline, self.rx.message())
+            .await
+            .ok()?;
+        Some(match ev {
+            Ok(Some(ev)) => {
+                if ev.seq > 0 {
+                    assert!(ev.seq > self.last_seq, "seq goes up: {ev:?}");
+                    self.last_seq = ev.seq;
+                }
+                Ok(ev)
+            }
+            Ok(None) => Err(tonic::Status::cancelled("stream ended")),
+            Err(s) => Err(s),
+        })
+    }
+
+    /// The next event whose body matches `want`; other events are kept for later.
+    async fn expect(&mut self, want: impl Fn(&Ev) -> bool) -> Ev {
+        if let Some(i) = self
+            .buf
+            .iter()
+            .position(|e| e.body.as_ref().is_some_and(&want))
+        {
+            return self.buf.remove(i).and_then(|e| e.body).expect("body");
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ev = self
+                .next_event(deadline)
+                .await
+                .unwrap_or_else(|| panic!("expected event not received; seen {:?}", self.buf))
+                .expect("stream healthy");
+            if ev.body.as_ref().is_some_and(&want) {
+                return ev.body.expect("body");
+            }
+            self.buf.push_back(ev);
+        }
+    }
+
+    /// True when an event matching `want` arrives within `d`.
+    async fn arrives_within(&mut self, d: Duration, want: impl Fn(&Ev) -> bool) -> bool {
+        if self.buf.iter().any(|e| e.body.as_ref().is_some_and(&want)) {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + d;
+        while let Some(ev) = self.next_event(deadline).await {
+            let ev = ev.expect("stream healthy");
+            let hit = ev.body.as_ref().is_some_and(&want);
+            self.buf.push_back(ev);
+            if hit {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Sends `body` and waits for its Ack (`Ok`) or Rejected (`Err((code, message))`).
+    async fn call(&mut self, body: Out) -> Result<(), (Code, String)> {
+        let id = self.send(body).await;
+        match self
+            .expect(|e| match e {
+                Ev::Ack(a) => a.client_msg_id == id,
+                Ev::Rejected(r) => r.client_msg_id == id,
+                _ => false,
+            })
+            .await
+        {
+            Ev::Ack(_) => Ok(()),
+            Ev::Rejected(r) => Err((Code::from(r.code), r.message)),
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn offer(sdp: &str) -> Out {
+    Out::Description(pb::SessionDescription {
+        r#type: pb::SdpType::Offer as i32,
+        sdp: sdp.into(),
+        ice_restart: false,
+    })
+}
+
+fn candidate(c: &str) -> Out {
+    Out::Candidate(pb::IceCandidate {
+        candidate: c.into(),
+        sdp_mid: "0".into(),
+        sdp_mline_index: Some(0),
+        username_fragment: String::new(),
+    })
+}
+
+// ── webrtc-rs peers ────────────────────────────────────────────────────────────────────────────
+
+struct Handler {
+    candidates: mpsc::UnboundedSender<Option<RTCIceCandidateInit>>,
+    channels: mpsc::UnboundedSender<Arc<dyn DataChannel>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.candidates.send(Some(init));
+        }
+    }
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.candidates.send(None);
+        }
+    }
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        let _ = self.channels.send(dc);
+    }
+}
+
+struct Peer {
+    pc: Arc<dyn PeerConnection>,
+    candidates: mpsc::UnboundedReceiver<Option<RTCIceCandidateInit>>,
+    channels: mpsc::UnboundedReceiver<Arc<dyn DataChannel>>,
+}
+
+/// A peer with loopback host candidates only (no STUN/TURN).
+async fn peer() -> Peer {
+    let (ctx, crx) = mpsc::unbounded_channel();
+    let (dtx, drx) = mpsc::unbounded_channel();
+    let pc = PeerConnectionBuilder::new()
+        .with_handler(Arc::new(Handler {
+            candidates: ctx,
+            channels: dtx,
+        }))
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .build()
+        .await
+        .expect("peer connection");
+    Peer {
+        pc: Arc::new(pc),
+        candidates: crx,
+        channels: drx,
+    }
+}
+
+/// A real WebRTC offer (data channel) to test validation with.
+async fn real_offer_sdp() -> (Peer, String) {
+    let p = peer().await;
+    p.pc.create_data_channel("probe", None)
+        .await
+        .expect("data channel");
+    let offer = p.pc.create_offer(None).await.expect("offer");
+    (p, offer.sdp)
+}
+
+/// Relays the peer's local candidates to the service and applies what the other side sends,
+/// until `stop`; returns the stream for further use.
+async fn pump(
+    mut sig: Sig,
+    pc: Arc<dyn PeerConnection>,
+    mut candidates: mpsc::UnboundedReceiver<Option<RTCIceCandidateInit>>,
+    mut stop: watch::Receiver<bool>,
+) -> Sig {
+    let mut candidates_open = true;
+    loop {
+        tokio::select! {
+            c = candidates.recv(), if candidates_open => match c {
+                Some(Some(init)) => {
+                    sig.send(Out::Candidate(pb::IceCandidate {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid.unwrap_or_default(),
+                        sdp_mline_index: init.sdp_mline_index.map(u32::from),
+                        username_fragment: init.username_fragment.unwrap_or_default(),
+                    }))
+                    .await;
+                }
+                Some(None) => {
+                    sig.send(Out::EndOfCandidates(pb::EndOfCandidates {})).await;
+                }
+                None => candidates_open = false,
+            },
+            ev = sig.rx.message() => {
+                let ev = ev.expect("signal stream healthy").expect("signal stream open");
+                if ev.seq > 0 {
+                    sig.last_seq = ev.seq;
+                }
+                match ev.body {
+                    Some(Ev::Description(d)) if d.r#type == pb::SdpType::Offer as i32 => {
+                        pc.set_remote_description(RTCSessionDescription::offer(d.sdp).expect("offer"))
+                            .await
+                            .expect("set remote offer");
+                        let answer = pc.create_answer(None).await.expect("answer");
+                        pc.set_local_description(answer.clone()).await.expect("set local answer");
+                        sig.send(Out::Description(pb::SessionDescription {
+                            r#type: pb::SdpType::Answer as i32,
+                            sdp: answer.sdp,
+                            ice_restart: false,
+                        }))
+                        .await;
+                    }
+                    Some(Ev::Description(d)) => {
+                        pc.set_remote_description(RTCSessionDescription::answer(d.sdp).expect("answer"))
+                            .await
+                            .expect("set remote answer");
+                    }
+                    Some(Ev::Candidate(c)) => {
+                        let init = RTCIceCandidateInit {
+                            candidate: c.candidate,
+                            sdp_mid: Some(c.sdp_mid).filter(|m| !m.is_empty()),
+                            sdp_mline_index: c.sdp_mline_index.map(|i| i as u16),
+                            username_fragment: Some(c.username_fragment).filter(|u| !u.is_empty()),
+                            ..Default::default()
+                        };
+                        pc.add_ice_candidate(init).await.expect("add remote candidate");
+                    }
+                    Some(Ev::Rejected(r)) => panic!("the service refused a signal: {r:?}"),
+                    _ => {}
+                }
+            }
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return sig,
+        }
+    }
+}
+
+/// Joins both sides (each through its own channel, possibly to different replicas), admits the
+/// patient, lets the patient's peer offer and the GP's peer answer with trickled candidates
+/// through the service, and checks that a data-channel message arrives. Returns both streams.
+async fn connect_two_peers(
+    v: &Video,
+    patient_channel: Channel,
+    gp_channel: Channel,
+) -> (Sig, Sig, Peer, Peer) {
+    let id = v.appointment_id.as_str();
+    let joined = join(patient_channel.clone(), &v.patient(), id)
+        .await
+        .expect("patient joins");
+    assert!(joined.waiting, "the patient starts in the waiting room");
+    assert_eq!(joined.side, pb::Side::Patient as i32);
+    let gp_joined = join(gp_channel.clone(), &v.gp(), id)
+        .await
+        .expect("GP joins");
+    assert_eq!(gp_joined.side, pb::Side::Practice as i32);
+    assert_eq!(gp_joined.session_id, joined.session_id);
+
+    let mut patient = Sig::open(
+        patient_channel.clone(),
+        &v.patient(),
+        id,
+        joined.resume_after_seq,
+    )
+    .await
+    .expect("patient stream");
+    assert!(patient.welcome().await.waiting);
+    let mut gp = Sig::open(gp_channel.clone(), &v.gp(), id, gp_joined.resume_after_seq)
+        .await
+        .expect("GP stream");
+    let w = gp.welcome().await;
+    assert!(w.peer_online && w.peer_waiting, "{w:?}");
+    assert!(
+        !patient
+            .arrives_within(Duration::from_millis(300), |e| matches!(e, Ev::Admitted(_)))
+            .await
+    );
+    admit(gp_channel.clone(), &v.gp(), id, "").await;
+    patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
+    patient
+        .expect(|e| matches!(e, Ev::PeerJoined(p) if p.side == pb::Side::Practice as i32))
+        .await;
+
+    let mut patient_peer = peer().await;
+    let mut gp_peer = peer().await;
+    let dc = patient_peer
+        .pc
+        .create_data_channel("consultation", None)
+        .await
+        .expect("data channel");
+    let (open_tx, mut open_rx) = mpsc::unbounded_channel::<()>();
+    {
+        let dc = dc.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = dc.poll().await {
+                if matches!(ev, DataChannelEvent::OnOpen) {
+                    let _ = open_tx.send(());
+                }
+            }
+        });
+    }
+    let offer_desc = patient_peer.pc.create_offer(None).await.expect("offer");
+    patient_peer
+        .pc
+        .set_local_description(offer_desc.clone())
+        .await
+        .expect("set local offer");
+    patient
+        .call(offer(&offer_desc.sdp))
+        .await
+        .expect("offer relayed");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let patient_candidates =
+        std::mem::replace(&mut patient_peer.candidates, mpsc::unbounded_channel().1);
+    let gp_candidates = std::mem::replace(&mut gp_peer.candidates, mpsc::unbounded_channel().1);
+    let patient_pump = tokio::spawn(pump(
+        patient,
+        patient_peer.pc.clone(),
+        patient_candidates,
+        stop_rx.clone(),
+    ));
+    let gp_pump = tokio::spawn(pump(gp, gp_peer.pc.clone(), gp_candidates, stop_rx));
+
+    // The GP's peer receives the patient's data channel and its first message.
+    let remote = tokio::time::timeout(WAIT, gp_peer.channels.recv())
+        .await
+        .expect("data channel reaches the GP in time (ICE over loopback)")
+        .expect("data channel");
+    let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(ev) = remote.poll().await {
+            if let DataChannelEvent::OnMessage(m) = ev {
+                let _ = msg_tx.send(m.data.to_vec());
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, open_rx.recv())
+        .await
+        .expect("data channel opens in time");
+    dc.send_text(std::str::from_utf8(MESSAGE).expect("utf-8"))
+        .await
+        .expect("send");
+    let got = tokio::time::timeout(WAIT, msg_rx.recv())
+        .await
+        .expect("message arrives in time")
+        .expect("message");
+    assert_eq!(got, MESSAGE);
+
+    stop_tx.send(true).expect("stop pumps");
+    let patient = patient_pump.await.expect("patient pump");
+    let gp = gp_pump.await.expect("GP pump");
+    (patient, gp, patient_peer, gp_peer)
+}
+
+async fn end_and_check(v: &Video, gp_channel: Channel, patient: &mut Sig, gp: &mut Sig) {
+    patient
+        .call(Out::Connection(pb::ConnectionReport { connected: true }))
+        .await
+        .expect("report");
+    gp.call(Out::Connection(pb::ConnectionReport { connected: true }))
+        .await
+        .expect("report");
+    v.app.clock.advance(chrono::Duration::minutes(10));
+    let ended = SignallingServiceClient::new(gp_channel)
+        .end_session(authed(
+            pb::EndSessionRequest {
+                appointment_id: v.appointment_id.clone(),
+                held: true,
+            },
+            &v.gp(),
+        ))
+        .await
+        .expect("end session")
+        .into_inner()
+        .session
+        .expect("session");
+    assert!(ended.held);
+    assert!(ended.connected_at.is_some());
+    assert_eq!(ended.connected_ms, 10 * 60 * 1000);
+    assert_eq!(ended.end_reason, pb::EndReason::EndedByPractice as i32);
+    for sig in [patient, gp] {
+        match sig.expect(|e| matches!(e, Ev::SessionEnded(_))).await {
+            Ev::SessionEnded(e) => assert!(e.held),
+            _ => unreachable!(),
+        }
+    }
+    // The statistics get exactly one held video session.
+    let rows = sqlx::query("SELECT payload FROM outbox WHERE topic = 'signalling.session_ended'")
+        .fetch_all(v.app.platform().db.read())
+        .await
+        .expect("outbox");
+    assert_eq!(rows.len(), 1);
+    let payload: String = sqlx::Row::try_get(&rows[0], "payload").expect("payload");
+    let ev: econsult_runtime::events::VideoSessionEnded =
+        serde_json::from_str(&payload).expect("event");
+    assert_eq!(ev.appointment_id, v.appointment_id);
+    assert!(ev.held && ev.connected);
+    assert_eq!(ev.connected_ms, 10 * 60 * 1000);
+    assert_eq!(ev.org_number, ORG_A);
+    // The statistics service counts it as a held video consultation (tariff 2ae).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n: i64 = sqlx::Row::try_get(
+            &sqlx::query(
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) AS n FROM stats_contacts WHERE contact_type = 'video' AND tariff_code = '2ae' AND gp_id = 'gp-video'",
+            )
+            .fetch_one(v.app.platform().db.read())
+            .await
+            .expect("stats"),
+            "n",
+        )
+        .expect("n");
+        if n == 1 {
+            break;
+        }
+        assert_eq!(n, 0, "counted once");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the statistics did not count the video consultation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both joins are in the access log of the patient's data.
+    let n: i64 = sqlx::Row::try_get(
+        &sqlx::query(
+            "SELECT COUNT(*) AS n FROM audit_log WHERE action = '/econsult.signalling.v1.SignallingService/JoinSession' AND patient_nin = $1",
+        )
+        .bind(&v.nins[0])
+        .fetch_one(v.app.platform().db.read())
+        .await
+        .expect("audit"),
+        "n",
+    )
+    .expect("n");
+    assert_eq!(n, 2);
+}
+
+// ── tests ──────────────────────────────────────────────────────────────────────────────────────
+
+async fn two_webrtc_peers_connect_through_the_service_and_exchange_data(env: Env) {
+    let v = video_appointment(env, None).await;
+    let (mut patient, mut gp, p1, p2) =
+        connect_two_peers(&v, v.app.channel().await, v.app.channel().await).await;
+    end_and_check(&v, v.app.channel().await, &mut patient, &mut gp).await;
+    let _ = p1.pc.close().await;
+    let _ = p2.pc.close().await;
+    v.app.shutdown().await;
+}
+
+/// The two peers talk to two instances sharing PostgreSQL and Redis. Database polling is
+/// slowed to two minutes, so events must reach the other instance through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_on_two_replicas_sharing_redis_reach_each_other() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    let tweak: Tweak = Arc::new(|c: &mut Config| {
+        c.signalling.poll_interval = Duration::from_secs(120);
+    });
+    let v = video_appointment(env, Some(tweak)).await;
+    let replica = v.app.start_replica().await;
+    let replica_channel = channel_to(replica.local_addr()).await;
+    let (mut patient, mut gp, p1, p2) =
+        connect_two_peers(&v, v.app.channel().await, replica_channel.clone()).await;
+    end_and_check(&v, replica_channel, &mut patient, &mut gp).await;
+    let _ = p1.pc.close().await;
+    let _ = p2.pc.close().await;
+    drop((patient, gp));
+    replica.stop().await.expect("stop replica");
+    v.app.shutdown().await;
+}
+
+async fn only_the_booked_patient_and_the_practice_may_join(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    let other_patient = v.app.patient_token(&v.nins[1]);
+    let err = join(ch.clone(), &other_patient, id).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = Sig::open(ch.clone(), &other_patient, id, 0)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let colleague = v.app.clinician_token("9999999", ORG_A);
+    let err = join(ch.clone(), &colleague, id).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let gp_of_other_org = v.app.clinician_token(&gp_hpr(), ORG_B);
+    let err = join(ch.clone(), &gp_of_other_org, id).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = join(ch.clone(), &v.app.ehr_token(ORG_A), id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let mut c = v.client().await;
+    let err = c
+        .join_session(pb::JoinSessionRequest {
+            appointment_id: id.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // The patient cannot admit or end.
+    join(ch.clone(), &v.patient(), id)
+        .await
+        .expect("patient joins");
+    let err = c
+        .admit(authed(
+            pb::AdmitRequest {
+                appointment_id: id.into(),
+                clinician_hpr_number: String::new(),
+            },
+            &v.patient(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = c
+        .end_session(authed(
+            pb::EndSessionRequest {
+                appointment_id: id.into(),
+                held: true,
+            },
+            &v.patient(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // A colleague the GP admits may join as the practice side.
+    admit(ch.clone(), &v.gp(), id, "9999999").await;
+    let joined = join(ch.clone(), &colleague, id)
+        .await
+        .expect("colleague joins");
+    assert_eq!(joined.side, pb::Side::Practice as i32);
+    let err = join(ch.clone(), &v.app.patient_token(&v.nins[2]), "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    v.app.shutdown().await;
+}
+
+async fn joining_needs_the_window_a_video_appointment_and_no_cancellation(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    v.app
+        .clock
+        .set(slot_start() - chrono::Duration::minutes(16));
+    for token in [v.patient(), v.gp()] {
+        let err = join(ch.clone(), &token, id).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().contains("2026-03-03T08:45:00+00:00")
+                && err.message().contains("2026-03-03T09:45:00+00:00"),
+            "the window is in the message: {}",
+            err.message()
+        );
+    }
+    v.app
+        .clock
+        .set(slot_start() - chrono::Duration::minutes(15));
+    join(ch.clone(), &v.patient(), id)
+        .await
+        .expect("15 minutes before start is inside");
+    v.app.clock.set(at("2026-03-03T09:45:01Z"));
+    let err = join(ch.clone(), &v.patient(), id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("join window"), "{}", err.message());
+
+    // An in-person appointment and a cancelled video appointment.
+    v.app.clock.set(monday_0800());
+    let slots = publish(
+        &v.app,
+        ORG_A,
+        "gp-video",
+        &[at("2026-03-04T09:00:00Z")],
+        bpb::Modality::InPerson,
+    )
+    .await;
+    let in_person = book(&v.app, &v.nins[1], &slots[0].slot_id).await;
+    let slots = publish(
+        &v.app,
+        ORG_A,
+        "gp-video",
+        &[at("2026-03-05T09:00:00Z")],
+        bpb::Modality::Video,
+    )
+    .await;
+    let cancelled = book(&v.app, &v.nins[2], &slots[0].slot_id).await;
+    v.app
+        .booking()
+        .await
+        .cancel(authed(
+            bpb::CancelRequest {
+                appointment_id: cancelled.clone(),
+                idempotency_key: key(),
+            },
+            &v.app.patient_token(&v.nins[2]),
+        ))
+        .await
+        .expect("cancel");
+    v.app.clock.set(at("2026-03-04T08:55:00Z"));
+    let err = join(ch.clone(), &v.app.patient_token(&v.nins[1]), &in_person)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("not a video"), "{}", err.message());
+    v.app.clock.set(at("2026-03-05T08:55:00Z"));
+    let err = join(ch.clone(), &v.app.patient_token(&v.nins[2]), &cancelled)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("cancelled"), "{}", err.message());
+    v.app.shutdown().await;
+}
+
+async fn the_patient_waits_until_the_gp_admits(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    let joined = join(ch.clone(), &v.patient(), id).await.expect("join");
+    assert!(joined.waiting);
+    let mut patient = Sig::open(ch.clone(), &v.patient(), id, joined.resume_after_seq)
+        .await
+        .expect("stream");
+    let w = patient.welcome().await;
+    assert!(w.waiting && !w.peer_online, "{w:?}");
+    let (_probe, sdp) = real_offer_sdp().await;
+    let (code, msg) = patient.call(offer(&sdp)).await.unwrap_err();
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(msg.contains("waiting room"), "{msg}");
+
+    let gp_joined = join(ch.clone(), &v.gp(), id).await.expect("GP joins");
+    assert!(!gp_joined.waiting);
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, gp_joined.resume_after_seq)
+        .await
+        .expect("GP stream");
+    let w = gp.welcome().await;
+    assert!(w.peer_online && w.peer_waiting, "{w:?}");
+    // Nothing reaches the patient before admission, and the GP cannot signal yet either.
+    patient
+        .expect(|e| matches!(e, Ev::PeerJoined(p) if p.side == pb::Side::Practice as i32))
+        .await;
+    let (code, _) = gp.call(offer(&sdp)).await.unwrap_err();
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(
+        !patient
+            .arrives_within(Duration::from_secs(1), |e| matches!(e, Ev::Admitted(_)))
+            .await,
+        "not admitted before the GP admits"
+    );
+    admit(ch.clone(), &v.gp(), id, "").await;
+    patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
+    patient
+        .call(offer(&sdp))
+        .await
+        .expect("offer after admission");
+    match gp.expect(|e| matches!(e, Ev::Description(_))).await {
+        Ev::Description(d) => assert_eq!(d.sdp, sdp),
+        _ => unreachable!(),
+    }
+    let again = join(ch.clone(), &v.patient(), id)
+        .await
+        .expect("join again");
+    assert!(!again.waiting);
+    let s = v
+        .client()
+        .await
+        .get_session(authed(
+            pb::GetSessionRequest {
+                appointment_id: id.into(),
+            },
+            &v.patient(),
+        ))
+        .await
+        .expect("session")
+        .into_inner();
+    assert!(s.admitted_at.is_some() && s.patient_online && s.practice_online);
+    v.app.shutdown().await;
+}
+
+async fn malformed_oversized_and_out_of_order_signals_are_refused(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    let pj = join(ch.clone(), &v.patient(), id).await.expect("join");
+    let gj = join(ch.clone(), &v.gp(), id).await.expect("join");
+    let mut patient = Sig::open(ch.clone(), &v.patient(), id, pj.resume_after_seq)
+        .await
+        .expect("stream");
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, gj.resume_after_seq)
+        .await
+        .expect("stream");
+    admit(ch.clone(), &v.gp(), id, "").await;
+    patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
+    let (_probe, sdp) = real_offer_sdp().await;
+
+    let (code, msg) = patient.call(offer("this is not sdp")).await.unwrap_err();
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("malformed"), "{msg}");
+    let (code, msg) = patient
+        .call(offer(&sdp.replace("a=ice-ufrag", "a=x-ufrag")))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument, "{msg}");
+    let huge = format!("{sdp}{}", "a=x-padding:0123456789abcdef\r\n".repeat(2500));
+    let (code, msg) = patient.call(offer(&huge)).await.unwrap_err();
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("65536"), "{msg}");
+    let (code, msg) = gp
+        .call(Out::Description(pb::SessionDescription {
+            r#type: pb::SdpType::Answer as i32,
+            sdp: sdp.clone(),
+            ice_restart: false,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(msg.contains("answer before offer"), "{msg}");
+    let (code, _) = patient
+        .call(candidate(
+            "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::FailedPrecondition, "candidate before offer");
+    let (code, _) = patient
+        .call(Out::Description(pb::SessionDescription::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument);
+
+    // The first thing the GP receives is the valid offer: nothing refused was relayed.
+    patient.call(offer(&sdp)).await.expect("valid offer");
+    let (code, _) = patient
+        .call(candidate("candidate:1 1 udp x 127.0.0.1 1 typ host"))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument);
+    for i in 0..50 {
+        patient
+            .call(candidate(&format!(
+                "candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host",
+                40000 + i
+            )))
+            .await
+            .expect("within the limit");
+    }
+    let (code, msg) = patient
+        .call(candidate(
+            "candidate:51 1 udp 2130706431 127.0.0.1 50051 typ host",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(msg.contains("too many"), "{msg}");
+    let mut relayed = Vec::new();
+    while relayed.len() < 51 {
+        let ev = gp
+            .expect(|e| matches!(e, Ev::Description(_) | Ev::Candidate(_)))
+            .await;
+        relayed.push(ev);
+    }
+    match &relayed[0] {
+        Ev::Description(d) => assert_eq!(d.sdp, sdp),
+        other => panic!("first relayed event is the offer, got {other:?}"),
+    }
+    assert!(relayed[1..].iter().all(|e| matches!(e, Ev::Candidate(_))));
+    assert!(
+        !gp.arrives_within(Duration::from_millis(500), |e| matches!(
+            e,
+            Ev::Description(_) | Ev::Candidate(_)
+        ))
+        .await
+    );
+    v.app.shutdown().await;
+}
+
+async fn a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    let pj = join(ch.clone(), &v.patient(), id).await.expect("join");
+    let gj = join(ch.clone(), &v.gp(), id).await.expect("join");
+    let mut patient = Sig::open(ch.clone(), &v.patient(), id, pj.resume_after_seq)
+        .await
+        .expect("stream");
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, gj.resume_after_seq)
+        .await
+        .expect("stream");
+    admit(ch.clone(), &v.gp(), id, "").await;
+    patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
+    let (_probe, sdp) = real_offer_sdp().await;
+    patient.call(offer(&sdp)).await.expect("offer");
+    gp.expect(|e| matches!(e, Ev::Description(_))).await;
+    let seen = gp.last_seq;
+
+    // The GP's stream drops; the patient is told and keeps signalling.
+    drop(gp);
+    match patient.expect(|e| matches!(e, Ev::PeerLeft(_))).await {
+        Ev::PeerLeft(l) => {
+            assert_eq!(l.reason, pb::LeaveReason::Disconnected as i32);
+            assert!(l.rejoin_deadline.is_some());
+        }
+        _ => unreachable!(),
+    }
+    let sent_meanwhile = "candidate:7 1 udp 2130706431 127.0.0.1 45678 typ host";
+    patient
+        .call(candidate(sent_meanwhile))
+        .await
+        .expect("queued for the GP");
+    patient
+        .call(Out::MediaState(pb::MediaState {
+            audio_muted: true,
+            video_muted: false,
+        }))
+        .await
+        .expect("queued for the GP");
+
+    // The GP comes back and resumes after the last event it saw.
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, seen)
+        .await
+        .expect("resume");
+    let w = gp.welcome().await;
+    assert!(w.resumed && w.peer_online, "{w:?}");
+    match gp.expect(|e| matches!(e, Ev::Candidate(_))).await {
+        Ev::Candidate(c) => assert_eq!(c.candidate, sent_meanwhile),
+        _ => unreachable!(),
+    }
+    match gp.expect(|e| matches!(e, Ev::PeerMediaState(_))).await {
+        Ev::PeerMediaState(m) => assert!(m.audio_muted && !m.video_muted),
+        _ => unreachable!(),
+    }
+    assert!(
+        !gp.buf
+            .iter()
+            .any(|e| matches!(e.body, Some(Ev::Description(_)))),
+        "what was seen before is not delivered again"
+    );
+    // First the GP's first join, then its return.
+    match patient.expect(|e| matches!(e, Ev::PeerJoined(_))).await {
+        Ev::PeerJoined(j) => assert!(!j.rejoined, "{j:?}"),
+        _ => unreachable!(),
+    }
+    match patient.expect(|e| matches!(e, Ev::PeerJoined(_))).await {
+        Ev::PeerJoined(j) => assert!(j.rejoined && j.side == pb::Side::Practice as i32, "{j:?}"),
+        _ => unreachable!(),
+    }
+
+    // A second stream of the same participant takes over the first.
+    let mut gp2 = Sig::open(ch.clone(), &v.gp(), id, gp.last_seq)
+        .await
+        .expect("takeover");
+    gp2.welcome().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        match gp
+            .next_event(deadline)
+            .await
+            .expect("old stream ends in time")
+        {
+            Ok(_) => continue,
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+
+    // Not back within the grace period: the patient is told the GP is gone.
+    drop(gp2);
+    patient
+        .expect(
+            |e| matches!(e, Ev::PeerLeft(l) if l.reason == pb::LeaveReason::Disconnected as i32),
+        )
+        .await;
+    v.app.clock.advance(chrono::Duration::minutes(2));
+    patient
+        .expect(|e| matches!(e, Ev::PeerLeft(l) if l.reason == pb::LeaveReason::Gone as i32))
+        .await;
+    let err = Sig::open(ch.clone(), &v.gp(), id, 0)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    join(ch.clone(), &v.gp(), id).await.expect("join again");
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, 0).await.expect("stream");
+    gp.welcome().await;
+    v.app.shutdown().await;
+}
+
+/// TURN credentials the way coturn (`use-auth-secret`) checks them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn turn_credentials_follow_the_coturn_rest_scheme() {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let tweak: Tweak = Arc::new(|c: &mut Config| {
+        c.signalling.stun_urls = vec!["stun:stun.example.org:3478".into()];
+        c.signalling.turn_urls = vec!["turn:turn.example.org:3478?transport=udp".into()];
+        c.signalling.turn_secret = Some("coturn-static-auth-secret".into());
+        c.signalling.turn_ttl = Duration::from_secs(600);
+    });
+    let v = video_appointment(Env::sqlite().await, Some(tweak)).await;
+    let now = v.app.clock.now_unix();
+    let resp = v
+        .client()
+        .await
+        .get_ice_servers(authed(
+            pb::GetIceServersRequest {
+                appointment_id: v.appointment_id.clone(),
+            },
+            &v.patient(),
+        ))
+        .await
+        .expect("ice servers")
+        .into_inner();
+    assert_eq!(resp.ice_servers.len(), 2);
+    let stun = &resp.ice_servers[0];
+    assert_eq!(stun.urls, vec!["stun:stun.example.org:3478".to_string()]);
+    assert!(stun.username.is_empty() && stun.credential.is_empty());
+    let turn = &resp.ice_servers[1];
+    assert_eq!(
+        turn.urls,
+        vec!["turn:turn.example.org:3478?transport=udp".to_string()]
+    );
+    let (expiry, subject) = turn.username.split_once(':').expect("expiry:subject");
+    let expiry: i64 = expiry.parse().expect("unix time");
+    assert_eq!(expiry, now + 600, "expires after the TTL");
+    assert_eq!(resp.expires_at.as_ref().map(|t| t.seconds), Some(expiry));
+    assert!(
+        !subject.is_empty() && !subject.contains(&v.nins[0]),
+        "pseudonymous subject"
+    );
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(b"coturn-static-auth-secret").expect("key");
+    mac.update(turn.username.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(
+        turn.credential, expected,
+        "coturn recomputes the same password"
+    );
+    // The GP's credentials differ, and so does the subject.
+    let gp = v
+        .client()
+        .await
+        .get_ice_servers(authed(
+            pb::GetIceServersRequest {
+                appointment_id: v.appointment_id.clone(),
+            },
+            &v.gp(),
+        ))
+        .await
+        .expect("ice servers")
+        .into_inner();
+    assert_ne!(gp.ice_servers[1].username, turn.username);
+    // JoinSession hands them out too; other callers get nothing.
+    let joined = join(v.app.channel().await, &v.patient(), &v.appointment_id)
+        .await
+        .expect("join");
+    assert_eq!(joined.ice_servers.len(), 2);
+    let err = v
+        .client()
+        .await
+        .get_ice_servers(authed(
+            pb::GetIceServersRequest {
+                appointment_id: v.appointment_id.clone(),
+            },
+            &v.app.patient_token(&v.nins[1]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    v.app.shutdown().await;
+}
+
+trait ClockExt {
+    fn now_unix(&self) -> i64;
+}
+
+impl ClockExt for econsult_runtime::clock::ManualClock {
+    fn now_unix(&self) -> i64 {
+        use econsult_runtime::clock::Clock as _;
+        self.now().timestamp()
+    }
+}
+
+on_both_backends!(
+    two_webrtc_peers_connect_through_the_service_and_exchange_data,
+    only_the_booked_patient_and_the_practice_may_join,
+    joining_needs_the_window_a_video_appointment_and_no_cancellation,
+    the_patient_waits_until_the_gp_admits,
+    malformed_oversized_and_out_of_order_signals_are_refused,
+    a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile,
+);

@@ -1,0 +1,202 @@
+//! Wake-ups and presence across replicas.
+//!
+//! Events themselves live in the database (`signalling_messages`); the hub only tells the
+//! streams of a session's side that there is something new, and remembers which participants
+//! have a live stream.
+//!
+//! - Embedded (no Redis): an in-process broadcast channel and an in-memory presence table.
+//! - With Redis: a wake-up is `PUBLISH <ns>:signalling:wake:<session_id> <side>`; every replica
+//!   pattern-subscribes to `<ns>:signalling:wake:*` and forwards into its local broadcast.
+//!   Presence is a key `<ns>:signalling:presence:<session_id>:<side>` with an expiry that the
+//!   stream refreshes; a replica that crashed stops refreshing, the key expires, and the sweeper
+//!   of any replica turns the participant into "disconnected" and tells the peer.
+//!
+//! Wake-ups may be lost (Redis reconnecting): streams also poll the database now and then.
+
+use futures::StreamExt as _;
+use redis::AsyncCommands as _;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+
+/// "Something new for `side` of `session_id`" (`side` 0: both sides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wake {
+    /// The session.
+    pub session_id: Arc<str>,
+    /// The side (1 patient, 2 practice, 0 both).
+    pub side: i64,
+}
+
+/// Wake-ups and presence.
+#[derive(Clone)]
+pub struct Hub {
+    local: broadcast::Sender<Wake>,
+    redis: Option<RedisHub>,
+    presence: Arc<Mutex<HashMap<(String, i64), Instant>>>,
+    presence_ttl: Duration,
+}
+
+#[derive(Clone)]
+struct RedisHub {
+    client: redis::Client,
+    con: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl Hub {
+    /// An in-process hub (embedded, single replica).
+    pub fn local(presence_ttl: Duration) -> Self {
+        let (local, _) = broadcast::channel(4096);
+        Self {
+            local,
+            redis: None,
+            presence: Arc::default(),
+            presence_ttl,
+        }
+    }
+
+    /// A hub over Redis at `url`, keys prefixed with `namespace`.
+    pub async fn redis(url: &str, namespace: &str, presence_ttl: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let con = redis::aio::ConnectionManager::new(client.clone()).await?;
+        let mut hub = Self::local(presence_ttl);
+        hub.redis = Some(RedisHub {
+            client,
+            con,
+            prefix: format!("{namespace}:signalling"),
+        });
+        Ok(hub)
+    }
+
+    /// Subscribes to Redis wake-ups (when on Redis) and returns the task that forwards them into
+    /// the local broadcast until `stop`. The subscription is in place when this returns.
+    pub async fn listener(
+        &self,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<impl std::future::Future<Output = ()> + Send + 'static>> {
+        let Some(r) = self.redis.clone() else {
+            return Ok(None);
+        };
+        let pattern = format!("{}:wake:*", r.prefix);
+        let first = subscribe(&r.client, &pattern).await?;
+        let local = self.local.clone();
+        Ok(Some(async move {
+            let mut pubsub = Some(first);
+            loop {
+                let ps = match pubsub.take() {
+                    Some(ps) => ps,
+                    None => match subscribe(&r.client, &pattern).await {
+                        Ok(ps) => {
+                            // Anything published while we were away: streams re-read.
+                            let _ = local.send(Wake {
+                                session_id: Arc::from(""),
+                                side: 0,
+                            });
+                            ps
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "signalling wake-up subscription failed");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                                _ = crate::hub::stopped(&mut stop) => return,
+                            }
+                        }
+                    },
+                };
+                let mut messages = ps.into_on_message();
+                let skip = r.prefix.len() + ":wake:".len();
+                loop {
+                    tokio::select! {
+                        m = messages.next() => match m {
+                            Some(msg) => {
+                                let channel = msg.get_channel_name();
+                                let side: i64 = msg.get_payload().unwrap_or(0);
+                                if let Some(session) = channel.get(skip..) {
+                                    let _ = local.send(Wake { session_id: Arc::from(session), side });
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = crate::hub::stopped(&mut stop) => return,
+                    }
+                }
+                tracing::warn!("signalling wake-up subscription lost, reconnecting");
+            }
+        }))
+    }
+
+    /// Wakes the streams of `side` (0: both) of `session_id`, on every replica.
+    pub async fn wake(&self, session_id: &str, side: i64) {
+        let _ = self.local.send(Wake {
+            session_id: Arc::from(session_id),
+            side,
+        });
+        if let Some(r) = &self.redis {
+            let mut con = r.con.clone();
+            let channel = format!("{}:wake:{session_id}", r.prefix);
+            if let Err(e) = con.publish::<_, _, i64>(channel, side).await {
+                // The other replica's stream still polls the database.
+                tracing::warn!(error = %e, "publish signalling wake-up");
+            }
+        }
+    }
+
+    /// Local wake-ups (filtered by the stream).
+    pub fn subscribe(&self) -> broadcast::Receiver<Wake> {
+        self.local.subscribe()
+    }
+
+    /// Marks the participant as online for the presence TTL.
+    pub async fn refresh_presence(&self, session_id: &str, side: i64) -> anyhow::Result<()> {
+        match &self.redis {
+            Some(r) => {
+                let mut con = r.con.clone();
+                let key = format!("{}:presence:{session_id}:{side}", r.prefix);
+                let ttl = self.presence_ttl.as_millis().max(1) as u64;
+                let _: () = redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut con)
+                    .await?;
+            }
+            None => {
+                let mut p = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                p.retain(|_, exp| *exp > now);
+                p.insert((session_id.to_owned(), side), now + self.presence_ttl);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the participant's presence is still fresh.
+    pub async fn alive(&self, session_id: &str, side: i64) -> anyhow::Result<bool> {
+        match &self.redis {
+            Some(r) => {
+                let mut con = r.con.clone();
+                let key = format!("{}:presence:{session_id}:{side}", r.prefix);
+                Ok(con.exists(key).await?)
+            }
+            None => {
+                let p = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(p.get(&(session_id.to_owned(), side))
+                    .is_some_and(|exp| *exp > Instant::now()))
+            }
+        }
+    }
+}
+
+async fn subscribe(client: &redis::Client, pattern: &str) -> anyhow::Result<redis::aio::PubSub> {
+    let mut ps = client.get_async_pubsub().await?;
+    ps.psubscribe(pattern).await?;
+    Ok(ps)
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
