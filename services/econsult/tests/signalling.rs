@@ -603,6 +603,29 @@ async fn end_and_check(v: &Video, gp_channel: Channel, patient: &mut Sig, gp: &m
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The stats API reports it: one session, held, connected for ten minutes.
+    let video = v
+        .app
+        .stats()
+        .await
+        .get_video_sessions(authed(
+            econsult_proto::stats::v1::GetVideoSessionsRequest {
+                filter: Some(econsult_proto::stats::v1::Filter {
+                    from_date: "2026-01-01".into(),
+                    to_date: "2026-12-31".into(),
+                    ..Default::default()
+                }),
+            },
+            &v.app.ops_token(),
+        ))
+        .await
+        .expect("video sessions")
+        .into_inner();
+    assert_eq!(
+        (video.sessions, video.held, video.failed_to_connect),
+        (1, 1, 0)
+    );
+    assert!((video.average_connected_seconds - 600.0).abs() < 1e-9);
     // Both joins are in the access log of the patient's data.
     let n: i64 = sqlx::Row::try_get(
         &sqlx::query(

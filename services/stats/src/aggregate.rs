@@ -64,6 +64,7 @@ pub struct Aggregator {
     requests: Counter<u64>,
     breaches: Counter<u64>,
     contacts: Counter<u64>,
+    video: Counter<u64>,
 }
 
 impl Aggregator {
@@ -81,6 +82,10 @@ impl Aggregator {
                 .with_description("Booking requests whose earliest offer was not within five working days, by reason")
                 .build(),
             contacts: meter.u64_counter("econsult_contacts").with_description("Held contacts, by contact type").build(),
+            video: meter
+                .u64_counter("econsult_video_sessions")
+                .with_description("Ended video sessions, by whether the peers connected (connected=false: a connect failure), held and end reason")
+                .build(),
         }
     }
 
@@ -141,6 +146,14 @@ impl Aggregator {
             }
             topics::VIDEO_SESSION_ENDED => {
                 let v: VideoSessionEnded = serde_json::from_str(&e.payload)?;
+                self.video.add(
+                    1,
+                    &[
+                        KeyValue::new("connected", v.connected.to_string()),
+                        KeyValue::new("held", v.held.to_string()),
+                        KeyValue::new("end_reason", v.end_reason.clone()),
+                    ],
+                );
                 let day = oslo_date(from_ms(v.started_at_ms))
                     .format("%Y-%m-%d")
                     .to_string();
