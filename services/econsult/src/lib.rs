@@ -95,6 +95,10 @@ pub struct Config {
     pub audience: String,
     /// Booking tunables.
     pub booking: BookingConfig,
+    /// Per-caller rate limits.
+    pub rate_limits: econsult_runtime::ratelimit::RateLimits,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_streams_per_connection: u32,
     /// Signalling tunables (join window, STUN/TURN, limits).
     pub signalling: econsult_signalling::SignallingConfig,
     /// How long to drain calls and streams on shutdown.
@@ -124,6 +128,8 @@ impl Config {
             issuers: Vec::new(),
             audience: econsult_runtime::auth::DEFAULT_AUDIENCE.into(),
             booking: BookingConfig::default(),
+            rate_limits: Default::default(),
+            max_streams_per_connection: 256,
             signalling: econsult_signalling::SignallingConfig::default(),
             shutdown_grace: Duration::from_secs(20),
             instance_id: format!("econsult-{}", std::process::id()),
@@ -193,7 +199,7 @@ impl Application {
             );
             handle.track(tokio::spawn(refresh));
         }
-        let interceptor = AuthInterceptor(auth);
+        let interceptor = AuthInterceptor::new(auth, config.rate_limits);
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(econsult_proto::FILE_DESCRIPTOR_SET)
@@ -296,12 +302,14 @@ impl Application {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let services = config.services.clone();
         let grace = config.shutdown_grace;
+        let max_streams = config.max_streams_per_connection;
         let routes = routes.routes();
         let task = tokio::spawn(async move {
             let (drain_tx, drain_rx) = oneshot::channel::<()>();
             let server = tonic::transport::Server::builder()
                 .accept_http1(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .max_concurrent_streams(Some(max_streams))
                 .layer(RpcMetricsLayer::default())
                 .layer(tonic_web::GrpcWebLayer::new())
                 .add_routes(routes)

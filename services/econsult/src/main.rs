@@ -109,6 +109,22 @@ struct ServeArgs {
     /// Lifetime of TURN credentials, in seconds.
     #[arg(long, env = "ECONSULT_TURN_TTL_SECONDS", default_value_t = 3600)]
     turn_ttl_seconds: u64,
+    /// Requests per second each patient may make (burst 4x); 0 = unlimited.
+    #[arg(long, env = "ECONSULT_RATE_LIMIT_PATIENT", default_value_t = 10.0)]
+    rate_limit_patient: f64,
+    /// Requests per second each clinician may make (burst 4x); 0 = unlimited.
+    #[arg(long, env = "ECONSULT_RATE_LIMIT_CLINICIAN", default_value_t = 20.0)]
+    rate_limit_clinician: f64,
+    /// Requests per second each EHR system may make (burst 2x); 0 = unlimited.
+    #[arg(long, env = "ECONSULT_RATE_LIMIT_EHR", default_value_t = 2000.0)]
+    rate_limit_ehr: f64,
+    /// Most concurrent HTTP/2 streams per client connection.
+    #[arg(
+        long,
+        env = "ECONSULT_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    max_streams_per_connection: u32,
     /// Seconds to drain calls and streams on shutdown.
     #[arg(long, env = "ECONSULT_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     shutdown_grace_seconds: u64,
@@ -265,6 +281,14 @@ async fn serve(
     config.booking.hold_ttl = chrono::Duration::seconds(a.hold_ttl_seconds.clamp(30, 3600));
     config.signalling.stun_urls = a.stun_urls;
     config.signalling.turn_urls = a.turn_urls;
+    let limit = |per_second: f64, burst: f64| econsult_runtime::ratelimit::Limit {
+        per_second: per_second.max(0.0),
+        burst: (per_second * burst).max(1.0),
+    };
+    config.rate_limits.patient = limit(a.rate_limit_patient, 4.0);
+    config.rate_limits.clinician = limit(a.rate_limit_clinician, 4.0);
+    config.rate_limits.ehr = limit(a.rate_limit_ehr, 2.0);
+    config.max_streams_per_connection = a.max_streams_per_connection.max(1);
     config.signalling.turn_secret = a.turn_secret.filter(|s| !s.is_empty());
     config.signalling.turn_ttl = Duration::from_secs(a.turn_ttl_seconds.clamp(60, 86_400));
     config.shutdown_grace = Duration::from_secs(a.shutdown_grace_seconds);

@@ -426,7 +426,7 @@ fn outcome(code: Code) -> &'static str {
 }
 
 async fn every_rpc_times_every_caller_gets_the_expected_access_decision(env: Env) {
-    let app = TestApp::start(env).await;
+    let app = unlimited(env).await;
     let nins = seed_gp(&app, ORG_A, "gp-1", 61, 2).await;
     let fds = prost_types::FileDescriptorSet::decode(econsult_proto::FILE_DESCRIPTOR_SET)
         .expect("descriptor set");
@@ -488,7 +488,7 @@ async fn other_patients_and_organisations_cannot_reach_a_patients_data(env: Env)
     use econsult_proto::audit::v1 as apb;
     use econsult_proto::booking::v1 as bpb;
     use econsult_proto::consultation::v1 as cpb;
-    let app = TestApp::start(env).await;
+    let app = unlimited(env).await;
     let nins = seed_gp(&app, ORG_A, "gp-1", 62, 2).await;
     seed_gp(&app, ORG_B, "gp-b", 63, 0).await;
     let tok = |who| token(&app, who, &nins).expect("token");
@@ -629,6 +629,15 @@ async fn other_patients_and_organisations_cannot_reach_a_patients_data(env: Env)
         .entries;
     assert!(b_log.iter().all(|e| !e.resource.contains(&thread)));
     app.shutdown().await;
+}
+
+/// The matrix makes many calls per caller quickly: rate limits (tests/limits.rs) are off here so
+/// that every outcome is the access decision.
+async fn unlimited(env: Env) -> TestApp {
+    let tweak: Tweak = std::sync::Arc::new(|c| {
+        c.rate_limits = econsult_runtime::ratelimit::RateLimits::unlimited();
+    });
+    TestApp::start_configured(env, monday_0800(), Some(tweak)).await
 }
 
 fn code<T>(r: Result<T, tonic::Status>) -> Code {

@@ -366,9 +366,23 @@ pub fn is_org_number(s: &str) -> bool {
     s.len() == 9 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Tonic interceptor: validates the `authorization: Bearer …` header and stores the [`Caller`].
-#[derive(Clone, Debug)]
-pub struct AuthInterceptor(pub Arc<Authenticator>);
+/// Tonic interceptor: validates the `authorization: Bearer …` header, applies the caller's rate
+/// limit, and stores the [`Caller`].
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    auth: Arc<Authenticator>,
+    limiter: Arc<crate::ratelimit::RateLimiter>,
+}
+
+impl AuthInterceptor {
+    /// Validates with `auth` and limits with `limits`.
+    pub fn new(auth: Arc<Authenticator>, limits: crate::ratelimit::RateLimits) -> Self {
+        Self {
+            auth,
+            limiter: Arc::new(crate::ratelimit::RateLimiter::new(limits)),
+        }
+    }
+}
 
 impl tonic::service::Interceptor for AuthInterceptor {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
@@ -383,7 +397,8 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization must be a bearer token"))?;
-        let caller = self.0.authenticate(token.trim())?;
+        let caller = self.auth.authenticate(token.trim())?;
+        self.limiter.check(caller.role, &caller.subject)?;
         req.extensions_mut().insert(caller);
         Ok(req)
     }

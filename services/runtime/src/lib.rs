@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod nin;
 pub mod outbox;
 pub mod platform;
+pub mod ratelimit;
 pub mod telemetry;
 
 /// Crash-test hook: when the environment variable `ECONSULT_FAILPOINT` names this point, the
