@@ -731,3 +731,50 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         Ok(Response::new(waitlist_to(&e)))
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any GP message converts or is refused with INVALID_ARGUMENT; what converts keeps the
+        /// rules (digits, sizes, capacity).
+        #[test]
+        fn gp_conversion(gp_id in "\\PC{0,70}", hpr in "[0-9a]{0,11}", name in "\\PC{0,220}", muni in "[0-9x]{0,5}", cap in 0u32..3000, status in -1i32..5) {
+            let g = pb::Gp {
+                gp_id, hpr_number: hpr, display_name: name, municipality_number: muni,
+                list_capacity: cap, list_status: status, ..Default::default()
+            };
+            match GpInput::try_from(g) {
+                Ok(v) => {
+                    prop_assert!((1..=2500).contains(&v.list_capacity));
+                    prop_assert_eq!(v.municipality_number.len(), 4);
+                    prop_assert!(v.hpr_number.len() <= 9 && v.hpr_number.bytes().all(|b| b.is_ascii_digit()));
+                    prop_assert!(!v.display_name.is_empty() && v.display_name.chars().count() <= 200);
+                }
+                Err(e) => prop_assert_eq!(e.code(), tonic::Code::InvalidArgument),
+            }
+        }
+
+        /// Any slot message converts or is refused with INVALID_ARGUMENT naming the slot.
+        #[test]
+        fn slot_conversion(secs in proptest::option::of(any::<i64>()), nanos in any::<i32>(), minutes in 0u32..300, modality in -2i32..6, i in 0usize..50) {
+            let s = pb::NewSlot {
+                start: secs.map(|seconds| prost_types::Timestamp { seconds, nanos }),
+                duration_minutes: minutes,
+                modality,
+                acute_reserve: false,
+            };
+            match NewSlot::try_from((i, &s)) {
+                Ok(v) => prop_assert!((1..=240).contains(&v.duration_minutes)),
+                Err(e) => {
+                    prop_assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                    prop_assert!(e.message().contains(&format!("slots[{i}]")) || e.message().contains("modality"), "{}", e.message());
+                }
+            }
+        }
+    }
+}

@@ -171,4 +171,38 @@ mod tests {
         };
         assert!(check_attachments(vec![mismatch]).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever comes in, no markup or control character survives, and every `&` starts
+        /// one of the three entities the sanitiser writes.
+        #[test]
+        fn sanitised_text_has_no_markup(s in "\\PC{0,300}|[<>&\\x00-\\x1f\\u{202e}a-z ]{0,100}") {
+            let out = sanitize(&s);
+            proptest::prop_assert!(!out.contains(['<', '>']));
+            proptest::prop_assert!(out.chars().all(|c| !c.is_control() || c == '\n' || c == '\t'));
+            for (i, _) in out.match_indices('&') {
+                let rest = &out[i..];
+                proptest::prop_assert!(rest.starts_with("&amp;") || rest.starts_with("&lt;") || rest.starts_with("&gt;"));
+            }
+        }
+
+        /// Arbitrary bytes: refused unless they really start like a PNG, JPEG or PDF.
+        #[test]
+        fn attachments_are_typed_by_content(content in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), declared in "(image/png|image/jpeg|application/pdf|text/html|)") {
+            let a = econsult_proto::consultation::v1::NewAttachment {
+                file_name: "f".into(),
+                content_type: declared.clone(),
+                content: content.clone(),
+            };
+            match check_attachments(vec![a]) {
+                Ok(v) => {
+                    proptest::prop_assert_eq!(Some(v[0].content_type), sniff(&content));
+                    proptest::prop_assert!(declared.is_empty() || declared == v[0].content_type);
+                }
+                Err(e) => proptest::prop_assert_eq!(e.code(), tonic::Code::InvalidArgument),
+            }
+        }
+    }
 }

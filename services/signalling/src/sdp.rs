@@ -121,4 +121,39 @@ mod tests {
             assert!(validate_candidate(bad).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary text never panics the parser.
+        #[test]
+        fn arbitrary_descriptions_never_panic(s in "\\PC{0,400}") {
+            let _ = validate_description(&s);
+        }
+
+        /// A valid offer with one line dropped, duplicated or cut short is either still a
+        /// WebRTC description or refused with INVALID_ARGUMENT: never a panic, never another code.
+        #[test]
+        fn mutated_offers_are_accepted_or_refused_cleanly(line in 0usize..12, cut in 0usize..40, op in 0u8..3) {
+            let mut lines: Vec<String> = OFFER.split("\r\n").map(str::to_owned).collect();
+            let i = line % lines.len();
+            match op {
+                0 => { lines.remove(i); }
+                1 => { let l = lines[i].clone(); lines.insert(i, l); }
+                _ => { let l = &lines[i]; let n = cut.min(l.len()); lines[i] = l[..n].to_owned(); }
+            }
+            if let Err(e) = validate_description(&lines.join("\r\n")) {
+                proptest::prop_assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            }
+        }
+
+        /// Arbitrary candidate lines never panic; accepted ones start with "candidate:".
+        #[test]
+        fn arbitrary_candidates_never_panic(s in "(a=)?(candidate:)?\\PC{0,120}") {
+            if validate_candidate(&s).is_ok() {
+                let t = s.trim();
+                proptest::prop_assert!(t.strip_prefix("a=").unwrap_or(t).starts_with("candidate:"));
+            }
+        }
+    }
 }
