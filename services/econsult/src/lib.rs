@@ -132,7 +132,7 @@ impl Config {
             max_streams_per_connection: 256,
             signalling: econsult_signalling::SignallingConfig::default(),
             shutdown_grace: Duration::from_secs(20),
-            instance_id: format!("econsult-{}", std::process::id()),
+            instance_id: default_instance_id(),
             registry: None,
             clock: Arc::new(econsult_runtime::clock::SystemClock),
         }
@@ -163,6 +163,17 @@ impl Config {
         };
         Authenticator::from_jwks(&jwks, self.issuers.clone(), self.audience.clone())
     }
+}
+
+/// `<host name>-<process id>`: unique per process across machines and containers.
+pub fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "econsult".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// A running system.

@@ -130,3 +130,81 @@ async fn streams_per_connection_are_capped() {
     assert!(opened.is_ok(), "{opened:?}");
     app.shutdown().await;
 }
+
+/// A client deadline cancels the server's database work: the call waits on the thread's lock
+/// (held here from another connection), the deadline passes, and the half-done send never
+/// commits, even after the lock is released. A retry with the same key then stores it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_deadline_cancels_the_database_work() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    let url = env.database_url.clone().expect("database url");
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 74, 1).await;
+    let token = app.patient_token(&nins[0]);
+    let mut c = app.consultation().await;
+    let thread = c
+        .start_consultation(authed(
+            cpb::StartConsultationRequest {
+                category: cpb::Category::EConsultation as i32,
+                subject: "s".into(),
+                body: "first".into(),
+                idempotency_key: key(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("start")
+        .into_inner()
+        .thread
+        .expect("thread")
+        .thread_id;
+
+    let mut holder = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    let lock =
+        format!("SELECT pg_advisory_lock(hashtextextended('consultation:{thread}', 0))::text");
+    sqlx::Executor::execute(&mut holder, lock.as_str())
+        .await
+        .expect("hold the thread's lock");
+    let send = cpb::SendMessageRequest {
+        thread_id: thread.clone(),
+        body: "second".into(),
+        attachments: vec![],
+        idempotency_key: key(),
+    };
+    let mut req = authed(send.clone(), &token);
+    req.set_timeout(Duration::from_millis(500));
+    let err = c.send_message(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // Keep the lock a little longer than the deadline, then let go.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unlock =
+        format!("SELECT pg_advisory_unlock(hashtextextended('consultation:{thread}', 0))::text");
+    sqlx::Executor::execute(&mut holder, unlock.as_str())
+        .await
+        .expect("release");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM consultation_messages WHERE thread_id = $1")
+            .bind(&thread)
+            .fetch_one(app.platform().db.read())
+            .await
+            .expect("count");
+    assert_eq!(stored, 1, "the cancelled send did not commit");
+    let m = c
+        .send_message(authed(send, &token))
+        .await
+        .expect("retry")
+        .into_inner()
+        .message
+        .expect("message");
+    assert_eq!(m.seq, 2);
+    app.shutdown().await;
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use chrono::Utc;
-use common::{ORG_A, authed, key, ts};
+use common::{ORG_A, authed, free_port, key, ts};
 use econsult_proto::booking::v1 as pb;
 use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
 use std::os::unix::process::ExitStatusExt as _;
@@ -13,14 +13,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 struct Proc {
     child: Child,

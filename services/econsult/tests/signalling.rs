@@ -6,6 +6,7 @@
 mod common;
 
 use chrono::{DateTime, Utc};
+use common::sig::Sig;
 use common::*;
 use econsult::Config;
 use econsult_proto::booking::v1 as bpb;
@@ -13,7 +14,6 @@ use econsult_proto::signalling::v1 as pb;
 use pb::client_signal::Body as Out;
 use pb::server_event::Body as Ev;
 use pb::signalling_service_client::SignallingServiceClient;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -128,148 +128,6 @@ async fn admit(channel: Channel, token: &str, appointment_id: &str, hpr: &str) {
         ))
         .await
         .expect("admit");
-}
-
-/// One participant's Signal stream.
-struct Sig {
-    tx: mpsc::Sender<pb::ClientSignal>,
-    rx: tonic::Streaming<pb::ServerEvent>,
-    buf: VecDeque<pb::ServerEvent>,
-    next_id: u64,
-    last_seq: u64,
-}
-
-impl Sig {
-    async fn open(
-        channel: Channel,
-        token: &str,
-        appointment_id: &str,
-        resume_after_seq: u64,
-    ) -> Result<Sig, tonic::Status> {
-        let (tx, rx) = mpsc::channel(256);
-        tx.send(pb::ClientSignal {
-            client_msg_id: 1,
-            body: Some(Out::Hello(pb::Hello {
-                appointment_id: appointment_id.into(),
-                resume_after_seq,
-            })),
-        })
-        .await
-        .expect("queue hello");
-        let resp = tokio::time::timeout(
-            WAIT,
-            SignallingServiceClient::new(channel).signal(authed(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-                token,
-            )),
-        )
-        .await
-        .expect("signal answered in time")?;
-        Ok(Sig {
-            tx,
-            rx: resp.into_inner(),
-            buf: VecDeque::new(),
-            next_id: 2,
-            last_seq: resume_after_seq,
-        })
-    }
-
-    async fn welcome(&mut self) -> pb::Welcome {
-        match self.expect(|e| matches!(e, Ev::Welcome(_))).await {
-            Ev::Welcome(w) => w,
-            _ => unreachable!(),
-        }
-    }
-
-    async fn send(&mut self, body: Out) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.tx
-            .send(pb::ClientSignal {
-                client_msg_id: id,
-                body: Some(body),
-            })
-            .await
-            .expect("stream open");
-        id
-    }
-
-    async fn next_event(
-        &mut self,
-        deadline: tokio::time::Instant,
-    ) -> Option<Result<pb::ServerEvent, tonic::Status>> {
-        let ev = tokio::time::timeout_at(deadline, self.rx.message())
-            .await
-            .ok()?;
-        Some(match ev {
-            Ok(Some(ev)) => {
-                if ev.seq > 0 {
-                    assert!(ev.seq > self.last_seq, "seq goes up: {ev:?}");
-                    self.last_seq = ev.seq;
-                }
-                Ok(ev)
-            }
-            Ok(None) => Err(tonic::Status::cancelled("stream ended")),
-            Err(s) => Err(s),
-        })
-    }
-
-    /// The next event whose body matches `want`; other events are kept for later.
-    async fn expect(&mut self, want: impl Fn(&Ev) -> bool) -> Ev {
-        if let Some(i) = self
-            .buf
-            .iter()
-            .position(|e| e.body.as_ref().is_some_and(&want))
-        {
-            return self.buf.remove(i).and_then(|e| e.body).expect("body");
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let ev = self
-                .next_event(deadline)
-                .await
-                .unwrap_or_else(|| panic!("expected event not received; seen {:?}", self.buf))
-                .expect("stream healthy");
-            if ev.body.as_ref().is_some_and(&want) {
-                return ev.body.expect("body");
-            }
-            self.buf.push_back(ev);
-        }
-    }
-
-    /// True when an event matching `want` arrives within `d`.
-    async fn arrives_within(&mut self, d: Duration, want: impl Fn(&Ev) -> bool) -> bool {
-        if self.buf.iter().any(|e| e.body.as_ref().is_some_and(&want)) {
-            return true;
-        }
-        let deadline = tokio::time::Instant::now() + d;
-        while let Some(ev) = self.next_event(deadline).await {
-            let ev = ev.expect("stream healthy");
-            let hit = ev.body.as_ref().is_some_and(&want);
-            self.buf.push_back(ev);
-            if hit {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Sends `body` and waits for its Ack (`Ok`) or Rejected (`Err((code, message))`).
-    async fn call(&mut self, body: Out) -> Result<(), (Code, String)> {
-        let id = self.send(body).await;
-        match self
-            .expect(|e| match e {
-                Ev::Ack(a) => a.client_msg_id == id,
-                Ev::Rejected(r) => r.client_msg_id == id,
-                _ => false,
-            })
-            .await
-        {
-            Ev::Ack(_) => Ok(()),
-            Ev::Rejected(r) => Err((Code::from(r.code), r.message)),
-            _ => unreachable!(),
-        }
-    }
 }
 
 fn offer(sdp: &str) -> Out {

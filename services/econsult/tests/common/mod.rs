@@ -5,6 +5,8 @@
 //! skipped when unset; under `CI=true` a missing variable fails the test.
 #![allow(dead_code)]
 
+pub mod sig;
+
 use chrono::{DateTime, Utc};
 use econsult::{Application, Config};
 use econsult_proto::booking::v1 as bpb;
@@ -428,4 +430,13 @@ pub async fn channel_to(addr: std::net::SocketAddr) -> Channel {
         .connect()
         .await
         .expect("connect")
+}
+
+/// A free TCP port on the loopback interface (for servers the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }

@@ -1,0 +1,1202 @@
+//! Scale-out of the real binary: every service runs as two separate `econsult` processes on one
+//! PostgreSQL database and one Redis (booking ×2, consultation ×2, signalling ×2, stats ×2), and
+//! clients spread their calls over both instances of each. Mid-run one booking, one
+//! consultation and one signalling instance die with `kill -9`; clients that see a transport
+//! error retry the same request (same idempotency key) on the survivor, and the patient's video
+//! stream resumes on the other signalling instance from the last seq it saw.
+//!
+//! Afterwards: every booking a client saw succeed exists exactly once and no slot has two
+//! appointments; every message a client saw succeed is stored exactly once; the video offer and
+//! answer crossed between the two signalling processes; the statistics (surviving instances)
+//! count exactly the booked appointments and the outbox drained.
+//!
+//! PostgreSQL + Redis only (`TEST_DATABASE_URL`, `TEST_REDIS_URL`; skipped when unset, except
+//! under `CI=true`).
+
+mod common;
+
+use chrono::Utc;
+use common::sig::Sig;
+use common::{ORG_A, authed, free_port, key, ts};
+use econsult_proto::booking::v1 as bpb;
+use econsult_proto::booking::v1::booking_service_client::BookingServiceClient;
+use econsult_proto::consultation::v1 as cpb;
+use econsult_proto::consultation::v1::consultation_service_client::ConsultationServiceClient;
+use econsult_proto::signalling::v1 as spb;
+use econsult_proto::signalling::v1::signalling_service_client::SignallingServiceClient;
+use econsult_proto::stats::v1 as stpb;
+use econsult_proto::stats::v1::stats_service_client::StatsServiceClient;
+use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
+use econsult_runtime::db::Db;
+use spb::client_signal::Body as Out;
+use spb::server_event::Body as Ev;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Upper bound of every single wait.
+const WAIT: Duration = Duration::from_secs(20);
+/// Upper bound of the whole scenario once the processes are built (hang guard).
+const TOTAL: Duration = Duration::from_secs(60);
+/// Patients on the GP's list; all of them try to book.
+const PATIENTS: usize = 20;
+/// In-person slots published: fewer than patients, so patients race for them.
+const IN_PERSON_SLOTS: usize = 14;
+/// Patients who start a text consultation.
+const CONSULTING: usize = 10;
+/// Follow-up messages per consultation (after the first one).
+const FOLLOW_UPS: usize = 3;
+const GP_ID: &str = "gp-scale";
+const GP_HPR: &str = "1700001";
+/// Booking successes after which booking-1 is killed.
+const KILL_BOOKING_AFTER: usize = 5;
+/// Consultation calls after which consultation-1 is killed.
+const KILL_CONSULTATION_AFTER: usize = 12;
+
+// ── processes ──────────────────────────────────────────────────────────────────────────────────
+
+fn econsult(dir: &Path, log: &Path) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_econsult"));
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .env_remove("ECONSULT_FAILPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
+/// One `econsult serve` process.
+struct Proc {
+    name: String,
+    child: Mutex<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, name: &str, service: &str, db_url: &str, redis: &str, ns: &str) -> Self {
+        let (port, metrics_port) = (free_port(), free_port());
+        let log = dir.join(format!("{name}.log"));
+        let child = econsult(dir, &log)
+            .arg("--database-url")
+            .arg(db_url)
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("--services")
+            .arg(service)
+            .arg("--redis-url")
+            .arg(redis)
+            .arg("--redis-namespace")
+            .arg(ns)
+            .arg("--instance-id")
+            .arg(name)
+            .arg("--turn-secret")
+            .arg("scaleout-test-turn-secret")
+            .arg("--shutdown-grace-seconds")
+            .arg("2")
+            .spawn()
+            .expect("spawn econsult serve");
+        Self {
+            name: name.to_owned(),
+            child: Mutex::new(child),
+            port,
+            log,
+        }
+    }
+
+    /// Waits until the process answers health checks with SERVING.
+    async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+                .expect("uri")
+                .connect_timeout(Duration::from_secs(1))
+                .connect()
+                .await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+                let serving =
+                    tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                };
+                if let Ok(r) = health.check(req).await
+                    && r.into_inner().status == serving
+                {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.lock().expect("child").try_wait() {
+                panic!("{} exited early: {status:?}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not become ready",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9`: SIGKILL, no shutdown, no flush.
+    fn kill_9(&self) {
+        let mut child = self.child.lock().expect("child");
+        child.kill().expect("kill -9");
+        let status = child.wait().expect("reap");
+        eprintln!("killed {} with SIGKILL: {status:?}", self.name);
+    }
+
+    /// A channel that (re)connects on use: after the kill every call on it fails fast.
+    fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Eight processes: two instances of every service.
+struct Cluster {
+    procs: Vec<Proc>,
+}
+
+impl Cluster {
+    fn get(&self, name: &str) -> &Proc {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    fn pair(&self, service: &'static str) -> Pair {
+        Pair {
+            service,
+            channels: [
+                self.get(&format!("{service}-1")).channel(),
+                self.get(&format!("{service}-2")).channel(),
+            ],
+            failovers: Arc::default(),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.procs {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("── last log lines of {} ──", p.name);
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+// ── clients with failover ──────────────────────────────────────────────────────────────────────
+
+/// Errors after which the same request is sent again to the other instance: the instance is gone
+/// (connection refused or reset) or asks for a retry.
+fn retryable(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => true,
+        Code::Internal => {
+            let m = s.message().to_ascii_lowercase();
+            m.contains("h2") || m.contains("transport") || m.contains("connection")
+        }
+        _ => false,
+    }
+}
+
+/// The two instances of one service, as a client-side load balancer sees them.
+#[derive(Clone)]
+struct Pair {
+    service: &'static str,
+    channels: [Channel; 2],
+    failovers: Arc<AtomicUsize>,
+}
+
+impl Pair {
+    /// Sends the request built by `call` to instance `first % 2`; on a transport error or
+    /// UNAVAILABLE, sends the same request (same idempotency key) to the other instance.
+    async fn call<T, F, Fut>(&self, first: usize, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + WAIT;
+        let mut i = first % 2;
+        loop {
+            match call(self.channels[i].clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if retryable(&s) && Instant::now() < deadline => {
+                    eprintln!(
+                        "{}-{}: {:?} {:?}; retrying on the other instance",
+                        self.service,
+                        i + 1,
+                        s.code(),
+                        s.message()
+                    );
+                    self.failovers.fetch_add(1, Ordering::SeqCst);
+                    i = 1 - i;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    fn failovers(&self) -> usize {
+        self.failovers.load(Ordering::SeqCst)
+    }
+}
+
+async fn wait_for(what: &str, counter: &AtomicUsize, at_least: usize) {
+    let deadline = Instant::now() + WAIT;
+    while counter.load(Ordering::SeqCst) < at_least {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ── tokens ─────────────────────────────────────────────────────────────────────────────────────
+
+struct Tokens {
+    keys: DevKeys,
+}
+
+impl Tokens {
+    fn mint(&self, spec: TokenSpec) -> String {
+        self.keys
+            .mint(&spec, Utc::now().timestamp(), 600)
+            .expect("mint")
+    }
+    fn patient(&self, nin: &str) -> String {
+        self.mint(TokenSpec::Patient {
+            nin: nin.into(),
+            acr: REQUIRED_ACR.into(),
+        })
+    }
+    fn ehr(&self) -> String {
+        self.mint(TokenSpec::Ehr {
+            client_id: "epj-scaleout".into(),
+            org_number: ORG_A.into(),
+            scopes: vec![
+                "econsult:booking.read".into(),
+                "econsult:booking.write".into(),
+            ],
+        })
+    }
+    fn gp(&self) -> String {
+        self.mint(TokenSpec::Clinician {
+            hpr_number: GP_HPR.into(),
+            org_number: ORG_A.into(),
+            scopes: vec![],
+        })
+    }
+    fn ops(&self) -> String {
+        self.mint(TokenSpec::Ops {
+            subject: "ops-scaleout".into(),
+        })
+    }
+}
+
+// ── seeding ────────────────────────────────────────────────────────────────────────────────────
+
+struct Seeded {
+    nins: Vec<String>,
+    in_person: Vec<String>,
+    video_appointment: String,
+    /// The request that booked the video slot (served by booking-1, which dies later).
+    video_book: bpb::BookRequest,
+}
+
+async fn seed(booking: &Pair, tokens: &Tokens) -> Seeded {
+    let ehr = tokens.ehr();
+    let gp = bpb::Gp {
+        gp_id: GP_ID.into(),
+        hpr_number: GP_HPR.into(),
+        display_name: "Dr Skala".into(),
+        municipality_number: "0301".into(),
+        list_capacity: 2500,
+        list_status: bpb::ListStatus::Staffed as i32,
+        ..Default::default()
+    };
+    booking
+        .call(0, |ch| {
+            let r = authed(
+                bpb::UpsertGpRequest {
+                    gp: Some(gp.clone()),
+                },
+                &ehr,
+            );
+            async move { BookingServiceClient::new(ch).upsert_gp(r).await }
+        })
+        .await
+        .expect("upsert GP");
+    let nins: Vec<String> = (0..PATIENTS as u64)
+        .map(|i| {
+            econsult_runtime::nin::synthetic(8_800_000 + i)
+                .as_str()
+                .to_owned()
+        })
+        .collect();
+    let list = bpb::UpdateListRequest {
+        gp_id: GP_ID.into(),
+        add: nins.clone(),
+        remove: vec![],
+        idempotency_key: key(),
+    };
+    booking
+        .call(1, |ch| {
+            let r = authed(list.clone(), &ehr);
+            async move { BookingServiceClient::new(ch).update_list(r).await }
+        })
+        .await
+        .expect("update list");
+    // In-person slots the day after tomorrow; one video slot starting in ten minutes, so that
+    // its join window (15 minutes before the start) is open now.
+    let day = Utc::now() + chrono::Duration::days(2);
+    let mut slots: Vec<bpb::NewSlot> = (0..IN_PERSON_SLOTS as i64)
+        .map(|i| bpb::NewSlot {
+            start: Some(ts(day + chrono::Duration::minutes(15 * i))),
+            duration_minutes: 15,
+            modality: bpb::Modality::InPerson as i32,
+            acute_reserve: false,
+        })
+        .collect();
+    slots.push(bpb::NewSlot {
+        start: Some(ts(Utc::now() + chrono::Duration::minutes(10))),
+        duration_minutes: 15,
+        modality: bpb::Modality::Video as i32,
+        acute_reserve: false,
+    });
+    let publish = bpb::PublishSlotsRequest {
+        gp_id: GP_ID.into(),
+        slots,
+        idempotency_key: key(),
+    };
+    let published = booking
+        .call(0, |ch| {
+            let r = authed(publish.clone(), &ehr);
+            async move { BookingServiceClient::new(ch).publish_slots(r).await }
+        })
+        .await
+        .expect("publish slots")
+        .slots;
+    let (video, in_person): (Vec<_>, Vec<_>) = published
+        .into_iter()
+        .partition(|s| s.modality == bpb::Modality::Video as i32);
+    let book = bpb::BookRequest {
+        target: Some(bpb::book_request::Target::SlotId(video[0].slot_id.clone())),
+        reason: "video, please".into(),
+        request_id: String::new(),
+        idempotency_key: key(),
+    };
+    let patient = tokens.patient(&nins[0]);
+    let video_appointment = booking
+        .call(0, |ch| {
+            let r = authed(book.clone(), &patient);
+            async move { BookingServiceClient::new(ch).book(r).await }
+        })
+        .await
+        .expect("book the video slot")
+        .appointment_id;
+    Seeded {
+        nins,
+        in_person: in_person.into_iter().map(|s| s.slot_id).collect(),
+        video_appointment,
+        video_book: book,
+    }
+}
+
+// ── booking ────────────────────────────────────────────────────────────────────────────────────
+
+/// One patient: FindSlots, then a slot (patient-specific choice, so patients collide): even
+/// patients hold and book the hold, odd ones book the slot directly. A slot someone else took
+/// (FAILED_PRECONDITION) sends the patient back to FindSlots; no free slot left ends the attempt.
+async fn book_one(
+    booking: Pair,
+    i: usize,
+    token: String,
+    successes: Arc<AtomicUsize>,
+) -> Option<(bpb::Appointment, bpb::BookRequest)> {
+    tokio::time::sleep(Duration::from_millis(60 * i as u64)).await;
+    for attempt in 0..(IN_PERSON_SLOTS + 5) {
+        let find = bpb::FindSlotsRequest {
+            modality: bpb::Modality::InPerson as i32,
+            ..Default::default()
+        };
+        let found = booking
+            .call(i + attempt, |ch| {
+                let r = authed(find, &token);
+                async move { BookingServiceClient::new(ch).find_slots(r).await }
+            })
+            .await
+            .expect("find slots");
+        let free: Vec<bpb::Slot> = found.slots.into_iter().filter_map(|o| o.slot).collect();
+        if free.is_empty() {
+            return None;
+        }
+        let slot_id = free[(i * 7 + attempt) % free.len()].slot_id.clone();
+        let target = if i.is_multiple_of(2) {
+            let hold = bpb::HoldSlotRequest {
+                slot_id,
+                request_id: found.request_id.clone(),
+                idempotency_key: key(),
+            };
+            match booking
+                .call(i + attempt + 1, |ch| {
+                    let r = authed(hold.clone(), &token);
+                    async move { BookingServiceClient::new(ch).hold_slot(r).await }
+                })
+                .await
+            {
+                Ok(h) => bpb::book_request::Target::HoldId(h.hold_id),
+                Err(s) if s.code() == Code::FailedPrecondition => continue,
+                Err(s) => panic!("patient {i}: hold: {s:?}"),
+            }
+        } else {
+            bpb::book_request::Target::SlotId(slot_id)
+        };
+        let book = bpb::BookRequest {
+            target: Some(target),
+            reason: format!("patient {i}"),
+            request_id: found.request_id.clone(),
+            idempotency_key: key(),
+        };
+        match booking
+            .call(i + attempt, |ch| {
+                let r = authed(book.clone(), &token);
+                async move { BookingServiceClient::new(ch).book(r).await }
+            })
+            .await
+        {
+            Ok(a) => {
+                successes.fetch_add(1, Ordering::SeqCst);
+                return Some((a, book));
+            }
+            Err(s) if s.code() == Code::FailedPrecondition => continue,
+            Err(s) => panic!("patient {i}: book: {s:?}"),
+        }
+    }
+    panic!("patient {i}: neither booked nor out of slots");
+}
+
+/// All patients book at once (staggered), spread over both booking instances; booking-1 dies
+/// after the first few successes. Returns patient → the appointment the patient saw booked and
+/// the request that booked it.
+async fn booking_phase(
+    cluster: &Cluster,
+    booking: &Pair,
+    tokens: &Tokens,
+    nins: &[String],
+) -> BTreeMap<usize, (bpb::Appointment, bpb::BookRequest)> {
+    let successes = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, nin) in nins.iter().enumerate() {
+        let (booking, token, successes) = (booking.clone(), tokens.patient(nin), successes.clone());
+        tasks.spawn(async move { (i, book_one(booking, i, token, successes).await) });
+    }
+    wait_for("bookings before the kill", &successes, KILL_BOOKING_AFTER).await;
+    cluster.get("booking-1").kill_9();
+    let mut booked = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (i, a) = r.expect("patient task");
+        if let Some(a) = a {
+            booked.insert(i, a);
+        }
+    }
+    booked
+}
+
+// ── consultation ───────────────────────────────────────────────────────────────────────────────
+
+/// What one patient saw stored: the thread and every message (first one included), and the
+/// requests that stored them.
+struct Conversation {
+    thread_id: String,
+    messages: Vec<cpb::Message>,
+    start: cpb::StartConsultationRequest,
+    sends: Vec<cpb::SendMessageRequest>,
+}
+
+async fn consult_one(
+    consultation: Pair,
+    i: usize,
+    token: String,
+    calls: Arc<AtomicUsize>,
+) -> Conversation {
+    tokio::time::sleep(Duration::from_millis(80 * i as u64)).await;
+    let start = cpb::StartConsultationRequest {
+        category: cpb::Category::EConsultation as i32,
+        subject: format!("Spørsmål fra pasient {i}"),
+        body: format!("scaleout patient {i} message 0"),
+        attachments: vec![],
+        urgent: false,
+        idempotency_key: key(),
+    };
+    let started = consultation
+        .call(i, |ch| {
+            let r = authed(start.clone(), &token);
+            async move {
+                ConsultationServiceClient::new(ch)
+                    .start_consultation(r)
+                    .await
+            }
+        })
+        .await
+        .unwrap_or_else(|s| panic!("patient {i}: start: {s:?}"));
+    calls.fetch_add(1, Ordering::SeqCst);
+    let thread_id = started.thread.expect("thread").thread_id;
+    let mut messages = vec![started.message.expect("first message")];
+    let mut sends = Vec::new();
+    for j in 1..=FOLLOW_UPS {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let send = cpb::SendMessageRequest {
+            thread_id: thread_id.clone(),
+            body: format!("scaleout patient {i} message {j}"),
+            attachments: vec![],
+            idempotency_key: key(),
+        };
+        let sent = consultation
+            .call(i + j, |ch| {
+                let r = authed(send.clone(), &token);
+                async move { ConsultationServiceClient::new(ch).send_message(r).await }
+            })
+            .await
+            .unwrap_or_else(|s| panic!("patient {i}: message {j}: {s:?}"));
+        calls.fetch_add(1, Ordering::SeqCst);
+        messages.push(sent.message.expect("message"));
+        sends.push(send);
+    }
+    Conversation {
+        thread_id,
+        messages,
+        start,
+        sends,
+    }
+}
+
+/// Patients start consultations and send follow-ups over both consultation instances;
+/// consultation-1 dies part-way.
+async fn consultation_phase(
+    cluster: &Cluster,
+    consultation: &Pair,
+    tokens: &Tokens,
+    nins: &[String],
+) -> BTreeMap<usize, Conversation> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, nin) in nins.iter().enumerate().take(CONSULTING) {
+        let (consultation, token, calls) =
+            (consultation.clone(), tokens.patient(nin), calls.clone());
+        tasks.spawn(async move { (i, consult_one(consultation, i, token, calls).await) });
+    }
+    wait_for(
+        "consultation calls before the kill",
+        &calls,
+        KILL_CONSULTATION_AFTER,
+    )
+    .await;
+    cluster.get("consultation-1").kill_9();
+    let mut out = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (i, c) = r.expect("consultation task");
+        out.insert(i, c);
+    }
+    out
+}
+
+// ── video ──────────────────────────────────────────────────────────────────────────────────────
+
+struct NoEvents;
+impl webrtc::peer_connection::PeerConnectionEventHandler for NoEvents {}
+
+async fn peer() -> Arc<dyn webrtc::peer_connection::PeerConnection> {
+    let pc = webrtc::peer_connection::PeerConnectionBuilder::new()
+        .with_handler(Arc::new(NoEvents))
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .build()
+        .await
+        .expect("peer connection");
+    Arc::new(pc)
+}
+
+fn description(kind: spb::SdpType, sdp: &str) -> Out {
+    Out::Description(spb::SessionDescription {
+        r#type: kind as i32,
+        sdp: sdp.into(),
+        ice_restart: false,
+    })
+}
+
+async fn join(channel: Channel, token: &str, appointment_id: &str) -> spb::JoinSessionResponse {
+    SignallingServiceClient::new(channel)
+        .join_session(authed(
+            spb::JoinSessionRequest {
+                appointment_id: appointment_id.into(),
+            },
+            token,
+        ))
+        .await
+        .expect("join session")
+        .into_inner()
+}
+
+/// What the video session showed.
+struct VideoOutcome {
+    offer_reached_gp: bool,
+    answer_reached_patient_after_failover: bool,
+}
+
+/// The patient signals through signalling-1 and the GP through signalling-2: admission and the
+/// offer cross between the processes; then signalling-1 dies, the patient resumes on
+/// signalling-2 with the last seq it saw and receives the GP's answer there.
+async fn video_phase(cluster: &Cluster, tokens: &Tokens, nin: &str, id: &str) -> VideoOutcome {
+    let sig1 = cluster.get("signalling-1").channel();
+    let sig2 = cluster.get("signalling-2").channel();
+    let (patient_token, gp_token) = (tokens.patient(nin), tokens.gp());
+    let pj = join(sig1.clone(), &patient_token, id).await;
+    assert!(pj.waiting, "the patient starts in the waiting room");
+    let gj = join(sig2.clone(), &gp_token, id).await;
+    assert_eq!(gj.session_id, pj.session_id, "one session across instances");
+
+    let mut patient = Sig::open(sig1.clone(), &patient_token, id, pj.resume_after_seq)
+        .await
+        .expect("signal stream");
+    match patient.expect(|e| matches!(e, Ev::Welcome(_))).await {
+        Ev::Welcome(w) => assert!(w.waiting && !w.resumed, "{w:?}"),
+        _ => unreachable!(),
+    }
+    let mut gp = Sig::open(sig2.clone(), &gp_token, id, gj.resume_after_seq)
+        .await
+        .expect("signal stream");
+    gp.expect(|e| matches!(e, Ev::Welcome(_))).await;
+    SignallingServiceClient::new(sig2.clone())
+        .admit(authed(
+            spb::AdmitRequest {
+                appointment_id: id.into(),
+                clinician_hpr_number: String::new(),
+            },
+            &gp_token,
+        ))
+        .await
+        .expect("admit");
+    patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
+
+    let patient_pc = peer().await;
+    patient_pc
+        .create_data_channel("consultation", None)
+        .await
+        .expect("data channel");
+    let offer = patient_pc.create_offer(None).await.expect("offer");
+    patient
+        .call(description(spb::SdpType::Offer, &offer.sdp))
+        .await
+        .expect("offer accepted");
+    let offer_reached_gp = match gp.expect(|e| matches!(e, Ev::Description(_))).await {
+        Ev::Description(d) => d.r#type == spb::SdpType::Offer as i32 && d.sdp == offer.sdp,
+        _ => unreachable!(),
+    };
+
+    // The patient's instance dies; the patient comes back on the survivor from its last seq.
+    cluster.get("signalling-1").kill_9();
+    let seen = patient.last_seq;
+    drop(patient);
+    let mut patient = Sig::open(sig2.clone(), &patient_token, id, seen)
+        .await
+        .expect("signal stream");
+    match patient.expect(|e| matches!(e, Ev::Welcome(_))).await {
+        Ev::Welcome(w) => assert!(w.resumed && !w.waiting && w.peer_online, "{w:?}"),
+        _ => unreachable!(),
+    }
+
+    let gp_pc = peer().await;
+    gp_pc
+        .set_remote_description(
+            webrtc::peer_connection::RTCSessionDescription::offer(offer.sdp.clone())
+                .expect("offer sdp"),
+        )
+        .await
+        .expect("set remote offer");
+    let answer = gp_pc.create_answer(None).await.expect("answer");
+    gp.call(description(spb::SdpType::Answer, &answer.sdp))
+        .await
+        .expect("answer accepted");
+    let answer_reached_patient_after_failover =
+        match patient.expect(|e| matches!(e, Ev::Description(_))).await {
+            Ev::Description(d) => d.r#type == spb::SdpType::Answer as i32 && d.sdp == answer.sdp,
+            _ => unreachable!(),
+        };
+    assert!(
+        !patient
+            .buf
+            .iter()
+            .any(|e| matches!(e.body, Some(Ev::Admitted(_)))),
+        "what the patient saw before the failover is not delivered again"
+    );
+    let _ = patient_pc.close().await;
+    let _ = gp_pc.close().await;
+    VideoOutcome {
+        offer_reached_gp,
+        answer_reached_patient_after_failover,
+    }
+}
+
+// ── checks ─────────────────────────────────────────────────────────────────────────────────────
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    sqlx::Row::try_get(
+        &sqlx::query(sql).fetch_one(db.read()).await.expect(sql),
+        "n",
+    )
+    .expect("n")
+}
+
+async fn strings(db: &Db, sql: &str) -> Vec<String> {
+    sqlx::query(sql)
+        .fetch_all(db.read())
+        .await
+        .expect(sql)
+        .iter()
+        .map(|r| sqlx::Row::try_get::<String, _>(r, 0).expect("text"))
+        .collect()
+}
+
+async fn bookings_counted(stats: &Pair, instance: usize, ops: &str) -> u64 {
+    let today = Utc::now().date_naive();
+    let req = stpb::GetBookingAccessibilityRequest {
+        filter: Some(stpb::Filter {
+            from_date: (today - chrono::Duration::days(1)).to_string(),
+            to_date: (today + chrono::Duration::days(1)).to_string(),
+            ..Default::default()
+        }),
+    };
+    stats
+        .call(instance, |ch| {
+            let r = authed(req.clone(), ops);
+            async move {
+                StatsServiceClient::new(ch)
+                    .get_booking_accessibility(r)
+                    .await
+            }
+        })
+        .await
+        .expect("booking accessibility")
+        .bookings
+}
+
+fn admin_and_db(database_url: &str) -> Option<(String, String)> {
+    let admin = std::env::var("TEST_DATABASE_URL").ok()?;
+    let path = database_url.split('?').next()?;
+    let name = path.rsplit('/').next()?.to_owned();
+    name.starts_with("econsult_t_").then_some((admin, name))
+}
+
+async fn drop_database(database_url: &str) {
+    if let Some((admin, name)) = admin_and_db(database_url)
+        && let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await
+    {
+        let _ = sqlx::Executor::execute(
+            &mut conn,
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+        )
+        .await;
+    }
+}
+
+// ── the test ───────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_of_every_service_survive_kill_9_without_losing_or_doubling_work() {
+    let Some(env) = common::Env::postgres().await else {
+        return;
+    };
+    let db_url = env.database_url.clone().expect("database url");
+    let redis = env.redis_url.clone().expect("redis url");
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The shared dev key exists before any process starts, so all eight trust the same key.
+    let tokens = Tokens {
+        keys: DevKeys::load_or_create(dir.path()).expect("dev keys"),
+    };
+
+    // Migrations once, by the CLI.
+    let mut migrate = econsult(dir.path(), &dir.path().join("migrate.log"))
+        .arg("--database-url")
+        .arg(&db_url)
+        .arg("migrate")
+        .spawn()
+        .expect("spawn econsult migrate");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = migrate.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "migrate did not finish in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "econsult migrate: {status:?}");
+
+    let ns = format!("scaleout-{}", uuid::Uuid::new_v4().simple());
+    let mut procs = Vec::new();
+    for service in ["booking", "consultation", "signalling", "stats"] {
+        for n in 1..=2 {
+            let name = format!("{service}-{n}");
+            procs.push(Proc::spawn(
+                dir.path(),
+                &name,
+                service,
+                &db_url,
+                &redis,
+                &ns,
+            ));
+        }
+    }
+    let cluster = Cluster { procs };
+    futures::future::join_all(cluster.procs.iter().map(Proc::ready)).await;
+    eprintln!("8 instances ready after {:?}", started.elapsed());
+
+    let run = async {
+        let booking = cluster.pair("booking");
+        let consultation = cluster.pair("consultation");
+        let stats = cluster.pair("stats");
+        let seeded = seed(&booking, &tokens).await;
+
+        // Booking, text consultations and the video session at the same time; booking-1,
+        // consultation-1 and signalling-1 die part-way.
+        let (booked, conversations, video) = tokio::join!(
+            booking_phase(&cluster, &booking, &tokens, &seeded.nins),
+            consultation_phase(&cluster, &consultation, &tokens, &seeded.nins),
+            video_phase(
+                &cluster,
+                &tokens,
+                &seeded.nins[0],
+                &seeded.video_appointment
+            ),
+        );
+        eprintln!(
+            "run done after {:?}: {} booked, {} conversations",
+            started.elapsed(),
+            booked.len(),
+            conversations.len()
+        );
+
+        // After the kills every patient reads back through its usual instance: half of them
+        // hit the dead one and fail over.
+        let before = booking.failovers();
+        for (i, nin) in seeded.nins.iter().enumerate() {
+            let token = tokens.patient(nin);
+            let mine = booking
+                .call(i, |ch| {
+                    let r = authed(bpb::ListMyBookingsRequest::default(), &token);
+                    async move { BookingServiceClient::new(ch).list_my_bookings(r).await }
+                })
+                .await
+                .expect("list my bookings");
+            let ids: BTreeSet<String> = mine
+                .appointments
+                .iter()
+                .filter(|a| a.status == bpb::AppointmentStatus::Booked as i32)
+                .map(|a| a.appointment_id.clone())
+                .collect();
+            let mut expected: BTreeSet<String> = booked
+                .get(&i)
+                .map(|(a, _)| a.appointment_id.clone())
+                .into_iter()
+                .collect();
+            if i == 0 {
+                expected.insert(seeded.video_appointment.clone());
+            }
+            assert_eq!(ids, expected, "patient {i} sees exactly what it booked");
+        }
+        assert!(
+            booking.failovers() > before,
+            "reads routed to the dead booking instance failed over"
+        );
+        for (i, c) in &conversations {
+            let token = tokens.patient(&seeded.nins[*i]);
+            let thread = consultation
+                .call(*i, |ch| {
+                    let r = authed(
+                        cpb::GetThreadRequest {
+                            thread_id: c.thread_id.clone(),
+                            after_seq: 0,
+                            page_size: 50,
+                        },
+                        &token,
+                    );
+                    async move { ConsultationServiceClient::new(ch).get_thread(r).await }
+                })
+                .await
+                .expect("get thread");
+            let got: Vec<(i64, String)> = thread
+                .messages
+                .iter()
+                .map(|m| (m.seq, m.message_id.clone()))
+                .collect();
+            let want: Vec<(i64, String)> = c
+                .messages
+                .iter()
+                .map(|m| (m.seq, m.message_id.clone()))
+                .collect();
+            assert_eq!(
+                got, want,
+                "patient {i}: the thread holds exactly what was sent"
+            );
+        }
+        eprintln!(
+            "failovers: booking {}, consultation {}",
+            booking.failovers(),
+            consultation.failovers()
+        );
+        assert!(
+            consultation.failovers() > 0,
+            "calls routed to the dead consultation instance failed over"
+        );
+
+        // Responses lost in transit: every request a client saw succeed is sent again, with its
+        // idempotency key, to the surviving instance. Each returns the first result, also when
+        // the first call was served by the instance that died; the row counts below show that
+        // nothing was stored twice.
+        for (i, (a, req)) in &booked {
+            let token = tokens.patient(&seeded.nins[*i]);
+            let again = booking
+                .call(1, |ch| {
+                    let r = authed(req.clone(), &token);
+                    async move { BookingServiceClient::new(ch).book(r).await }
+                })
+                .await
+                .unwrap_or_else(|s| panic!("patient {i}: book retried: {s:?}"));
+            assert_eq!(
+                again.appointment_id, a.appointment_id,
+                "patient {i}: same booking"
+            );
+        }
+        let token = tokens.patient(&seeded.nins[0]);
+        let again = booking
+            .call(1, |ch| {
+                let r = authed(seeded.video_book.clone(), &token);
+                async move { BookingServiceClient::new(ch).book(r).await }
+            })
+            .await
+            .expect("video booking retried on the survivor");
+        assert_eq!(
+            again.appointment_id, seeded.video_appointment,
+            "booking-1 served it before it died; booking-2 returns the same appointment"
+        );
+        for (i, c) in &conversations {
+            let token = tokens.patient(&seeded.nins[*i]);
+            let again = consultation
+                .call(1, |ch| {
+                    let r = authed(c.start.clone(), &token);
+                    async move {
+                        ConsultationServiceClient::new(ch)
+                            .start_consultation(r)
+                            .await
+                    }
+                })
+                .await
+                .unwrap_or_else(|s| panic!("patient {i}: start retried: {s:?}"));
+            assert_eq!(again.thread.expect("thread").thread_id, c.thread_id);
+            assert_eq!(
+                again.message.expect("message").message_id,
+                c.messages[0].message_id
+            );
+            for (send, first) in c.sends.iter().zip(&c.messages[1..]) {
+                let again = consultation
+                    .call(1, |ch| {
+                        let r = authed(send.clone(), &token);
+                        async move { ConsultationServiceClient::new(ch).send_message(r).await }
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("patient {i}: message retried: {s:?}"));
+                assert_eq!(
+                    again.message.expect("message").message_id,
+                    first.message_id,
+                    "patient {i}: a retried message is the first one"
+                );
+            }
+        }
+
+        // Video: the offer crossed from signalling-1 to signalling-2, the answer reached the
+        // patient after it resumed on the survivor.
+        assert!(video.offer_reached_gp, "the patient's offer reached the GP");
+        assert!(
+            video.answer_reached_patient_after_failover,
+            "the GP's answer reached the patient after the failover"
+        );
+
+        // The database: bookings.
+        let db = Db::connect(&db_url).await.expect("db");
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) AS n FROM (SELECT slot_id FROM booking_appointments WHERE status <> 4 \
+                 GROUP BY slot_id HAVING COUNT(*) > 1) d"
+            )
+            .await,
+            0,
+            "no slot has two appointments"
+        );
+        let stored: BTreeSet<String> = strings(
+            &db,
+            "SELECT a.appointment_id FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id \
+             WHERE a.status <> 4 AND s.modality = 1",
+        )
+        .await
+        .into_iter()
+        .collect();
+        let seen: BTreeSet<String> = booked
+            .values()
+            .map(|(a, _)| a.appointment_id.clone())
+            .collect();
+        assert_eq!(seen.len(), booked.len(), "one appointment per patient");
+        assert_eq!(
+            stored, seen,
+            "the stored appointments are exactly those clients saw booked"
+        );
+        assert_eq!(
+            booked.len(),
+            IN_PERSON_SLOTS,
+            "every slot was booked once ({} patients raced for {IN_PERSON_SLOTS})",
+            PATIENTS
+        );
+        let booked_slots: BTreeSet<&String> = booked
+            .values()
+            .map(|(a, _)| &a.slot.as_ref().expect("slot").slot_id)
+            .collect();
+        let published: BTreeSet<&String> = seeded.in_person.iter().collect();
+        assert_eq!(
+            booked_slots, published,
+            "each in-person slot went to one patient"
+        );
+
+        // The database: messages.
+        let mut bodies: HashMap<String, i64> = HashMap::new();
+        for r in sqlx::query("SELECT body, COUNT(*) AS n FROM consultation_messages GROUP BY body")
+            .fetch_all(db.read())
+            .await
+            .expect("messages")
+        {
+            bodies.insert(
+                sqlx::Row::try_get(&r, "body").expect("body"),
+                sqlx::Row::try_get(&r, "n").expect("n"),
+            );
+        }
+        let mut sent = 0;
+        for (i, c) in &conversations {
+            for (j, m) in c.messages.iter().enumerate() {
+                let body = format!("scaleout patient {i} message {j}");
+                assert_eq!(m.body, body);
+                assert_eq!(m.seq, j as i64 + 1, "patient {i}: seqs 1, 2, 3 …");
+                assert_eq!(
+                    bodies.get(&body),
+                    Some(&1),
+                    "patient {i} message {j} stored exactly once"
+                );
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, CONSULTING * (1 + FOLLOW_UPS));
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) AS n FROM consultation_messages").await,
+            sent as i64,
+            "no message stored that no client saw"
+        );
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) AS n FROM consultation_threads").await,
+            CONSULTING as i64,
+            "one thread per patient, however often StartConsultation was retried"
+        );
+
+        // Statistics on the surviving stats instances count every booked appointment once, and
+        // the outbox drains (the relay leadership moved if the leader was killed).
+        let appointments = count(
+            &db,
+            "SELECT COUNT(*) AS n FROM booking_appointments WHERE status = 1",
+        )
+        .await as u64;
+        assert_eq!(appointments, IN_PERSON_SLOTS as u64 + 1);
+        let ops = tokens.ops();
+        let deadline = Instant::now() + WAIT;
+        let mut turn = 0;
+        loop {
+            let n = bookings_counted(&stats, turn, &ops).await;
+            assert!(n <= appointments, "counted {n} bookings of {appointments}");
+            if n == appointments {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stats counted {n} of {appointments} bookings"
+            );
+            turn += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let deadline = Instant::now() + WAIT;
+        while count(
+            &db,
+            "SELECT COUNT(*) AS n FROM outbox WHERE seq IS NULL OR published_at IS NULL",
+        )
+        .await
+            > 0
+        {
+            assert!(Instant::now() < deadline, "the outbox did not drain");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for instance in 0..2 {
+            assert_eq!(
+                bookings_counted(&stats, instance, &ops).await,
+                appointments,
+                "stats-{}: every booking counted exactly once",
+                instance + 1
+            );
+        }
+        db.close().await;
+    };
+    tokio::time::timeout(TOTAL, run)
+        .await
+        .expect("the scale-out scenario finished in time");
+    eprintln!("scale-out scenario passed after {:?}", started.elapsed());
+    drop(cluster);
+    drop_database(&db_url).await;
+    if let Ok(client) = redis::Client::open(redis.as_str())
+        && let Ok(mut con) = client.get_multiplexed_async_connection().await
+    {
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(format!("{ns}:events"))
+            .query_async(&mut con)
+            .await;
+    }
+}
