@@ -1,0 +1,182 @@
+//! Optional raw-database baseline: pgbench runs the SQL of a booking transaction
+//! (`load-tests/pgbench/booking.sql`) against a scratch database that has the real schema (the
+//! embedded migrations) and many free slots. Skipped with a note when pgbench is missing.
+
+use crate::target::{require_loopback, url_host};
+use anyhow::Context as _;
+use serde::Serialize;
+use std::time::Duration;
+
+/// The script, shipped with the crate.
+pub const SCRIPT: &str = include_str!("../pgbench/booking.sql");
+
+/// What pgbench measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgbenchResult {
+    pub tps: Option<f64>,
+    pub transactions: Option<u64>,
+    pub clients: u32,
+    pub seconds: u64,
+    pub slots: u64,
+    /// Appointments the run inserted, and whether any slot got two.
+    pub appointments: Option<i64>,
+    pub double_booked_slots: Option<i64>,
+    pub note: String,
+    pub command: String,
+}
+
+fn find_pgbench() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("pgbench"))
+        .find(|p| p.is_file())
+}
+
+fn parse_url(url: &str) -> (String, String, String, Option<String>) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
+        None => (userinfo.to_owned(), None),
+    };
+    let port = hostport
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or("5432".to_owned(), |(_, p)| p.to_owned());
+    let user = if user.is_empty() {
+        "postgres".into()
+    } else {
+        user
+    };
+    (url_host(url), port, user, password)
+}
+
+/// Runs the baseline against a fresh database next to `admin_url`'s.
+pub async fn run(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Result<PgbenchResult> {
+    require_loopback("--pgbench-url", admin_url)?;
+    let slots: u64 = 1_000_000;
+    let mut result = PgbenchResult {
+        tps: None,
+        transactions: None,
+        clients,
+        seconds,
+        slots,
+        appointments: None,
+        double_booked_slots: None,
+        note: String::new(),
+        command: String::new(),
+    };
+    let Some(pgbench) = find_pgbench() else {
+        result.note = "pgbench is not installed (Debian: apt-get install postgresql-contrib or postgresql-client)".into();
+        return Ok(result);
+    };
+    let name = format!(
+        "econsult_pgbench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    sqlx::any::install_default_drivers();
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url)
+        .await
+        .context("connect to PostgreSQL for pgbench")?;
+    sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str()).await?;
+    let outcome = async {
+        let (base, query) = admin_url
+            .split_once('?')
+            .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let url = match query {
+            Some(q) => format!("{base}/{name}?{q}"),
+            None => format!("{base}/{name}"),
+        };
+        let db = econsult_runtime::db::Db::connect(&url).await?;
+        db.migrate().await?;
+        let pool = db.read().clone();
+        sqlx::query(
+            "INSERT INTO booking_gps (gp_uid, org_number, gp_id, hpr_number, display_name, municipality_number, list_capacity, list_status, updated_at) \
+             VALUES ('pgb-gp', '999999999', 'pgb', '1', 'pgbench', '0301', 2500, 1, 0)",
+        )
+        .execute(&pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO booking_slots (slot_id, gp_uid, start_at, end_at, modality, acute_reserve, status, created_at) \
+             SELECT 'pgb-' || i, 'pgb-gp', 4000000000000 + i * 60000, 4000000000000 + i * 60000 + 60000, 1, 0, 1, 0 \
+             FROM generate_series(1, $1::bigint) AS i",
+        )
+        .bind(slots as i64)
+        .execute(&pool)
+        .await?;
+        sqlx::query("ANALYZE").execute(&pool).await?;
+        let script = std::env::temp_dir().join(format!("{name}.sql"));
+        std::fs::write(&script, SCRIPT)?;
+        let (host, port, user, password) = parse_url(admin_url);
+        let mut cmd = tokio::process::Command::new(&pgbench);
+        cmd.args(["-n", "-M", "prepared"])
+            .args(["-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()])
+            .args(["-D", &format!("nslots={slots}")])
+            .arg("-f")
+            .arg(&script)
+            .args(["-p", &port, "-U", &user]);
+        if !host.is_empty() {
+            cmd.args(["-h", &host]);
+        }
+        cmd.arg(&name);
+        if let Some(p) = password {
+            cmd.env("PGPASSWORD", p);
+        }
+        result.command = format!(
+            "pgbench -n -M prepared -c {clients} -j 2 -T {seconds} -D nslots={slots} -f load-tests/pgbench/booking.sql -h {host} -p {port} -U {user} <scratch db>"
+        );
+        let out = tokio::time::timeout(
+            Duration::from_secs(seconds + 60),
+            cmd.kill_on_drop(true).output(),
+        )
+        .await
+        .context("pgbench did not finish")??;
+        let _ = std::fs::remove_file(&script);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            anyhow::bail!(
+                "pgbench failed: {}{}",
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        result.tps = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("tps = "))
+            .and_then(|l| l.trim_start().trim_start_matches("tps = ").split_whitespace().next())
+            .and_then(|v| v.parse().ok());
+        result.transactions = stdout
+            .lines()
+            .find(|l| l.contains("number of transactions actually processed"))
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|v| v.trim().split('/').next())
+            .and_then(|v| v.trim().parse().ok());
+        use sqlx::Row as _;
+        let row = sqlx::query("SELECT COUNT(*) FROM booking_appointments")
+            .fetch_one(&pool)
+            .await?;
+        result.appointments = Some(row.try_get(0)?);
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM (SELECT slot_id FROM booking_appointments WHERE status <> 4 GROUP BY slot_id HAVING COUNT(*) > 1) d",
+        )
+        .fetch_one(&pool)
+        .await?;
+        result.double_booked_slots = Some(row.try_get(0)?);
+        db.close().await;
+        result.note = format!(
+            "prepared statements, {} slots, scratch database with the real schema",
+            slots
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = sqlx::Executor::execute(
+        &mut admin,
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+    )
+    .await;
+    outcome?;
+    Ok(result)
+}

@@ -1,0 +1,185 @@
+//! CPU time and memory of the server from /proc (Linux).
+//!
+//! In-process targets run the server on its own tokio runtime whose threads are named `srv-*`
+//! (SQLite's connection threads are `sqlx-sqlite-worker-*`), and the generator on `gen-*`
+//! threads, so the server's CPU time is the sum over its threads in /proc/self/task. A thread
+//! that exited during the phase (an idle blocking-pool thread) takes its time with it, so the
+//! server figure is a lower bound; the process figure (generator + server) is exact. RSS is the
+//! whole process's. With `--server-pid`, the external server's /proc/<pid> is read instead.
+
+use serde::Serialize;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Clock ticks per second of /proc times (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// Where the server runs.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerProc {
+    /// In this process, on threads named `srv-*` / `sqlx-sqlite-*`.
+    InProcess,
+    /// Another process.
+    Pid(u32),
+    /// Unknown: no server figures.
+    Unknown,
+}
+
+static SERVER: OnceLock<ServerProc> = OnceLock::new();
+
+/// Sets where the server runs (once, before the first phase).
+pub fn set_server(p: ServerProc) {
+    let _ = SERVER.set(p);
+}
+
+fn server() -> ServerProc {
+    *SERVER.get().unwrap_or(&ServerProc::Unknown)
+}
+
+/// Thread-name prefixes of the in-process server.
+pub fn is_server_thread(comm: &str) -> bool {
+    comm.starts_with("srv-") || comm.starts_with("sqlx-sqlite")
+}
+
+/// (comm, utime + stime ticks) of a /proc stat file.
+fn stat_ticks(path: &str) -> Option<(String, u64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s[open + 1..close].to_owned();
+    // Fields after the comm start with field 3 (state); utime is field 14, stime 15.
+    let rest: Vec<&str> = s[close + 2..].split_whitespace().collect();
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+fn server_threads_ticks() -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let entry = entry.ok()?;
+        let path = format!("{}/stat", entry.path().display());
+        if let Some((comm, ticks)) = stat_ticks(&path)
+            && is_server_thread(&comm)
+        {
+            total += ticks;
+        }
+    }
+    Some(total)
+}
+
+/// CPU ticks of every process on the machine named `postgres` or `redis-server` (the database
+/// and event bus of a PostgreSQL target; other users of the same servers are included).
+fn db_ticks() -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Some((comm, ticks)) = stat_ticks(&format!("/proc/{name}/stat"))
+            && (comm == "postgres" || comm == "redis-server")
+        {
+            total += ticks;
+        }
+    }
+    Some(total)
+}
+
+/// (VmRSS, VmHWM) in MiB of `/proc/<who>/status`.
+pub fn memory_mib(who: &str) -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string(format!("/proc/{who}/status")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = s.lines().find(|l| l.starts_with(name))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The 1-minute load average and the whole /proc/loadavg line.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Counters at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    at: Instant,
+    process_ticks: u64,
+    server_ticks: Option<u64>,
+    db_ticks: Option<u64>,
+}
+
+/// Resource use between two snapshots.
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub wall_s: f64,
+    /// CPU seconds of the load generator's process (with an in-process server: both).
+    pub process_cpu_s: f64,
+    /// CPU seconds of the server (in-process: its threads; external: its process).
+    pub server_cpu_s: Option<f64>,
+    /// Server CPU as a percentage of one core.
+    pub server_cpu_percent: Option<f64>,
+    /// CPU of all `postgres` and `redis-server` processes on the machine, as a percentage of one
+    /// core (other users of the same servers included).
+    pub db_cpu_percent: Option<f64>,
+    /// Resident memory of the server's process at the end (MiB).
+    pub server_rss_mib: Option<f64>,
+    /// Peak resident memory of the server's process so far (MiB).
+    pub server_rss_peak_mib: Option<f64>,
+    /// /proc/loadavg at the end of the phase.
+    pub loadavg: String,
+}
+
+impl Snapshot {
+    /// Reads the counters now (None off Linux).
+    pub fn take() -> Option<Self> {
+        let (_, process_ticks) = stat_ticks("/proc/self/stat")?;
+        let server_ticks = match server() {
+            ServerProc::InProcess => server_threads_ticks(),
+            ServerProc::Pid(pid) => stat_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t),
+            ServerProc::Unknown => None,
+        };
+        Some(Self {
+            at: Instant::now(),
+            process_ticks,
+            server_ticks,
+            db_ticks: db_ticks(),
+        })
+    }
+
+    /// Usage from this snapshot until now.
+    pub fn usage_until_now(&self) -> Usage {
+        let now = Snapshot::take().unwrap_or_else(|| self.clone());
+        let wall_s = now.at.duration_since(self.at).as_secs_f64();
+        let server_cpu_s = match (self.server_ticks, now.server_ticks) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / TICKS),
+            _ => None,
+        };
+        let mem = match server() {
+            ServerProc::InProcess => memory_mib("self"),
+            ServerProc::Pid(pid) => memory_mib(&pid.to_string()),
+            ServerProc::Unknown => None,
+        };
+        Usage {
+            wall_s,
+            process_cpu_s: now.process_ticks.saturating_sub(self.process_ticks) as f64 / TICKS,
+            server_cpu_s,
+            server_cpu_percent: server_cpu_s.map(|c| 100.0 * c / wall_s.max(1e-3)),
+            db_cpu_percent: match (self.db_ticks, now.db_ticks) {
+                (Some(a), Some(b)) if b > a => {
+                    Some(100.0 * (b - a) as f64 / TICKS / wall_s.max(1e-3))
+                }
+                _ => None,
+            },
+            server_rss_mib: mem.map(|m| m.0),
+            server_rss_peak_mib: mem.map(|m| m.1),
+            loadavg: loadavg(),
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The system under test: started in this process (SQLite, or PostgreSQL + Redis with a fresh
+//! database per run) or an external server on a loopback address.
+
+use anyhow::{Context as _, bail};
+use econsult::{Application, Config};
+use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
+use sqlx::AnyPool;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::runtime::Handle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+/// True for `localhost`, 127.0.0.0/8 and ::1 (with or without brackets).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of a URL like `scheme://user:pass@host:port/path?query` (empty for a Unix socket).
+pub fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(stripped) = hostport.strip_prefix('[') {
+        return stripped.split(']').next().unwrap_or("").to_owned();
+    }
+    hostport.split(':').next().unwrap_or("").to_owned()
+}
+
+/// Refuses a URL whose host is not a loopback address (an empty host is a local socket).
+pub fn require_loopback(what: &str, url: &str) -> anyhow::Result<()> {
+    let host = url_host(url);
+    if host.is_empty() || is_loopback_host(&host) {
+        Ok(())
+    } else {
+        bail!(
+            "{what} {url:?}: only loopback addresses (127.0.0.0/8, ::1, localhost) may be load-tested"
+        )
+    }
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// How to reach the system.
+pub enum Spec {
+    EmbeddedSqlite,
+    EmbeddedPostgres {
+        admin_url: String,
+        redis_url: String,
+        keep_database: bool,
+    },
+    External {
+        addr: String,
+        data_dir: PathBuf,
+        check_database_url: Option<String>,
+    },
+}
+
+/// A running system under test.
+pub struct Target {
+    /// `embedded-sqlite`, `embedded-postgres` or `external`.
+    pub label: String,
+    /// `http://127.0.0.1:PORT`.
+    pub addr: String,
+    pub keys: DevKeys,
+    app: Option<Application>,
+    server: Option<Handle>,
+    _dir: Option<tempfile::TempDir>,
+    check_pool: Option<AnyPool>,
+    /// Database of the run (PostgreSQL: created for it) and how to drop it.
+    pg: Option<(String, String, bool)>,
+    redis: Option<(String, String)>,
+    /// Backend of the checked database (`sqlite` / `postgres`).
+    pub backend: String,
+}
+
+impl Target {
+    /// Starts or connects. In-process servers are started on `server` (their own runtime).
+    pub async fn start(spec: Spec, server: Handle) -> anyhow::Result<Self> {
+        match spec {
+            Spec::EmbeddedSqlite => Self::in_process(None, None, false, server).await,
+            Spec::EmbeddedPostgres {
+                admin_url,
+                redis_url,
+                keep_database,
+            } => {
+                require_loopback("--database-url", &admin_url)?;
+                require_loopback("--redis-url", &redis_url)?;
+                Self::in_process(Some(admin_url), Some(redis_url), keep_database, server).await
+            }
+            Spec::External {
+                addr,
+                data_dir,
+                check_database_url,
+            } => {
+                let uri: tonic::transport::Uri = addr.parse().context("--addr")?;
+                let host = uri.host().unwrap_or("");
+                if !is_loopback_host(host) {
+                    bail!("--addr {addr}: only loopback addresses may be load-tested");
+                }
+                let key = data_dir.join("dev-signing-key.b64");
+                if !key.exists() {
+                    bail!(
+                        "{} not found: --data-dir must be the server's data directory (its dev key signs the tokens)",
+                        key.display()
+                    );
+                }
+                let keys = DevKeys::load_or_create(&data_dir)?;
+                let sqlite = data_dir.join("econsult.db");
+                let check_url = match check_database_url {
+                    Some(u) => Some(u),
+                    None if sqlite.exists() => {
+                        Some(format!("sqlite://{}?mode=ro", sqlite.display()))
+                    }
+                    None => None,
+                };
+                let (check_pool, backend) = match check_url {
+                    Some(u) => {
+                        require_loopback("--check-database-url", &u)?;
+                        sqlx::any::install_default_drivers();
+                        let pool = sqlx::any::AnyPoolOptions::new()
+                            .max_connections(2)
+                            .connect(&u)
+                            .await
+                            .with_context(|| format!("connect to {u} for the checks"))?;
+                        let backend = if u.starts_with("sqlite") {
+                            "sqlite"
+                        } else {
+                            "postgres"
+                        };
+                        (Some(pool), backend.to_owned())
+                    }
+                    None => (None, "unknown".to_owned()),
+                };
+                Ok(Self {
+                    label: "external".into(),
+                    addr,
+                    keys,
+                    app: None,
+                    server: None,
+                    _dir: None,
+                    check_pool,
+                    pg: None,
+                    redis: None,
+                    backend,
+                })
+            }
+        }
+    }
+
+    async fn in_process(
+        admin_url: Option<String>,
+        redis_url: Option<String>,
+        keep_database: bool,
+        server: Handle,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("econsult-load-")
+            .tempdir()
+            .context("temp data dir")?;
+        let keys = DevKeys::load_or_create(dir.path())?;
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let mut config = Config::embedded(dir.path().to_path_buf());
+        config.shutdown_grace = Duration::from_secs(5);
+        config.instance_id = format!("econsult-load-{}", &run[..8]);
+        let mut pg = None;
+        let mut redis = None;
+        if let Some(admin) = &admin_url {
+            let name = format!("econsult_load_{}", &run[..16]);
+            sqlx::any::install_default_drivers();
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin)
+                .await
+                .context("connect to the PostgreSQL admin database")?;
+            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .context("create the run's database")?;
+            let _ = sqlx::Connection::close(conn).await;
+            config.database_url = Some(replace_db(admin, &name));
+            pg = Some((admin.clone(), name, keep_database));
+        }
+        if let Some(r) = &redis_url {
+            let ns = format!("econsult-load-{}", &run[..16]);
+            config.redis_url = Some(r.clone());
+            config.redis_namespace = ns.clone();
+            redis = Some((r.clone(), ns));
+        }
+        let label = if admin_url.is_some() {
+            "embedded-postgres"
+        } else {
+            "embedded-sqlite"
+        };
+        let backend = if admin_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let app = server
+            .spawn(async move { Application::start(config).await })
+            .await
+            .context("server task")?
+            .context("start the application")?;
+        crate::procstat::set_server(crate::procstat::ServerProc::InProcess);
+        let addr = format!("http://{}", app.local_addr());
+        let check_pool = Some(app.platform().db.read().clone());
+        Ok(Self {
+            label: label.into(),
+            addr,
+            keys,
+            app: Some(app),
+            server: Some(server),
+            _dir: Some(dir),
+            check_pool,
+            pg,
+            redis,
+            backend: backend.into(),
+        })
+    }
+
+    /// `n` HTTP/2 connections to the server.
+    pub async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let ch = Channel::from_shared(self.addr.clone())?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("connect to {}", self.addr))?;
+            out.push(ch);
+        }
+        Ok(out)
+    }
+
+    fn bearer(&self, spec: &TokenSpec) -> anyhow::Result<MetadataValue<Ascii>> {
+        let now = chrono::Utc::now().timestamp();
+        let token = self.keys.mint(spec, now - 5, 4 * 3600)?;
+        Ok(format!("Bearer {token}").parse()?)
+    }
+
+    /// An `authorization` value for a patient.
+    pub fn patient(&self, nin: &str) -> anyhow::Result<MetadataValue<Ascii>> {
+        self.bearer(&TokenSpec::Patient {
+            nin: nin.into(),
+            acr: REQUIRED_ACR.into(),
+        })
+    }
+
+    /// An `authorization` value for the EHR of `org` (booking and consultation scopes).
+    pub fn ehr(&self, org: &str) -> anyhow::Result<MetadataValue<Ascii>> {
+        self.bearer(&TokenSpec::Ehr {
+            client_id: format!("load-epj-{org}"),
+            org_number: org.into(),
+            scopes: vec![
+                "econsult:booking.read".into(),
+                "econsult:booking.write".into(),
+                "econsult:consultation.read".into(),
+                "econsult:consultation.write".into(),
+            ],
+        })
+    }
+
+    /// An `authorization` value for a clinician (HelseID-style) of `org`.
+    pub fn clinician(&self, hpr: &str, org: &str) -> anyhow::Result<MetadataValue<Ascii>> {
+        self.bearer(&TokenSpec::Clinician {
+            hpr_number: hpr.into(),
+            org_number: org.into(),
+            scopes: vec![],
+        })
+    }
+
+    /// True when the correctness checks can read the database.
+    pub fn can_check(&self) -> bool {
+        self.check_pool.is_some()
+    }
+
+    /// Runs `sql` and returns the first column of each row as a string (COUNT(*) as a number).
+    pub async fn query_strings(&self, sql: &str) -> anyhow::Result<Vec<String>> {
+        let Some(pool) = self.check_pool.clone() else {
+            bail!("no database to check");
+        };
+        let sql = sql.to_owned();
+        let work = async move {
+            use sqlx::Row as _;
+            let rows = sqlx::query(&sql).fetch_all(&pool).await?;
+            rows.iter()
+                .map(|r| {
+                    r.try_get::<String, _>(0)
+                        .or_else(|_| r.try_get::<i64, _>(0).map(|v| v.to_string()))
+                        .map_err(anyhow::Error::from)
+                })
+                .collect::<anyhow::Result<Vec<String>>>()
+        };
+        match &self.server {
+            // The pool belongs to the server's runtime: query there.
+            Some(h) => h.spawn(work).await?,
+            None => work.await,
+        }
+    }
+
+    /// `SELECT COUNT(*) …` as a number.
+    pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        let rows = self.query_strings(sql).await?;
+        rows.first()
+            .context("no row")?
+            .parse()
+            .context("count is not a number")
+    }
+
+    /// Stops an in-process server and drops the run's database and Redis keys.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.check_pool = None;
+        if let (Some(app), Some(h)) = (self.app.take(), &self.server) {
+            h.spawn(async move { app.stop().await }).await??;
+        }
+        if let Some((admin, name, keep)) = self.pg.take() {
+            if keep {
+                eprintln!("kept database {name}");
+            } else if let Ok(mut conn) =
+                <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await
+            {
+                let _ = sqlx::Executor::execute(
+                    &mut conn,
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                )
+                .await;
+            }
+        }
+        if let Some((url, ns)) = self.redis.take()
+            && let Err(e) = drop_redis_namespace(&url, &ns).await
+        {
+            eprintln!("could not remove the Redis keys {ns}:*: {e:#}");
+        }
+        Ok(())
+    }
+}
+
+async fn drop_redis_namespace(url: &str, ns: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:*"))
+        .query_async(&mut con)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut con)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_only() {
+        assert!(is_loopback_host("127.0.0.1"));
+        assert!(is_loopback_host("127.3.2.1"));
+        assert!(is_loopback_host("[::1]"));
+        assert!(is_loopback_host("localhost"));
+        assert!(!is_loopback_host("10.0.0.1"));
+        assert!(!is_loopback_host("example.org"));
+        assert_eq!(
+            url_host("postgres://postgres@127.0.0.1:5432/postgres"),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            url_host("postgres://u:p@db.example:5432/x?sslmode=disable"),
+            "db.example"
+        );
+        assert_eq!(url_host("redis://[::1]:6379"), "::1");
+        assert_eq!(url_host("postgres:///postgres"), "");
+        assert!(require_loopback("x", "postgres://postgres@192.168.1.2/postgres").is_err());
+        assert!(require_loopback("x", "redis://127.0.0.1:6379").is_ok());
+    }
+}
