@@ -325,7 +325,9 @@ impl Application {
                 .layer(tonic_web::GrpcWebLayer::new())
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    // Small gRPC frames must not wait for Nagle's algorithm (tonic applies its
+                    // own nodelay setting only when it binds the socket itself).
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     async {
                         let _ = drain_rx.await;
                     },
