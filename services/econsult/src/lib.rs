@@ -285,6 +285,11 @@ impl Application {
                     handle.track(tokio::spawn(
                         agg.run(platform.clone(), config.instance_id.clone()),
                     ));
+                    // The outbox is the ground truth: apply what the bus lost (Redis restart).
+                    handle.track(tokio::spawn(
+                        Aggregator::new(platform.db.clone())
+                            .run_catch_up(platform.clone(), Duration::from_secs(5)),
+                    ));
                     let server = StatsGrpc::new(platform.db.clone())
                         .into_server()
                         .max_decoding_message_size(MAX_MESSAGE);

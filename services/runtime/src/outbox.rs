@@ -150,6 +150,10 @@ impl Relay {
         let _lock = match self.db.backend() {
             Backend::Postgres => {
                 let mut conn = self.db.read().acquire().await?;
+                // The leader lock is held by this session: when leadership ends (an error, a
+                // lost bus, shutdown) the connection is closed, never returned to the pool
+                // still holding the lock, where it would block this very relay forever.
+                conn.close_on_drop();
                 loop {
                     let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS ok")
                         .bind(RELAY_LOCK_KEY)

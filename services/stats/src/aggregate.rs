@@ -34,6 +34,9 @@ pub const AGGREGATE_TABLES: [&str; 6] = [
 /// Consumer group of the statistics service on the bus.
 pub const CONSUMER_GROUP: &str = "stats";
 
+/// Watermark of the statistics catch-up from the outbox (in `bus_offsets`).
+pub const CATCH_UP_GROUP: &str = "stats-catch-up";
+
 /// Contact type and Normaltariffen code of a held consultation of a modality.
 ///
 /// In person: 2ad (day). Video: 2ae (e-consultation, text or video). Phone: 1bd (simple contact
@@ -323,6 +326,78 @@ impl Aggregator {
         }
         tx.commit().await?;
         Ok(fresh)
+    }
+
+    /// Applies sequenced outbox events after this consumer's catch-up watermark (kept in
+    /// `bus_offsets` under `stats-catch-up`), in `seq` order, each at most once
+    /// (`processed_events`). The outbox is the durable log and Redis only the fast path: events
+    /// a Redis restart lost from the stream (it keeps nothing on disk) are applied here.
+    /// Returns how many were new.
+    pub async fn catch_up(&self, limit: i64) -> anyhow::Result<usize> {
+        let mut tx = self.db.begin().await?;
+        let after: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) FROM bus_offsets WHERE consumer_group = $1",
+        )
+        .bind(CATCH_UP_GROUP)
+        .fetch_one(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut fresh = 0;
+        let mut last = after;
+        for r in &rows {
+            let e = econsult_runtime::outbox::event_from_row(r)?;
+            last = e.seq as i64;
+            if self.apply(&mut tx, &e).await? {
+                fresh += 1;
+            }
+        }
+        if last > after {
+            sqlx::query(
+                "INSERT INTO bus_offsets (consumer_group, seq) VALUES ($1, $2) \
+                 ON CONFLICT (consumer_group) DO UPDATE SET seq = CASE WHEN excluded.seq > bus_offsets.seq THEN excluded.seq ELSE bus_offsets.seq END",
+            )
+            .bind(CATCH_UP_GROUP)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        if fresh > 0 {
+            tracing::warn!(
+                fresh,
+                "stats applied events the bus did not deliver (catch-up from the outbox)"
+            );
+        }
+        Ok(fresh)
+    }
+
+    /// Runs [`Aggregator::catch_up`] every `every` until shutdown. Events the bus delivers are
+    /// usually applied long before, so a pass mostly finds them done; the watermark trails the
+    /// bus by `every`.
+    pub async fn run_catch_up(self, platform: Platform, every: Duration) {
+        let mut stop = platform.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            loop {
+                match self.catch_up(1000).await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stats catch-up failed");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Consumes from the bus until shutdown: fetch, apply and commit, then acknowledge.
