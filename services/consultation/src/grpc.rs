@@ -63,6 +63,25 @@ struct Done {
     offered: Vec<(String, i64, i64)>,
 }
 
+impl Done {
+    /// A call whose result is the thread.
+    fn thread(t: &ThreadRow) -> Self {
+        Self {
+            thread_id: t.thread_id.clone(),
+            message_id: None,
+            offered: Vec::new(),
+        }
+    }
+
+    /// A call whose result is a message (and its thread).
+    fn message(t: &ThreadRow, m: &MessageRow) -> Self {
+        Self {
+            message_id: Some(m.message_id.clone()),
+            ..Self::thread(t)
+        }
+    }
+}
+
 /// The gRPC service.
 #[derive(Clone)]
 pub struct ConsultationGrpc {
@@ -146,7 +165,7 @@ impl ConsultationGrpc {
             .lock(tx, &format!("consultation:{id}"))
             .await
             .map_err(|e| db_status("lock", e))?;
-        let t = store::thread_tx(tx, id)
+        let t = store::thread(&mut **tx, id)
             .await
             .map_err(|e| db_status("thread", e))?;
         Self::authorize(viewer, t, id)
@@ -200,7 +219,7 @@ impl ConsultationGrpc {
     }
 
     async fn thread_view(&self, id: &str, practice: bool) -> Result<pb::Thread, Status> {
-        let t = store::thread(&self.p.db, id)
+        let t = store::thread(self.p.db.read(), id)
             .await
             .map_err(|e| db_status("thread", e))?
             .ok_or_else(|| Status::not_found(format!("thread {id} not found")))?;
@@ -270,9 +289,7 @@ impl ConsultationGrpc {
         if t.assigned_hpr.is_empty() {
             t.assigned_hpr = hpr.to_owned();
         }
-        store::update_thread(tx, t)
-            .await
-            .map_err(|e| db_status("update", e))?;
+        save(tx, t).await?;
         self.audit(tx, caller, action, t).await?;
         self.message_event(tx, t, &m).await?;
         let cal = self.calendar(&t.org_number).await?;
@@ -412,7 +429,7 @@ impl ConsultationGrpc {
         let v: serde_json::Value =
             serde_json::from_str(&e.payload).map_err(|err| internal("event", err))?;
         let thread_id = v["thread_id"].as_str().unwrap_or_default();
-        let t = store::thread(&self.p.db, thread_id)
+        let t = store::thread(self.p.db.read(), thread_id)
             .await
             .map_err(|err| db_status("thread", err))?
             .ok_or_else(|| internal("event", format!("thread {thread_id} missing")))?;
@@ -440,6 +457,13 @@ impl ConsultationGrpc {
 
 type ChangeStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ThreadChange, Status>> + Send + 'static>>;
+
+/// Writes the thread's mutable fields back.
+async fn save(tx: &mut Tx, t: &ThreadRow) -> Result<(), Status> {
+    store::update_thread(tx, t)
+        .await
+        .map_err(|e| db_status("update", e))
+}
 
 fn idem_status(e: IdempotencyError) -> Status {
     match e {
@@ -586,7 +610,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                 )
             })?;
         let now = self.now();
-        let mut tx = &mut op.tx;
+        let tx = &mut op.tx;
         let n = store::response_days(tx, &gp.org_number)
             .await
             .map_err(|e| db_status("settings", e))?;
@@ -622,18 +646,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .map_err(|e| db_status("append", e))?;
         t.last_seq = m.seq;
         t.patient_read_seq = m.seq;
-        store::update_thread(tx, &t)
-            .await
-            .map_err(|e| db_status("update", e))?;
-        tx = &mut op.tx;
+        save(tx, &t).await?;
         self.changed(tx, topics::CONSULTATION_STARTED, &t, Some(&cal))
             .await?;
         self.message_event(tx, &t, &m).await?;
-        let done = Done {
-            thread_id: t.thread_id.clone(),
-            message_id: Some(m.message_id.clone()),
-            offered: Vec::new(),
-        };
+        let done = Done::message(&t, &m);
         self.finish(op, &done).await?;
         tracing::info!(thread_id = %t.thread_id, category = category_name(category), due_at = t.due_at, "consultation started");
         Ok(Response::new(pb::StartConsultationResponse {
@@ -688,18 +705,12 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         t.state = to;
         t.patient_read_seq = m.seq;
         t.updated_at = now;
-        store::update_thread(&mut op.tx, &t)
-            .await
-            .map_err(|e| db_status("update", e))?;
+        save(&mut op.tx, &t).await?;
         self.message_event(&mut op.tx, &t, &m).await?;
         if state_changed {
             self.changed(&mut op.tx, TOPIC_STATE, &t, None).await?;
         }
-        let done = Done {
-            thread_id: t.thread_id.clone(),
-            message_id: Some(m.message_id.clone()),
-            offered: Vec::new(),
-        };
+        let done = Done::message(&t, &m);
         self.finish(op, &done).await?;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(m.to_pb()),
@@ -756,7 +767,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             return Err(Status::invalid_argument("after_seq must not be negative"));
         }
         let limit = page(r.page_size, 50, 200, "page_size")?;
-        let t = store::thread(&self.p.db, &r.thread_id)
+        let t = store::thread(self.p.db.read(), &r.thread_id)
             .await
             .map_err(|e| db_status("thread", e))?;
         let t = Self::authorize(&viewer, t, &r.thread_id)?;
@@ -800,7 +811,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .await
             .map_err(|e| db_status("attachment", e))?
             .ok_or_else(|| Status::not_found(format!("attachment {id} not found")))?;
-        let t = store::thread(&self.p.db, &thread_id)
+        let t = store::thread(self.p.db.read(), &thread_id)
             .await
             .map_err(|e| db_status("thread", e))?;
         let t = Self::authorize(&viewer, t, &thread_id)?;
@@ -849,9 +860,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         if r.up_to_seq > *receipt {
             *receipt = r.up_to_seq;
             t.updated_at = self.now();
-            store::update_thread(&mut tx, &t)
-                .await
-                .map_err(|e| db_status("update", e))?;
+            save(&mut tx, &t).await?;
             let body = serde_json::json!({
                 "thread_id": t.thread_id,
                 "by": if practice { "practice" } else { "patient" },
@@ -896,16 +905,10 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         t.outcome = "withdrawn".into();
         t.closed_at = Some(now);
         t.updated_at = now;
-        store::update_thread(&mut op.tx, &t)
-            .await
-            .map_err(|e| db_status("update", e))?;
+        save(&mut op.tx, &t).await?;
         self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, None)
             .await?;
-        let done = Done {
-            thread_id: t.thread_id.clone(),
-            message_id: None,
-            offered: Vec::new(),
-        };
+        let done = Done::thread(&t);
         self.finish(op, &done).await?;
         Ok(Response::new(pb::WithdrawConsultationResponse {
             thread: Some(t.to_pb(now, false)),
@@ -1029,16 +1032,10 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         t.state = state::IN_REVIEW;
         t.assigned_hpr = hpr;
         t.updated_at = now;
-        store::update_thread(&mut op.tx, &t)
-            .await
-            .map_err(|e| db_status("update", e))?;
+        save(&mut op.tx, &t).await?;
         self.audit(&mut op.tx, &caller, rpc::CLAIM, &t).await?;
         self.changed(&mut op.tx, TOPIC_STATE, &t, None).await?;
-        let done = Done {
-            thread_id: t.thread_id.clone(),
-            message_id: None,
-            offered: Vec::new(),
-        };
+        let done = Done::thread(&t);
         self.finish(op, &done).await?;
         Ok(Response::new(pb::ClaimThreadResponse {
             thread: Some(t.to_pb(now, true)),
@@ -1093,11 +1090,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                 &attachments,
             )
             .await?;
-        let done = Done {
-            thread_id: t.thread_id.clone(),
-            message_id: Some(m.message_id.clone()),
-            offered: Vec::new(),
-        };
+        let done = Done::message(&t, &m);
         self.finish(op, &done).await?;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some(m.to_pb()),
@@ -1177,12 +1170,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             )
             .await?;
         let done = Done {
-            thread_id: t.thread_id.clone(),
-            message_id: Some(m.message_id.clone()),
             offered: slots
                 .iter()
                 .map(|s| (s.slot_id.clone(), s.start_ms, s.end_ms))
                 .collect(),
+            ..Done::message(&t, &m)
         };
         self.finish(op, &done).await?;
         Ok(Response::new(pb::ConvertToBookingResponse {
@@ -1246,18 +1238,12 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         };
         t.closed_at = Some(now);
         t.updated_at = now;
-        store::update_thread(&mut op.tx, &t)
-            .await
-            .map_err(|e| db_status("update", e))?;
+        save(&mut op.tx, &t).await?;
         self.audit(&mut op.tx, &caller, rpc::CLOSE, &t).await?;
         let cal = self.calendar(&t.org_number).await?;
         self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, Some(&cal))
             .await?;
-        let done = Done {
-            thread_id: t.thread_id.clone(),
-            message_id: None,
-            offered: Vec::new(),
-        };
+        let done = Done::thread(&t);
         self.finish(op, &done).await?;
         Ok(Response::new(pb::CloseConsultationResponse {
             thread: Some(t.to_pb(now, true)),

@@ -149,26 +149,16 @@ impl ThreadRow {
     }
 }
 
-/// A thread by id (read pool).
-pub async fn thread(db: &Db, thread_id: &str) -> Result<Option<ThreadRow>, sqlx::Error> {
+/// A thread by id, read with `exec` (the read pool, or a call's transaction).
+pub async fn thread<'e, E>(exec: E, thread_id: &str) -> Result<Option<ThreadRow>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query(&format!(
         "SELECT {THREAD_COLS} FROM consultation_threads WHERE thread_id = $1"
     ))
     .bind(thread_id)
-    .fetch_optional(db.read())
-    .await?
-    .as_ref()
-    .map(ThreadRow::from_row)
-    .transpose()
-}
-
-/// A thread by id inside a transaction.
-pub async fn thread_tx(tx: &mut Tx, thread_id: &str) -> Result<Option<ThreadRow>, sqlx::Error> {
-    sqlx::query(&format!(
-        "SELECT {THREAD_COLS} FROM consultation_threads WHERE thread_id = $1"
-    ))
-    .bind(thread_id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(exec)
     .await?
     .as_ref()
     .map(ThreadRow::from_row)
