@@ -341,22 +341,7 @@ impl Aggregator {
         .bind(CATCH_UP_GROUP)
         .fetch_one(&mut *tx)
         .await?;
-        let rows = sqlx::query(
-            "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut fresh = 0;
-        let mut last = after;
-        for r in &rows {
-            let e = econsult_runtime::outbox::event_from_row(r)?;
-            last = e.seq as i64;
-            if self.apply(&mut tx, &e).await? {
-                fresh += 1;
-            }
-        }
+        let (fresh, last) = self.apply_outbox_after(&mut tx, after, limit).await?;
         if last > after {
             sqlx::query(
                 "INSERT INTO bus_offsets (consumer_group, seq) VALUES ($1, $2) \
@@ -448,28 +433,42 @@ impl Aggregator {
             .bind(CONSUMER_GROUP)
             .execute(&mut *tx)
             .await?;
-        let mut after = 0u64;
-        let mut n = 0;
+        let (mut after, mut n) = (0i64, 0);
         loop {
-            let rows = sqlx::query(
-                "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox WHERE seq > $1 ORDER BY seq LIMIT 1000",
-            )
-            .bind(after as i64)
-            .fetch_all(&mut *tx)
-            .await?;
-            if rows.is_empty() {
+            let (fresh, last) = self.apply_outbox_after(&mut tx, after, 1000).await?;
+            if last == after {
                 break;
             }
-            for r in &rows {
-                let e = econsult_runtime::outbox::event_from_row(r)?;
-                after = e.seq;
-                if self.apply(&mut tx, &e).await? {
-                    n += 1;
-                }
-            }
+            (after, n) = (last, n + fresh);
         }
         tx.commit().await?;
         Ok(n)
+    }
+
+    /// Applies up to `limit` sequenced outbox events after `after` in `seq` order inside `tx`;
+    /// returns how many were new and the last seq read (`after` when there were none).
+    async fn apply_outbox_after(
+        &self,
+        tx: &mut Tx,
+        after: i64,
+        limit: i64,
+    ) -> anyhow::Result<(usize, i64)> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await?;
+        let (mut fresh, mut last) = (0, after);
+        for r in &rows {
+            let e = econsult_runtime::outbox::event_from_row(r)?;
+            last = e.seq as i64;
+            if self.apply(tx, &e).await? {
+                fresh += 1;
+            }
+        }
+        Ok((fresh, last))
     }
 }
 
