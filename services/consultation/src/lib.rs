@@ -31,7 +31,7 @@ pub async fn run_overdue_gauge(p: Platform, every: Duration) {
             "Open e-consultations without a practice response past their due time, by organisation",
         )
         .build();
-    let mut stop = p.shutdown.clone();
+    let mut ticker = p.ticker(every);
     let mut seen: std::collections::BTreeSet<String> = Default::default();
     loop {
         let rows: Result<Vec<(String, i64)>, sqlx::Error> = sqlx::query_as(
@@ -56,11 +56,8 @@ pub async fn run_overdue_gauge(p: Platform, every: Duration) {
             }
             Err(e) => tracing::warn!(error = %e, "overdue gauge query failed"),
         }
-        let mut events = p.sequenced.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = events.changed() => tokio::time::sleep(Duration::from_secs(1)).await,
-            _ = stop.changed() => return,
+        if !ticker.tick().await {
+            return;
         }
     }
 }

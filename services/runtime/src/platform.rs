@@ -84,6 +84,42 @@ impl Platform {
     pub fn committed(&self) {
         self.outbox_wake.notify_one();
     }
+
+    /// A ticker for periodic work that should also follow new events soon (gauges).
+    pub fn ticker(&self, every: Duration) -> Ticker {
+        let mut events = self.sequenced.clone();
+        events.mark_unchanged();
+        Ticker {
+            events,
+            stop: self.shutdown.clone(),
+            every,
+        }
+    }
+}
+
+/// Ticks every `every`, or a second after new events were sequenced, until shutdown.
+pub struct Ticker {
+    events: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    every: Duration,
+}
+
+impl Ticker {
+    /// Waits for the next tick; `false` when the process is shutting down.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(self.every) => {}
+            _ = self.events.changed() => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = self.stop.changed() => return false,
+                }
+                self.events.mark_unchanged();
+            }
+            _ = self.stop.changed() => return false,
+        }
+        !*self.stop.borrow()
+    }
 }
 
 /// Owner of the background tasks; stops them on [`PlatformHandle::shutdown`].

@@ -32,7 +32,7 @@ pub async fn run_gauges(p: Platform, every: Duration) {
             "Share of e-consultation first responses in the last 30 days within the SLA",
         )
         .build();
-    let mut stop = p.shutdown.clone();
+    let mut ticker = p.ticker(every);
     loop {
         let today = econsult_calendar::oslo_date(p.clock.now());
         let month_ago = today - chrono::Duration::days(30);
@@ -67,11 +67,8 @@ pub async fn run_gauges(p: Platform, every: Duration) {
                 Err(e) => tracing::warn!(error = %e, "SLA gauge query failed"),
             }
         }
-        let mut events = p.sequenced.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = events.changed() => tokio::time::sleep(Duration::from_secs(1)).await,
-            _ = stop.changed() => return,
+        if !ticker.tick().await {
+            return;
         }
     }
 }
