@@ -129,6 +129,10 @@ impl Calendar {
         if to < from {
             return -self.working_days_between(to, from);
         }
+        if to == from {
+            // Also keeps the closures' range below non-empty (from + 1 ..= to panics).
+            return 0;
+        }
         let mut n = weekdays_up_to(to) - weekdays_up_to(from);
         // A date can carry two holidays (Ascension Day on 1 May, as in 2008): count dates.
         let mut holidays = BTreeSet::new();

@@ -391,3 +391,10 @@ fn a_date_with_two_holidays_counts_once() {
         1
     );
 }
+
+#[test]
+fn the_same_day_with_closures_is_zero_working_days() {
+    let d = chrono::NaiveDate::from_ymd_opt(2026, 3, 4).expect("date");
+    let cal = econsult_calendar::Calendar::with_closures([d]);
+    assert_eq!(cal.working_days_between(d, d), 0);
+}
