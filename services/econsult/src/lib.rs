@@ -99,6 +99,8 @@ pub struct Config {
     pub rate_limits: econsult_runtime::ratelimit::RateLimits,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_streams_per_connection: u32,
+    /// Most database connections of the process (see `Db::connect_with`).
+    pub db_max_connections: u32,
     /// Signalling tunables (join window, STUN/TURN, limits).
     pub signalling: econsult_signalling::SignallingConfig,
     /// How long to drain calls and streams on shutdown.
@@ -130,6 +132,7 @@ impl Config {
             booking: BookingConfig::default(),
             rate_limits: Default::default(),
             max_streams_per_connection: 256,
+            db_max_connections: econsult_runtime::db::DEFAULT_MAX_CONNECTIONS,
             signalling: econsult_signalling::SignallingConfig::default(),
             shutdown_grace: Duration::from_secs(20),
             instance_id: default_instance_id(),
@@ -196,6 +199,7 @@ impl Application {
             redis_url: config.redis_url.clone(),
             redis_namespace: config.redis_namespace.clone(),
             migrate: true,
+            db_max_connections: config.db_max_connections,
             auth: auth.clone(),
             clock: config.clock.clone(),
         })

@@ -125,6 +125,13 @@ struct ServeArgs {
         default_value_t = 256
     )]
     max_streams_per_connection: u32,
+    /// Most database connections (PostgreSQL pool; SQLite read pool besides its one writer).
+    #[arg(
+        long,
+        env = "ECONSULT_DB_MAX_CONNECTIONS",
+        default_value_t = econsult_runtime::db::DEFAULT_MAX_CONNECTIONS
+    )]
+    db_max_connections: u32,
     /// Seconds to drain calls and streams on shutdown.
     #[arg(long, env = "ECONSULT_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     shutdown_grace_seconds: u64,
@@ -289,6 +296,7 @@ async fn serve(
     config.rate_limits.clinician = limit(a.rate_limit_clinician, 4.0);
     config.rate_limits.ehr = limit(a.rate_limit_ehr, 2.0);
     config.max_streams_per_connection = a.max_streams_per_connection.max(1);
+    config.db_max_connections = a.db_max_connections.max(1);
     config.signalling.turn_secret = a.turn_secret.filter(|s| !s.is_empty());
     config.signalling.turn_ttl = Duration::from_secs(a.turn_ttl_seconds.clamp(60, 86_400));
     config.shutdown_grace = Duration::from_secs(a.shutdown_grace_seconds);

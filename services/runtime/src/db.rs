@@ -35,12 +35,23 @@ pub struct Db {
     read: AnyPool,
 }
 
+/// Default pool size of [`Db::connect`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Db {
-    /// Connects to `url`: `sqlite://path/to/file.db` (created if missing) or `postgres://…`.
+    /// Connects to `url`: `sqlite://path/to/file.db` (created if missing) or `postgres://…`,
+    /// with the default pool size ([`DEFAULT_MAX_CONNECTIONS`]).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// [`Db::connect`] with at most `max_connections` connections (PostgreSQL: the pool;
+    /// SQLite: the read pool, besides its single writer).
+    pub async fn connect_with(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let max_connections = max_connections.max(1);
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
             let rw = with_param(url, "mode=rwc");
@@ -64,7 +75,7 @@ impl Db {
             write.acquire().await.context("first sqlite connection")?;
             let ro = with_param(url, "mode=ro");
             let read = AnyPoolOptions::new()
-                .max_connections(8)
+                .max_connections(max_connections)
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
                 .after_connect(|conn, _| {
@@ -83,7 +94,7 @@ impl Db {
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
-                .max_connections(32)
+                .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect(url)
                 .await
@@ -119,6 +130,11 @@ impl Db {
         &self.read
     }
 
+    /// The pool for single-statement writes outside an explicit transaction (autocommit).
+    pub fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+
     /// Begins a write transaction.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         self.write.begin().await
@@ -141,6 +157,19 @@ impl Db {
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+    }
+}
+
+/// `url` (a PostgreSQL URL) with its database name replaced by `db`, query kept: tests and the
+/// load generator create a scratch database per run next to the admin one.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
     }
 }
 
@@ -178,5 +207,20 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
             )
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_database_replaces_only_the_database_name() {
+        assert_eq!(
+            super::with_database("postgres://u:p@127.0.0.1:5432/admin", "run1"),
+            "postgres://u:p@127.0.0.1:5432/run1"
+        );
+        assert_eq!(
+            super::with_database("postgres://u@localhost/admin?sslmode=disable", "run1"),
+            "postgres://u@localhost/run1?sslmode=disable"
+        );
     }
 }

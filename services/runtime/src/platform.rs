@@ -20,6 +20,8 @@ pub struct PlatformConfig {
     pub redis_namespace: String,
     /// Apply migrations on start.
     pub migrate: bool,
+    /// Most database connections (PostgreSQL pool; SQLite read pool, one writer besides).
+    pub db_max_connections: u32,
     /// Token validation.
     pub auth: Arc<Authenticator>,
     /// Time source.
@@ -47,7 +49,7 @@ pub struct Platform {
 impl Platform {
     /// Connects storage and bus and starts the outbox relay.
     pub async fn start(cfg: PlatformConfig) -> anyhow::Result<(Platform, PlatformHandle)> {
-        let db = Db::connect(&cfg.database_url).await?;
+        let db = Db::connect_with(&cfg.database_url, cfg.db_max_connections).await?;
         if cfg.migrate {
             db.migrate().await?;
         }
