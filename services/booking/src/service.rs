@@ -155,6 +155,25 @@ fn takeable(now_param: usize) -> String {
     TAKEABLE.replace("$NOW", &format!("${now_param}"))
 }
 
+/// The GP of a slot, as an appointment row and its event need it.
+struct SlotGp {
+    gp_uid: String,
+    org_number: String,
+    municipality_number: String,
+    hpr_number: String,
+}
+
+impl SlotGp {
+    /// (organisation, municipality, HPR number) of the GP's events.
+    fn routing(&self) -> (&str, &str, &str) {
+        (
+            &self.org_number,
+            &self.municipality_number,
+            &self.hpr_number,
+        )
+    }
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -182,12 +201,20 @@ impl Booking {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        Ok(idempotency::begin(&self.p.db, &caller.subject, rpc, key, req).await?)
+        Ok(idempotency::begin(
+            &self.p.db,
+            &caller.subject,
+            rpc,
+            key,
+            req,
+            self.p.clock.now_ms(),
+        )
+        .await?)
     }
 
     /// Stores the result with the idempotency key, commits, and wakes the outbox relay.
     async fn finish_op<Resp: Serialize>(&self, op: Op, resp: &Resp) -> Result<(), BookingError> {
-        op.finish(resp, self.p.clock.now_ms()).await?;
+        op.finish(resp).await?;
         self.p.committed();
         Ok(())
     }
@@ -702,14 +729,28 @@ impl Booking {
         muni: &str,
         now: i64,
     ) -> Result<(), BookingError> {
-        let mut body = changed(a, org, muni);
-        body.gp_hpr_number =
+        let hpr: String =
             sqlx::query("SELECT hpr_number FROM booking_gps WHERE org_number = $1 AND gp_id = $2")
                 .bind(org)
                 .bind(&a.gp_id)
                 .fetch_one(&mut **tx)
                 .await?
                 .try_get("hpr_number")?;
+        self.emit_for(tx, topic, a, (org, muni, &hpr), now).await
+    }
+
+    /// [`Self::emit`] when the GP's HPR number is already at hand (no lookup): `routing` is
+    /// (organisation, municipality, HPR number).
+    async fn emit_for(
+        &self,
+        tx: &mut Tx,
+        topic: &str,
+        a: &Appointment,
+        (org, muni, hpr): (&str, &str, &str),
+        now: i64,
+    ) -> Result<(), BookingError> {
+        let mut body = changed(a, org, muni);
+        body.gp_hpr_number = hpr.to_owned();
         outbox::enqueue(
             tx,
             NewEvent {
@@ -881,7 +922,40 @@ impl Booking {
 
     /// Org of the patient's list, for scoping slots to the patient's practice.
     async fn patient_org(&self, tx: &mut Tx, nin: &str) -> Result<String, BookingError> {
-        Ok(self.own_gp(tx, nin).await?.org_number)
+        sqlx::query(
+            "SELECT g.org_number FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1",
+        )
+        .bind(nin)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| BookingError::FailedPrecondition("you are not on any GP's list in this service".into()))?
+        .try_get("org_number")
+        .map_err(Into::into)
+    }
+
+    /// Like [`Self::slot_in_org`], with the slot's GP as the appointment and its event need it.
+    async fn slot_with_gp(
+        &self,
+        tx: &mut Tx,
+        org: &str,
+        slot_id: &str,
+    ) -> Result<(Slot, SlotGp), BookingError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SLOT_COLS}, g.gp_uid, g.org_number, g.municipality_number, g.hpr_number \
+             FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE s.slot_id = $1 AND g.org_number = $2"
+        ))
+        .bind(slot_id)
+        .bind(org)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| BookingError::NotFound("slot_id".to_owned()))?;
+        let gp = SlotGp {
+            gp_uid: row.try_get("gp_uid")?,
+            org_number: row.try_get("org_number")?,
+            municipality_number: row.try_get("municipality_number")?,
+            hpr_number: row.try_get("hpr_number")?,
+        };
+        Ok((slot_from_row(&row, self.p.clock.now_ms())?, gp))
     }
 
     /// Loads a slot of `org` or NOT_FOUND (slots of other practices are invisible).
@@ -981,33 +1055,32 @@ impl Booking {
         org: &str,
         target: &Target,
         allow_acute: bool,
-    ) -> Result<Slot, BookingError> {
+    ) -> Result<(Slot, SlotGp), BookingError> {
         let now = self.p.clock.now_ms();
         let (slot_id, n) = match target {
             Target::Hold(hold_id) => {
-                let row = sqlx::query("SELECT slot_id, hold_expires_at FROM booking_slots WHERE hold_id = $1 AND hold_patient = $2")
-                    .bind(hold_id)
-                    .bind(nin)
-                    .fetch_optional(&mut **tx)
-                    .await?
-                    .ok_or_else(|| BookingError::NotFound("hold_id".into()))?;
-                let slot_id: String = row.try_get("slot_id")?;
-                let n = sqlx::query(
+                let taken = sqlx::query(
                     "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
-                     WHERE hold_id = $1 AND hold_patient = $2 AND status = 3 AND hold_expires_at > $3",
+                     WHERE hold_id = $1 AND hold_patient = $2 AND status = 3 AND hold_expires_at > $3 RETURNING slot_id",
                 )
                 .bind(hold_id)
                 .bind(nin)
                 .bind(now)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-                if n == 0 {
-                    return Err(BookingError::FailedPrecondition(
-                        "the hold has expired".into(),
-                    ));
-                }
-                (slot_id, n)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let Some(row) = taken else {
+                    // Not taken: tell an unknown hold from an expired one.
+                    let known = sqlx::query("SELECT slot_id FROM booking_slots WHERE hold_id = $1 AND hold_patient = $2")
+                        .bind(hold_id)
+                        .bind(nin)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    return Err(match known {
+                        None => BookingError::NotFound("hold_id".into()),
+                        Some(_) => BookingError::FailedPrecondition("the hold has expired".into()),
+                    });
+                };
+                (row.try_get::<String, _>("slot_id")?, 1)
             }
             Target::Slot(slot_id) => {
                 let slot = self.slot_in_org(tx, org, slot_id, "slot_id").await?;
@@ -1037,34 +1110,25 @@ impl Booking {
                 "slot is no longer free".into(),
             ));
         }
-        let slot = self.slot_in_org(tx, org, &slot_id, "slot_id").await?;
+        let (slot, gp) = self.slot_with_gp(tx, org, &slot_id).await?;
         if slot.start.timestamp_millis() <= now {
             return Err(BookingError::FailedPrecondition(
                 "slot has already started".into(),
             ));
         }
-        Ok(slot)
+        Ok((slot, gp))
     }
 
     async fn insert_appointment(
         &self,
         tx: &mut Tx,
         nin: &str,
-        slot: &Slot,
+        (slot, gp): (&Slot, &SlotGp),
         reason: &str,
         request_id: &str,
         rescheduled_from: Option<&str>,
-    ) -> Result<(Appointment, String, String), BookingError> {
+    ) -> Result<Appointment, BookingError> {
         let now = self.p.clock.now_ms();
-        let g = sqlx::query("SELECT g.gp_uid, g.org_number, g.municipality_number FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE s.slot_id = $1")
-            .bind(&slot.slot_id)
-            .fetch_one(&mut **tx)
-            .await?;
-        let (gp_uid, org, muni): (String, String, String) = (
-            g.try_get("gp_uid")?,
-            g.try_get("org_number")?,
-            g.try_get("municipality_number")?,
-        );
         let id = new_id();
         let inserted = sqlx::query(
             "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at, rescheduled_from, request_id) \
@@ -1072,7 +1136,7 @@ impl Booking {
         )
         .bind(&id)
         .bind(&slot.slot_id)
-        .bind(&gp_uid)
+        .bind(&gp.gp_uid)
         .bind(nin)
         .bind(reason)
         .bind(now)
@@ -1091,7 +1155,7 @@ impl Booking {
         }
         if !request_id.is_empty() {
             let today = oslo_date(from_ms(now));
-            let cal = self.calendar(tx, &org).await?;
+            let cal = self.calendar(tx, &gp.org_number).await?;
             let wd = cal
                 .working_days_between(today, oslo_date(slot.start))
                 .max(0);
@@ -1119,7 +1183,7 @@ impl Booking {
             late_cancellation: false,
             rescheduled_from: rescheduled_from.map(str::to_owned),
         };
-        Ok((a, org, muni))
+        Ok(a)
     }
 
     /// Books a hold or a free slot.
@@ -1141,11 +1205,11 @@ impl Booking {
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
             let org = self.patient_org(tx, nin).await?;
-            let slot = self.take_slot(tx, nin, &org, &target, false).await?;
-            let (a, org, muni) = self
-                .insert_appointment(tx, nin, &slot, reason, request_id, None)
+            let (slot, gp) = self.take_slot(tx, nin, &org, &target, false).await?;
+            let a = self
+                .insert_appointment(tx, nin, (&slot, &gp), reason, request_id, None)
                 .await?;
-            self.emit(tx, topics::BOOKING_CREATED, &a, &org, &muni, now)
+            self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
                 .await?;
             let access = Access {
                 action: rpc::BOOK,
@@ -1192,13 +1256,13 @@ impl Booking {
                     "patient_nin is not on a list of this practice".into(),
                 ));
             }
-            let slot = self
+            let (slot, gp) = self
                 .take_slot(tx, nin, org, &Target::Slot(slot_id.to_owned()), true)
                 .await?;
-            let (a, org, muni) = self
-                .insert_appointment(tx, nin, &slot, reason, "", None)
+            let a = self
+                .insert_appointment(tx, nin, (&slot, &gp), reason, "", None)
                 .await?;
-            self.emit(tx, topics::BOOKING_CREATED, &a, &org, &muni, now)
+            self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
                 .await?;
             let access = Access {
                 action: rpc::BOOK_FOR_PATIENT,
@@ -1331,10 +1395,10 @@ impl Booking {
             let now = self.p.clock.now_ms();
             let org = self.patient_org(tx, nin).await?;
             // Take the new slot first: if it is gone, nothing has changed.
-            let slot = self.take_slot(tx, nin, &org, &target, false).await?;
+            let (slot, gp) = self.take_slot(tx, nin, &org, &target, false).await?;
             let (old, old_org, old_muni) = self.cancel_own(tx, nin, id).await?;
-            let (new, org, muni) = self
-                .insert_appointment(tx, nin, &slot, &old.reason, "", Some(id))
+            let new = self
+                .insert_appointment(tx, nin, (&slot, &gp), &old.reason, "", Some(id))
                 .await?;
             self.emit(
                 tx,
@@ -1345,7 +1409,7 @@ impl Booking {
                 now,
             )
             .await?;
-            self.emit(tx, topics::BOOKING_RESCHEDULED, &new, &org, &muni, now)
+            self.emit_for(tx, topics::BOOKING_RESCHEDULED, &new, gp.routing(), now)
                 .await?;
             self.offer_to_waitlist(tx, &old.slot.slot_id).await?;
             let access = Access {

@@ -207,7 +207,7 @@ async fn two_hundred_concurrent_clients_racing_for_three_slots_give_exactly_thre
 
 async fn a_retried_call_with_the_same_key_returns_the_first_result(env: Env) {
     let app = TestApp::start(env).await;
-    let nins = seed_gp(&app, ORG_A, "gp-1", 3, 1).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 3, 2).await;
     let slots = publish(
         &app,
         ORG_A,
@@ -248,6 +248,39 @@ async fn a_retried_call_with_the_same_key_returns_the_first_result(env: Env) {
         .expect("list")
         .into_inner();
     assert_eq!(mine.appointments.len(), 1);
+
+    // Concurrent duplicates: 16 identical calls at once on 4 connections (a client retrying
+    // while the first try is still running). One books; every call answers that appointment.
+    let token2 = app.patient_token(&nins[1]);
+    let dup = pb::BookRequest {
+        target: Some(BookTarget::SlotId(slots[1].slot_id.clone())),
+        reason: "y".into(),
+        request_id: String::new(),
+        idempotency_key: "retry-concurrent".into(),
+    };
+    let channels = futures::future::join_all((0..4).map(|_| app.channel())).await;
+    let answers = futures::future::join_all((0..16).map(|i| {
+        let mut c = pb::booking_service_client::BookingServiceClient::new(channels[i % 4].clone());
+        let req = authed(dup.clone(), &token2);
+        async move { c.book(req).await.map(|r| r.into_inner()) }
+    }))
+    .await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .into_iter()
+        .map(|a| a.expect("a concurrent duplicate answers OK").appointment_id)
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "all duplicates got the same appointment: {ids:?}"
+    );
+    let theirs = c
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &token2))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(theirs.appointments.len(), 1);
+    assert_eq!(ids.first(), Some(&theirs.appointments[0].appointment_id));
     app.shutdown().await;
 }
 

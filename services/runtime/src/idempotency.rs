@@ -8,7 +8,7 @@ use sqlx::Row as _;
 
 /// Outcome of looking up a key.
 pub enum Lookup<T> {
-    /// First use of the key: do the work, then [`store`].
+    /// First use of the key: do the work, then [`Op::finish`].
     New,
     /// The key was used before for the same request: here is the stored result.
     Replay(T),
@@ -46,57 +46,47 @@ pub fn check_key(key: &str) -> Result<(), IdempotencyError> {
     }
 }
 
-/// Looks up `key` in `scope` inside `tx`, first serialising concurrent uses of the same key.
-pub async fn lookup<T: DeserializeOwned>(
-    db: &Db,
+/// Claims `key` in `scope` inside `tx` with one INSERT of a placeholder row.
+///
+/// A concurrent transaction with the same key waits on the primary key until the first one
+/// commits or rolls back, so no explicit lock is needed: after a commit it sees the stored row
+/// (a replay), after a rollback its own INSERT goes through (a first use).
+async fn claim<T: DeserializeOwned>(
     tx: &mut Tx,
     scope: &str,
     key: &str,
     hash: &str,
+    now_ms: i64,
 ) -> Result<Lookup<T>, IdempotencyError> {
     check_key(key)?;
-    db.lock(tx, &format!("idem:{scope}:{key}")).await?;
-    let row = sqlx::query(
-        "SELECT request_hash, response FROM idempotency WHERE scope = $1 AND idem_key = $2",
-    )
-    .bind(scope)
-    .bind(key)
-    .fetch_optional(&mut **tx)
-    .await?;
-    match row {
-        None => Ok(Lookup::New),
-        Some(r) => {
-            let stored_hash: String = r.try_get("request_hash")?;
-            if stored_hash != hash {
-                return Err(IdempotencyError::KeyReused);
-            }
-            let bytes: Vec<u8> = r.try_get("response")?;
-            Ok(Lookup::Replay(serde_json::from_slice(&bytes)?))
-        }
-    }
-}
-
-/// Stores the result of the first call with `key`.
-pub async fn store<T: Serialize>(
-    tx: &mut Tx,
-    scope: &str,
-    key: &str,
-    hash: &str,
-    response: &T,
-    now_ms: i64,
-) -> Result<(), IdempotencyError> {
-    let bytes = serde_json::to_vec(response)?;
-    sqlx::query(
-        "INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (scope, idem_key) DO NOTHING",
     )
     .bind(scope)
     .bind(key)
     .bind(hash)
-    .bind(bytes)
+    .bind(Vec::<u8>::new())
     .bind(now_ms)
     .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if claimed == 1 {
+        return Ok(Lookup::New);
+    }
+    let r = sqlx::query(
+        "SELECT request_hash, response FROM idempotency WHERE scope = $1 AND idem_key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(())
+    let stored_hash: String = r.try_get("request_hash")?;
+    if stored_hash != hash {
+        return Err(IdempotencyError::KeyReused);
+    }
+    let bytes: Vec<u8> = r.try_get("response")?;
+    Ok(Lookup::Replay(serde_json::from_slice(&bytes)?))
 }
 
 /// An open mutating call: its write transaction and its idempotency record.
@@ -105,7 +95,6 @@ pub struct Op {
     pub tx: Tx,
     scope: String,
     key: String,
-    hash: String,
 }
 
 /// Outcome of [`begin`].
@@ -116,44 +105,42 @@ pub enum Begun<R> {
     New(Op),
 }
 
-/// Opens the write transaction of a mutating call by `subject` to `rpc` with idempotency `key`.
+/// Opens the write transaction of a mutating call by `subject` to `rpc` with idempotency `key`,
+/// claiming the key in it (`now_ms` is the record's creation time).
 pub async fn begin<Req: Serialize, Resp: DeserializeOwned>(
     db: &Db,
     subject: &str,
     rpc: &str,
     key: &str,
     request: &Req,
+    now_ms: i64,
 ) -> Result<Begun<Resp>, IdempotencyError> {
     let hash = request_hash(request)?;
     let scope = format!("{subject}|{rpc}");
     let mut tx = db.begin().await?;
-    match lookup::<Resp>(db, &mut tx, &scope, key, &hash).await? {
+    match claim::<Resp>(&mut tx, &scope, key, &hash, now_ms).await? {
         Lookup::Replay(r) => Ok(Begun::Replay(r)),
         Lookup::New => Ok(Begun::New(Op {
             tx,
             scope,
             key: key.to_owned(),
-            hash,
         })),
     }
 }
 
 impl Op {
-    /// Stores `response` under the key and commits the whole call.
+    /// Stores `response` under the claimed key and commits the whole call.
     pub async fn finish<Resp: Serialize>(
         mut self,
         response: &Resp,
-        now_ms: i64,
     ) -> Result<(), IdempotencyError> {
-        store(
-            &mut self.tx,
-            &self.scope,
-            &self.key,
-            &self.hash,
-            response,
-            now_ms,
-        )
-        .await?;
+        let bytes = serde_json::to_vec(response)?;
+        sqlx::query("UPDATE idempotency SET response = $1 WHERE scope = $2 AND idem_key = $3")
+            .bind(bytes)
+            .bind(&self.scope)
+            .bind(&self.key)
+            .execute(&mut *self.tx)
+            .await?;
         self.tx.commit().await?;
         Ok(())
     }
