@@ -445,25 +445,40 @@ impl Aggregator {
         Ok(n)
     }
 
-    /// Applies up to `limit` sequenced outbox events after `after` in `seq` order inside `tx`;
-    /// returns how many were new and the last seq read (`after` when there were none).
+    /// Applies the next `limit` sequenced outbox events after `after` in `seq` order inside `tx`,
+    /// reading only those not yet applied (one statement, not an insert attempt per event the
+    /// bus already delivered); returns how many were new and the last seq of the range (`after`
+    /// when there were none).
     async fn apply_outbox_after(
         &self,
         tx: &mut Tx,
         after: i64,
         limit: i64,
     ) -> anyhow::Result<(usize, i64)> {
-        let rows = sqlx::query(
-            "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(seq) FROM (SELECT seq FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2) AS r",
         )
         .bind(after)
         .bind(limit)
+        .fetch_one(&mut **tx)
+        .await?;
+        let Some(last) = last else {
+            return Ok((0, after));
+        };
+        let rows = sqlx::query(
+            "SELECT o.seq, o.event_id, o.topic, o.org_number, o.payload, o.created_at FROM outbox o \
+             WHERE o.seq > $1 AND o.seq <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.consumer = $3 AND p.event_id = o.event_id) \
+             ORDER BY o.seq",
+        )
+        .bind(after)
+        .bind(last)
+        .bind(CONSUMER_GROUP)
         .fetch_all(&mut **tx)
         .await?;
-        let (mut fresh, mut last) = (0, after);
+        let mut fresh = 0;
         for r in &rows {
             let e = econsult_runtime::outbox::event_from_row(r)?;
-            last = e.seq as i64;
             if self.apply(tx, &e).await? {
                 fresh += 1;
             }
