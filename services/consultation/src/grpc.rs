@@ -3,6 +3,7 @@
 //! messages, outbox events, audit rows and idempotency record.
 
 use crate::content::{MAX_BODY_CHARS, MAX_SUBJECT_CHARS, check_attachments, checked_text};
+use crate::feed::{self, Feed, FeedEvent};
 use crate::store::{self, MessageRow, ThreadRow, state};
 use crate::{DEFAULT_RESPONSE_WORKING_DAYS, sla};
 use econsult_booking::directory;
@@ -10,6 +11,7 @@ use econsult_calendar::Calendar;
 use econsult_proto::consultation::v1 as pb;
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::{Caller, Role};
+use econsult_runtime::bus::Event;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::Tx;
 use econsult_runtime::events::{ConsultationChanged, topics};
@@ -19,6 +21,7 @@ use econsult_runtime::outbox::{self, EventFilter, NewEvent};
 use econsult_runtime::platform::Platform;
 use serde::{Deserialize, Serialize};
 use std::pin::Pin;
+use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 /// Scope to read threads of the organisation.
@@ -86,6 +89,7 @@ impl Done {
 #[derive(Clone)]
 pub struct ConsultationGrpc {
     p: Platform,
+    feed: Feed,
 }
 
 /// Who looks at a thread.
@@ -97,7 +101,8 @@ enum Viewer {
 impl ConsultationGrpc {
     /// The service over the shared platform.
     pub fn new(p: Platform) -> Self {
-        Self { p }
+        let feed = Feed::start(p.db.clone(), p.sequenced.clone(), p.shutdown.clone());
+        Self { p, feed }
     }
 
     /// The tonic server.
@@ -140,13 +145,13 @@ impl ConsultationGrpc {
         key: &str,
         req: &serde_json::Value,
     ) -> Result<Begun<Done>, Status> {
-        idempotency::begin(&self.p.db, &caller.subject, rpc, key, req)
+        idempotency::begin(&self.p.db, &caller.subject, rpc, key, req, self.now())
             .await
             .map_err(idem_status)
     }
 
     async fn finish(&self, op: Op, done: &Done) -> Result<(), Status> {
-        op.finish(done, self.now()).await.map_err(idem_status)?;
+        op.finish(done).await.map_err(idem_status)?;
         self.p.committed();
         Ok(())
     }
@@ -336,89 +341,146 @@ impl ConsultationGrpc {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ThreadChange, Status>>(64);
         let this = self.clone();
         tokio::spawn(async move {
-            let mut sequenced = this.p.sequenced.clone();
             let mut stop = this.p.shutdown.clone();
             let route = caller.nin.as_ref().map(|n| n.as_str().to_owned());
-            loop {
-                let filter = EventFilter {
-                    topic_prefix: "consultation.",
-                    org_number: practice.as_deref(),
-                    route_key: if practice.is_some() {
-                        None
-                    } else {
-                        route.as_deref()
-                    },
-                };
-                if practice.is_none() && route.is_none() {
-                    return;
-                }
-                match outbox::read_after(&this.p.db, cursor, filter, 200).await {
-                    Ok(events) if !events.is_empty() => {
-                        let mut accesses = Vec::new();
-                        let mut changes = Vec::with_capacity(events.len());
-                        for e in &events {
-                            match this.to_change(e, practice.is_some()).await {
-                                Ok((change, nin)) => {
-                                    if practice.is_some() {
-                                        accesses.push((
-                                            change
-                                                .thread
-                                                .as_ref()
-                                                .map(|t| t.thread_id.clone())
-                                                .unwrap_or_default(),
-                                            nin,
-                                        ));
-                                    }
-                                    changes.push(change);
-                                }
-                                Err(s) => {
-                                    let _ = tx.send(Err(s)).await;
-                                    return;
-                                }
-                            }
-                        }
-                        if !accesses.is_empty() {
-                            let rows: Vec<Access<'_>> = accesses
-                                .iter()
-                                .map(|(id, nin)| Access {
-                                    action: rpc::WATCH,
-                                    resource: format!("consultation:{id}"),
-                                    patient_nin: nin,
-                                })
-                                .collect();
-                            if let Err(e) =
-                                audit::record_reads(&this.p.db, &caller, &rows, this.now()).await
+            if practice.is_none() && route.is_none() {
+                return;
+            }
+            let filter = EventFilter {
+                topic_prefix: feed::TOPIC_PREFIX,
+                org_number: practice.as_deref(),
+                route_key: if practice.is_some() {
+                    None
+                } else {
+                    route.as_deref()
+                },
+            };
+            let ours = |f: &FeedEvent| match practice.as_deref() {
+                Some(org) => f.event.org_number == org,
+                None => route.as_deref() == Some(f.route_key.as_str()),
+            };
+            let unavailable =
+                || Status::unavailable("server shutting down, resume from the last cursor");
+            // Subscribe before reading: an event is then either in the catch-up read or in the feed.
+            let Some(mut live) = this.feed.subscribe().await else {
+                let _ = tx.send(Err(unavailable())).await;
+                return;
+            };
+            'catch_up: loop {
+                loop {
+                    match outbox::read_after(&this.p.db, cursor, filter, 200).await {
+                        Ok(events) if !events.is_empty() => {
+                            let events: Vec<&Event> = events.iter().collect();
+                            match this
+                                .deliver(&caller, practice.is_some(), &events, &tx)
+                                .await
                             {
-                                let _ = tx.send(Err(db_status("audit", e))).await;
-                                return;
+                                Some(c) => cursor = c,
+                                None => return,
                             }
                         }
-                        for change in changes {
-                            cursor = change.cursor;
-                            if tx.send(Ok(change)).await.is_err() {
-                                return;
-                            }
+                        Ok(_) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(db_status("changes", e))).await;
+                            return;
                         }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(db_status("changes", e))).await;
-                        return;
                     }
                 }
-                tokio::select! {
-                    _ = sequenced.changed() => {}
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    _ = stop.changed() => {
-                        let _ = tx.send(Err(Status::unavailable("server shutting down, resume from the last cursor"))).await;
-                        return;
+                loop {
+                    let batch = tokio::select! {
+                        b = live.recv() => b,
+                        _ = stop.changed() => {
+                            let _ = tx.send(Err(unavailable())).await;
+                            return;
+                        }
+                        _ = tx.closed() => return,
+                    };
+                    match batch {
+                        Ok(batch) => {
+                            let events: Vec<&Event> = batch
+                                .iter()
+                                .filter(|f| f.event.seq > cursor && ours(f))
+                                .map(|f| &f.event)
+                                .collect();
+                            if events.is_empty() {
+                                continue;
+                            }
+                            match this
+                                .deliver(&caller, practice.is_some(), &events, &tx)
+                                .await
+                            {
+                                Some(c) => cursor = c,
+                                None => return,
+                            }
+                        }
+                        // Fell behind the feed: read what it missed from the database.
+                        Err(RecvError::Lagged(_)) => continue 'catch_up,
+                        Err(RecvError::Closed) => {
+                            let _ = tx.send(Err(unavailable())).await;
+                            return;
+                        }
                     }
-                    _ = tx.closed() => return,
                 }
             }
         });
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// Turns `events` into changes, logs a practice's reads, and sends them in order. Returns
+    /// the cursor after the last one sent, or `None` when the stream ended (client gone, error
+    /// sent).
+    async fn deliver(
+        &self,
+        caller: &Caller,
+        practice: bool,
+        events: &[&Event],
+        tx: &tokio::sync::mpsc::Sender<Result<pb::ThreadChange, Status>>,
+    ) -> Option<u64> {
+        let mut accesses = Vec::new();
+        let mut changes = Vec::with_capacity(events.len());
+        for e in events {
+            match self.to_change(e, practice).await {
+                Ok((change, nin)) => {
+                    if practice {
+                        accesses.push((
+                            change
+                                .thread
+                                .as_ref()
+                                .map(|t| t.thread_id.clone())
+                                .unwrap_or_default(),
+                            nin,
+                        ));
+                    }
+                    changes.push(change);
+                }
+                Err(s) => {
+                    let _ = tx.send(Err(s)).await;
+                    return None;
+                }
+            }
+        }
+        if !accesses.is_empty() {
+            let rows: Vec<Access<'_>> = accesses
+                .iter()
+                .map(|(id, nin)| Access {
+                    action: rpc::WATCH,
+                    resource: format!("consultation:{id}"),
+                    patient_nin: nin,
+                })
+                .collect();
+            if let Err(e) = audit::record_reads(&self.p.db, caller, &rows, self.now()).await {
+                let _ = tx.send(Err(db_status("audit", e))).await;
+                return None;
+            }
+        }
+        let mut cursor = None;
+        for change in changes {
+            cursor = Some(change.cursor);
+            if tx.send(Ok(change)).await.is_err() {
+                return None;
+            }
+        }
+        cursor
     }
 
     async fn to_change(

@@ -8,6 +8,7 @@
 //!   transactions with outbox events, audit rows and idempotency records).
 
 pub mod content;
+pub mod feed;
 pub mod grpc;
 pub mod sla;
 pub mod store;

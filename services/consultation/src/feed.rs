@@ -1,0 +1,134 @@
+//! One reader of new consultation events per process, fanned out to every change stream
+//! (`Subscribe`, `WatchInbox`).
+//!
+//! Without it each open stream re-read the outbox after every sequenced commit, so the work grew
+//! with streams × commits (the load tests: 50 streams took the server from 45 % to 142 % of a
+//! core). Now the feed reads each new event once and broadcasts it; a stream reads the database
+//! only to catch up from its cursor: when it opens, and when it fell so far behind that the
+//! broadcast dropped batches for it.
+//!
+//! **No gaps:** a stream subscribes to the feed *before* its catch-up read. An event broadcast
+//! before the subscription was visible before it, so the catch-up read sees it; an event
+//! broadcast after it arrives through the feed. The stream skips what it already sent by `seq`.
+
+use econsult_runtime::bus::Event;
+use econsult_runtime::db::Db;
+use econsult_runtime::outbox;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Topic prefix of the events the feed carries.
+pub const TOPIC_PREFIX: &str = "consultation.";
+
+/// A sequenced consultation event with its route key (the patient's identity number).
+#[derive(Debug, Clone)]
+pub struct FeedEvent {
+    /// Routes per-patient streams.
+    pub route_key: String,
+    /// The event.
+    pub event: Event,
+}
+
+/// New events in `seq` order.
+pub type Batch = Arc<Vec<FeedEvent>>;
+
+/// Batches a lagging stream may fall behind before it catches up from the database instead.
+const CAPACITY: usize = 1024;
+
+/// Events read per query.
+const READ_LIMIT: i64 = 500;
+
+/// The process's consultation event feed.
+#[derive(Clone)]
+pub struct Feed {
+    tx: broadcast::Sender<Batch>,
+    ready: watch::Receiver<bool>,
+}
+
+impl Feed {
+    /// Starts the reader task: from the highest `seq` at start, then after every sequenced
+    /// commit (and every 500 ms, for commits another replica sequenced), until `stop`.
+    pub fn start(db: Db, sequenced: watch::Receiver<u64>, stop: watch::Receiver<bool>) -> Self {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        let (ready_tx, ready) = watch::channel(false);
+        tokio::spawn(run(db, sequenced, stop, tx.clone(), ready_tx));
+        Self { tx, ready }
+    }
+
+    /// A receiver of every batch read from now on; returns once the feed knows where it starts,
+    /// so that whatever it will not broadcast is visible to the caller's catch-up read.
+    pub async fn subscribe(&self) -> Option<broadcast::Receiver<Batch>> {
+        let mut ready = self.ready.clone();
+        ready.wait_for(|r| *r).await.ok()?;
+        Some(self.tx.subscribe())
+    }
+}
+
+/// Sequenced consultation events after `after`, with their route keys.
+async fn read_after(db: &Db, after: u64) -> Result<Vec<FeedEvent>, sqlx::Error> {
+    use sqlx::Row as _;
+    let rows = sqlx::query(
+        "SELECT seq, event_id, topic, org_number, payload, created_at, route_key FROM outbox \
+         WHERE seq > $1 AND topic LIKE $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+    .bind(format!("{TOPIC_PREFIX}%"))
+    .bind(READ_LIMIT)
+    .fetch_all(db.read())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(FeedEvent {
+                route_key: r.try_get("route_key")?,
+                event: outbox::event_from_row(r)?,
+            })
+        })
+        .collect()
+}
+
+async fn start_position(db: &Db) -> Result<u64, sqlx::Error> {
+    let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox")
+        .fetch_one(db.read())
+        .await?;
+    Ok(max.max(0) as u64)
+}
+
+async fn run(
+    db: Db,
+    mut sequenced: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+    tx: broadcast::Sender<Batch>,
+    ready: watch::Sender<bool>,
+) {
+    let mut cursor = loop {
+        match start_position(&db).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "consultation feed: start position, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    ready.send_replace(true);
+    loop {
+        match read_after(&db, cursor).await {
+            Ok(events) if !events.is_empty() => {
+                cursor = events[events.len() - 1].event.seq;
+                // No receivers is fine: nobody watches right now.
+                let _ = tx.send(Arc::new(events));
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "consultation feed: read failed, retrying"),
+        }
+        tokio::select! {
+            _ = sequenced.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
