@@ -189,7 +189,7 @@ async fn run_stream(
     tx: mpsc::Sender<Result<pb::ServerEvent, Status>>,
 ) {
     let mut cursor = resume_after;
-    let mut wakes = svc.hub().subscribe();
+    let mut wakes = svc.hub().subscribe(&ctx.session_id);
     let mut stop = svc.platform().shutdown.clone();
     let mut poll = tokio::time::interval(svc.cfg().poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -4,9 +4,10 @@
 //! streams of a session's side that there is something new, and remembers which participants
 //! have a live stream.
 //!
-//! - Embedded (no Redis): an in-process broadcast channel and an in-memory presence table.
+//! - Embedded (no Redis): in-process channels, one per session with a live stream, and an
+//!   in-memory presence table.
 //! - With Redis: a wake-up is `PUBLISH <ns>:signalling:wake:<session_id> <side>`; every replica
-//!   pattern-subscribes to `<ns>:signalling:wake:*` and forwards into its local broadcast.
+//!   pattern-subscribes to `<ns>:signalling:wake:*` and forwards into the session's local channel.
 //!   Presence is a key `<ns>:signalling:presence:<session_id>:<side>` with an expiry that the
 //!   stream refreshes; a replica that crashed stops refreshing, the key expires, and the sweeper
 //!   of any replica turns the participant into "disconnected" and tells the peer.
@@ -32,7 +33,7 @@ pub struct Wake {
 /// Wake-ups and presence.
 #[derive(Clone)]
 pub struct Hub {
-    local: broadcast::Sender<Wake>,
+    local: Arc<Local>,
     redis: Option<RedisHub>,
     presence: Arc<Mutex<HashMap<(String, i64), Instant>>>,
     presence_ttl: Duration,
@@ -45,10 +46,70 @@ struct RedisHub {
     prefix: String,
 }
 
+/// The in-process side of wake-ups: one channel per session with a live stream, so a wake-up
+/// reaches only that session's streams (a process with 1 000 streams used to wake all of them
+/// for every signal), plus one channel for wake-ups of every stream (after a Redis reconnect).
+struct Local {
+    all: broadcast::Sender<Wake>,
+    sessions: Mutex<HashMap<Arc<str>, broadcast::Sender<Wake>>>,
+}
+
+impl Local {
+    fn send(&self, wake: Wake) {
+        if wake.session_id.is_empty() {
+            let _ = self.all.send(wake);
+            return;
+        }
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = sessions.get(&wake.session_id) {
+            let _ = tx.send(wake);
+        }
+    }
+}
+
+/// The wake-ups of one stream: its session's and the ones for every stream.
+pub struct Wakes {
+    session_id: Arc<str>,
+    own: broadcast::Receiver<Wake>,
+    all: broadcast::Receiver<Wake>,
+    local: Arc<Local>,
+}
+
+impl Wakes {
+    /// The next wake-up (cancel-safe). `Lagged` means some were missed: re-read.
+    pub async fn recv(&mut self) -> Result<Wake, broadcast::error::RecvError> {
+        tokio::select! {
+            w = self.own.recv() => w,
+            w = self.all.recv() => w,
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        let mut sessions = self
+            .local
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // The last stream of the session (this one, still counted) removes its channel.
+        if sessions
+            .get(&self.session_id)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            sessions.remove(&self.session_id);
+        }
+    }
+}
+
 impl Hub {
     /// An in-process hub (embedded, single replica).
     pub fn local(presence_ttl: Duration) -> Self {
-        let (local, _) = broadcast::channel(4096);
+        let (all, _) = broadcast::channel(64);
+        let local = Arc::new(Local {
+            all,
+            sessions: Mutex::default(),
+        });
         Self {
             local,
             redis: None,
@@ -90,7 +151,7 @@ impl Hub {
                     None => match subscribe(&r.client, &pattern).await {
                         Ok(ps) => {
                             // Anything published while we were away: streams re-read.
-                            let _ = local.send(Wake {
+                            local.send(Wake {
                                 session_id: Arc::from(""),
                                 side: 0,
                             });
@@ -114,7 +175,7 @@ impl Hub {
                                 let channel = msg.get_channel_name();
                                 let side: i64 = msg.get_payload().unwrap_or(0);
                                 if let Some(session) = channel.get(skip..) {
-                                    let _ = local.send(Wake { session_id: Arc::from(session), side });
+                                    local.send(Wake { session_id: Arc::from(session), side });
                                 }
                             }
                             None => break,
@@ -129,7 +190,7 @@ impl Hub {
 
     /// Wakes the streams of `side` (0: both) of `session_id`, on every replica.
     pub async fn wake(&self, session_id: &str, side: i64) {
-        let _ = self.local.send(Wake {
+        self.local.send(Wake {
             session_id: Arc::from(session_id),
             side,
         });
@@ -143,9 +204,26 @@ impl Hub {
         }
     }
 
-    /// Local wake-ups (filtered by the stream).
-    pub fn subscribe(&self) -> broadcast::Receiver<Wake> {
-        self.local.subscribe()
+    /// The wake-ups of a stream of `session_id` (the stream still filters by side).
+    pub fn subscribe(&self, session_id: &str) -> Wakes {
+        let key: Arc<str> = Arc::from(session_id);
+        let own = {
+            let mut sessions = self
+                .local
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            sessions
+                .entry(key.clone())
+                .or_insert_with(|| broadcast::channel(256).0)
+                .subscribe()
+        };
+        Wakes {
+            session_id: key,
+            own,
+            all: self.local.all.subscribe(),
+            local: self.local.clone(),
+        }
     }
 
     /// Marks the participant as online for the presence TTL.
