@@ -82,6 +82,8 @@ fn econsult(dir: &Path, log: &Path) -> Command {
 /// One `econsult serve` process.
 struct Proc {
     name: String,
+    /// Full gRPC name of the one service this process serves (its health check asks for it).
+    grpc_service: &'static str,
     child: Mutex<Child>,
     port: u16,
     log: PathBuf,
@@ -113,15 +115,18 @@ impl Proc {
             .arg("2")
             .spawn()
             .expect("spawn econsult serve");
+        let kind: econsult::ServiceKind = service.parse().expect("service kind");
         Self {
             name: name.to_owned(),
+            grpc_service: kind.grpc_name(),
             child: Mutex::new(child),
             port,
             log,
         }
     }
 
-    /// Waits until the process answers health checks with SERVING.
+    /// Waits until the process answers health checks with SERVING for its own service (so
+    /// another instance on the same port cannot pass for it).
     async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -135,7 +140,7 @@ impl Proc {
                 let serving =
                     tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
                 let req = tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
+                    service: self.grpc_service.to_owned(),
                 };
                 if let Ok(r) = health.check(req).await
                     && r.into_inner().status == serving

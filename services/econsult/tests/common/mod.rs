@@ -62,7 +62,7 @@ impl Env {
         sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
             .await
             .expect("create db");
-        let url = replace_db(&admin, &name);
+        let url = econsult_runtime::db::with_database(&admin, &name);
         Some(Self {
             name: "postgres",
             database_url: Some(url),
@@ -70,17 +70,6 @@ impl Env {
             admin_url: Some(admin),
             db_name: Some(name),
         })
-    }
-}
-
-fn replace_db(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
     }
 }
 
@@ -433,10 +422,24 @@ pub async fn channel_to(addr: std::net::SocketAddr) -> Channel {
 }
 
 /// A free TCP port on the loopback interface (for servers the test starts).
+///
+/// The port is free when asked, not reserved: the probe socket closes before the server binds
+/// it, so the kernel may hand the same number out again. A test that starts several servers at
+/// once (eight processes in `scaleout`) got one port twice in CI: a stats call reached another
+/// service's process (UNIMPLEMENTED). So a port is never handed out twice per test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("free_port lock");
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no unused loopback port after 1000 tries");
 }
