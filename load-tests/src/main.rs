@@ -217,6 +217,9 @@ struct Args {
     /// Worker threads of the in-process server's runtime.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
+    /// Database connections of the in-process server (its `--db-max-connections`).
+    #[arg(long, default_value_t = econsult_runtime::db::DEFAULT_MAX_CONNECTIONS)]
+    db_max_connections: u32,
     /// Worker threads of the generator's runtime.
     #[arg(long, default_value_t = 2)]
     generator_threads: usize,
@@ -369,7 +372,7 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
     if !args.step && args.rate <= 0.0 {
         anyhow::bail!("--rate must be positive");
     }
-    let target = Target::start(spec, server).await?;
+    let target = Target::start(spec, server, args.db_max_connections).await?;
     eprintln!("econsult-load: target {} at {}", target.label, target.addr);
     let channels = target.channels(args.connections).await?;
     let limits = Limits {

@@ -30,16 +30,61 @@ use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-type Auth = MetadataValue<Ascii>;
+pub(crate) type Auth = MetadataValue<Ascii>;
 
-fn req<T>(msg: T, auth: &Auth) -> tonic::Request<T> {
+/// `msg` with the caller's token.
+pub(crate) fn req<T>(msg: T, auth: &Auth) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("authorization", auth.clone());
     r
 }
 
-fn key() -> String {
+/// A fresh idempotency key (also a tag for seeded ids).
+pub(crate) fn key() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Creates a staffed GP (Oslo, capacity 2 500) of the caller's practice and puts `nins` on its
+/// list, 2 000 per call.
+pub(crate) async fn upsert_gp_with_list(
+    c: &mut bpb::booking_service_client::BookingServiceClient<Channel>,
+    gp_id: &str,
+    hpr: &str,
+    display_name: String,
+    nins: &[String],
+    auth: &Auth,
+) -> anyhow::Result<()> {
+    c.upsert_gp(req(
+        bpb::UpsertGpRequest {
+            gp: Some(bpb::Gp {
+                gp_id: gp_id.to_owned(),
+                hpr_number: hpr.to_owned(),
+                display_name,
+                org_number: String::new(),
+                municipality_number: "0301".into(),
+                list_capacity: 2500,
+                list_status: bpb::ListStatus::Staffed as i32,
+                list_size: 0,
+            }),
+        },
+        auth,
+    ))
+    .await
+    .context("UpsertGp")?;
+    for chunk in nins.chunks(2000) {
+        c.update_list(req(
+            bpb::UpdateListRequest {
+                gp_id: gp_id.to_owned(),
+                add: chunk.to_vec(),
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            auth,
+        ))
+        .await
+        .context("UpdateList")?;
+    }
+    Ok(())
 }
 
 fn rng_for(salt: u64, n: u64) -> StdRng {
@@ -142,36 +187,7 @@ async fn seed_gps(
         let n_slots = slots_per_gp.get(i).copied().unwrap_or(0).min(10_080);
         async move {
             let mut c = bpb::booking_service_client::BookingServiceClient::new(ch);
-            c.upsert_gp(req(
-                bpb::UpsertGpRequest {
-                    gp: Some(bpb::Gp {
-                        gp_id: gp_id.clone(),
-                        hpr_number: hpr.clone(),
-                        display_name: format!("Dr Load {i}"),
-                        org_number: String::new(),
-                        municipality_number: "0301".into(),
-                        list_capacity: 2500,
-                        list_status: bpb::ListStatus::Staffed as i32,
-                        list_size: 0,
-                    }),
-                },
-                &auth,
-            ))
-            .await
-            .context("UpsertGp")?;
-            for chunk in nins.chunks(2000) {
-                c.update_list(req(
-                    bpb::UpdateListRequest {
-                        gp_id: gp_id.clone(),
-                        add: chunk.to_vec(),
-                        remove: vec![],
-                        idempotency_key: key(),
-                    },
-                    &auth,
-                ))
-                .await
-                .context("UpdateList")?;
-            }
+            upsert_gp_with_list(&mut c, &gp_id, &hpr, format!("Dr Load {i}"), &nins, &auth).await?;
             if let Some(len_min) = 10_080usize.checked_div(n_slots) {
                 let len_min = len_min.clamp(1, 15) as i64;
                 let starts: Vec<_> = (0..n_slots as i64)

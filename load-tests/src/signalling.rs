@@ -10,7 +10,7 @@
 //! `Rejected` answer removes its flow by `client_msg_id`.
 
 use crate::engine::{Outcome, RpcTimes, Scenario, code_name, timed};
-use crate::scenarios::{Check, SeedInfo};
+use crate::scenarios::{Auth, Check, SeedInfo, key, req, upsert_gp_with_list};
 use crate::target::Target;
 use anyhow::Context as _;
 use chrono::{Duration as CDuration, Utc};
@@ -25,20 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
-
-type Auth = MetadataValue<Ascii>;
-
-fn req<T>(msg: T, auth: &Auth) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", auth.clone());
-    r
-}
-
-fn key() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
 
 type Waiter = (u64, oneshot::Sender<Result<(), String>>);
 
@@ -122,34 +109,8 @@ impl Signalling {
                 let patients = patients?;
                 let clinician = clinician?;
                 let mut c = bpb::booking_service_client::BookingServiceClient::new(ch);
-                c.upsert_gp(req(
-                    bpb::UpsertGpRequest {
-                        gp: Some(bpb::Gp {
-                            gp_id: gp_id.clone(),
-                            hpr_number: hpr.clone(),
-                            display_name: format!("Dr Video {g}"),
-                            org_number: String::new(),
-                            municipality_number: "0301".into(),
-                            list_capacity: 2500,
-                            list_status: bpb::ListStatus::Staffed as i32,
-                            list_size: 0,
-                        }),
-                    },
-                    &ehr,
-                ))
-                .await
-                .context("UpsertGp")?;
-                c.update_list(req(
-                    bpb::UpdateListRequest {
-                        gp_id: gp_id.clone(),
-                        add: nins.clone(),
-                        remove: vec![],
-                        idempotency_key: key(),
-                    },
-                    &ehr,
-                ))
-                .await
-                .context("UpdateList")?;
+                upsert_gp_with_list(&mut c, &gp_id, &hpr, format!("Dr Video {g}"), &nins, &ehr)
+                    .await?;
                 let slots = c
                     .publish_slots(req(
                         bpb::PublishSlotsRequest {

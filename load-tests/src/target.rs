@@ -41,17 +41,6 @@ pub fn require_loopback(what: &str, url: &str) -> anyhow::Result<()> {
     }
 }
 
-fn replace_db(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
 /// How to reach the system.
 pub enum Spec {
     EmbeddedSqlite,
@@ -87,9 +76,15 @@ pub struct Target {
 
 impl Target {
     /// Starts or connects. In-process servers are started on `server` (their own runtime).
-    pub async fn start(spec: Spec, server: Handle) -> anyhow::Result<Self> {
+    pub async fn start(
+        spec: Spec,
+        server: Handle,
+        db_max_connections: u32,
+    ) -> anyhow::Result<Self> {
         match spec {
-            Spec::EmbeddedSqlite => Self::in_process(None, None, false, server).await,
+            Spec::EmbeddedSqlite => {
+                Self::in_process(None, None, false, server, db_max_connections).await
+            }
             Spec::EmbeddedPostgres {
                 admin_url,
                 redis_url,
@@ -97,7 +92,14 @@ impl Target {
             } => {
                 require_loopback("--database-url", &admin_url)?;
                 require_loopback("--redis-url", &redis_url)?;
-                Self::in_process(Some(admin_url), Some(redis_url), keep_database, server).await
+                Self::in_process(
+                    Some(admin_url),
+                    Some(redis_url),
+                    keep_database,
+                    server,
+                    db_max_connections,
+                )
+                .await
             }
             Spec::External {
                 addr,
@@ -164,6 +166,7 @@ impl Target {
         redis_url: Option<String>,
         keep_database: bool,
         server: Handle,
+        db_max_connections: u32,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("econsult-load-")
@@ -173,6 +176,7 @@ impl Target {
         let run = uuid::Uuid::new_v4().simple().to_string();
         let mut config = Config::embedded(dir.path().to_path_buf());
         config.shutdown_grace = Duration::from_secs(5);
+        config.db_max_connections = db_max_connections;
         config.instance_id = format!("econsult-load-{}", &run[..8]);
         let mut pg = None;
         let mut redis = None;
@@ -186,7 +190,7 @@ impl Target {
                 .await
                 .context("create the run's database")?;
             let _ = sqlx::Connection::close(conn).await;
-            config.database_url = Some(replace_db(admin, &name));
+            config.database_url = Some(econsult_runtime::db::with_database(admin, &name));
             pg = Some((admin.clone(), name, keep_database));
         }
         if let Some(r) = &redis_url {
