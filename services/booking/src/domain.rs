@@ -462,7 +462,7 @@ impl From<BookingError> for tonic::Status {
             BookingError::AlreadyExists(m) => Status::already_exists(m),
             BookingError::KeyReused => Status::failed_precondition(e.to_string()),
             BookingError::Db(d) => econsult_runtime::grpc::db_status("booking", d),
-            BookingError::Other(o) => econsult_runtime::grpc::internal("booking", o),
+            BookingError::Other(o) => econsult_runtime::grpc::anyhow_status("booking", o),
         }
     }
 }

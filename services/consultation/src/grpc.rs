@@ -195,7 +195,7 @@ impl ConsultationGrpc {
         )
         .await
         .map(|_| ())
-        .map_err(|e| internal("outbox", e))
+        .map_err(|e| econsult_runtime::grpc::anyhow_status("outbox", e))
     }
 
     async fn changed(

@@ -104,7 +104,7 @@ impl AuditGrpc {
         .bind(limit)
         .fetch_all(self.db.read())
         .await
-        .map_err(|e| internal("list audit log", e))?;
+        .map_err(|e| crate::grpc::db_status("list audit log", e))?;
         let mut entries = Vec::with_capacity(rows.len());
         for r in rows {
             let role = Role::from_code(r.try_get("role").map_err(|e| internal("audit role", e))?)

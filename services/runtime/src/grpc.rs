@@ -23,6 +23,26 @@ pub fn db_status(context: &str, err: sqlx::Error) -> Status {
     }
 }
 
+/// Maps an error that may wrap a database or Redis error (the outbox, presence, helpers returning
+/// `anyhow`): a transient database error becomes `UNAVAILABLE` like in [`db_status`], so does a
+/// Redis connection failure; anything else `INTERNAL`.
+pub fn anyhow_status(context: &str, err: anyhow::Error) -> Status {
+    let err = match err.downcast::<sqlx::Error>() {
+        Ok(db) => return db_status(context, db),
+        Err(other) => other,
+    };
+    if let Some(r) = err.downcast_ref::<redis::RedisError>()
+        && (r.is_io_error()
+            || r.is_connection_dropped()
+            || r.is_connection_refusal()
+            || r.is_timeout())
+    {
+        tracing::warn!(error = %r, "{context}: redis unavailable");
+        return Status::unavailable("event bus temporarily unavailable, retry");
+    }
+    internal(context, format!("{err:#}"))
+}
+
 /// A protobuf timestamp for an instant.
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -65,4 +85,22 @@ pub fn parse_date(s: &str, field: &str) -> Result<chrono::NaiveDate, Status> {
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
         Status::invalid_argument(format!("{field} must be an ISO date like 2026-04-02"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_wrapped_transient_database_error_is_unavailable_and_the_rest_internal() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let wrapped = anyhow::Error::from(io).context("outbox insert");
+        assert_eq!(
+            super::anyhow_status("outbox", wrapped).code(),
+            tonic::Code::Unavailable
+        );
+        let other = anyhow::anyhow!("payload does not serialise");
+        assert_eq!(
+            super::anyhow_status("outbox", other).code(),
+            tonic::Code::Internal
+        );
+    }
 }

@@ -773,7 +773,7 @@ impl Signalling {
             now,
         )
         .await
-        .map_err(|e| internal("enqueue session ended", e))?;
+        .map_err(|e| econsult_runtime::grpc::anyhow_status("enqueue session ended", e))?;
         Ok(())
     }
 
@@ -858,7 +858,7 @@ impl Signalling {
             .hub
             .refresh_presence(&session.session_id, access.side)
             .await
-            .map_err(|e| internal("refresh presence", e))?;
+            .map_err(|e| econsult_runtime::grpc::anyhow_status("refresh presence", e))?;
         let epoch = me.epoch + 1;
         sqlx::query(
             "UPDATE signalling_participants SET state = 2, epoch = $1, instance_id = $2, \
@@ -1390,7 +1390,7 @@ impl Signalling {
                 .hub
                 .alive(&ctx_session, side)
                 .await
-                .map_err(|e| internal("presence", e))?;
+                .map_err(|e| econsult_runtime::grpc::anyhow_status("presence", e))?;
             if alive {
                 continue;
             }
