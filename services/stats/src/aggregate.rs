@@ -61,6 +61,24 @@ pub fn contact_of_category(category: &str) -> Option<(&'static str, &'static str
     }
 }
 
+/// Metric increments of one transaction, added to the counters only once it committed: an
+/// event whose transaction rolls back is delivered again and must not count twice.
+#[derive(Default)]
+struct Tally(Vec<(Counter<u64>, Vec<KeyValue>)>);
+
+impl Tally {
+    fn add(&mut self, counter: &Counter<u64>, attributes: Vec<KeyValue>) {
+        self.0.push((counter.clone(), attributes));
+    }
+
+    /// Call after the commit.
+    fn publish(self) {
+        for (counter, attributes) in self.0 {
+            counter.add(1, &attributes);
+        }
+    }
+}
+
 /// Consumes events and keeps the aggregates.
 pub struct Aggregator {
     db: Db,
@@ -92,8 +110,9 @@ impl Aggregator {
         }
     }
 
-    /// Applies one event in `tx` unless it was applied before. Returns whether it was new.
-    pub async fn apply(&self, tx: &mut Tx, e: &Event) -> anyhow::Result<bool> {
+    /// Applies one event in `tx` unless it was applied before; its metric increments go to
+    /// `tally`. Returns whether it was new.
+    async fn apply(&self, tx: &mut Tx, e: &Event, tally: &mut Tally) -> anyhow::Result<bool> {
         let fresh = sqlx::query(
             "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
@@ -127,10 +146,12 @@ impl Aggregator {
                 .bind(b.breach_reason.as_deref().unwrap_or(""))
                 .execute(&mut **tx)
                 .await?;
-                self.requests
-                    .add(1, &[KeyValue::new("within_target", b.within_target)]);
+                tally.add(
+                    &self.requests,
+                    vec![KeyValue::new("within_target", b.within_target)],
+                );
                 if let Some(r) = &b.breach_reason {
-                    self.breaches.add(1, &[KeyValue::new("reason", r.clone())]);
+                    tally.add(&self.breaches, vec![KeyValue::new("reason", r.clone())]);
                 }
             }
             topics::BOOKING_ATTENDED => {
@@ -143,15 +164,15 @@ impl Aggregator {
                         ctype,
                         tariff,
                     };
-                    self.count_contact(tx, Some(&a.appointment_id), a.start_ms, contact)
+                    self.count_contact(tx, tally, Some(&a.appointment_id), a.start_ms, contact)
                         .await?;
                 }
             }
             topics::VIDEO_SESSION_ENDED => {
                 let v: VideoSessionEnded = serde_json::from_str(&e.payload)?;
-                self.video.add(
-                    1,
-                    &[
+                tally.add(
+                    &self.video,
+                    vec![
                         KeyValue::new("connected", v.connected.to_string()),
                         KeyValue::new("held", v.held.to_string()),
                         KeyValue::new("end_reason", v.end_reason.clone()),
@@ -182,8 +203,14 @@ impl Aggregator {
                         ctype: "video",
                         tariff: "2ae",
                     };
-                    self.count_contact(tx, Some(&v.appointment_id), v.started_at_ms, contact)
-                        .await?;
+                    self.count_contact(
+                        tx,
+                        tally,
+                        Some(&v.appointment_id),
+                        v.started_at_ms,
+                        contact,
+                    )
+                    .await?;
                 }
             }
             topics::CONSULTATION_FIRST_RESPONSE => {
@@ -227,8 +254,14 @@ impl Aggregator {
                         ctype,
                         tariff,
                     };
-                    self.count_contact(tx, None, c.closed_at_ms.unwrap_or(e.created_at), contact)
-                        .await?;
+                    self.count_contact(
+                        tx,
+                        tally,
+                        None,
+                        c.closed_at_ms.unwrap_or(e.created_at),
+                        contact,
+                    )
+                    .await?;
                 }
             }
             topics::BOOKING_CREATED | topics::BOOKING_RESCHEDULED => {
@@ -259,6 +292,7 @@ impl Aggregator {
     async fn count_contact(
         &self,
         tx: &mut Tx,
+        tally: &mut Tally,
         appointment_id: Option<&str>,
         at_ms: i64,
         c: Contact<'_>,
@@ -288,8 +322,7 @@ impl Aggregator {
         .bind(c.tariff)
         .execute(&mut **tx)
         .await?;
-        self.contacts
-            .add(1, &[KeyValue::new("contact_type", c.ctype)]);
+        tally.add(&self.contacts, vec![KeyValue::new("contact_type", c.ctype)]);
         Ok(())
     }
 
@@ -318,13 +351,15 @@ impl Aggregator {
     /// Applies a batch in one transaction. Returns how many were new.
     pub async fn apply_batch(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
+        let mut tally = Tally::default();
         let mut fresh = 0;
         for d in deliveries {
-            if self.apply(&mut tx, &d.event).await? {
+            if self.apply(&mut tx, &d.event, &mut tally).await? {
                 fresh += 1;
             }
         }
         tx.commit().await?;
+        tally.publish();
         Ok(fresh)
     }
 
@@ -341,7 +376,10 @@ impl Aggregator {
         .bind(CATCH_UP_GROUP)
         .fetch_one(&mut *tx)
         .await?;
-        let (fresh, last) = self.apply_outbox_after(&mut tx, after, limit).await?;
+        let mut tally = Tally::default();
+        let (fresh, last) = self
+            .apply_outbox_after(&mut tx, after, limit, &mut tally)
+            .await?;
         if last > after {
             sqlx::query(
                 "INSERT INTO bus_offsets (consumer_group, seq) VALUES ($1, $2) \
@@ -353,6 +391,7 @@ impl Aggregator {
             .await?;
         }
         tx.commit().await?;
+        tally.publish();
         if fresh > 0 {
             tracing::warn!(
                 fresh,
@@ -421,7 +460,9 @@ impl Aggregator {
     }
 
     /// Recomputes all aggregates from the outbox (the durable event log): clears the tables and
-    /// this consumer's processed-event marks, then applies every event in `seq` order.
+    /// this consumer's processed-event marks, then applies every event in `seq` order. The
+    /// Prometheus counters are left alone (they count events as first applied; re-applying
+    /// would count them twice).
     pub async fn rebuild(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
         for t in AGGREGATE_TABLES {
@@ -434,8 +475,11 @@ impl Aggregator {
             .execute(&mut *tx)
             .await?;
         let (mut after, mut n) = (0i64, 0);
+        let mut not_counted = Tally::default();
         loop {
-            let (fresh, last) = self.apply_outbox_after(&mut tx, after, 1000).await?;
+            let (fresh, last) = self
+                .apply_outbox_after(&mut tx, after, 1000, &mut not_counted)
+                .await?;
             if last == after {
                 break;
             }
@@ -454,6 +498,7 @@ impl Aggregator {
         tx: &mut Tx,
         after: i64,
         limit: i64,
+        tally: &mut Tally,
     ) -> anyhow::Result<(usize, i64)> {
         let last: Option<i64> = sqlx::query_scalar(
             "SELECT MAX(seq) FROM (SELECT seq FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2) AS r",
@@ -479,7 +524,7 @@ impl Aggregator {
         let mut fresh = 0;
         for r in &rows {
             let e = econsult_runtime::outbox::event_from_row(r)?;
-            if self.apply(tx, &e).await? {
+            if self.apply(tx, &e, tally).await? {
                 fresh += 1;
             }
         }
