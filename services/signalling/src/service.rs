@@ -381,6 +381,37 @@ impl Signalling {
             .map_err(dbe("read participant"))
     }
 
+    /// The session of `appointment_id` and its participant on `side`, read in one statement (the
+    /// relay's hot path; the caller holds the session lock).
+    async fn session_and_participant(
+        tx: &mut Tx,
+        appointment_id: &str,
+        side: i64,
+    ) -> Result<Option<(SessionRow, ParticipantRow)>, Status> {
+        let qualified = |prefix: &str, cols: &str| {
+            cols.split(',')
+                .map(|c| format!("{prefix}.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let row = sqlx::query(&format!(
+            "SELECT {}, {} FROM signalling_sessions s \
+             JOIN signalling_participants p ON p.session_id = s.session_id AND p.side = $2 \
+             WHERE s.appointment_id = $1",
+            qualified("s", SESSION_COLS),
+            qualified("p", PARTICIPANT_COLS)
+        ))
+        .bind(appointment_id)
+        .bind(side)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(dbe("load session and participant"))?;
+        row.as_ref()
+            .map(|r| Ok((session_row(r)?, participant_row(r)?)))
+            .transpose()
+            .map_err(dbe("read session and participant"))
+    }
+
     /// Appends `body` to the queue of `side`; returns its sequence number.
     async fn enqueue(
         tx: &mut Tx,
@@ -389,34 +420,27 @@ impl Signalling {
         body: Ev,
         now: i64,
     ) -> Result<i64, Status> {
-        let seq: i64 = sqlx::query(
-            "SELECT COALESCE(MAX(seq), 0) AS s FROM signalling_messages WHERE session_id = $1 AND side = $2",
-        )
-        .bind(session_id)
-        .bind(side)
-        .fetch_one(&mut **tx)
-        .await
-        .and_then(|r| r.try_get::<i64, _>("s"))
-        .map_err(dbe("next seq"))?
-            + 1;
         let event = pb::ServerEvent {
             seq: 0,
             at: Some(timestamp(from_ms(now))),
             body: Some(body),
         };
         let encoded = base64::engine::general_purpose::STANDARD.encode(event.encode_to_vec());
+        // The next seq and the row in one statement; the session lock the caller holds keeps
+        // MAX(seq) + 1 unique (and the primary key would refuse a duplicate).
         sqlx::query(
-            "INSERT INTO signalling_messages (session_id, side, seq, body, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO signalling_messages (session_id, side, seq, body, created_at) \
+             SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4 FROM signalling_messages \
+             WHERE session_id = $1 AND side = $2 RETURNING seq",
         )
         .bind(session_id)
         .bind(side)
-        .bind(seq)
         .bind(encoded)
         .bind(now)
-        .execute(&mut **tx)
+        .fetch_one(&mut **tx)
         .await
-        .map_err(dbe("enqueue signal"))?;
-        Ok(seq)
+        .and_then(|r| r.try_get::<i64, _>("seq"))
+        .map_err(dbe("enqueue signal"))
     }
 
     async fn head_seq(tx: &mut Tx, session_id: &str, side: i64) -> Result<i64, Status> {
@@ -1127,15 +1151,12 @@ impl Signalling {
         }
         let now = self.now_ms();
         let mut tx = self.begin_locked(&ctx.appointment_id).await?;
-        let session = Self::session_for_update(&mut tx, &ctx.appointment_id)
+        let (session, me) = Self::session_and_participant(&mut tx, &ctx.appointment_id, ctx.side)
             .await?
-            .ok_or_else(|| internal("relay", "session vanished"))?;
+            .ok_or_else(|| internal("relay", "session or participant vanished"))?;
         if session.ended_at.is_some() {
             return Err(Status::failed_precondition("the video session has ended"));
         }
-        let me = Self::participant(&mut tx, &ctx.session_id, ctx.side)
-            .await?
-            .ok_or_else(|| internal("relay", "participant vanished"))?;
         if me.epoch != ctx.epoch || me.state != state::ONLINE {
             return Err(Status::aborted(
                 "this stream is no longer the participant's live stream",
