@@ -510,6 +510,7 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
     ) -> Result<Response<Self::WatchBookingsStream>, Status> {
         let caller = Caller::from_request(&req)?.clone();
         let org = caller.org_with_scope(SCOPE_READ)?.to_owned();
+        let expires_at = caller.expires_at;
         let mut cursor = req.into_inner().after_cursor;
         let svc = self.svc.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::BookingChange, Status>>(64);
@@ -552,8 +553,9 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(econsult_runtime::auth::end_at_token_expiry(
             tokio_stream::wrappers::ReceiverStream::new(rx),
+            expires_at,
         )))
     }
 

@@ -338,6 +338,7 @@ impl ConsultationGrpc {
         practice: Option<String>,
         mut cursor: u64,
     ) -> ChangeStream {
+        let expires_at = caller.expires_at;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ThreadChange, Status>>(64);
         let this = self.clone();
         tokio::spawn(async move {
@@ -423,7 +424,10 @@ impl ConsultationGrpc {
                 }
             }
         });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+        econsult_runtime::auth::end_at_token_expiry(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            expires_at,
+        )
     }
 
     /// Turns `events` into changes, logs a practice's reads, and sends them in order. Returns

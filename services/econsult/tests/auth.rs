@@ -6,6 +6,7 @@ use chrono::Utc;
 use common::*;
 use econsult_proto::audit::v1 as apb;
 use econsult_proto::booking::v1 as pb;
+use econsult_proto::consultation::v1 as cpb;
 use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
 use std::sync::{Arc, Mutex};
 use tonic::Code;
@@ -224,7 +225,87 @@ async fn keys_from_a_jwks_url_are_used_and_rotated() {
     app.shutdown().await;
 }
 
+/// The first error of `stream` within 15 s (changes before it are skipped).
+async fn ends_with<T>(stream: &mut tonic::Streaming<T>, what: &str) -> tonic::Status {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("{what}: ended without a status"),
+            Ok(Err(status)) => return status,
+            Err(_) => panic!("{what}: outlived its token by more than 15 s"),
+        }
+    }
+}
+
+/// Change streams (WatchBookings, Subscribe) end with UNAUTHENTICATED when their token runs out;
+/// a stream opened with a token that is still good stays open.
+async fn change_streams_end_when_their_token_expires(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 31, 1).await;
+    // Accepted for about two more seconds: exp lies 28 s back, the leeway is 30 s.
+    let fading = |spec: TokenSpec| {
+        app.keys
+            .mint(&spec, Utc::now().timestamp() - 628, 600)
+            .expect("mint")
+    };
+    let ehr = fading(TokenSpec::Ehr {
+        client_id: "epj-fading".into(),
+        org_number: ORG_A.into(),
+        scopes: vec!["econsult:booking.read".into()],
+    });
+    let patient = fading(TokenSpec::Patient {
+        nin: nins[0].clone(),
+        acr: REQUIRED_ACR.into(),
+    });
+    let mut bookings = app
+        .booking()
+        .await
+        .watch_bookings(authed(pb::WatchBookingsRequest { after_cursor: 0 }, &ehr))
+        .await
+        .expect("watch bookings")
+        .into_inner();
+    let mut threads = app
+        .consultation()
+        .await
+        .subscribe(authed(cpb::SubscribeRequest { after_cursor: 0 }, &patient))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut lasting = app
+        .booking()
+        .await
+        .watch_bookings(authed(
+            pb::WatchBookingsRequest { after_cursor: 0 },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("watch bookings")
+        .into_inner();
+
+    for (what, status) in [
+        (
+            "WatchBookings",
+            ends_with(&mut bookings, "WatchBookings").await,
+        ),
+        ("Subscribe", ends_with(&mut threads, "Subscribe").await),
+    ] {
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert!(status.message().contains("expired"), "{what}: {status:?}");
+    }
+    // The stream with a good token is still open: it only ever yields changes.
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(1), lasting.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => panic!("a stream with a good token ended: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    app.shutdown().await;
+}
+
 on_both_backends!(
     tokens_are_checked_for_presence_level_expiry_and_signature,
+    change_streams_end_when_their_token_expires,
     reads_of_patient_data_are_audited_and_visible_to_ops_and_the_patient,
 );

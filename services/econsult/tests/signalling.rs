@@ -1,7 +1,7 @@
 //! Video-consultation signalling through the real gRPC server: two real webrtc-rs peers that
 //! only talk to the gRPC API connect over loopback and exchange data, on one instance and on two
 //! replicas sharing Redis and PostgreSQL; access, join window, waiting room, validation,
-//! resume after a dropped stream, and TURN credentials.
+//! resume after a dropped stream or an expired token, and TURN credentials.
 
 mod common;
 
@@ -11,6 +11,7 @@ use common::*;
 use econsult::Config;
 use econsult_proto::booking::v1 as bpb;
 use econsult_proto::signalling::v1 as pb;
+use econsult_runtime::auth::{REQUIRED_ACR, TokenSpec};
 use pb::client_signal::Body as Out;
 use pb::server_event::Body as Ev;
 use pb::signalling_service_client::SignallingServiceClient;
@@ -951,6 +952,65 @@ async fn a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile(env: Env) {
     v.app.shutdown().await;
 }
 
+/// A token that runs out during a Signal stream ends the stream (UNAUTHENTICATED) like a dropped
+/// connection: the peer is told the participant left (disconnected, may rejoin), and a stream
+/// opened with a fresh token resumes the session.
+async fn a_signal_stream_ends_when_its_token_expires_and_resumes_with_a_fresh_one(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    // Accepted for about two more seconds: exp lies 28 s back, the leeway is 30 s.
+    let spec = TokenSpec::Patient {
+        nin: v.nins[0].clone(),
+        acr: REQUIRED_ACR.into(),
+    };
+    let fading = v
+        .app
+        .keys
+        .mint(&spec, Utc::now().timestamp() - 628, 600)
+        .expect("mint");
+    let pj = join(ch.clone(), &fading, id).await.expect("join");
+    let gj = join(ch.clone(), &v.gp(), id).await.expect("join");
+    let mut patient = Sig::open(ch.clone(), &fading, id, pj.resume_after_seq)
+        .await
+        .expect("stream");
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, gj.resume_after_seq)
+        .await
+        .expect("stream");
+    patient.welcome().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        match patient.next_event(deadline).await {
+            Some(Ok(_)) => continue,
+            Some(Err(s)) => break s,
+            None => panic!("the stream outlived its token by more than 15 s"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    match gp.expect(|e| matches!(e, Ev::PeerLeft(_))).await {
+        Ev::PeerLeft(l) => assert_eq!(l.reason, pb::LeaveReason::Disconnected as i32),
+        _ => unreachable!(),
+    }
+
+    let err = Sig::open(ch.clone(), &fading, id, patient.last_seq)
+        .await
+        .err()
+        .expect("the expired token opens no stream");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut patient = Sig::open(ch.clone(), &v.patient(), id, patient.last_seq)
+        .await
+        .expect("a fresh token resumes");
+    assert!(patient.welcome().await.resumed);
+    assert!(
+        gp.arrives_within(Duration::from_secs(10), |e| matches!(e, Ev::PeerJoined(_)))
+            .await,
+        "the GP sees the patient back"
+    );
+    v.app.shutdown().await;
+}
+
 /// TURN credentials the way coturn (`use-auth-secret`) checks them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn turn_credentials_follow_the_coturn_rest_scheme() {
@@ -1053,4 +1113,5 @@ on_both_backends!(
     the_patient_waits_until_the_gp_admits,
     malformed_oversized_and_out_of_order_signals_are_refused,
     a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile,
+    a_signal_stream_ends_when_its_token_expires_and_resumes_with_a_fresh_one,
 );

@@ -83,6 +83,9 @@ pub struct Caller {
     pub org_number: Option<String>,
     /// Granted scopes.
     pub scopes: BTreeSet<String>,
+    /// The token's `exp` (Unix seconds): streams opened with it end when it is no longer
+    /// accepted ([`end_at_token_expiry`]).
+    pub expires_at: i64,
 }
 
 impl Caller {
@@ -220,7 +223,7 @@ impl Authenticator {
         validation.set_audience(&[&self.audience]);
         validation.set_issuer(&self.issuers);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
+        validation.leeway = EXPIRY_LEEWAY_SECONDS;
         let data = jsonwebtoken::decode::<Claims>(token, &key.1, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             let why = match e.kind() {
@@ -298,6 +301,7 @@ pub async fn refresh_jwks(
 }
 
 fn caller_from_claims(c: Claims) -> Result<Caller, Status> {
+    let expires_at = c.exp;
     let scopes: BTreeSet<String> = c
         .scope
         .as_deref()
@@ -320,6 +324,7 @@ fn caller_from_claims(c: Claims) -> Result<Caller, Status> {
             hpr_number: None,
             org_number: None,
             scopes,
+            expires_at,
         });
     }
     let org = c.org_number.filter(|o| is_org_number(o));
@@ -334,6 +339,7 @@ fn caller_from_claims(c: Claims) -> Result<Caller, Status> {
             hpr_number: Some(hpr),
             org_number: Some(org),
             scopes,
+            expires_at,
         });
     }
     if scopes.contains(OPS_SCOPE) {
@@ -344,6 +350,7 @@ fn caller_from_claims(c: Claims) -> Result<Caller, Status> {
             hpr_number: None,
             org_number: None,
             scopes,
+            expires_at,
         });
     }
     if let Some(org) = org
@@ -356,9 +363,50 @@ fn caller_from_claims(c: Claims) -> Result<Caller, Status> {
             hpr_number: None,
             org_number: Some(org),
             scopes,
+            expires_at,
         });
     }
     Err(Status::permission_denied("token carries no econsult role"))
+}
+
+/// Clock skew accepted on `exp` (seconds), for calls and for streams alike.
+pub const EXPIRY_LEEWAY_SECONDS: u64 = 30;
+
+/// A server stream that ends with UNAUTHENTICATED once the caller's token is no longer accepted
+/// (`expires_at`, the token's `exp` in [`Caller::expires_at`], plus [`EXPIRY_LEEWAY_SECONDS`]): a stream lives no longer than a unary call with the
+/// same token could be made. The client reconnects with a fresh token (and resumes from its
+/// cursor). The inner stream is dropped at expiry, so its producer sees the client as gone.
+pub fn end_at_token_expiry<S, T>(
+    stream: S,
+    expires_at: i64,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>
+where
+    S: futures::Stream<Item = Result<T, Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    use futures::StreamExt as _;
+    // Validation compares whole seconds (`exp < now - leeway` refuses), so the token is
+    // accepted through the second `exp + leeway`; the stream ends when that second is over.
+    let deadline = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(expires_at).unwrap_or(0))
+        + std::time::Duration::from_secs(EXPIRY_LEEWAY_SECONDS + 1);
+    let left = deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let state = (Box::pin(stream), Box::pin(tokio::time::sleep(left)));
+    Box::pin(futures::stream::unfold(Some(state), |state| async move {
+        let (mut inner, mut expiry) = state?;
+        tokio::select! {
+            biased;
+            () = &mut expiry => Some((
+                Err(Status::unauthenticated(
+                    "access token expired: reconnect with a fresh token",
+                )),
+                None,
+            )),
+            item = inner.next() => item.map(|item| (item, Some((inner, expiry)))),
+        }
+    }))
 }
 
 /// Norwegian organisation numbers are 9 digits.
@@ -559,6 +607,27 @@ mod tests {
 
     fn now() -> i64 {
         chrono::Utc::now().timestamp()
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_with_unauthenticated_at_token_expiry_and_not_before() {
+        use futures::StreamExt as _;
+        let now = now();
+        // Expired 30 s ago: accepted to the end of this second or the next (leeway 30 s).
+        let mut fading =
+            end_at_token_expiry(futures::stream::pending::<Result<u8, Status>>(), now - 30);
+        let started = std::time::Instant::now();
+        let status = fading.next().await.expect("an item").expect_err("an error");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(fading.next().await.is_none(), "nothing after the error");
+
+        // A stream that ends before its token does ends cleanly, items passed through.
+        let items: Vec<_> = end_at_token_expiry(futures::stream::iter([Ok(1u8), Ok(2)]), now + 600)
+            .collect()
+            .await;
+        assert_eq!(items.len(), 2);
+        assert!(items.iter().all(|i| i.is_ok()));
     }
 
     #[test]

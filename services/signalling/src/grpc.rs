@@ -92,6 +92,7 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
             ));
         };
         let ctx = self.svc.open_stream(&caller, &hello).await?;
+        let expires_at = caller.expires_at;
         let (tx, rx) = mpsc::channel::<Result<pb::ServerEvent, Status>>(256);
         let svc = self.svc.clone();
         tokio::spawn(run_stream(
@@ -102,8 +103,9 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
             inbound,
             tx,
         ));
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(econsult_runtime::auth::end_at_token_expiry(
             tokio_stream::wrappers::ReceiverStream::new(rx),
+            expires_at,
         )))
     }
 
