@@ -102,7 +102,6 @@ pub struct Relay {
     wake: Arc<Notify>,
     sequenced: watch::Sender<u64>,
     batch: i64,
-    linger: Duration,
 }
 
 const RELAY_LOCK_KEY: i64 = 0x0ec0_5017;
@@ -126,7 +125,6 @@ impl Relay {
             wake,
             sequenced,
             batch: 256,
-            linger: RELAY_LINGER,
         }
     }
 
@@ -190,7 +188,7 @@ impl Relay {
                     _ = self.wake.notified() => {
                         // Let the commits of the next few milliseconds join this pass: under
                         // load a pass then moves many events for the same three statements.
-                        tokio::time::sleep(self.linger).await;
+                        tokio::time::sleep(RELAY_LINGER).await;
                     }
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = stop.changed() => {}
