@@ -3,7 +3,7 @@
 //! messages, outbox events, audit rows and idempotency record.
 
 use crate::content::{MAX_BODY_CHARS, MAX_SUBJECT_CHARS, check_attachments, checked_text};
-use crate::feed::{self, Feed, FeedEvent};
+use crate::feed::{self, Feed};
 use crate::store::{self, MessageRow, ThreadRow, state};
 use crate::{DEFAULT_RESPONSE_WORKING_DAYS, sla};
 use econsult_booking::directory;
@@ -356,10 +356,6 @@ impl ConsultationGrpc {
                     route.as_deref()
                 },
             };
-            let ours = |f: &FeedEvent| match practice.as_deref() {
-                Some(org) => f.event.org_number == org,
-                None => route.as_deref() == Some(f.route_key.as_str()),
-            };
             let unavailable =
                 || Status::unavailable("server shutting down, resume from the last cursor");
             // Subscribe before reading: an event is then either in the catch-up read or in the feed.
@@ -400,7 +396,9 @@ impl ConsultationGrpc {
                         Ok(batch) => {
                             let events: Vec<&Event> = batch
                                 .iter()
-                                .filter(|f| f.event.seq > cursor && ours(f))
+                                .filter(|f| {
+                                    f.event.seq > cursor && filter.matches(&f.event, &f.route_key)
+                                })
                                 .map(|f| &f.event)
                                 .collect();
                             if events.is_empty() {

@@ -61,6 +61,17 @@ pub struct EventFilter<'a> {
     pub route_key: Option<&'a str>,
 }
 
+impl EventFilter<'_> {
+    /// Whether `event` (with the outbox row's `route_key`) passes the filter: the same rule as
+    /// the SQL of [`read_after`], for events that arrive in memory (a feed).
+    pub fn matches(&self, event: &Event, route_key: &str) -> bool {
+        let pass = |want: Option<&str>, have: &str| want.is_none_or(|w| w.is_empty() || w == have);
+        event.topic.starts_with(self.topic_prefix)
+            && pass(self.org_number, &event.org_number)
+            && pass(self.route_key, route_key)
+    }
+}
+
 /// Reads sequenced events after `after_seq` that match `filter`, in `seq` order.
 pub async fn read_after(
     db: &Db,
@@ -255,5 +266,47 @@ impl Relay {
         .execute(self.db.writer())
         .await?;
         Ok(events.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Event, EventFilter};
+
+    #[test]
+    fn a_filter_matches_in_memory_as_its_sql_does() {
+        let event = Event {
+            seq: 1,
+            event_id: "e".into(),
+            topic: "consultation.message".into(),
+            org_number: "999999999".into(),
+            payload: "{}".into(),
+            created_at: 0,
+        };
+        let practice = EventFilter {
+            topic_prefix: "consultation.",
+            org_number: Some("999999999"),
+            route_key: None,
+        };
+        assert!(practice.matches(&event, "any patient"));
+        let other_practice = EventFilter {
+            org_number: Some("888888888"),
+            ..practice
+        };
+        assert!(!other_practice.matches(&event, "any patient"));
+        let patient = EventFilter {
+            topic_prefix: "consultation.",
+            org_number: None,
+            route_key: Some("p1"),
+        };
+        assert!(patient.matches(&event, "p1"));
+        assert!(!patient.matches(&event, "p2"));
+        let bookings = EventFilter {
+            topic_prefix: "booking.",
+            ..EventFilter::default()
+        };
+        assert!(!bookings.matches(&event, "p1"));
+        // "" means all, as in the SQL.
+        assert!(EventFilter::default().matches(&event, "p1"));
     }
 }
