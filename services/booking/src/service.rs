@@ -933,7 +933,8 @@ impl Booking {
         .map_err(Into::into)
     }
 
-    /// Like [`Self::slot_in_org`], with the slot's GP as the appointment and its event need it.
+    /// Loads a slot of `org` with its GP (as an appointment and its event need it), or NOT_FOUND
+    /// (slots of other practices are invisible).
     async fn slot_with_gp(
         &self,
         tx: &mut Tx,
@@ -958,25 +959,6 @@ impl Booking {
         Ok((slot_from_row(&row, self.p.clock.now_ms())?, gp))
     }
 
-    /// Loads a slot of `org` or NOT_FOUND (slots of other practices are invisible).
-    async fn slot_in_org(
-        &self,
-        tx: &mut Tx,
-        org: &str,
-        slot_id: &str,
-        field: &str,
-    ) -> Result<Slot, BookingError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SLOT_COLS} FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE s.slot_id = $1 AND g.org_number = $2"
-        ))
-        .bind(slot_id)
-        .bind(org)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| BookingError::NotFound(field.to_owned()))?;
-        slot_from_row(&row, self.p.clock.now_ms())
-    }
-
     /// Holds a free slot of the patient's practice; releases the patient's previous hold.
     pub async fn hold(
         &self,
@@ -995,7 +977,7 @@ impl Booking {
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
             let org = self.patient_org(tx, nin).await?;
-            let slot = self.slot_in_org(tx, &org, slot_id, "slot_id").await?;
+            let (slot, _) = self.slot_with_gp(tx, &org, slot_id).await?;
             if slot.acute_reserve {
                 return Err(BookingError::FailedPrecondition("slot is reserved for same-day emergency help".into()));
             }
@@ -1083,7 +1065,7 @@ impl Booking {
                 (row.try_get::<String, _>("slot_id")?, 1)
             }
             Target::Slot(slot_id) => {
-                let slot = self.slot_in_org(tx, org, slot_id, "slot_id").await?;
+                let (slot, _) = self.slot_with_gp(tx, org, slot_id).await?;
                 if slot.acute_reserve && !allow_acute {
                     return Err(BookingError::FailedPrecondition(
                         "slot is reserved for same-day emergency help".into(),
