@@ -373,8 +373,9 @@ fn caller_from_claims(c: Claims) -> Result<Caller, Status> {
 pub const EXPIRY_LEEWAY_SECONDS: u64 = 30;
 
 /// A server stream that ends with UNAUTHENTICATED once the caller's token is no longer accepted
-/// (`expires_at`, the token's `exp` in [`Caller::expires_at`], plus [`EXPIRY_LEEWAY_SECONDS`]): a stream lives no longer than a unary call with the
-/// same token could be made. The client reconnects with a fresh token (and resumes from its
+/// (`expires_at`, the token's `exp` as in [`Caller::expires_at`], plus
+/// [`EXPIRY_LEEWAY_SECONDS`]): a stream lives no longer than a unary call with the same token
+/// could be made. The client reconnects with a fresh token (and resumes from its
 /// cursor). The inner stream is dropped at expiry, so its producer sees the client as gone.
 pub fn end_at_token_expiry<S, T>(
     stream: S,
