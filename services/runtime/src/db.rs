@@ -7,16 +7,63 @@
 //! conditional updates, never check-then-write in Rust.
 //!
 //! On SQLite there is exactly one writer connection (SQLite has one writer anyway; a single
-//! connection avoids lock-upgrade deadlocks) and a pool of read-only connections in WAL mode.
-//! On PostgreSQL both are the same pool.
+//! connection avoids lock-upgrade deadlocks) and a pool of read-only connections in WAL mode;
+//! write transactions share commits ([group commit](crate::group_commit): one fsync for all the
+//! transactions that finished while the previous commit was on its way to disk). On PostgreSQL
+//! both are the same pool and a [`Tx`] is an ordinary transaction.
 
+use crate::group_commit::{GroupTx, GroupWriter};
 use anyhow::Context as _;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Executor as _, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Executor as _, Transaction};
+use std::sync::Arc;
 use std::{str::FromStr, time::Duration};
 
-/// A write transaction.
-pub type Tx = Transaction<'static, Any>;
+/// A write transaction: derefs to its connection (`&mut **tx` is an executor); commit with
+/// [`Tx::commit`], or drop (or [`Tx::rollback`]) to roll back.
+pub struct Tx(TxKind);
+
+enum TxKind {
+    Postgres(Transaction<'static, Any>),
+    Sqlite(GroupTx),
+}
+
+impl Tx {
+    /// Commits; on SQLite returns once the transaction's commit group is on disk.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            TxKind::Postgres(t) => t.commit().await,
+            TxKind::Sqlite(t) => t.commit().await,
+        }
+    }
+
+    /// Rolls back.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            TxKind::Postgres(t) => t.rollback().await,
+            TxKind::Sqlite(t) => t.rollback().await,
+        }
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match &self.0 {
+            TxKind::Postgres(t) => t,
+            TxKind::Sqlite(t) => t,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.0 {
+            TxKind::Postgres(t) => t,
+            TxKind::Sqlite(t) => t,
+        }
+    }
+}
 
 /// Which engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +80,8 @@ pub struct Db {
     backend: Backend,
     write: AnyPool,
     read: AnyPool,
+    /// SQLite: the group-committing writer over `write`.
+    group: Option<Arc<GroupWriter>>,
 }
 
 /// Default pool size of [`Db::connect`].
@@ -89,6 +138,7 @@ impl Db {
                 .context("open sqlite database for reading")?;
             Ok(Self {
                 backend: Backend::Sqlite,
+                group: Some(Arc::new(GroupWriter::new(write.clone()))),
                 write,
                 read,
             })
@@ -103,6 +153,7 @@ impl Db {
                 backend: Backend::Postgres,
                 write: pool.clone(),
                 read: pool,
+                group: None,
             })
         } else {
             anyhow::bail!("unsupported database url: expected sqlite:// or postgres://")
@@ -130,14 +181,40 @@ impl Db {
         &self.read
     }
 
-    /// The pool for single-statement writes outside an explicit transaction (autocommit).
+    /// The pool for single-statement writes outside an explicit transaction (autocommit). On
+    /// SQLite such a write waits for the open commit group and commits (fsyncs) on its own: for
+    /// anything frequent prefer [`Db::begin`], whose commits are grouped.
     pub fn writer(&self) -> &AnyPool {
         &self.write
     }
 
     /// Begins a write transaction.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        self.write.begin().await
+        Ok(Tx(match &self.group {
+            Some(g) => TxKind::Sqlite(g.begin().await?),
+            None => TxKind::Postgres(self.write.begin().await?),
+        }))
+    }
+
+    /// SQLite: the commits made so far and the write transactions they made durable (their
+    /// ratio is the mean commit group size); `None` on PostgreSQL.
+    pub fn commit_counts(&self) -> Option<(u64, u64)> {
+        self.group.as_ref().map(|g| g.commit_counts())
+    }
+
+    /// Runs one write statement as a transaction of its own and returns its rows: autocommit on
+    /// PostgreSQL (one round trip), a member of the commit group on SQLite (no fsync of its own).
+    pub async fn write_one<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+        if self.group.is_none() {
+            return query.fetch_all(&self.write).await;
+        }
+        let mut tx = self.begin().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     /// Serialises transactions that use the same `key` until the end of `tx` (PostgreSQL

@@ -119,7 +119,13 @@ pub async fn begin<Req: Serialize, Resp: DeserializeOwned>(
     let scope = format!("{subject}|{rpc}");
     let mut tx = db.begin().await?;
     match claim::<Resp>(&mut tx, &scope, key, &hash, now_ms).await? {
-        Lookup::Replay(r) => Ok(Begun::Replay(r)),
+        Lookup::Replay(r) => {
+            // Commit (nothing was written) rather than roll back: on SQLite the stored answer
+            // may belong to a transaction of the same commit group, and commit returns only
+            // once that group is on disk.
+            tx.commit().await?;
+            Ok(Begun::Replay(r))
+        }
         Lookup::New => Ok(Begun::New(Op {
             tx,
             scope,

@@ -7,6 +7,7 @@ pub mod bus;
 pub mod clock;
 pub mod db;
 pub mod events;
+pub mod group_commit;
 pub mod grpc;
 pub mod idempotency;
 pub mod nin;

@@ -215,21 +215,23 @@ impl Relay {
         Ok(sequenced + published)
     }
 
-    /// Gives the oldest unsequenced events the next seqs, in one statement (one round trip and,
-    /// on SQLite, one commit), in id order: base + 1, base + 2, … where base is the highest seq.
+    /// Gives the oldest unsequenced events the next seqs, in one statement (one round trip; on
+    /// SQLite one member of a commit group), in id order: base + 1, base + 2, … where base is the highest seq.
     async fn sequence_batch(&self) -> anyhow::Result<usize> {
-        let seqs: Vec<i64> = sqlx::query(
+        let query = sqlx::query(
             "UPDATE outbox SET seq = m.base + n.rn \
              FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS rn FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) AS n, \
                   (SELECT COALESCE(MAX(seq), 0) AS base FROM outbox) AS m \
              WHERE outbox.id = n.id RETURNING outbox.seq AS seq",
         )
-        .bind(self.batch)
-        .fetch_all(self.db.writer())
-        .await?
-        .iter()
-        .map(|r| r.try_get::<i64, _>("seq"))
-        .collect::<Result<_, _>>()?;
+        .bind(self.batch);
+        let seqs: Vec<i64> = self
+            .db
+            .write_one(query)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("seq"))
+            .collect::<Result<_, _>>()?;
         let Some(&last) = seqs.iter().max() else {
             return Ok(0);
         };
@@ -257,14 +259,16 @@ impl Relay {
         let events: Vec<Event> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
         self.bus.publish(&events).await?;
         let (first, last) = (events[0].seq as i64, events[events.len() - 1].seq as i64);
-        sqlx::query(
-            "UPDATE outbox SET published_at = $1 WHERE seq >= $2 AND seq <= $3 AND published_at IS NULL",
-        )
-        .bind(chrono::Utc::now().timestamp_millis())
-        .bind(first)
-        .bind(last)
-        .execute(self.db.writer())
-        .await?;
+        self.db
+            .write_one(
+                sqlx::query(
+                    "UPDATE outbox SET published_at = $1 WHERE seq >= $2 AND seq <= $3 AND published_at IS NULL",
+                )
+                .bind(chrono::Utc::now().timestamp_millis())
+                .bind(first)
+                .bind(last),
+            )
+            .await?;
         Ok(events.len())
     }
 }
