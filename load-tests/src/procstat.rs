@@ -32,6 +32,19 @@ pub fn set_server(p: ServerProc) {
     let _ = SERVER.set(p);
 }
 
+type CommitCounts = Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
+static COMMIT_COUNTS: OnceLock<CommitCounts> = OnceLock::new();
+
+/// Sets where an in-process SQLite server's commit counts come from (see
+/// `econsult_runtime::db::Db::commit_counts`).
+pub fn set_commit_counts(f: CommitCounts) {
+    let _ = COMMIT_COUNTS.set(f);
+}
+
+fn commit_counts() -> Option<(u64, u64)> {
+    COMMIT_COUNTS.get().and_then(|f| f())
+}
+
 fn server() -> ServerProc {
     *SERVER.get().unwrap_or(&ServerProc::Unknown)
 }
@@ -113,6 +126,7 @@ pub struct Snapshot {
     process_ticks: u64,
     server_ticks: Option<u64>,
     db_ticks: Option<u64>,
+    commits: Option<(u64, u64)>,
 }
 
 /// Resource use between two snapshots.
@@ -134,6 +148,10 @@ pub struct Usage {
     pub server_rss_peak_mib: Option<f64>,
     /// /proc/loadavg at the end of the phase.
     pub loadavg: String,
+    /// In-process SQLite: commits (fsyncs) during the phase.
+    pub sqlite_commits: Option<u64>,
+    /// In-process SQLite: write transactions those commits made durable (group commit).
+    pub sqlite_write_transactions: Option<u64>,
 }
 
 impl Snapshot {
@@ -150,6 +168,7 @@ impl Snapshot {
             process_ticks,
             server_ticks,
             db_ticks: db_ticks(),
+            commits: commit_counts(),
         })
     }
 
@@ -180,6 +199,8 @@ impl Snapshot {
             server_rss_mib: mem.map(|m| m.0),
             server_rss_peak_mib: mem.map(|m| m.1),
             loadavg: loadavg(),
+            sqlite_commits: self.commits.zip(now.commits).map(|(a, b)| b.0 - a.0),
+            sqlite_write_transactions: self.commits.zip(now.commits).map(|(a, b)| b.1 - a.1),
         }
     }
 }

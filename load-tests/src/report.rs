@@ -96,7 +96,7 @@ pub fn markdown(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "- columns: *flows* scheduled (refused by the concurrency cap included); *expected* = outcomes of contention that are not errors (a lost race for a slot); *max lag* = how late the generator started a flow; CPU columns are % of one core over the phase: *server* = the in-process server's threads (or `--server-pid`), *process* = the whole load-test process (generator + in-process server), *PG+Redis* = every `postgres` and `redis-server` process on the machine"
+        "- columns: *flows* scheduled (refused by the concurrency cap included); *expected* = outcomes of contention that are not errors (a lost race for a slot); *max lag* = how late the generator started a flow; CPU columns are % of one core over the phase: *server* = the in-process server's threads (or `--server-pid`), *process* = the whole load-test process (generator + in-process server), *PG+Redis* = every `postgres` and `redis-server` process on the machine; *SQLite txns/commit* = write transactions per SQLite commit (fsync) of an in-process SQLite server: the mean group of group commit"
     );
     let _ = writeln!(
         s,
@@ -131,17 +131,17 @@ pub fn markdown(r: &RunReport) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| offered/s | achieved/s | OK/s | flows | OK | expected | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | max lag ms | server CPU | process CPU | PG+Redis CPU | server RSS MiB | load avg | pass |"
+            "| offered/s | achieved/s | OK/s | flows | OK | expected | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | max lag ms | server CPU | process CPU | PG+Redis CPU | server RSS MiB | SQLite txns/commit | load avg | pass |"
         );
         let _ = writeln!(
             s,
-            "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+            "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
         );
         for p in &sc.phases {
             let res = p.resources.as_ref();
             let _ = writeln!(
                 s,
-                "| {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.offered_rate,
                 p.achieved_rate,
                 p.ok_rate,
@@ -174,6 +174,9 @@ pub fn markdown(r: &RunReport) -> String {
                     .map_or("–".into(), |c| format!("{c:.0} %")),
                 res.and_then(|u| u.server_rss_mib)
                     .map_or("–".into(), |m| format!("{m:.0}")),
+                res.and_then(|u| u.sqlite_commits.zip(u.sqlite_write_transactions))
+                    .filter(|(c, _)| *c > 0)
+                    .map_or("–".into(), |(c, t)| format!("{:.2}", t as f64 / c as f64)),
                 res.map_or("–".into(), |u| u
                     .loadavg
                     .split_whitespace()

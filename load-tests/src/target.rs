@@ -215,6 +215,8 @@ impl Target {
             .context("server task")?
             .context("start the application")?;
         crate::procstat::set_server(crate::procstat::ServerProc::InProcess);
+        let db = app.platform().db.clone();
+        crate::procstat::set_commit_counts(Box::new(move || db.commit_counts()));
         let addr = format!("http://{}", app.local_addr());
         let check_pool = Some(app.platform().db.read().clone());
         Ok(Self {
