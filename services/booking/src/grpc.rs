@@ -518,6 +518,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
             let mut sequenced = svc.platform().sequenced.clone();
             let mut stop = svc.platform().shutdown.clone();
             loop {
+                // Every seq up to `high` is committed (the relay announces a seq after its commit).
+                let high = *sequenced.borrow();
                 match svc.changes_after(&caller, &org, cursor).await {
                     Ok(changes) if !changes.is_empty() => {
                         for (seq, kind, body) in changes {
@@ -536,7 +538,9 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                         }
                         continue;
                     }
-                    Ok(_) => {}
+                    // Nothing for this practice up to `high`: read only newer rows next time
+                    // (the client's cursor moves with its next change).
+                    Ok(_) => cursor = cursor.max(high),
                     Err(e) => {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;

@@ -115,6 +115,8 @@ async fn run(
     };
     ready.send_replace(true);
     loop {
+        // Every seq up to `high` is committed (the relay announces a seq after its commit).
+        let high = *sequenced.borrow();
         match read_after(&db, cursor).await {
             Ok(events) if !events.is_empty() => {
                 cursor = events[events.len() - 1].event.seq;
@@ -122,7 +124,10 @@ async fn run(
                 let _ = tx.send(Arc::new(events));
                 continue;
             }
-            Ok(_) => {}
+            // No consultation event up to `high`: skip past it, so the next read scans only
+            // newer rows (otherwise every read re-scanned all other events since the last
+            // consultation one, which grew without bound under a booking rush).
+            Ok(_) => cursor = cursor.max(high),
             Err(e) => tracing::warn!(error = %e, "consultation feed: read failed, retrying"),
         }
         tokio::select! {
