@@ -7,7 +7,8 @@
 //! transactions around it, a *group*:
 //!
 //! - [`GroupWriter::begin`] takes the writer (one at a time, first come first served), opens
-//!   the group's `BEGIN IMMEDIATE` if none is open, and sets a savepoint.
+//!   the group's `BEGIN IMMEDIATE` if none is open, and sets a savepoint unless it is the
+//!   group's first transaction (an uncontended writer runs plain BEGIN … COMMIT).
 //! - [`GroupTx::commit`] releases the savepoint, lets the next transaction in, then queues for
 //!   the writer again. Whoever reaches the writer first with its group still open commits it:
 //!   by then every transaction that was waiting has joined. Each `commit` returns only once its
@@ -75,6 +76,10 @@ struct State {
     members: u64,
     /// A dropped transaction's savepoint still has to be rolled back.
     pending_rollback: bool,
+    /// Whether the transaction holding the writer set a savepoint. The first transaction of a
+    /// group needs none (rolling it back is rolling back the group), so an uncontended writer
+    /// runs BEGIN … COMMIT like a plain transaction.
+    savepoint: bool,
 }
 
 const SAVEPOINT: &str = "SAVEPOINT econsult_tx";
@@ -110,6 +115,14 @@ impl State {
     async fn rollback_member(&mut self, counters: &Counters) {
         self.pending_rollback = false;
         if self.open.is_none() {
+            return;
+        }
+        if !self.savepoint {
+            // The group's first transaction: nobody else is in the group.
+            debug_assert_eq!(self.members, 0);
+            let r = self.conn().execute("ROLLBACK").await;
+            self.close(r.map(|_| ()).map_err(|e| e.to_string()), counters)
+                .await;
             return;
         }
         let undone = match self.conn().execute(ROLLBACK_TO).await {
@@ -187,7 +200,10 @@ impl GroupWriter {
             }
             st.open = Some(Outcome::default());
         }
-        if let Err(e) = st.conn().execute(SAVEPOINT).await {
+        st.savepoint = st.members > 0;
+        if st.savepoint
+            && let Err(e) = st.conn().execute(SAVEPOINT).await
+        {
             st.close(Err(format!("savepoint: {e}")), &self.counters)
                 .await;
             return Err(e);
@@ -246,7 +262,9 @@ impl GroupTx {
         // Once the savepoint may be released the rest must happen even if the caller is
         // cancelled, so it runs in a task of its own.
         tokio::spawn(async move {
-            if let Err(e) = st.conn().execute(RELEASE).await {
+            if st.savepoint
+                && let Err(e) = st.conn().execute(RELEASE).await
+            {
                 st.rollback_member(&writer.counters).await;
                 return Err(e);
             }
