@@ -5,10 +5,10 @@
 
 use crate::auth::{Caller, Role};
 use crate::clock::{Clock, from_ms};
-use crate::db::Db;
+use crate::db::{Db, Tx};
 use crate::grpc::{internal, timestamp};
 use econsult_proto::audit::v1 as pb;
-use sqlx::{AnyConnection, Row as _};
+use sqlx::Row as _;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -23,27 +23,29 @@ pub struct Access<'a> {
     pub patient_nin: &'a str,
 }
 
-/// Appends an access-log row on `conn` (normally inside the access's transaction).
+/// Appends an access-log row inside `tx`, the access's transaction (deferred to its commit: one
+/// statement with the call's other deferred writes on PostgreSQL). The row commits with the
+/// access or not at all.
 pub async fn record(
-    conn: &mut AnyConnection,
+    tx: &mut Tx,
     caller: &Caller,
     access: &Access<'_>,
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    tx.defer(
         "INSERT INTO audit_log (at, subject, role, org_number, action, resource, patient_nin, trace_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(now_ms)
-    .bind(&caller.subject)
-    .bind(caller.role.code())
-    .bind(caller.org_number.as_deref().unwrap_or(""))
-    .bind(access.action)
-    .bind(&access.resource)
-    .bind(access.patient_nin)
-    .bind(crate::telemetry::current_trace_id())
-    .execute(conn)
-    .await?;
+        vec![
+            now_ms.into(),
+            caller.subject.clone().into(),
+            caller.role.code().into(),
+            caller.org_number.as_deref().unwrap_or("").into(),
+            access.action.into(),
+            access.resource.clone().into(),
+            access.patient_nin.into(),
+            crate::telemetry::current_trace_id().into(),
+        ],
+    );
     Ok(())
 }
 

@@ -21,7 +21,105 @@ use std::{str::FromStr, time::Duration};
 
 /// A write transaction: derefs to its connection (`&mut **tx` is an executor); commit with
 /// [`Tx::commit`], or drop (or [`Tx::rollback`]) to roll back.
-pub struct Tx(TxKind);
+///
+/// Writes that nothing in the transaction reads back — outbox rows, audit rows, the stored
+/// idempotent answer — are [deferred](Tx::defer) to the commit, where PostgreSQL runs them all
+/// as one statement (data-modifying CTEs): one round trip instead of one each.
+pub struct Tx(TxKind, Vec<Deferred>);
+
+/// A write held back until commit: `sql` numbers its placeholders from `$1`.
+struct Deferred {
+    sql: &'static str,
+    values: Vec<Value>,
+}
+
+/// A value of a deferred write.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// TEXT.
+    Text(String),
+    /// BIGINT / INTEGER.
+    Int(i64),
+    /// BYTEA / BLOB.
+    Bytes(Vec<u8>),
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(v: Vec<u8>) -> Self {
+        Value::Bytes(v)
+    }
+}
+
+/// `sql` with each placeholder `$n` renumbered to `$(n + offset)`.
+fn shift_placeholders(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut n = 0usize;
+        let mut digits = false;
+        while let Some(&(_, d)) = chars.peek() {
+            let Some(v) = d.to_digit(10) else { break };
+            n = n * 10 + v as usize;
+            digits = true;
+            chars.next();
+        }
+        if digits {
+            out.push_str(&(n + offset).to_string());
+        }
+    }
+    out
+}
+
+/// The deferred writes as one statement (PostgreSQL): `WITH d0 AS (…), d1 AS (…) SELECT 1`.
+fn combined(deferred: &[Deferred]) -> String {
+    let mut sql = String::from("WITH ");
+    let mut offset = 0;
+    for (i, d) in deferred.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("d{i} AS ({})", shift_placeholders(d.sql, offset)));
+        offset += d.values.len();
+    }
+    sql.push_str(" SELECT 1");
+    sql
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    values: Vec<Value>,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for v in values {
+        q = match v {
+            Value::Text(t) => q.bind(t),
+            Value::Int(i) => q.bind(i),
+            Value::Bytes(b) => q.bind(b),
+        };
+    }
+    q
+}
 
 enum TxKind {
     Postgres(Transaction<'static, Any>),
@@ -29,8 +127,46 @@ enum TxKind {
 }
 
 impl Tx {
-    /// Commits; on SQLite returns once the transaction's commit group is on disk.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
+    fn new(kind: TxKind) -> Self {
+        Tx(kind, Vec::new())
+    }
+
+    /// Holds back a write that nothing in this transaction reads back until [`Tx::commit`]
+    /// (an INSERT or UPDATE, placeholders `$1`…`$n` for `values`). Its errors surface at commit.
+    pub fn defer(&mut self, sql: &'static str, values: Vec<Value>) {
+        self.1.push(Deferred { sql, values });
+    }
+
+    /// Runs the deferred writes: on PostgreSQL as one statement, on SQLite one by one (no
+    /// round trips there, and SQLite has no data-modifying CTEs).
+    async fn flush(&mut self) -> Result<(), sqlx::Error> {
+        let deferred = std::mem::take(&mut self.1);
+        let postgres = matches!(self.0, TxKind::Postgres(_));
+        match (postgres, deferred.len()) {
+            (_, 0) => Ok(()),
+            (true, n) if n > 1 => {
+                let sql = combined(&deferred);
+                let values = deferred.into_iter().flat_map(|d| d.values).collect();
+                bind_all(sqlx::query(&sql), values)
+                    .execute(&mut **self)
+                    .await?;
+                Ok(())
+            }
+            _ => {
+                for d in deferred {
+                    bind_all(sqlx::query(d.sql), d.values)
+                        .execute(&mut **self)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the deferred writes and commits; on SQLite returns once the transaction's commit
+    /// group is on disk.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.flush().await?;
         match self.0 {
             TxKind::Postgres(t) => t.commit().await,
             TxKind::Sqlite(t) => t.commit().await,
@@ -190,7 +326,7 @@ impl Db {
 
     /// Begins a write transaction.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        Ok(Tx(match &self.group {
+        Ok(Tx::new(match &self.group {
             Some(g) => TxKind::Sqlite(g.begin().await?),
             None => TxKind::Postgres(self.write.begin().await?),
         }))
@@ -289,6 +425,25 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deferred_writes_combine_into_one_statement_with_renumbered_placeholders() {
+        let d = |sql, n| super::Deferred {
+            sql,
+            values: (0..n).map(super::Value::Int).collect(),
+        };
+        assert_eq!(
+            super::combined(&[
+                d("INSERT INTO a (x, y) VALUES ($1, $2)", 2),
+                d("UPDATE b SET z = $1 WHERE k = $2 AND j = $3", 3),
+                d("INSERT INTO c (v) VALUES ($1)", 1),
+            ]),
+            "WITH d0 AS (INSERT INTO a (x, y) VALUES ($1, $2)), \
+             d1 AS (UPDATE b SET z = $3 WHERE k = $4 AND j = $5), \
+             d2 AS (INSERT INTO c (v) VALUES ($6)) SELECT 1"
+        );
+        assert_eq!(super::shift_placeholders("$10, $1", 5), "$15, $6");
+    }
+
     #[test]
     fn with_database_replaces_only_the_database_name() {
         assert_eq!(

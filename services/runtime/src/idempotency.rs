@@ -141,12 +141,10 @@ impl Op {
         response: &Resp,
     ) -> Result<(), IdempotencyError> {
         let bytes = serde_json::to_vec(response)?;
-        sqlx::query("UPDATE idempotency SET response = $1 WHERE scope = $2 AND idem_key = $3")
-            .bind(bytes)
-            .bind(&self.scope)
-            .bind(&self.key)
-            .execute(&mut *self.tx)
-            .await?;
+        self.tx.defer(
+            "UPDATE idempotency SET response = $1 WHERE scope = $2 AND idem_key = $3",
+            vec![bytes.into(), self.scope.into(), self.key.into()],
+        );
         self.tx.commit().await?;
         Ok(())
     }

@@ -28,7 +28,8 @@ pub struct NewEvent<'a, P: Serialize> {
     pub payload: &'a P,
 }
 
-/// Writes an event into the outbox inside `tx`; returns its event id.
+/// Writes an event into the outbox inside `tx` (deferred to its commit: one statement with the
+/// call's other deferred writes on PostgreSQL); returns its event id.
 pub async fn enqueue<P: Serialize>(
     tx: &mut Tx,
     event: NewEvent<'_, P>,
@@ -36,17 +37,17 @@ pub async fn enqueue<P: Serialize>(
 ) -> anyhow::Result<String> {
     let event_id = uuid::Uuid::now_v7().to_string();
     let payload = serde_json::to_string(event.payload)?;
-    sqlx::query(
+    tx.defer(
         "INSERT INTO outbox (event_id, topic, org_number, route_key, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&event_id)
-    .bind(event.topic)
-    .bind(event.org_number)
-    .bind(event.route_key)
-    .bind(payload)
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await?;
+        vec![
+            event_id.clone().into(),
+            event.topic.into(),
+            event.org_number.into(),
+            event.route_key.into(),
+            payload.into(),
+            now_ms.into(),
+        ],
+    );
     Ok(event_id)
 }
 
