@@ -70,7 +70,9 @@ const APPT_SELECT: &str = "SELECT a.appointment_id, a.status, a.patient_nin, a.r
      s.acute_reserve, s.status AS slot_status, s.hold_expires_at, g.gp_id, g.org_number, g.municipality_number \
      FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id JOIN booking_gps g ON g.gp_uid = a.gp_uid";
 /// A slot that can be taken at `$now`: free, or held by a hold that has lapsed.
-const TAKEABLE: &str = "(s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $NOW))";
+/// A slot that can be taken now: free, or held with the hold lapsed. The first term is implied by
+/// the second; it is stated so both engines use the partial index `booking_slots_open`.
+const TAKEABLE: &str = "((s.status = 1 OR s.status = 3) AND (s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $NOW)))";
 
 fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {
     Ok(Gp {
@@ -800,11 +802,16 @@ impl Booking {
              ORDER BY s.start_at LIMIT $8",
             takeable(6)
         );
+        let sql_one_gp = sql.replace("($2 = '' OR g.gp_uid = $2)", "s.gp_uid = $2");
         let fetch = async |conn: &mut sqlx::AnyConnection,
                            only: &str,
                            except: &str|
                -> Result<Vec<(Slot, String)>, BookingError> {
-            let rows = sqlx::query(&sql)
+            // One GP: an equality the planner can walk `booking_slots_open` in start order
+            // with (stops after `limit` rows); the OR form would read all the GP's open slots
+            // and sort them.
+            let sql = if only.is_empty() { &sql } else { &sql_one_gp };
+            let rows = sqlx::query(sql)
                 .bind(&gp.org_number)
                 .bind(only)
                 .bind(except)
