@@ -13,6 +13,37 @@ struct Fixture {
     bus: Arc<dyn EventBus>,
     relay: Relay,
     _dir: tempfile::TempDir,
+    /// PostgreSQL: (admin URL, scratch database), dropped with the fixture.
+    scratch: Option<(String, String)>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.scratch.take() else {
+            return;
+        };
+        // Drop is synchronous and may run on the test's runtime: use a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) =
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await
+                {
+                    let _ = sqlx::Executor::execute(
+                        &mut conn,
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 fn env(var: &str) -> Option<String> {
@@ -37,6 +68,7 @@ async fn sqlite_fixture() -> Fixture {
         bus,
         relay,
         _dir: dir,
+        scratch: None,
     }
 }
 
@@ -67,6 +99,7 @@ async fn redis_fixture() -> Option<Fixture> {
         bus,
         relay,
         _dir: tempfile::tempdir().expect("tempdir"),
+        scratch: Some((admin, name)),
     })
 }
 

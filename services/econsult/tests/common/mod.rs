@@ -27,6 +27,37 @@ pub struct Env {
     db_name: Option<String>,
 }
 
+impl Drop for Env {
+    /// Drops the test's PostgreSQL database, also when the test ends without `shutdown`
+    /// (a failed assertion, or a test that never calls it).
+    fn drop(&mut self) {
+        let (Some(admin), Some(name)) = (self.admin_url.clone(), self.db_name.take()) else {
+            return;
+        };
+        // Drop is synchronous and may run on the test's runtime: use a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) =
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await
+                {
+                    let _ = sqlx::Executor::execute(
+                        &mut conn,
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 fn required(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
@@ -223,18 +254,10 @@ impl TestApp {
         self.mint(spec)
     }
 
+    /// Stops the server; the test's PostgreSQL database goes with the `Env`.
     pub async fn shutdown(mut self) {
         if let Some(app) = self.app.take() {
             app.stop().await.expect("stop");
-        }
-        if let (Some(admin), Some(name)) = (&self.env.admin_url, &self.env.db_name)
-            && let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(admin).await
-        {
-            let _ = sqlx::Executor::execute(
-                &mut conn,
-                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-            )
-            .await;
         }
     }
 }
