@@ -75,20 +75,10 @@ pub async fn run(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Result<
         "econsult_pgbench_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    sqlx::any::install_default_drivers();
-    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url)
+    let url = econsult_runtime::db::create_database(admin_url, &name)
         .await
-        .context("connect to PostgreSQL for pgbench")?;
-    sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str()).await?;
+        .context("create the pgbench database")?;
     let outcome = async {
-        let (base, query) = admin_url
-            .split_once('?')
-            .map_or((admin_url, None), |(b, q)| (b, Some(q)));
-        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-        let url = match query {
-            Some(q) => format!("{base}/{name}?{q}"),
-            None => format!("{base}/{name}"),
-        };
         let db = econsult_runtime::db::Db::connect(&url).await?;
         db.migrate().await?;
         let pool = db.read().clone();
@@ -172,11 +162,7 @@ pub async fn run(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Result<
         anyhow::Ok(())
     }
     .await;
-    let _ = sqlx::Executor::execute(
-        &mut admin,
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-    )
-    .await;
+    econsult_runtime::db::drop_database(admin_url, &name).await;
     outcome?;
     Ok(result)
 }

@@ -182,15 +182,11 @@ impl Target {
         let mut redis = None;
         if let Some(admin) = &admin_url {
             let name = format!("econsult_load_{}", &run[..16]);
-            sqlx::any::install_default_drivers();
-            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin)
-                .await
-                .context("connect to the PostgreSQL admin database")?;
-            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-                .await
-                .context("create the run's database")?;
-            let _ = sqlx::Connection::close(conn).await;
-            config.database_url = Some(econsult_runtime::db::with_database(admin, &name));
+            config.database_url = Some(
+                econsult_runtime::db::create_database(admin, &name)
+                    .await
+                    .context("create the run's database")?,
+            );
             pg = Some((admin.clone(), name, keep_database));
         }
         if let Some(r) = &redis_url {
@@ -332,14 +328,8 @@ impl Target {
         if let Some((admin, name, keep)) = self.pg.take() {
             if keep {
                 eprintln!("kept database {name}");
-            } else if let Ok(mut conn) =
-                <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await
-            {
-                let _ = sqlx::Executor::execute(
-                    &mut conn,
-                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-                )
-                .await;
+            } else {
+                econsult_runtime::db::drop_database(&admin, &name).await;
             }
         }
         if let Some((url, ns)) = self.redis.take()

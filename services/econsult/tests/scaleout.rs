@@ -820,25 +820,6 @@ async fn bookings_counted(stats: &Pair, instance: usize, ops: &str) -> u64 {
         .bookings
 }
 
-fn admin_and_db(database_url: &str) -> Option<(String, String)> {
-    let admin = std::env::var("TEST_DATABASE_URL").ok()?;
-    let path = database_url.split('?').next()?;
-    let name = path.rsplit('/').next()?.to_owned();
-    name.starts_with("econsult_t_").then_some((admin, name))
-}
-
-async fn drop_database(database_url: &str) {
-    if let Some((admin, name)) = admin_and_db(database_url)
-        && let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await
-    {
-        let _ = sqlx::Executor::execute(
-            &mut conn,
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-        )
-        .await;
-    }
-}
-
 // ── the test ───────────────────────────────────────────────────────────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1195,7 +1176,6 @@ async fn two_instances_of_every_service_survive_kill_9_without_losing_or_doublin
         .expect("the scale-out scenario finished in time");
     eprintln!("scale-out scenario passed after {:?}", started.elapsed());
     drop(cluster);
-    drop_database(&db_url).await;
     if let Ok(client) = redis::Client::open(redis.as_str())
         && let Ok(mut con) = client.get_multiplexed_async_connection().await
     {

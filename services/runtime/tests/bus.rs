@@ -19,30 +19,9 @@ struct Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let Some((admin, name)) = self.scratch.take() else {
-            return;
-        };
-        // Drop is synchronous and may run on the test's runtime: use a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(mut conn) =
-                    <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await
-                {
-                    let _ = sqlx::Executor::execute(
-                        &mut conn,
-                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-                    )
-                    .await;
-                }
-            });
-        })
-        .join();
+        if let Some((admin, name)) = self.scratch.take() {
+            econsult_runtime::db::drop_database_blocking(admin, name);
+        }
     }
 }
 
@@ -75,15 +54,10 @@ async fn sqlite_fixture() -> Fixture {
 async fn redis_fixture() -> Option<Fixture> {
     let admin = env("TEST_DATABASE_URL")?;
     let redis = env("TEST_REDIS_URL")?;
-    sqlx::any::install_default_drivers();
     let name = format!("econsult_bus_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
-        .await
-        .expect("admin");
-    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+    let url = econsult_runtime::db::create_database(&admin, &name)
         .await
         .expect("create db");
-    let url = format!("{}/{name}", admin.rsplit_once('/').expect("db url").0);
     let db = Db::connect(&url).await.expect("db");
     db.migrate().await.expect("migrate");
     let (tx, _rx) = watch::channel(0);

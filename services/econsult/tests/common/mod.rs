@@ -31,30 +31,9 @@ impl Drop for Env {
     /// Drops the test's PostgreSQL database, also when the test ends without `shutdown`
     /// (a failed assertion, or a test that never calls it).
     fn drop(&mut self) {
-        let (Some(admin), Some(name)) = (self.admin_url.clone(), self.db_name.take()) else {
-            return;
-        };
-        // Drop is synchronous and may run on the test's runtime: use a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(mut conn) =
-                    <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await
-                {
-                    let _ = sqlx::Executor::execute(
-                        &mut conn,
-                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-                    )
-                    .await;
-                }
-            });
-        })
-        .join();
+        if let (Some(admin), Some(name)) = (self.admin_url.clone(), self.db_name.take()) {
+            econsult_runtime::db::drop_database_blocking(admin, name);
+        }
     }
 }
 
@@ -86,14 +65,9 @@ impl Env {
         let admin = required("TEST_DATABASE_URL")?;
         let redis = required("TEST_REDIS_URL")?;
         let name = format!("econsult_t_{}", uuid::Uuid::new_v4().simple());
-        sqlx::any::install_default_drivers();
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
-            .await
-            .expect("connect admin db");
-        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+        let url = econsult_runtime::db::create_database(&admin, &name)
             .await
             .expect("create db");
-        let url = econsult_runtime::db::with_database(&admin, &name);
         Some(Self {
             name: "postgres",
             database_url: Some(url),
