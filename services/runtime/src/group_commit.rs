@@ -117,30 +117,25 @@ impl State {
         if self.open.is_none() {
             return;
         }
-        if !self.savepoint {
-            // The group's first transaction: nobody else is in the group.
-            debug_assert_eq!(self.members, 0);
-            let r = self.conn().execute("ROLLBACK").await;
-            self.close(r.map(|_| ()).map_err(|e| e.to_string()), counters)
-                .await;
-            return;
-        }
-        let undone = match self.conn().execute(ROLLBACK_TO).await {
-            Ok(_) => self.conn().execute(RELEASE).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match undone {
-            Err(e) => {
+        // Without a savepoint this is the group's first transaction (no members yet), and
+        // rolling back the group below undoes it.
+        debug_assert!(self.savepoint || self.members == 0);
+        if self.savepoint {
+            let undone = match self.conn().execute(ROLLBACK_TO).await {
+                Ok(_) => self.conn().execute(RELEASE).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = undone {
                 // The savepoint is gone: SQLite rolled back the whole group.
                 self.close(Err(format!("write group rolled back: {e}")), counters)
                     .await;
+                return;
             }
-            Ok(()) if self.members == 0 => {
-                let r = self.conn().execute("ROLLBACK").await;
-                self.close(r.map(|_| ()).map_err(|e| e.to_string()), counters)
-                    .await;
-            }
-            Ok(()) => {}
+        }
+        if self.members == 0 {
+            let r = self.conn().execute("ROLLBACK").await;
+            self.close(r.map(|_| ()).map_err(|e| e.to_string()), counters)
+                .await;
         }
     }
 
