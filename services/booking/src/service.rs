@@ -69,9 +69,8 @@ const APPT_SELECT: &str = "SELECT a.appointment_id, a.status, a.patient_nin, a.r
      a.cancelled_by, a.late_cancellation, a.rescheduled_from, s.slot_id, s.start_at, s.end_at, s.modality, \
      s.acute_reserve, s.status AS slot_status, s.hold_expires_at, g.gp_id, g.org_number, g.municipality_number \
      FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id JOIN booking_gps g ON g.gp_uid = a.gp_uid";
-/// A slot that can be taken at `$now`: free, or held by a hold that has lapsed.
-/// A slot that can be taken now: free, or held with the hold lapsed. The first term is implied by
-/// the second; it is stated so both engines use the partial index `booking_slots_open`.
+/// A slot that can be taken at `$now`: free, or held by a hold that has lapsed. The first term is
+/// implied by the second; it is stated so both engines use the partial index `booking_slots_open`.
 const TAKEABLE: &str = "((s.status = 1 OR s.status = 3) AND (s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $NOW)))";
 
 fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {

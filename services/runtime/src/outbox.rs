@@ -217,7 +217,8 @@ impl Relay {
     }
 
     /// Gives the oldest unsequenced events the next seqs, in one statement (one round trip; on
-    /// SQLite one member of a commit group), in id order: base + 1, base + 2, … where base is the highest seq.
+    /// SQLite one member of a commit group), in id order: base + 1, base + 2, … where base is the
+    /// highest seq.
     async fn sequence_batch(&self) -> anyhow::Result<usize> {
         let query = sqlx::query(
             "UPDATE outbox SET seq = m.base + n.rn \
