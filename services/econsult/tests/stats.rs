@@ -520,7 +520,115 @@ async fn consultation_statistics_series_and_exports(env: Env) {
     app.shutdown().await;
 }
 
+/// A `booking.requested` event of gp-1 (org A, municipality 0301) on `date`.
+fn requested(date: &str, within: bool) -> econsult_runtime::bus::Delivery {
+    let body = econsult_runtime::events::BookingRequested {
+        request_id: key(),
+        gp_id: "gp-1".into(),
+        org_number: ORG_A.into(),
+        municipality_number: "0301".into(),
+        requested_at_ms: 0,
+        date: date.into(),
+        earliest_offer_working_days: Some(if within { 2 } else { 9 }),
+        within_target: within,
+        breach_reason: (!within).then(|| "no_slots".to_owned()),
+    };
+    delivery(
+        econsult_runtime::events::topics::BOOKING_REQUESTED,
+        serde_json::to_string(&body),
+    )
+}
+
+fn delivery(topic: &str, payload: serde_json::Result<String>) -> econsult_runtime::bus::Delivery {
+    econsult_runtime::bus::Delivery {
+        event: econsult_runtime::bus::Event {
+            seq: 0,
+            event_id: key(),
+            topic: topic.into(),
+            org_number: ORG_A.into(),
+            payload: payload.expect("json"),
+            created_at: 0,
+        },
+        receipt: String::new(),
+    }
+}
+
+/// Rows of `stats_booking_requests` and `stats_appointments` of gp-1:
+/// (table, day, key column, n).
+async fn gp1_rows(app: &TestApp) -> Vec<(String, String, String, i64)> {
+    use sqlx::Row as _;
+    let rows = sqlx::query(
+        "SELECT 'requests' AS t, day, CAST(working_days AS TEXT) AS k, n FROM stats_booking_requests WHERE gp_id = 'gp-1' \
+         UNION ALL SELECT 'appointments' AS t, day, kind AS k, n FROM stats_appointments WHERE gp_id = 'gp-1' ORDER BY t, day, k",
+    )
+    .fetch_all(app.platform().db.read())
+    .await
+    .expect("rows");
+    rows.iter()
+        .map(|r| (r.get("t"), r.get("day"), r.get("k"), r.get("n")))
+        .collect()
+}
+
+/// The consumer applies a batch with a handful of statements (marks and counts summed per row);
+/// this checks that it still counts each event once: an event twice in a batch, an event
+/// delivered again in a later batch, several events on one row, and one event on two rows.
+async fn a_batch_counts_each_event_once_and_sums_events_of_a_row(env: Env) {
+    let app = TestApp::start(env).await;
+    let agg = econsult_stats::Aggregator::new(app.platform().db.clone());
+    let cancelled = econsult_runtime::events::AppointmentChanged {
+        appointment_id: key(),
+        slot_id: key(),
+        gp_id: "gp-1".into(),
+        org_number: ORG_A.into(),
+        municipality_number: "0301".into(),
+        patient_nin: String::new(),
+        modality: "in_person".into(),
+        start_ms: at("2026-03-04T07:00:00Z").timestamp_millis(),
+        end_ms: at("2026-03-04T07:15:00Z").timestamp_millis(),
+        status: "cancelled".into(),
+        reason: String::new(),
+        booked_at_ms: 0,
+        cancelled_at_ms: Some(at("2026-03-03T08:00:00Z").timestamp_millis()),
+        cancelled_by: Some("patient".into()),
+        late_cancellation: true,
+        rescheduled_from: None,
+        gp_hpr_number: String::new(),
+    };
+    let first = vec![
+        requested("2026-03-02", true),
+        requested("2026-03-02", true),
+        requested("2026-03-02", false),
+        requested("2026-03-03", true),
+        delivery(
+            econsult_runtime::events::topics::BOOKING_CANCELLED,
+            serde_json::to_string(&cancelled),
+        ),
+    ];
+    let mut batch = first.clone();
+    batch.push(first[1].clone());
+    assert_eq!(agg.apply_batch(&batch).await.expect("first batch"), 5);
+    let again = vec![
+        first[0].clone(),
+        requested("2026-03-02", true),
+        first[4].clone(),
+    ];
+    assert_eq!(agg.apply_batch(&again).await.expect("second batch"), 1);
+    let row = |t: &str, day: &str, k: &str, n: i64| (t.to_owned(), day.to_owned(), k.to_owned(), n);
+    assert_eq!(
+        gp1_rows(&app).await,
+        vec![
+            row("appointments", "2026-03-03", "cancelled", 1),
+            row("appointments", "2026-03-03", "late_cancellation", 1),
+            row("requests", "2026-03-02", "2", 3),
+            row("requests", "2026-03-02", "9", 1),
+            row("requests", "2026-03-03", "2", 1),
+        ]
+    );
+    app.shutdown().await;
+}
+
 on_both_backends!(
     booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same,
+    a_batch_counts_each_event_once_and_sums_events_of_a_row,
     consultation_statistics_series_and_exports,
 );

@@ -33,8 +33,8 @@ struct Deferred {
     values: Vec<Value>,
 }
 
-/// A value of a deferred write.
-#[derive(Debug, Clone)]
+/// A value bound to a statement built at run time (a deferred write, a multi-row insert).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Value {
     /// TEXT.
     Text(String),
@@ -107,7 +107,8 @@ fn combined(deferred: &[Deferred]) -> String {
     sql
 }
 
-fn bind_all<'q>(
+/// Binds `values` to `q` in order.
+pub fn bind_values<'q>(
     mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
     values: Vec<Value>,
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
@@ -147,14 +148,14 @@ impl Tx {
             (true, n) if n > 1 => {
                 let sql = combined(&deferred);
                 let values = deferred.into_iter().flat_map(|d| d.values).collect();
-                bind_all(sqlx::query(&sql), values)
+                bind_values(sqlx::query(&sql), values)
                     .execute(&mut **self)
                     .await?;
                 Ok(())
             }
             _ => {
                 for d in deferred {
-                    bind_all(sqlx::query(d.sql), d.values)
+                    bind_values(sqlx::query(d.sql), d.values)
                         .execute(&mut **self)
                         .await?;
                 }

@@ -3,13 +3,15 @@
 use econsult_calendar::oslo_date;
 use econsult_runtime::bus::{Delivery, Event};
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::db::{Db, Tx};
+use econsult_runtime::db::{Db, Tx, Value, bind_values};
 use econsult_runtime::events::{
     AppointmentChanged, BookingRequested, ConsultationChanged, VideoSessionEnded, topics,
 };
 use econsult_runtime::platform::Platform;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
+use sqlx::Row as _;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 /// Where a contact is counted.
@@ -79,6 +81,200 @@ impl Tally {
     }
 }
 
+/// An aggregate table: the columns of a row's key and the columns summed into it.
+struct Table {
+    name: &'static str,
+    keys: &'static [&'static str],
+    sums: &'static [&'static str],
+}
+
+const CONTACTS: Table = Table {
+    name: "stats_contacts",
+    keys: &[
+        "day",
+        "org_number",
+        "municipality_number",
+        "gp_id",
+        "contact_type",
+        "tariff_code",
+    ],
+    sums: &["n"],
+};
+const BOOKING_REQUESTS: Table = Table {
+    name: "stats_booking_requests",
+    keys: &[
+        "day",
+        "org_number",
+        "municipality_number",
+        "gp_id",
+        "working_days",
+        "within_target",
+        "breach_reason",
+    ],
+    sums: &["n"],
+};
+const APPOINTMENTS: Table = Table {
+    name: "stats_appointments",
+    keys: &["day", "org_number", "municipality_number", "gp_id", "kind"],
+    sums: &["n"],
+};
+const VIDEO_SESSIONS: Table = Table {
+    name: "stats_video_sessions",
+    keys: &[
+        "day",
+        "org_number",
+        "municipality_number",
+        "gp_id",
+        "connected",
+        "held",
+    ],
+    sums: &["n", "connected_ms"],
+};
+const CONSULTATION_RESPONSES: Table = Table {
+    name: "stats_consultation_responses",
+    keys: &[
+        "day",
+        "org_number",
+        "municipality_number",
+        "gp_id",
+        "category",
+        "working_days",
+        "within_sla",
+    ],
+    sums: &["n"],
+};
+
+/// Rows per multi-row statement: well under SQLite's 32 766 bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+impl Table {
+    /// `INSERT … VALUES (…), … ON CONFLICT (key) DO UPDATE SET n = t.n + excluded.n, …` for
+    /// `rows` rows of key and sum columns.
+    fn upsert(&self, rows: usize) -> String {
+        let columns: Vec<&str> = self.keys.iter().chain(self.sums).copied().collect();
+        let set: Vec<String> = self
+            .sums
+            .iter()
+            .map(|c| format!("{c} = {t}.{c} + excluded.{c}", t = self.name))
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+            self.name,
+            columns.join(", "),
+            placeholders(rows, columns.len()),
+            self.keys.join(", "),
+            set.join(", ")
+        )
+    }
+}
+
+/// `($1, $2), ($3, $4)` for two rows of two columns.
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The counts of one transaction, summed per aggregate row and written at the end as one
+/// multi-row upsert per table. Summing first is what lets one statement carry them (an upsert
+/// may touch a row only once); the rows go in key order and the tables in name order, so
+/// concurrent consumers lock rows in the same order.
+#[derive(Default)]
+struct Increments(BTreeMap<&'static str, (&'static Table, BTreeMap<Vec<Value>, Vec<i64>>)>);
+
+impl Increments {
+    /// Adds `sums` (one per sum column of `table`) to the row of `key` (one value per key column).
+    fn add(&mut self, table: &'static Table, key: Vec<Value>, sums: &[i64]) {
+        debug_assert_eq!(key.len(), table.keys.len(), "{}", table.name);
+        debug_assert_eq!(sums.len(), table.sums.len(), "{}", table.name);
+        let (_, rows) = self
+            .0
+            .entry(table.name)
+            .or_insert_with(|| (table, BTreeMap::new()));
+        let row = rows.entry(key).or_insert_with(|| vec![0; sums.len()]);
+        for (total, s) in row.iter_mut().zip(sums) {
+            *total += s;
+        }
+    }
+
+    async fn write(self, tx: &mut Tx) -> anyhow::Result<()> {
+        for (table, rows) in self.0.into_values() {
+            let rows: Vec<(Vec<Value>, Vec<i64>)> = rows.into_iter().collect();
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let values = chunk
+                    .iter()
+                    .flat_map(|(key, sums)| {
+                        key.iter()
+                            .cloned()
+                            .chain(sums.iter().map(|&s| Value::Int(s)))
+                    })
+                    .collect();
+                bind_values(sqlx::query(&table.upsert(chunk.len())), values)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Marks `events` processed by this consumer (multi-row inserts, in event id order so that
+/// concurrent consumers lock in the same order) and returns the ids that were not marked before.
+async fn mark_processed(tx: &mut Tx, events: &[&Event]) -> anyhow::Result<HashSet<String>> {
+    let mut sorted = events.to_vec();
+    sorted.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
+    let mut fresh = HashSet::with_capacity(events.len());
+    for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
+            placeholders(chunk.len(), 3)
+        );
+        let values = chunk
+            .iter()
+            .flat_map(|e| {
+                [
+                    CONSUMER_GROUP.into(),
+                    e.event_id.as_str().into(),
+                    e.created_at.into(),
+                ]
+            })
+            .collect();
+        for row in bind_values(sqlx::query(&sql), values)
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            fresh.insert(row.try_get("event_id")?);
+        }
+    }
+    Ok(fresh)
+}
+
+/// The Oslo day of an instant, as the aggregate tables key it.
+fn day_of(at_ms: i64) -> String {
+    oslo_date(from_ms(at_ms)).format("%Y-%m-%d").to_string()
+}
+
+/// Counts an appointment of `kind` on the Oslo day of `at_ms`.
+fn count_appointment(inc: &mut Increments, a: &AppointmentChanged, at_ms: i64, kind: &str) {
+    inc.add(
+        &APPOINTMENTS,
+        vec![
+            day_of(at_ms).into(),
+            a.org_number.as_str().into(),
+            a.municipality_number.as_str().into(),
+            a.gp_id.as_str().into(),
+            kind.into(),
+        ],
+        &[1],
+    );
+}
+
 /// Consumes events and keeps the aggregates.
 pub struct Aggregator {
     db: Db,
@@ -110,48 +306,69 @@ impl Aggregator {
         }
     }
 
-    /// Applies one event in `tx` unless it was applied before; its metric increments go to
-    /// `tally`. Returns whether it was new.
-    async fn apply(&self, tx: &mut Tx, e: &Event, tally: &mut Tally) -> anyhow::Result<bool> {
-        let fresh = sqlx::query(
-            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(CONSUMER_GROUP)
-        .bind(&e.event_id)
-        .bind(e.created_at)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            return Ok(false);
+    /// Applies `events` in `tx`, each at most once (`processed_events`; an event twice in
+    /// `events` counts once); their metric increments go to `tally`. Returns how many were new.
+    ///
+    /// The marks go in as one multi-row insert and the counts as one upsert per table (see
+    /// [`Increments`]): a batch costs a handful of statements however many events it holds.
+    async fn apply_all<'e>(
+        &self,
+        tx: &mut Tx,
+        events: impl IntoIterator<Item = &'e Event>,
+        tally: &mut Tally,
+    ) -> anyhow::Result<usize> {
+        let mut seen = HashSet::new();
+        let events: Vec<&Event> = events
+            .into_iter()
+            .filter(|e| seen.insert(e.event_id.as_str()))
+            .collect();
+        let mut fresh = mark_processed(tx, &events).await?;
+        let mut inc = Increments::default();
+        let mut n = 0;
+        for e in events {
+            if fresh.remove(&e.event_id) {
+                self.apply(tx, e, tally, &mut inc).await?;
+                n += 1;
+            }
         }
+        inc.write(tx).await?;
+        Ok(n)
+    }
+
+    /// Applies one event not applied before: its counts go to `inc`, its metric increments to
+    /// `tally`.
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        e: &Event,
+        tally: &mut Tally,
+        inc: &mut Increments,
+    ) -> anyhow::Result<()> {
         match e.topic.as_str() {
             topics::BOOKING_REQUESTED => {
                 let b: BookingRequested = serde_json::from_str(&e.payload)?;
                 let wd = b
                     .earliest_offer_working_days
                     .map_or(-1, |d| i64::from(d.min(15)));
-                sqlx::query(
-                    "INSERT INTO stats_booking_requests (day, org_number, municipality_number, gp_id, working_days, within_target, breach_reason, n) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1) ON CONFLICT (day, org_number, municipality_number, gp_id, working_days, within_target, breach_reason) \
-                     DO UPDATE SET n = stats_booking_requests.n + 1",
-                )
-                .bind(&b.date)
-                .bind(&b.org_number)
-                .bind(&b.municipality_number)
-                .bind(&b.gp_id)
-                .bind(wd)
-                .bind(i64::from(b.within_target))
-                .bind(b.breach_reason.as_deref().unwrap_or(""))
-                .execute(&mut **tx)
-                .await?;
+                inc.add(
+                    &BOOKING_REQUESTS,
+                    vec![
+                        b.date.into(),
+                        b.org_number.into(),
+                        b.municipality_number.into(),
+                        b.gp_id.into(),
+                        wd.into(),
+                        i64::from(b.within_target).into(),
+                        b.breach_reason.clone().unwrap_or_default().into(),
+                    ],
+                    &[1],
+                );
                 tally.add(
                     &self.requests,
                     vec![KeyValue::new("within_target", b.within_target)],
                 );
-                if let Some(r) = &b.breach_reason {
-                    tally.add(&self.breaches, vec![KeyValue::new("reason", r.clone())]);
+                if let Some(r) = b.breach_reason {
+                    tally.add(&self.breaches, vec![KeyValue::new("reason", r)]);
                 }
             }
             topics::BOOKING_ATTENDED => {
@@ -164,8 +381,15 @@ impl Aggregator {
                         ctype,
                         tariff,
                     };
-                    self.count_contact(tx, tally, Some(&a.appointment_id), a.start_ms, contact)
-                        .await?;
+                    self.count_contact(
+                        tx,
+                        tally,
+                        inc,
+                        Some(&a.appointment_id),
+                        a.start_ms,
+                        contact,
+                    )
+                    .await?;
                 }
             }
             topics::VIDEO_SESSION_ENDED => {
@@ -178,23 +402,18 @@ impl Aggregator {
                         KeyValue::new("end_reason", v.end_reason.clone()),
                     ],
                 );
-                let day = oslo_date(from_ms(v.started_at_ms))
-                    .format("%Y-%m-%d")
-                    .to_string();
-                sqlx::query(
-                    "INSERT INTO stats_video_sessions (day, org_number, municipality_number, gp_id, connected, held, n, connected_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7) ON CONFLICT (day, org_number, municipality_number, gp_id, connected, held) \
-                     DO UPDATE SET n = stats_video_sessions.n + 1, connected_ms = stats_video_sessions.connected_ms + excluded.connected_ms",
-                )
-                .bind(day)
-                .bind(&v.org_number)
-                .bind(&v.municipality_number)
-                .bind(&v.gp_id)
-                .bind(i64::from(v.connected))
-                .bind(i64::from(v.held))
-                .bind(v.connected_ms.max(0))
-                .execute(&mut **tx)
-                .await?;
+                inc.add(
+                    &VIDEO_SESSIONS,
+                    vec![
+                        day_of(v.started_at_ms).into(),
+                        v.org_number.as_str().into(),
+                        v.municipality_number.as_str().into(),
+                        v.gp_id.as_str().into(),
+                        i64::from(v.connected).into(),
+                        i64::from(v.held).into(),
+                    ],
+                    &[1, v.connected_ms.max(0)],
+                );
                 if v.held {
                     let contact = Contact {
                         org: &v.org_number,
@@ -206,6 +425,7 @@ impl Aggregator {
                     self.count_contact(
                         tx,
                         tally,
+                        inc,
                         Some(&v.appointment_id),
                         v.started_at_ms,
                         contact,
@@ -216,24 +436,20 @@ impl Aggregator {
             topics::CONSULTATION_FIRST_RESPONSE => {
                 let c: ConsultationChanged = serde_json::from_str(&e.payload)?;
                 if let Some(first) = c.first_response_at_ms {
-                    let day = oslo_date(from_ms(c.submitted_at_ms))
-                        .format("%Y-%m-%d")
-                        .to_string();
                     let wd = c.response_working_days.map_or(15, |d| i64::from(d.min(15)));
-                    sqlx::query(
-                        "INSERT INTO stats_consultation_responses (day, org_number, municipality_number, gp_id, category, working_days, within_sla, n) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 1) ON CONFLICT (day, org_number, municipality_number, gp_id, category, working_days, within_sla) \
-                         DO UPDATE SET n = stats_consultation_responses.n + 1",
-                    )
-                    .bind(day)
-                    .bind(&c.org_number)
-                    .bind(&c.municipality_number)
-                    .bind(&c.gp_id)
-                    .bind(&c.category)
-                    .bind(wd)
-                    .bind(i64::from(first <= c.due_at_ms))
-                    .execute(&mut **tx)
-                    .await?;
+                    inc.add(
+                        &CONSULTATION_RESPONSES,
+                        vec![
+                            day_of(c.submitted_at_ms).into(),
+                            c.org_number.into(),
+                            c.municipality_number.into(),
+                            c.gp_id.into(),
+                            c.category.into(),
+                            wd.into(),
+                            i64::from(first <= c.due_at_ms).into(),
+                        ],
+                        &[1],
+                    );
                 }
             }
             topics::CONSULTATION_CLOSED => {
@@ -257,6 +473,7 @@ impl Aggregator {
                     self.count_contact(
                         tx,
                         tally,
+                        inc,
                         None,
                         c.closed_at_ms.unwrap_or(e.created_at),
                         contact,
@@ -266,25 +483,23 @@ impl Aggregator {
             }
             topics::BOOKING_CREATED | topics::BOOKING_RESCHEDULED => {
                 let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
-                self.count_appointment(tx, &a, a.booked_at_ms, "booked")
-                    .await?;
+                count_appointment(inc, &a, a.booked_at_ms, "booked");
             }
             topics::BOOKING_CANCELLED => {
                 let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
                 let at = a.cancelled_at_ms.unwrap_or(e.created_at);
-                self.count_appointment(tx, &a, at, "cancelled").await?;
+                count_appointment(inc, &a, at, "cancelled");
                 if a.late_cancellation {
-                    self.count_appointment(tx, &a, at, "late_cancellation")
-                        .await?;
+                    count_appointment(inc, &a, at, "late_cancellation");
                 }
             }
             topics::BOOKING_NOSHOW => {
                 let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
-                self.count_appointment(tx, &a, a.start_ms, "noshow").await?;
+                count_appointment(inc, &a, a.start_ms, "noshow");
             }
             _ => {}
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Counts one contact on the Oslo day of `at_ms`; with an appointment id, at most once per
@@ -293,6 +508,7 @@ impl Aggregator {
         &self,
         tx: &mut Tx,
         tally: &mut Tally,
+        inc: &mut Increments,
         appointment_id: Option<&str>,
         at_ms: i64,
         c: Contact<'_>,
@@ -308,43 +524,19 @@ impl Aggregator {
                 return Ok(());
             }
         }
-        let day = oslo_date(from_ms(at_ms)).format("%Y-%m-%d").to_string();
-        sqlx::query(
-            "INSERT INTO stats_contacts (day, org_number, municipality_number, gp_id, contact_type, tariff_code, n) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (day, org_number, municipality_number, gp_id, contact_type, tariff_code) \
-             DO UPDATE SET n = stats_contacts.n + 1",
-        )
-        .bind(day)
-        .bind(c.org)
-        .bind(c.municipality)
-        .bind(c.gp)
-        .bind(c.ctype)
-        .bind(c.tariff)
-        .execute(&mut **tx)
-        .await?;
+        inc.add(
+            &CONTACTS,
+            vec![
+                day_of(at_ms).into(),
+                c.org.into(),
+                c.municipality.into(),
+                c.gp.into(),
+                c.ctype.into(),
+                c.tariff.into(),
+            ],
+            &[1],
+        );
         tally.add(&self.contacts, vec![KeyValue::new("contact_type", c.ctype)]);
-        Ok(())
-    }
-
-    async fn count_appointment(
-        &self,
-        tx: &mut Tx,
-        a: &AppointmentChanged,
-        at_ms: i64,
-        kind: &str,
-    ) -> anyhow::Result<()> {
-        let day = oslo_date(from_ms(at_ms)).format("%Y-%m-%d").to_string();
-        sqlx::query(
-            "INSERT INTO stats_appointments (day, org_number, municipality_number, gp_id, kind, n) VALUES ($1, $2, $3, $4, $5, 1) \
-             ON CONFLICT (day, org_number, municipality_number, gp_id, kind) DO UPDATE SET n = stats_appointments.n + 1",
-        )
-        .bind(day)
-        .bind(&a.org_number)
-        .bind(&a.municipality_number)
-        .bind(&a.gp_id)
-        .bind(kind)
-        .execute(&mut **tx)
-        .await?;
         Ok(())
     }
 
@@ -352,12 +544,9 @@ impl Aggregator {
     pub async fn apply_batch(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
         let mut tally = Tally::default();
-        let mut fresh = 0;
-        for d in deliveries {
-            if self.apply(&mut tx, &d.event, &mut tally).await? {
-                fresh += 1;
-            }
-        }
+        let fresh = self
+            .apply_all(&mut tx, deliveries.iter().map(|d| &d.event), &mut tally)
+            .await?;
         tx.commit().await?;
         tally.publish();
         Ok(fresh)
@@ -521,13 +710,11 @@ impl Aggregator {
         .bind(CONSUMER_GROUP)
         .fetch_all(&mut **tx)
         .await?;
-        let mut fresh = 0;
-        for r in &rows {
-            let e = econsult_runtime::outbox::event_from_row(r)?;
-            if self.apply(tx, &e, tally).await? {
-                fresh += 1;
-            }
-        }
+        let events = rows
+            .iter()
+            .map(econsult_runtime::outbox::event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let fresh = self.apply_all(tx, &events, tally).await?;
         Ok((fresh, last))
     }
 }
@@ -552,6 +739,49 @@ mod tests {
             listed.sort_unstable();
             assert_eq!(tables, listed);
         }
+    }
+
+    #[test]
+    fn each_upserted_table_keys_rows_by_its_primary_key_in_both_schemas() {
+        for sql in [
+            include_str!("../../runtime/migrations/sqlite/0003_stats.sql"),
+            include_str!("../../runtime/migrations/postgres/0003_stats.sql"),
+        ] {
+            for t in [
+                &CONTACTS,
+                &BOOKING_REQUESTS,
+                &APPOINTMENTS,
+                &VIDEO_SESSIONS,
+                &CONSULTATION_RESPONSES,
+            ] {
+                let create = sql
+                    .split(&format!("CREATE TABLE {} (", t.name))
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("{} in the schema", t.name));
+                let create = &create[..create.find(");").expect("end of CREATE TABLE")];
+                let key = create
+                    .split("PRIMARY KEY (")
+                    .nth(1)
+                    .and_then(|k| k.split(')').next())
+                    .expect("primary key");
+                assert_eq!(key.split(", ").collect::<Vec<_>>(), t.keys, "{}", t.name);
+                for c in t.sums {
+                    assert!(create.contains(&format!("    {c} ")), "{}.{c}", t.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_upsert_numbers_the_placeholders_of_every_row_and_adds_every_sum() {
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            VIDEO_SESSIONS.upsert(2),
+            "INSERT INTO stats_video_sessions (day, org_number, municipality_number, gp_id, connected, held, n, connected_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8), ($9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (day, org_number, municipality_number, gp_id, connected, held) \
+             DO UPDATE SET n = stats_video_sessions.n + excluded.n, connected_ms = stats_video_sessions.connected_ms + excluded.connected_ms"
+        );
     }
 
     #[test]
