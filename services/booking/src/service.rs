@@ -65,6 +65,9 @@ const GP_COLS: &str = "g.gp_uid, g.gp_id, g.hpr_number, g.display_name, g.org_nu
      g.list_capacity, g.list_status, (SELECT COUNT(*) FROM booking_list_members m WHERE m.gp_uid = g.gp_uid) AS list_size";
 const SLOT_COLS: &str = "s.slot_id, s.start_at, s.end_at, s.modality, s.acute_reserve, s.status AS slot_status, \
      s.hold_expires_at, g.gp_id";
+/// The closure days of the GP's (`g`) practice, comma-separated: read with the GP, so that a
+/// call needing the practice's calendar makes no extra round trip (see [`calendar_from_row`]).
+const CLOSURES_COL: &str = "(SELECT string_agg(c.closed_on, ',') FROM booking_closures c WHERE c.org_number = g.org_number) AS closures";
 const APPT_SELECT: &str = "SELECT a.appointment_id, a.status, a.patient_nin, a.reason, a.booked_at, a.cancelled_at, \
      a.cancelled_by, a.late_cancellation, a.rescheduled_from, s.slot_id, s.start_at, s.end_at, s.modality, \
      s.acute_reserve, s.status AS slot_status, s.hold_expires_at, g.gp_id, g.org_number, g.municipality_number \
@@ -86,6 +89,17 @@ fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {
             .ok_or_else(|| anyhow::anyhow!("bad list_status"))?,
         list_size: r.try_get::<i64, _>("list_size")? as u32,
     })
+}
+
+/// The working-day calendar of a row with [`CLOSURES_COL`].
+fn calendar_from_row(r: &AnyRow) -> Result<Calendar, BookingError> {
+    let closures: Option<String> = r.try_get("closures")?;
+    Ok(Calendar::with_closures(
+        closures
+            .iter()
+            .flat_map(|c| c.split(','))
+            .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()),
+    ))
 }
 
 fn slot_from_row(r: &AnyRow, now_ms: i64) -> Result<Slot, BookingError> {
@@ -162,6 +176,17 @@ struct SlotGp {
     org_number: String,
     municipality_number: String,
     hpr_number: String,
+    /// The working days of the practice.
+    calendar: Calendar,
+}
+
+/// Whose practice a slot must belong to (slots of other practices are invisible).
+#[derive(Clone, Copy)]
+enum Practice<'a> {
+    /// This organisation's.
+    Org(&'a str),
+    /// The practice of the list this patient is on.
+    OfPatient(&'a str),
 }
 
 impl SlotGp {
@@ -173,6 +198,10 @@ impl SlotGp {
             &self.hpr_number,
         )
     }
+}
+
+fn not_on_a_list() -> BookingError {
+    BookingError::FailedPrecondition("you are not on any GP's list in this service".into())
 }
 
 fn new_id() -> String {
@@ -256,15 +285,20 @@ impl Booking {
         gp_from_row(&row)
     }
 
-    async fn own_gp(&self, conn: &mut sqlx::AnyConnection, nin: &str) -> Result<Gp, BookingError> {
+    /// The GP of the patient's list, and the working days of the GP's practice.
+    async fn own_gp(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        nin: &str,
+    ) -> Result<(Gp, Calendar), BookingError> {
         let row = sqlx::query(&format!(
-            "SELECT {GP_COLS} FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1"
+            "SELECT {GP_COLS}, {CLOSURES_COL} FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1"
         ))
         .bind(nin)
         .fetch_optional(conn)
         .await?
-        .ok_or_else(|| BookingError::FailedPrecondition("you are not on any GP's list in this service".into()))?;
-        gp_from_row(&row)
+        .ok_or_else(not_on_a_list)?;
+        Ok((gp_from_row(&row)?, calendar_from_row(&row)?))
     }
 
     // ---------------------------------------------------------------- EHR side
@@ -789,8 +823,7 @@ impl Booking {
             return Err(BookingError::invalid("to", "at most 92 days after from"));
         }
         let mut conn = self.p.db.read().acquire().await?;
-        let gp = self.own_gp(&mut conn, nin).await?;
-        let cal = self.calendar(&mut conn, &gp.org_number).await?;
+        let (gp, cal) = self.own_gp(&mut conn, nin).await?;
         let today = oslo_date(now);
         let wd = |t: DateTime<Utc>| cal.working_days_between(today, oslo_date(t)).max(0) as u32;
         let modality_code = modality.map_or(0, Modality::code);
@@ -926,41 +959,55 @@ impl Booking {
         })
     }
 
-    /// Org of the patient's list, for scoping slots to the patient's practice.
-    async fn patient_org(&self, tx: &mut Tx, nin: &str) -> Result<String, BookingError> {
-        sqlx::query(
-            "SELECT g.org_number FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1",
-        )
-        .bind(nin)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| BookingError::FailedPrecondition("you are not on any GP's list in this service".into()))?
-        .try_get("org_number")
-        .map_err(Into::into)
-    }
-
-    /// Loads a slot of `org` with its GP (as an appointment and its event need it), or NOT_FOUND
-    /// (slots of other practices are invisible).
+    /// Loads a slot of `practice` with its GP (as an appointment and its event need it), or
+    /// NOT_FOUND (slots of other practices are invisible); with [`Practice::OfPatient`], one
+    /// statement finds the patient's practice too (FAILED_PRECONDITION when on no list).
     async fn slot_with_gp(
         &self,
         tx: &mut Tx,
-        org: &str,
+        practice: Practice<'_>,
         slot_id: &str,
     ) -> Result<(Slot, SlotGp), BookingError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SLOT_COLS}, g.gp_uid, g.org_number, g.municipality_number, g.hpr_number \
-             FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE s.slot_id = $1 AND g.org_number = $2"
-        ))
-        .bind(slot_id)
-        .bind(org)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| BookingError::NotFound("slot_id".to_owned()))?;
+        let cols = format!(
+            "{SLOT_COLS}, g.gp_uid, g.org_number, g.municipality_number, g.hpr_number, {CLOSURES_COL}"
+        );
+        let (sql, scope) = match practice {
+            Practice::Org(org) => (
+                format!(
+                    "SELECT {cols} FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+                     WHERE s.slot_id = $1 AND g.org_number = $2"
+                ),
+                org,
+            ),
+            // A row for a patient on a list; its GP columns are NULL when there is no such slot
+            // in the patient's practice.
+            Practice::OfPatient(nin) => (
+                format!(
+                    "SELECT {cols} FROM booking_list_members l JOIN booking_gps lg ON lg.gp_uid = l.gp_uid \
+                     LEFT JOIN booking_slots s ON s.slot_id = $1 \
+                     LEFT JOIN booking_gps g ON g.gp_uid = s.gp_uid AND g.org_number = lg.org_number \
+                     WHERE l.patient_nin = $2"
+                ),
+                nin,
+            ),
+        };
+        let row = sqlx::query(&sql)
+            .bind(slot_id)
+            .bind(scope)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let row = match (row, practice) {
+            (None, Practice::OfPatient(_)) => return Err(not_on_a_list()),
+            (row, _) => row
+                .filter(|r| matches!(r.try_get::<Option<String>, _>("gp_uid"), Ok(Some(_))))
+                .ok_or_else(|| BookingError::NotFound("slot_id".to_owned()))?,
+        };
         let gp = SlotGp {
             gp_uid: row.try_get("gp_uid")?,
             org_number: row.try_get("org_number")?,
             municipality_number: row.try_get("municipality_number")?,
             hpr_number: row.try_get("hpr_number")?,
+            calendar: calendar_from_row(&row)?,
         };
         Ok((slot_from_row(&row, self.p.clock.now_ms())?, gp))
     }
@@ -982,8 +1029,9 @@ impl Booking {
         let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
-            let org = self.patient_org(tx, nin).await?;
-            let (slot, _) = self.slot_with_gp(tx, &org, slot_id).await?;
+            let (slot, _) = self
+                .slot_with_gp(tx, Practice::OfPatient(nin), slot_id)
+                .await?;
             if slot.acute_reserve {
                 return Err(BookingError::FailedPrecondition("slot is reserved for same-day emergency help".into()));
             }
@@ -1035,17 +1083,18 @@ impl Booking {
         Ok(resp)
     }
 
-    /// Takes the slot for the patient inside `tx`: from an own hold or a takeable slot.
+    /// Takes the slot of `practice` for the patient inside `tx`: from an own hold or a takeable
+    /// slot.
     async fn take_slot(
         &self,
         tx: &mut Tx,
         nin: &str,
-        org: &str,
+        practice: Practice<'_>,
         target: &Target,
         allow_acute: bool,
     ) -> Result<(Slot, SlotGp), BookingError> {
         let now = self.p.clock.now_ms();
-        let (slot_id, n) = match target {
+        match target {
             Target::Hold(hold_id) => {
                 let taken = sqlx::query(
                     "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
@@ -1068,10 +1117,17 @@ impl Booking {
                         Some(_) => BookingError::FailedPrecondition("the hold has expired".into()),
                     });
                 };
-                (row.try_get::<String, _>("slot_id")?, 1)
+                let slot_id: String = row.try_get("slot_id")?;
+                let (slot, gp) = self.slot_with_gp(tx, practice, &slot_id).await?;
+                if slot.start.timestamp_millis() <= now {
+                    return Err(BookingError::FailedPrecondition(
+                        "slot has already started".into(),
+                    ));
+                }
+                Ok((slot, gp))
             }
             Target::Slot(slot_id) => {
-                let (slot, _) = self.slot_with_gp(tx, org, slot_id).await?;
+                let (slot, gp) = self.slot_with_gp(tx, practice, slot_id).await?;
                 if slot.acute_reserve && !allow_acute {
                     return Err(BookingError::FailedPrecondition(
                         "slot is reserved for same-day emergency help".into(),
@@ -1090,21 +1146,15 @@ impl Booking {
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
-                (slot_id.clone(), n)
+                // The update takes only a slot that has not started.
+                if n == 0 {
+                    return Err(BookingError::FailedPrecondition(
+                        "slot is no longer free".into(),
+                    ));
+                }
+                Ok((slot, gp))
             }
-        };
-        if n == 0 {
-            return Err(BookingError::FailedPrecondition(
-                "slot is no longer free".into(),
-            ));
         }
-        let (slot, gp) = self.slot_with_gp(tx, org, &slot_id).await?;
-        if slot.start.timestamp_millis() <= now {
-            return Err(BookingError::FailedPrecondition(
-                "slot has already started".into(),
-            ));
-        }
-        Ok((slot, gp))
     }
 
     async fn insert_appointment(
@@ -1143,17 +1193,14 @@ impl Booking {
         }
         if !request_id.is_empty() {
             let today = oslo_date(from_ms(now));
-            let cal = self.calendar(tx, &gp.org_number).await?;
-            let wd = cal
+            let wd = gp
+                .calendar
                 .working_days_between(today, oslo_date(slot.start))
                 .max(0);
-            sqlx::query("UPDATE booking_requests SET chosen_slot_id = $1, chosen_working_days = $2 WHERE request_id = $3 AND patient_nin = $4")
-                .bind(&slot.slot_id)
-                .bind(wd)
-                .bind(request_id)
-                .bind(nin)
-                .execute(&mut **tx)
-                .await?;
+            tx.defer(
+                "UPDATE booking_requests SET chosen_slot_id = $1, chosen_working_days = $2 WHERE request_id = $3 AND patient_nin = $4",
+                vec![slot.slot_id.as_str().into(), wd.into(), request_id.into(), nin.into()],
+            );
         }
         let a = Appointment {
             appointment_id: id,
@@ -1192,8 +1239,9 @@ impl Booking {
         let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
-            let org = self.patient_org(tx, nin).await?;
-            let (slot, gp) = self.take_slot(tx, nin, &org, &target, false).await?;
+            let (slot, gp) = self
+                .take_slot(tx, nin, Practice::OfPatient(nin), &target, false)
+                .await?;
             let a = self
                 .insert_appointment(tx, nin, (&slot, &gp), reason, request_id, None)
                 .await?;
@@ -1235,7 +1283,7 @@ impl Booking {
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
             let on_list = match self.own_gp(tx, nin).await {
-                Ok(gp) => gp.org_number == org,
+                Ok((gp, _)) => gp.org_number == org,
                 Err(BookingError::FailedPrecondition(_)) => false,
                 Err(e) => return Err(e),
             };
@@ -1245,7 +1293,13 @@ impl Booking {
                 ));
             }
             let (slot, gp) = self
-                .take_slot(tx, nin, org, &Target::Slot(slot_id.to_owned()), true)
+                .take_slot(
+                    tx,
+                    nin,
+                    Practice::Org(org),
+                    &Target::Slot(slot_id.to_owned()),
+                    true,
+                )
                 .await?;
             let a = self
                 .insert_appointment(tx, nin, (&slot, &gp), reason, "", None)
@@ -1381,9 +1435,10 @@ impl Booking {
         let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
-            let org = self.patient_org(tx, nin).await?;
             // Take the new slot first: if it is gone, nothing has changed.
-            let (slot, gp) = self.take_slot(tx, nin, &org, &target, false).await?;
+            let (slot, gp) = self
+                .take_slot(tx, nin, Practice::OfPatient(nin), &target, false)
+                .await?;
             let (old, old_org, old_muni) = self.cancel_own(tx, nin, id).await?;
             let new = self
                 .insert_appointment(tx, nin, (&slot, &gp), &old.reason, "", Some(id))
@@ -1493,7 +1548,7 @@ impl Booking {
         let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now_ms = now.timestamp_millis();
-            let gp = self.own_gp(tx, nin).await?;
+            let (gp, _) = self.own_gp(tx, nin).await?;
             let entry_id = new_id();
             let inserted = sqlx::query(
                 "INSERT INTO booking_waitlist (entry_id, gp_uid, patient_nin, latest_date, modality, priority, joined_at, active) \

@@ -420,12 +420,12 @@ async fn bad_input_is_refused_with_the_field_named(env: Env) {
 async fn callers_only_reach_their_own_data(env: Env) {
     let app = TestApp::start(env).await;
     let nins = seed_gp(&app, ORG_A, "gp-1", 5, 2).await;
-    seed_gp(&app, ORG_B, "gp-b", 6, 0).await;
+    let patients_b = seed_gp(&app, ORG_B, "gp-b", 6, 1).await;
     let slots = publish(
         &app,
         ORG_A,
         "gp-1",
-        &[at("2026-03-03T08:00:00Z")],
+        &[at("2026-03-03T08:00:00Z"), at("2026-03-03T08:15:00Z")],
         pb::Modality::InPerson,
     )
     .await;
@@ -433,6 +433,45 @@ async fn callers_only_reach_their_own_data(env: Env) {
         .await
         .expect("book");
     let mut c = app.booking().await;
+
+    // A slot of another practice is invisible (NOT_FOUND, like a slot that does not exist); a
+    // patient on no list of this service is told so. Hold, book and reschedule alike.
+    let on_no_list = econsult_runtime::nin::synthetic(7 * 100_000)
+        .as_str()
+        .to_owned();
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let hold = |nin: &str, slot_id: &str| {
+        authed(
+            pb::HoldSlotRequest {
+                slot_id: slot_id.into(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &app.patient_token(nin),
+        )
+    };
+    for (nin, slot_id, code) in [
+        (&patients_b[0], &slots[1].slot_id, Code::NotFound),
+        (&nins[1], &unknown, Code::NotFound),
+        (&on_no_list, &slots[1].slot_id, Code::FailedPrecondition),
+    ] {
+        let err = c.hold_slot(hold(nin, slot_id)).await.unwrap_err();
+        assert_eq!(err.code(), code, "hold {slot_id}: {}", err.message());
+        let err = book_slot(&app, nin, slot_id).await.unwrap_err();
+        assert_eq!(err.code(), code, "book {slot_id}: {}", err.message());
+    }
+    let err = c
+        .reschedule(authed(
+            pb::RescheduleRequest {
+                appointment_id: appt.appointment_id.clone(),
+                target: Some(pb::reschedule_request::Target::SlotId(unknown.clone())),
+                idempotency_key: key(),
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 
     // No token, a patient on an EHR call, patient B on patient A's appointment.
     let err = c
