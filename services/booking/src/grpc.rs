@@ -517,44 +517,50 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         tokio::spawn(async move {
             let mut sequenced = svc.platform().sequenced.clone();
             let mut stop = svc.platform().shutdown.clone();
+            let mut announced = true;
             loop {
-                // Every seq up to `high` is committed (the relay announces a seq after its commit).
-                let high = *sequenced.borrow();
-                match svc.changes_after(&caller, &org, cursor).await {
-                    Ok(changes) if !changes.is_empty() => {
-                        for (seq, kind, body) in changes {
-                            cursor = seq;
-                            if kind.is_empty() {
-                                continue;
+                // Every seq up to `high` is committed (the relay announces a seq after its
+                // commit). Woken by an announcement, read up to it (nothing new: no read at all);
+                // woken by the timer (in case an announcement was missed), read all there is.
+                let high = *sequenced.borrow_and_update();
+                let upto = if announced { high } else { u64::MAX };
+                if upto > cursor {
+                    match svc.changes_after(&caller, &org, cursor, upto).await {
+                        Ok(changes) if !changes.is_empty() => {
+                            for (seq, kind, body) in changes {
+                                cursor = seq;
+                                if kind.is_empty() {
+                                    continue;
+                                }
+                                let change = pb::BookingChange {
+                                    cursor: seq,
+                                    kind,
+                                    appointment: Some(change_to(&body)),
+                                };
+                                if tx.send(Ok(change)).await.is_err() {
+                                    return;
+                                }
                             }
-                            let change = pb::BookingChange {
-                                cursor: seq,
-                                kind,
-                                appointment: Some(change_to(&body)),
-                            };
-                            if tx.send(Ok(change)).await.is_err() {
-                                return;
-                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    // Nothing for this practice up to `high`: read only newer rows next time
-                    // (the client's cursor moves with its next change).
-                    Ok(_) => cursor = cursor.max(high),
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
+                        // Nothing for this practice up to `high`: read only newer rows next time
+                        // (the client's cursor moves with its next change).
+                        Ok(_) => cursor = cursor.max(high),
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            return;
+                        }
                     }
                 }
-                tokio::select! {
-                    _ = sequenced.changed() => {}
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                announced = tokio::select! {
+                    _ = sequenced.changed() => true,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => false,
                     _ = stop.changed() => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down, resume from the last cursor"))).await;
                         return;
                     }
                     _ = tx.closed() => return,
-                }
+                };
             }
         });
         Ok(Response::new(econsult_runtime::auth::end_at_token_expiry(

@@ -1751,17 +1751,19 @@ impl Booking {
         }
     }
 
-    /// Booking changes of `org` after `cursor` (for WatchBookings); audits each delivered
-    /// appointment.
+    /// Booking changes of `org` after `cursor` up to `upto` (for WatchBookings); audits each
+    /// delivered appointment.
     pub async fn changes_after(
         &self,
         caller: &Caller,
         org: &str,
         cursor: u64,
+        upto: u64,
     ) -> Result<Vec<(u64, String, AppointmentChanged)>, BookingError> {
         let events = outbox::read_after(
             &self.p.db,
             cursor,
+            upto,
             outbox::EventFilter {
                 topic_prefix: "booking.",
                 org_number: Some(org),

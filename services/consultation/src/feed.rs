@@ -65,14 +65,18 @@ impl Feed {
     }
 }
 
-/// Sequenced consultation events after `after`, with their route keys.
-async fn read_after(db: &Db, after: u64) -> Result<Vec<FeedEvent>, sqlx::Error> {
+/// Sequenced consultation events after `after` up to `upto`, with their route keys.
+///
+/// Bounded on both sides for the reason [`outbox::read_after`] gives (the load tests, before: 1 220
+/// sequential scans of the outbox reading 2.3 million rows in a 15 s rush at 300 flows/s).
+async fn read_after(db: &Db, after: u64, upto: u64) -> Result<Vec<FeedEvent>, sqlx::Error> {
     use sqlx::Row as _;
     let rows = sqlx::query(
         "SELECT seq, event_id, topic, org_number, payload, created_at, route_key FROM outbox \
-         WHERE seq > $1 AND topic LIKE $2 ORDER BY seq LIMIT $3",
+         WHERE seq > $1 AND seq <= $2 AND topic LIKE $3 ORDER BY seq LIMIT $4",
     )
-    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+    .bind(outbox::seq_param(after))
+    .bind(outbox::seq_param(upto))
     .bind(format!("{TOPIC_PREFIX}%"))
     .bind(READ_LIMIT)
     .fetch_all(db.read())
@@ -114,26 +118,37 @@ async fn run(
         }
     };
     ready.send_replace(true);
+    let mut announced = true;
     loop {
-        // Every seq up to `high` is committed (the relay announces a seq after its commit).
-        let high = *sequenced.borrow();
-        match read_after(&db, cursor).await {
-            Ok(events) if !events.is_empty() => {
-                cursor = events[events.len() - 1].event.seq;
-                // No receivers is fine: nobody watches right now.
-                let _ = tx.send(Arc::new(events));
-                continue;
+        // Every seq up to `high` is committed (the relay announces a seq after its commit). Woken
+        // by an announcement, read up to it (nothing new: no read at all); woken by the timer (in
+        // case an announcement was missed), read whatever is there.
+        let high = *sequenced.borrow_and_update();
+        let upto = if announced { high } else { u64::MAX };
+        if upto > cursor {
+            match read_after(&db, cursor, upto).await {
+                Ok(events) => {
+                    let full = events.len() as i64 == READ_LIMIT;
+                    if let Some(last) = events.last() {
+                        cursor = last.event.seq;
+                        // No receivers is fine: nobody watches right now.
+                        let _ = tx.send(Arc::new(events));
+                    }
+                    if full {
+                        continue;
+                    }
+                    // No more consultation events up to `high`: skip past it, so the next read
+                    // scans only newer rows (otherwise every read re-scanned all other events
+                    // since the last consultation one, which grew without bound under a rush).
+                    cursor = cursor.max(high);
+                }
+                Err(e) => tracing::warn!(error = %e, "consultation feed: read failed, retrying"),
             }
-            // No consultation event up to `high`: skip past it, so the next read scans only
-            // newer rows (otherwise every read re-scanned all other events since the last
-            // consultation one, which grew without bound under a booking rush).
-            Ok(_) => cursor = cursor.max(high),
-            Err(e) => tracing::warn!(error = %e, "consultation feed: read failed, retrying"),
         }
-        tokio::select! {
-            _ = sequenced.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        announced = tokio::select! {
+            _ = sequenced.changed() => true,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => false,
             _ = stop.changed() => return,
-        }
+        };
     }
 }

@@ -365,7 +365,7 @@ impl ConsultationGrpc {
             };
             'catch_up: loop {
                 loop {
-                    match outbox::read_after(&this.p.db, cursor, filter, 200).await {
+                    match outbox::read_after(&this.p.db, cursor, u64::MAX, filter, 200).await {
                         Ok(events) if !events.is_empty() => {
                             let events: Vec<&Event> = events.iter().collect();
                             match this

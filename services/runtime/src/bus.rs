@@ -121,6 +121,7 @@ impl Subscription for DbSubscription {
             let events = crate::outbox::read_after(
                 &self.db,
                 self.position,
+                u64::MAX,
                 crate::outbox::EventFilter::default(),
                 max as i64,
             )

@@ -73,26 +73,39 @@ impl EventFilter<'_> {
     }
 }
 
-/// Reads sequenced events after `after_seq` that match `filter`, in `seq` order.
+/// Reads sequenced events after `after_seq` up to `upto` (`u64::MAX`: all there are) that match
+/// `filter`, in `seq` order.
+///
+/// The statement bounds `seq` on both sides whatever `upto` is: PostgreSQL then caches a generic
+/// plan that scans the seq index over the range. With `seq > $1` alone, a connection that
+/// prepared the statement while the outbox was nearly empty could keep a sequential scan, and
+/// every later read went through the whole outbox.
 pub async fn read_after(
     db: &Db,
     after_seq: u64,
+    upto: u64,
     filter: EventFilter<'_>,
     limit: i64,
 ) -> Result<Vec<Event>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox \
-         WHERE seq > $1 AND topic LIKE $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR route_key = $4) \
+         WHERE seq > $1 AND seq <= $6 AND topic LIKE $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR route_key = $4) \
          ORDER BY seq LIMIT $5",
     )
-    .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+    .bind(seq_param(after_seq))
     .bind(format!("{}%", filter.topic_prefix))
     .bind(filter.org_number.unwrap_or(""))
     .bind(filter.route_key.unwrap_or(""))
     .bind(limit)
+    .bind(seq_param(upto))
     .fetch_all(db.read())
     .await?;
     rows.iter().map(event_from_row).collect()
+}
+
+/// A seq as a BIGINT parameter (`u64::MAX` and anything above `i64::MAX` as `i64::MAX`).
+pub fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 /// Reads an outbox row (columns seq, event_id, topic, org_number, payload, created_at).

@@ -128,6 +128,7 @@ async fn contract(f: Fixture) {
     let events = outbox::read_after(
         &f.db,
         0,
+        u64::MAX,
         outbox::EventFilter {
             topic_prefix: "test.",
             ..Default::default()
