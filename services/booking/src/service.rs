@@ -8,7 +8,7 @@ use econsult_calendar::{Calendar, oslo_date};
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::db::{Tx, is_unique_violation};
+use econsult_runtime::db::{Defer, Tx, is_unique_violation};
 use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
 use econsult_runtime::idempotency::{self, Begun, Op};
 use econsult_runtime::outbox::{self, NewEvent};
@@ -904,21 +904,22 @@ impl Booking {
             (false, false) => Some(BreachReason::NoSlots),
         };
         let request_id = new_id();
-        let mut tx = self.p.db.begin().await?;
-        sqlx::query(
+        // The request, its event and the audit row: one statement on PostgreSQL.
+        let mut tx = self.p.db.writes();
+        tx.defer(
             "INSERT INTO booking_requests (request_id, patient_nin, gp_uid, requested_at, earliest_offer_at, earliest_offer_working_days, within_target, breach_reason) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&request_id)
-        .bind(nin)
-        .bind(&gp.gp_uid)
-        .bind(now_ms)
-        .bind(earliest.map(|t| t.timestamp_millis()))
-        .bind(earliest_wd.map(i64::from))
-        .bind(i64::from(within))
-        .bind(breach.map_or(0, BreachReason::code))
-        .execute(&mut *tx)
-        .await?;
+            vec![
+                request_id.as_str().into(),
+                nin.into(),
+                gp.gp_uid.as_str().into(),
+                now_ms.into(),
+                earliest.map(|t| t.timestamp_millis()).into(),
+                earliest_wd.map(i64::from).into(),
+                i64::from(within).into(),
+                breach.map_or(0, BreachReason::code).into(),
+            ],
+        );
         let body = BookingRequested {
             request_id: request_id.clone(),
             gp_id: gp.gp_id.clone(),

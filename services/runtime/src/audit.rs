@@ -5,7 +5,7 @@
 
 use crate::auth::{Caller, Role};
 use crate::clock::{Clock, from_ms};
-use crate::db::{Db, Tx};
+use crate::db::{Db, Defer};
 use crate::grpc::{internal, timestamp};
 use econsult_proto::audit::v1 as pb;
 use sqlx::Row as _;
@@ -27,7 +27,7 @@ pub struct Access<'a> {
 /// statement with the call's other deferred writes on PostgreSQL). The row commits with the
 /// access or not at all.
 pub async fn record(
-    tx: &mut Tx,
+    tx: &mut impl Defer,
     caller: &Caller,
     access: &Access<'_>,
     now_ms: i64,

@@ -42,6 +42,14 @@ pub enum Value {
     Int(i64),
     /// BYTEA / BLOB.
     Bytes(Vec<u8>),
+    /// BIGINT / INTEGER or NULL.
+    IntOrNull(Option<i64>),
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Self {
+        Value::IntOrNull(v)
+    }
 }
 
 impl From<&str> for Value {
@@ -117,6 +125,7 @@ pub fn bind_values<'q>(
             Value::Text(t) => q.bind(t),
             Value::Int(i) => q.bind(i),
             Value::Bytes(b) => q.bind(b),
+            Value::IntOrNull(i) => q.bind(i),
         };
     }
     q
@@ -127,15 +136,63 @@ enum TxKind {
     Sqlite(GroupTx),
 }
 
+/// Something that holds writes back until it commits: a [`Tx`] or [`Writes`].
+pub trait Defer {
+    /// Holds back a write that nothing before the commit reads back (an INSERT or UPDATE,
+    /// placeholders `$1`…`$n` for `values`). Its errors surface at commit.
+    fn defer(&mut self, sql: &'static str, values: Vec<Value>);
+}
+
+impl Defer for Tx {
+    fn defer(&mut self, sql: &'static str, values: Vec<Value>) {
+        self.1.push(Deferred { sql, values });
+    }
+}
+
+/// A write transaction made only of deferred writes (a row with its outbox event and audit row,
+/// say): on PostgreSQL one autocommit statement — one round trip, where a [`Tx`] takes BEGIN,
+/// the statement and COMMIT; on SQLite a transaction of the commit group. Nothing is written
+/// until [`Writes::commit`]; dropping it writes nothing.
+pub struct Writes {
+    db: Db,
+    deferred: Vec<Deferred>,
+}
+
+impl Defer for Writes {
+    fn defer(&mut self, sql: &'static str, values: Vec<Value>) {
+        self.deferred.push(Deferred { sql, values });
+    }
+}
+
+impl Writes {
+    /// Writes everything, atomically.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        if self.db.group.is_some() {
+            let mut tx = self.db.begin().await?;
+            tx.1 = self.deferred;
+            return tx.commit().await;
+        }
+        let (sql, values) = match self.deferred.len() {
+            0 => return Ok(()),
+            1 => {
+                let d = self.deferred.into_iter().next().expect("one write");
+                (d.sql.to_owned(), d.values)
+            }
+            _ => (
+                combined(&self.deferred),
+                self.deferred.into_iter().flat_map(|d| d.values).collect(),
+            ),
+        };
+        bind_values(sqlx::query(&sql), values)
+            .execute(&self.db.write)
+            .await?;
+        Ok(())
+    }
+}
+
 impl Tx {
     fn new(kind: TxKind) -> Self {
         Tx(kind, Vec::new())
-    }
-
-    /// Holds back a write that nothing in this transaction reads back until [`Tx::commit`]
-    /// (an INSERT or UPDATE, placeholders `$1`…`$n` for `values`). Its errors surface at commit.
-    pub fn defer(&mut self, sql: &'static str, values: Vec<Value>) {
-        self.1.push(Deferred { sql, values });
     }
 
     /// Runs the deferred writes: on PostgreSQL as one statement, on SQLite one by one (no
@@ -331,6 +388,14 @@ impl Db {
             Some(g) => TxKind::Sqlite(g.begin().await?),
             None => TxKind::Postgres(self.write.begin().await?),
         }))
+    }
+
+    /// A write transaction of deferred writes only (see [`Writes`]).
+    pub fn writes(&self) -> Writes {
+        Writes {
+            db: self.clone(),
+            deferred: Vec::new(),
+        }
     }
 
     /// SQLite: the commits made so far and the write transactions they made durable (their

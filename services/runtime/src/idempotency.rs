@@ -1,7 +1,7 @@
 //! Idempotency of mutating calls: the first result of a call is stored under the caller and the
 //! idempotency key, in the same transaction as the change; a retry gets that result back.
 
-use crate::db::{Db, Tx};
+use crate::db::{Db, Defer, Tx};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::Digest as _;
 use sqlx::Row as _;

@@ -9,7 +9,7 @@
 //! the relay lingers [`RELAY_LINGER`] so that one pass carries the commits of that window.
 
 use crate::bus::{Event, EventBus};
-use crate::db::{Backend, Db, Tx};
+use crate::db::{Backend, Db, Defer};
 use serde::Serialize;
 use sqlx::Row as _;
 use std::{sync::Arc, time::Duration};
@@ -31,7 +31,7 @@ pub struct NewEvent<'a, P: Serialize> {
 /// Writes an event into the outbox inside `tx` (deferred to its commit: one statement with the
 /// call's other deferred writes on PostgreSQL); returns its event id.
 pub async fn enqueue<P: Serialize>(
-    tx: &mut Tx,
+    tx: &mut impl Defer,
     event: NewEvent<'_, P>,
     now_ms: i64,
 ) -> anyhow::Result<String> {

@@ -274,3 +274,57 @@ async fn audit_log_rows_cannot_be_changed_or_deleted() {
             .is_err()
     );
 }
+
+/// `Db::writes`: deferred writes only, one autocommit statement on PostgreSQL. All of them or
+/// none: a failing write takes the others with it; dropped uncommitted, nothing is written.
+async fn writes_commit_all_or_nothing(f: Fixture) {
+    use econsult_runtime::db::{Defer as _, Value};
+    const OFFSET: &str = "INSERT INTO bus_offsets (consumer_group, seq) VALUES ($1, $2)";
+    const EVENT: &str = "INSERT INTO outbox (event_id, topic, org_number, payload, created_at, seq) VALUES ($1, 'test.writes', '', '{}', 1, $2)";
+    let offsets = async |db: &Db| -> Vec<(String, i64)> {
+        sqlx::query_as("SELECT consumer_group, seq FROM bus_offsets WHERE consumer_group LIKE 'w-%' ORDER BY consumer_group")
+            .fetch_all(db.read())
+            .await
+            .expect("offsets")
+    };
+    let mut w = f.db.writes();
+    w.defer(OFFSET, vec!["w-a".into(), 1i64.into()]);
+    w.defer(OFFSET, vec!["w-b".into(), 2i64.into()]);
+    w.defer(EVENT, vec!["w-e1".into(), Value::IntOrNull(None)]);
+    w.commit().await.expect("commit");
+    assert_eq!(
+        offsets(&f.db).await,
+        vec![("w-a".into(), 1), ("w-b".into(), 2)]
+    );
+    let unsequenced: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM outbox WHERE event_id = 'w-e1'")
+            .fetch_one(f.db.read())
+            .await
+            .expect("event");
+    assert_eq!(unsequenced, None);
+
+    // The second write repeats a primary key: the first one is not kept either.
+    let mut w = f.db.writes();
+    w.defer(OFFSET, vec!["w-c".into(), 3i64.into()]);
+    w.defer(OFFSET, vec!["w-a".into(), 4i64.into()]);
+    w.commit().await.expect_err("duplicate key");
+    let mut w = f.db.writes();
+    w.defer(OFFSET, vec!["w-d".into(), 5i64.into()]);
+    drop(w);
+    assert_eq!(
+        offsets(&f.db).await,
+        vec![("w-a".into(), 1), ("w-b".into(), 2)]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_writes_commit_all_or_nothing() {
+    writes_commit_all_or_nothing(sqlite_fixture().await).await;
+}
+
+#[tokio::test]
+async fn postgres_writes_commit_all_or_nothing() {
+    if let Some(f) = redis_fixture().await {
+        writes_commit_all_or_nothing(f).await;
+    }
+}
