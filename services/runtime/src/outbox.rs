@@ -203,11 +203,14 @@ impl Relay {
             }
             Backend::Sqlite => None,
         };
+        // What an earlier leader (or this one, before an error) sequenced but did not publish
+        // goes out first, in seq order; after that each pass publishes what it sequenced.
+        while self.publish_batch().await? > 0 {}
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
-            let moved = self.run_once().await?;
+            let moved = self.pass().await?;
             if moved == 0 {
                 tokio::select! {
                     _ = self.wake.notified() => {
@@ -224,40 +227,52 @@ impl Relay {
 
     /// One pass: sequence a batch, publish a batch. Returns how many events moved.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
-        let sequenced = self.sequence_batch().await?;
+        let sequenced = self.sequence_batch().await?.len();
         let published = self.publish_batch().await?;
         Ok(sequenced + published)
+    }
+
+    /// A pass of the leader once nothing sequenced is left unpublished: sequences a batch and
+    /// publishes exactly those events, as the sequencing statement returned them (no re-read:
+    /// two statements per pass). Returns how many events moved.
+    async fn pass(&self) -> anyhow::Result<usize> {
+        let events = self.sequence_batch().await?;
+        self.publish(&events).await?;
+        Ok(events.len())
     }
 
     /// Gives the oldest unsequenced events the next seqs, in one statement (one round trip; on
     /// SQLite one member of a commit group), in id order: base + 1, base + 2, … where base is the
     /// highest seq.
-    async fn sequence_batch(&self) -> anyhow::Result<usize> {
+    /// Returns the events it sequenced, in seq order.
+    async fn sequence_batch(&self) -> anyhow::Result<Vec<Event>> {
         let query = sqlx::query(
             "UPDATE outbox SET seq = m.base + n.rn \
              FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS rn FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) AS n, \
                   (SELECT COALESCE(MAX(seq), 0) AS base FROM outbox) AS m \
-             WHERE outbox.id = n.id RETURNING outbox.seq AS seq",
+             WHERE outbox.id = n.id \
+             RETURNING outbox.seq AS seq, outbox.event_id AS event_id, outbox.topic AS topic, \
+                       outbox.org_number AS org_number, outbox.payload AS payload, outbox.created_at AS created_at",
         )
         .bind(self.batch);
-        let seqs: Vec<i64> = self
+        let mut events: Vec<Event> = self
             .db
             .write_one(query)
             .await?
             .iter()
-            .map(|r| r.try_get::<i64, _>("seq"))
+            .map(event_from_row)
             .collect::<Result<_, _>>()?;
-        let Some(&last) = seqs.iter().max() else {
-            return Ok(0);
+        events.sort_unstable_by_key(|e| e.seq);
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Ok(events);
         };
         crate::failpoint("relay-after-sequence");
-        let last = last as u64;
         self.sequenced.send_if_modified(|v| {
             let changed = *v < last;
             *v = (*v).max(last);
             changed
         });
-        Ok(seqs.len())
+        Ok(events)
     }
 
     async fn publish_batch(&self) -> anyhow::Result<usize> {
@@ -272,8 +287,17 @@ impl Relay {
             return Ok(0);
         }
         let events: Vec<Event> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
-        self.bus.publish(&events).await?;
-        let (first, last) = (events[0].seq as i64, events[events.len() - 1].seq as i64);
+        self.publish(&events).await?;
+        Ok(events.len())
+    }
+
+    /// Publishes `events` (in seq order) and marks them published.
+    async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(());
+        };
+        self.bus.publish(events).await?;
+        let (first, last) = (first.seq as i64, last.seq as i64);
         self.db
             .write_one(
                 sqlx::query(
@@ -284,7 +308,7 @@ impl Relay {
                 .bind(last),
             )
             .await?;
-        Ok(events.len())
+        Ok(())
     }
 }
 
