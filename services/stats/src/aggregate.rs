@@ -195,7 +195,10 @@ fn placeholders(rows: usize, columns: usize) -> String {
 /// may touch a row only once); the rows go in key order and the tables in name order, so
 /// concurrent consumers lock rows in the same order.
 #[derive(Default)]
-struct Increments(BTreeMap<&'static str, (&'static Table, BTreeMap<Vec<Value>, Vec<i64>>)>);
+struct Increments(BTreeMap<&'static str, (&'static Table, Rows)>);
+
+/// Aggregate rows of one table: key values → sums.
+type Rows = BTreeMap<Vec<Value>, Vec<i64>>;
 
 impl Increments {
     /// Adds `sums` (one per sum column of `table`) to the row of `key` (one value per key column).
