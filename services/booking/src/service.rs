@@ -242,10 +242,9 @@ impl Booking {
         .await?)
     }
 
-    /// Stores the result with the idempotency key, commits, and wakes the outbox relay.
+    /// Stores the result with the idempotency key and commits.
     async fn finish_op<Resp: Serialize>(&self, op: Op, resp: &Resp) -> Result<(), BookingError> {
         op.finish(resp).await?;
-        self.p.committed();
         Ok(())
     }
 
@@ -949,7 +948,6 @@ impl Booking {
         };
         audit::record(&mut tx, caller, &access, now_ms).await?;
         tx.commit().await?;
-        self.p.committed();
         Ok(Offers {
             slots: offers,
             earliest,
@@ -1730,9 +1728,6 @@ impl Booking {
             self.offer_to_waitlist(&mut tx, &id).await?;
         }
         tx.commit().await?;
-        if !rows.is_empty() {
-            self.p.committed();
-        }
         Ok(rows.len())
     }
 

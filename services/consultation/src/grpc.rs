@@ -152,7 +152,6 @@ impl ConsultationGrpc {
 
     async fn finish(&self, op: Op, done: &Done) -> Result<(), Status> {
         op.finish(done).await.map_err(idem_status)?;
-        self.p.committed();
         Ok(())
     }
 
@@ -933,7 +932,6 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             self.event(&mut tx, TOPIC_READ, &t, &body).await?;
             self.audit(&mut tx, &caller, rpc::READ, &t).await?;
             tx.commit().await.map_err(|e| db_status("commit", e))?;
-            self.p.committed();
         }
         Ok(Response::new(pb::MarkReadResponse {
             thread: Some(t.to_pb(self.now(), practice)),

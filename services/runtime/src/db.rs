@@ -18,6 +18,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Executor as _, Transaction};
 use std::sync::Arc;
 use std::{str::FromStr, time::Duration};
+use tokio::sync::Notify;
 
 /// A write transaction: derefs to its connection (`&mut **tx` is an executor); commit with
 /// [`Tx::commit`], or drop (or [`Tx::rollback`]) to roll back.
@@ -25,12 +26,26 @@ use std::{str::FromStr, time::Duration};
 /// Writes that nothing in the transaction reads back — outbox rows, audit rows, the stored
 /// idempotent answer — are [deferred](Tx::defer) to the commit, where PostgreSQL runs them all
 /// as one statement (data-modifying CTEs): one round trip instead of one each.
-pub struct Tx(TxKind, Vec<Deferred>);
+///
+/// A commit that wrote outbox events ([`Defer::defer_event`]) wakes the relay
+/// ([`Db::events_committed`]); one that wrote none does not.
+pub struct Tx {
+    kind: TxKind,
+    deferred: Vec<Deferred>,
+    events_committed: Arc<Notify>,
+}
 
 /// A write held back until commit: `sql` numbers its placeholders from `$1`.
 struct Deferred {
     sql: &'static str,
     values: Vec<Value>,
+    /// An outbox row: its commit wakes the relay.
+    event: bool,
+}
+
+/// Whether any of `deferred` is an outbox row.
+fn any_event(deferred: &[Deferred]) -> bool {
+    deferred.iter().any(|d| d.event)
 }
 
 /// A value bound to a statement built at run time (a deferred write, a multi-row insert).
@@ -141,11 +156,27 @@ pub trait Defer {
     /// Holds back a write that nothing before the commit reads back (an INSERT or UPDATE,
     /// placeholders `$1`…`$n` for `values`). Its errors surface at commit.
     fn defer(&mut self, sql: &'static str, values: Vec<Value>);
+
+    /// [`Defer::defer`] of an outbox row ([`crate::outbox::enqueue`]): once committed, the
+    /// relay is woken ([`Db::events_committed`]).
+    fn defer_event(&mut self, sql: &'static str, values: Vec<Value>);
 }
 
 impl Defer for Tx {
     fn defer(&mut self, sql: &'static str, values: Vec<Value>) {
-        self.1.push(Deferred { sql, values });
+        self.deferred.push(Deferred {
+            sql,
+            values,
+            event: false,
+        });
+    }
+
+    fn defer_event(&mut self, sql: &'static str, values: Vec<Value>) {
+        self.deferred.push(Deferred {
+            sql,
+            values,
+            event: true,
+        });
     }
 }
 
@@ -160,7 +191,19 @@ pub struct Writes {
 
 impl Defer for Writes {
     fn defer(&mut self, sql: &'static str, values: Vec<Value>) {
-        self.deferred.push(Deferred { sql, values });
+        self.deferred.push(Deferred {
+            sql,
+            values,
+            event: false,
+        });
+    }
+
+    fn defer_event(&mut self, sql: &'static str, values: Vec<Value>) {
+        self.deferred.push(Deferred {
+            sql,
+            values,
+            event: true,
+        });
     }
 }
 
@@ -169,9 +212,10 @@ impl Writes {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         if self.db.group.is_some() {
             let mut tx = self.db.begin().await?;
-            tx.1 = self.deferred;
+            tx.deferred = self.deferred;
             return tx.commit().await;
         }
+        let events = any_event(&self.deferred);
         let (sql, values) = match self.deferred.len() {
             0 => return Ok(()),
             1 => {
@@ -186,20 +230,27 @@ impl Writes {
         bind_values(sqlx::query(&sql), values)
             .execute(&self.db.write)
             .await?;
+        if events {
+            self.db.events_committed.notify_one();
+        }
         Ok(())
     }
 }
 
 impl Tx {
-    fn new(kind: TxKind) -> Self {
-        Tx(kind, Vec::new())
+    fn new(kind: TxKind, events_committed: Arc<Notify>) -> Self {
+        Tx {
+            kind,
+            deferred: Vec::new(),
+            events_committed,
+        }
     }
 
     /// Runs the deferred writes: on PostgreSQL as one statement, on SQLite one by one (no
     /// round trips there, and SQLite has no data-modifying CTEs).
     async fn flush(&mut self) -> Result<(), sqlx::Error> {
-        let deferred = std::mem::take(&mut self.1);
-        let postgres = matches!(self.0, TxKind::Postgres(_));
+        let deferred = std::mem::take(&mut self.deferred);
+        let postgres = matches!(self.kind, TxKind::Postgres(_));
         match (postgres, deferred.len()) {
             (_, 0) => Ok(()),
             (true, n) if n > 1 => {
@@ -222,18 +273,23 @@ impl Tx {
     }
 
     /// Runs the deferred writes and commits; on SQLite returns once the transaction's commit
-    /// group is on disk.
+    /// group is on disk. Wakes the relay if the transaction wrote outbox events.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let events = any_event(&self.deferred);
         self.flush().await?;
-        match self.0 {
-            TxKind::Postgres(t) => t.commit().await,
-            TxKind::Sqlite(t) => t.commit().await,
+        match self.kind {
+            TxKind::Postgres(t) => t.commit().await?,
+            TxKind::Sqlite(t) => t.commit().await?,
         }
+        if events {
+            self.events_committed.notify_one();
+        }
+        Ok(())
     }
 
     /// Rolls back.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self.0 {
+        match self.kind {
             TxKind::Postgres(t) => t.rollback().await,
             TxKind::Sqlite(t) => t.rollback().await,
         }
@@ -243,7 +299,7 @@ impl Tx {
 impl std::ops::Deref for Tx {
     type Target = AnyConnection;
     fn deref(&self) -> &AnyConnection {
-        match &self.0 {
+        match &self.kind {
             TxKind::Postgres(t) => t,
             TxKind::Sqlite(t) => t,
         }
@@ -252,7 +308,7 @@ impl std::ops::Deref for Tx {
 
 impl std::ops::DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        match &mut self.0 {
+        match &mut self.kind {
             TxKind::Postgres(t) => t,
             TxKind::Sqlite(t) => t,
         }
@@ -276,6 +332,8 @@ pub struct Db {
     read: AnyPool,
     /// SQLite: the group-committing writer over `write`.
     group: Option<Arc<GroupWriter>>,
+    /// Notified after each commit that wrote outbox events (see [`Db::events_committed`]).
+    events_committed: Arc<Notify>,
 }
 
 /// Default pool size of [`Db::connect`].
@@ -335,6 +393,7 @@ impl Db {
                 group: Some(Arc::new(GroupWriter::new(write.clone()))),
                 write,
                 read,
+                events_committed: Arc::new(Notify::new()),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
@@ -348,6 +407,7 @@ impl Db {
                 write: pool.clone(),
                 read: pool,
                 group: None,
+                events_committed: Arc::new(Notify::new()),
             })
         } else {
             anyhow::bail!("unsupported database url: expected sqlite:// or postgres://")
@@ -384,10 +444,18 @@ impl Db {
 
     /// Begins a write transaction.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        Ok(Tx::new(match &self.group {
+        let kind = match &self.group {
             Some(g) => TxKind::Sqlite(g.begin().await?),
             None => TxKind::Postgres(self.write.begin().await?),
-        }))
+        };
+        Ok(Tx::new(kind, self.events_committed.clone()))
+    }
+
+    /// Notified (one stored permit) after every commit through this `Db` (and its clones) that
+    /// wrote outbox events: the outbox relay of the process waits on it. Commits of other
+    /// processes are not seen here; the relay's timer finds those.
+    pub fn events_committed(&self) -> Arc<Notify> {
+        self.events_committed.clone()
     }
 
     /// A write transaction of deferred writes only (see [`Writes`]).
@@ -533,6 +601,7 @@ mod tests {
         let d = |sql, n| super::Deferred {
             sql,
             values: (0..n).map(super::Value::Int).collect(),
+            event: false,
         };
         assert_eq!(
             super::combined(&[

@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::db::Db;
 use crate::outbox::Relay;
 use std::{sync::Arc, time::Duration};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How to build a [`Platform`].
@@ -43,7 +43,6 @@ pub struct Platform {
     pub sequenced: watch::Receiver<u64>,
     /// Turns true when the process is shutting down: long streams end themselves.
     pub shutdown: watch::Receiver<bool>,
-    outbox_wake: Arc<Notify>,
 }
 
 impl Platform {
@@ -61,8 +60,7 @@ impl Platform {
             None => Arc::new(DbBus::new(db.clone(), seq_rx.clone())),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
-        let wake = Arc::new(Notify::new());
-        let relay = Relay::new(db.clone(), bus.clone(), wake.clone(), seq_tx);
+        let relay = Relay::new(db.clone(), bus.clone(), seq_tx);
         let relay_task = tokio::spawn(relay.run(stop_rx.clone()));
         let platform = Platform {
             db,
@@ -71,7 +69,6 @@ impl Platform {
             auth: cfg.auth,
             sequenced: seq_rx,
             shutdown: stop_rx,
-            outbox_wake: wake,
         };
         Ok((
             platform,
@@ -80,11 +77,6 @@ impl Platform {
                 tasks: vec![relay_task],
             },
         ))
-    }
-
-    /// Tells the relay that a transaction with outbox events committed.
-    pub fn committed(&self) {
-        self.outbox_wake.notify_one();
     }
 
     /// A ticker for periodic work that should also follow new events soon (gauges).

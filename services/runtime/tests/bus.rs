@@ -6,7 +6,7 @@ use econsult_runtime::bus::{DbBus, EventBus, RedisBus};
 use econsult_runtime::db::Db;
 use econsult_runtime::outbox::{self, NewEvent, Relay};
 use std::{sync::Arc, time::Duration};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 struct Fixture {
     db: Db,
@@ -41,7 +41,7 @@ async fn sqlite_fixture() -> Fixture {
     db.migrate().await.expect("migrate");
     let (tx, rx) = watch::channel(0);
     let bus: Arc<dyn EventBus> = Arc::new(DbBus::new(db.clone(), rx));
-    let relay = Relay::new(db.clone(), bus.clone(), Arc::new(Notify::new()), tx);
+    let relay = Relay::new(db.clone(), bus.clone(), tx);
     Fixture {
         db,
         bus,
@@ -67,7 +67,7 @@ async fn redis_fixture() -> Option<Fixture> {
             .await
             .expect("redis"),
     );
-    let relay = Relay::new(db.clone(), bus.clone(), Arc::new(Notify::new()), tx);
+    let relay = Relay::new(db.clone(), bus.clone(), tx);
     Some(Fixture {
         db,
         bus,
@@ -326,5 +326,70 @@ async fn sqlite_writes_commit_all_or_nothing() {
 async fn postgres_writes_commit_all_or_nothing() {
     if let Some(f) = redis_fixture().await {
         writes_commit_all_or_nothing(f).await;
+    }
+}
+
+/// The relay is woken by exactly the commits that wrote outbox events: a `Tx` or `Writes` with
+/// an enqueued event, committed; not by one without events, nor by one rolled back.
+async fn commits_with_events_wake_the_relay(f: Fixture) {
+    use econsult_runtime::db::Defer as _;
+    use econsult_runtime::outbox::{self, NewEvent};
+    use futures::FutureExt as _;
+    const OFFSET: &str = "INSERT INTO bus_offsets (consumer_group, seq) VALUES ($1, $2)";
+    let wake = f.db.events_committed();
+    // A stored wake-up makes `notified()` ready at its first poll.
+    let woken = || wake.notified().now_or_never().is_some();
+    assert!(!woken(), "no commit yet");
+
+    let mut tx = f.db.begin().await.expect("begin");
+    tx.defer(OFFSET, vec!["wake-a".into(), 1i64.into()]);
+    tx.commit().await.expect("commit");
+    assert!(!woken(), "a commit without events");
+
+    let payload = serde_json::json!({});
+    let new = || NewEvent {
+        topic: "test.wake",
+        org_number: "",
+        route_key: "",
+        payload: &payload,
+    };
+    let mut tx = f.db.begin().await.expect("begin");
+    outbox::enqueue(&mut tx, new(), 1).await.expect("enqueue");
+    assert!(!woken(), "not before the commit");
+    tx.commit().await.expect("commit");
+    assert!(woken(), "a Tx with an event");
+    assert!(!woken(), "one wake-up per commit is stored, and taken");
+
+    let mut tx = f.db.begin().await.expect("begin");
+    outbox::enqueue(&mut tx, new(), 1).await.expect("enqueue");
+    tx.rollback().await.expect("rollback");
+    assert!(!woken(), "rolled back");
+
+    let mut w = f.db.writes();
+    outbox::enqueue(&mut w, new(), 1).await.expect("enqueue");
+    w.commit().await.expect("commit");
+    assert!(woken(), "Writes with an event");
+
+    let mut w = f.db.writes();
+    w.defer(OFFSET, vec!["wake-b".into(), 2i64.into()]);
+    w.commit().await.expect("commit");
+    assert!(!woken(), "Writes without events");
+
+    // A clone of the Db (another service of the process) wakes the same relay.
+    let mut tx = f.db.clone().begin().await.expect("begin");
+    outbox::enqueue(&mut tx, new(), 1).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    assert!(woken(), "a clone's commit");
+}
+
+#[tokio::test]
+async fn sqlite_commits_with_events_wake_the_relay() {
+    commits_with_events_wake_the_relay(sqlite_fixture().await).await;
+}
+
+#[tokio::test]
+async fn postgres_commits_with_events_wake_the_relay() {
+    if let Some(f) = redis_fixture().await {
+        commits_with_events_wake_the_relay(f).await;
     }
 }

@@ -708,7 +708,6 @@ impl Signalling {
         self.end_in(&mut tx, &session, pb::EndReason::EndedByPractice, held, now)
             .await?;
         tx.commit().await.map_err(dbe("commit end"))?;
-        self.inner.platform.committed();
         self.inner.hub.wake(&session.session_id, 0).await;
         self.session_view(appointment_id).await
     }
@@ -1343,7 +1342,6 @@ impl Signalling {
             };
             self.end_in(&mut tx, &s, reason, false, now).await?;
             tx.commit().await.map_err(dbe("commit expiry"))?;
-            self.inner.platform.committed();
             self.inner.hub.wake(&s.session_id, 0).await;
         }
         // 2. Disconnected participants past the grace period.
