@@ -8,7 +8,7 @@ use econsult_calendar::{Calendar, oslo_date};
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::db::{Defer, Tx, is_unique_violation};
+use econsult_runtime::db::{Backend, Defer, Tx, is_unique_violation};
 use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
 use econsult_runtime::idempotency::{self, Begun, Op};
 use econsult_runtime::outbox::{self, NewEvent};
@@ -168,6 +168,15 @@ fn changed(a: &Appointment, org: &str, municipality: &str) -> AppointmentChanged
 /// Rewrites the `$NOW` marker of [`TAKEABLE`] to a numbered placeholder.
 fn takeable(now_param: usize) -> String {
     TAKEABLE.replace("$NOW", &format!("${now_param}"))
+}
+
+/// Releases the patient's (`$nin`) own holds, those not offered from the waitlist, except on
+/// `$slot`: the statement HoldSlot runs before (SQLite) or with (PostgreSQL) the new hold.
+fn release_holds_of(nin_param: usize, slot_param: usize) -> String {
+    format!(
+        "UPDATE booking_slots SET status = 1, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL, hold_request_id = NULL \
+         WHERE hold_patient = ${nin_param} AND status = 3 AND hold_from_waitlist = 0 AND slot_id <> ${slot_param}"
+    )
 }
 
 /// The GP of a slot, as an appointment row and its event need it.
@@ -1037,36 +1046,60 @@ impl Booking {
             if slot.start.timestamp_millis() <= now {
                 return Err(BookingError::FailedPrecondition("slot has already started".into()));
             }
-            // One hold at a time: an earlier hold of the patient is released.
-            let released = sqlx::query(
-                "UPDATE booking_slots SET status = 1, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL, hold_request_id = NULL \
-                 WHERE hold_patient = $1 AND status = 3 AND hold_from_waitlist = 0 AND slot_id <> $2 RETURNING slot_id",
-            )
-            .bind(nin)
-            .bind(slot_id)
-            .fetch_all(&mut **tx)
-            .await?;
+            // One hold at a time: an earlier hold of the patient is released (rolled back with
+            // the rest if the new hold fails).
             let hold_id = new_id();
             let expires = now + self.cfg.hold_ttl.num_milliseconds();
-            let n = sqlx::query(&format!(
+            let hold = format!(
                 "UPDATE booking_slots SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, hold_from_waitlist = 0, \
                  hold_request_id = $4 WHERE slot_id = $5 AND start_at > $6 AND acute_reserve = 0 AND {}",
                 takeable(6).replace("s.", "")
-            ))
-            .bind(&hold_id)
-            .bind(nin)
-            .bind(expires)
-            .bind(Some(request_id).filter(|r| !r.is_empty()))
-            .bind(slot_id)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if n == 0 {
+            );
+            // The statement's rows are slot ids: the one held (the requested slot, if it was
+            // still free) and those released (never the requested one).
+            let postgres = self.p.db.backend() == Backend::Postgres;
+            let mut ids = Vec::new();
+            let sql = if postgres {
+                // One round trip: both updates in one statement. They never touch the same row,
+                // so their shared snapshot changes nothing.
+                format!(
+                    "WITH released AS ({} RETURNING slot_id), held AS ({hold} RETURNING slot_id) \
+                     SELECT slot_id FROM released UNION ALL SELECT slot_id FROM held",
+                    release_holds_of(2, 5)
+                )
+            } else {
+                ids = sqlx::query(&format!("{} RETURNING slot_id", release_holds_of(1, 2)))
+                    .bind(nin)
+                    .bind(slot_id)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                format!("{hold} RETURNING slot_id")
+            };
+            ids.extend(
+                sqlx::query(&sql)
+                    .bind(&hold_id)
+                    .bind(nin)
+                    .bind(expires)
+                    .bind(Some(request_id).filter(|r| !r.is_empty()))
+                    .bind(slot_id)
+                    .bind(now)
+                    .fetch_all(&mut **tx)
+                    .await?,
+            );
+            let mut held = false;
+            let mut released = Vec::new();
+            for r in ids {
+                let id: String = r.try_get("slot_id")?;
+                if id == slot_id {
+                    held = true;
+                } else {
+                    released.push(id);
+                }
+            }
+            if !held {
                 return Err(BookingError::FailedPrecondition("slot is no longer free".into()));
             }
-            for r in released {
-                let id: String = r.try_get("slot_id")?;
+            for id in released {
                 self.offer_to_waitlist(tx, &id).await?;
             }
             Ok(Hold {

@@ -616,6 +616,110 @@ async fn an_expired_hold_frees_the_slot(env: Env) {
     app.shutdown().await;
 }
 
+/// One hold at a time: a second HoldSlot releases the patient's first hold (which then goes to
+/// the waitlist, or is free again) in the same transaction; a HoldSlot that fails releases
+/// nothing.
+async fn a_second_hold_releases_the_first_and_a_failed_one_releases_nothing(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 13, 3).await;
+    // The second slot is after the waitlisted patient's latest date: never offered to them.
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-03T08:00:00Z"), at("2026-03-20T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let mut c = app.booking().await;
+    let a = app.patient_token(&nins[0]);
+    let w = app.patient_token(&nins[2]);
+    let hold = |slot_id: &str| {
+        authed(
+            pb::HoldSlotRequest {
+                slot_id: slot_id.into(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &a,
+        )
+    };
+    let first = c
+        .hold_slot(hold(&slots[0].slot_id))
+        .await
+        .expect("first hold")
+        .into_inner();
+    c.join_waitlist(authed(
+        pb::JoinWaitlistRequest {
+            latest_date: "2026-03-10".into(),
+            modality: 0,
+            idempotency_key: key(),
+        },
+        &w,
+    ))
+    .await
+    .expect("join");
+    let view = async |c: &mut pb::booking_service_client::BookingServiceClient<
+        tonic::transport::Channel,
+    >,
+                      token: &str| {
+        c.list_my_bookings(authed(pb::ListMyBookingsRequest::default(), token))
+            .await
+            .expect("list")
+            .into_inner()
+    };
+    assert!(view(&mut c, &w).await.holds.is_empty(), "nothing free yet");
+
+    let second = c
+        .hold_slot(hold(&slots[1].slot_id))
+        .await
+        .expect("second hold")
+        .into_inner();
+    let mine = view(&mut c, &a).await;
+    assert_eq!(mine.holds.len(), 1, "{mine:?}");
+    assert_eq!(mine.holds[0].hold_id, second.hold_id);
+    // The released slot went to the first in line.
+    let theirs = view(&mut c, &w).await;
+    assert_eq!(theirs.holds.len(), 1, "{theirs:?}");
+    assert!(theirs.holds[0].from_waitlist);
+    assert_eq!(
+        theirs.holds[0].slot.as_ref().map(|s| s.slot_id.clone()),
+        Some(slots[0].slot_id.clone())
+    );
+    let book = |hold_id: &str| {
+        authed(
+            pb::BookRequest {
+                target: Some(BookTarget::HoldId(hold_id.into())),
+                reason: String::new(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &a,
+        )
+    };
+    let err = c.book(book(&first.hold_id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+
+    // Holding a slot someone else holds fails and keeps the patient's own hold.
+    let err = c.hold_slot(hold(&slots[0].slot_id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    let mine = view(&mut c, &a).await;
+    assert_eq!(mine.holds.len(), 1, "{mine:?}");
+    assert_eq!(mine.holds[0].hold_id, second.hold_id);
+    let appt = c
+        .book(book(&second.hold_id))
+        .await
+        .expect("the kept hold books")
+        .into_inner();
+    assert_eq!(appt.slot.map(|s| s.slot_id), Some(slots[1].slot_id.clone()));
+    // Nobody else can take the first slot from the waitlisted patient's hold.
+    let err = book_slot(&app, &nins[1], &slots[0].slot_id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    app.shutdown().await;
+}
+
 async fn cancel_and_reschedule_are_atomic_and_late_cancellations_are_marked(env: Env) {
     let app = TestApp::start(env).await;
     let nins = seed_gp(&app, ORG_A, "gp-1", 8, 2).await;
@@ -1089,6 +1193,7 @@ on_both_backends!(
     bad_input_is_refused_with_the_field_named,
     callers_only_reach_their_own_data,
     an_expired_hold_frees_the_slot,
+    a_second_hold_releases_the_first_and_a_failed_one_releases_nothing,
     cancel_and_reschedule_are_atomic_and_late_cancellations_are_marked,
     the_five_working_day_target_is_measured_with_alternatives_and_breaches,
     a_freed_slot_is_offered_to_the_waitlist_and_practice_cancellation_goes_first,
