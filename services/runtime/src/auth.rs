@@ -172,6 +172,69 @@ pub struct Authenticator {
     keys: std::sync::RwLock<Arc<KeySet>>,
     issuers: Vec<String>,
     audience: String,
+    verified: Verified,
+}
+
+/// How many validated tokens [`Authenticator`] remembers.
+pub const VERIFIED_TOKENS_MAX: usize = 20_000;
+
+/// Tokens that passed validation, by the SHA-256 of the token, with the caller they gave. A
+/// client sends the same token on every call until it expires, and checking its signature
+/// again on each call (Ed25519: decompressing two curve points) was ~8 % of the server's CPU
+/// in the booking rush. An entry is used only while its token is unexpired by the same rule
+/// (and leeway) as the full check; the whole cache is dropped when the key set is replaced (a
+/// key taken out of the JWKS stops admitting its tokens at once; the periodic JWKS refresh
+/// replaces it too, changed or not, which costs one full check per token and refresh) and when
+/// it is full after dropping the expired entries. Failed validations are not remembered.
+#[derive(Default)]
+struct Verified(std::sync::Mutex<std::collections::HashMap<[u8; 32], Caller>>);
+
+impl Verified {
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], Caller>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The caller of a remembered token, if it is still unexpired at `now` (Unix seconds).
+    fn get(&self, key: &[u8; 32], now: i64) -> Option<Result<Caller, Status>> {
+        let map = self.lock();
+        let caller = map.get(key)?;
+        Some(if unexpired(caller.expires_at, now) {
+            Ok(caller.clone())
+        } else {
+            Err(Status::unauthenticated("token expired"))
+        })
+    }
+
+    /// Remembers `caller` for the token of `key` if `still_current()` (asked under the lock:
+    /// the key set that validated the token has not been replaced meanwhile).
+    fn put(&self, key: [u8; 32], caller: &Caller, now: i64, still_current: impl FnOnce() -> bool) {
+        let mut map = self.lock();
+        if !still_current() {
+            return;
+        }
+        if map.len() >= VERIFIED_TOKENS_MAX {
+            map.retain(|_, c| unexpired(c.expires_at, now));
+            if map.len() >= VERIFIED_TOKENS_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, caller.clone());
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// Whether a token with `exp` is still accepted at `now` (both Unix seconds): the rule of the
+/// full check, `exp` plus [`EXPIRY_LEEWAY_SECONDS`] not before `now`.
+fn unexpired(exp: i64, now: i64) -> bool {
+    exp.saturating_add(EXPIRY_LEEWAY_SECONDS as i64) >= now
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -192,6 +255,7 @@ impl Authenticator {
             keys: std::sync::RwLock::new(Arc::new(parse_jwks(jwks)?)),
             issuers,
             audience,
+            verified: Verified::default(),
         })
     }
 
@@ -201,6 +265,7 @@ impl Authenticator {
         let keys = parse_jwks(jwks)?;
         let n = keys.len();
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        self.verified.clear();
         Ok(n)
     }
 
@@ -208,11 +273,33 @@ impl Authenticator {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Validates `token` and derives the caller.
+    /// Validates `token` and derives the caller (a token validated before and still
+    /// unexpired: from memory, see [`VERIFIED_TOKENS_MAX`]).
     pub fn authenticate(&self, token: &str) -> Result<Caller, Status> {
+        self.authenticate_at(token, chrono::Utc::now().timestamp())
+    }
+
+    /// [`Authenticator::authenticate`] at `now` (Unix seconds) for remembered tokens; the full
+    /// check uses the system clock.
+    fn authenticate_at(&self, token: &str, now: i64) -> Result<Caller, Status> {
+        let key = Verified::key(token);
+        if let Some(known) = self.verified.get(&key, now) {
+            return known;
+        }
+        let keys = self.current_keys();
+        let caller = self.validate(token, &keys)?;
+        // A replace_jwks between the check and here clears the cache before or after this put:
+        // after, it removes the entry; before, the keys are no longer these and nothing is put.
+        self.verified.put(key, &caller, now, || {
+            Arc::ptr_eq(&keys, &self.current_keys())
+        });
+        Ok(caller)
+    }
+
+    /// The full check against `keys`: signature, issuer, audience, expiry, claims.
+    fn validate(&self, token: &str, keys: &KeySet) -> Result<Caller, Status> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Status::unauthenticated("malformed bearer token"))?;
-        let keys = self.current_keys();
         let key = keys
             .iter()
             .find(|(kid, _, alg)| {
@@ -699,6 +786,96 @@ mod tests {
 
     fn keys_other() -> (tempfile::TempDir, DevKeys) {
         keys()
+    }
+
+    #[test]
+    fn a_validated_token_is_remembered_until_it_expires_or_the_keys_change() {
+        let (_d, keys) = keys();
+        let (_d2, other) = keys_other();
+        let auth = keys.authenticator(DEFAULT_AUDIENCE).expect("auth");
+        let spec = TokenSpec::Ehr {
+            client_id: "epj-1".into(),
+            org_number: "912345678".into(),
+            scopes: vec!["econsult:booking.write".into()],
+        };
+        let now = now();
+        let token = keys.mint(&spec, now, 600).expect("mint");
+        let first = auth.authenticate_at(&token, now).expect("valid");
+        assert_eq!(auth.verified.lock().len(), 1);
+        // The second call is answered from memory: what is remembered is what comes back.
+        let key = Verified::key(&token);
+        auth.verified
+            .lock()
+            .get_mut(&key)
+            .expect("remembered")
+            .subject = "marker".into();
+        assert_eq!(
+            auth.authenticate_at(&token, now)
+                .expect("remembered")
+                .subject,
+            "marker"
+        );
+        auth.verified
+            .lock()
+            .get_mut(&key)
+            .expect("remembered")
+            .subject = first.subject.clone();
+        // Expiry follows the full check's rule: exp plus the leeway.
+        let exp = first.expires_at;
+        let lee = EXPIRY_LEEWAY_SECONDS as i64;
+        assert!(auth.authenticate_at(&token, exp + lee).is_ok());
+        assert_eq!(
+            auth.authenticate_at(&token, exp + lee + 1)
+                .unwrap_err()
+                .message(),
+            "token expired"
+        );
+        // New keys: the remembered token is checked again, and refused.
+        auth.replace_jwks(other.jwks()).expect("rotate");
+        assert_eq!(
+            auth.authenticate_at(&token, now).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(auth.verified.lock().len(), 0);
+        // Validated under keys that were replaced meanwhile: not remembered.
+        auth.verified.put(key, &first, now, || false);
+        assert_eq!(auth.verified.lock().len(), 0);
+        // Refused tokens are not remembered either.
+        assert!(auth.authenticate_at("not-a-jwt", now).is_err());
+        assert_eq!(auth.verified.lock().len(), 0);
+    }
+
+    #[test]
+    fn the_remembered_tokens_are_bounded() {
+        let (_d, keys) = keys();
+        let auth = keys.authenticator(DEFAULT_AUDIENCE).expect("auth");
+        let spec = TokenSpec::Ops {
+            subject: "ops-1".into(),
+        };
+        let now = now();
+        let caller = auth
+            .authenticate_at(&keys.mint(&spec, now, 600).expect("mint"), now)
+            .expect("valid");
+        let fill = |expires_at: i64| {
+            let mut map = auth.verified.lock();
+            map.clear();
+            for i in 0..VERIFIED_TOKENS_MAX {
+                let mut c = caller.clone();
+                c.expires_at = expires_at;
+                map.insert(Verified::key(&format!("token-{i}")), c);
+            }
+        };
+        // Full of expired entries: they make room.
+        fill(now - 3600);
+        auth.verified
+            .put(Verified::key("new"), &caller, now, || true);
+        assert_eq!(auth.verified.lock().len(), 1);
+        // Full of live entries: all are dropped (they are checked again on their next use).
+        fill(now + 600);
+        auth.verified
+            .put(Verified::key("new"), &caller, now, || true);
+        assert_eq!(auth.verified.lock().len(), 1);
+        assert!(auth.verified.get(&Verified::key("new"), now).is_some());
     }
 
     #[test]
