@@ -169,7 +169,8 @@ type KeySet = Vec<(Option<String>, DecodingKey, Algorithm)>;
 
 /// Validates bearer tokens against a key set (replaceable at run time, for key rotation).
 pub struct Authenticator {
-    keys: std::sync::RwLock<Arc<KeySet>>,
+    /// The key set and the SHA-256 of the JWKS document it came from.
+    keys: std::sync::RwLock<(Arc<KeySet>, [u8; 32])>,
     issuers: Vec<String>,
     audience: String,
     verified: Verified,
@@ -183,16 +184,15 @@ pub const VERIFIED_TOKENS_MAX: usize = 20_000;
 /// again on each call (Ed25519: decompressing two curve points) was ~8 % of the server's CPU
 /// in the booking rush. An entry is used only while its token is unexpired by the same rule
 /// (and leeway) as the full check; the whole cache is dropped when the key set is replaced (a
-/// key taken out of the JWKS stops admitting its tokens at once; the periodic JWKS refresh
-/// replaces it too, changed or not, which costs one full check per token and refresh) and when
-/// it is full after dropping the expired entries. Failed validations are not remembered.
+/// key taken out of the JWKS stops admitting its tokens at once; a refresh that fetched the same
+/// document replaces nothing) and when it is full after dropping the expired entries. Failed
+/// validations are not remembered.
 #[derive(Default)]
 struct Verified(std::sync::Mutex<std::collections::HashMap<[u8; 32], Caller>>);
 
 impl Verified {
     fn key(token: &str) -> [u8; 32] {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(token.as_bytes()).into()
+        sha256(token)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], Caller>> {
@@ -231,6 +231,11 @@ impl Verified {
     }
 }
 
+fn sha256(s: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes()).into()
+}
+
 /// Whether a token with `exp` is still accepted at `now` (both Unix seconds): the rule of the
 /// full check, `exp` plus [`EXPIRY_LEEWAY_SECONDS`] not before `now`.
 fn unexpired(exp: i64, now: i64) -> bool {
@@ -252,25 +257,37 @@ impl Authenticator {
     pub fn from_jwks(jwks: &str, issuers: Vec<String>, audience: String) -> anyhow::Result<Self> {
         anyhow::ensure!(!issuers.is_empty(), "no trusted issuer configured");
         Ok(Self {
-            keys: std::sync::RwLock::new(Arc::new(parse_jwks(jwks)?)),
+            keys: std::sync::RwLock::new((Arc::new(parse_jwks(jwks)?), sha256(jwks))),
             issuers,
             audience,
             verified: Verified::default(),
         })
     }
 
-    /// Replaces the key set (e.g. after fetching a rotated JWKS). A document without usable
-    /// keys is refused and the old keys stay.
+    /// Replaces the key set (e.g. after fetching a rotated JWKS) and forgets the remembered
+    /// tokens; the same document as the current one changes nothing. A document without usable
+    /// keys is refused and the old keys stay. Returns the number of keys.
     pub fn replace_jwks(&self, jwks: &str) -> anyhow::Result<usize> {
         let keys = parse_jwks(jwks)?;
         let n = keys.len();
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        let digest = sha256(jwks);
+        {
+            let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            if current.1 == digest {
+                return Ok(n);
+            }
+            *current = (Arc::new(keys), digest);
+        }
         self.verified.clear();
         Ok(n)
     }
 
     fn current_keys(&self) -> Arc<KeySet> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
     /// Validates `token` and derives the caller (a token validated before and still
@@ -830,6 +847,9 @@ mod tests {
                 .message(),
             "token expired"
         );
+        // The same document again (a periodic refresh): nothing is forgotten.
+        auth.replace_jwks(keys.jwks()).expect("refresh");
+        assert_eq!(auth.verified.lock().len(), 1);
         // New keys: the remembered token is checked again, and refused.
         auth.replace_jwks(other.jwks()).expect("rotate");
         assert_eq!(
