@@ -10,7 +10,7 @@ use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::{Backend, Defer, Tx, is_unique_violation};
 use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
-use econsult_runtime::idempotency::{self, Begun, Op};
+use econsult_runtime::idempotency::{self, Begun};
 use econsult_runtime::outbox::{self, NewEvent};
 use econsult_runtime::platform::Platform;
 use serde::{Serialize, de::DeserializeOwned};
@@ -251,12 +251,6 @@ impl Booking {
         .await?)
     }
 
-    /// Stores the result with the idempotency key and commits.
-    async fn finish_op<Resp: Serialize>(&self, op: Op, resp: &Resp) -> Result<(), BookingError> {
-        op.finish(resp).await?;
-        Ok(())
-    }
-
     async fn calendar(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -411,7 +405,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -448,7 +442,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -551,7 +545,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -603,7 +597,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -682,7 +676,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -759,7 +753,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -1111,7 +1105,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -1289,7 +1283,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -1348,7 +1342,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -1446,7 +1440,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -1497,7 +1491,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
@@ -1627,7 +1621,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        self.finish_op(op, &resp).await?;
+        op.finish(&resp).await?;
         Ok(resp)
     }
 
