@@ -10,7 +10,7 @@ use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::{Backend, Defer, Tx, is_unique_violation};
 use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
-use econsult_runtime::idempotency::{self, Begun};
+use econsult_runtime::idempotency::{self, Begun, IdempotencyError, Op};
 use econsult_runtime::outbox::{self, NewEvent};
 use econsult_runtime::platform::Platform;
 use serde::{Serialize, de::DeserializeOwned};
@@ -198,6 +198,69 @@ enum Practice<'a> {
     OfPatient(&'a str),
 }
 
+impl Practice<'_> {
+    /// The value bound to [`Practice::condition`]'s placeholder.
+    fn scope(&self) -> &str {
+        match self {
+            Practice::Org(org) | Practice::OfPatient(org) => org,
+        }
+    }
+
+    /// The condition on the GP `g` of a slot: in this practice (`$param` is [`Practice::scope`]).
+    fn condition(&self, param: usize) -> String {
+        match self {
+            Practice::Org(_) => format!("g.org_number = ${param}"),
+            Practice::OfPatient(_) => format!(
+                "g.org_number IN (SELECT lg.org_number FROM booking_list_members l \
+                 JOIN booking_gps lg ON lg.gp_uid = l.gp_uid WHERE l.patient_nin = ${param})"
+            ),
+        }
+    }
+}
+
+/// The columns [`slot_gp_from_row`] reads: the slot `s` with its GP `g` and the practice's
+/// closure days.
+fn slot_gp_cols() -> String {
+    format!(
+        "{SLOT_COLS}, g.gp_uid, g.org_number, g.municipality_number, g.hpr_number, {CLOSURES_COL}"
+    )
+}
+
+fn slot_gp_from_row(row: &AnyRow, now_ms: i64) -> Result<(Slot, SlotGp), BookingError> {
+    let gp = SlotGp {
+        gp_uid: row.try_get("gp_uid")?,
+        org_number: row.try_get("org_number")?,
+        municipality_number: row.try_get("municipality_number")?,
+        hpr_number: row.try_get("hpr_number")?,
+        calendar: calendar_from_row(row)?,
+    };
+    Ok((slot_from_row(row, now_ms)?, gp))
+}
+
+/// True when `e` is the refusal of a second live appointment for a slot (the unique index
+/// `booking_appointments_one_per_slot`).
+fn violates_one_per_slot(e: &sqlx::Error) -> bool {
+    is_unique_violation(e)
+        && e.as_database_error().is_some_and(|d| {
+            d.constraint() == Some("booking_appointments_one_per_slot")
+                || d.message().contains("booking_appointments.slot_id")
+        })
+}
+
+fn already_booked() -> BookingError {
+    BookingError::FailedPrecondition("slot is already booked".into())
+}
+
+/// Commits a call that inserted an appointment. The insert is deferred to the commit (one
+/// round trip on PostgreSQL with the event, the audit row and the stored answer), so the
+/// unique index's refusal of a second live appointment for the slot surfaces here.
+async fn finish_booked(op: Op, resp: &Appointment) -> Result<(), BookingError> {
+    match op.finish(resp).await {
+        Err(IdempotencyError::Db(e)) if violates_one_per_slot(&e) => Err(already_booked()),
+        r => Ok(r?),
+    }
+}
+
 impl SlotGp {
     /// (organisation, municipality, HPR number) of the GP's events.
     fn routing(&self) -> (&str, &str, &str) {
@@ -207,6 +270,21 @@ impl SlotGp {
             &self.hpr_number,
         )
     }
+}
+
+/// Refuses a slot that a patient may not hold: reserved for same-day emergency help, or started.
+fn holdable(slot: &Slot, now_ms: i64) -> Result<(), BookingError> {
+    if slot.acute_reserve {
+        return Err(BookingError::FailedPrecondition(
+            "slot is reserved for same-day emergency help".into(),
+        ));
+    }
+    if slot.start.timestamp_millis() <= now_ms {
+        return Err(BookingError::FailedPrecondition(
+            "slot has already started".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn not_on_a_list() -> BookingError {
@@ -970,9 +1048,7 @@ impl Booking {
         practice: Practice<'_>,
         slot_id: &str,
     ) -> Result<(Slot, SlotGp), BookingError> {
-        let cols = format!(
-            "{SLOT_COLS}, g.gp_uid, g.org_number, g.municipality_number, g.hpr_number, {CLOSURES_COL}"
-        );
+        let cols = slot_gp_cols();
         let (sql, scope) = match practice {
             Practice::Org(org) => (
                 format!(
@@ -1004,14 +1080,7 @@ impl Booking {
                 .filter(|r| matches!(r.try_get::<Option<String>, _>("gp_uid"), Ok(Some(_))))
                 .ok_or_else(|| BookingError::NotFound("slot_id".to_owned()))?,
         };
-        let gp = SlotGp {
-            gp_uid: row.try_get("gp_uid")?,
-            org_number: row.try_get("org_number")?,
-            municipality_number: row.try_get("municipality_number")?,
-            hpr_number: row.try_get("hpr_number")?,
-            calendar: calendar_from_row(&row)?,
-        };
-        Ok((slot_from_row(&row, self.p.clock.now_ms())?, gp))
+        slot_gp_from_row(&row, self.p.clock.now_ms())
     }
 
     /// Holds a free slot of the patient's practice; releases the patient's previous hold.
@@ -1031,68 +1100,83 @@ impl Booking {
         let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
-            let (slot, _) = self
-                .slot_with_gp(tx, Practice::OfPatient(nin), slot_id)
-                .await?;
-            if slot.acute_reserve {
-                return Err(BookingError::FailedPrecondition("slot is reserved for same-day emergency help".into()));
-            }
-            if slot.start.timestamp_millis() <= now {
-                return Err(BookingError::FailedPrecondition("slot has already started".into()));
-            }
-            // One hold at a time: an earlier hold of the patient is released (rolled back with
-            // the rest if the new hold fails).
             let hold_id = new_id();
             let expires = now + self.cfg.hold_ttl.num_milliseconds();
-            let hold = format!(
-                "UPDATE booking_slots SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, hold_from_waitlist = 0, \
-                 hold_request_id = $4 WHERE slot_id = $5 AND start_at > $6 AND acute_reserve = 0 AND {}",
-                takeable(6).replace("s.", "")
-            );
-            // The statement's rows are slot ids: the one held (the requested slot, if it was
-            // still free) and those released (never the requested one).
+            let request = Some(request_id).filter(|r| !r.is_empty());
+            let practice = Practice::OfPatient(nin);
+            // One hold at a time: an earlier hold of the patient is released (rolled back with
+            // the rest if the new hold fails).
             let postgres = self.p.db.backend() == Backend::Postgres;
-            let mut ids = Vec::new();
-            let sql = if postgres {
-                // One round trip: both updates in one statement. They never touch the same row,
-                // so their shared snapshot changes nothing.
-                format!(
-                    "WITH released AS ({} RETURNING slot_id), held AS ({hold} RETURNING slot_id) \
-                     SELECT slot_id FROM released UNION ALL SELECT slot_id FROM held",
+            let taken = if postgres {
+                // One round trip: the hold (only of a holdable slot of the patient's practice,
+                // read back with its GP) and the release. The two updates never touch the same
+                // row, so their shared snapshot changes nothing. A row per released hold, or
+                // one with released_id NULL; none when the slot was not held.
+                let sql = format!(
+                    "WITH held AS (UPDATE booking_slots AS s SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, \
+                     hold_from_waitlist = 0, hold_request_id = $4 FROM booking_gps g \
+                     WHERE s.slot_id = $5 AND s.start_at > $6 AND s.acute_reserve = 0 AND {} AND g.gp_uid = s.gp_uid AND {} \
+                     RETURNING {SLOT_COLS}), released AS ({} RETURNING slot_id) \
+                     SELECT h.*, r.slot_id AS released_id FROM held h LEFT JOIN released r ON true",
+                    takeable(6),
+                    practice.condition(2),
                     release_holds_of(2, 5)
-                )
-            } else {
-                ids = sqlx::query(&format!("{} RETURNING slot_id", release_holds_of(1, 2)))
-                    .bind(nin)
-                    .bind(slot_id)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                format!("{hold} RETURNING slot_id")
-            };
-            ids.extend(
-                sqlx::query(&sql)
+                );
+                let rows = sqlx::query(&sql)
                     .bind(&hold_id)
                     .bind(nin)
                     .bind(expires)
-                    .bind(Some(request_id).filter(|r| !r.is_empty()))
+                    .bind(request)
                     .bind(slot_id)
                     .bind(now)
                     .fetch_all(&mut **tx)
-                    .await?,
-            );
-            let mut held = false;
-            let mut released = Vec::new();
-            for r in ids {
-                let id: String = r.try_get("slot_id")?;
-                if id == slot_id {
-                    held = true;
-                } else {
-                    released.push(id);
+                    .await?;
+                match rows.first() {
+                    None => None,
+                    Some(row) => {
+                        let mut released = Vec::new();
+                        for r in &rows {
+                            released.extend(r.try_get::<Option<String>, _>("released_id")?);
+                        }
+                        Some((slot_from_row(row, now)?, released))
+                    }
                 }
-            }
-            if !held {
+            } else {
+                let (slot, _) = self.slot_with_gp(tx, practice, slot_id).await?;
+                holdable(&slot, now)?;
+                let mut released = Vec::new();
+                for r in sqlx::query(&format!("{} RETURNING slot_id", release_holds_of(1, 2)))
+                    .bind(nin)
+                    .bind(slot_id)
+                    .fetch_all(&mut **tx)
+                    .await?
+                {
+                    released.push(r.try_get::<String, _>("slot_id")?);
+                }
+                let held = sqlx::query(&format!(
+                    "UPDATE booking_slots SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, hold_from_waitlist = 0, \
+                     hold_request_id = $4 WHERE slot_id = $5 AND start_at > $6 AND acute_reserve = 0 AND {}",
+                    takeable(6).replace("s.", "")
+                ))
+                .bind(&hold_id)
+                .bind(nin)
+                .bind(expires)
+                .bind(request)
+                .bind(slot_id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                (held == 1).then_some((slot, released))
+            };
+            let Some((slot, released)) = taken else {
+                if postgres {
+                    // Why not: the same checks in the same order as on SQLite.
+                    let (slot, _) = self.slot_with_gp(tx, practice, slot_id).await?;
+                    holdable(&slot, now)?;
+                }
                 return Err(BookingError::FailedPrecondition("slot is no longer free".into()));
-            }
+            };
             for id in released {
                 self.offer_to_waitlist(tx, &id).await?;
             }
@@ -1109,6 +1193,53 @@ impl Booking {
         Ok(resp)
     }
 
+    /// PostgreSQL: takes the slot for the patient and reads it with its GP in one statement
+    /// (UPDATE … FROM … RETURNING), only when every condition of [`Booking::take_slot`] holds;
+    /// `None` when it took nothing (the caller then finds out why, step by step).
+    async fn take_and_read(
+        &self,
+        tx: &mut Tx,
+        nin: &str,
+        practice: Practice<'_>,
+        target: &Target,
+        allow_acute: bool,
+    ) -> Result<Option<(Slot, SlotGp)>, BookingError> {
+        let now = self.p.clock.now_ms();
+        let (id, which) = match target {
+            Target::Hold(hold_id) => (
+                hold_id,
+                "s.hold_id = $1 AND s.hold_patient = $2 AND s.status = 3 AND s.hold_expires_at > $3"
+                    .to_owned(),
+            ),
+            Target::Slot(slot_id) => (
+                slot_id,
+                format!(
+                    "s.slot_id = $1 AND (s.acute_reserve = 0 OR $5 = 1) AND ({} OR (s.status = 3 AND s.hold_patient = $2))",
+                    takeable(3)
+                ),
+            ),
+        };
+        let sql = format!(
+            "UPDATE booking_slots AS s SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
+             FROM booking_gps g WHERE {which} AND s.start_at > $3 AND g.gp_uid = s.gp_uid AND {} RETURNING {}",
+            practice.condition(4),
+            slot_gp_cols()
+        );
+        let q = sqlx::query(&sql)
+            .bind(id)
+            .bind(nin)
+            .bind(now)
+            .bind(practice.scope());
+        let q = match target {
+            Target::Slot(_) => q.bind(i64::from(allow_acute)),
+            Target::Hold(_) => q,
+        };
+        match q.fetch_optional(&mut **tx).await? {
+            Some(row) => Ok(Some(slot_gp_from_row(&row, now)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Takes the slot of `practice` for the patient inside `tx`: from an own hold or a takeable
     /// slot.
     async fn take_slot(
@@ -1119,6 +1250,16 @@ impl Booking {
         target: &Target,
         allow_acute: bool,
     ) -> Result<(Slot, SlotGp), BookingError> {
+        // PostgreSQL: one statement when it takes the slot; when it took nothing, the steps
+        // below tell why (a slot that changed meanwhile may be taken by them after all, which
+        // is as good).
+        if self.p.db.backend() == Backend::Postgres
+            && let Some(taken) = self
+                .take_and_read(tx, nin, practice, target, allow_acute)
+                .await?
+        {
+            return Ok(taken);
+        }
         let now = self.p.clock.now_ms();
         match target {
             Target::Hold(hold_id) => {
@@ -1183,7 +1324,7 @@ impl Booking {
         }
     }
 
-    async fn insert_appointment(
+    fn insert_appointment(
         &self,
         tx: &mut Tx,
         nin: &str,
@@ -1191,32 +1332,26 @@ impl Booking {
         reason: &str,
         request_id: &str,
         rescheduled_from: Option<&str>,
-    ) -> Result<Appointment, BookingError> {
+    ) -> Appointment {
         let now = self.p.clock.now_ms();
         let id = new_id();
-        let inserted = sqlx::query(
+        // Deferred to the commit (nothing in the call reads it back): on PostgreSQL it goes in
+        // one statement with the event, the audit row and the stored answer. The unique index
+        // refuses a second live appointment for the slot there ([`finish_booked`]).
+        tx.defer(
             "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at, rescheduled_from, request_id) \
              VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8)",
-        )
-        .bind(&id)
-        .bind(&slot.slot_id)
-        .bind(&gp.gp_uid)
-        .bind(nin)
-        .bind(reason)
-        .bind(now)
-        .bind(rescheduled_from)
-        .bind(Some(request_id).filter(|r| !r.is_empty()))
-        .execute(&mut **tx)
-        .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(BookingError::FailedPrecondition(
-                    "slot is already booked".into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-            Ok(_) => {}
-        }
+            vec![
+                id.as_str().into(),
+                slot.slot_id.as_str().into(),
+                gp.gp_uid.as_str().into(),
+                nin.into(),
+                reason.into(),
+                now.into(),
+                rescheduled_from.into(),
+                Some(request_id).filter(|r| !r.is_empty()).into(),
+            ],
+        );
         if !request_id.is_empty() {
             let today = oslo_date(from_ms(now));
             let wd = gp
@@ -1228,7 +1363,7 @@ impl Booking {
                 vec![slot.slot_id.as_str().into(), wd.into(), request_id.into(), nin.into()],
             );
         }
-        let a = Appointment {
+        Appointment {
             appointment_id: id,
             slot: Slot {
                 status: SlotStatus::Busy,
@@ -1243,8 +1378,7 @@ impl Booking {
             cancelled_by: None,
             late_cancellation: false,
             rescheduled_from: rescheduled_from.map(str::to_owned),
-        };
-        Ok(a)
+        }
     }
 
     /// Books a hold or a free slot.
@@ -1268,9 +1402,7 @@ impl Booking {
             let (slot, gp) = self
                 .take_slot(tx, nin, Practice::OfPatient(nin), &target, false)
                 .await?;
-            let a = self
-                .insert_appointment(tx, nin, (&slot, &gp), reason, request_id, None)
-                .await?;
+            let a = self.insert_appointment(tx, nin, (&slot, &gp), reason, request_id, None);
             self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
                 .await?;
             let access = Access {
@@ -1283,7 +1415,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        op.finish(&resp).await?;
+        finish_booked(op, &resp).await?;
         Ok(resp)
     }
 
@@ -1327,9 +1459,7 @@ impl Booking {
                     true,
                 )
                 .await?;
-            let a = self
-                .insert_appointment(tx, nin, (&slot, &gp), reason, "", None)
-                .await?;
+            let a = self.insert_appointment(tx, nin, (&slot, &gp), reason, "", None);
             self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
                 .await?;
             let access = Access {
@@ -1342,7 +1472,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        op.finish(&resp).await?;
+        finish_booked(op, &resp).await?;
         Ok(resp)
     }
 
@@ -1466,9 +1596,7 @@ impl Booking {
                 .take_slot(tx, nin, Practice::OfPatient(nin), &target, false)
                 .await?;
             let (old, old_org, old_muni) = self.cancel_own(tx, nin, id).await?;
-            let new = self
-                .insert_appointment(tx, nin, (&slot, &gp), &old.reason, "", Some(id))
-                .await?;
+            let new = self.insert_appointment(tx, nin, (&slot, &gp), &old.reason, "", Some(id));
             self.emit(
                 tx,
                 topics::BOOKING_CANCELLED,
@@ -1491,7 +1619,7 @@ impl Booking {
         }
         .await;
         let resp = resp?;
-        op.finish(&resp).await?;
+        finish_booked(op, &resp).await?;
         Ok(resp)
     }
 

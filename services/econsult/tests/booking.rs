@@ -720,6 +720,119 @@ async fn a_second_hold_releases_the_first_and_a_failed_one_releases_nothing(env:
     app.shutdown().await;
 }
 
+/// The unique index `booking_appointments_one_per_slot` is the last guard against a double
+/// booking: with a booked slot wrongly marked free (which the conditional updates would otherwise
+/// let through), Book, BookForPatient and Reschedule onto it are refused as "already booked"
+/// (not INTERNAL) and change nothing: the slot, the appointments, the events and the stored
+/// answers stay as they were, so a retry is refused again.
+async fn a_second_live_appointment_for_a_slot_is_refused_by_the_unique_index(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 21, 2).await;
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-03T08:00:00Z"), at("2026-03-04T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let first = book_slot(&app, &nins[0], &slots[0].slot_id)
+        .await
+        .expect("book");
+    let other = book_slot(&app, &nins[1], &slots[1].slot_id)
+        .await
+        .expect("book the other slot");
+    let db = &app.platform().db;
+    let count = async |sql: &str| -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(db.read())
+            .await
+            .expect("count")
+    };
+    db.write_one(
+        sqlx::query("UPDATE booking_slots SET status = 1 WHERE slot_id = $1")
+            .bind(&slots[0].slot_id),
+    )
+    .await
+    .expect("mark the booked slot free");
+    let events = count("SELECT COUNT(*) FROM outbox").await;
+
+    let mut c = app.booking().await;
+    let b = app.patient_token(&nins[1]);
+    let book = pb::BookRequest {
+        target: Some(BookTarget::SlotId(slots[0].slot_id.clone())),
+        reason: String::new(),
+        request_id: String::new(),
+        idempotency_key: key(),
+    };
+    for attempt in ["first", "retry with the same key"] {
+        let err = c.book(authed(book.clone(), &b)).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{attempt}: {err:?}");
+        assert!(
+            err.message().contains("already booked"),
+            "{attempt}: {err:?}"
+        );
+    }
+    let err = c
+        .book_for_patient(authed(
+            pb::BookForPatientRequest {
+                patient_nin: nins[1].clone(),
+                slot_id: slots[0].slot_id.clone(),
+                reason: String::new(),
+                idempotency_key: key(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("already booked"), "{err:?}");
+    let err = c
+        .reschedule(authed(
+            pb::RescheduleRequest {
+                appointment_id: other.appointment_id.clone(),
+                target: Some(pb::reschedule_request::Target::SlotId(
+                    slots[0].slot_id.clone(),
+                )),
+                idempotency_key: key(),
+            },
+            &b,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("already booked"), "{err:?}");
+
+    // Nothing changed: one live appointment per slot, both still booked, the slot still as it
+    // was set, no new events.
+    let live = count("SELECT COUNT(*) FROM booking_appointments WHERE status <> 4").await;
+    assert_eq!(live, 2);
+    let status: i64 = sqlx::query_scalar("SELECT status FROM booking_slots WHERE slot_id = $1")
+        .bind(&slots[0].slot_id)
+        .fetch_one(db.read())
+        .await
+        .expect("slot");
+    assert_eq!(status, 1, "the taking of the slot was rolled back");
+    assert_eq!(count("SELECT COUNT(*) FROM outbox").await, events);
+    let mine = c
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &b))
+        .await
+        .expect("list")
+        .into_inner();
+    let ids: Vec<_> = mine
+        .appointments
+        .iter()
+        .map(|a| (a.appointment_id.clone(), a.status))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![(other.appointment_id.clone(), other.status)],
+        "B keeps only its own booking"
+    );
+    assert_ne!(first.appointment_id, other.appointment_id);
+    app.shutdown().await;
+}
+
 async fn cancel_and_reschedule_are_atomic_and_late_cancellations_are_marked(env: Env) {
     let app = TestApp::start(env).await;
     let nins = seed_gp(&app, ORG_A, "gp-1", 8, 2).await;
@@ -1194,6 +1307,7 @@ on_both_backends!(
     callers_only_reach_their_own_data,
     an_expired_hold_frees_the_slot,
     a_second_hold_releases_the_first_and_a_failed_one_releases_nothing,
+    a_second_live_appointment_for_a_slot_is_refused_by_the_unique_index,
     cancel_and_reschedule_are_atomic_and_late_cancellations_are_marked,
     the_five_working_day_target_is_measured_with_alternatives_and_breaches,
     a_freed_slot_is_offered_to_the_waitlist_and_practice_cancellation_goes_first,

@@ -59,6 +59,14 @@ pub enum Value {
     Bytes(Vec<u8>),
     /// BIGINT / INTEGER or NULL.
     IntOrNull(Option<i64>),
+    /// TEXT or NULL.
+    TextOrNull(Option<String>),
+}
+
+impl From<Option<&str>> for Value {
+    fn from(v: Option<&str>) -> Self {
+        Value::TextOrNull(v.map(str::to_owned))
+    }
 }
 
 impl From<Option<i64>> for Value {
@@ -141,6 +149,7 @@ pub fn bind_values<'q>(
             Value::Int(i) => q.bind(i),
             Value::Bytes(b) => q.bind(b),
             Value::IntOrNull(i) => q.bind(i),
+            Value::TextOrNull(t) => q.bind(t),
         };
     }
     q
