@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 /// [`Tx::commit`], or drop (or [`Tx::rollback`]) to roll back.
 ///
 /// Writes that nothing in the transaction reads back — outbox rows, audit rows, the stored
-/// idempotent answer — are [deferred](Tx::defer) to the commit, where PostgreSQL runs them all
+/// idempotent answer, a new appointment — are [deferred](Tx::defer) to the commit, where PostgreSQL runs them all
 /// as one statement (data-modifying CTEs): one round trip instead of one each.
 ///
 /// A commit that wrote outbox events ([`Defer::defer_event`]) wakes the relay
