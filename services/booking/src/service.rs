@@ -206,17 +206,25 @@ impl Practice<'_> {
         }
     }
 
-    /// The condition on the GP `g` of a slot: in this practice (`$param` is [`Practice::scope`]).
+    /// The condition that slot `s` is in this practice (`$param` is [`Practice::scope`]), for
+    /// a statement that finds the slot by its key: correlated scalar subqueries, which the
+    /// planner cannot turn into a join that walks the practice's GPs and all their open slots
+    /// (it did, with a generic plan: twice the time of the key lookup).
     fn condition(&self, param: usize) -> String {
-        match self {
-            Practice::Org(_) => format!("g.org_number = ${param}"),
+        let practice = match self {
+            Practice::Org(_) => format!("${param}"),
             Practice::OfPatient(_) => format!(
-                "g.org_number IN (SELECT lg.org_number FROM booking_list_members l \
-                 JOIN booking_gps lg ON lg.gp_uid = l.gp_uid WHERE l.patient_nin = ${param})"
+                "(SELECT lg.org_number FROM booking_list_members l JOIN booking_gps lg ON lg.gp_uid = l.gp_uid \
+                 WHERE l.patient_nin = ${param})"
             ),
-        }
+        };
+        format!("(SELECT g.org_number FROM booking_gps g WHERE g.gp_uid = s.gp_uid) = {practice}")
     }
 }
+
+/// What an UPDATE of slot `s` returns for [`slot_gp_cols`] to read in a statement's outer
+/// SELECT (with the CTE named `s` and its GP joined as `g`).
+const TAKEN_COLS: &str = "s.slot_id, s.start_at, s.end_at, s.modality, s.acute_reserve, s.status, s.hold_expires_at, s.gp_uid";
 
 /// The columns [`slot_gp_from_row`] reads: the slot `s` with its GP `g` and the practice's
 /// closure days.
@@ -1114,10 +1122,11 @@ impl Booking {
                 // one with released_id NULL; none when the slot was not held.
                 let sql = format!(
                     "WITH held AS (UPDATE booking_slots AS s SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, \
-                     hold_from_waitlist = 0, hold_request_id = $4 FROM booking_gps g \
-                     WHERE s.slot_id = $5 AND s.start_at > $6 AND s.acute_reserve = 0 AND {} AND g.gp_uid = s.gp_uid AND {} \
-                     RETURNING {SLOT_COLS}), released AS ({} RETURNING slot_id) \
-                     SELECT h.*, r.slot_id AS released_id FROM held h LEFT JOIN released r ON true",
+                     hold_from_waitlist = 0, hold_request_id = $4 \
+                     WHERE s.slot_id = $5 AND s.start_at > $6 AND s.acute_reserve = 0 AND {} AND {} \
+                     RETURNING {TAKEN_COLS}), released AS ({} RETURNING slot_id) \
+                     SELECT {SLOT_COLS}, r.slot_id AS released_id FROM held s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+                     LEFT JOIN released r ON true",
                     takeable(6),
                     practice.condition(2),
                     release_holds_of(2, 5)
@@ -1194,7 +1203,7 @@ impl Booking {
     }
 
     /// PostgreSQL: takes the slot for the patient and reads it with its GP in one statement
-    /// (UPDATE … FROM … RETURNING), only when every condition of [`Booking::take_slot`] holds;
+    /// (an UPDATE … RETURNING and a join of what it returned), only when every condition of [`Booking::take_slot`] holds;
     /// `None` when it took nothing (the caller then finds out why, step by step).
     async fn take_and_read(
         &self,
@@ -1220,8 +1229,9 @@ impl Booking {
             ),
         };
         let sql = format!(
-            "UPDATE booking_slots AS s SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
-             FROM booking_gps g WHERE {which} AND s.start_at > $3 AND g.gp_uid = s.gp_uid AND {} RETURNING {}",
+            "WITH taken AS (UPDATE booking_slots AS s SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
+             WHERE {which} AND s.start_at > $3 AND {} RETURNING {TAKEN_COLS}) \
+             SELECT {} FROM taken s JOIN booking_gps g ON g.gp_uid = s.gp_uid",
             practice.condition(4),
             slot_gp_cols()
         );
