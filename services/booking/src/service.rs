@@ -189,6 +189,15 @@ struct SlotGp {
     calendar: Calendar,
 }
 
+/// The GP of a patient's list, as the patient's calls need it.
+struct ListGp {
+    gp_uid: String,
+    gp_id: String,
+    org_number: String,
+    municipality_number: String,
+    list_status: ListStatus,
+}
+
 /// Whose practice a slot must belong to (slots of other practices are invisible).
 #[derive(Clone, Copy)]
 enum Practice<'a> {
@@ -373,20 +382,30 @@ impl Booking {
         gp_from_row(&row)
     }
 
-    /// The GP of the patient's list, and the working days of the GP's practice.
+    /// The GP of the patient's list, and the working days of the GP's practice. Only what the
+    /// patient's calls need: not the list's size, a count over the whole list.
     async fn own_gp(
         &self,
         conn: &mut sqlx::AnyConnection,
         nin: &str,
-    ) -> Result<(Gp, Calendar), BookingError> {
+    ) -> Result<(ListGp, Calendar), BookingError> {
         let row = sqlx::query(&format!(
-            "SELECT {GP_COLS}, {CLOSURES_COL} FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1"
+            "SELECT g.gp_uid, g.gp_id, g.org_number, g.municipality_number, g.list_status, {CLOSURES_COL} \
+             FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1"
         ))
         .bind(nin)
         .fetch_optional(conn)
         .await?
         .ok_or_else(not_on_a_list)?;
-        Ok((gp_from_row(&row)?, calendar_from_row(&row)?))
+        let gp = ListGp {
+            gp_uid: row.try_get("gp_uid")?,
+            gp_id: row.try_get("gp_id")?,
+            org_number: row.try_get("org_number")?,
+            municipality_number: row.try_get("municipality_number")?,
+            list_status: ListStatus::from_code(row.try_get("list_status")?)
+                .ok_or_else(|| anyhow::anyhow!("bad list_status"))?,
+        };
+        Ok((gp, calendar_from_row(&row)?))
     }
 
     // ---------------------------------------------------------------- EHR side
