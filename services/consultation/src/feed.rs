@@ -14,7 +14,9 @@
 use econsult_runtime::bus::Event;
 use econsult_runtime::db::Db;
 use econsult_runtime::outbox;
+use opentelemetry::metrics::Counter;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
@@ -33,8 +35,9 @@ pub struct FeedEvent {
 /// New events in `seq` order.
 pub type Batch = Arc<Vec<FeedEvent>>;
 
-/// Batches a lagging stream may fall behind before it catches up from the database instead.
-const CAPACITY: usize = 1024;
+/// Batches a lagging stream may fall behind before it catches up from the database instead
+/// (the default of [`Feed::start`]'s `capacity`).
+pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// Events read per query.
 const READ_LIMIT: i64 = 500;
@@ -44,16 +47,46 @@ const READ_LIMIT: i64 = 500;
 pub struct Feed {
     tx: broadcast::Sender<Batch>,
     ready: watch::Receiver<bool>,
+    catch_ups: Arc<AtomicU64>,
+    catch_ups_metric: Counter<u64>,
 }
 
 impl Feed {
     /// Starts the reader task: from the highest `seq` at start, then after every sequenced
-    /// commit (and every 500 ms, for commits another replica sequenced), until `stop`.
-    pub fn start(db: Db, sequenced: watch::Receiver<u64>, stop: watch::Receiver<bool>) -> Self {
-        let (tx, _) = broadcast::channel(CAPACITY);
+    /// commit (and every 500 ms, for commits another replica sequenced), until `stop`. A stream
+    /// that falls more than `capacity` batches behind catches up from the database.
+    pub fn start(
+        db: Db,
+        sequenced: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+        capacity: usize,
+    ) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
         let (ready_tx, ready) = watch::channel(false);
         tokio::spawn(run(db, sequenced, stop, tx.clone(), ready_tx));
-        Self { tx, ready }
+        let catch_ups_metric = opentelemetry::global::meter("econsult.consultation")
+            .u64_counter("econsult_consultation_stream_catch_ups")
+            .with_description(
+                "Change streams that fell behind the feed and caught up from the database",
+            )
+            .build();
+        Self {
+            tx,
+            ready,
+            catch_ups: Arc::default(),
+            catch_ups_metric,
+        }
+    }
+
+    /// Counts a stream that fell behind and catches up from the database.
+    pub fn fell_behind(&self) {
+        self.catch_ups.fetch_add(1, Ordering::Relaxed);
+        self.catch_ups_metric.add(1, &[]);
+    }
+
+    /// How many times a stream of this process fell behind and caught up from the database.
+    pub fn catch_ups(&self) -> u64 {
+        self.catch_ups.load(Ordering::Relaxed)
     }
 
     /// A receiver of every batch read from now on; returns once the feed knows where it starts,

@@ -101,8 +101,24 @@ enum Viewer {
 impl ConsultationGrpc {
     /// The service over the shared platform.
     pub fn new(p: Platform) -> Self {
-        let feed = Feed::start(p.db.clone(), p.sequenced.clone(), p.shutdown.clone());
+        Self::with_feed_capacity(p, crate::feed::DEFAULT_CAPACITY)
+    }
+
+    /// The service, with streams that catch up from the database after falling more than
+    /// `capacity` batches behind the feed.
+    pub fn with_feed_capacity(p: Platform, capacity: usize) -> Self {
+        let feed = Feed::start(
+            p.db.clone(),
+            p.sequenced.clone(),
+            p.shutdown.clone(),
+            capacity,
+        );
         Self { p, feed }
+    }
+
+    /// The process's event feed of the change streams.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     /// The tonic server.
@@ -412,7 +428,10 @@ impl ConsultationGrpc {
                             }
                         }
                         // Fell behind the feed: read what it missed from the database.
-                        Err(RecvError::Lagged(_)) => continue 'catch_up,
+                        Err(RecvError::Lagged(_)) => {
+                            this.feed.fell_behind();
+                            continue 'catch_up;
+                        }
                         Err(RecvError::Closed) => {
                             let _ = tx.send(Err(unavailable())).await;
                             return;

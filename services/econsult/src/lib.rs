@@ -95,6 +95,9 @@ pub struct Config {
     pub audience: String,
     /// Booking tunables.
     pub booking: BookingConfig,
+    /// Batches a consultation change stream may fall behind the process's event feed before
+    /// it catches up from the database instead.
+    pub consultation_feed_capacity: usize,
     /// Per-caller rate limits.
     pub rate_limits: econsult_runtime::ratelimit::RateLimits,
     /// Most concurrent HTTP/2 streams per client connection.
@@ -130,6 +133,7 @@ impl Config {
             issuers: Vec::new(),
             audience: econsult_runtime::auth::DEFAULT_AUDIENCE.into(),
             booking: BookingConfig::default(),
+            consultation_feed_capacity: econsult_consultation::feed::DEFAULT_CAPACITY,
             rate_limits: Default::default(),
             max_streams_per_connection: 256,
             db_max_connections: econsult_runtime::db::DEFAULT_MAX_CONNECTIONS,
@@ -184,6 +188,7 @@ pub struct Application {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     platform: Platform,
+    consultation_feed: Option<econsult_consultation::feed::Feed>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -220,6 +225,7 @@ impl Application {
             .register_encoded_file_descriptor_set(econsult_proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let mut routes = tonic::service::Routes::builder();
+        let mut consultation_feed = None;
         routes.add_service(health_service).add_service(reflection);
         const MAX_MESSAGE: usize = 4 * 1024 * 1024;
         routes.add_service(AuditServiceServer::with_interceptor(
@@ -246,7 +252,12 @@ impl Application {
                         platform.clone(),
                         Duration::from_secs(30),
                     )));
-                    let server = econsult_consultation::ConsultationGrpc::new(platform.clone())
+                    let service = econsult_consultation::ConsultationGrpc::with_feed_capacity(
+                        platform.clone(),
+                        config.consultation_feed_capacity,
+                    );
+                    consultation_feed = Some(service.feed().clone());
+                    let server = service
                         .into_server()
                         // Three 5 MiB attachments and the text fit.
                         .max_decoding_message_size(16 * 1024 * 1024);
@@ -369,9 +380,15 @@ impl Application {
             addr,
             metrics_addr,
             platform,
+            consultation_feed,
             stop: Some(stop_tx),
             task,
         })
+    }
+
+    /// The consultation service's event feed, when it runs here (its counters).
+    pub fn consultation_feed(&self) -> Option<&econsult_consultation::feed::Feed> {
+        self.consultation_feed.as_ref()
     }
 
     /// The gRPC address.

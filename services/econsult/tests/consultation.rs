@@ -483,6 +483,74 @@ async fn a_subscriber_resumes_from_its_cursor_and_sees_every_message_once(env: E
     app.shutdown().await;
 }
 
+/// A change stream whose client stops reading falls behind the process's event feed (here: more
+/// than one batch, the feed's capacity in this test) and catches up from the database: when the
+/// client reads again it gets every message once, in order, none missing.
+async fn a_stream_that_fell_behind_the_feed_catches_up_without_gaps(env: Env) {
+    let tweak: Tweak = std::sync::Arc::new(|c| {
+        c.rate_limits = econsult_runtime::ratelimit::RateLimits::unlimited();
+        c.consultation_feed_capacity = 1;
+    });
+    let app = TestApp::start_configured(env, monday_0800(), Some(tweak)).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 5, 1).await;
+    let token = app.patient_token(&nins[0]);
+    let id = start(&app, &nins[0], "m1")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    // A connection with a 1 KiB flow-control window: the server can send only a few changes
+    // ahead of a client that does not read, so the stream's task blocks soon.
+    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .expect("endpoint")
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .expect("connect");
+    let mut stream = pb::consultation_service_client::ConsultationServiceClient::new(narrow)
+        .subscribe(authed(pb::SubscribeRequest { after_cursor: 0 }, &token))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut seen: Vec<i64> = Vec::new();
+    let mut cursor = 0;
+    while seen.is_empty() {
+        let ch = next_change(&mut stream).await;
+        assert!(ch.cursor > cursor, "cursors increase");
+        cursor = ch.cursor;
+        seen.extend(ch.message.map(|m| m.seq));
+    }
+    // Not reading: 150 messages, each its own commit and (mostly) its own feed batch.
+    const MORE: i64 = 150;
+    for n in 2..=MORE + 1 {
+        send(&app, &nins[0], &id, &format!("message {n}"))
+            .await
+            .expect("send");
+    }
+    while seen.len() < (MORE + 1) as usize {
+        let ch = next_change(&mut stream).await;
+        assert!(ch.cursor > cursor, "cursors increase, nothing repeated");
+        cursor = ch.cursor;
+        seen.extend(ch.message.map(|m| m.seq));
+    }
+    assert_eq!(
+        seen,
+        (1..=MORE + 1).collect::<Vec<i64>>(),
+        "every message once, in order"
+    );
+    let feed = app
+        .app
+        .as_ref()
+        .and_then(|a| a.consultation_feed())
+        .expect("the consultation service runs here");
+    assert!(
+        feed.catch_ups() > 0,
+        "the stream never fell behind the feed: the test did not reach the catch-up path"
+    );
+    app.shutdown().await;
+}
+
 async fn patients_and_practices_see_only_their_own_threads(env: Env) {
     let app = TestApp::start(env).await;
     let nins = seed_gp(&app, ORG_A, "gp-1", 5, 2).await;
@@ -857,6 +925,7 @@ on_both_backends!(
     concurrent_replies_keep_a_gap_free_order,
     a_retried_send_returns_the_same_message,
     a_subscriber_resumes_from_its_cursor_and_sees_every_message_once,
+    a_stream_that_fell_behind_the_feed_catches_up_without_gaps,
     patients_and_practices_see_only_their_own_threads,
     due_times_skip_weekends_and_holidays_and_overdue_comes_first,
     content_rules_urgency_and_attachments,
