@@ -983,7 +983,46 @@ async fn the_five_working_day_target_is_measured_with_alternatives_and_breaches(
     assert!(r.within_five_working_days);
     assert_eq!(r.earliest_offer_working_days, 5);
 
-    // A list without GP breaches with that reason when nobody has a slot in time.
+    // Only the modality asked for: the own GP's video slot, none of the in-person ones (a
+    // breach: seven working days, and no alternative by video).
+    let video = publish(
+        &app,
+        ORG_A,
+        "gp-own",
+        &[at("2026-04-15T07:00:00Z")],
+        pb::Modality::Video,
+    )
+    .await;
+    let r = c
+        .find_slots(authed(
+            pb::FindSlotsRequest {
+                modality: pb::Modality::Video as i32,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("find")
+        .into_inner();
+    let offered: Vec<_> = r
+        .slots
+        .iter()
+        .map(|s| (s.slot.as_ref().map(|s| s.slot_id.clone()), s.own_gp))
+        .collect();
+    assert_eq!(offered, vec![(Some(video[0].slot_id.clone()), true)]);
+    assert!(!r.within_five_working_days);
+
+    // A list without GP offers no slot of its own, even where the GP record has one in time
+    // (nor is that GP an alternative), and breaches with that reason when nobody else has a
+    // slot in time.
+    publish(
+        &app,
+        ORG_A,
+        "gp-vacant",
+        &[at("2026-04-08T07:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
     let vac = app.patient_token(&vacant[0]);
     let mut w = app.booking().await;
     let ehr = app.ehr_token(ORG_A);
@@ -1013,7 +1052,7 @@ async fn the_five_working_day_target_is_measured_with_alternatives_and_breaches(
         "n",
     )
     .expect("n");
-    assert_eq!(n, 2, "two breaches recorded");
+    assert_eq!(n, 3, "three breaches recorded");
     app.shutdown().await;
 }
 
