@@ -76,6 +76,12 @@ const APPT_SELECT: &str = "SELECT a.appointment_id, a.status, a.patient_nin, a.r
 /// implied by the second; it is stated so both engines use the partial index `booking_slots_open`.
 const TAKEABLE: &str = "((s.status = 1 OR s.status = 3) AND (s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $NOW)))";
 
+/// The `list_status` column of a GP row.
+fn list_status_from_row(r: &AnyRow) -> Result<ListStatus, BookingError> {
+    Ok(ListStatus::from_code(r.try_get("list_status")?)
+        .ok_or_else(|| anyhow::anyhow!("bad list_status"))?)
+}
+
 fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {
     Ok(Gp {
         gp_uid: r.try_get("gp_uid")?,
@@ -85,8 +91,7 @@ fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {
         org_number: r.try_get("org_number")?,
         municipality_number: r.try_get("municipality_number")?,
         list_capacity: r.try_get::<i64, _>("list_capacity")? as u32,
-        list_status: ListStatus::from_code(r.try_get("list_status")?)
-            .ok_or_else(|| anyhow::anyhow!("bad list_status"))?,
+        list_status: list_status_from_row(r)?,
         list_size: r.try_get::<i64, _>("list_size")? as u32,
     })
 }
@@ -179,6 +184,45 @@ fn release_holds_of(nin_param: usize, slot_param: usize) -> String {
     )
 }
 
+/// The update that takes `target` for the patient, and how many placeholders it uses: `$1` the
+/// hold or slot id, `$2` the patient, `$3` now, and for a slot `$4` whether the acute reserve may
+/// be taken (see [`bind_take`]). A hold is taken whether or not its slot has started (the caller
+/// tells that apart); a slot only before it starts, when free or held by the patient. The same
+/// update for the one-statement path (PostgreSQL) and for the steps.
+fn take_update(target: &Target) -> (String, usize) {
+    const SET: &str = "UPDATE booking_slots AS s SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL";
+    match target {
+        Target::Hold(_) => (
+            format!(
+                "{SET} WHERE s.hold_id = $1 AND s.hold_patient = $2 AND s.status = 3 AND s.hold_expires_at > $3"
+            ),
+            3,
+        ),
+        Target::Slot(_) => (
+            format!(
+                "{SET} WHERE s.slot_id = $1 AND s.start_at > $3 AND (s.acute_reserve = 0 OR $4 = 1) \
+                 AND ({} OR (s.status = 3 AND s.hold_patient = $2))",
+                takeable(3)
+            ),
+            4,
+        ),
+    }
+}
+
+/// Binds [`take_update`]'s placeholders.
+fn bind_take<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    target: &'q Target,
+    nin: &'q str,
+    now: i64,
+    allow_acute: bool,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    match target {
+        Target::Hold(id) => q.bind(id).bind(nin).bind(now),
+        Target::Slot(id) => q.bind(id).bind(nin).bind(now).bind(i64::from(allow_acute)),
+    }
+}
+
 /// The GP of a slot, as an appointment row and its event need it.
 struct SlotGp {
     gp_uid: String,
@@ -212,8 +256,7 @@ impl ListGp {
             gp_id: row.try_get("list_gp_id")?,
             org_number: row.try_get("list_org_number")?,
             municipality_number: row.try_get("list_municipality_number")?,
-            list_status: ListStatus::from_code(row.try_get("list_status")?)
-                .ok_or_else(|| anyhow::anyhow!("bad list_status"))?,
+            list_status: list_status_from_row(row)?,
         })
     }
 }
@@ -1200,41 +1243,27 @@ impl Booking {
             // One hold at a time: an earlier hold of the patient is released (rolled back with
             // the rest if the new hold fails).
             let postgres = self.p.db.backend() == Backend::Postgres;
-            let taken = if postgres {
-                // One round trip: the hold (only of a holdable slot of the patient's practice,
-                // read back with its GP) and the release. The two updates never touch the same
-                // row, so their shared snapshot changes nothing. A row per released hold, or
-                // one with released_id NULL; none when the slot was not held.
+            // The hold: $1 hold id, $2 patient, $3 expiry, $4 request, $5 slot, $6 now.
+            let hold = format!(
+                "UPDATE booking_slots AS s SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, \
+                 hold_from_waitlist = 0, hold_request_id = $4 \
+                 WHERE s.slot_id = $5 AND s.start_at > $6 AND s.acute_reserve = 0 AND {}",
+                takeable(6)
+            );
+            // PostgreSQL: one round trip, the hold (only of a slot of the patient's practice,
+            // read back with its GP) and the release. The two updates never touch the same row,
+            // so their shared snapshot changes nothing. A row per released hold, or one with
+            // released_id NULL; none when the slot was not held. SQLite: the checks and the
+            // release first, then the hold.
+            let (sql, checked, mut released) = if postgres {
                 let sql = format!(
-                    "WITH held AS (UPDATE booking_slots AS s SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, \
-                     hold_from_waitlist = 0, hold_request_id = $4 \
-                     WHERE s.slot_id = $5 AND s.start_at > $6 AND s.acute_reserve = 0 AND {} AND {} \
-                     RETURNING {TAKEN_COLS}), released AS ({} RETURNING slot_id) \
+                    "WITH held AS ({hold} AND {} RETURNING {TAKEN_COLS}), released AS ({} RETURNING slot_id) \
                      SELECT {SLOT_COLS}, r.slot_id AS released_id FROM held s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
                      LEFT JOIN released r ON true",
-                    takeable(6),
                     practice.condition(2),
                     release_holds_of(2, 5)
                 );
-                let rows = sqlx::query(&sql)
-                    .bind(&hold_id)
-                    .bind(nin)
-                    .bind(expires)
-                    .bind(request)
-                    .bind(slot_id)
-                    .bind(now)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                match rows.first() {
-                    None => None,
-                    Some(row) => {
-                        let mut released = Vec::new();
-                        for r in &rows {
-                            released.extend(r.try_get::<Option<String>, _>("released_id")?);
-                        }
-                        Some((slot_from_row(row, now)?, released))
-                    }
-                }
+                (sql, None, Vec::new())
             } else {
                 let (slot, _) = self.slot_with_gp(tx, practice, slot_id).await?;
                 holdable(&slot, now)?;
@@ -1247,21 +1276,26 @@ impl Booking {
                 {
                     released.push(r.try_get::<String, _>("slot_id")?);
                 }
-                let held = sqlx::query(&format!(
-                    "UPDATE booking_slots SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, hold_from_waitlist = 0, \
-                     hold_request_id = $4 WHERE slot_id = $5 AND start_at > $6 AND acute_reserve = 0 AND {}",
-                    takeable(6).replace("s.", "")
-                ))
+                (format!("{hold} RETURNING slot_id"), Some(slot), released)
+            };
+            let rows = sqlx::query(&sql)
                 .bind(&hold_id)
                 .bind(nin)
                 .bind(expires)
                 .bind(request)
                 .bind(slot_id)
                 .bind(now)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-                (held == 1).then_some((slot, released))
+                .fetch_all(&mut **tx)
+                .await?;
+            let taken = match (rows.first(), checked) {
+                (None, _) => None,
+                (Some(_), Some(slot)) => Some((slot, released)),
+                (Some(row), None) => {
+                    for r in &rows {
+                        released.extend(r.try_get::<Option<String>, _>("released_id")?);
+                    }
+                    Some((slot_from_row(row, now)?, released))
+                }
             };
             let Some((slot, released)) = taken else {
                 if postgres {
@@ -1288,8 +1322,9 @@ impl Booking {
     }
 
     /// PostgreSQL: takes the slot for the patient and reads it with its GP in one statement
-    /// (an UPDATE … RETURNING and a join of what it returned), only when every condition of [`Booking::take_slot`] holds;
-    /// `None` when it took nothing (the caller then finds out why, step by step).
+    /// ([`take_update`] in a CTE, with the practice's condition and a join of what it returned),
+    /// only when every condition of [`Booking::take_slot`] holds; `None` when it took nothing
+    /// (the caller then finds out why, step by step).
     async fn take_and_read(
         &self,
         tx: &mut Tx,
@@ -1299,36 +1334,14 @@ impl Booking {
         allow_acute: bool,
     ) -> Result<Option<(Slot, SlotGp)>, BookingError> {
         let now = self.p.clock.now_ms();
-        let (id, which) = match target {
-            Target::Hold(hold_id) => (
-                hold_id,
-                "s.hold_id = $1 AND s.hold_patient = $2 AND s.status = 3 AND s.hold_expires_at > $3"
-                    .to_owned(),
-            ),
-            Target::Slot(slot_id) => (
-                slot_id,
-                format!(
-                    "s.slot_id = $1 AND (s.acute_reserve = 0 OR $5 = 1) AND ({} OR (s.status = 3 AND s.hold_patient = $2))",
-                    takeable(3)
-                ),
-            ),
-        };
+        let (update, params) = take_update(target);
         let sql = format!(
-            "WITH taken AS (UPDATE booking_slots AS s SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
-             WHERE {which} AND s.start_at > $3 AND {} RETURNING {TAKEN_COLS}) \
+            "WITH taken AS ({update} AND s.start_at > $3 AND {} RETURNING {TAKEN_COLS}) \
              SELECT {} FROM taken s JOIN booking_gps g ON g.gp_uid = s.gp_uid",
-            practice.condition(4),
+            practice.condition(params + 1),
             slot_gp_cols()
         );
-        let q = sqlx::query(&sql)
-            .bind(id)
-            .bind(nin)
-            .bind(now)
-            .bind(practice.scope());
-        let q = match target {
-            Target::Slot(_) => q.bind(i64::from(allow_acute)),
-            Target::Hold(_) => q,
-        };
+        let q = bind_take(sqlx::query(&sql), target, nin, now, allow_acute).bind(practice.scope());
         match q.fetch_optional(&mut **tx).await? {
             Some(row) => Ok(Some(slot_gp_from_row(&row, now)?)),
             None => Ok(None),
@@ -1356,18 +1369,17 @@ impl Booking {
             return Ok(taken);
         }
         let now = self.p.clock.now_ms();
-        match target {
-            Target::Hold(hold_id) => {
-                let taken = sqlx::query(
-                    "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
-                     WHERE hold_id = $1 AND hold_patient = $2 AND status = 3 AND hold_expires_at > $3 RETURNING slot_id",
-                )
-                .bind(hold_id)
-                .bind(nin)
-                .bind(now)
+        let take = async |tx: &mut Tx| -> Result<Option<String>, BookingError> {
+            let (update, _) = take_update(target);
+            let sql = format!("{update} RETURNING slot_id");
+            let row = bind_take(sqlx::query(&sql), target, nin, now, allow_acute)
                 .fetch_optional(&mut **tx)
                 .await?;
-                let Some(row) = taken else {
+            Ok(row.map(|r| r.try_get("slot_id")).transpose()?)
+        };
+        match target {
+            Target::Hold(hold_id) => {
+                let Some(slot_id) = take(tx).await? else {
                     // Not taken: tell an unknown hold from an expired one.
                     let known = sqlx::query("SELECT slot_id FROM booking_slots WHERE hold_id = $1 AND hold_patient = $2")
                         .bind(hold_id)
@@ -1379,7 +1391,6 @@ impl Booking {
                         Some(_) => BookingError::FailedPrecondition("the hold has expired".into()),
                     });
                 };
-                let slot_id: String = row.try_get("slot_id")?;
                 let (slot, gp) = self.slot_with_gp(tx, practice, &slot_id).await?;
                 if slot.start.timestamp_millis() <= now {
                     return Err(BookingError::FailedPrecondition(
@@ -1395,21 +1406,8 @@ impl Booking {
                         "slot is reserved for same-day emergency help".into(),
                     ));
                 }
-                let n = sqlx::query(&format!(
-                    "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
-                     WHERE slot_id = $1 AND start_at > $2 AND (acute_reserve = 0 OR $4 = 1) \
-                     AND ({} OR (status = 3 AND hold_patient = $3))",
-                    takeable(2).replace("s.", "")
-                ))
-                .bind(slot_id)
-                .bind(now)
-                .bind(nin)
-                .bind(i64::from(allow_acute))
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
                 // The update takes only a slot that has not started.
-                if n == 0 {
+                if take(tx).await?.is_none() {
                     return Err(BookingError::FailedPrecondition(
                         "slot is no longer free".into(),
                     ));
