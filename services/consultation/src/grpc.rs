@@ -167,8 +167,7 @@ impl ConsultationGrpc {
     }
 
     async fn finish(&self, op: Op, done: &Done) -> Result<(), Status> {
-        op.finish(done).await.map_err(idem_status)?;
-        Ok(())
+        op.finish(done).await.map_err(idem_status)
     }
 
     async fn calendar(&self, org: &str) -> Result<Calendar, Status> {
