@@ -10,7 +10,7 @@ use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::{Backend, Defer, Tx, is_unique_violation};
 use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
-use econsult_runtime::idempotency::{self, Begun, IdempotencyError, Op};
+use econsult_runtime::idempotency::{self, Begun, CLAIM_ROW, CLAIMED, IdempotencyError, Op};
 use econsult_runtime::outbox::{self, NewEvent};
 use econsult_runtime::platform::Platform;
 use serde::{Serialize, de::DeserializeOwned};
@@ -223,6 +223,16 @@ fn bind_take<'q>(
     }
 }
 
+/// What the first statement of a call that claims its key in it found
+/// ([`idempotency::begin_claiming_first`]): the first attempt's answer `R`, or what the statement
+/// did.
+enum Taken<R, T> {
+    /// A retry: the first attempt's answer; nothing was written.
+    Replay(R),
+    /// The key is this call's.
+    Slot(T),
+}
+
 /// The GP of a slot, as an appointment row and its event need it.
 struct SlotGp {
     gp_uid: String,
@@ -392,6 +402,31 @@ impl Booking {
 
     fn now(&self) -> DateTime<Utc> {
         self.p.clock.now()
+    }
+
+    /// [`Booking::begin_op`] for a call whose first statement claims the key on PostgreSQL
+    /// ([`idempotency::begin_claiming_first`]): the one-statement take ([`Booking::take_slot`])
+    /// and hold.
+    async fn begin_op_claiming_first<Req, Resp>(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        key: &str,
+        req: &Req,
+    ) -> Result<Begun<Resp>, BookingError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        Ok(idempotency::begin_claiming_first(
+            &self.p.db,
+            &caller.subject,
+            rpc,
+            key,
+            req,
+            self.p.clock.now_ms(),
+        )
+        .await?)
     }
 
     /// Opens the write transaction of a mutating call, guarded by the idempotency record of
@@ -1229,11 +1264,13 @@ impl Booking {
         key: &str,
     ) -> Result<Hold, BookingError> {
         let req = (nin, slot_id, request_id);
-        let mut op = match self.begin_op(caller, rpc::HOLD, key, &req).await? {
+        let mut op = match self
+            .begin_op_claiming_first(caller, rpc::HOLD, key, &req)
+            .await?
+        {
             Begun::Replay(r) => return Ok(r),
             Begun::New(op) => op,
         };
-        let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
             let hold_id = new_id();
@@ -1250,21 +1287,24 @@ impl Booking {
                  WHERE s.slot_id = $5 AND s.start_at > $6 AND s.acute_reserve = 0 AND {}",
                 takeable(6)
             );
-            // PostgreSQL: one round trip, the hold (only of a slot of the patient's practice,
-            // read back with its GP) and the release. The two updates never touch the same row,
-            // so their shared snapshot changes nothing. A row per released hold, or one with
-            // released_id NULL; none when the slot was not held. SQLite: the checks and the
-            // release first, then the hold.
+            // PostgreSQL: one round trip, the claim of the key, the hold (only of a slot of the
+            // patient's practice, read back with its GP) and the release. The two updates never
+            // touch the same row, so their shared snapshot changes nothing. A row per released
+            // hold, or one with released_id NULL; slot_id NULL when the slot was not held.
+            // SQLite: the checks and the release first, then the hold.
             let (sql, checked, mut released) = if postgres {
                 let sql = format!(
-                    "WITH held AS ({hold} AND {} RETURNING {TAKEN_COLS}), released AS ({} RETURNING slot_id) \
-                     SELECT {SLOT_COLS}, r.slot_id AS released_id FROM held s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
-                     LEFT JOIN released r ON true",
+                    "WITH {}, held AS ({hold} AND {} AND {CLAIMED} RETURNING {TAKEN_COLS}), \
+                     released AS ({} AND {CLAIMED} RETURNING slot_id) \
+                     SELECT c.claimed, {SLOT_COLS}, r.slot_id AS released_id FROM {CLAIM_ROW} \
+                     LEFT JOIN (held s JOIN booking_gps g ON g.gp_uid = s.gp_uid LEFT JOIN released r ON true) ON true",
+                    op.claim_cte(7),
                     practice.condition(2),
                     release_holds_of(2, 5)
                 );
                 (sql, None, Vec::new())
             } else {
+                let tx = &mut op.tx;
                 let (slot, _) = self.slot_with_gp(tx, practice, slot_id).await?;
                 holdable(&slot, now)?;
                 let mut released = Vec::new();
@@ -1278,16 +1318,29 @@ impl Booking {
                 }
                 (format!("{hold} RETURNING slot_id"), Some(slot), released)
             };
-            let rows = sqlx::query(&sql)
+            let q = sqlx::query(&sql)
                 .bind(&hold_id)
                 .bind(nin)
                 .bind(expires)
                 .bind(request)
                 .bind(slot_id)
-                .bind(now)
-                .fetch_all(&mut **tx)
-                .await?;
-            let taken = match (rows.first(), checked) {
+                .bind(now);
+            let rows = op.bind_claim(q).fetch_all(&mut *op.tx).await?;
+            if postgres {
+                let claimed = match rows.first() {
+                    Some(row) => row.try_get("claimed")?,
+                    None => 0,
+                };
+                if let Some(first) = op.claimed(claimed).await? {
+                    return Ok(Taken::Replay(first));
+                }
+            }
+            // The slot's row, if it was held (PostgreSQL: slot_id is NULL when not).
+            let held = rows.first().filter(|row| {
+                !postgres || matches!(row.try_get::<Option<String>, _>("slot_id"), Ok(Some(_)))
+            });
+            let tx = &mut op.tx;
+            let taken = match (held, checked) {
                 (None, _) => None,
                 (Some(_), Some(slot)) => Some((slot, released)),
                 (Some(row), None) => {
@@ -1308,49 +1361,87 @@ impl Booking {
             for id in released {
                 self.offer_to_waitlist(tx, &id).await?;
             }
-            Ok(Hold {
+            Ok(Taken::Slot(Hold {
                 hold_id,
                 slot: Slot { status: SlotStatus::BusyTentative, ..slot },
                 expires_at: from_ms(expires),
                 from_waitlist: false,
-            })
+            }))
         }
         .await;
-        let resp = resp?;
+        let resp = match resp? {
+            Taken::Replay(first) => return Ok(first),
+            Taken::Slot(hold) => hold,
+        };
         op.finish(&resp).await?;
         Ok(resp)
     }
 
-    /// PostgreSQL: takes the slot for the patient and reads it with its GP in one statement
-    /// ([`take_update`] in a CTE, with the practice's condition and a join of what it returned),
-    /// only when every condition of [`Booking::take_slot`] holds; `None` when it took nothing
-    /// (the caller then finds out why, step by step).
-    async fn take_and_read(
+    /// PostgreSQL: claims the call's key if it is not claimed yet ([`Op::claim_cte`]), takes
+    /// the slot for the patient and reads it with its GP in one statement ([`take_update`] in a
+    /// CTE, with the practice's condition and a join of what it returned), only when every
+    /// condition of [`Booking::take_slot`] holds. `Slot(None)` when it took nothing (the caller
+    /// then finds out why, step by step).
+    async fn take_and_read<R: DeserializeOwned>(
         &self,
-        tx: &mut Tx,
+        op: &mut Op,
         nin: &str,
         practice: Practice<'_>,
         target: &Target,
         allow_acute: bool,
-    ) -> Result<Option<(Slot, SlotGp)>, BookingError> {
+    ) -> Result<Taken<R, Option<(Slot, SlotGp)>>, BookingError> {
         let now = self.p.clock.now_ms();
         let (update, params) = take_update(target);
         let sql = format!(
-            "WITH taken AS ({update} AND s.start_at > $3 AND {} RETURNING {TAKEN_COLS}) \
-             SELECT {} FROM taken s JOIN booking_gps g ON g.gp_uid = s.gp_uid",
+            "WITH {}, taken AS ({update} AND s.start_at > $3 AND {} AND {CLAIMED} RETURNING {TAKEN_COLS}) \
+             SELECT c.claimed, {} FROM {CLAIM_ROW} LEFT JOIN (taken s JOIN booking_gps g ON g.gp_uid = s.gp_uid) ON true",
+            op.claim_cte(params + 2),
             practice.condition(params + 1),
             slot_gp_cols()
         );
         let q = bind_take(sqlx::query(&sql), target, nin, now, allow_acute).bind(practice.scope());
-        match q.fetch_optional(&mut **tx).await? {
-            Some(row) => Ok(Some(slot_gp_from_row(&row, now)?)),
-            None => Ok(None),
+        let row = op.bind_claim(q).fetch_one(&mut *op.tx).await?;
+        if let Some(first) = op.claimed(row.try_get("claimed")?).await? {
+            return Ok(Taken::Replay(first));
         }
+        if row.try_get::<Option<String>, _>("slot_id")?.is_none() {
+            return Ok(Taken::Slot(None));
+        }
+        Ok(Taken::Slot(Some(slot_gp_from_row(&row, now)?)))
     }
 
-    /// Takes the slot of `practice` for the patient inside `tx`: from an own hold or a takeable
-    /// slot.
-    async fn take_slot(
+    /// Takes the slot of `practice` for the patient inside `op`: from an own hold or a takeable
+    /// slot. The first statement of the call on PostgreSQL: it claims the key of a call begun
+    /// with [`Booking::begin_op_claiming_first`], and `Replay` is the first attempt's answer.
+    async fn take_slot<R: DeserializeOwned>(
+        &self,
+        op: &mut Op,
+        nin: &str,
+        practice: Practice<'_>,
+        target: &Target,
+        allow_acute: bool,
+    ) -> Result<Taken<R, (Slot, SlotGp)>, BookingError> {
+        // PostgreSQL: one statement when it takes the slot; when it took nothing, the steps
+        // below tell why (a slot that changed meanwhile may be taken by them after all, which
+        // is as good).
+        if self.p.db.backend() == Backend::Postgres {
+            match self
+                .take_and_read(op, nin, practice, target, allow_acute)
+                .await?
+            {
+                Taken::Replay(first) => return Ok(Taken::Replay(first)),
+                Taken::Slot(Some(taken)) => return Ok(Taken::Slot(taken)),
+                Taken::Slot(None) => {}
+            }
+        }
+        self.take_slot_steps(&mut op.tx, nin, practice, target, allow_acute)
+            .await
+            .map(Taken::Slot)
+    }
+
+    /// [`Booking::take_slot`] step by step: SQLite's way, and PostgreSQL's to tell why the one
+    /// statement took nothing.
+    async fn take_slot_steps(
         &self,
         tx: &mut Tx,
         nin: &str,
@@ -1358,16 +1449,6 @@ impl Booking {
         target: &Target,
         allow_acute: bool,
     ) -> Result<(Slot, SlotGp), BookingError> {
-        // PostgreSQL: one statement when it takes the slot; when it took nothing, the steps
-        // below tell why (a slot that changed meanwhile may be taken by them after all, which
-        // is as good).
-        if self.p.db.backend() == Backend::Postgres
-            && let Some(taken) = self
-                .take_and_read(tx, nin, practice, target, allow_acute)
-                .await?
-        {
-            return Ok(taken);
-        }
         let now = self.p.clock.now_ms();
         let take = async |tx: &mut Tx| -> Result<Option<String>, BookingError> {
             let (update, _) = take_update(target);
@@ -1485,16 +1566,23 @@ impl Booking {
         key: &str,
     ) -> Result<Appointment, BookingError> {
         let req = (nin, &target, reason, request_id);
-        let mut op = match self.begin_op(caller, rpc::BOOK, key, &req).await? {
+        let mut op = match self
+            .begin_op_claiming_first(caller, rpc::BOOK, key, &req)
+            .await?
+        {
             Begun::Replay(r) => return Ok(r),
             Begun::New(op) => op,
+        };
+        let (slot, gp) = match self
+            .take_slot(&mut op, nin, Practice::OfPatient(nin), &target, false)
+            .await?
+        {
+            Taken::Replay(first) => return Ok(first),
+            Taken::Slot(taken) => taken,
         };
         let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
-            let (slot, gp) = self
-                .take_slot(tx, nin, Practice::OfPatient(nin), &target, false)
-                .await?;
             let a = self.insert_appointment(tx, nin, (&slot, &gp), reason, request_id, None);
             self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
                 .await?;
@@ -1530,28 +1618,34 @@ impl Booking {
             Begun::Replay(r) => return Ok(r),
             Begun::New(op) => op,
         };
+        let on_list = match self.own_gp(&mut op.tx, nin).await {
+            Ok((gp, _)) => gp.org_number == org,
+            Err(BookingError::FailedPrecondition(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if !on_list {
+            return Err(BookingError::FailedPrecondition(
+                "patient_nin is not on a list of this practice".into(),
+            ));
+        }
+        // The key was claimed by begin_op (the list check may fail the call before the take),
+        // so the take has no replay to find.
+        let (slot, gp) = match self
+            .take_slot(
+                &mut op,
+                nin,
+                Practice::Org(org),
+                &Target::Slot(slot_id.to_owned()),
+                true,
+            )
+            .await?
+        {
+            Taken::Replay(first) => return Ok(first),
+            Taken::Slot(taken) => taken,
+        };
         let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
-            let on_list = match self.own_gp(tx, nin).await {
-                Ok((gp, _)) => gp.org_number == org,
-                Err(BookingError::FailedPrecondition(_)) => false,
-                Err(e) => return Err(e),
-            };
-            if !on_list {
-                return Err(BookingError::FailedPrecondition(
-                    "patient_nin is not on a list of this practice".into(),
-                ));
-            }
-            let (slot, gp) = self
-                .take_slot(
-                    tx,
-                    nin,
-                    Practice::Org(org),
-                    &Target::Slot(slot_id.to_owned()),
-                    true,
-                )
-                .await?;
             let a = self.insert_appointment(tx, nin, (&slot, &gp), reason, "", None);
             self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
                 .await?;
@@ -1677,17 +1771,24 @@ impl Booking {
         key: &str,
     ) -> Result<Appointment, BookingError> {
         let req = (nin, id, &target);
-        let mut op = match self.begin_op(caller, rpc::RESCHEDULE, key, &req).await? {
+        let mut op = match self
+            .begin_op_claiming_first(caller, rpc::RESCHEDULE, key, &req)
+            .await?
+        {
             Begun::Replay(r) => return Ok(r),
             Begun::New(op) => op,
+        };
+        // Take the new slot first: if it is gone, nothing has changed.
+        let (slot, gp) = match self
+            .take_slot(&mut op, nin, Practice::OfPatient(nin), &target, false)
+            .await?
+        {
+            Taken::Replay(first) => return Ok(first),
+            Taken::Slot(taken) => taken,
         };
         let tx = &mut op.tx;
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
-            // Take the new slot first: if it is gone, nothing has changed.
-            let (slot, gp) = self
-                .take_slot(tx, nin, Practice::OfPatient(nin), &target, false)
-                .await?;
             let (old, old_org, old_muni) = self.cancel_own(tx, nin, id).await?;
             let new = self.insert_appointment(tx, nin, (&slot, &gp), &old.reason, "", Some(id));
             self.emit(

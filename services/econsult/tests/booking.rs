@@ -212,7 +212,12 @@ async fn a_retried_call_with_the_same_key_returns_the_first_result(env: Env) {
         &app,
         ORG_A,
         "gp-1",
-        &[at("2026-03-03T08:00:00Z"), at("2026-03-03T09:00:00Z")],
+        &[
+            at("2026-03-03T08:00:00Z"),
+            at("2026-03-03T09:00:00Z"),
+            at("2026-03-03T10:00:00Z"),
+            at("2026-03-03T11:00:00Z"),
+        ],
         pb::Modality::Video,
     )
     .await;
@@ -281,6 +286,73 @@ async fn a_retried_call_with_the_same_key_returns_the_first_result(env: Env) {
         .into_inner();
     assert_eq!(theirs.appointments.len(), 1);
     assert_eq!(ids.first(), Some(&theirs.appointments[0].appointment_id));
+
+    // The same for HoldSlot and Reschedule, whose first statement claims the key on
+    // PostgreSQL: every duplicate answers the one hold, the one new appointment.
+    let hold = pb::HoldSlotRequest {
+        slot_id: slots[2].slot_id.clone(),
+        request_id: String::new(),
+        idempotency_key: "hold-concurrent".into(),
+    };
+    let holds = futures::future::join_all((0..16).map(|i| {
+        let mut c = pb::booking_service_client::BookingServiceClient::new(channels[i % 4].clone());
+        let req = authed(hold.clone(), &token);
+        async move { c.hold_slot(req).await.map(|r| r.into_inner()) }
+    }))
+    .await;
+    let hold_ids: std::collections::BTreeSet<String> = holds
+        .into_iter()
+        .map(|h| h.expect("a concurrent duplicate hold answers OK").hold_id)
+        .collect();
+    assert_eq!(hold_ids.len(), 1, "one hold for all: {hold_ids:?}");
+    let move_to = pb::RescheduleRequest {
+        appointment_id: first.appointment_id.clone(),
+        target: Some(pb::reschedule_request::Target::SlotId(
+            slots[3].slot_id.clone(),
+        )),
+        idempotency_key: "reschedule-concurrent".into(),
+    };
+    let moved = futures::future::join_all((0..16).map(|i| {
+        let mut c = pb::booking_service_client::BookingServiceClient::new(channels[i % 4].clone());
+        let req = authed(move_to.clone(), &token);
+        async move { c.reschedule(req).await.map(|r| r.into_inner()) }
+    }))
+    .await;
+    let moved_ids: std::collections::BTreeSet<String> = moved
+        .into_iter()
+        .map(|a| {
+            a.expect("a concurrent duplicate reschedule answers OK")
+                .appointment_id
+        })
+        .collect();
+    assert_eq!(
+        moved_ids.len(),
+        1,
+        "one new appointment for all: {moved_ids:?}"
+    );
+    let mine = c
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &token))
+        .await
+        .expect("list")
+        .into_inner();
+    let booked: Vec<_> = mine
+        .appointments
+        .iter()
+        .filter(|a| a.status == pb::AppointmentStatus::Booked as i32)
+        .collect();
+    assert_eq!(booked.len(), 1, "{:?}", mine.appointments);
+    assert_eq!(moved_ids.first(), Some(&booked[0].appointment_id));
+    assert_eq!(
+        booked[0].slot.as_ref().map(|s| s.slot_id.as_str()),
+        Some(slots[3].slot_id.as_str())
+    );
+    // A replay of the hold after the patient's state changed still answers the first hold.
+    let again = c
+        .hold_slot(authed(hold, &token))
+        .await
+        .expect("hold replay")
+        .into_inner();
+    assert_eq!(hold_ids.first(), Some(&again.hold_id));
     app.shutdown().await;
 }
 

@@ -1,10 +1,12 @@
 //! Idempotency of mutating calls: the first result of a call is stored under the caller and the
 //! idempotency key, in the same transaction as the change; a retry gets that result back.
 
-use crate::db::{Db, Defer, Tx};
+use crate::db::{Backend, Db, Defer, Tx};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::Digest as _;
+use sqlx::Any;
 use sqlx::Row as _;
+use sqlx::any::AnyArguments;
 
 /// Outcome of looking up a key.
 pub enum Lookup<T> {
@@ -74,13 +76,31 @@ async fn claim<T: DeserializeOwned>(
     if claimed == 1 {
         return Ok(Lookup::New);
     }
-    let r = sqlx::query(
+    // The INSERT waited for the transaction that holds the key: it committed its row.
+    match stored(tx, scope, key, hash).await? {
+        Lookup::New => Err(IdempotencyError::Db(sqlx::Error::RowNotFound)),
+        replay => Ok(replay),
+    }
+}
+
+/// The stored answer under `key` in `scope` (`New` when there is none), or
+/// [`IdempotencyError::KeyReused`] when it was stored for a request of another hash.
+async fn stored<T: DeserializeOwned>(
+    tx: &mut Tx,
+    scope: &str,
+    key: &str,
+    hash: &str,
+) -> Result<Lookup<T>, IdempotencyError> {
+    let Some(r) = sqlx::query(
         "SELECT request_hash, response FROM idempotency WHERE scope = $1 AND idem_key = $2",
     )
     .bind(scope)
     .bind(key)
-    .fetch_one(&mut **tx)
-    .await?;
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(Lookup::New);
+    };
     let stored_hash: String = r.try_get("request_hash")?;
     if stored_hash != hash {
         return Err(IdempotencyError::KeyReused);
@@ -95,6 +115,14 @@ pub struct Op {
     pub tx: Tx,
     scope: String,
     key: String,
+    /// The claim, when the call's first statement makes it ([`begin_claiming_first`]).
+    pending: Option<Pending>,
+}
+
+/// A claim not made yet: what its row holds.
+struct Pending {
+    hash: String,
+    now_ms: i64,
 }
 
 /// Outcome of [`begin`].
@@ -104,6 +132,16 @@ pub enum Begun<R> {
     /// First use of the key: do the work in `op.tx`, then [`Op::finish`].
     New(Op),
 }
+
+/// The condition a write of the first statement of a [`begin_claiming_first`] call is made on:
+/// that the statement's [claim](Op::claim_cte) went through. As a one-time filter it also makes
+/// the claim run before the write touches (and locks) any row.
+pub const CLAIMED: &str = "EXISTS (SELECT 1 FROM claim)";
+
+/// The one-row relation (alias `c`, column `claimed`) that a [`begin_claiming_first`] call's
+/// first statement selects from, left-joining what its writes returned, so that it returns a row
+/// whether or not they wrote: `claimed` goes to [`Op::claimed`].
+pub const CLAIM_ROW: &str = "(SELECT count(*) AS claimed FROM claim) c";
 
 /// Opens the write transaction of a mutating call by `subject` to `rpc` with idempotency `key`,
 /// claiming the key in it (`now_ms` is the record's creation time).
@@ -130,21 +168,124 @@ pub async fn begin<Req: Serialize, Resp: DeserializeOwned>(
             tx,
             scope,
             key: key.to_owned(),
+            pending: None,
         })),
     }
 }
 
+/// [`begin`], except that on PostgreSQL the key is claimed by the call's first statement
+/// instead of a statement of its own: one round trip less. That statement must
+/// - start with `WITH {`[`Op::claim_cte`]`}` and bind [`Op::bind_claim`] after its own values,
+/// - make each of its writes conditional on [`CLAIMED`] (so a retry that waited on the claim of
+///   the first attempt writes nothing, and the claim is the first row lock it takes, as with
+///   [`begin`]),
+/// - select from [`CLAIM_ROW`], so it returns a row even when it wrote nothing,
+///
+/// and the call must hand that row's `claimed` to [`Op::claimed`] before anything else — before
+/// any error of its own, so a retry gets the first answer rather than the error the changed
+/// state would give. Reads may come before it; nothing that can fail the call may. On SQLite
+/// (no round trips) the key is claimed here, as [`begin`] does, and the statement's claim is a
+/// no-op.
+pub async fn begin_claiming_first<Req: Serialize, Resp: DeserializeOwned>(
+    db: &Db,
+    subject: &str,
+    rpc: &str,
+    key: &str,
+    request: &Req,
+    now_ms: i64,
+) -> Result<Begun<Resp>, IdempotencyError> {
+    if db.backend() == Backend::Sqlite {
+        return begin(db, subject, rpc, key, request, now_ms).await;
+    }
+    check_key(key)?;
+    let hash = request_hash(request)?;
+    Ok(Begun::New(Op {
+        tx: db.begin().await?,
+        scope: format!("{subject}|{rpc}"),
+        key: key.to_owned(),
+        pending: Some(Pending { hash, now_ms }),
+    }))
+}
+
 impl Op {
+    /// The CTE named `claim` that claims the key (placeholders `$first`…`$first+4`, bound by
+    /// [`Op::bind_claim`]), returning a row when the claim went through; once the key is claimed
+    /// a CTE of one row without placeholders. See [`begin_claiming_first`].
+    pub fn claim_cte(&self, first: usize) -> String {
+        if self.pending.is_none() {
+            return "claim AS (SELECT 1 AS one)".to_owned();
+        }
+        let p: Vec<String> = (first..first + 5).map(|n| format!("${n}")).collect();
+        format!(
+            "claim AS (INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) \
+             VALUES ({}) ON CONFLICT (scope, idem_key) DO NOTHING RETURNING 1 AS one)",
+            p.join(", ")
+        )
+    }
+
+    /// Binds [`Op::claim_cte`]'s placeholders (none once the key is claimed).
+    pub fn bind_claim<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
+        match &self.pending {
+            None => q,
+            Some(p) => q
+                .bind(self.scope.clone())
+                .bind(self.key.clone())
+                .bind(p.hash.clone())
+                .bind(Vec::<u8>::new())
+                .bind(p.now_ms),
+        }
+    }
+
+    /// Takes the `claimed` of the first statement ([`CLAIM_ROW`]): `None` when the key is the
+    /// call's (go on), the stored first answer when a first attempt has it (return it; the
+    /// statement wrote nothing), [`IdempotencyError::KeyReused`] when the key was used for a
+    /// different request. `None` too once the key is claimed.
+    pub async fn claimed<Resp: DeserializeOwned>(
+        &mut self,
+        claimed: i64,
+    ) -> Result<Option<Resp>, IdempotencyError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(None);
+        };
+        if claimed > 0 {
+            return Ok(None);
+        }
+        // The claim waited for the first attempt's transaction and found its row: under READ
+        // COMMITTED this next statement sees it.
+        match stored::<Resp>(&mut self.tx, &self.scope, &self.key, &pending.hash).await? {
+            Lookup::Replay(r) => Ok(Some(r)),
+            Lookup::New => Err(IdempotencyError::Db(sqlx::Error::RowNotFound)),
+        }
+    }
+
     /// Stores `response` under the claimed key and commits the whole call.
     pub async fn finish<Resp: Serialize>(
         mut self,
         response: &Resp,
     ) -> Result<(), IdempotencyError> {
         let bytes = serde_json::to_vec(response)?;
-        self.tx.defer(
-            "UPDATE idempotency SET response = $1 WHERE scope = $2 AND idem_key = $3",
-            vec![bytes.into(), self.scope.into(), self.key.into()],
-        );
+        match self.pending.take() {
+            None => self.tx.defer(
+                "UPDATE idempotency SET response = $1 WHERE scope = $2 AND idem_key = $3",
+                vec![bytes.into(), self.scope.into(), self.key.into()],
+            ),
+            // A call that never made its claim (a first statement that did not run): the row
+            // goes in with the answer, and a concurrent attempt's row fails the commit with a
+            // unique violation rather than letting both through.
+            Some(p) => self.tx.defer(
+                "INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+                vec![
+                    self.scope.into(),
+                    self.key.into(),
+                    p.hash.into(),
+                    bytes.into(),
+                    p.now_ms.into(),
+                ],
+            ),
+        }
         self.tx.commit().await?;
         Ok(())
     }
