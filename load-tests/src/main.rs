@@ -101,6 +101,12 @@ struct Args {
     /// Keep the run's PostgreSQL database instead of dropping it.
     #[arg(long)]
     keep_database: bool,
+    /// ANALYZE the seeded database before the run (in-process servers), as autovacuum would
+    /// have long before a real Monday rush. Off by default, as in every run recorded so far:
+    /// the PostgreSQL of these machines runs with autovacuum off, so without it plans are made on
+    /// the planner's guesses (see RESULTS.md on what changes with it).
+    #[arg(long)]
+    analyze: bool,
     /// External server, e.g. http://127.0.0.1:50051 (loopback only).
     #[arg(long)]
     addr: Option<String>,
@@ -545,6 +551,9 @@ async fn run_scenario(
     } else {
         flow
     };
+    if args.analyze && target.analyze().await? {
+        eprintln!("econsult-load: analyzed the seeded database");
+    }
     let mut seed = BTreeMap::new();
     if let Some(s) = &video {
         seed.insert("signalling".to_owned(), s.seed.clone());

@@ -310,6 +310,21 @@ impl Target {
         }
     }
 
+    /// Gathers the planner's statistics of an in-process server's database (`ANALYZE`), as
+    /// autovacuum (PostgreSQL) would have long before a real Monday rush; without them the first
+    /// plans, generic ones included, are made on guesses. False when there is nothing to analyze
+    /// (an external server).
+    pub async fn analyze(&self) -> anyhow::Result<bool> {
+        let (Some(app), Some(h)) = (&self.app, &self.server) else {
+            return Ok(false);
+        };
+        // SQLite: the writer (the read pool is read-only); PostgreSQL: the one pool.
+        let pool = app.platform().db.writer().clone();
+        h.spawn(async move { sqlx::query("ANALYZE").execute(&pool).await })
+            .await??;
+        Ok(true)
+    }
+
     /// `SELECT COUNT(*) …` as a number.
     pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
         let rows = self.query_strings(sql).await?;
