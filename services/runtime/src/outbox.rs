@@ -243,13 +243,15 @@ impl Relay {
 
     /// Gives the oldest unsequenced events the next seqs, in one statement (one round trip; on
     /// SQLite one member of a commit group), in id order: base + 1, base + 2, … where base is the
-    /// highest seq.
+    /// highest seq, read once per statement (an uncorrelated scalar subquery: PostgreSQL's
+    /// InitPlan, SQLite's once-only subquery). As a joined subquery, a generic plan made while the
+    /// outbox looked empty to the planner re-read the highest seq for every row it sequenced, by
+    /// a scan of the whole outbox (65 ms for 20 events with 15 000 in the outbox).
     /// Returns the events it sequenced, in seq order.
     async fn sequence_batch(&self) -> anyhow::Result<Vec<Event>> {
         let query = sqlx::query(
-            "UPDATE outbox SET seq = m.base + n.rn \
-             FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS rn FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) AS n, \
-                  (SELECT COALESCE(MAX(seq), 0) AS base FROM outbox) AS m \
+            "UPDATE outbox SET seq = (SELECT COALESCE(MAX(seq), 0) FROM outbox) + n.rn \
+             FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS rn FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) AS n \
              WHERE outbox.id = n.id \
              RETURNING outbox.seq AS seq, outbox.event_id AS event_id, outbox.topic AS topic, \
                        outbox.org_number AS org_number, outbox.payload AS payload, outbox.created_at AS created_at",
