@@ -393,3 +393,51 @@ async fn postgres_commits_with_events_wake_the_relay() {
         commits_with_events_wake_the_relay(f).await;
     }
 }
+
+/// The PostgreSQL leader remembers the highest seq it gave instead of reading it each pass. If
+/// that is ever stale (a seq given behind its back, which the advisory lock rules out), `seq`'s
+/// UNIQUE fails its pass, it leads again from the outbox, and every event still gets one seq,
+/// gap-free, and is published.
+#[tokio::test]
+async fn postgres_leader_with_a_stale_highest_seq_gives_no_seq_twice() {
+    let Some(f) = redis_fixture().await else {
+        return;
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let relay = Relay::new(f.db.clone(), f.bus.clone(), watch::channel(0).0);
+    let running = tokio::spawn(relay.run(stop_rx));
+    let published = async |n: i64| {
+        for _ in 0..200 {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM outbox WHERE seq IS NOT NULL AND published_at IS NOT NULL",
+            )
+            .fetch_one(f.db.read())
+            .await
+            .expect("count");
+            if done >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} events were not published in 10 s");
+    };
+    enqueue(&f.db, 10, "test.stale").await;
+    published(10).await;
+    // A seq given behind the leader's back: the next one it would give.
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, org_number, route_key, payload, created_at, seq) \
+         VALUES ('behind-its-back', 'test.stale', '910000001', '', '{}', 1, 11)",
+    )
+    .execute(f.db.writer())
+    .await
+    .expect("insert");
+    enqueue(&f.db, 5, "test.stale").await;
+    published(16).await;
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM outbox ORDER BY seq")
+        .fetch_all(f.db.read())
+        .await
+        .expect("seqs");
+    assert_eq!(seqs, (1..=16).collect::<Vec<i64>>());
+    stop_tx.send(true).expect("stop");
+    running.await.expect("relay");
+}
