@@ -434,6 +434,49 @@ impl Db {
         Ok(())
     }
 
+    /// PostgreSQL: what is switched off of the maintenance the schema relies on, one sentence
+    /// each (empty when nothing is, and always on SQLite). The outbox is a queue and a log at
+    /// once; its statements' plans follow its size only as autovacuum re-analyzes it, and only
+    /// autovacuum removes the dead row versions its relay leaves (two per event). Off for the
+    /// server (`autovacuum`, or `track_counts`, without which autovacuum does nothing) or for one
+    /// of our tables (`autovacuum_enabled`), the relay's plans went stale in a load test (a
+    /// whole-outbox scan per pass, `load-tests/RESULTS.md`, 2026-12-01). Logged at start.
+    pub async fn maintenance_warnings(&self) -> Result<Vec<String>, sqlx::Error> {
+        if self.backend != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let mut warnings = Vec::new();
+        for setting in ["autovacuum", "track_counts"] {
+            let value: String = sqlx::query_scalar("SELECT current_setting($1)")
+                .bind(setting)
+                .fetch_one(&self.read)
+                .await?;
+            if value == "off" {
+                warnings.push(format!(
+                    "PostgreSQL runs with {setting} = off: the outbox's statistics go stale as it \
+                     grows and its dead rows are never removed; turn it on"
+                ));
+            }
+        }
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c \
+             WHERE c.relnamespace = to_regnamespace(current_schema())::oid AND c.relkind = 'r' \
+               AND EXISTS (SELECT 1 FROM unnest(c.reloptions) o \
+                           WHERE lower(o) IN ('autovacuum_enabled=false', 'autovacuum_enabled=off', \
+                                              'autovacuum_enabled=0', 'autovacuum_enabled=no')) \
+             ORDER BY 1",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        for table in tables {
+            warnings.push(format!(
+                "autovacuum is off for table {table} (autovacuum_enabled = false): its statistics \
+                 go stale and its dead rows are never removed; RESET (autovacuum_enabled)"
+            ));
+        }
+        Ok(warnings)
+    }
+
     /// The engine.
     pub fn backend(&self) -> Backend {
         self.backend

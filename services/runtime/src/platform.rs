@@ -52,6 +52,9 @@ impl Platform {
         if cfg.migrate {
             db.migrate().await?;
         }
+        for warning in db.maintenance_warnings().await? {
+            tracing::warn!(%warning, "database maintenance is off");
+        }
         let (seq_tx, seq_rx) = watch::channel(0u64);
         let bus: Arc<dyn EventBus> = match &cfg.redis_url {
             Some(url) => {

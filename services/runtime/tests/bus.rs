@@ -441,3 +441,52 @@ async fn postgres_leader_with_a_stale_highest_seq_gives_no_seq_twice() {
     stop_tx.send(true).expect("stop");
     running.await.expect("relay");
 }
+
+/// The relay's plans and the outbox's size rely on autovacuum: the server says at start when it
+/// is off, for the server (as PostgreSQL itself reports it) or for one of our tables.
+#[tokio::test]
+async fn postgres_maintenance_switched_off_is_reported() {
+    let Some(f) = redis_fixture().await else {
+        return;
+    };
+    let server_off: String = sqlx::query_scalar(
+        "SELECT CASE WHEN current_setting('autovacuum') = 'off' \
+                       OR current_setting('track_counts') = 'off' THEN 'off' ELSE 'on' END",
+    )
+    .fetch_one(f.db.read())
+    .await
+    .expect("settings");
+    let before = f.db.maintenance_warnings().await.expect("warnings");
+    assert_eq!(
+        before.iter().any(|w| w.starts_with("PostgreSQL runs with")),
+        server_off == "off",
+        "{before:?}"
+    );
+    assert!(!before.iter().any(|w| w.contains("table ")), "{before:?}");
+
+    sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = off)")
+        .execute(f.db.writer())
+        .await
+        .expect("alter");
+    let after = f.db.maintenance_warnings().await.expect("warnings");
+    let tables: Vec<&String> = after.iter().filter(|w| w.contains("table ")).collect();
+    assert_eq!(tables.len(), 1, "{after:?}");
+    assert!(tables[0].contains("table outbox "), "{after:?}");
+
+    sqlx::query("ALTER TABLE outbox RESET (autovacuum_enabled)")
+        .execute(f.db.writer())
+        .await
+        .expect("reset");
+    assert_eq!(f.db.maintenance_warnings().await.expect("warnings"), before);
+}
+
+#[tokio::test]
+async fn sqlite_has_no_maintenance_to_report() {
+    let f = sqlite_fixture().await;
+    assert!(
+        f.db.maintenance_warnings()
+            .await
+            .expect("warnings")
+            .is_empty()
+    );
+}
