@@ -445,25 +445,29 @@ impl Db {
         if self.backend != Backend::Postgres {
             return Ok(Vec::new());
         }
-        let mut warnings = Vec::new();
-        for setting in ["autovacuum", "track_counts"] {
-            let value: String = sqlx::query_scalar("SELECT current_setting($1)")
-                .bind(setting)
-                .fetch_one(&self.read)
-                .await?;
-            if value == "off" {
-                warnings.push(format!(
+        let settings: Vec<String> = sqlx::query_scalar(
+            "SELECT name::text FROM pg_settings \
+             WHERE name IN ('autovacuum', 'track_counts') AND setting = 'off' ORDER BY 1",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut warnings: Vec<String> = settings
+            .into_iter()
+            .map(|setting| {
+                format!(
                     "PostgreSQL runs with {setting} = off: the outbox's statistics go stale as it \
                      grows and its dead rows are never removed; turn it on"
-                ));
-            }
-        }
+                )
+            })
+            .collect();
+        // The stored option is however it was spelled (off, false, 0, f, …): PostgreSQL's own
+        // boolean cast reads every spelling it accepted.
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT c.relname::text FROM pg_class c \
              WHERE c.relnamespace = to_regnamespace(current_schema())::oid AND c.relkind = 'r' \
                AND EXISTS (SELECT 1 FROM unnest(c.reloptions) o \
-                           WHERE lower(o) IN ('autovacuum_enabled=false', 'autovacuum_enabled=off', \
-                                              'autovacuum_enabled=0', 'autovacuum_enabled=no')) \
+                           WHERE split_part(o, '=', 1) = 'autovacuum_enabled' \
+                             AND NOT split_part(o, '=', 2)::boolean) \
              ORDER BY 1",
         )
         .fetch_all(&self.read)
