@@ -143,6 +143,7 @@ impl Signalling {
                                 patient_nin: nin.clone(),
                                 reason: "video consultation (load test)".into(),
                                 idempotency_key: key(),
+                                requested_at: None,
                             },
                             &ehr,
                         ))

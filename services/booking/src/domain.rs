@@ -333,12 +333,14 @@ pub struct WaitlistEntry {
 }
 
 /// Why the earliest offer is not within five working days.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BreachReason {
     /// Nobody has a free slot in time.
     NoSlots,
     /// The list has no GP.
     ListWithoutGp,
+    /// The practice was closed on a working day of the five (and had no slot in time).
+    PracticeClosed,
 }
 
 impl BreachReason {
@@ -347,6 +349,7 @@ impl BreachReason {
         match self {
             BreachReason::NoSlots => 1,
             BreachReason::ListWithoutGp => 2,
+            BreachReason::PracticeClosed => 3,
         }
     }
     /// Name used in events.
@@ -354,6 +357,7 @@ impl BreachReason {
         match self {
             BreachReason::NoSlots => "no_slots",
             BreachReason::ListWithoutGp => "list_without_gp",
+            BreachReason::PracticeClosed => "practice_closed",
         }
     }
 }
@@ -369,7 +373,7 @@ pub struct Offer {
     pub own_gp: bool,
     /// Why another GP is offered.
     pub alternative_reason: String,
-    /// Working days from the request.
+    /// National working days from the request's day 0.
     pub working_days: u32,
 }
 
@@ -378,15 +382,20 @@ pub struct Offer {
 pub struct Offers {
     /// Offered slots.
     pub slots: Vec<Offer>,
-    /// Earliest offered start.
+    /// The request's earliest offer (whatever the search's filters).
     pub earliest: Option<DateTime<Utc>>,
-    /// Working days to it.
+    /// National working days from day 0 to it.
     pub earliest_working_days: Option<u32>,
-    /// Within five working days.
+    /// The practice offered a slot within five working days.
     pub within_target: bool,
-    /// Why not.
+    /// The own GP did.
+    pub met_by_own_gp: bool,
+    /// Within target, but this search showed none in time (the patient's filters) or the
+    /// patient chose later.
+    pub patient_preference: bool,
+    /// Why not within target.
     pub breach: Option<BreachReason>,
-    /// Recorded request.
+    /// The request (episode) this search belongs to.
     pub request_id: String,
 }
 
@@ -422,6 +431,9 @@ pub enum BookingError {
     /// The idempotency key was used for another request.
     #[error("idempotency_key was already used for a different request")]
     KeyReused,
+    /// Temporarily unable; the client should retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// Database failure.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
@@ -461,6 +473,7 @@ impl From<BookingError> for tonic::Status {
             BookingError::FailedPrecondition(m) => Status::failed_precondition(m),
             BookingError::AlreadyExists(m) => Status::already_exists(m),
             BookingError::KeyReused => Status::failed_precondition(e.to_string()),
+            BookingError::Unavailable(m) => Status::unavailable(m),
             BookingError::Db(d) => econsult_runtime::grpc::db_status("booking", d),
             BookingError::Other(o) => econsult_runtime::grpc::anyhow_status("booking", o),
         }

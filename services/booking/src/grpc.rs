@@ -2,6 +2,7 @@
 //! `INVALID_ARGUMENT` naming the field, and nothing else.
 
 use crate::domain::*;
+use crate::episodes::MAX_REQUEST_AGE_DAYS;
 use crate::service::Booking;
 use econsult_proto::booking::v1 as pb;
 use econsult_runtime::auth::Caller;
@@ -452,9 +453,31 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         let nin = nin_field(&r.patient_nin, "patient_nin")?;
         key_field(&r.idempotency_key)?;
         let reason = text_field(&r.reason, "reason", 1000)?;
+        let requested_at = optional_time(r.requested_at.as_ref(), "requested_at")?;
+        if let Some(t) = requested_at {
+            let now = self.svc.platform().clock.now();
+            if t > now {
+                return Err(Status::invalid_argument(
+                    "requested_at must not be in the future",
+                ));
+            }
+            if now - t > chrono::Duration::days(MAX_REQUEST_AGE_DAYS) {
+                return Err(Status::invalid_argument(format!(
+                    "requested_at must be at most {MAX_REQUEST_AGE_DAYS} days back"
+                )));
+            }
+        }
         let a = self
             .svc
-            .book_for_patient(&caller, org, &nin, &r.slot_id, &reason, &r.idempotency_key)
+            .book_for_patient(
+                &caller,
+                org,
+                &nin,
+                &r.slot_id,
+                &reason,
+                requested_at,
+                &r.idempotency_key,
+            )
             .await?;
         Ok(Response::new(appt_to(&a)))
     }
@@ -607,8 +630,11 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                 None => pb::BreachReason::Unspecified,
                 Some(BreachReason::NoSlots) => pb::BreachReason::NoSlots,
                 Some(BreachReason::ListWithoutGp) => pb::BreachReason::ListWithoutGp,
+                Some(BreachReason::PracticeClosed) => pb::BreachReason::PracticeClosed,
             } as i32,
             request_id: offers.request_id,
+            patient_preference: offers.patient_preference,
+            met_by_own_gp: offers.met_by_own_gp,
         }))
     }
 

@@ -8,6 +8,7 @@
 
 pub mod directory;
 pub mod domain;
+pub mod episodes;
 pub mod grpc;
 pub mod service;
 

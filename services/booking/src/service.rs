@@ -3,22 +3,20 @@
 //! prevented by conditional updates and the `booking_appointments_one_per_slot` unique index.
 
 use crate::domain::*;
+use crate::episodes::{self, Channel, Episode, EpisodeMetrics, ListedAt, Pending};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use econsult_calendar::{Calendar, oslo_date};
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::{Backend, Defer, Tx, is_unique_violation};
-use econsult_runtime::events::{AppointmentChanged, BookingRequested, topics};
+use econsult_runtime::events::{AppointmentChanged, topics};
 use econsult_runtime::idempotency::{self, Begun, CLAIM_ROW, CLAIMED, IdempotencyError, Op};
 use econsult_runtime::outbox::{self, NewEvent};
 use econsult_runtime::platform::Platform;
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
-
-/// The five-working-day target of fastlegeforskriften § 22 (2).
-pub const TARGET_WORKING_DAYS: i64 = 5;
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -27,6 +25,9 @@ pub struct BookingConfig {
     pub hold_ttl: Duration,
     /// How long a hold offered from the waitlist lasts.
     pub waitlist_hold_ttl: Duration,
+    /// How often the booking requests of searches are written (a crash loses at most this
+    /// much of search-only requests, never one that was held or booked).
+    pub episode_flush_interval: std::time::Duration,
 }
 
 impl Default for BookingConfig {
@@ -34,6 +35,7 @@ impl Default for BookingConfig {
         Self {
             hold_ttl: Duration::minutes(5),
             waitlist_hold_ttl: Duration::hours(2),
+            episode_flush_interval: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -43,6 +45,9 @@ impl Default for BookingConfig {
 pub struct Booking {
     p: Platform,
     cfg: BookingConfig,
+    /// Searches' booking requests not written yet.
+    pending: Pending,
+    metrics: EpisodeMetrics,
 }
 
 pub(crate) mod rpc {
@@ -64,10 +69,7 @@ pub(crate) mod rpc {
 const GP_COLS: &str = "g.gp_uid, g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, \
      g.list_capacity, g.list_status, (SELECT COUNT(*) FROM booking_list_members m WHERE m.gp_uid = g.gp_uid) AS list_size";
 const SLOT_COLS: &str = "s.slot_id, s.start_at, s.end_at, s.modality, s.acute_reserve, s.status AS slot_status, \
-     s.hold_expires_at, g.gp_id";
-/// The closure days of the GP's (`g`) practice, comma-separated: read with the GP, so that a
-/// call needing the practice's calendar makes no extra round trip (see [`calendar_from_row`]).
-const CLOSURES_COL: &str = "(SELECT string_agg(c.closed_on, ',') FROM booking_closures c WHERE c.org_number = g.org_number) AS closures";
+     s.hold_expires_at, s.hold_request_id, g.gp_id";
 const APPT_SELECT: &str = "SELECT a.appointment_id, a.status, a.patient_nin, a.reason, a.booked_at, a.cancelled_at, \
      a.cancelled_by, a.late_cancellation, a.rescheduled_from, s.slot_id, s.start_at, s.end_at, s.modality, \
      s.acute_reserve, s.status AS slot_status, s.hold_expires_at, g.gp_id, g.org_number, g.municipality_number \
@@ -96,7 +98,7 @@ fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {
     })
 }
 
-/// The working-day calendar of a row with [`CLOSURES_COL`].
+/// The working-day calendar of a row with a `closures` column (comma-separated closure days).
 fn calendar_from_row(r: &AnyRow) -> Result<Calendar, BookingError> {
     let closures: Option<String> = r.try_get("closures")?;
     Ok(Calendar::with_closures(
@@ -239,8 +241,8 @@ struct SlotGp {
     org_number: String,
     municipality_number: String,
     hpr_number: String,
-    /// The working days of the practice.
-    calendar: Calendar,
+    /// The booking request the slot's hold (if any) was made for.
+    hold_request_id: Option<String>,
 }
 
 /// The GP of a patient's list, as the patient's calls need it.
@@ -260,6 +262,17 @@ const LIST_GP_COLS: &str = "g.gp_uid AS list_gp_uid, g.gp_id AS list_gp_id, g.or
 const LIST_GP_FROM: &str = "FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1";
 
 impl ListGp {
+    /// Where a booking request of this list is counted.
+    fn listed(&self) -> ListedAt {
+        ListedAt {
+            gp_uid: self.gp_uid.clone(),
+            gp_id: self.gp_id.clone(),
+            org_number: self.org_number.clone(),
+            municipality_number: self.municipality_number.clone(),
+            vacant: self.list_status == ListStatus::Vacant,
+        }
+    }
+
     fn from_row(row: &AnyRow) -> Result<Self, BookingError> {
         Ok(ListGp {
             gp_uid: row.try_get("list_gp_uid")?,
@@ -268,6 +281,55 @@ impl ListGp {
             municipality_number: row.try_get("list_municipality_number")?,
             list_status: list_status_from_row(row)?,
         })
+    }
+}
+
+/// A search of the practice's free slots (times in milliseconds; `modality` 0 for any): of one
+/// GP (`only`), or of the others (`except`).
+#[derive(Clone, Copy)]
+struct Search<'a> {
+    only: &'a str,
+    except: &'a str,
+    from: i64,
+    to: i64,
+    now: i64,
+    modality: i64,
+    limit: i64,
+}
+
+/// [`Search`]'s statement: `$1` the practice, `$2` the GP (one GP), `$3` the GP left out.
+const SEARCH_OTHERS: &str = "SELECT s.slot_id, s.start_at, s.end_at, s.modality, s.acute_reserve, s.status AS slot_status, \
+     s.hold_expires_at, g.gp_id, g.display_name, g.gp_uid FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+     WHERE g.org_number = $1 AND $2 = '' AND g.gp_uid <> $3 AND g.list_status <> 2 \
+     AND s.start_at >= $4 AND s.start_at < $5 AND s.acute_reserve = 0 \
+     AND ((s.status = 1 OR s.status = 3) AND (s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $6))) \
+     AND ($7 = 0 OR s.modality = $7) ORDER BY s.start_at LIMIT $8";
+/// [`SEARCH_OTHERS`] for one GP: an equality the planner can walk `booking_slots_open` in start
+/// order with (it stops after `limit` rows); the OR form would read all the GP's open slots and
+/// sort them.
+const SEARCH_ONE: &str = "SELECT s.slot_id, s.start_at, s.end_at, s.modality, s.acute_reserve, s.status AS slot_status, \
+     s.hold_expires_at, g.gp_id, g.display_name, g.gp_uid FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+     WHERE g.org_number = $1 AND s.gp_uid = $2 AND g.gp_uid <> $3 AND g.list_status <> 2 \
+     AND s.start_at >= $4 AND s.start_at < $5 AND s.acute_reserve = 0 \
+     AND ((s.status = 1 OR s.status = 3) AND (s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $6))) \
+     AND ($7 = 0 OR s.modality = $7) ORDER BY s.start_at LIMIT $8";
+
+impl<'a> Search<'a> {
+    fn query(self, org: &'a str) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments<'a>> {
+        let sql = if self.only.is_empty() {
+            SEARCH_OTHERS
+        } else {
+            SEARCH_ONE
+        };
+        sqlx::query(sql)
+            .bind(org)
+            .bind(self.only)
+            .bind(self.except)
+            .bind(self.from)
+            .bind(self.to)
+            .bind(self.now)
+            .bind(self.modality)
+            .bind(self.limit)
     }
 }
 
@@ -315,14 +377,12 @@ impl Practice<'_> {
 
 /// What an UPDATE of slot `s` returns for [`slot_gp_cols`] to read in a statement's outer
 /// SELECT (with the CTE named `s` and its GP joined as `g`).
-const TAKEN_COLS: &str = "s.slot_id, s.start_at, s.end_at, s.modality, s.acute_reserve, s.status, s.hold_expires_at, s.gp_uid";
+const TAKEN_COLS: &str = "s.slot_id, s.start_at, s.end_at, s.modality, s.acute_reserve, s.status, s.hold_expires_at, s.hold_request_id, s.gp_uid";
 
 /// The columns [`slot_gp_from_row`] reads: the slot `s` with its GP `g` and the practice's
 /// closure days.
 fn slot_gp_cols() -> String {
-    format!(
-        "{SLOT_COLS}, g.gp_uid, g.org_number, g.municipality_number, g.hpr_number, {CLOSURES_COL}"
-    )
+    format!("{SLOT_COLS}, g.gp_uid, g.org_number, g.municipality_number, g.hpr_number")
 }
 
 fn slot_gp_from_row(row: &AnyRow, now_ms: i64) -> Result<(Slot, SlotGp), BookingError> {
@@ -331,7 +391,7 @@ fn slot_gp_from_row(row: &AnyRow, now_ms: i64) -> Result<(Slot, SlotGp), Booking
         org_number: row.try_get("org_number")?,
         municipality_number: row.try_get("municipality_number")?,
         hpr_number: row.try_get("hpr_number")?,
-        calendar: calendar_from_row(row)?,
+        hold_request_id: row.try_get("hold_request_id")?,
     };
     Ok((slot_from_row(row, now_ms)?, gp))
 }
@@ -390,6 +450,93 @@ fn not_on_a_list() -> BookingError {
     BookingError::FailedPrecondition("you are not on any GP's list in this service".into())
 }
 
+/// The earliest slots the practice could offer for `e` at `now`, whatever a search's filters:
+/// the own GP's (none for a list without GP), and the colleagues' and locum's when the own GP has
+/// none in time; within the next 30 days, acute reserve excluded.
+async fn earliest_offers(
+    conn: &mut sqlx::AnyConnection,
+    gp: &ListGp,
+    e: &Episode,
+    now: DateTime<Utc>,
+) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), BookingError> {
+    let now_ms = now.timestamp_millis();
+    let w = Search {
+        only: "",
+        except: "",
+        from: now_ms,
+        to: (now + Duration::days(30)).timestamp_millis(),
+        now: now_ms,
+        modality: 0,
+        limit: 1,
+    };
+    let first = async |conn: &mut sqlx::AnyConnection,
+                       w: Search<'_>|
+           -> Result<Option<DateTime<Utc>>, BookingError> {
+        let rows = w.query(&gp.org_number).fetch_all(conn).await?;
+        Ok(match rows.first() {
+            Some(r) => Some(slot_from_row(r, now_ms)?.start),
+            None => None,
+        })
+    };
+    let own = if gp.list_status == ListStatus::Vacant {
+        None
+    } else {
+        first(
+            conn,
+            Search {
+                only: &gp.gp_uid,
+                ..w
+            },
+        )
+        .await?
+    };
+    let others = if own.is_some_and(|t| e.in_time(t)) {
+        None
+    } else {
+        first(
+            conn,
+            Search {
+                except: &gp.gp_uid,
+                ..w
+            },
+        )
+        .await?
+    };
+    Ok((own, others))
+}
+
+/// Records that the practice converted an e-consultation of `nin` to a booking, inside the
+/// conversion's transaction `tx`: the patient's open booking request, or a new one of channel
+/// `e_consultation` from `now` with what the practice can offer now. Returns its id, for the
+/// patient's HoldSlot/Book. `None` when the patient is on no list.
+pub async fn record_conversion(
+    tx: &mut Tx,
+    nin: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, BookingError> {
+    let Some(row) = sqlx::query(&format!("SELECT {LIST_GP_COLS} {LIST_GP_FROM}"))
+        .bind(nin)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (gp, cal) = (ListGp::from_row(&row)?, calendar_from_row(&row)?);
+    if let Some(mut e) = episodes::open_of_patient(tx, nin, now).await? {
+        e.searched(now, true);
+        e.write(tx);
+        return Ok(Some(e.request_id));
+    }
+    let mut e = Episode::open(nin, &gp.listed(), Channel::EConsultation, now, &cal);
+    let (own, others) = earliest_offers(tx, &gp, &e, now).await?;
+    e.offered(own, others);
+    e.searched(now, true);
+    e.expire_others(tx);
+    e.write(tx);
+    EpisodeMetrics::default().opened(&e);
+    Ok(Some(e.request_id))
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -397,7 +544,12 @@ fn new_id() -> String {
 impl Booking {
     /// The service over the platform.
     pub fn new(p: Platform, cfg: BookingConfig) -> Self {
-        Self { p, cfg }
+        Self {
+            p,
+            cfg,
+            pending: Pending::default(),
+            metrics: EpisodeMetrics::default(),
+        }
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -955,7 +1107,7 @@ impl Booking {
             // The GP cannot take the slot: withdraw it rather than offer it again.
             sqlx::query("UPDATE booking_slots SET status = 4 WHERE slot_id = $1").bind(&before.slot.slot_id).execute(&mut **tx).await?;
             let cal = self.calendar(tx, org).await?;
-            let latest = cal.add_working_days(oslo_date(before.slot.start), TARGET_WORKING_DAYS as u32);
+            let latest = cal.add_working_days(oslo_date(before.slot.start), episodes::TARGET_WORKING_DAYS);
             let gp_uid: String = sqlx::query("SELECT gp_uid FROM booking_appointments WHERE appointment_id = $1")
                 .bind(id)
                 .fetch_one(&mut **tx)
@@ -1039,7 +1191,9 @@ impl Booking {
 
     // ---------------------------------------------------------------- patient side
 
-    /// Offers slots and records the request for the SLA figures.
+    /// Offers slots and updates the patient's booking request (see [`crate::episodes`]): the
+    /// open one, or a new one. A read: the request waits in [`Pending`] for the next flush.
+    #[allow(clippy::too_many_arguments)]
     pub async fn find_slots(
         &self,
         caller: &Caller,
@@ -1051,6 +1205,7 @@ impl Booking {
     ) -> Result<Offers, BookingError> {
         let now = self.now();
         let now_ms = now.timestamp_millis();
+        let asked_from = from;
         let from = from.map_or(now, |f| f.max(now));
         let to = to.unwrap_or(from + Duration::days(30));
         if to <= from {
@@ -1076,67 +1231,76 @@ impl Booking {
             let (gp, cal) = self.own_gp(&mut conn, nin).await?;
             (gp, cal, None)
         };
-        let today = oslo_date(now);
-        let wd = |t: DateTime<Utc>| cal.working_days_between(today, oslo_date(t)).max(0) as u32;
-        let sql = format!(
-            "SELECT {SLOT_COLS}, g.display_name, g.gp_uid FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
-             WHERE g.org_number = $1 AND ($2 = '' OR g.gp_uid = $2) AND g.gp_uid <> $3 AND g.list_status <> 2 \
-             AND s.start_at >= $4 AND s.start_at < $5 AND s.acute_reserve = 0 AND {} AND ($7 = 0 OR s.modality = $7) \
-             ORDER BY s.start_at LIMIT $8",
-            takeable(6)
-        );
-        let sql_one_gp = sql.replace("($2 = '' OR g.gp_uid = $2)", "s.gp_uid = $2");
+        let vacant = gp.list_status == ListStatus::Vacant;
+        // The patient's open request: held here, stored, or a new one.
+        let open = match self.pending.get(nin, now) {
+            Some(e) => Some(e),
+            None => episodes::open_of_patient(&mut conn, nin, now).await?,
+        };
+        let new = open.is_none();
+        let mut ep =
+            open.unwrap_or_else(|| Episode::open(nin, &gp.listed(), Channel::Online, now, &cal));
         let fetch = async |conn: &mut sqlx::AnyConnection,
-                           only: &str,
-                           except: &str|
+                           w: Search<'_>|
                -> Result<Vec<(Slot, String)>, BookingError> {
-            // One GP: an equality the planner can walk `booking_slots_open` in start order
-            // with (stops after `limit` rows); the OR form would read all the GP's open slots
-            // and sort them.
-            let sql = if only.is_empty() { &sql } else { &sql_one_gp };
-            let rows = sqlx::query(sql)
-                .bind(&gp.org_number)
-                .bind(only)
-                .bind(except)
-                .bind(from.timestamp_millis())
-                .bind(to.timestamp_millis())
-                .bind(now_ms)
-                .bind(modality_code)
-                .bind(i64::from(limit))
-                .fetch_all(conn)
-                .await?;
+            let rows = w.query(&gp.org_number).fetch_all(conn).await?;
             rows.iter()
                 .map(|r| Ok((slot_from_row(r, now_ms)?, r.try_get("display_name")?)))
                 .collect()
         };
-        let vacant = gp.list_status == ListStatus::Vacant;
+        let asked = Search {
+            only: "",
+            except: "",
+            from: from.timestamp_millis(),
+            to: to.timestamp_millis(),
+            now: now_ms,
+            modality: modality_code,
+            limit: i64::from(limit),
+        };
         let own = match own {
             Some(own) => own,
             None if vacant => Vec::new(),
-            None => fetch(&mut conn, &gp.gp_uid, "").await?,
+            None => {
+                fetch(
+                    &mut conn,
+                    Search {
+                        only: &gp.gp_uid,
+                        ..asked
+                    },
+                )
+                .await?
+            }
         };
-        let own_in_time = own
-            .first()
-            .is_some_and(|(s, _)| i64::from(wd(s.start)) <= TARGET_WORKING_DAYS);
+        let own_in_time = own.first().is_some_and(|(s, _)| ep.in_time(s.start));
+        let own_first = own.first().map(|(s, _)| s.start);
         let mut offers: Vec<Offer> = own
             .into_iter()
             .map(|(slot, name)| Offer {
-                working_days: wd(slot.start),
+                working_days: ep.working_days_to(slot.start),
                 slot,
                 gp_display_name: name,
                 own_gp: true,
                 alternative_reason: String::new(),
             })
             .collect();
+        let mut others_first = None;
         if !own_in_time {
             let reason = if vacant {
                 "your list has no GP: another GP of the practice"
             } else {
                 "your GP has no free slot within five working days: another GP of the practice"
             };
-            let others = fetch(&mut conn, "", &gp.gp_uid).await?;
+            let others = fetch(
+                &mut conn,
+                Search {
+                    except: &gp.gp_uid,
+                    ..asked
+                },
+            )
+            .await?;
+            others_first = others.first().map(|(s, _)| s.start);
             offers.extend(others.into_iter().map(|(slot, name)| Offer {
-                working_days: wd(slot.start),
+                working_days: ep.working_days_to(slot.start),
                 slot,
                 gp_display_name: name,
                 own_gp: false,
@@ -1145,68 +1309,74 @@ impl Booking {
             offers.sort_by_key(|o| (oslo_date(o.slot.start), !o.own_gp, o.slot.start));
             offers.truncate(limit as usize);
         }
-        drop(conn);
-        let earliest = offers.iter().map(|o| o.slot.start).min();
-        let earliest_wd = earliest.map(wd);
-        let within = earliest_wd.is_some_and(|d| i64::from(d) <= TARGET_WORKING_DAYS);
-        let breach = match (within, vacant) {
+        // What the practice could offer whatever this search's filters: the search's own
+        // answer when it asked for everything up to past the deadline, else one slot each.
+        let unfiltered = modality.is_none()
+            && asked_from.is_none_or(|f| f <= now)
+            && to.timestamp_millis() >= ep.deadline_end_ms();
+        let earliest = Search {
+            from: now_ms,
+            to: (now + Duration::days(30)).timestamp_millis().max(asked.to),
+            modality: 0,
+            limit: 1,
+            ..asked
+        };
+        let own_earliest = match (vacant, unfiltered) {
             (true, _) => None,
-            (false, true) => Some(BreachReason::ListWithoutGp),
-            (false, false) => Some(BreachReason::NoSlots),
+            (false, true) => own_first,
+            (false, false) => fetch(
+                &mut conn,
+                Search {
+                    only: &gp.gp_uid,
+                    ..earliest
+                },
+            )
+            .await?
+            .first()
+            .map(|(s, _)| s.start),
         };
-        let request_id = new_id();
-        // The request, its event and the audit row: one statement on PostgreSQL.
-        let mut tx = self.p.db.writes();
-        tx.defer(
-            "INSERT INTO booking_requests (request_id, patient_nin, gp_uid, requested_at, earliest_offer_at, earliest_offer_working_days, within_target, breach_reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            vec![
-                request_id.as_str().into(),
-                nin.into(),
-                gp.gp_uid.as_str().into(),
-                now_ms.into(),
-                earliest.map(|t| t.timestamp_millis()).into(),
-                earliest_wd.map(i64::from).into(),
-                i64::from(within).into(),
-                breach.map_or(0, BreachReason::code).into(),
-            ],
-        );
-        let body = BookingRequested {
-            request_id: request_id.clone(),
-            gp_id: gp.gp_id.clone(),
-            org_number: gp.org_number.clone(),
-            municipality_number: gp.municipality_number.clone(),
-            requested_at_ms: now_ms,
-            date: today.format("%Y-%m-%d").to_string(),
-            earliest_offer_working_days: earliest_wd,
-            within_target: within,
-            breach_reason: breach.map(|b| b.as_str().to_owned()),
+        let others_earliest = match (own_earliest.is_some_and(|t| ep.in_time(t)), unfiltered) {
+            (true, _) => None,
+            (false, true) if !own_in_time => others_first,
+            (false, _) => fetch(
+                &mut conn,
+                Search {
+                    except: &gp.gp_uid,
+                    ..earliest
+                },
+            )
+            .await?
+            .first()
+            .map(|(s, _)| s.start),
         };
-        outbox::enqueue(
-            &mut tx,
-            NewEvent {
-                topic: topics::BOOKING_REQUESTED,
-                org_number: &gp.org_number,
-                route_key: nin,
-                payload: &body,
-            },
-            now_ms,
-        )
-        .await?;
+        drop(conn);
+        ep.offered(own_earliest, others_earliest);
+        ep.searched(now, offers.iter().any(|o| ep.in_time(o.slot.start)));
         let access = Access {
             action: rpc::FIND,
             resource: format!("gp:{}", gp.gp_id),
             patient_nin: nin,
         };
-        audit::record(&mut tx, caller, &access, now_ms).await?;
-        tx.commit().await?;
+        if !self
+            .pending
+            .put(ep.clone(), audit::row(caller, &access, now_ms))
+        {
+            return Err(BookingError::Unavailable(
+                "booking requests cannot be recorded right now, retry".into(),
+            ));
+        }
+        if new {
+            self.metrics.opened(&ep);
+        }
         Ok(Offers {
             slots: offers,
-            earliest,
-            earliest_working_days: earliest_wd,
-            within_target: within,
-            breach,
-            request_id,
+            earliest: ep.earliest_offer(),
+            earliest_working_days: ep.earliest_offer_working_days(),
+            within_target: ep.within_target(),
+            met_by_own_gp: ep.met_by_own_gp(),
+            patient_preference: ep.patient_preference(),
+            breach: ep.breach(),
+            request_id: ep.request_id,
         })
     }
 
@@ -1271,11 +1441,18 @@ impl Booking {
             Begun::Replay(r) => return Ok(r),
             Begun::New(op) => op,
         };
+        // The booking request this hold answers, written with the hold: the search's (held here
+        // until the flush), else the one named, else the patient's open one.
+        let ep = self.pending.take(nin);
+        let link = ep
+            .as_ref()
+            .map(|e| e.request_id.clone())
+            .or_else(|| Some(request_id.to_owned()).filter(|r| !r.is_empty()));
         let resp: Result<_, BookingError> = async {
             let now = self.p.clock.now_ms();
             let hold_id = new_id();
             let expires = now + self.cfg.hold_ttl.num_milliseconds();
-            let request = Some(request_id).filter(|r| !r.is_empty());
+            let request = link.as_deref();
             let practice = Practice::OfPatient(nin);
             // One hold at a time: an earlier hold of the patient is released (rolled back with
             // the rest if the new hold fails).
@@ -1361,6 +1538,17 @@ impl Booking {
             for id in released {
                 self.offer_to_waitlist(tx, &id).await?;
             }
+            let at = from_ms(now);
+            match ep.clone() {
+                Some(mut e) => {
+                    e.chose(&slot.slot_id, slot.start, at);
+                    e.write(tx);
+                }
+                None => tx.defer(
+                    episodes::CHOOSE,
+                    episodes::choose_values(request, nin, &slot.slot_id, slot.start, at, false),
+                ),
+            }
             Ok(Taken::Slot(Hold {
                 hold_id,
                 slot: Slot { status: SlotStatus::BusyTentative, ..slot },
@@ -1369,12 +1557,22 @@ impl Booking {
             }))
         }
         .await;
-        let resp = match resp? {
-            Taken::Replay(first) => return Ok(first),
-            Taken::Slot(hold) => hold,
-        };
-        op.finish(&resp).await?;
-        Ok(resp)
+        // The request was written with the hold, or waits again for the flush.
+        let mut written = false;
+        let done: Result<Hold, BookingError> = async {
+            let resp = match resp? {
+                Taken::Replay(first) => return Ok(first),
+                Taken::Slot(hold) => hold,
+            };
+            op.finish(&resp).await?;
+            written = true;
+            Ok(resp)
+        }
+        .await;
+        if let (Some(e), false) = (ep, written) {
+            self.pending.restore(e);
+        }
+        done
     }
 
     /// PostgreSQL: claims the call's key if it is not claimed yet ([`Op::claim_cte`]), takes
@@ -1526,17 +1724,6 @@ impl Booking {
                 Some(request_id).filter(|r| !r.is_empty()).into(),
             ],
         );
-        if !request_id.is_empty() {
-            let today = oslo_date(from_ms(now));
-            let wd = gp
-                .calendar
-                .working_days_between(today, oslo_date(slot.start))
-                .max(0);
-            tx.defer(
-                "UPDATE booking_requests SET chosen_slot_id = $1, chosen_working_days = $2 WHERE request_id = $3 AND patient_nin = $4",
-                vec![slot.slot_id.as_str().into(), wd.into(), request_id.into(), nin.into()],
-            );
-        }
         Appointment {
             appointment_id: id,
             slot: Slot {
@@ -1573,31 +1760,90 @@ impl Booking {
             Begun::Replay(r) => return Ok(r),
             Begun::New(op) => op,
         };
-        let (slot, gp) = match self
-            .take_slot(&mut op, nin, Practice::OfPatient(nin), &target, false)
-            .await?
-        {
-            Taken::Replay(first) => return Ok(first),
-            Taken::Slot(taken) => taken,
-        };
-        let tx = &mut op.tx;
-        let resp: Result<_, BookingError> = async {
-            let now = self.p.clock.now_ms();
-            let a = self.insert_appointment(tx, nin, (&slot, &gp), reason, request_id, None);
-            self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
-                .await?;
-            let access = Access {
-                action: rpc::BOOK,
-                resource: format!("appointment:{}", a.appointment_id),
-                patient_nin: nin,
+        // The booking request this booking closes: the search's (held here until the flush),
+        // else the one its hold was made for, else the one named, else the patient's open one.
+        let ep = self.pending.take(nin);
+        let mut written = false;
+        let done = async {
+            let (slot, gp) = match self
+                .take_slot(&mut op, nin, Practice::OfPatient(nin), &target, false)
+                .await?
+            {
+                Taken::Replay(first) => return Ok(first),
+                Taken::Slot(taken) => taken,
             };
-            audit::record(tx, caller, &access, now).await?;
+            let at = self.now();
+            match ep.clone() {
+                Some(mut e) => {
+                    e.chose(&slot.slot_id, slot.start, at);
+                    e.booked(at);
+                    e.write(&mut op.tx);
+                }
+                None => {
+                    let link = match &target {
+                        Target::Hold(_) => gp.hold_request_id.clone(),
+                        Target::Slot(_) => None,
+                    }
+                    .or_else(|| Some(request_id.to_owned()).filter(|r| !r.is_empty()));
+                    op.tx.defer(
+                        episodes::CHOOSE,
+                        episodes::choose_values(
+                            link.as_deref(),
+                            nin,
+                            &slot.slot_id,
+                            slot.start,
+                            at,
+                            true,
+                        ),
+                    );
+                }
+            }
+            let a = self
+                .book_taken(
+                    caller,
+                    rpc::BOOK,
+                    &mut op.tx,
+                    nin,
+                    (&slot, &gp),
+                    reason,
+                    request_id,
+                )
+                .await?;
+            finish_booked(op, &a).await?;
+            written = true;
             Ok(a)
         }
         .await;
-        let resp = resp?;
-        finish_booked(op, &resp).await?;
-        Ok(resp)
+        if let (Some(e), false) = (ep, written) {
+            self.pending.restore(e);
+        }
+        done
+    }
+
+    /// The appointment of a slot taken for the patient in `tx` by `action`, with its event and
+    /// audit row.
+    #[allow(clippy::too_many_arguments)]
+    async fn book_taken(
+        &self,
+        caller: &Caller,
+        action: &str,
+        tx: &mut Tx,
+        nin: &str,
+        (slot, gp): (&Slot, &SlotGp),
+        reason: &str,
+        request_id: &str,
+    ) -> Result<Appointment, BookingError> {
+        let now = self.p.clock.now_ms();
+        let a = self.insert_appointment(tx, nin, (slot, gp), reason, request_id, None);
+        self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
+            .await?;
+        let access = Access {
+            action,
+            resource: format!("appointment:{}", a.appointment_id),
+            patient_nin: nin,
+        };
+        audit::record(tx, caller, &access, now).await?;
+        Ok(a)
     }
 
     /// Books a slot of `org` for a patient on one of the practice's lists (EHR).
@@ -1608,9 +1854,16 @@ impl Booking {
         nin: &str,
         slot_id: &str,
         reason: &str,
+        requested_at: Option<DateTime<Utc>>,
         key: &str,
     ) -> Result<Appointment, BookingError> {
-        let req = (org, nin, slot_id, reason);
+        let req = (
+            org,
+            nin,
+            slot_id,
+            reason,
+            requested_at.map(|t| t.timestamp_millis()),
+        );
         let mut op = match self
             .begin_op(caller, rpc::BOOK_FOR_PATIENT, key, &req)
             .await?
@@ -1618,49 +1871,102 @@ impl Booking {
             Begun::Replay(r) => return Ok(r),
             Begun::New(op) => op,
         };
-        let on_list = match self.own_gp(&mut op.tx, nin).await {
-            Ok((gp, _)) => gp.org_number == org,
-            Err(BookingError::FailedPrecondition(_)) => false,
+        let (list_gp, cal) = match self.own_gp(&mut op.tx, nin).await {
+            Ok((gp, cal)) if gp.org_number == org => (gp, cal),
+            Ok(_) | Err(BookingError::FailedPrecondition(_)) => {
+                return Err(BookingError::FailedPrecondition(
+                    "patient_nin is not on a list of this practice".into(),
+                ));
+            }
             Err(e) => return Err(e),
         };
-        if !on_list {
-            return Err(BookingError::FailedPrecondition(
-                "patient_nin is not on a list of this practice".into(),
-            ));
-        }
+        let now = self.now();
+        // The booking request this booking closes: the patient's open one (the patient searched
+        // online, then phoned), else a new one of channel practice from `requested_at`.
+        let ep = self.pending.take(nin);
+        let open = match ep.clone() {
+            Some(e) => Some(e),
+            None => episodes::open_of_patient(&mut op.tx, nin, now).await?,
+        };
+        let new = open.is_none();
+        let mut episode = match open {
+            Some(e) => e,
+            None => {
+                let mut e = Episode::open(
+                    nin,
+                    &list_gp.listed(),
+                    Channel::Practice,
+                    requested_at.unwrap_or(now),
+                    &cal,
+                );
+                let (own, others) = self.earliest_offers(&mut op.tx, &list_gp, &e, now).await?;
+                e.offered(own, others);
+                e
+            }
+        };
         // The key was claimed by begin_op (the list check may fail the call before the take),
         // so the take has no replay to find.
-        let (slot, gp) = match self
-            .take_slot(
-                &mut op,
-                nin,
-                Practice::Org(org),
-                &Target::Slot(slot_id.to_owned()),
-                true,
-            )
-            .await?
-        {
-            Taken::Replay(first) => return Ok(first),
-            Taken::Slot(taken) => taken,
-        };
-        let tx = &mut op.tx;
-        let resp: Result<_, BookingError> = async {
-            let now = self.p.clock.now_ms();
-            let a = self.insert_appointment(tx, nin, (&slot, &gp), reason, "", None);
-            self.emit_for(tx, topics::BOOKING_CREATED, &a, gp.routing(), now)
-                .await?;
-            let access = Access {
-                action: rpc::BOOK_FOR_PATIENT,
-                resource: format!("appointment:{}", a.appointment_id),
-                patient_nin: nin,
+        let mut written = false;
+        let done = async {
+            let (slot, gp) = match self
+                .take_slot(
+                    &mut op,
+                    nin,
+                    Practice::Org(org),
+                    &Target::Slot(slot_id.to_owned()),
+                    true,
+                )
+                .await?
+            {
+                Taken::Replay(first) => return Ok(first),
+                Taken::Slot(taken) => taken,
             };
-            audit::record(tx, caller, &access, now).await?;
+            // The booked slot is an offer too, unless it is the acute reserve.
+            if new && !slot.acute_reserve {
+                let own = slot.gp_id == list_gp.gp_id;
+                episode.offered(own.then_some(slot.start), (!own).then_some(slot.start));
+            }
+            episode.chose(&slot.slot_id, slot.start, now);
+            episode.booked(now);
+            if new {
+                episode.expire_others(&mut op.tx);
+            }
+            episode.write(&mut op.tx);
+            let a = self
+                .book_taken(
+                    caller,
+                    rpc::BOOK_FOR_PATIENT,
+                    &mut op.tx,
+                    nin,
+                    (&slot, &gp),
+                    reason,
+                    &episode.request_id,
+                )
+                .await?;
+            finish_booked(op, &a).await?;
+            written = true;
             Ok(a)
         }
         .await;
-        let resp = resp?;
-        finish_booked(op, &resp).await?;
-        Ok(resp)
+        if written && new {
+            self.metrics.opened(&episode);
+        }
+        if let (Some(e), false) = (ep, written) {
+            self.pending.restore(e);
+        }
+        done
+    }
+
+    /// The earliest slots the practice could offer for `e` at `now`, whatever a search's
+    /// filters: the own GP's, and the colleagues' when the own GP has none in time.
+    async fn earliest_offers(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        gp: &ListGp,
+        e: &Episode,
+        now: DateTime<Utc>,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), BookingError> {
+        earliest_offers(conn, gp, e, now).await
     }
 
     /// Cancels a booked appointment of the patient inside `tx`; returns it and its routing.
@@ -2078,6 +2384,32 @@ impl Booking {
         }
         tx.commit().await?;
         Ok(rows.len())
+    }
+
+    /// Background task: writes the searches' booking requests and access-log rows every
+    /// [`BookingConfig::episode_flush_interval`], and once more at shutdown.
+    pub async fn run_episode_flusher(self) {
+        let mut stop = self.p.shutdown.clone();
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(self.cfg.episode_flush_interval) => false,
+                _ = stop.changed() => true,
+            };
+            match self.pending.flush(&self.p.db).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, waiting = self.pending.len(), "booking request flush failed")
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Writes the searches' booking requests now (tests, shutdown).
+    pub async fn flush_episodes(&self) -> Result<usize, BookingError> {
+        Ok(self.pending.flush(&self.p.db).await?)
     }
 
     /// Background task: sweeps lapsed holds every `every` until shutdown.

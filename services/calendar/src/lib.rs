@@ -182,6 +182,15 @@ pub fn oslo_date(t: DateTime<Utc>) -> NaiveDate {
     t.with_timezone(&chrono_tz::Europe::Oslo).date_naive()
 }
 
+/// The instant an Oslo calendar day begins (local midnight, which DST never skips in Oslo).
+pub fn oslo_day_start(d: NaiveDate) -> DateTime<Utc> {
+    let naive = d.and_hms_opt(0, 0, 0).unwrap_or_default();
+    chrono_tz::Europe::Oslo
+        .from_local_datetime(&naive)
+        .earliest()
+        .map_or_else(|| naive.and_utc(), |x| x.with_timezone(&Utc))
+}
+
 /// `n` working days after `t`, keeping the Oslo wall-clock time.
 pub fn add_working_days_at(cal: &Calendar, t: DateTime<Utc>, n: u32) -> DateTime<Utc> {
     let local = t.with_timezone(&chrono_tz::Europe::Oslo);

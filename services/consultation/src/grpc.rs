@@ -64,6 +64,9 @@ struct Done {
     thread_id: String,
     message_id: Option<String>,
     offered: Vec<(String, i64, i64)>,
+    /// ConvertToBooking: the booking request it opened (or the patient's open one).
+    #[serde(default)]
+    request_id: String,
 }
 
 impl Done {
@@ -73,6 +76,7 @@ impl Done {
             thread_id: t.thread_id.clone(),
             message_id: None,
             offered: Vec::new(),
+            request_id: String::new(),
         }
     }
 
@@ -1212,6 +1216,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                             .await?,
                     ),
                     offered_slots: offered(&done),
+                    request_id: done.request_id,
                 }));
             }
             Begun::New(op) => op,
@@ -1249,11 +1254,21 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                 &[],
             )
             .await?;
+        // The conversion opens the patient's booking request (§ 22 counts it from now).
+        let request_id = econsult_booking::service::record_conversion(
+            &mut op.tx,
+            &t.patient_nin,
+            from_ms(self.now()),
+        )
+        .await
+        .map_err(tonic::Status::from)?
+        .unwrap_or_default();
         let done = Done {
             offered: slots
                 .iter()
                 .map(|s| (s.slot_id.clone(), s.start_ms, s.end_ms))
                 .collect(),
+            request_id,
             ..Done::message(&t, &m)
         };
         self.finish(op, &done).await?;
@@ -1261,6 +1276,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             thread: Some(t.to_pb(self.now(), true)),
             message: Some(m.to_pb()),
             offered_slots: offered(&done),
+            request_id: done.request_id.clone(),
         }))
     }
 

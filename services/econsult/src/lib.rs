@@ -239,6 +239,7 @@ impl Application {
                     handle.track(tokio::spawn(
                         booking.clone().run_hold_sweeper(Duration::from_secs(5)),
                     ));
+                    handle.track(tokio::spawn(booking.clone().run_episode_flusher()));
                     let server = BookingGrpc::new(booking)
                         .into_server()
                         .max_decoding_message_size(MAX_MESSAGE);

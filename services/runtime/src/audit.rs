@@ -32,21 +32,39 @@ pub async fn record(
     access: &Access<'_>,
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
-    tx.defer(
-        "INSERT INTO audit_log (at, subject, role, org_number, action, resource, patient_nin, trace_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        vec![
-            now_ms.into(),
-            caller.subject.clone().into(),
-            caller.role.code().into(),
-            caller.org_number.as_deref().unwrap_or("").into(),
-            access.action.into(),
-            access.resource.clone().into(),
-            access.patient_nin.into(),
-            crate::telemetry::current_trace_id().into(),
-        ],
-    );
+    row(caller, access, now_ms).write(tx);
     Ok(())
+}
+
+/// An access-log row made now (with the current trace id) and written later: the one use is
+/// FindSlots, whose rows are written with the next flush of its booking requests (a search is a
+/// read of the patient's own list, made by the patient).
+#[derive(Debug, Clone)]
+pub struct Row(Vec<crate::db::Value>);
+
+/// The row [`record`] would write.
+pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Row {
+    Row(vec![
+        now_ms.into(),
+        caller.subject.clone().into(),
+        caller.role.code().into(),
+        caller.org_number.as_deref().unwrap_or("").into(),
+        access.action.into(),
+        access.resource.clone().into(),
+        access.patient_nin.into(),
+        crate::telemetry::current_trace_id().into(),
+    ])
+}
+
+impl Row {
+    /// Appends the row inside `tx` (deferred to its commit).
+    pub fn write(self, tx: &mut impl Defer) {
+        tx.defer(
+            "INSERT INTO audit_log (at, subject, role, org_number, action, resource, patient_nin, trace_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            self.0,
+        );
+    }
 }
 
 /// Appends several rows in one transaction of their own (for reads).

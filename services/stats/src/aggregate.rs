@@ -290,8 +290,6 @@ fn count_appointment(inc: &mut Increments, a: &AppointmentChanged, at_ms: i64, k
 /// Consumes events and keeps the aggregates.
 pub struct Aggregator {
     db: Db,
-    requests: Counter<u64>,
-    breaches: Counter<u64>,
     contacts: Counter<u64>,
     video: Counter<u64>,
 }
@@ -302,14 +300,6 @@ impl Aggregator {
         let meter = opentelemetry::global::meter("econsult.stats");
         Self {
             db,
-            requests: meter
-                .u64_counter("econsult_booking_requests")
-                .with_description("Booking requests (FindSlots by patients), by whether the earliest offer was within five working days")
-                .build(),
-            breaches: meter
-                .u64_counter("econsult_booking_breaches")
-                .with_description("Booking requests whose earliest offer was not within five working days, by reason")
-                .build(),
             contacts: meter.u64_counter("econsult_contacts").with_description("Held contacts, by contact type").build(),
             video: meter
                 .u64_counter("econsult_video_sessions")
@@ -357,6 +347,9 @@ impl Aggregator {
         inc: &mut Increments,
     ) -> anyhow::Result<()> {
         match e.topic.as_str() {
+            // Written before booking requests were episodes (one per search); kept so a rebuild
+            // gives the same table. The figures come from econsult_booking::episodes now, and
+            // the request counters from the booking service.
             topics::BOOKING_REQUESTED => {
                 let b: BookingRequested = serde_json::from_str(&e.payload)?;
                 let wd = b
@@ -375,13 +368,6 @@ impl Aggregator {
                     ],
                     &[1],
                 );
-                tally.add(
-                    &self.requests,
-                    vec![KeyValue::new("within_target", b.within_target)],
-                );
-                if let Some(r) = b.breach_reason {
-                    tally.add(&self.breaches, vec![KeyValue::new("reason", r)]);
-                }
             }
             topics::BOOKING_ATTENDED => {
                 let a: AppointmentChanged = serde_json::from_str(&e.payload)?;

@@ -1,5 +1,7 @@
 //! gRPC adapter of the statistics service.
 
+use econsult_booking::domain::BreachReason;
+use econsult_booking::episodes::{self, Scope};
 use econsult_proto::stats::v1 as pb;
 use econsult_runtime::auth::{Caller, Role};
 use econsult_runtime::db::Db;
@@ -142,42 +144,44 @@ impl StatsGrpc {
             .collect()
     }
 
-    /// Accessibility figures (used by the gRPC call and tests).
+    /// Accessibility figures (used by the gRPC call and tests): the booking requests as
+    /// `econsult_booking::episodes` defines and stores them, and the appointment counts.
     pub async fn accessibility(
         &self,
         f: &Filter,
     ) -> Result<pb::GetBookingAccessibilityResponse, sqlx::Error> {
-        let sql = format!(
-            "SELECT working_days, within_target, breach_reason, CAST(SUM(n) AS BIGINT) AS n FROM stats_booking_requests \
-             WHERE {WHERE} GROUP BY working_days, within_target, breach_reason"
-        );
-        let mut out = pb::GetBookingAccessibilityResponse {
-            working_days_histogram: vec![0; 16],
-            ..Default::default()
+        let scope = Scope {
+            from: f.from.clone(),
+            to: f.to.clone(),
+            org: f.org.clone(),
+            municipality: f.municipality.clone(),
+            gp: f.gp.clone(),
         };
-        for r in Self::query(&sql, f).fetch_all(self.db.read()).await? {
-            let n = r.try_get::<i64, _>("n")? as u64;
-            let wd: i64 = r.try_get("working_days")?;
-            out.requests += n;
-            if r.try_get::<i64, _>("within_target")? != 0 {
-                out.within_target += n;
-            }
-            match r.try_get::<String, _>("breach_reason")?.as_str() {
-                "no_slots" => out.breaches_no_slots += n,
-                "list_without_gp" => out.breaches_list_without_gp += n,
-                _ => {}
-            }
-            let bucket = if (0..15).contains(&wd) {
-                wd as usize
-            } else {
-                15
-            };
-            out.working_days_histogram[bucket] += n;
-        }
-        out.within_target_share = if out.requests == 0 {
-            0.0
-        } else {
-            out.within_target as f64 / out.requests as f64
+        let a = episodes::accessibility(&self.db, &scope).await?;
+        let breaches = |r: BreachReason| a.breaches.get(&r).copied().unwrap_or_default();
+        let mut by_channel: Vec<pb::ChannelFigures> = a
+            .by_channel
+            .iter()
+            .map(|(c, (n, within))| pb::ChannelFigures {
+                channel: c.as_str().to_owned(),
+                requests: *n,
+                within_target: *within,
+            })
+            .collect();
+        by_channel.sort_by(|x, y| x.channel.cmp(&y.channel));
+        let mut out = pb::GetBookingAccessibilityResponse {
+            requests: a.requests,
+            within_target: a.within_target,
+            within_target_share: a.within_target_share(),
+            breaches_no_slots: breaches(BreachReason::NoSlots),
+            breaches_list_without_gp: breaches(BreachReason::ListWithoutGp),
+            breaches_practice_closed: breaches(BreachReason::PracticeClosed),
+            working_days_histogram: a.working_days_histogram.to_vec(),
+            met_by_own_gp: a.met_by_own_gp,
+            met_by_own_gp_share: a.met_by_own_gp_share(),
+            patient_preferences: a.patient_preferences,
+            by_channel,
+            ..Default::default()
         };
         let sql = format!(
             "SELECT kind, CAST(SUM(n) AS BIGINT) AS n FROM stats_appointments WHERE {WHERE} GROUP BY kind"

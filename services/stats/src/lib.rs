@@ -14,8 +14,9 @@ use std::time::Duration;
 
 /// Publishes the SLA gauges every `every` (and a second after new events) until shutdown, from the aggregates of the current
 /// Oslo day and the last 30 days:
-/// - `econsult_booking_within_target_share{municipality_number}`: share of today's booking
-///   requests whose earliest offer was within five working days;
+/// - `econsult_booking_within_target_share{municipality_number}`: share of the booking requests
+///   opened today (Oslo day 0) for which the practice offered a slot within five working days,
+///   as `econsult_booking::episodes` defines it;
 /// - `econsult_consultation_within_sla_share{municipality_number}`: share of first responses in
 ///   the last 30 days that came before the due time.
 pub async fn run_gauges(p: Platform, every: Duration) {
@@ -37,13 +38,20 @@ pub async fn run_gauges(p: Platform, every: Duration) {
         let today = econsult_calendar::oslo_date(p.clock.now());
         let month_ago = today - chrono::Duration::days(30);
         let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
-        let q1: Result<Vec<(String, i64, i64)>, sqlx::Error> = sqlx::query_as(
-            "SELECT municipality_number, CAST(SUM(n) AS BIGINT), CAST(SUM(CASE WHEN within_target = 1 THEN n ELSE 0 END) AS BIGINT) \
-             FROM stats_booking_requests WHERE day = $1 GROUP BY municipality_number",
-        )
-        .bind(day(today))
-        .fetch_all(p.db.read())
-        .await;
+        // Today's booking requests, as GetBookingAccessibility counts them.
+        let scope = econsult_booking::episodes::Scope {
+            from: day(today),
+            to: day(today),
+            ..Default::default()
+        };
+        let q1: Result<Vec<(String, i64, i64)>, sqlx::Error> =
+            econsult_booking::episodes::accessibility_by_municipality(&p.db, &scope)
+                .await
+                .map(|m| {
+                    m.into_iter()
+                        .map(|(k, a)| (k, a.requests as i64, a.within_target as i64))
+                        .collect()
+                });
         let q2: Result<Vec<(String, i64, i64)>, sqlx::Error> = sqlx::query_as(
             "SELECT municipality_number, CAST(SUM(n) AS BIGINT), CAST(SUM(CASE WHEN within_sla = 1 THEN n ELSE 0 END) AS BIGINT) \
              FROM stats_consultation_responses WHERE day > $1 AND day <= $2 GROUP BY municipality_number",

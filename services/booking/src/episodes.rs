@@ -1,0 +1,904 @@
+//! Booking requests as the authorities count them (fastlegeforskriften § 22 (2)): a request is
+//! an **episode**, one patient's one need for an appointment.
+//!
+//! - Opened by the patient's first search ([`Channel::Online`]), by the practice booking after
+//!   the patient phoned ([`Channel::Practice`], day 0 = when the patient contacted the practice),
+//!   or by an e-consultation converted to a booking ([`Channel::EConsultation`]).
+//! - Further searches update the open episode; it closes with a booking, or after
+//!   [`EPISODE_INACTIVITY_DAYS`] without activity (the next search then opens a new one).
+//! - Day 0 is the Oslo date of the request; the deadline is the fifth **national** working day
+//!   after it (weekends and public holidays; a practice's closures never move it).
+//! - **Within target**: the practice offered a slot starting on or before the deadline day (the
+//!   own GP first, colleagues and locum when the own GP had none in time; any modality; acute
+//!   reserve excluded), whatever the patient's filters and whatever the patient chose.
+//! - **Patient preference**: within target, but the patient chose a slot after the deadline, or
+//!   (having chosen nothing) the patient's latest search was narrowed so it showed none in time.
+//! - **Breach reasons**: `list_without_gp` (the list had no GP), `practice_closed` (the practice
+//!   was closed on a working day of the window), else `no_slots`.
+//!
+//! Storage (`booking_episodes`) keeps facts, and the figure is computed from them at query
+//! time ([`accessibility`]), so every write is a merge ([`Episode::write`]): earliest offers
+//! only get earlier, activity only later, a closed episode stays closed. Writers may therefore
+//! race and repeat (the search buffer's flush, HoldSlot, Book, BookForPatient, ConvertToBooking)
+//! without reading the row first.
+//!
+//! FindSlots writes nothing: its episodes wait in the [`Pending`] buffer, which a background
+//! task writes every [`Pending`] flush interval as one transaction (one statement on
+//! PostgreSQL); HoldSlot and Book write the episode in their own transaction. A crash loses at
+//! most the search-only episodes of the last flush interval, never one that was held or booked.
+
+use crate::domain::BreachReason;
+use chrono::{DateTime, NaiveDate, Utc};
+use econsult_calendar::{Calendar, oslo_date, oslo_day_start};
+use econsult_runtime::audit;
+use econsult_runtime::db::{Db, Defer, Value};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The five-working-day target of fastlegeforskriften § 22 (2).
+pub const TARGET_WORKING_DAYS: u32 = 5;
+
+/// An episode without activity for this many calendar days is over; the patient's next search
+/// opens a new one.
+pub const EPISODE_INACTIVITY_DAYS: i64 = 7;
+
+/// How far back the practice may date a request it books for (BookForPatient's `requested_at`).
+pub const MAX_REQUEST_AGE_DAYS: i64 = 30;
+
+/// How a request reached the practice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// The patient searched online.
+    Online,
+    /// The patient contacted the practice (phone, desk); the EHR booked.
+    Practice,
+    /// An e-consultation converted to a booking.
+    EConsultation,
+}
+
+impl Channel {
+    /// Storage code.
+    pub fn code(self) -> i64 {
+        match self {
+            Channel::Online => 1,
+            Channel::Practice => 2,
+            Channel::EConsultation => 3,
+        }
+    }
+    /// From a storage code.
+    pub fn from_code(c: i64) -> Option<Self> {
+        match c {
+            1 => Some(Channel::Online),
+            2 => Some(Channel::Practice),
+            3 => Some(Channel::EConsultation),
+            _ => None,
+        }
+    }
+    /// Name in figures and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Online => "online",
+            Channel::Practice => "practice",
+            Channel::EConsultation => "e_consultation",
+        }
+    }
+}
+
+/// How an episode ended (`outcome` column; 0 while open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Booked.
+    Booked,
+}
+
+impl Outcome {
+    fn code(self) -> i64 {
+        match self {
+            Outcome::Booked => 1,
+        }
+    }
+}
+
+/// Outcome code of an episode closed by inactivity (written when the next one opens).
+const OUTCOME_EXPIRED: i64 = 3;
+
+/// The list GP an episode is counted for.
+#[derive(Debug, Clone)]
+pub struct ListedAt {
+    /// Internal GP key.
+    pub gp_uid: String,
+    /// The EHR's GP id.
+    pub gp_id: String,
+    /// Practice.
+    pub org_number: String,
+    /// Municipality of the list.
+    pub municipality_number: String,
+    /// The list has no GP.
+    pub vacant: bool,
+}
+
+/// One booking request (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Episode {
+    /// Id, returned to the patient as FindSlots' `request_id`.
+    pub request_id: String,
+    /// The patient.
+    pub patient_nin: String,
+    gp_uid: String,
+    gp_id: String,
+    org_number: String,
+    municipality_number: String,
+    /// Channel.
+    pub channel: Channel,
+    requested_at_ms: i64,
+    /// Day 0 (Oslo date of the request).
+    pub day: NaiveDate,
+    /// The fifth national working day after day 0.
+    pub deadline: NaiveDate,
+    deadline_end_ms: i64,
+    vacant: bool,
+    closed_in_window: bool,
+    earliest_offer_ms: Option<i64>,
+    earliest_offer_wd: Option<u32>,
+    own_offer_ms: Option<i64>,
+    narrowed: bool,
+    chosen: Option<(String, i64)>,
+    last_activity_ms: i64,
+    closed: Option<(i64, Outcome)>,
+}
+
+impl Episode {
+    /// A new episode of `nin` on `gp`'s list, requested at `at`. `practice` is the practice's
+    /// calendar (its closures decide `practice_closed`, never the deadline).
+    pub fn open(
+        nin: &str,
+        gp: &ListedAt,
+        channel: Channel,
+        at: DateTime<Utc>,
+        practice: &Calendar,
+    ) -> Self {
+        let national = Calendar::norwegian();
+        let day = oslo_date(at);
+        let deadline = national.add_working_days(day, TARGET_WORKING_DAYS);
+        let closed_in_window = practice
+            .closures()
+            .any(|d| d >= day && d <= deadline && national.is_working_day(d));
+        let deadline_end_ms = deadline
+            .succ_opt()
+            .map_or(i64::MAX, |d| oslo_day_start(d).timestamp_millis());
+        Episode {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            patient_nin: nin.to_owned(),
+            gp_uid: gp.gp_uid.clone(),
+            gp_id: gp.gp_id.clone(),
+            org_number: gp.org_number.clone(),
+            municipality_number: gp.municipality_number.clone(),
+            channel,
+            requested_at_ms: at.timestamp_millis(),
+            day,
+            deadline,
+            deadline_end_ms,
+            vacant: gp.vacant,
+            closed_in_window,
+            earliest_offer_ms: None,
+            earliest_offer_wd: None,
+            own_offer_ms: None,
+            narrowed: false,
+            chosen: None,
+            last_activity_ms: at.timestamp_millis(),
+            closed: None,
+        }
+    }
+
+    /// National working days from day 0 to the Oslo date of `t` (0 = day 0).
+    pub fn working_days_to(&self, t: DateTime<Utc>) -> u32 {
+        Calendar::norwegian()
+            .working_days_between(self.day, oslo_date(t))
+            .max(0) as u32
+    }
+
+    /// Start (ms) of the Oslo day after the deadline: a slot starting before it is in time.
+    pub fn deadline_end_ms(&self) -> i64 {
+        self.deadline_end_ms
+    }
+
+    /// True when a slot starting at `t` is within the target.
+    pub fn in_time(&self, t: DateTime<Utc>) -> bool {
+        t.timestamp_millis() < self.deadline_end_ms
+    }
+
+    /// Records what the practice could offer at one moment: the own GP's earliest slot and the
+    /// earliest of the colleagues (asked only when the own GP had none in time). By today's
+    /// rule the offer is the own GP's when in time, else the earlier of the two.
+    pub fn offered(&mut self, own: Option<DateTime<Utc>>, others: Option<DateTime<Utc>>) {
+        let offer = match own {
+            Some(o) if self.in_time(o) => Some(o),
+            _ => match (own, others) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        };
+        if let Some(o) = own {
+            let ms = o.timestamp_millis();
+            if self.own_offer_ms.is_none_or(|x| ms < x) {
+                self.own_offer_ms = Some(ms);
+            }
+        }
+        if let Some(o) = offer {
+            let ms = o.timestamp_millis();
+            if self.earliest_offer_ms.is_none_or(|x| ms < x) {
+                self.earliest_offer_ms = Some(ms);
+                self.earliest_offer_wd = Some(self.working_days_to(o));
+            }
+        }
+    }
+
+    /// A search at `now`: `shown_in_time` tells whether it showed the patient a slot in time.
+    pub fn searched(&mut self, now: DateTime<Utc>, shown_in_time: bool) {
+        self.narrowed = self.within_target() && !shown_in_time;
+        self.touch(now);
+    }
+
+    /// The patient (or the practice) held or booked `slot_id` starting at `start`.
+    pub fn chose(&mut self, slot_id: &str, start: DateTime<Utc>, now: DateTime<Utc>) {
+        if self.closed.is_none() {
+            self.chosen = Some((slot_id.to_owned(), start.timestamp_millis()));
+        }
+        self.touch(now);
+    }
+
+    /// The episode ended with a booking.
+    pub fn booked(&mut self, now: DateTime<Utc>) {
+        if self.closed.is_none() {
+            self.closed = Some((now.timestamp_millis(), Outcome::Booked));
+        }
+    }
+
+    fn touch(&mut self, now: DateTime<Utc>) {
+        self.last_activity_ms = self.last_activity_ms.max(now.timestamp_millis());
+    }
+
+    /// Still open at `now`: not booked, and active within [`EPISODE_INACTIVITY_DAYS`].
+    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.closed.is_none() && self.last_activity_ms > inactivity_cutoff(now)
+    }
+
+    /// Earliest offer (own GP first), if any.
+    pub fn earliest_offer(&self) -> Option<DateTime<Utc>> {
+        self.earliest_offer_ms
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+    }
+
+    /// Working days from day 0 to the earliest offer.
+    pub fn earliest_offer_working_days(&self) -> Option<u32> {
+        self.earliest_offer_wd
+    }
+
+    /// The practice offered a slot in time.
+    pub fn within_target(&self) -> bool {
+        self.earliest_offer_ms
+            .is_some_and(|t| t < self.deadline_end_ms)
+    }
+
+    /// The own GP offered a slot in time.
+    pub fn met_by_own_gp(&self) -> bool {
+        self.own_offer_ms.is_some_and(|t| t < self.deadline_end_ms)
+    }
+
+    /// Why not within target.
+    pub fn breach(&self) -> Option<BreachReason> {
+        match (self.within_target(), self.vacant, self.closed_in_window) {
+            (true, _, _) => None,
+            (false, true, _) => Some(BreachReason::ListWithoutGp),
+            (false, false, true) => Some(BreachReason::PracticeClosed),
+            (false, false, false) => Some(BreachReason::NoSlots),
+        }
+    }
+
+    /// Within target, but the patient chose later or narrowed the search.
+    pub fn patient_preference(&self) -> bool {
+        self.within_target()
+            && match &self.chosen {
+                Some((_, start)) => *start >= self.deadline_end_ms,
+                None => self.narrowed,
+            }
+    }
+
+    /// Writes (merges) the episode in `tx` (see [`UPSERT`]); on PostgreSQL it joins the
+    /// commit's one statement.
+    pub fn write(&self, tx: &mut impl Defer) {
+        tx.defer(UPSERT, self.values());
+    }
+
+    fn values(&self) -> Vec<Value> {
+        let (chosen_id, chosen_start) = match &self.chosen {
+            Some((id, start)) => (Some(id.as_str()), Some(*start)),
+            None => (None, None),
+        };
+        vec![
+            self.request_id.as_str().into(),
+            self.patient_nin.as_str().into(),
+            self.gp_uid.as_str().into(),
+            self.gp_id.as_str().into(),
+            self.org_number.as_str().into(),
+            self.municipality_number.as_str().into(),
+            self.channel.code().into(),
+            self.requested_at_ms.into(),
+            self.day.format("%Y-%m-%d").to_string().into(),
+            self.deadline_end_ms.into(),
+            i64::from(self.vacant).into(),
+            i64::from(self.closed_in_window).into(),
+            self.earliest_offer_ms.into(),
+            self.earliest_offer_wd.map(i64::from).into(),
+            self.own_offer_ms.into(),
+            i64::from(self.narrowed).into(),
+            chosen_id.into(),
+            chosen_start.into(),
+            self.last_activity_ms.into(),
+            self.closed.map(|(at, _)| at).into(),
+            self.closed.map_or(0, |(_, o)| o.code()).into(),
+        ]
+    }
+
+    /// An episode read back with [`COLS`].
+    pub fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        let bad = |what: &str| sqlx::Error::Decode(format!("booking_episodes: bad {what}").into());
+        let day: String = r.try_get("day")?;
+        let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d").map_err(|_| bad("day"))?;
+        let deadline_end_ms: Option<i64> = r.try_get("deadline_end")?;
+        let deadline_end_ms = deadline_end_ms.ok_or_else(|| bad("deadline_end"))?;
+        let chosen_id: Option<String> = r.try_get("chosen_slot_id")?;
+        let chosen_start: Option<i64> = r.try_get("chosen_start_at")?;
+        let closed_at: Option<i64> = r.try_get("closed_at")?;
+        let wd: Option<i64> = r.try_get("earliest_offer_working_days")?;
+        Ok(Episode {
+            request_id: r.try_get("request_id")?,
+            patient_nin: r.try_get("patient_nin")?,
+            gp_uid: r.try_get("gp_uid")?,
+            gp_id: r.try_get("gp_id")?,
+            org_number: r.try_get("org_number")?,
+            municipality_number: r.try_get("municipality_number")?,
+            channel: Channel::from_code(r.try_get("channel")?).ok_or_else(|| bad("channel"))?,
+            requested_at_ms: r.try_get("requested_at")?,
+            day,
+            deadline: Calendar::norwegian().add_working_days(day, TARGET_WORKING_DAYS),
+            deadline_end_ms,
+            vacant: r.try_get::<i64, _>("vacant")? != 0,
+            closed_in_window: r.try_get::<i64, _>("closed_in_window")? != 0,
+            earliest_offer_ms: r.try_get("earliest_offer_at")?,
+            earliest_offer_wd: wd.map(|d| d.max(0) as u32),
+            own_offer_ms: r.try_get("own_offer_at")?,
+            narrowed: r.try_get::<i64, _>("narrowed")? != 0,
+            chosen: chosen_id.zip(chosen_start),
+            last_activity_ms: r.try_get("last_activity_at")?,
+            closed: closed_at.map(|at| (at, Outcome::Booked)),
+        })
+    }
+
+    /// Closes the patient's other open episodes that expired by inactivity (deferred to `tx`'s
+    /// commit; only for a new episode).
+    pub fn expire_others(&self, tx: &mut impl Defer) {
+        tx.defer(
+            "UPDATE booking_episodes SET closed_at = last_activity_at, outcome = $1 \
+             WHERE patient_nin = $2 AND closed_at IS NULL AND request_id <> $3",
+            vec![
+                OUTCOME_EXPIRED.into(),
+                self.patient_nin.as_str().into(),
+                self.request_id.as_str().into(),
+            ],
+        );
+    }
+}
+
+/// Activity at or before this instant is too old for an open episode at `now`.
+pub fn inactivity_cutoff(now: DateTime<Utc>) -> i64 {
+    now.timestamp_millis() - EPISODE_INACTIVITY_DAYS * 24 * 3_600_000
+}
+
+/// The columns [`Episode::from_row`] reads.
+pub const COLS: &str = "request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \
+     requested_at, day, deadline_end, vacant, closed_in_window, earliest_offer_at, earliest_offer_working_days, \
+     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome";
+
+/// The patient's (`$1`) open episode, active after `$2`.
+pub const OPEN_OF_PATIENT: &str = "SELECT request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \
+     requested_at, day, deadline_end, vacant, closed_in_window, earliest_offer_at, earliest_offer_working_days, \
+     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome \
+     FROM booking_episodes WHERE patient_nin = $1 AND closed_at IS NULL AND last_activity_at > $2 \
+     ORDER BY requested_at DESC LIMIT 1";
+
+/// Insert, or merge into the stored episode: what was set at opening stays; the earliest offers
+/// only get earlier; `narrowed` follows the latest activity; the choice is kept once closed;
+/// activity only gets later; a closed episode stays closed with its outcome.
+const UPSERT: &str = "INSERT INTO booking_episodes (request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \
+     requested_at, day, deadline_end, vacant, closed_in_window, earliest_offer_at, earliest_offer_working_days, \
+     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+     ON CONFLICT (request_id) DO UPDATE SET \
+     earliest_offer_at = CASE WHEN booking_episodes.earliest_offer_at IS NULL OR excluded.earliest_offer_at < booking_episodes.earliest_offer_at \
+         THEN excluded.earliest_offer_at ELSE booking_episodes.earliest_offer_at END, \
+     earliest_offer_working_days = CASE WHEN booking_episodes.earliest_offer_at IS NULL OR excluded.earliest_offer_at < booking_episodes.earliest_offer_at \
+         THEN excluded.earliest_offer_working_days ELSE booking_episodes.earliest_offer_working_days END, \
+     own_offer_at = CASE WHEN booking_episodes.own_offer_at IS NULL OR excluded.own_offer_at < booking_episodes.own_offer_at \
+         THEN excluded.own_offer_at ELSE booking_episodes.own_offer_at END, \
+     narrowed = CASE WHEN excluded.last_activity_at >= booking_episodes.last_activity_at THEN excluded.narrowed ELSE booking_episodes.narrowed END, \
+     chosen_slot_id = CASE WHEN booking_episodes.closed_at IS NULL AND excluded.chosen_slot_id IS NOT NULL \
+         THEN excluded.chosen_slot_id ELSE booking_episodes.chosen_slot_id END, \
+     chosen_start_at = CASE WHEN booking_episodes.closed_at IS NULL AND excluded.chosen_slot_id IS NOT NULL \
+         THEN excluded.chosen_start_at ELSE booking_episodes.chosen_start_at END, \
+     last_activity_at = CASE WHEN excluded.last_activity_at > booking_episodes.last_activity_at \
+         THEN excluded.last_activity_at ELSE booking_episodes.last_activity_at END, \
+     closed_at = COALESCE(booking_episodes.closed_at, excluded.closed_at), \
+     outcome = CASE WHEN booking_episodes.closed_at IS NULL THEN excluded.outcome ELSE booking_episodes.outcome END \
+     WHERE booking_episodes.patient_nin = excluded.patient_nin";
+
+/// Records a hold (`closed` unset) or a booking (`closed` = now) of slot `$1` starting at `$2`
+/// for the patient's (`$7`) episode `$6`, or when `$6` is NULL their open episode active after
+/// `$8`, without reading it first: [`Episode::write`]'s merge for an episode this process does
+/// not hold. `$3` now, `$4` the outcome code, `$5` closed_at.
+pub const CHOOSE: &str = "UPDATE booking_episodes SET \
+     chosen_slot_id = CASE WHEN closed_at IS NULL THEN $1 ELSE chosen_slot_id END, \
+     chosen_start_at = CASE WHEN closed_at IS NULL THEN $2 ELSE chosen_start_at END, \
+     last_activity_at = CASE WHEN last_activity_at < $3 THEN $3 ELSE last_activity_at END, \
+     outcome = CASE WHEN closed_at IS NULL THEN $4 ELSE outcome END, \
+     closed_at = COALESCE(closed_at, $5) \
+     WHERE patient_nin = $7 AND request_id = COALESCE($6, (SELECT o.request_id FROM booking_episodes o \
+         WHERE o.patient_nin = $7 AND o.closed_at IS NULL AND o.last_activity_at > $8 ORDER BY o.requested_at DESC LIMIT 1))";
+
+/// [`CHOOSE`]'s values: `request_id` if known (else the patient's open episode), the slot,
+/// whether this is the booking.
+pub fn choose_values(
+    request_id: Option<&str>,
+    nin: &str,
+    slot_id: &str,
+    start: DateTime<Utc>,
+    now: DateTime<Utc>,
+    booked: bool,
+) -> Vec<Value> {
+    let now_ms = now.timestamp_millis();
+    vec![
+        slot_id.into(),
+        start.timestamp_millis().into(),
+        now_ms.into(),
+        if booked { Outcome::Booked.code() } else { 0 }.into(),
+        if booked { Some(now_ms) } else { None }.into(),
+        request_id.into(),
+        nin.into(),
+        inactivity_cutoff(now).into(),
+    ]
+}
+
+/// The patient's open episode as stored, if any.
+pub async fn open_of_patient(
+    conn: &mut sqlx::AnyConnection,
+    nin: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Episode>, sqlx::Error> {
+    let row = sqlx::query(OPEN_OF_PATIENT)
+        .bind(nin)
+        .bind(inactivity_cutoff(now))
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(Episode::from_row).transpose()
+}
+
+/// Search-only episodes not written yet, by patient, and those being written by a flush.
+#[derive(Clone, Default)]
+pub struct Pending {
+    inner: Arc<Mutex<Buffers>>,
+}
+
+#[derive(Default)]
+struct Buffers {
+    waiting: HashMap<String, Episode>,
+    flushing: HashMap<String, Episode>,
+    /// The searches' access-log rows, written with the episodes.
+    audit: Vec<audit::Row>,
+}
+
+/// Most episodes or access-log rows the buffer holds: past it (the database has been failing
+/// for a while) searches are refused rather than kept unlogged in memory.
+pub const MAX_PENDING: usize = 100_000;
+
+/// Episodes per statement of a flush (21 values each, far below PostgreSQL's 65 535).
+const FLUSH_CHUNK: usize = 1_000;
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, Buffers> {
+        // A panic while holding the lock leaves plain maps behind: still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The patient's open episode held here (waiting or being flushed), if any.
+    pub fn get(&self, nin: &str, now: DateTime<Utc>) -> Option<Episode> {
+        let b = self.lock();
+        b.waiting
+            .get(nin)
+            .or_else(|| b.flushing.get(nin))
+            .filter(|e| e.is_open(now))
+            .cloned()
+    }
+
+    /// Keeps `e` and the search's access-log row for the next flush (replacing the patient's
+    /// earlier version of `e`); `false` (nothing kept) when the buffer is full.
+    pub fn put(&self, e: Episode, row: audit::Row) -> bool {
+        let mut b = self.lock();
+        if b.audit.len() >= MAX_PENDING || b.waiting.len() >= MAX_PENDING {
+            return false;
+        }
+        b.audit.push(row);
+        b.waiting.insert(e.patient_nin.clone(), e);
+        true
+    }
+
+    /// Takes the patient's waiting episode out (the caller writes it); one being flushed is
+    /// cloned (the flush writes it too: writes merge).
+    pub fn take(&self, nin: &str) -> Option<Episode> {
+        let mut b = self.lock();
+        b.waiting
+            .remove(nin)
+            .or_else(|| b.flushing.get(nin).cloned())
+    }
+
+    /// Puts back an episode whose write failed, unless a newer version is waiting.
+    pub fn restore(&self, e: Episode) {
+        self.lock()
+            .waiting
+            .entry(e.patient_nin.clone())
+            .or_insert(e);
+    }
+
+    /// Number of episodes waiting.
+    pub fn len(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes every waiting episode and access-log row, [`FLUSH_CHUNK`] episodes per
+    /// transaction (one statement each on PostgreSQL). What a failed transaction held waits
+    /// again for the next flush. Returns how many episodes were written.
+    pub async fn flush(&self, db: &Db) -> Result<usize, sqlx::Error> {
+        let (batch, mut rows) = {
+            let mut b = self.lock();
+            let waiting = std::mem::take(&mut b.waiting);
+            b.flushing.extend(waiting);
+            let batch: Vec<Episode> = b.flushing.values().cloned().collect();
+            (batch, std::mem::take(&mut b.audit))
+        };
+        let mut written = 0;
+        let mut result = Ok(());
+        let chunks = batch.len().div_ceil(FLUSH_CHUNK).max(1);
+        let rows_per_chunk = rows.len().div_ceil(chunks).max(1);
+        for chunk in batch
+            .chunks(FLUSH_CHUNK)
+            .chain(batch.is_empty().then_some(&[][..]))
+        {
+            if chunk.is_empty() && rows.is_empty() {
+                break;
+            }
+            let these: Vec<audit::Row> = rows.drain(..rows_per_chunk.min(rows.len())).collect();
+            let mut w = db.writes();
+            for e in chunk {
+                e.write(&mut w);
+            }
+            for r in these.iter().cloned() {
+                r.write(&mut w);
+            }
+            match w.commit().await {
+                Ok(()) => {
+                    written += chunk.len();
+                    let mut b = self.lock();
+                    for e in chunk {
+                        b.flushing.remove(&e.patient_nin);
+                    }
+                }
+                Err(e) => {
+                    let mut b = self.lock();
+                    b.audit.extend(these);
+                    result = Err(e);
+                }
+            }
+        }
+        let mut b = self.lock();
+        b.audit.extend(rows);
+        let left = std::mem::take(&mut b.flushing);
+        for (nin, e) in left {
+            b.waiting.entry(nin).or_insert(e);
+        }
+        result.map(|()| written)
+    }
+}
+
+/// Counters of new episodes, by their classification when first seen.
+#[derive(Clone)]
+pub struct EpisodeMetrics {
+    requests: Counter<u64>,
+    breaches: Counter<u64>,
+}
+
+impl Default for EpisodeMetrics {
+    fn default() -> Self {
+        let meter = opentelemetry::global::meter("econsult.booking");
+        Self {
+            requests: meter
+                .u64_counter("econsult_booking_requests")
+                .with_description("Booking requests (episodes) opened, by channel and whether the practice offered a slot within five working days when first seen")
+                .build(),
+            breaches: meter
+                .u64_counter("econsult_booking_breaches")
+                .with_description("Booking requests opened without an offer within five working days, by reason")
+                .build(),
+        }
+    }
+}
+
+impl EpisodeMetrics {
+    /// Counts a new episode.
+    pub fn opened(&self, e: &Episode) {
+        self.requests.add(
+            1,
+            &[
+                KeyValue::new("within_target", e.within_target()),
+                KeyValue::new("channel", e.channel.as_str()),
+            ],
+        );
+        if let Some(b) = e.breach() {
+            self.breaches.add(1, &[KeyValue::new("reason", b.as_str())]);
+        }
+    }
+}
+
+/// Which episodes a figure covers (days are Oslo dates, ISO; '' = all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// First day 0 included.
+    pub from: String,
+    /// Last day 0 included.
+    pub to: String,
+    /// Organisation.
+    pub org: String,
+    /// Municipality.
+    pub municipality: String,
+    /// GP.
+    pub gp: String,
+}
+
+/// The § 22 figures of a set of episodes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Accessibility {
+    /// Requests (episodes).
+    pub requests: u64,
+    /// With an offer within the target.
+    pub within_target: u64,
+    /// With an offer of the own GP within the target.
+    pub met_by_own_gp: u64,
+    /// Within target, but the patient chose later or narrowed the search.
+    pub patient_preferences: u64,
+    /// Breaches by reason.
+    pub breaches: HashMap<BreachReason, u64>,
+    /// Index i = earliest offer i working days after day 0; 15 = fifteen or more, or none.
+    pub working_days_histogram: [u64; 16],
+    /// Requests and within-target counts by channel.
+    pub by_channel: HashMap<Channel, (u64, u64)>,
+}
+
+/// The § 22 figures of the episodes in `scope`, and per municipality (for the gauge) when
+/// `by_municipality`; the definition is the module's. Migrated episodes (counted by the old
+/// definition) are left out.
+pub async fn accessibility(db: &Db, scope: &Scope) -> Result<Accessibility, sqlx::Error> {
+    Ok(accessibility_by_municipality(db, scope)
+        .await?
+        .into_values()
+        .fold(Accessibility::default(), |mut a, b| {
+            a.add(&b);
+            a
+        }))
+}
+
+/// [`accessibility`] per municipality.
+pub async fn accessibility_by_municipality(
+    db: &Db,
+    scope: &Scope,
+) -> Result<HashMap<String, Accessibility>, sqlx::Error> {
+    const SQL: &str = "SELECT municipality_number, channel, vacant, closed_in_window, \
+         COALESCE(earliest_offer_working_days, -1) AS wd, \
+         CASE WHEN earliest_offer_at < deadline_end THEN 1 ELSE 0 END AS within, \
+         CASE WHEN own_offer_at < deadline_end THEN 1 ELSE 0 END AS own, \
+         CASE WHEN chosen_start_at IS NOT NULL THEN (CASE WHEN chosen_start_at >= deadline_end THEN 1 ELSE 0 END) ELSE narrowed END AS later, \
+         COUNT(*) AS n FROM booking_episodes \
+         WHERE outcome <> 4 AND day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) \
+         AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
+         GROUP BY municipality_number, channel, vacant, closed_in_window, wd, within, own, later";
+    let rows = sqlx::query(SQL)
+        .bind(&scope.from)
+        .bind(&scope.to)
+        .bind(&scope.org)
+        .bind(&scope.municipality)
+        .bind(&scope.gp)
+        .fetch_all(db.read())
+        .await?;
+    let mut out: HashMap<String, Accessibility> = HashMap::new();
+    for r in rows {
+        let n = r.try_get::<i64, _>("n")?.max(0) as u64;
+        let flag = |c: &str| -> Result<bool, sqlx::Error> { Ok(r.try_get::<i64, _>(c)? != 0) };
+        let (within, own, later) = (flag("within")?, flag("own")?, flag("later")?);
+        let channel = Channel::from_code(r.try_get("channel")?)
+            .ok_or_else(|| sqlx::Error::Decode("booking_episodes: bad channel".into()))?;
+        let a = out.entry(r.try_get("municipality_number")?).or_default();
+        a.requests += n;
+        let c = a.by_channel.entry(channel).or_default();
+        c.0 += n;
+        if within {
+            a.within_target += n;
+            c.1 += n;
+            if later {
+                a.patient_preferences += n;
+            }
+        } else {
+            let reason = if flag("vacant")? {
+                BreachReason::ListWithoutGp
+            } else if flag("closed_in_window")? {
+                BreachReason::PracticeClosed
+            } else {
+                BreachReason::NoSlots
+            };
+            *a.breaches.entry(reason).or_default() += n;
+        }
+        if own {
+            a.met_by_own_gp += n;
+        }
+        let wd: i64 = r.try_get("wd")?;
+        let bucket = if (0..15).contains(&wd) {
+            wd as usize
+        } else {
+            15
+        };
+        a.working_days_histogram[bucket] += n;
+    }
+    Ok(out)
+}
+
+impl Accessibility {
+    /// Adds `b`'s counts.
+    pub fn add(&mut self, b: &Accessibility) {
+        self.requests += b.requests;
+        self.within_target += b.within_target;
+        self.met_by_own_gp += b.met_by_own_gp;
+        self.patient_preferences += b.patient_preferences;
+        for (k, v) in &b.breaches {
+            *self.breaches.entry(*k).or_default() += v;
+        }
+        for (i, v) in b.working_days_histogram.iter().enumerate() {
+            self.working_days_histogram[i] += v;
+        }
+        for (k, (n, w)) in &b.by_channel {
+            let c = self.by_channel.entry(*k).or_default();
+            c.0 += n;
+            c.1 += w;
+        }
+    }
+
+    /// `within_target / requests` (0 without requests).
+    pub fn within_target_share(&self) -> f64 {
+        share(self.within_target, self.requests)
+    }
+
+    /// `met_by_own_gp / requests` (0 without requests).
+    pub fn met_by_own_gp_share(&self) -> f64 {
+        share(self.met_by_own_gp, self.requests)
+    }
+}
+
+fn share(n: u64, of: u64) -> f64 {
+    if of == 0 { 0.0 } else { n as f64 / of as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().expect("instant")
+    }
+
+    fn listed(vacant: bool) -> ListedAt {
+        ListedAt {
+            gp_uid: "u".into(),
+            gp_id: "gp".into(),
+            org_number: "910000001".into(),
+            municipality_number: "0301".into(),
+            vacant,
+        }
+    }
+
+    #[test]
+    fn the_deadline_is_the_fifth_national_working_day_whatever_the_closures() {
+        // Tuesday before Easter 2026: Maundy Thursday, Good Friday and Easter Monday are not
+        // working days; a closure on Wednesday does not move the deadline.
+        let closed = Calendar::with_closures(["2026-04-01".parse().expect("date")]);
+        let e = Episode::open(
+            "n",
+            &listed(false),
+            Channel::Online,
+            at("2026-03-31T08:00:00Z"),
+            &closed,
+        );
+        assert_eq!(e.deadline, "2026-04-10".parse::<NaiveDate>().expect("date"));
+        assert!(e.in_time(at("2026-04-10T15:00:00Z")));
+        assert!(!e.in_time(at("2026-04-10T22:30:00Z")), "past Oslo midnight");
+        assert_eq!(e.working_days_to(at("2026-04-07T08:00:00Z")), 2);
+        assert!(e.closed_in_window);
+    }
+
+    #[test]
+    fn a_later_choice_within_an_offer_in_time_is_a_preference_not_a_breach() {
+        let mut e = Episode::open(
+            "n",
+            &listed(false),
+            Channel::Online,
+            at("2026-03-02T08:00:00Z"),
+            &Calendar::norwegian(),
+        );
+        e.offered(Some(at("2026-03-03T08:00:00Z")), None);
+        assert!(e.within_target() && e.met_by_own_gp());
+        assert!(!e.patient_preference());
+        e.chose("s", at("2026-03-20T08:00:00Z"), at("2026-03-02T08:01:00Z"));
+        assert!(e.patient_preference());
+        assert_eq!(e.breach(), None);
+    }
+
+    #[test]
+    fn a_colleague_in_time_meets_the_target_but_not_by_the_own_gp() {
+        let mut e = Episode::open(
+            "n",
+            &listed(false),
+            Channel::Online,
+            at("2026-03-02T08:00:00Z"),
+            &Calendar::norwegian(),
+        );
+        e.offered(
+            Some(at("2026-03-10T08:00:00Z")),
+            Some(at("2026-03-04T08:00:00Z")),
+        );
+        assert!(e.within_target());
+        assert!(!e.met_by_own_gp());
+        assert_eq!(e.earliest_offer_working_days(), Some(2));
+    }
+
+    #[test]
+    fn breaches_name_the_list_without_gp_first_then_the_closure() {
+        let closed = Calendar::with_closures(["2026-03-03".parse().expect("date")]);
+        let e = Episode::open(
+            "n",
+            &listed(false),
+            Channel::Online,
+            at("2026-03-02T08:00:00Z"),
+            &closed,
+        );
+        assert_eq!(e.breach(), Some(BreachReason::PracticeClosed));
+        let e = Episode::open(
+            "n",
+            &listed(true),
+            Channel::Online,
+            at("2026-03-02T08:00:00Z"),
+            &closed,
+        );
+        assert_eq!(e.breach(), Some(BreachReason::ListWithoutGp));
+        let e = Episode::open(
+            "n",
+            &listed(false),
+            Channel::Online,
+            at("2026-03-02T08:00:00Z"),
+            &Calendar::norwegian(),
+        );
+        assert_eq!(e.breach(), Some(BreachReason::NoSlots));
+    }
+}
