@@ -898,13 +898,40 @@ async fn converting_to_a_booking_offers_the_gps_free_slots(env: Env) {
             bpb::BookRequest {
                 target: Some(bpb::book_request::Target::SlotId(offered[0].into())),
                 reason: "knee".into(),
-                request_id: String::new(),
+                request_id: conv.request_id.clone(),
                 idempotency_key: key(),
             },
             &app.patient_token(&nins[0]),
         ))
         .await;
     assert!(booked.is_ok(), "{booked:?}");
+    // The conversion opened a booking request of its own channel, met by the booking; the
+    // patient's own searches did not come into it.
+    assert!(!conv.request_id.is_empty());
+    let day =
+        econsult_calendar::oslo_date(econsult_runtime::clock::Clock::now(&app.clock)).to_string();
+    let figures = app
+        .stats()
+        .await
+        .get_booking_accessibility(authed(
+            econsult_proto::stats::v1::GetBookingAccessibilityRequest {
+                filter: Some(econsult_proto::stats::v1::Filter {
+                    from_date: day.clone(),
+                    to_date: day,
+                    ..Default::default()
+                }),
+            },
+            &app.ops_token(),
+        ))
+        .await
+        .expect("figures")
+        .into_inner();
+    let by_channel: Vec<(&str, u64, u64)> = figures
+        .by_channel
+        .iter()
+        .map(|c| (c.channel.as_str(), c.requests, c.within_target))
+        .collect();
+    assert_eq!(by_channel, vec![("e_consultation", 1, 1)]);
     // Converted threads can no longer be withdrawn.
     let err = c
         .withdraw_consultation(authed(

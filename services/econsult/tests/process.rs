@@ -185,7 +185,7 @@ async fn seed(ch: Channel, ehr: &str, nin: &str) {
     .expect("slots");
 }
 
-async fn requests_counted(ch: Channel, ops: &str) -> u64 {
+async fn requests_counted(ch: Channel, ops: &str) -> (u64, u64) {
     let today = Utc::now().date_naive();
     let filter = econsult_proto::stats::v1::Filter {
         from_date: (today - chrono::Duration::days(1)).to_string(),
@@ -193,16 +193,17 @@ async fn requests_counted(ch: Channel, ops: &str) -> u64 {
         ..Default::default()
     };
     let mut s = econsult_proto::stats::v1::stats_service_client::StatsServiceClient::new(ch);
-    s.get_booking_accessibility(authed(
-        econsult_proto::stats::v1::GetBookingAccessibilityRequest {
-            filter: Some(filter),
-        },
-        ops,
-    ))
-    .await
-    .expect("stats")
-    .into_inner()
-    .requests
+    let figures = s
+        .get_booking_accessibility(authed(
+            econsult_proto::stats::v1::GetBookingAccessibilityRequest {
+                filter: Some(filter),
+            },
+            ops,
+        ))
+        .await
+        .expect("stats")
+        .into_inner();
+    (figures.requests, figures.bookings)
 }
 
 async fn count(db: &econsult_runtime::db::Db, sql: &str) -> i64 {
@@ -215,7 +216,8 @@ async fn count(db: &econsult_runtime::db::Db, sql: &str) -> i64 {
 
 /// Kills the server with the equivalent of `kill -9` right after the relay committed the
 /// sequencing of an event and before it published it; after a restart the event reaches the
-/// statistics consumer exactly once.
+/// statistics consumer exactly once. The booking was the first write after the patient's
+/// search: the search's booking request (written with the booking) survives too.
 async fn kill_9_between_commit_and_publish_loses_no_event(env: common::Env) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut extra = Vec::new();
@@ -236,10 +238,25 @@ async fn kill_9_between_commit_and_publish_loses_no_event(env: common::Env) {
     let ch = server.channel().await;
     let (ehr, patient, ops, nin) = tokens(dir.path());
     seed(ch.clone(), &ehr, &nin).await;
-    // FindSlots commits a booking.requested event; the relay sequences it and the process dies.
+    // FindSlots writes nothing; Book commits the booking, its request and a booking.created
+    // event; the relay sequences it and the process dies.
     let mut c = pb::booking_service_client::BookingServiceClient::new(ch);
-    let _ = c
+    let found = c
         .find_slots(authed(pb::FindSlotsRequest::default(), &patient))
+        .await
+        .expect("find")
+        .into_inner();
+    let _ = c
+        .book(authed(
+            pb::BookRequest {
+                target: Some(pb::book_request::Target::SlotId(
+                    found.slots[0].slot.as_ref().expect("slot").slot_id.clone(),
+                )),
+                idempotency_key: key(),
+                ..Default::default()
+            },
+            &patient,
+        ))
         .await;
     let status = server.wait_exit(Duration::from_secs(20));
     assert_eq!(
@@ -265,7 +282,7 @@ async fn kill_9_between_commit_and_publish_loses_no_event(env: common::Env) {
     let server = Proc::spawn(dir.path(), &extra, None);
     let ch = server.channel().await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while requests_counted(ch.clone(), &ops).await == 0 {
+    while requests_counted(ch.clone(), &ops).await.1 == 0 {
         assert!(
             Instant::now() < deadline,
             "the event never reached the statistics"
@@ -273,7 +290,11 @@ async fn kill_9_between_commit_and_publish_loses_no_event(env: common::Env) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(requests_counted(ch, &ops).await, 1, "counted exactly once");
+    assert_eq!(
+        requests_counted(ch, &ops).await,
+        (1, 1),
+        "the request kept, the booking counted exactly once"
+    );
     let db = econsult_runtime::db::Db::connect(&db_url)
         .await
         .expect("db");

@@ -244,7 +244,9 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
         .rebuild()
         .await
         .expect("rebuild");
-    assert!(applied >= 9, "every event re-applied ({applied})");
+    // Booking requests are no events any more (the figures read them where booking keeps
+    // them): the rest of the flow's events are re-applied.
+    assert!(applied >= 8, "every event re-applied ({applied})");
     let after = (
         accessibility(&app, &ops, "").await.expect("stats"),
         contacts(&app).await,
