@@ -399,6 +399,21 @@ pub struct Offers {
     pub request_id: String,
 }
 
+/// A booking the practice makes for a patient (BookForPatient).
+#[derive(Debug, Clone, Copy)]
+pub struct PracticeBooking<'a> {
+    /// The practice.
+    pub org: &'a str,
+    /// The patient, on one of the practice's lists.
+    pub nin: &'a str,
+    /// The slot.
+    pub slot_id: &'a str,
+    /// Reason for the visit.
+    pub reason: &'a str,
+    /// When the patient contacted the practice (day 0 of a new booking request).
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
 /// Target of Book and Reschedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {

@@ -149,6 +149,9 @@ pub struct Episode {
     chosen: Option<(String, i64)>,
     last_activity_ms: i64,
     closed: Option<(i64, Outcome)>,
+    /// Opened by this process (not read back): its writes also end the patient's other open
+    /// episodes, which a new one supersedes.
+    fresh: bool,
 }
 
 impl Episode {
@@ -191,6 +194,7 @@ impl Episode {
             chosen: None,
             last_activity_ms: at.timestamp_millis(),
             closed: None,
+            fresh: true,
         }
     }
 
@@ -309,8 +313,11 @@ impl Episode {
     }
 
     /// Writes (merges) the episode in `tx` (see [`UPSERT`]); on PostgreSQL it joins the
-    /// commit's one statement.
+    /// commit's one statement. A new episode also ends the patient's other open ones.
     pub fn write(&self, tx: &mut impl Defer) {
+        if self.fresh {
+            self.expire_others(tx);
+        }
         tx.defer(UPSERT, self.values());
     }
 
@@ -376,12 +383,13 @@ impl Episode {
             chosen: chosen_id.zip(chosen_start),
             last_activity_ms: r.try_get("last_activity_at")?,
             closed: closed_at.map(|at| (at, Outcome::Booked)),
+            fresh: false,
         })
     }
 
-    /// Closes the patient's other open episodes that expired by inactivity (deferred to `tx`'s
-    /// commit; only for a new episode).
-    pub fn expire_others(&self, tx: &mut impl Defer) {
+    /// Ends the patient's other open episodes (expired by inactivity, or superseded by this
+    /// new one), deferred to `tx`'s commit.
+    fn expire_others(&self, tx: &mut impl Defer) {
         tx.defer(
             "UPDATE booking_episodes SET closed_at = last_activity_at, outcome = $1 \
              WHERE patient_nin = $2 AND closed_at IS NULL AND request_id <> $3",

@@ -471,11 +471,13 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
             .svc
             .book_for_patient(
                 &caller,
-                org,
-                &nin,
-                &r.slot_id,
-                &reason,
-                requested_at,
+                PracticeBooking {
+                    org,
+                    nin: &nin,
+                    slot_id: &r.slot_id,
+                    reason: &reason,
+                    requested_at,
+                },
                 &r.idempotency_key,
             )
             .await?;

@@ -531,7 +531,6 @@ pub async fn record_conversion(
     let (own, others) = earliest_offers(tx, &gp, &e, now).await?;
     e.offered(own, others);
     e.searched(now, true);
-    e.expire_others(tx);
     e.write(tx);
     EpisodeMetrics::default().opened(&e);
     Ok(Some(e.request_id))
@@ -1193,7 +1192,6 @@ impl Booking {
 
     /// Offers slots and updates the patient's booking request (see [`crate::episodes`]): the
     /// open one, or a new one. A read: the request waits in [`Pending`] for the next flush.
-    #[allow(clippy::too_many_arguments)]
     pub async fn find_slots(
         &self,
         caller: &Caller,
@@ -1850,13 +1848,16 @@ impl Booking {
     pub async fn book_for_patient(
         &self,
         caller: &Caller,
-        org: &str,
-        nin: &str,
-        slot_id: &str,
-        reason: &str,
-        requested_at: Option<DateTime<Utc>>,
+        b: PracticeBooking<'_>,
         key: &str,
     ) -> Result<Appointment, BookingError> {
+        let PracticeBooking {
+            org,
+            nin,
+            slot_id,
+            reason,
+            requested_at,
+        } = b;
         let req = (
             org,
             nin,
@@ -1928,9 +1929,6 @@ impl Booking {
             }
             episode.chose(&slot.slot_id, slot.start, now);
             episode.booked(now);
-            if new {
-                episode.expire_others(&mut op.tx);
-            }
             episode.write(&mut op.tx);
             let a = self
                 .book_taken(
