@@ -585,7 +585,46 @@ async fn every_mutating_consultation_rpc_stays_live_with_four_times_the_pool_in_
     app.shutdown().await;
 }
 
+/// Nothing holds a pooled connection for long: with a pool of one connection (PostgreSQL: the
+/// pool; SQLite: the read pool) calls go through and the outbox relay sequences their events.
+/// The relay's leader lock used to take a pooled connection for as long as it led: with a pool
+/// of one, no call got a connection.
+async fn a_pool_of_one_connection_serves_calls_and_relays_their_events(env: Env) {
+    let tweak: Tweak = Arc::new(|c| {
+        c.db_max_connections = 1;
+        c.rate_limits = RateLimits::unlimited();
+    });
+    let app = TestApp::start_configured(env, monday_0800(), Some(tweak)).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 33, 4).await;
+    let c = app.consultation().await;
+    burst("StartConsultation", nins.len(), |i| {
+        let (mut c, t) = (c.clone(), app.patient_token(&nins[i]));
+        async move {
+            c.start_consultation(call(
+                cpb::StartConsultationRequest {
+                    category: cpb::Category::Administrative as i32,
+                    subject: "Sick note".into(),
+                    body: "for last week".into(),
+                    attachments: vec![],
+                    urgent: false,
+                    idempotency_key: key(),
+                },
+                &t,
+            ))
+            .await
+        }
+    })
+    .await;
+    let mut sequenced = app.platform().sequenced.clone();
+    tokio::time::timeout(DEADLINE, sequenced.wait_for(|seq| *seq > 0))
+        .await
+        .expect("the relay sequences the calls' events within the deadline")
+        .expect("relay running");
+    app.shutdown().await;
+}
+
 on_both_backends!(
     every_mutating_booking_rpc_stays_live_with_four_times_the_pool_in_concurrent_callers,
     every_mutating_consultation_rpc_stays_live_with_four_times_the_pool_in_concurrent_callers,
+    a_pool_of_one_connection_serves_calls_and_relays_their_events,
 );
