@@ -1,8 +1,14 @@
 //! Read-only lookups of GPs and list membership for the other services (consultation,
 //! signalling). All services share one database (tables prefixed per service), so this is a
 //! plain query; if booking ever moves to a database of its own, this becomes a gRPC call.
+//!
+//! Every lookup reads through the connection it is given: a command passes its own transaction
+//! (`&mut **tx`), so it never waits for a second pooled connection while it holds one (with
+//! more such callers than pooled connections, each would hold one and wait for another until
+//! the pool's acquire timeout: issue 30); a query without a transaction passes a connection of
+//! the read pool (`&mut *db.read().acquire().await?`).
 
-use econsult_runtime::db::Db;
+use sqlx::AnyConnection;
 use sqlx::Row as _;
 
 /// A GP as other services need it.
@@ -37,24 +43,28 @@ const COLS: &str =
     "g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, g.list_status";
 
 /// The regular GP of a patient (by identity number), if the patient is on a list.
-pub async fn patient_gp(db: &Db, nin: &str) -> Result<Option<GpRef>, sqlx::Error> {
+pub async fn patient_gp(conn: &mut AnyConnection, nin: &str) -> Result<Option<GpRef>, sqlx::Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLS} FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1"
     ))
     .bind(nin)
-    .fetch_optional(db.read())
+    .fetch_optional(conn)
     .await?;
     row.as_ref().map(gp_ref).transpose()
 }
 
 /// A GP of an organisation.
-pub async fn gp(db: &Db, org_number: &str, gp_id: &str) -> Result<Option<GpRef>, sqlx::Error> {
+pub async fn gp(
+    conn: &mut AnyConnection,
+    org_number: &str,
+    gp_id: &str,
+) -> Result<Option<GpRef>, sqlx::Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLS} FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2"
     ))
     .bind(org_number)
     .bind(gp_id)
-    .fetch_optional(db.read())
+    .fetch_optional(conn)
     .await?;
     row.as_ref().map(gp_ref).transpose()
 }
@@ -72,7 +82,7 @@ pub struct FreeSlot {
 
 /// The earliest free (or lapsed-hold) non-acute slots of a GP starting after `from_ms`.
 pub async fn free_slots(
-    db: &Db,
+    conn: &mut AnyConnection,
     org_number: &str,
     gp_id: &str,
     from_ms: i64,
@@ -87,7 +97,7 @@ pub async fn free_slots(
     .bind(gp_id)
     .bind(from_ms)
     .bind(limit)
-    .fetch_all(db.read())
+    .fetch_all(conn)
     .await?;
     rows.iter()
         .map(|r| {
@@ -101,10 +111,13 @@ pub async fn free_slots(
 }
 
 /// Closure days of a practice (ISO dates), as set through booking's SetClosures.
-pub async fn closures(db: &Db, org_number: &str) -> Result<Vec<chrono::NaiveDate>, sqlx::Error> {
+pub async fn closures(
+    conn: &mut AnyConnection,
+    org_number: &str,
+) -> Result<Vec<chrono::NaiveDate>, sqlx::Error> {
     let rows = sqlx::query("SELECT closed_on FROM booking_closures WHERE org_number = $1")
         .bind(org_number)
-        .fetch_all(db.read())
+        .fetch_all(conn)
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -143,7 +156,7 @@ pub struct AppointmentRef {
 
 /// One appointment by id, with its slot and GP.
 pub async fn appointment(
-    db: &Db,
+    conn: &mut AnyConnection,
     appointment_id: &str,
 ) -> Result<Option<AppointmentRef>, sqlx::Error> {
     let row = sqlx::query(
@@ -153,7 +166,7 @@ pub async fn appointment(
          JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE a.appointment_id = $1",
     )
     .bind(appointment_id)
-    .fetch_optional(db.read())
+    .fetch_optional(conn)
     .await?;
     row.map(|r| {
         Ok(AppointmentRef {

@@ -174,8 +174,10 @@ impl ConsultationGrpc {
         op.finish(done).await.map_err(idem_status)
     }
 
-    async fn calendar(&self, org: &str) -> Result<Calendar, Status> {
-        let days = directory::closures(&self.p.db, org)
+    /// The working days of practice `org`, read in the call's transaction `tx`: a command
+    /// never waits for a second pooled connection while its transaction holds one.
+    async fn calendar(tx: &mut Tx, org: &str) -> Result<Calendar, Status> {
+        let days = directory::closures(tx, org)
             .await
             .map_err(|e| db_status("closures", e))?;
         Ok(Calendar::with_closures(days))
@@ -315,7 +317,7 @@ impl ConsultationGrpc {
         save(tx, t).await?;
         self.audit(tx, caller, action, t).await?;
         self.message_event(tx, t, &m).await?;
-        let cal = self.calendar(&t.org_number).await?;
+        let cal = Self::calendar(tx, &t.org_number).await?;
         if first {
             self.changed(tx, topics::CONSULTATION_FIRST_RESPONSE, t, Some(&cal))
                 .await?;
@@ -686,7 +688,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             }
             Begun::New(op) => op,
         };
-        let gp = directory::patient_gp(&self.p.db, &nin)
+        // Read in the call's transaction (as everything below): a retry gets the first
+        // answer before this runs, and the transaction's connection is the only one it holds.
+        let gp = directory::patient_gp(&mut op.tx, &nin)
             .await
             .map_err(|e| db_status("patient gp", e))?
             .ok_or_else(|| {
@@ -699,7 +703,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let n = store::response_days(tx, &gp.org_number)
             .await
             .map_err(|e| db_status("settings", e))?;
-        let cal = self.calendar(&gp.org_number).await?;
+        let cal = Self::calendar(tx, &gp.org_number).await?;
         let due = sla::due_at(&cal, from_ms(now), n).timestamp_millis();
         let mut t = ThreadRow {
             thread_id: uuid::Uuid::now_v7().to_string(),
@@ -1225,7 +1229,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         if !state::allowed(t.state, state::CONVERTED) {
             return Err(transition_refused(t.state, state::CONVERTED));
         }
-        let slots = directory::free_slots(&self.p.db, &t.org_number, &t.gp_id, self.now(), count)
+        let slots = directory::free_slots(&mut op.tx, &t.org_number, &t.gp_id, self.now(), count)
             .await
             .map_err(|e| db_status("free slots", e))?;
         let mut text = body.clone();
@@ -1336,7 +1340,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         t.updated_at = now;
         save(&mut op.tx, &t).await?;
         self.audit(&mut op.tx, &caller, rpc::CLOSE, &t).await?;
-        let cal = self.calendar(&t.org_number).await?;
+        let cal = Self::calendar(&mut op.tx, &t.org_number).await?;
         self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, Some(&cal))
             .await?;
         let done = Done::thread(&t);

@@ -498,6 +498,14 @@ impl Db {
         &self.write
     }
 
+    /// A connection of its own to the database, outside the pools, for a session held for as
+    /// long as the process runs (the outbox relay's leader lock): a pooled connection held that
+    /// long would leave the calls one fewer. Dropping it closes it.
+    pub async fn dedicated(&self) -> Result<AnyConnection, sqlx::Error> {
+        let options = self.write.connect_options();
+        <AnyConnection as sqlx::Connection>::connect_with(&options).await
+    }
+
     /// Begins a write transaction.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let kind = match &self.group {

@@ -176,15 +176,17 @@ impl Relay {
     async fn lead(&self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
         let _lock = match self.db.backend() {
             Backend::Postgres => {
-                let mut conn = self.db.read().acquire().await?;
-                // The leader lock is held by this session: when leadership ends (an error, a
-                // lost bus, shutdown) the connection is closed, never returned to the pool
-                // still holding the lock, where it would block this very relay forever.
-                conn.close_on_drop();
+                // The leader lock is held by a session of its own, outside the pool. A pooled
+                // connection held for as long as this replica leads left the calls one
+                // connection fewer while every pass of the relay waited for a second one (a
+                // pool of one stalled outright). When leadership ends (an error, a lost bus,
+                // shutdown) the session ends with it, and the lock with the session: it never
+                // goes back to a pool still holding the lock.
+                let mut conn = self.db.dedicated().await?;
                 loop {
                     let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS ok")
                         .bind(RELAY_LOCK_KEY)
-                        .fetch_one(&mut *conn)
+                        .fetch_one(&mut conn)
                         .await?
                         .try_get("ok")?;
                     if got {

@@ -256,8 +256,16 @@ impl Signalling {
         if appointment_id.len() > 100 {
             return Err(Status::invalid_argument("appointment_id is too long"));
         }
-        let db = &self.inner.platform.db;
-        let appt = directory::appointment(db, appointment_id)
+        // One read connection for both lookups; no transaction is open yet.
+        let mut conn = self
+            .inner
+            .platform
+            .db
+            .read()
+            .acquire()
+            .await
+            .map_err(dbe("read connection"))?;
+        let appt = directory::appointment(&mut conn, appointment_id)
             .await
             .map_err(dbe("load appointment"))?
             .ok_or_else(|| Status::not_found("appointment not found"))?;
@@ -288,7 +296,7 @@ impl Signalling {
                     )
                     .bind(appointment_id)
                     .bind(hpr)
-                    .fetch_optional(db.read())
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err(dbe("load grant"))?;
                     if granted.is_none() {
