@@ -1409,7 +1409,96 @@ async fn acute_reserve_slots_are_hidden_from_patients_and_booked_by_the_practice
     app.shutdown().await;
 }
 
+async fn list_size(app: &TestApp, org: &str, gp_id: &str) -> u32 {
+    let mut c = app.booking().await;
+    c.get_gp(authed(
+        pb::GetGpRequest {
+            gp_id: gp_id.into(),
+        },
+        &app.ehr_token(org),
+    ))
+    .await
+    .expect("get gp")
+    .into_inner()
+    .list_size
+}
+
+/// Issue 21 (High): UpdateList was an upsert on the identity number, so practice B could move a
+/// patient listed with practice A onto its own list and then book for them.
+async fn a_practice_cannot_list_a_patient_listed_with_another_organisation(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 31, 1).await;
+    seed_gp(&app, ORG_B, "gp-b", 32, 0).await;
+    let slot_b = publish(
+        &app,
+        ORG_B,
+        "gp-b",
+        &[at("2026-03-03T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let mut c = app.booking().await;
+    let ehr_b = app.ehr_token(ORG_B);
+    let err = c
+        .update_list(authed(
+            pb::UpdateListRequest {
+                gp_id: "gp-b".into(),
+                add: vec![nins[0].clone()],
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &ehr_b,
+        ))
+        .await
+        .expect_err("a patient of another practice is not taken over");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(ORG_A) && err.message().contains("MoveListing"),
+        "names the current organisation and the way to move: {}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains(&nins[0]),
+        "no identity number in the message"
+    );
+    assert_eq!(list_size(&app, ORG_A, "gp-1").await, 1, "still on A's list");
+    assert_eq!(list_size(&app, ORG_B, "gp-b").await, 0);
+    let err = c
+        .book_for_patient(authed(
+            pb::BookForPatientRequest {
+                slot_id: slot_b[0].slot_id.clone(),
+                patient_nin: nins[0].clone(),
+                reason: String::new(),
+                idempotency_key: key(),
+            },
+            &ehr_b,
+        ))
+        .await
+        .expect_err("B cannot book for A's patient");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // A move within the practice stays the practice's own business.
+    seed_gp(&app, ORG_A, "gp-2", 33, 0).await;
+    let moved = c
+        .update_list(authed(
+            pb::UpdateListRequest {
+                gp_id: "gp-2".into(),
+                add: vec![nins[0].clone()],
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("a move within the practice")
+        .into_inner();
+    assert_eq!(moved.list_size, 1);
+    assert_eq!(list_size(&app, ORG_A, "gp-1").await, 0);
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_practice_cannot_list_a_patient_listed_with_another_organisation,
     acute_reserve_slots_are_hidden_from_patients_and_booked_by_the_practice,
     finding_holding_and_booking_a_slot_works_end_to_end,
     two_hundred_concurrent_clients_racing_for_three_slots_give_exactly_three_bookings,
