@@ -612,16 +612,25 @@ impl Booking {
                 let access = Access { action: rpc::UPDATE_LIST, resource: format!("gp:{gp_id}"), patient_nin: nin };
                 audit::record(tx, caller, &access, now).await?;
             }
-            for nin in add {
-                sqlx::query(
+            for (i, nin) in add.iter().enumerate() {
+                // A patient on a list of this practice moves within it; one listed with another
+                // organisation stays there (the update's condition is false: nothing written).
+                // A move between practices is a registry fact: MoveListing.
+                let n = sqlx::query(
                     "INSERT INTO booking_list_members (patient_nin, gp_uid, added_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (patient_nin) DO UPDATE SET gp_uid = excluded.gp_uid, added_at = excluded.added_at",
+                     ON CONFLICT (patient_nin) DO UPDATE SET gp_uid = excluded.gp_uid, added_at = excluded.added_at \
+                     WHERE (SELECT g.org_number FROM booking_gps g WHERE g.gp_uid = booking_list_members.gp_uid) = $4",
                 )
                 .bind(nin)
                 .bind(&gp.gp_uid)
                 .bind(now)
+                .bind(org)
                 .execute(&mut **tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    return Err(self.listed_elsewhere(tx, i, nin).await);
+                }
                 let access = Access { action: rpc::UPDATE_LIST, resource: format!("gp:{gp_id}"), patient_nin: nin };
                 audit::record(tx, caller, &access, now).await?;
             }
@@ -642,6 +651,27 @@ impl Booking {
         let resp = resp?;
         op.finish(&resp).await?;
         Ok(resp)
+    }
+
+    /// The refusal of `add[i]`, a patient listed with another organisation: names that
+    /// organisation (not the patient).
+    async fn listed_elsewhere(&self, tx: &mut Tx, i: usize, nin: &str) -> BookingError {
+        let current = sqlx::query(
+            "SELECT g.org_number FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1",
+        )
+        .bind(nin)
+        .fetch_optional(&mut **tx)
+        .await
+        .map(|r| r.and_then(|r| r.try_get::<String, _>("org_number").ok()));
+        match current {
+            Ok(Some(org)) => BookingError::FailedPrecondition(format!(
+                "add[{i}]: patient is listed with organisation {org}: a move between practices goes through MoveListing"
+            )),
+            Ok(None) => BookingError::FailedPrecondition(format!(
+                "add[{i}]: the patient's listing changed concurrently, retry"
+            )),
+            Err(e) => e.into(),
+        }
     }
 
     /// Replaces the closure days of `org`.
