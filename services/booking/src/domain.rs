@@ -243,6 +243,42 @@ pub struct GpInput {
     pub list_status: ListStatus,
 }
 
+/// Validated input of MoveListing (operations): a move Fastlegeregisteret recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveListingInput {
+    /// The patient.
+    pub patient_nin: String,
+    /// The practice the patient moves to.
+    pub to_org_number: String,
+    /// Its GP whose list the patient joins.
+    pub to_gp_id: String,
+    /// The registry's reference of the move.
+    pub registry_reference: String,
+}
+
+/// A recorded move of a patient between lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMove {
+    /// Id.
+    pub move_id: String,
+    /// Patient.
+    pub patient_nin: String,
+    /// Previous practice.
+    pub from_org_number: String,
+    /// Previous GP.
+    pub from_gp_id: String,
+    /// New practice.
+    pub to_org_number: String,
+    /// New GP.
+    pub to_gp_id: String,
+    /// Registry reference.
+    pub registry_reference: String,
+    /// When (ms since the epoch).
+    pub moved_at_ms: i64,
+    /// Persons on the new GP's list after the move.
+    pub to_list_size: u32,
+}
+
 /// A slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Slot {

@@ -3,11 +3,11 @@
 
 use crate::domain::*;
 use crate::episodes::MAX_REQUEST_AGE_DAYS;
-use crate::service::Booking;
+use crate::service::{Booking, Change};
 use econsult_proto::booking::v1 as pb;
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::events::AppointmentChanged;
+use econsult_runtime::events::{AppointmentChanged, ListMoved};
 use econsult_runtime::grpc::{optional_time, parse_date, required_time, timestamp};
 use econsult_runtime::nin::NationalId;
 use std::pin::Pin;
@@ -143,6 +143,33 @@ fn change_to(c: &AppointmentChanged) -> pb::Appointment {
         } as i32,
         late_cancellation: c.late_cancellation,
         rescheduled_from: c.rescheduled_from.clone().unwrap_or_default(),
+    }
+}
+
+fn list_move_to(m: &ListMove) -> pb::ListMove {
+    pb::ListMove {
+        move_id: m.move_id.clone(),
+        patient_nin: m.patient_nin.clone(),
+        from_org_number: m.from_org_number.clone(),
+        from_gp_id: m.from_gp_id.clone(),
+        to_org_number: m.to_org_number.clone(),
+        to_gp_id: m.to_gp_id.clone(),
+        registry_reference: m.registry_reference.clone(),
+        moved_at: Some(timestamp(from_ms(m.moved_at_ms))),
+        to_list_size: m.to_list_size,
+    }
+}
+
+/// A `booking.list_moved` change as the old practice sees it: without the new practice.
+fn list_moved_to(m: &ListMoved) -> pb::ListMove {
+    pb::ListMove {
+        move_id: m.move_id.clone(),
+        patient_nin: m.patient_nin.clone(),
+        from_org_number: m.from_org_number.clone(),
+        from_gp_id: m.from_gp_id.clone(),
+        registry_reference: m.registry_reference.clone(),
+        moved_at: Some(timestamp(from_ms(m.moved_at_ms))),
+        ..Default::default()
     }
 }
 
@@ -285,6 +312,32 @@ impl TryFrom<(usize, &pb::NewSlot)> for NewSlot {
             duration_minutes: s.duration_minutes,
             modality,
             acute_reserve: s.acute_reserve,
+        })
+    }
+}
+
+impl TryFrom<&pb::MoveListingRequest> for MoveListingInput {
+    type Error = Status;
+    fn try_from(r: &pb::MoveListingRequest) -> Result<Self, Status> {
+        let patient_nin = nin_field(&r.patient_nin, "patient_nin")?;
+        if !econsult_runtime::auth::is_org_number(&r.to_org_number) {
+            return Err(Status::invalid_argument("to_org_number must be 9 digits"));
+        }
+        id_field(&r.to_gp_id, "to_gp_id")?;
+        let reference = r.registry_reference.trim();
+        if reference.is_empty()
+            || reference.chars().count() > 64
+            || reference.chars().any(char::is_control)
+        {
+            return Err(Status::invalid_argument(
+                "registry_reference must be 1 to 64 characters without control characters",
+            ));
+        }
+        Ok(MoveListingInput {
+            patient_nin,
+            to_org_number: r.to_org_number.clone(),
+            to_gp_id: r.to_gp_id.clone(),
+            registry_reference: reference.to_owned(),
         })
     }
 }
@@ -557,10 +610,19 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                                 if kind.is_empty() {
                                     continue;
                                 }
-                                let change = pb::BookingChange {
-                                    cursor: seq,
-                                    kind,
-                                    appointment: Some(change_to(&body)),
+                                let change = match &body {
+                                    Change::Appointment(a) => pb::BookingChange {
+                                        cursor: seq,
+                                        kind,
+                                        appointment: Some(change_to(a)),
+                                        list_moved: None,
+                                    },
+                                    Change::ListMoved(m) => pb::BookingChange {
+                                        cursor: seq,
+                                        kind,
+                                        appointment: None,
+                                        list_moved: Some(list_moved_to(m)),
+                                    },
                                 };
                                 if tx.send(Ok(change)).await.is_err() {
                                     return;
@@ -769,6 +831,22 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         id_field(&r.entry_id, "entry_id")?;
         let e = self.svc.leave_waitlist(&caller, &nin, &r.entry_id).await?;
         Ok(Response::new(waitlist_to(&e)))
+    }
+
+    async fn move_listing(
+        &self,
+        req: Request<pb::MoveListingRequest>,
+    ) -> Result<Response<pb::ListMove>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        caller.ops()?;
+        let r = req.into_inner();
+        let input = MoveListingInput::try_from(&r)?;
+        key_field(&r.idempotency_key)?;
+        let m = self
+            .svc
+            .move_listing(&caller, &input, &r.idempotency_key)
+            .await?;
+        Ok(Response::new(list_move_to(&m)))
     }
 }
 

@@ -10,7 +10,7 @@ use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::{Backend, Defer, Tx, is_unique_violation};
-use econsult_runtime::events::{AppointmentChanged, topics};
+use econsult_runtime::events::{AppointmentChanged, ListMoved, topics};
 use econsult_runtime::idempotency::{self, Begun, CLAIM_ROW, CLAIMED, IdempotencyError, Op};
 use econsult_runtime::outbox::{self, NewEvent};
 use econsult_runtime::platform::Platform;
@@ -64,6 +64,7 @@ pub(crate) mod rpc {
     pub const LIST_MINE: &str = "/econsult.booking.v1.BookingService/ListMyBookings";
     pub const JOIN_WAITLIST: &str = "/econsult.booking.v1.BookingService/JoinWaitlist";
     pub const LEAVE_WAITLIST: &str = "/econsult.booking.v1.BookingService/LeaveWaitlist";
+    pub const MOVE_LISTING: &str = "/econsult.booking.v1.BookingService/MoveListing";
 }
 
 const GP_COLS: &str = "g.gp_uid, g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, \
@@ -763,16 +764,25 @@ impl Booking {
                 let access = Access { action: rpc::UPDATE_LIST, resource: format!("gp:{gp_id}"), patient_nin: nin };
                 audit::record(tx, caller, &access, now).await?;
             }
-            for nin in add {
-                sqlx::query(
+            for (i, nin) in add.iter().enumerate() {
+                // A patient on a list of this practice moves within it; one listed with another
+                // organisation stays there (the update's condition is false: nothing written).
+                // A move between practices is a registry fact: MoveListing.
+                let n = sqlx::query(
                     "INSERT INTO booking_list_members (patient_nin, gp_uid, added_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (patient_nin) DO UPDATE SET gp_uid = excluded.gp_uid, added_at = excluded.added_at",
+                     ON CONFLICT (patient_nin) DO UPDATE SET gp_uid = excluded.gp_uid, added_at = excluded.added_at \
+                     WHERE (SELECT g.org_number FROM booking_gps g WHERE g.gp_uid = booking_list_members.gp_uid) = $4",
                 )
                 .bind(nin)
                 .bind(&gp.gp_uid)
                 .bind(now)
+                .bind(org)
                 .execute(&mut **tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    return Err(self.listed_elsewhere(tx, i, nin).await);
+                }
                 let access = Access { action: rpc::UPDATE_LIST, resource: format!("gp:{gp_id}"), patient_nin: nin };
                 audit::record(tx, caller, &access, now).await?;
             }
@@ -788,6 +798,158 @@ impl Booking {
                 )));
             }
             Ok(size as u32)
+        }
+        .await;
+        let resp = resp?;
+        op.finish(&resp).await?;
+        Ok(resp)
+    }
+
+    /// The refusal of `add[i]`, a patient listed with another organisation: names that
+    /// organisation (not the patient).
+    async fn listed_elsewhere(&self, tx: &mut Tx, i: usize, nin: &str) -> BookingError {
+        let current = sqlx::query(
+            "SELECT g.org_number FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1",
+        )
+        .bind(nin)
+        .fetch_optional(&mut **tx)
+        .await
+        .map(|r| r.and_then(|r| r.try_get::<String, _>("org_number").ok()));
+        match current {
+            Ok(Some(org)) => BookingError::FailedPrecondition(format!(
+                "add[{i}]: patient is listed with organisation {org}: a move between practices goes through MoveListing"
+            )),
+            Ok(None) => BookingError::FailedPrecondition(format!(
+                "add[{i}]: the patient's listing changed concurrently, retry"
+            )),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Moves a listed patient to a GP of `input.to_org_number`, as Fastlegeregisteret recorded
+    /// it (operations only). In one transaction: the list member row, the move with its registry
+    /// reference, a `booking.list_moved` event for the old practice and an access-log row for
+    /// the patient. The target list's capacity holds (its list lock, as UpdateList takes it).
+    pub async fn move_listing(
+        &self,
+        caller: &Caller,
+        input: &MoveListingInput,
+        key: &str,
+    ) -> Result<ListMove, BookingError> {
+        let mut op = match self.begin_op(caller, rpc::MOVE_LISTING, key, input).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            let now = self.p.clock.now_ms();
+            let to = match self.gp_in_org(tx, &input.to_org_number, &input.to_gp_id).await {
+                Err(BookingError::NotFound(_)) => {
+                    return Err(BookingError::NotFound(format!(
+                        "to_gp_id {} of organisation {}",
+                        input.to_gp_id, input.to_org_number
+                    )));
+                }
+                r => r?,
+            };
+            self.p.db.lock(tx, &format!("list:{}", to.gp_uid)).await?;
+            let from = sqlx::query(
+                "SELECT l.gp_uid, g.gp_id, g.org_number FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid \
+                 WHERE l.patient_nin = $1",
+            )
+            .bind(&input.patient_nin)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| {
+                BookingError::FailedPrecondition(
+                    "patient_nin is on no list in this service: the new practice adds the patient with UpdateList".into(),
+                )
+            })?;
+            let from_uid: String = from.try_get("gp_uid")?;
+            let from_gp_id: String = from.try_get("gp_id")?;
+            let from_org: String = from.try_get("org_number")?;
+            if from_uid == to.gp_uid {
+                return Err(BookingError::FailedPrecondition(format!(
+                    "the patient is already on the list of {} of organisation {}",
+                    input.to_gp_id, input.to_org_number
+                )));
+            }
+            let n = sqlx::query(
+                "UPDATE booking_list_members SET gp_uid = $1, added_at = $2 WHERE patient_nin = $3 AND gp_uid = $4",
+            )
+            .bind(&to.gp_uid)
+            .bind(now)
+            .bind(&input.patient_nin)
+            .bind(&from_uid)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(BookingError::FailedPrecondition(
+                    "the patient's listing changed concurrently, retry".into(),
+                ));
+            }
+            let size: i64 = sqlx::query("SELECT COUNT(*) AS n FROM booking_list_members WHERE gp_uid = $1")
+                .bind(&to.gp_uid)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("n")?;
+            if size > i64::from(to.list_capacity) {
+                return Err(BookingError::FailedPrecondition(format!(
+                    "the list of {} is full (capacity {})",
+                    input.to_gp_id, to.list_capacity
+                )));
+            }
+            let move_id = new_id();
+            sqlx::query(
+                "INSERT INTO booking_list_moves (move_id, patient_nin, from_gp_uid, to_gp_uid, registry_reference, moved_at, moved_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&move_id)
+            .bind(&input.patient_nin)
+            .bind(&from_uid)
+            .bind(&to.gp_uid)
+            .bind(&input.registry_reference)
+            .bind(now)
+            .bind(&caller.subject)
+            .execute(&mut **tx)
+            .await?;
+            let body = ListMoved {
+                move_id: move_id.clone(),
+                patient_nin: input.patient_nin.clone(),
+                from_org_number: from_org.clone(),
+                from_gp_id: from_gp_id.clone(),
+                registry_reference: input.registry_reference.clone(),
+                moved_at_ms: now,
+            };
+            outbox::enqueue(
+                tx,
+                NewEvent {
+                    topic: topics::BOOKING_LIST_MOVED,
+                    org_number: &from_org,
+                    route_key: &input.patient_nin,
+                    payload: &body,
+                },
+                now,
+            )
+            .await?;
+            let access = Access {
+                action: rpc::MOVE_LISTING,
+                resource: format!("list_move:{move_id}"),
+                patient_nin: &input.patient_nin,
+            };
+            audit::record(tx, caller, &access, now).await?;
+            Ok(ListMove {
+                move_id,
+                patient_nin: input.patient_nin.clone(),
+                from_org_number: from_org,
+                from_gp_id,
+                to_org_number: input.to_org_number.clone(),
+                to_gp_id: input.to_gp_id.clone(),
+                registry_reference: input.registry_reference.clone(),
+                moved_at_ms: now,
+                to_list_size: size as u32,
+            })
         }
         .await;
         let resp = resp?;
@@ -2427,14 +2589,14 @@ impl Booking {
     }
 
     /// Booking changes of `org` after `cursor` up to `upto` (for WatchBookings); audits each
-    /// delivered appointment.
+    /// delivered appointment and list move.
     pub async fn changes_after(
         &self,
         caller: &Caller,
         org: &str,
         cursor: u64,
         upto: u64,
-    ) -> Result<Vec<(u64, String, AppointmentChanged)>, BookingError> {
+    ) -> Result<Vec<(u64, String, Change)>, BookingError> {
         let events = outbox::read_after(
             &self.p.db,
             cursor,
@@ -2457,22 +2619,36 @@ impl Booking {
             ) {
                 continue;
             }
-            let body: AppointmentChanged =
-                serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?;
+            let body = if e.topic == topics::BOOKING_LIST_MOVED {
+                Change::ListMoved(serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?)
+            } else {
+                Change::Appointment(serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?)
+            };
             out.push((e.seq, e.topic, body));
         }
         let accesses: Vec<Access<'_>> = out
             .iter()
-            .map(|(_, _, b)| Access {
-                action: rpc::WATCH,
-                resource: format!("appointment:{}", b.appointment_id),
-                patient_nin: &b.patient_nin,
+            .map(|(_, _, b)| match b {
+                Change::Appointment(a) => Access {
+                    action: rpc::WATCH,
+                    resource: format!("appointment:{}", a.appointment_id),
+                    patient_nin: &a.patient_nin,
+                },
+                Change::ListMoved(m) => Access {
+                    action: rpc::WATCH,
+                    resource: format!("list_move:{}", m.move_id),
+                    patient_nin: &m.patient_nin,
+                },
             })
             .collect();
         audit::record_reads(&self.p.db, caller, &accesses, self.p.clock.now_ms()).await?;
         if out.is_empty() && last_seq > cursor {
-            // Only non-appointment events: report progress with an empty marker.
-            out.push((last_seq, String::new(), empty_change()));
+            // Only events the stream does not carry: report progress with an empty marker.
+            out.push((
+                last_seq,
+                String::new(),
+                Change::Appointment(Box::new(empty_change())),
+            ));
         }
         Ok(out)
     }
@@ -2481,6 +2657,15 @@ impl Booking {
     pub fn platform(&self) -> &Platform {
         &self.p
     }
+}
+
+/// One entry of an organisation's change stream (WatchBookings).
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// An appointment after its change (boxed: the larger variant by far).
+    Appointment(Box<AppointmentChanged>),
+    /// A patient left one of the organisation's lists.
+    ListMoved(ListMoved),
 }
 
 fn empty_change() -> AppointmentChanged {

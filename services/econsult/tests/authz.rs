@@ -130,6 +130,7 @@ fn table() -> BTreeMap<&'static str, Audience> {
         ("econsult.booking.v1.BookingService/ListMyBookings", Patient),
         ("econsult.booking.v1.BookingService/JoinWaitlist", Patient),
         ("econsult.booking.v1.BookingService/LeaveWaitlist", Patient),
+        ("econsult.booking.v1.BookingService/MoveListing", Ops),
         (
             "econsult.consultation.v1.ConsultationService/StartConsultation",
             Patient,

@@ -1406,8 +1406,406 @@ async fn acute_reserve_slots_are_hidden_from_patients_and_booked_by_the_practice
     app.shutdown().await;
 }
 
+async fn list_size(app: &TestApp, org: &str, gp_id: &str) -> u32 {
+    let mut c = app.booking().await;
+    c.get_gp(authed(
+        pb::GetGpRequest {
+            gp_id: gp_id.into(),
+        },
+        &app.ehr_token(org),
+    ))
+    .await
+    .expect("get gp")
+    .into_inner()
+    .list_size
+}
+
+/// Issue 21 (High): UpdateList was an upsert on the identity number, so practice B could move a
+/// patient listed with practice A onto its own list and then book for them.
+async fn a_practice_cannot_list_a_patient_listed_with_another_organisation(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 31, 1).await;
+    seed_gp(&app, ORG_B, "gp-b", 32, 0).await;
+    let slot_b = publish(
+        &app,
+        ORG_B,
+        "gp-b",
+        &[at("2026-03-03T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    let mut c = app.booking().await;
+    let ehr_b = app.ehr_token(ORG_B);
+    let err = c
+        .update_list(authed(
+            pb::UpdateListRequest {
+                gp_id: "gp-b".into(),
+                add: vec![nins[0].clone()],
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &ehr_b,
+        ))
+        .await
+        .expect_err("a patient of another practice is not taken over");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(ORG_A) && err.message().contains("MoveListing"),
+        "names the current organisation and the way to move: {}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains(&nins[0]),
+        "no identity number in the message"
+    );
+    assert_eq!(list_size(&app, ORG_A, "gp-1").await, 1, "still on A's list");
+    assert_eq!(list_size(&app, ORG_B, "gp-b").await, 0);
+    let err = c
+        .book_for_patient(authed(
+            pb::BookForPatientRequest {
+                slot_id: slot_b[0].slot_id.clone(),
+                patient_nin: nins[0].clone(),
+                reason: String::new(),
+                idempotency_key: key(),
+                requested_at: None,
+            },
+            &ehr_b,
+        ))
+        .await
+        .expect_err("B cannot book for A's patient");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // A move within the practice stays the practice's own business.
+    seed_gp(&app, ORG_A, "gp-2", 33, 0).await;
+    let moved = c
+        .update_list(authed(
+            pb::UpdateListRequest {
+                gp_id: "gp-2".into(),
+                add: vec![nins[0].clone()],
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("a move within the practice")
+        .into_inner();
+    assert_eq!(moved.list_size, 1);
+    assert_eq!(list_size(&app, ORG_A, "gp-1").await, 0);
+    app.shutdown().await;
+}
+
+/// Issue 21 (High): a move between practices is a registry fact, recorded by operations with
+/// its Fastlegeregisteret reference; the old practice and the patient are told.
+async fn operations_move_a_listing_and_the_old_practice_and_the_patient_are_told(env: Env) {
+    use tokio_stream::StreamExt as _;
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 34, 2).await;
+    seed_gp(&app, ORG_B, "gp-b", 35, 0).await;
+    let mut c = app.booking().await;
+    let ehr_a = app.ehr_token(ORG_A);
+    let ehr_b = app.ehr_token(ORG_B);
+    let mut stream = c
+        .watch_bookings(authed(pb::WatchBookingsRequest { after_cursor: 0 }, &ehr_a))
+        .await
+        .expect("watch")
+        .into_inner();
+    let req = pb::MoveListingRequest {
+        patient_nin: nins[0].clone(),
+        to_org_number: ORG_B.into(),
+        to_gp_id: "gp-b".into(),
+        registry_reference: "FLR-2026-000123".into(),
+        idempotency_key: key(),
+    };
+    for token in [&ehr_a, &ehr_b, &app.patient_token(&nins[0])] {
+        let err = c
+            .move_listing(authed(req.clone(), token))
+            .await
+            .expect_err("operations only");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    let ops = app.ops_token();
+    let bad = [
+        (
+            pb::MoveListingRequest {
+                registry_reference: String::new(),
+                ..req.clone()
+            },
+            "registry_reference",
+        ),
+        (
+            pb::MoveListingRequest {
+                registry_reference: "r".repeat(65),
+                ..req.clone()
+            },
+            "registry_reference",
+        ),
+        (
+            pb::MoveListingRequest {
+                registry_reference: "FLR\0".into(),
+                ..req.clone()
+            },
+            "registry_reference",
+        ),
+        (
+            pb::MoveListingRequest {
+                patient_nin: "01010112345".into(),
+                ..req.clone()
+            },
+            "patient_nin",
+        ),
+        (
+            pb::MoveListingRequest {
+                to_org_number: "92000000".into(),
+                ..req.clone()
+            },
+            "to_org_number",
+        ),
+        (
+            pb::MoveListingRequest {
+                to_gp_id: String::new(),
+                ..req.clone()
+            },
+            "to_gp_id",
+        ),
+        (
+            pb::MoveListingRequest {
+                idempotency_key: String::new(),
+                ..req.clone()
+            },
+            "idempotency_key",
+        ),
+    ];
+    for (r, field) in bad {
+        let err = c.move_listing(authed(r, &ops)).await.expect_err("invalid");
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let stranger = econsult_runtime::nin::synthetic(36 * 100_000)
+        .as_str()
+        .to_owned();
+    let err = c
+        .move_listing(authed(
+            pb::MoveListingRequest {
+                patient_nin: stranger,
+                idempotency_key: key(),
+                ..req.clone()
+            },
+            &ops,
+        ))
+        .await
+        .expect_err("on no list");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    let moved = c
+        .move_listing(authed(req.clone(), &ops))
+        .await
+        .expect("move")
+        .into_inner();
+    assert_eq!(
+        (
+            moved.patient_nin.as_str(),
+            moved.from_org_number.as_str(),
+            moved.from_gp_id.as_str(),
+            moved.to_org_number.as_str(),
+            moved.to_gp_id.as_str(),
+            moved.registry_reference.as_str(),
+            moved.to_list_size,
+        ),
+        (
+            nins[0].as_str(),
+            ORG_A,
+            "gp-1",
+            ORG_B,
+            "gp-b",
+            "FLR-2026-000123",
+            1
+        )
+    );
+    let again = c
+        .move_listing(authed(req.clone(), &ops))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(
+        again, moved,
+        "a retry with the same key gets the same answer"
+    );
+    assert_eq!(list_size(&app, ORG_A, "gp-1").await, 1);
+    assert_eq!(list_size(&app, ORG_B, "gp-b").await, 1);
+    let rows = sqlx::query(
+        "SELECT move_id, registry_reference, moved_by FROM booking_list_moves WHERE patient_nin = $1",
+    )
+    .bind(&nins[0])
+    .fetch_all(app.platform().db.read())
+    .await
+    .expect("moves");
+    let rows: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                sqlx::Row::get(r, "move_id"),
+                sqlx::Row::get(r, "registry_reference"),
+                sqlx::Row::get(r, "moved_by"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(
+            moved.move_id.clone(),
+            "FLR-2026-000123".to_string(),
+            "ops-1".to_string()
+        )],
+        "one move, recorded once"
+    );
+
+    // The old practice sees the patient leave, without the new practice.
+    let change = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+        .await
+        .expect("change in time")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(change.kind, "booking.list_moved");
+    assert!(change.appointment.is_none());
+    let seen = change.list_moved.expect("list move");
+    assert_eq!(
+        (
+            seen.move_id.as_str(),
+            seen.patient_nin.as_str(),
+            seen.from_org_number.as_str(),
+            seen.from_gp_id.as_str(),
+            seen.registry_reference.as_str(),
+            seen.to_org_number.as_str(),
+            seen.to_gp_id.as_str(),
+        ),
+        (
+            moved.move_id.as_str(),
+            nins[0].as_str(),
+            ORG_A,
+            "gp-1",
+            "FLR-2026-000123",
+            "",
+            ""
+        )
+    );
+
+    // The patient sees the move in the own access log.
+    let mut audit = econsult_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        app.channel().await,
+    );
+    let log = audit
+        .list_my_access_log(authed(
+            econsult_proto::audit::v1::ListMyAccessLogRequest::default(),
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .expect("log")
+        .into_inner();
+    assert!(
+        log.entries
+            .iter()
+            .any(|e| e.action.ends_with("/MoveListing")
+                && e.role == econsult_proto::audit::v1::CallerRole::Ops as i32
+                && e.resource == format!("list_move:{}", moved.move_id)),
+        "{:?}",
+        log.entries
+    );
+
+    // The new practice books for the patient now; the old one can no longer list them.
+    let slot_b = publish(
+        &app,
+        ORG_B,
+        "gp-b",
+        &[at("2026-03-03T08:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    c.book_for_patient(authed(
+        pb::BookForPatientRequest {
+            slot_id: slot_b[0].slot_id.clone(),
+            patient_nin: nins[0].clone(),
+            reason: String::new(),
+            idempotency_key: key(),
+            requested_at: None,
+        },
+        &ehr_b,
+    ))
+    .await
+    .expect("B books for its patient");
+    let err = c
+        .update_list(authed(
+            pb::UpdateListRequest {
+                gp_id: "gp-1".into(),
+                add: vec![nins[0].clone()],
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &ehr_a,
+        ))
+        .await
+        .expect_err("A cannot take the patient back");
+    assert!(err.message().contains(ORG_B), "{}", err.message());
+
+    // The target list's capacity holds: a full list takes nobody, and the patient stays put.
+    c.upsert_gp(authed(
+        pb::UpsertGpRequest {
+            gp: Some(pb::Gp {
+                gp_id: "gp-full".into(),
+                hpr_number: "1000037".into(),
+                display_name: "Dr Full".into(),
+                municipality_number: "0301".into(),
+                list_capacity: 1,
+                list_status: pb::ListStatus::Staffed as i32,
+                ..Default::default()
+            }),
+        },
+        &ehr_b,
+    ))
+    .await
+    .expect("gp");
+    c.update_list(authed(
+        pb::UpdateListRequest {
+            gp_id: "gp-full".into(),
+            add: vec![
+                econsult_runtime::nin::synthetic(37 * 100_000)
+                    .as_str()
+                    .to_owned(),
+            ],
+            remove: vec![],
+            idempotency_key: key(),
+        },
+        &ehr_b,
+    ))
+    .await
+    .expect("fill gp-full");
+    let err = c
+        .move_listing(authed(
+            pb::MoveListingRequest {
+                patient_nin: nins[1].clone(),
+                to_gp_id: "gp-full".into(),
+                idempotency_key: key(),
+                ..req.clone()
+            },
+            &ops,
+        ))
+        .await
+        .expect_err("full");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("capacity"), "{}", err.message());
+    assert_eq!(
+        list_size(&app, ORG_A, "gp-1").await,
+        1,
+        "nins[1] stays with A"
+    );
+    assert_eq!(list_size(&app, ORG_B, "gp-full").await, 1);
+    app.shutdown().await;
+}
+
 on_both_backends!(
     the_five_working_day_figure_counts_requests_as_the_authorities_do,
+    operations_move_a_listing_and_the_old_practice_and_the_patient_are_told,
+    a_practice_cannot_list_a_patient_listed_with_another_organisation,
     acute_reserve_slots_are_hidden_from_patients_and_booked_by_the_practice,
     finding_holding_and_booking_a_slot_works_end_to_end,
     two_hundred_concurrent_clients_racing_for_three_slots_give_exactly_three_bookings,

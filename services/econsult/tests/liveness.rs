@@ -320,6 +320,7 @@ async fn every_mutating_booking_rpc_stays_live_with_four_times_the_pool_in_concu
                     patient_nin: nin,
                     reason: "follow-up".into(),
                     idempotency_key: key(),
+                    requested_at: None,
                 },
                 &t,
             ))

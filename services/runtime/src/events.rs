@@ -21,6 +21,9 @@ pub mod topics {
     pub const BOOKING_NOSHOW: &str = "booking.noshow";
     /// A freed slot was offered to a waiting patient as a hold.
     pub const BOOKING_WAITLIST_OFFERED: &str = "booking.waitlist_offered";
+    /// A patient left a GP's list for another practice's (or GP's) list, as Fastlegeregisteret
+    /// recorded it (MoveListing). Routed to the old practice.
+    pub const BOOKING_LIST_MOVED: &str = "booking.list_moved";
     /// A patient started a text consultation.
     pub const CONSULTATION_STARTED: &str = "consultation.started";
     /// The practice answered a consultation for the first time.
@@ -156,4 +159,23 @@ pub struct AppointmentChanged {
     /// HPR number of the slot's GP (who may join a video consultation).
     #[serde(default)]
     pub gp_hpr_number: String,
+}
+
+/// Body of `booking.list_moved`: what the old practice learns. Producer: services/booking. The
+/// new practice is left out on purpose: the old one needs to know that the patient left, not
+/// where to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListMoved {
+    /// The recorded move.
+    pub move_id: String,
+    /// Patient identity number.
+    pub patient_nin: String,
+    /// The practice the patient left (the event's organisation).
+    pub from_org_number: String,
+    /// The GP whose list the patient left.
+    pub from_gp_id: String,
+    /// The Fastlegeregisteret reference of the move.
+    pub registry_reference: String,
+    /// When the move was recorded (ms since the epoch).
+    pub moved_at_ms: i64,
 }
