@@ -310,7 +310,127 @@ async fn kill_9_between_commit_and_publish_loses_no_event(env: common::Env) {
     db.close().await;
 }
 
-on_both_backends!(kill_9_between_commit_and_publish_loses_no_event);
+fn patient_token(dir: &Path, nin: &str) -> String {
+    DevKeys::load_or_create(dir)
+        .expect("keys")
+        .mint(
+            &TokenSpec::Patient {
+                nin: nin.into(),
+                acr: REQUIRED_ACR.into(),
+            },
+            Utc::now().timestamp(),
+            600,
+        )
+        .expect("mint")
+}
+
+/// FindSlots writes nothing; its booking requests are written every second (the flush), a held
+/// one with the hold. Killed with SIGKILL right after a search and a hold, the server loses at
+/// most the search-only requests of the last second: an older search's request and the held
+/// one are stored.
+async fn kill_9_loses_at_most_the_last_second_of_search_only_requests(env: common::Env) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_url = env
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("econsult.db").display()));
+    let mut extra = vec!["--database-url".to_owned(), db_url.clone()];
+    if let Some(r) = &env.redis_url {
+        extra.extend([
+            "--redis-url".to_owned(),
+            r.clone(),
+            "--redis-namespace".to_owned(),
+            format!("crash-{}", uuid::Uuid::new_v4().simple()),
+        ]);
+    }
+    let mut server = Proc::spawn(dir.path(), &extra, None);
+    let ch = server.channel().await;
+    let (ehr, _, _, nin) = tokens(dir.path());
+    seed(ch.clone(), &ehr, &nin).await;
+    let (early, late) = (
+        econsult_runtime::nin::synthetic(4243).as_str().to_owned(),
+        econsult_runtime::nin::synthetic(4244).as_str().to_owned(),
+    );
+    let mut c = pb::booking_service_client::BookingServiceClient::new(ch);
+    c.update_list(authed(
+        pb::UpdateListRequest {
+            gp_id: "gp-1".into(),
+            add: vec![early.clone(), late.clone()],
+            remove: vec![],
+            idempotency_key: key(),
+        },
+        &ehr,
+    ))
+    .await
+    .expect("list");
+    c.find_slots(authed(
+        pb::FindSlotsRequest::default(),
+        &patient_token(dir.path(), &early),
+    ))
+    .await
+    .expect("find");
+    // Past the flush interval (1 s) with room to spare.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.find_slots(authed(
+        pb::FindSlotsRequest::default(),
+        &patient_token(dir.path(), &late),
+    ))
+    .await
+    .expect("find");
+    let holder = patient_token(dir.path(), &nin);
+    let found = c
+        .find_slots(authed(pb::FindSlotsRequest::default(), &holder))
+        .await
+        .expect("find")
+        .into_inner();
+    c.hold_slot(authed(
+        pb::HoldSlotRequest {
+            slot_id: found.slots[0].slot.as_ref().expect("slot").slot_id.clone(),
+            request_id: found.request_id.clone(),
+            idempotency_key: key(),
+        },
+        &holder,
+    ))
+    .await
+    .expect("hold");
+    server.child.kill().expect("SIGKILL");
+    server.wait_exit(Duration::from_secs(10));
+
+    let db = econsult_runtime::db::Db::connect(&db_url)
+        .await
+        .expect("db");
+    let stored = |nin: &str| {
+        format!(
+            "SELECT COUNT(*) AS n FROM booking_episodes WHERE patient_nin = '{nin}' AND outcome = 0"
+        )
+    };
+    assert_eq!(
+        count(&db, &stored(&early)).await,
+        1,
+        "flushed before the kill"
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT COUNT(*) AS n FROM booking_episodes WHERE patient_nin = '{nin}' \
+                 AND request_id = '{}' AND chosen_slot_id IS NOT NULL",
+                found.request_id
+            )
+        )
+        .await,
+        1,
+        "written with the hold"
+    );
+    let late_n = count(&db, &stored(&late)).await;
+    assert!(late_n <= 1, "at most one request per need: {late_n}");
+    db.close().await;
+}
+
+on_both_backends!(
+    kill_9_between_commit_and_publish_loses_no_event,
+    kill_9_loses_at_most_the_last_second_of_search_only_requests
+);
 
 #[tokio::test]
 async fn sigterm_ends_open_streams_and_exits_cleanly() {
