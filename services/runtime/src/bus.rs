@@ -5,7 +5,7 @@
 //!   a row in `bus_offsets`, advanced on ack. Nothing to install, survives restarts.
 //! - [`RedisBus`]: events go to a Redis Stream (`XADD`), consumer groups read with `XREADGROUP`
 //!   and `XACK`; entries left pending by a dead consumer are claimed after a minute
-//!   (`XAUTOCLAIM`). The newest sequence number is also sent by pub/sub so that replicas wake up
+//!   (`XAUTOCLAIM`). A consumer's connection waits for a reply longer than any `BLOCK` it sends. The newest sequence number is also sent by pub/sub so that replicas wake up
 //!   their change streams at once.
 //!
 //! Consumers must be idempotent (deduplicate by `event_id`): a redelivery after a crash, or a
@@ -166,6 +166,16 @@ impl Subscription for DbSubscription {
     }
 }
 
+/// The longest a Redis consumer's `XREADGROUP … BLOCK` waits: a longer `wait` is cut to this
+/// (the caller fetches again).
+pub const MAX_BLOCK: Duration = Duration::from_secs(5);
+
+/// Response timeout of a consumer's connection: longer than any `BLOCK` it sends. The client's
+/// default (500 ms) failed every idle `BLOCK 500` with "timed out" on the client side, while
+/// Redis went on to deliver entries to the consumer that nobody read (they sat pending until
+/// claimed, and the stats catch-up applied them first).
+const CONSUMER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Redis Streams bus.
 pub struct RedisBus {
     client: redis::Client,
@@ -267,7 +277,12 @@ impl EventBus for RedisBus {
         group: &str,
         consumer: &str,
     ) -> anyhow::Result<Box<dyn Subscription>> {
-        let mut con = self.client.get_multiplexed_async_connection().await?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(CONSUMER_RESPONSE_TIMEOUT));
+        let mut con = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
@@ -326,7 +341,7 @@ impl RedisSubscription {
             .group(&self.group, &self.consumer)
             .count(max);
         if let Some(b) = block {
-            opts = opts.block(b.as_millis().max(1) as usize);
+            opts = opts.block(b.min(MAX_BLOCK).as_millis().max(1) as usize);
         }
         let reply: Option<redis::streams::StreamReadReply> = self
             .con
