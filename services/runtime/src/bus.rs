@@ -4,7 +4,7 @@
 //! - [`DbBus`] (embedded default): the outbox table *is* the log; a consumer group's position is
 //!   a row in `bus_offsets`, advanced on ack. Nothing to install, survives restarts.
 //! - [`RedisBus`]: events go to a Redis Stream (`XADD`), consumer groups read with `XREADGROUP`
-//!   and `XACK`; entries left pending by a dead consumer are claimed after a minute
+//!   and `XACK`; entries left pending by a dead consumer are claimed after [`CLAIM_IDLE`]
 //!   (`XAUTOCLAIM`). A consumer's connection waits for a reply longer than any `BLOCK` it sends. The newest sequence number is also sent by pub/sub so that replicas wake up
 //!   their change streams at once.
 //!
@@ -175,6 +175,12 @@ pub const MAX_BLOCK: Duration = Duration::from_secs(5);
 /// Redis went on to deliver entries to the consumer that nobody read (they sat pending until
 /// claimed, and the stats catch-up applied them first).
 const CONSUMER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an entry stays pending with a consumer before another one claims it
+/// (`XAUTOCLAIM` min-idle-time): far above the time a live consumer takes to apply and ack a
+/// batch (milliseconds), short enough that a killed instance's entries are acked by a survivor
+/// within seconds. A claim of an entry still being processed only repeats idempotent work.
+pub const CLAIM_IDLE: Duration = Duration::from_secs(10);
 
 /// Redis Streams bus.
 pub struct RedisBus {
@@ -362,7 +368,7 @@ impl RedisSubscription {
 impl Subscription for RedisSubscription {
     async fn fetch(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         // First what this consumer left pending before a restart, then entries other consumers
-        // left pending for over a minute, then new entries.
+        // left pending for over `CLAIM_IDLE`, then new entries.
         if !self.pending_done {
             let pending = self.read("0", max, None).await?;
             if !pending.is_empty() {
@@ -374,7 +380,7 @@ impl Subscription for RedisSubscription {
             .arg(&self.stream)
             .arg(&self.group)
             .arg(&self.consumer)
-            .arg(60_000)
+            .arg(CLAIM_IDLE.as_millis() as u64)
             .arg(&self.claim_cursor)
             .arg("COUNT")
             .arg(max)

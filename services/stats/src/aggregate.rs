@@ -45,6 +45,11 @@ const BATCH: usize = 256;
 /// batches were of one to four events: ~5 statements per flow for the statistics alone).
 const BATCH_LINGER: Duration = Duration::from_millis(50);
 
+/// Period of the statistics catch-up from the outbox ([`Aggregator::run_catch_up`]): an event
+/// the bus did not deliver (a Redis restart, an instance killed with entries it had taken) is
+/// applied within two periods.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(2);
+
 /// Watermark of the statistics catch-up from the outbox (in `bus_offsets`).
 pub const CATCH_UP_GROUP: &str = "stats-catch-up";
 
