@@ -6,6 +6,8 @@ use crate::content::{MAX_BODY_CHARS, MAX_SUBJECT_CHARS, check_attachments, check
 use crate::feed::{self, Feed};
 use crate::store::{self, MessageRow, ThreadRow, state};
 use crate::{DEFAULT_RESPONSE_WORKING_DAYS, sla};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use econsult_booking::directory;
 use econsult_calendar::Calendar;
 use econsult_proto::consultation::v1 as pb;
@@ -58,7 +60,8 @@ mod rpc {
 /// simple contact by the doctor, 1be simple contact by staff, 1ad simple contact in person.
 pub const TARIFF_CODES: [&str; 4] = ["2ae", "1bd", "1be", "1ad"];
 
-/// What an idempotent call stored: ids to rebuild the response from.
+/// What an idempotent call stored: its first response, and (for records stored before the
+/// response was) the ids a replay rebuilt the response from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Done {
     thread_id: String,
@@ -67,6 +70,10 @@ struct Done {
     /// ConvertToBooking: the booking request it opened (or the patient's open one).
     #[serde(default)]
     request_id: String,
+    /// The first response as sent: its protobuf encoding, base64. Empty in records stored
+    /// before it was kept; their replays are rebuilt from the ids and the current rows.
+    #[serde(default)]
+    response: String,
 }
 
 impl Done {
@@ -77,7 +84,27 @@ impl Done {
             message_id: None,
             offered: Vec::new(),
             request_id: String::new(),
+            response: String::new(),
         }
+    }
+
+    /// This record with `response`, the answer the call is about to send, to replay as is.
+    fn answering(mut self, response: &impl prost::Message) -> Self {
+        self.response = B64.encode(response.encode_to_vec());
+        self
+    }
+
+    /// The stored first response, `None` in a record from before responses were stored.
+    fn first<R: prost::Message + Default>(&self) -> Result<Option<R>, Status> {
+        if self.response.is_empty() {
+            return Ok(None);
+        }
+        let bytes = B64
+            .decode(&self.response)
+            .map_err(|e| internal("stored response", e))?;
+        R::decode(bytes.as_slice())
+            .map(Some)
+            .map_err(|e| internal("stored response", e))
     }
 
     /// A call whose result is a message (and its thread).
@@ -678,6 +705,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .await?
         {
             Begun::Replay(done) => {
+                if let Some(first) = done.first()? {
+                    return Ok(Response::new(first));
+                }
                 return Ok(Response::new(pb::StartConsultationResponse {
                     thread: Some(self.thread_view(&done.thread_id, false).await?),
                     message: Some(
@@ -739,13 +769,14 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         self.changed(tx, topics::CONSULTATION_STARTED, &t, Some(&cal))
             .await?;
         self.message_event(tx, &t, &m).await?;
-        let done = Done::message(&t, &m);
-        self.finish(op, &done).await?;
-        tracing::info!(thread_id = %t.thread_id, category = category_name(category), due_at = t.due_at, "consultation started");
-        Ok(Response::new(pb::StartConsultationResponse {
+        let resp = pb::StartConsultationResponse {
             thread: Some(t.to_pb(now, false)),
             message: Some(m.to_pb()),
-        }))
+        };
+        self.finish(op, &Done::message(&t, &m).answering(&resp))
+            .await?;
+        tracing::info!(thread_id = %t.thread_id, category = category_name(category), due_at = t.due_at, "consultation started");
+        Ok(Response::new(resp))
     }
 
     async fn send_message(
@@ -764,6 +795,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .await?
         {
             Begun::Replay(done) => {
+                if let Some(first) = done.first()? {
+                    return Ok(Response::new(first));
+                }
                 return Ok(Response::new(pb::SendMessageResponse {
                     message: Some(
                         self.message_view(done.message_id.as_deref().unwrap_or_default())
@@ -799,12 +833,13 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         if state_changed {
             self.changed(&mut op.tx, TOPIC_STATE, &t, None).await?;
         }
-        let done = Done::message(&t, &m);
-        self.finish(op, &done).await?;
-        Ok(Response::new(pb::SendMessageResponse {
+        let resp = pb::SendMessageResponse {
             message: Some(m.to_pb()),
             thread: Some(t.to_pb(now, false)),
-        }))
+        };
+        self.finish(op, &Done::message(&t, &m).answering(&resp))
+            .await?;
+        Ok(Response::new(resp))
     }
 
     async fn list_threads(
@@ -978,6 +1013,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .await?
         {
             Begun::Replay(done) => {
+                if let Some(first) = done.first()? {
+                    return Ok(Response::new(first));
+                }
                 return Ok(Response::new(pb::WithdrawConsultationResponse {
                     thread: Some(self.thread_view(&done.thread_id, false).await?),
                 }));
@@ -996,11 +1034,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         save(&mut op.tx, &t).await?;
         self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, None)
             .await?;
-        let done = Done::thread(&t);
-        self.finish(op, &done).await?;
-        Ok(Response::new(pb::WithdrawConsultationResponse {
+        let resp = pb::WithdrawConsultationResponse {
             thread: Some(t.to_pb(now, false)),
-        }))
+        };
+        self.finish(op, &Done::thread(&t).answering(&resp)).await?;
+        Ok(Response::new(resp))
     }
 
     type SubscribeStream = ChangeStream;
@@ -1106,6 +1144,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .await?
         {
             Begun::Replay(done) => {
+                if let Some(first) = done.first()? {
+                    return Ok(Response::new(first));
+                }
                 return Ok(Response::new(pb::ClaimThreadResponse {
                     thread: Some(self.thread_view(&done.thread_id, true).await?),
                 }));
@@ -1123,11 +1164,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         save(&mut op.tx, &t).await?;
         self.audit(&mut op.tx, &caller, rpc::CLAIM, &t).await?;
         self.changed(&mut op.tx, TOPIC_STATE, &t, None).await?;
-        let done = Done::thread(&t);
-        self.finish(op, &done).await?;
-        Ok(Response::new(pb::ClaimThreadResponse {
+        let resp = pb::ClaimThreadResponse {
             thread: Some(t.to_pb(now, true)),
-        }))
+        };
+        self.finish(op, &Done::thread(&t).answering(&resp)).await?;
+        Ok(Response::new(resp))
     }
 
     async fn reply(
@@ -1150,6 +1191,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .await?
         {
             Begun::Replay(done) => {
+                if let Some(first) = done.first()? {
+                    return Ok(Response::new(first));
+                }
                 return Ok(Response::new(pb::SendMessageResponse {
                     message: Some(
                         self.message_view(done.message_id.as_deref().unwrap_or_default())
@@ -1178,12 +1222,13 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                 &attachments,
             )
             .await?;
-        let done = Done::message(&t, &m);
-        self.finish(op, &done).await?;
-        Ok(Response::new(pb::SendMessageResponse {
+        let resp = pb::SendMessageResponse {
             message: Some(m.to_pb()),
             thread: Some(t.to_pb(self.now(), true)),
-        }))
+        };
+        self.finish(op, &Done::message(&t, &m).answering(&resp))
+            .await?;
+        Ok(Response::new(resp))
     }
 
     async fn convert_to_booking(
@@ -1213,6 +1258,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .await?
         {
             Begun::Replay(done) => {
+                if let Some(first) = done.first()? {
+                    return Ok(Response::new(first));
+                }
                 return Ok(Response::new(pb::ConvertToBookingResponse {
                     thread: Some(self.thread_view(&done.thread_id, true).await?),
                     message: Some(
@@ -1275,13 +1323,14 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             request_id,
             ..Done::message(&t, &m)
         };
-        self.finish(op, &done).await?;
-        Ok(Response::new(pb::ConvertToBookingResponse {
+        let resp = pb::ConvertToBookingResponse {
             thread: Some(t.to_pb(self.now(), true)),
             message: Some(m.to_pb()),
             offered_slots: offered(&done),
             request_id: done.request_id.clone(),
-        }))
+        };
+        self.finish(op, &done.answering(&resp)).await?;
+        Ok(Response::new(resp))
     }
 
     async fn close_consultation(
@@ -1313,6 +1362,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .await?
         {
             Begun::Replay(done) => {
+                if let Some(first) = done.first()? {
+                    return Ok(Response::new(first));
+                }
                 return Ok(Response::new(pb::CloseConsultationResponse {
                     thread: Some(self.thread_view(&done.thread_id, true).await?),
                 }));
@@ -1343,11 +1395,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let cal = Self::calendar(&mut op.tx, &t.org_number).await?;
         self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, Some(&cal))
             .await?;
-        let done = Done::thread(&t);
-        self.finish(op, &done).await?;
-        Ok(Response::new(pb::CloseConsultationResponse {
+        let resp = pb::CloseConsultationResponse {
             thread: Some(t.to_pb(now, true)),
-        }))
+        };
+        self.finish(op, &Done::thread(&t).answering(&resp)).await?;
+        Ok(Response::new(resp))
     }
 
     type WatchInboxStream = ChangeStream;
@@ -1393,5 +1445,51 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         Ok(Response::new(pb::SetResponseDaysResponse {
             working_days: days,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stored_before_responses_were_kept_still_replays_from_its_ids() {
+        let old: Done =
+            serde_json::from_str(r#"{"thread_id":"t-1","message_id":"m-1","offered":[]}"#)
+                .expect("an old record parses");
+        assert_eq!(old.message_id.as_deref(), Some("m-1"));
+        let first: Option<pb::SendMessageResponse> = old.first().expect("no stored response");
+        assert!(first.is_none(), "rebuilt from the ids, as before");
+    }
+
+    #[test]
+    fn a_stored_response_replays_exactly() {
+        let resp = pb::ClaimThreadResponse {
+            thread: Some(pb::Thread {
+                thread_id: "t-1".into(),
+                subject: "Rash".into(),
+                message_count: 3,
+                ..Default::default()
+            }),
+        };
+        let stored =
+            serde_json::to_string(&Done::thread_id_only("t-1").answering(&resp)).expect("encode");
+        let back: Done = serde_json::from_str(&stored).expect("decode");
+        assert_eq!(
+            back.first::<pb::ClaimThreadResponse>().expect("decode"),
+            Some(resp)
+        );
+    }
+
+    impl Done {
+        fn thread_id_only(id: &str) -> Self {
+            Self {
+                thread_id: id.into(),
+                message_id: None,
+                offered: Vec::new(),
+                request_id: String::new(),
+                response: String::new(),
+            }
+        }
     }
 }

@@ -301,10 +301,11 @@ impl Application {
                     handle.track(tokio::spawn(
                         agg.run(platform.clone(), config.instance_id.clone()),
                     ));
-                    // The outbox is the ground truth: apply what the bus lost (Redis restart).
+                    // The outbox is the ground truth: apply what the bus lost (Redis restart,
+                    // an instance killed with entries it took) within two periods.
                     handle.track(tokio::spawn(
                         Aggregator::new(platform.db.clone())
-                            .run_catch_up(platform.clone(), Duration::from_secs(5)),
+                            .run_catch_up(platform.clone(), econsult_stats::CATCH_UP_EVERY),
                     ));
                     let server = StatsGrpc::new(platform.db.clone())
                         .into_server()

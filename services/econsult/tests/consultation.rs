@@ -397,6 +397,95 @@ async fn a_retried_send_returns_the_same_message(env: Env) {
     app.shutdown().await;
 }
 
+async fn replays_return_the_first_answer_after_the_thread_changed(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 3, 1).await;
+    let token = app.patient_token(&nins[0]);
+    let ehr = app.ehr_token(ORG_A);
+    let mut c = app.consultation().await;
+
+    let start = start_req("question");
+    let started = c
+        .start_consultation(authed(start.clone(), &token))
+        .await
+        .expect("start")
+        .into_inner();
+    let id = started.thread.clone().expect("thread").thread_id;
+
+    let send = pb::SendMessageRequest {
+        thread_id: id.clone(),
+        body: "more detail".into(),
+        attachments: vec![],
+        idempotency_key: key(),
+    };
+    let sent = c
+        .send_message(authed(send.clone(), &token))
+        .await
+        .expect("send")
+        .into_inner();
+
+    let reply_req = pb::ReplyRequest {
+        thread_id: id.clone(),
+        body: "please send a photo".into(),
+        attachments: vec![],
+        ask_patient: true,
+        clinician_hpr_number: "1000001".into(),
+        idempotency_key: key(),
+    };
+    let replied = c
+        .reply(authed(reply_req.clone(), &ehr))
+        .await
+        .expect("reply")
+        .into_inner();
+
+    // The thread moves on: the patient answers, the practice answers and closes it.
+    send_ok(&app, &nins[0], &id, "here it is").await;
+    reply(&app, ORG_A, &id, "looks harmless", false)
+        .await
+        .expect("second reply");
+    c.close_consultation(authed(
+        pb::CloseConsultationRequest {
+            thread_id: id.clone(),
+            outcome: "answered".into(),
+            tariff_code: String::new(),
+            idempotency_key: key(),
+        },
+        &ehr,
+    ))
+    .await
+    .expect("close");
+
+    let started_again = c
+        .start_consultation(authed(start, &token))
+        .await
+        .expect("retried start")
+        .into_inner();
+    assert_eq!(
+        started_again, started,
+        "a retried start returns the first answer"
+    );
+    let sent_again = c
+        .send_message(authed(send, &token))
+        .await
+        .expect("retried send")
+        .into_inner();
+    assert_eq!(sent_again, sent, "a retried send returns the first answer");
+    let replied_again = c
+        .reply(authed(reply_req, &ehr))
+        .await
+        .expect("retried reply")
+        .into_inner();
+    assert_eq!(
+        replied_again, replied,
+        "a retried reply returns the first answer"
+    );
+    app.shutdown().await;
+}
+
+async fn send_ok(app: &TestApp, nin: &str, thread: &str, body: &str) {
+    send(app, nin, thread, body).await.expect("send");
+}
+
 async fn next_change(s: &mut tonic::Streaming<pb::ThreadChange>) -> pb::ThreadChange {
     tokio::time::timeout(WAIT, s.next())
         .await
@@ -951,6 +1040,7 @@ on_both_backends!(
     a_consultation_goes_from_question_to_closed_answer,
     concurrent_replies_keep_a_gap_free_order,
     a_retried_send_returns_the_same_message,
+    replays_return_the_first_answer_after_the_thread_changed,
     a_subscriber_resumes_from_its_cursor_and_sees_every_message_once,
     a_stream_that_fell_behind_the_feed_catches_up_without_gaps,
     patients_and_practices_see_only_their_own_threads,

@@ -4,8 +4,8 @@
 //! - [`DbBus`] (embedded default): the outbox table *is* the log; a consumer group's position is
 //!   a row in `bus_offsets`, advanced on ack. Nothing to install, survives restarts.
 //! - [`RedisBus`]: events go to a Redis Stream (`XADD`), consumer groups read with `XREADGROUP`
-//!   and `XACK`; entries left pending by a dead consumer are claimed after a minute
-//!   (`XAUTOCLAIM`). The newest sequence number is also sent by pub/sub so that replicas wake up
+//!   and `XACK`; entries left pending by a dead consumer are claimed after [`CLAIM_IDLE`]
+//!   (`XAUTOCLAIM`). A consumer's connection waits for a reply longer than any `BLOCK` it sends. The newest sequence number is also sent by pub/sub so that replicas wake up
 //!   their change streams at once.
 //!
 //! Consumers must be idempotent (deduplicate by `event_id`): a redelivery after a crash, or a
@@ -166,6 +166,22 @@ impl Subscription for DbSubscription {
     }
 }
 
+/// The longest a Redis consumer's `XREADGROUP … BLOCK` waits: a longer `wait` is cut to this
+/// (the caller fetches again).
+pub const MAX_BLOCK: Duration = Duration::from_secs(5);
+
+/// Response timeout of a consumer's connection: longer than any `BLOCK` it sends. The client's
+/// default (500 ms) failed every idle `BLOCK 500` with "timed out" on the client side, while
+/// Redis went on to deliver entries to the consumer that nobody read (they sat pending until
+/// claimed, and the stats catch-up applied them first).
+const CONSUMER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an entry stays pending with a consumer before another one claims it
+/// (`XAUTOCLAIM` min-idle-time): far above the time a live consumer takes to apply and ack a
+/// batch (milliseconds), short enough that a killed instance's entries are acked by a survivor
+/// within seconds. A claim of an entry still being processed only repeats idempotent work.
+pub const CLAIM_IDLE: Duration = Duration::from_secs(10);
+
 /// Redis Streams bus.
 pub struct RedisBus {
     client: redis::Client,
@@ -267,7 +283,12 @@ impl EventBus for RedisBus {
         group: &str,
         consumer: &str,
     ) -> anyhow::Result<Box<dyn Subscription>> {
-        let mut con = self.client.get_multiplexed_async_connection().await?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(CONSUMER_RESPONSE_TIMEOUT));
+        let mut con = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.stream)
@@ -326,7 +347,7 @@ impl RedisSubscription {
             .group(&self.group, &self.consumer)
             .count(max);
         if let Some(b) = block {
-            opts = opts.block(b.as_millis().max(1) as usize);
+            opts = opts.block(b.min(MAX_BLOCK).as_millis().max(1) as usize);
         }
         let reply: Option<redis::streams::StreamReadReply> = self
             .con
@@ -347,7 +368,7 @@ impl RedisSubscription {
 impl Subscription for RedisSubscription {
     async fn fetch(&mut self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         // First what this consumer left pending before a restart, then entries other consumers
-        // left pending for over a minute, then new entries.
+        // left pending for over `CLAIM_IDLE`, then new entries.
         if !self.pending_done {
             let pending = self.read("0", max, None).await?;
             if !pending.is_empty() {
@@ -359,7 +380,7 @@ impl Subscription for RedisSubscription {
             .arg(&self.stream)
             .arg(&self.group)
             .arg(&self.consumer)
-            .arg(60_000)
+            .arg(CLAIM_IDLE.as_millis() as u64)
             .arg(&self.claim_cursor)
             .arg("COUNT")
             .arg(max)

@@ -233,6 +233,44 @@ async fn redis_streams_bus_meets_the_bus_contract() {
     }
 }
 
+/// An idle consumer waits without errors: each fetch returns empty after its wait (the stats
+/// consumer's `fetch(…, 500 ms)`, and a longer wait), never a client-side timeout that would make
+/// it resubscribe; an event published afterwards is still delivered once.
+async fn an_idle_subscription_waits_without_errors(f: Fixture) {
+    let mut sub = f.bus.subscribe("idle", "c1").await.expect("subscribe");
+    let idle_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut fetches = 0;
+    while tokio::time::Instant::now() < idle_until {
+        let got = sub
+            .fetch(10, Duration::from_millis(500))
+            .await
+            .unwrap_or_else(|e| panic!("idle fetch {fetches} failed: {e:#}"));
+        assert!(got.is_empty(), "nothing was published");
+        fetches += 1;
+    }
+    let got = sub
+        .fetch(10, Duration::from_millis(1500))
+        .await
+        .unwrap_or_else(|e| panic!("a longer idle fetch failed: {e:#}"));
+    assert!(got.is_empty(), "nothing was published");
+    enqueue(&f.db, 1, "t.idle").await;
+    drain(&f.relay).await;
+    let got = fetch_all(&mut sub, 1).await;
+    assert_eq!(got.len(), 1, "the event after the idle time is delivered");
+}
+
+#[tokio::test]
+async fn database_bus_idle_subscription_waits_without_errors() {
+    an_idle_subscription_waits_without_errors(sqlite_fixture().await).await;
+}
+
+#[tokio::test]
+async fn redis_idle_subscription_waits_without_errors() {
+    if let Some(f) = redis_fixture().await {
+        an_idle_subscription_waits_without_errors(f).await;
+    }
+}
+
 #[tokio::test]
 async fn database_bus_relay_restart_publishes_what_a_dead_relay_left() {
     relay_restart_publishes_what_a_dead_relay_left(sqlite_fixture().await).await;

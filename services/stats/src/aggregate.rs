@@ -45,6 +45,11 @@ const BATCH: usize = 256;
 /// batches were of one to four events: ~5 statements per flow for the statistics alone).
 const BATCH_LINGER: Duration = Duration::from_millis(50);
 
+/// Period of the statistics catch-up from the outbox ([`Aggregator::run_catch_up`]): an event
+/// the bus did not deliver (a Redis restart, an instance killed with entries it had taken) is
+/// applied within two periods.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(2);
+
 /// Watermark of the statistics catch-up from the outbox (in `bus_offsets`).
 pub const CATCH_UP_GROUP: &str = "stats-catch-up";
 
@@ -551,11 +556,11 @@ impl Aggregator {
     }
 
     /// Applies sequenced outbox events after this consumer's catch-up watermark (kept in
-    /// `bus_offsets` under `stats-catch-up`), in `seq` order, each at most once
-    /// (`processed_events`). The outbox is the durable log and Redis only the fast path: events
-    /// a Redis restart lost from the stream (it keeps nothing on disk) are applied here.
-    /// Returns how many were new.
-    pub async fn catch_up(&self, limit: i64) -> anyhow::Result<usize> {
+    /// `bus_offsets` under `stats-catch-up`) up to seq `through`, in `seq` order, each at most
+    /// once (`processed_events`). The outbox is the durable log and Redis only the fast path:
+    /// events a Redis restart lost from the stream (it keeps nothing on disk), or a killed
+    /// instance took from it and never applied, are applied here. Returns how many were new.
+    pub async fn catch_up(&self, through: i64, limit: i64) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
         let after: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(seq), 0) FROM bus_offsets WHERE consumer_group = $1",
@@ -565,7 +570,7 @@ impl Aggregator {
         .await?;
         let mut tally = Tally::default();
         let (fresh, last) = self
-            .apply_outbox_after(&mut tx, after, limit, &mut tally)
+            .apply_outbox_after(&mut tx, after, through, limit, &mut tally)
             .await?;
         if last > after {
             sqlx::query(
@@ -588,18 +593,33 @@ impl Aggregator {
         Ok(fresh)
     }
 
-    /// Runs [`Aggregator::catch_up`] every `every` until shutdown. Events the bus delivers are
-    /// usually applied long before, so a pass mostly finds them done; the watermark trails the
-    /// bus by `every`.
+    /// Runs [`Aggregator::catch_up`] every `every` until shutdown, each pass through the last
+    /// seq the previous pass saw sequenced: an event is applied by the catch-up only when the
+    /// bus has not delivered it for at least `every` (it does not race the live consumer over
+    /// the events of the last moments, nor warn about them). A missed event is applied within
+    /// two periods.
     pub async fn run_catch_up(self, platform: Platform, every: Duration) {
         let mut stop = platform.shutdown.clone();
+        let mut horizon = 0i64;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.changed() => return,
             }
+            let sequenced: anyhow::Result<Option<i64>> =
+                sqlx::query_scalar("SELECT MAX(seq) FROM outbox")
+                    .fetch_one(self.db.read())
+                    .await
+                    .map_err(Into::into);
+            let next = match sequenced {
+                Ok(max) => max.unwrap_or(0),
+                Err(e) => {
+                    tracing::warn!(error = %e, "stats catch-up failed");
+                    continue;
+                }
+            };
             loop {
-                match self.catch_up(1000).await {
+                match self.catch_up(horizon, 1000).await {
                     Ok(n) if n > 0 => continue,
                     Ok(_) => break,
                     Err(e) => {
@@ -608,6 +628,7 @@ impl Aggregator {
                     }
                 }
             }
+            horizon = next;
         }
     }
 
@@ -673,7 +694,7 @@ impl Aggregator {
         let mut not_counted = Tally::default();
         loop {
             let (fresh, last) = self
-                .apply_outbox_after(&mut tx, after, 1000, &mut not_counted)
+                .apply_outbox_after(&mut tx, after, i64::MAX, 1000, &mut not_counted)
                 .await?;
             if last == after {
                 break;
@@ -684,21 +705,23 @@ impl Aggregator {
         Ok(n)
     }
 
-    /// Applies the next `limit` sequenced outbox events after `after` in `seq` order inside `tx`,
-    /// reading only those not yet applied (one statement, not an insert attempt per event the
-    /// bus already delivered); returns how many were new and the last seq of the range (`after`
-    /// when there were none).
+    /// Applies the next `limit` sequenced outbox events after `after` (up to seq `through`) in
+    /// `seq` order inside `tx`, reading only those not yet applied (one statement, not an insert
+    /// attempt per event the bus already delivered); returns how many were new and the last seq
+    /// of the range (`after` when there were none).
     async fn apply_outbox_after(
         &self,
         tx: &mut Tx,
         after: i64,
+        through: i64,
         limit: i64,
         tally: &mut Tally,
     ) -> anyhow::Result<(usize, i64)> {
         let last: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(seq) FROM (SELECT seq FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2) AS r",
+            "SELECT MAX(seq) FROM (SELECT seq FROM outbox WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3) AS r",
         )
         .bind(after)
+        .bind(through)
         .bind(limit)
         .fetch_one(&mut **tx)
         .await?;

@@ -5,7 +5,7 @@
 pub mod aggregate;
 pub mod grpc;
 
-pub use aggregate::{Aggregator, CONSUMER_GROUP};
+pub use aggregate::{Aggregator, CATCH_UP_EVERY, CONSUMER_GROUP};
 pub use grpc::StatsGrpc;
 
 use econsult_runtime::platform::Platform;
