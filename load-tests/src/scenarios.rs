@@ -559,6 +559,23 @@ impl Rush {
             )),
             Err(e) => out.push(Check::new("slot status query", false, format!("{e:#}"))),
         }
+        // Every flow searched first: its booking closed the booking request (episode) its
+        // search opened, written with the hold or the booking (a search writes nothing itself).
+        match target
+            .count(&format!(
+                "SELECT COUNT(*) FROM booking_appointments a WHERE a.booked_at >= {since} AND a.rescheduled_from IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM booking_episodes e WHERE e.patient_nin = a.patient_nin \
+                 AND e.chosen_slot_id = a.slot_id AND e.outcome = 1)"
+            ))
+            .await
+        {
+            Ok(rows) => out.push(Check::new(
+                "every booking closed the booking request of its search",
+                rows == 0,
+                format!("{rows} bookings without a booked request"),
+            )),
+            Err(e) => out.push(Check::new("booking request query", false, format!("{e:#}"))),
+        }
         out
     }
 }
