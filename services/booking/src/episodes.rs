@@ -817,6 +817,17 @@ mod tests {
         s.parse().expect("instant")
     }
 
+    /// An online episode opened on Monday 2 March 2026, 09:00 Oslo.
+    fn monday(vacant: bool, practice: &Calendar) -> Episode {
+        Episode::open(
+            "n",
+            &listed(vacant),
+            Channel::Online,
+            at("2026-03-02T08:00:00Z"),
+            practice,
+        )
+    }
+
     fn listed(vacant: bool) -> ListedAt {
         ListedAt {
             gp_uid: "u".into(),
@@ -848,13 +859,7 @@ mod tests {
 
     #[test]
     fn a_later_choice_within_an_offer_in_time_is_a_preference_not_a_breach() {
-        let mut e = Episode::open(
-            "n",
-            &listed(false),
-            Channel::Online,
-            at("2026-03-02T08:00:00Z"),
-            &Calendar::norwegian(),
-        );
+        let mut e = monday(false, &Calendar::norwegian());
         e.offered(Some(at("2026-03-03T08:00:00Z")), None);
         assert!(e.within_target() && e.met_by_own_gp());
         assert!(!e.patient_preference());
@@ -865,13 +870,7 @@ mod tests {
 
     #[test]
     fn a_colleague_in_time_meets_the_target_but_not_by_the_own_gp() {
-        let mut e = Episode::open(
-            "n",
-            &listed(false),
-            Channel::Online,
-            at("2026-03-02T08:00:00Z"),
-            &Calendar::norwegian(),
-        );
+        let mut e = monday(false, &Calendar::norwegian());
         e.offered(
             Some(at("2026-03-10T08:00:00Z")),
             Some(at("2026-03-04T08:00:00Z")),
@@ -884,29 +883,11 @@ mod tests {
     #[test]
     fn breaches_name_the_list_without_gp_first_then_the_closure() {
         let closed = Calendar::with_closures(["2026-03-03".parse().expect("date")]);
-        let e = Episode::open(
-            "n",
-            &listed(false),
-            Channel::Online,
-            at("2026-03-02T08:00:00Z"),
-            &closed,
-        );
+        let e = monday(false, &closed);
         assert_eq!(e.breach(), Some(BreachReason::PracticeClosed));
-        let e = Episode::open(
-            "n",
-            &listed(true),
-            Channel::Online,
-            at("2026-03-02T08:00:00Z"),
-            &closed,
-        );
+        let e = monday(true, &closed);
         assert_eq!(e.breach(), Some(BreachReason::ListWithoutGp));
-        let e = Episode::open(
-            "n",
-            &listed(false),
-            Channel::Online,
-            at("2026-03-02T08:00:00Z"),
-            &Calendar::norwegian(),
-        );
+        let e = monday(false, &Calendar::norwegian());
         assert_eq!(e.breach(), Some(BreachReason::NoSlots));
     }
 }

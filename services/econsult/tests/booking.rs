@@ -1803,6 +1803,7 @@ async fn operations_move_a_listing_and_the_old_practice_and_the_patient_are_told
 }
 
 on_both_backends!(
+    booking_request_writes_merge_in_any_order,
     the_five_working_day_figure_counts_requests_as_the_authorities_do,
     operations_move_a_listing_and_the_old_practice_and_the_patient_are_told,
     a_practice_cannot_list_a_patient_listed_with_another_organisation,
@@ -2104,5 +2105,89 @@ async fn the_five_working_day_figure_counts_requests_as_the_authorities_do(env: 
     );
     let a = figures(&app, ORG_C, "2026-03-31", "2026-03-31", 1).await;
     assert_eq!((a.requests, a.within_target), (1, 1));
+    app.shutdown().await;
+}
+
+/// Writes of one booking request merge, in any order and any number of times: offers only get
+/// earlier, the narrowing follows the latest activity, a booked request stays booked with its
+/// choice (the flush, HoldSlot and Book may race and repeat).
+async fn booking_request_writes_merge_in_any_order(env: Env) {
+    use econsult_booking::episodes::{self, Channel, Episode, ListedAt, Scope};
+    let app = TestApp::start_at(env, at("2026-03-02T07:00:00Z")).await;
+    let db = &app.platform().db;
+    let write = async |e: &Episode| {
+        let mut w = db.writes();
+        e.write(&mut w);
+        w.commit().await.expect("write");
+    };
+    let nin = econsult_runtime::nin::synthetic(77).as_str().to_owned();
+    let gp = ListedAt {
+        gp_uid: "u-1".into(),
+        gp_id: "gp-1".into(),
+        org_number: ORG_A.into(),
+        municipality_number: "0301".into(),
+        vacant: false,
+    };
+    let t0 = at("2026-03-02T07:00:00Z");
+    let mut first = Episode::open(&nin, &gp, Channel::Online, t0, &Default::default());
+    first.offered(Some(at("2026-03-05T07:00:00Z")), None);
+    first.searched(t0, true);
+    write(&first).await;
+    // A later search saw an earlier slot, but with a filter that hid it.
+    let mut later = first.clone();
+    later.offered(Some(at("2026-03-03T07:00:00Z")), None);
+    later.searched(t0 + Duration::minutes(5), false);
+    write(&later).await;
+    write(&first).await; // stale, written again
+    let mut conn = db.read().acquire().await.expect("conn");
+    let stored = episodes::open_of_patient(&mut conn, &nin, t0 + Duration::minutes(6))
+        .await
+        .expect("read")
+        .expect("open");
+    assert_eq!(stored.earliest_offer_working_days(), Some(1));
+    assert!(stored.patient_preference(), "the later search narrowed it");
+    // Booked, then a stale unbooked copy and a copy choosing another slot: still booked.
+    let mut booked = later.clone();
+    let t1 = t0 + Duration::minutes(10);
+    booked.chose("slot-a", at("2026-03-03T07:00:00Z"), t1);
+    booked.booked(t1);
+    write(&booked).await;
+    let mut other = later.clone();
+    other.chose("slot-b", at("2026-03-20T07:00:00Z"), t1 + Duration::minutes(1));
+    write(&other).await;
+    write(&first).await;
+    assert!(
+        episodes::open_of_patient(&mut conn, &nin, t1 + Duration::minutes(2))
+            .await
+            .expect("read")
+            .is_none(),
+        "booked stays closed"
+    );
+    let chosen: String = sqlx::Row::try_get(
+        &sqlx::query("SELECT chosen_slot_id FROM booking_episodes WHERE patient_nin = $1")
+            .bind(&nin)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("row"),
+        "chosen_slot_id",
+    )
+    .expect("chosen");
+    assert_eq!(chosen, "slot-a");
+    drop(conn);
+    let a = episodes::accessibility(
+        db,
+        &Scope {
+            from: "2026-03-02".into(),
+            to: "2026-03-02".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("figures");
+    assert_eq!(
+        (a.requests, a.within_target, a.met_by_own_gp, a.patient_preferences),
+        (1, 1, 1, 0),
+        "one request, met by the own GP, booked in time"
+    );
     app.shutdown().await;
 }
