@@ -421,6 +421,89 @@ async fn metrics_grpc_web_health_and_reflection_are_served() {
     );
 }
 
+/// Runs the binary with `args` and returns (success, stdout, stderr).
+fn run_cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_econsult"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run econsult");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dev_nin_prints_the_asked_number_of_valid_distinct_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, out, err) = run_cli(dir.path(), &["dev-nin", "--count", "20", "--age", "40"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 20, "{out}");
+    let distinct: std::collections::HashSet<&str> = lines.iter().copied().collect();
+    assert!(distinct.len() > 15, "mostly distinct: {out}");
+    for line in lines {
+        let id = econsult_runtime::nin::NationalId::parse(line).expect("a valid number");
+        assert!(
+            id.as_str()[2..4].parse::<u32>().expect("month") > 80,
+            "synthetic: {line}"
+        );
+    }
+}
+
+#[test]
+fn dev_token_refuses_an_invalid_identity_number_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 30 February, otherwise well formed; and the README's old placeholder.
+    for nin in ["30028512345", "12345678901"] {
+        let (ok, out, err) = run_cli(
+            dir.path(),
+            &["dev-token", "--role", "patient", "--nin", nin],
+        );
+        assert!(!ok, "refused: {out}");
+        assert!(out.is_empty(), "no token printed: {out}");
+        assert!(err.contains("is not a valid identity number"), "{err}");
+        assert!(err.contains("econsult dev-nin"), "points to the fix: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_patient_token_without_nin_gets_a_fresh_number_the_server_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, token, err) = run_cli(dir.path(), &["dev-token", "--role", "patient"]);
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    assert_eq!(token.lines().count(), 1, "stdout is the token alone");
+    let nin = err
+        .lines()
+        .find_map(|l| l.strip_prefix("patient identity number (synthetic): "))
+        .expect("the number is printed on stderr");
+    econsult_runtime::nin::NationalId::parse(nin).expect("valid");
+
+    let (ok, given, err) = run_cli(dir.path(), &["dev-nin"]);
+    assert!(ok, "{err}");
+    let (ok, token_for_given, err) = run_cli(
+        dir.path(),
+        &["dev-token", "--role", "patient", "--nin", given.trim()],
+    );
+    assert!(ok, "{err}");
+
+    let server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    for t in [token, token_for_given.trim().to_owned()] {
+        let mine = pb::booking_service_client::BookingServiceClient::new(ch.clone())
+            .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &t))
+            .await
+            .expect("the server accepts the token")
+            .into_inner();
+        assert!(mine.appointments.is_empty());
+    }
+}
+
 async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
