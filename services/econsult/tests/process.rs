@@ -504,6 +504,78 @@ async fn a_patient_token_without_nin_gets_a_fresh_number_the_server_accepts() {
     }
 }
 
+/// The walk-through's output with what changes from run to run (digits, day and month names,
+/// ids) replaced, so that the README's recorded run can be compared with a new one.
+fn shape_of(text: &str) -> Vec<String> {
+    const NAMES: [&str; 19] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    text.lines()
+        .map(|line| {
+            line.split(' ')
+                .map(|word| {
+                    let bare = word.trim_end_matches(',');
+                    if bare.len() == 36 && bare.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+                        word.replace(bare, "<id>")
+                    } else if NAMES.contains(&bare) {
+                        word.replace(bare, "<name>")
+                    } else {
+                        word.replace(|c: char| c.is_ascii_digit(), "0")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_readme_shows_what_book_a_slot_prints() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```\nEHR: ")
+        .expect("README shows book_a_slot's output")
+        + 4;
+    let shown = &readme[start..start + readme[start..].find("```").expect("end of block")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &[], None);
+    let _ = server.channel().await;
+    let mut printed = Vec::new();
+    econsult::walkthrough::book_a_slot(
+        format!("http://127.0.0.1:{}", server.port),
+        dir.path(),
+        &mut printed,
+    )
+    .await
+    .expect("the walk-through runs");
+    let printed = String::from_utf8(printed).expect("utf-8");
+    assert_eq!(shape_of(&printed), shape_of(shown), "printed:\n{printed}");
+    // Slots on the next working day of the national calendar, whatever day it is today.
+    let next = econsult_calendar::Calendar::norwegian()
+        .add_working_days(econsult_calendar::oslo_date(Utc::now()), 1);
+    let words = next.format("%A %-d %B %Y at 08:00").to_string();
+    assert!(printed.contains(&words), "{words}: {printed}");
+    assert!(!printed.contains("Some("), "no Rust formatting: {printed}");
+}
+
 async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
