@@ -1,6 +1,6 @@
 //! The composition root: builds the platform and the selected services and serves them on one
-//! port (gRPC, gRPC-Web, health, reflection), plus a Prometheus endpoint. `main` and the
-//! integration tests start the system the same way, through [`Application::start`].
+//! port (gRPC, gRPC-Web, health, reflection v1 and v1alpha), plus a Prometheus endpoint. `main`
+//! and the integration tests start the system the same way, through [`Application::start`].
 
 use anyhow::Context as _;
 use econsult_booking::{Booking, BookingConfig, BookingGrpc};
@@ -18,6 +18,18 @@ use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
 pub mod walkthrough;
+
+/// Server reflection over every service a tool may call: ours, gRPC health and both versions
+/// of reflection itself. Served as `grpc.reflection.v1` and as `v1alpha`, which many clients
+/// (Python's grpcio-reflection, older grpcurl) still speak.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(econsult_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
 
 /// The services one process can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,12 +235,12 @@ impl Application {
         }
         let interceptor = AuthInterceptor::new(auth, config.rate_limits);
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(econsult_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
         let mut routes = tonic::service::Routes::builder();
         let mut consultation_feed = None;
-        routes.add_service(health_service).add_service(reflection);
+        routes
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
         const MAX_MESSAGE: usize = 4 * 1024 * 1024;
         routes.add_service(AuditServiceServer::with_interceptor(
             AuditGrpc::new(platform.db.clone(), platform.clock.clone()),

@@ -344,7 +344,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
 }
 
 #[tokio::test]
-async fn metrics_grpc_web_health_and_reflection_are_served() {
+async fn metrics_grpc_web_health_and_both_reflection_versions_are_served() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Proc::spawn(dir.path(), &[], None);
@@ -392,33 +392,109 @@ async fn metrics_grpc_web_health_and_reflection_are_served() {
         "trailer frame with OK status: {text}"
     );
 
-    // Server reflection lists the econsult services.
+    // Server reflection, v1 and v1alpha alike, lists the econsult services, health and
+    // reflection, and gives the health service's descriptor, so a tool that knows nothing but
+    // reflection can call grpc.health.v1.Health/Check.
+    let v1 = reflect_v1(ch.clone()).await;
+    let v1alpha = reflect_v1alpha(ch).await;
+    for (version, (listed, health_file)) in [("v1", v1), ("v1alpha", v1alpha)] {
+        for service in [
+            "econsult.booking.v1.BookingService",
+            "econsult.consultation.v1.ConsultationService",
+            "econsult.signalling.v1.SignallingService",
+            "econsult.stats.v1.StatsService",
+            "econsult.audit.v1.AuditService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                listed.iter().any(|s| s == service),
+                "{version} lists {service}: {listed:?}"
+            );
+        }
+        use prost::Message as _;
+        let file = health_file
+            .iter()
+            .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("file"))
+            .find(|f| f.package() == "grpc.health.v1")
+            .unwrap_or_else(|| panic!("{version}: the health descriptor"));
+        let health = file
+            .service
+            .iter()
+            .find(|s| s.name() == "Health")
+            .expect("service Health");
+        assert!(
+            health.method.iter().any(|m| m.name() == "Check"),
+            "{version}"
+        );
+    }
+}
+
+/// Lists services and fetches the file defining grpc.health.v1.Health over reflection v1.
+async fn reflect_v1(ch: Channel) -> (Vec<String>, Vec<Vec<u8>>) {
     use tokio_stream::StreamExt as _;
-    let mut refl =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            ),
-        ),
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let mut stream = refl
-        .server_reflection_info(tokio_stream::iter(vec![req]))
+    let reqs = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into()),
+    ]
+    .map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    });
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(reqs))
         .await
-        .expect("reflection")
+        .expect("reflection v1")
         .into_inner();
-    let resp = stream.next().await.expect("response").expect("ok");
-    let listed = format!("{:?}", resp.message_response);
-    assert!(
-        listed.contains("econsult.booking.v1.BookingService"),
-        "{listed}"
-    );
-    assert!(
-        listed.contains("econsult.stats.v1.StatsService"),
-        "{listed}"
-    );
+    let (mut listed, mut files) = (Vec::new(), Vec::new());
+    while let Some(resp) = stream.next().await {
+        match resp.expect("ok").message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                listed = l.service.into_iter().map(|s| s.name).collect();
+            }
+            Some(MessageResponse::FileDescriptorResponse(f)) => files = f.file_descriptor_proto,
+            other => panic!("unexpected v1 answer {other:?}"),
+        }
+    }
+    (listed, files)
+}
+
+/// The same over reflection v1alpha.
+async fn reflect_v1alpha(ch: Channel) -> (Vec<String>, Vec<Vec<u8>>) {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let reqs = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into()),
+    ]
+    .map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    });
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(reqs))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner();
+    let (mut listed, mut files) = (Vec::new(), Vec::new());
+    while let Some(resp) = stream.next().await {
+        match resp.expect("ok").message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                listed = l.service.into_iter().map(|s| s.name).collect();
+            }
+            Some(MessageResponse::FileDescriptorResponse(f)) => files = f.file_descriptor_proto,
+            other => panic!("unexpected v1alpha answer {other:?}"),
+        }
+    }
+    (listed, files)
 }
 
 /// Runs the binary with `args` and returns (success, stdout, stderr).
