@@ -158,13 +158,15 @@ struct ServeArgs {
     /// Name of this instance on the event bus (default: host name and process id).
     #[arg(long, env = "ECONSULT_INSTANCE_ID")]
     instance_id: Option<String>,
-    /// Log format.
-    #[arg(long, env = "ECONSULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    /// Log format on stderr: auto is pretty on a terminal and JSON otherwise (files, pipes,
+    /// containers); pretty never writes colour codes unless stderr is a terminal.
+    #[arg(long, env = "ECONSULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
+    Auto,
     Json,
     Pretty,
 }
@@ -325,7 +327,15 @@ async fn serve(
     database_url: Option<String>,
     a: ServeArgs,
 ) -> anyhow::Result<()> {
-    let telemetry = Telemetry::init("econsult", matches!(a.log_format, LogFormat::Json))?;
+    let json = match a.log_format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => {
+            use std::io::IsTerminal as _;
+            !std::io::stderr().is_terminal()
+        }
+    };
+    let telemetry = Telemetry::init("econsult", json)?;
     let mut config = Config::embedded(data_dir);
     config.listen = a.listen;
     config.metrics_listen = Some(a.metrics_listen);
@@ -360,8 +370,9 @@ async fn serve(
     if let Some(id) = a.instance_id {
         config.instance_id = id;
     }
+    let start = econsult::StartLine::new(&config);
     let app = Application::start(config).await?;
-    tracing::info!(grpc = %app.local_addr(), metrics = ?app.metrics_addr(), "ready");
+    start.log(app.local_addr(), app.metrics_addr(), json);
     let result = app.run_until(shutdown_signal()).await;
     telemetry.shutdown();
     result

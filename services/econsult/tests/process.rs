@@ -497,6 +497,110 @@ async fn reflect_v1alpha(ch: Channel) -> (Vec<String>, Vec<Vec<u8>>) {
     (listed, files)
 }
 
+/// The server's log so far, once it holds a line containing `wanted`.
+async fn log_with(dir: &Path, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        if log.contains(wanted) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {wanted:?} in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_log_starts_with_a_line_in_words_and_has_one_json_line_per_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    let (_, patient, _, nin) = tokens(dir.path());
+    let mut booking = pb::booking_service_client::BookingServiceClient::new(ch);
+    booking
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &patient))
+        .await
+        .expect("patient call");
+    let refused = booking
+        .find_slots(pb::FindSlotsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let log = log_with(dir.path(), "BookingService/FindSlots").await;
+
+    // Not a terminal: JSON, one object a line.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .find(|m| m.contains(" serving "))
+        .expect("a start line");
+    for words in [
+        format!(
+            "serving booking, consultation, signalling, stats on 127.0.0.1:{}",
+            server.port
+        ),
+        format!(
+            "metrics at http://127.0.0.1:{}/metrics",
+            server.metrics_port
+        ),
+        "database: SQLite file".to_owned(),
+        "event bus: in-process".to_owned(),
+        "development key".to_owned(),
+    ] {
+        assert!(start.contains(&words), "{words:?} in {start}");
+    }
+    assert!(!log.contains("Some("), "no Rust Option in the log: {log}");
+
+    let request = |method: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l["target"] == "econsult::request"
+                    && l["method"].as_str().is_some_and(|m| m.ends_with(method))
+            })
+            .unwrap_or_else(|| panic!("a request line for {method}: {log}"))
+    };
+    let mine = request("/ListMyBookings");
+    assert_eq!(mine["status"], "OK", "{mine}");
+    assert_eq!(mine["code"], "0", "{mine}");
+    assert_eq!(mine["caller"], "patient", "{mine}");
+    assert!(mine["duration_ms"].as_f64().is_some(), "{mine}");
+    assert_eq!(mine["trace_id"].as_str().map(str::len), Some(32), "{mine}");
+    let refused = request("/FindSlots");
+    assert_eq!(refused["status"], "UNAUTHENTICATED", "{refused}");
+    assert_eq!(refused["caller"], "none", "{refused}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["target"] == "econsult::request"
+                && l["method"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("/ListMyBookings")))
+            .count(),
+        1,
+        "one line per call"
+    );
+    assert!(!log.contains(&nin), "no identity number in the log");
+}
+
+#[tokio::test]
+async fn pretty_logs_into_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &["--log-format".into(), "pretty".into()], None);
+    let _ = server.channel().await;
+    let log = log_with(dir.path(), "grpc.health.v1.Health/Check").await;
+    assert!(log.contains(" serving booking"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no escape codes: {log:?}");
+    assert!(!log.trim_start().starts_with('{'), "not JSON: {log}");
+}
+
 /// Runs the binary with `args` and returns (success, stdout, stderr).
 fn run_cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_econsult"))
