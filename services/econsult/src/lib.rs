@@ -1,6 +1,6 @@
 //! The composition root: builds the platform and the selected services and serves them on one
-//! port (gRPC, gRPC-Web, health, reflection), plus a Prometheus endpoint. `main` and the
-//! integration tests start the system the same way, through [`Application::start`].
+//! port (gRPC, gRPC-Web, health, reflection v1 and v1alpha), plus a Prometheus endpoint. `main`
+//! and the integration tests start the system the same way, through [`Application::start`].
 
 use anyhow::Context as _;
 use econsult_booking::{Booking, BookingConfig, BookingGrpc};
@@ -16,6 +16,20 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
+
+pub mod walkthrough;
+
+/// Server reflection over every service a tool may call: ours, gRPC health and both versions
+/// of reflection itself. Served as `grpc.reflection.v1` and as `v1alpha`, which many clients
+/// (Python's grpcio-reflection, older grpcurl) still speak.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(econsult_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
 
 /// The services one process can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -172,6 +186,109 @@ impl Config {
     }
 }
 
+/// The server's start line: where it listens and what it stands on, in words, without
+/// credentials (a URL's user and password are left out).
+pub struct StartLine {
+    services: String,
+    database: String,
+    bus: String,
+    tokens: String,
+    dev_key_trusted: bool,
+}
+
+/// `host:port/path` of a URL, without scheme, credentials or query.
+fn without_credentials(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let path = path.split('?').next().unwrap_or_default();
+    format!("{host}{path}")
+}
+
+impl StartLine {
+    /// Describes `config` (call before it is moved into [`Application::start`]).
+    pub fn new(config: &Config) -> Self {
+        let url = config.database_url();
+        let database = match url.strip_prefix("sqlite:") {
+            Some(path) => {
+                let path = path.trim_start_matches("//");
+                format!("SQLite file {}", path.split('?').next().unwrap_or_default())
+            }
+            None => format!("PostgreSQL {}", without_credentials(&url)),
+        };
+        let bus = match &config.redis_url {
+            Some(url) => format!(
+                "Redis Streams at {} (keys {}:*)",
+                without_credentials(url),
+                config.redis_namespace
+            ),
+            None => "in-process, from the database's outbox".to_owned(),
+        };
+        let dev_key_trusted = config.jwks_file.is_none() && config.jwks_url.is_none();
+        let tokens = match (&config.jwks_file, &config.jwks_url) {
+            (Some(file), _) => format!("checked against the JWKS file {}", file.display()),
+            (None, Some(url)) => {
+                format!("checked against the JWKS at {}", without_credentials(url))
+            }
+            (None, None) => format!(
+                "signed by the development key in {} are trusted (no --jwks-file or --jwks-url): \
+                 not for production",
+                config.data_dir.display()
+            ),
+        };
+        let services = config
+            .services
+            .iter()
+            .map(|k| k.grpc_name().split('.').nth(1).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            services,
+            database,
+            bus,
+            tokens,
+            dev_key_trusted,
+        }
+    }
+
+    /// The line in words.
+    pub fn sentence(&self, grpc: SocketAddr, metrics: Option<SocketAddr>) -> String {
+        let metrics = match metrics {
+            Some(m) => format!("metrics at http://{m}/metrics"),
+            None => "no metrics endpoint".to_owned(),
+        };
+        format!(
+            "econsult {} serving {} on {grpc} (gRPC, gRPC-Web, health, reflection); {metrics}; \
+             database: {}; event bus: {}; tokens {}",
+            env!("CARGO_PKG_VERSION"),
+            self.services,
+            self.database,
+            self.bus,
+            self.tokens
+        )
+    }
+
+    /// Logs the line (info); `fields` adds the same facts as fields for machines (JSON logs).
+    pub fn log(&self, grpc: SocketAddr, metrics: Option<SocketAddr>, fields: bool) {
+        if !fields {
+            tracing::info!("{}", self.sentence(grpc, metrics));
+            return;
+        }
+        tracing::info!(
+            grpc = %grpc,
+            metrics = %metrics.map_or_else(|| "off".to_owned(), |m| m.to_string()),
+            database = %self.database,
+            bus = %self.bus,
+            dev_key_trusted = self.dev_key_trusted,
+            "{}",
+            self.sentence(grpc, metrics)
+        );
+    }
+}
+
 /// `<host name>-<process id>`: unique per process across machines and containers.
 pub fn default_instance_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -221,12 +338,12 @@ impl Application {
         }
         let interceptor = AuthInterceptor::new(auth, config.rate_limits);
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(econsult_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
         let mut routes = tonic::service::Routes::builder();
         let mut consultation_feed = None;
-        routes.add_service(health_service).add_service(reflection);
+        routes
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
         const MAX_MESSAGE: usize = 4 * 1024 * 1024;
         routes.add_service(AuditServiceServer::with_interceptor(
             AuditGrpc::new(platform.db.clone(), platform.clock.clone()),
@@ -377,7 +494,7 @@ impl Application {
             handle.shutdown(grace).await;
             Ok(())
         });
-        tracing::info!(%addr, "econsult serving");
+        tracing::debug!(%addr, "econsult serving");
         Ok(Self {
             addr,
             metrics_addr,
@@ -460,4 +577,59 @@ async fn serve_metrics(
         }
     }));
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_says_where_and_on_what_in_words() {
+        let mut config = Config::embedded(PathBuf::from("data"));
+        let line = StartLine::new(&config).sentence(
+            "127.0.0.1:50051".parse().expect("addr"),
+            Some("127.0.0.1:9464".parse().expect("addr")),
+        );
+        assert!(
+            line.contains("serving booking, consultation, signalling, stats on 127.0.0.1:50051"),
+            "{line}"
+        );
+        assert!(
+            line.contains("metrics at http://127.0.0.1:9464/metrics"),
+            "{line}"
+        );
+        assert!(
+            line.contains("database: SQLite file data/econsult.db"),
+            "{line}"
+        );
+        assert!(line.contains("event bus: in-process"), "{line}");
+        assert!(
+            line.contains("development key in data are trusted"),
+            "{line}"
+        );
+        assert!(!line.contains("Some("), "{line}");
+
+        config.database_url = Some("postgres://app:s3cret@db:5432/econsult?sslmode=require".into());
+        config.redis_url = Some("redis://:hunter2@cache:6379/0".into());
+        config.jwks_file = Some(PathBuf::from("/etc/econsult/jwks.json"));
+        config.services = vec![ServiceKind::Booking];
+        let line = StartLine::new(&config).sentence("10.0.0.5:50051".parse().expect("addr"), None);
+        assert!(line.contains("serving booking on"), "{line}");
+        assert!(
+            line.contains("database: PostgreSQL db:5432/econsult;"),
+            "{line}"
+        );
+        assert!(
+            line.contains("event bus: Redis Streams at cache:6379/0 (keys econsult:*)"),
+            "{line}"
+        );
+        assert!(line.contains("JWKS file /etc/econsult/jwks.json"), "{line}");
+        assert!(line.contains("no metrics endpoint"), "{line}");
+        assert!(
+            !line.contains("s3cret")
+                && !line.contains("hunter2")
+                && !line.contains("development key"),
+            "{line}"
+        );
+    }
 }

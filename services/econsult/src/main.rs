@@ -1,9 +1,10 @@
-//! `econsult`: run the services, apply migrations, mint development tokens.
+//! `econsult`: run the services, apply migrations, mint development tokens and identity numbers.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use econsult::{Application, Config, ServiceKind};
 use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
+use econsult_runtime::nin::{self, NationalId};
 use econsult_runtime::telemetry::Telemetry;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -36,7 +37,26 @@ enum Command {
     /// Apply the database migrations and exit.
     Migrate,
     /// Print a token signed by the local development key (never trusted with --jwks-file).
+    ///
+    /// The token goes to stdout alone, so `TOKEN=$(econsult dev-token --role ops)` works.
+    /// Examples:
+    ///   econsult dev-token --role patient            (a fresh synthetic identity number)
+    ///   econsult dev-token --role patient --nin "$(econsult dev-nin --age 40)"
+    ///   econsult dev-token --role ehr --org 910000001
+    ///   econsult dev-token --role clinician --hpr 1234567 --org 910000001
+    ///   econsult dev-token --role ops
+    #[command(verbatim_doc_comment)]
     DevToken(DevTokenArgs),
+    /// Print valid synthetic national identity numbers (month + 80, never a real person's), one
+    /// a line, for `dev-token --role patient --nin` and for putting patients on a GP's list.
+    DevNin {
+        /// How many numbers to print.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Age in years of the people the numbers are for (default: a random age from 18 to 80).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=150))]
+        age: Option<u32>,
+    },
     /// Check a running server's gRPC health (exit 0 when SERVING): for container health checks.
     Health {
         /// Server address.
@@ -138,13 +158,15 @@ struct ServeArgs {
     /// Name of this instance on the event bus (default: host name and process id).
     #[arg(long, env = "ECONSULT_INSTANCE_ID")]
     instance_id: Option<String>,
-    /// Log format.
-    #[arg(long, env = "ECONSULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    /// Log format on stderr: auto is pretty on a terminal and JSON otherwise (files, pipes,
+    /// containers); pretty never writes colour codes unless stderr is a terminal.
+    #[arg(long, env = "ECONSULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
+    Auto,
     Json,
     Pretty,
 }
@@ -162,7 +184,8 @@ struct DevTokenArgs {
     /// Who the token is for.
     #[arg(long, value_enum)]
     role: Role,
-    /// Patient: national identity number (use a synthetic one, see `econsult dev-token --help`).
+    /// Patient: the 11-digit national identity number, e.g. one from `econsult dev-nin`;
+    /// without it a fresh synthetic number is made and printed on stderr.
     #[arg(long)]
     nin: Option<String>,
     /// Patient: ID-porten level.
@@ -232,6 +255,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("SERVING");
             Ok(())
         }
+        Command::DevNin { count, age } => {
+            let today = chrono::Utc::now().date_naive();
+            for _ in 0..count {
+                println!("{}", fresh_nin(today, age)?.as_str());
+            }
+            Ok(())
+        }
         Command::DevToken(a) => {
             let keys = DevKeys::load_or_create(&cli.data_dir)?;
             let need = |v: Option<String>, what: &str| {
@@ -239,7 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let spec = match a.role {
                 Role::Patient => TokenSpec::Patient {
-                    nin: need(a.nin, "nin")?,
+                    nin: patient_nin(a.nin)?,
                     acr: a.acr,
                 },
                 Role::Clinician => TokenSpec::Clinician {
@@ -263,12 +293,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A fresh synthetic identity number of someone `age` (default: 18 to 80) years old.
+fn fresh_nin(today: chrono::NaiveDate, age: Option<u32>) -> anyhow::Result<NationalId> {
+    use rand::Rng as _;
+    let mut rng = rand::thread_rng();
+    let age = age.unwrap_or_else(|| rng.gen_range(18..=80));
+    nin::synthetic_aged(today, age, &mut rng)
+        .with_context(|| format!("no identity numbers exist for someone {age} years old"))
+}
+
+/// The patient token's identity number: `--nin` if valid (refused here, not by every later
+/// call), else a fresh synthetic one, announced on stderr.
+fn patient_nin(given: Option<String>) -> anyhow::Result<String> {
+    match given {
+        Some(given) => match NationalId::parse(&given) {
+            Ok(id) => Ok(id.as_str().to_owned()),
+            Err(e) => anyhow::bail!(
+                "--nin {given:?} is not a valid identity number ({e}); the server would refuse \
+                 the token. Print a valid synthetic one with `econsult dev-nin`, or leave out \
+                 --nin to get one"
+            ),
+        },
+        None => {
+            let id = fresh_nin(chrono::Utc::now().date_naive(), None)?;
+            eprintln!("patient identity number (synthetic): {}", id.as_str());
+            Ok(id.as_str().to_owned())
+        }
+    }
+}
+
 async fn serve(
     data_dir: PathBuf,
     database_url: Option<String>,
     a: ServeArgs,
 ) -> anyhow::Result<()> {
-    let telemetry = Telemetry::init("econsult", matches!(a.log_format, LogFormat::Json))?;
+    let json = match a.log_format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => {
+            use std::io::IsTerminal as _;
+            !std::io::stderr().is_terminal()
+        }
+    };
+    let telemetry = Telemetry::init("econsult", json)?;
     let mut config = Config::embedded(data_dir);
     config.listen = a.listen;
     config.metrics_listen = Some(a.metrics_listen);
@@ -303,8 +370,9 @@ async fn serve(
     if let Some(id) = a.instance_id {
         config.instance_id = id;
     }
+    let start = econsult::StartLine::new(&config);
     let app = Application::start(config).await?;
-    tracing::info!(grpc = %app.local_addr(), metrics = ?app.metrics_addr(), "ready");
+    start.log(app.local_addr(), app.metrics_addr(), json);
     let result = app.run_until(shutdown_signal()).await;
     telemetry.shutdown();
     result

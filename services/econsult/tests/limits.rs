@@ -135,6 +135,10 @@ async fn streams_per_connection_are_capped() {
 /// (held here from another connection), the deadline passes, and the half-done send never
 /// commits, even after the lock is released. A retry with the same key then stores it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn a_client_deadline_cancels_the_database_work() {
     let Some(env) = Env::postgres().await else {
         return;

@@ -464,7 +464,7 @@ async fn sigterm_ends_open_streams_and_exits_cleanly() {
 }
 
 #[tokio::test]
-async fn metrics_grpc_web_health_and_reflection_are_served() {
+async fn metrics_grpc_web_health_and_both_reflection_versions_are_served() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Proc::spawn(dir.path(), &[], None);
@@ -512,33 +512,368 @@ async fn metrics_grpc_web_health_and_reflection_are_served() {
         "trailer frame with OK status: {text}"
     );
 
-    // Server reflection lists the econsult services.
+    // Server reflection, v1 and v1alpha alike, lists the econsult services, health and
+    // reflection, and gives the health service's descriptor, so a tool that knows nothing but
+    // reflection can call grpc.health.v1.Health/Check.
+    let v1 = reflect_v1(ch.clone()).await;
+    let v1alpha = reflect_v1alpha(ch).await;
+    for (version, (listed, health_file)) in [("v1", v1), ("v1alpha", v1alpha)] {
+        for service in [
+            "econsult.booking.v1.BookingService",
+            "econsult.consultation.v1.ConsultationService",
+            "econsult.signalling.v1.SignallingService",
+            "econsult.stats.v1.StatsService",
+            "econsult.audit.v1.AuditService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                listed.iter().any(|s| s == service),
+                "{version} lists {service}: {listed:?}"
+            );
+        }
+        use prost::Message as _;
+        let file = health_file
+            .iter()
+            .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("file"))
+            .find(|f| f.package() == "grpc.health.v1")
+            .unwrap_or_else(|| panic!("{version}: the health descriptor"));
+        let health = file
+            .service
+            .iter()
+            .find(|s| s.name() == "Health")
+            .expect("service Health");
+        assert!(
+            health.method.iter().any(|m| m.name() == "Check"),
+            "{version}"
+        );
+    }
+}
+
+/// Lists services and fetches the file defining grpc.health.v1.Health over reflection v1.
+async fn reflect_v1(ch: Channel) -> (Vec<String>, Vec<Vec<u8>>) {
     use tokio_stream::StreamExt as _;
-    let mut refl =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            ),
-        ),
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let mut stream = refl
-        .server_reflection_info(tokio_stream::iter(vec![req]))
+    let reqs = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into()),
+    ]
+    .map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    });
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(reqs))
         .await
-        .expect("reflection")
+        .expect("reflection v1")
         .into_inner();
-    let resp = stream.next().await.expect("response").expect("ok");
-    let listed = format!("{:?}", resp.message_response);
-    assert!(
-        listed.contains("econsult.booking.v1.BookingService"),
-        "{listed}"
+    let (mut listed, mut files) = (Vec::new(), Vec::new());
+    while let Some(resp) = stream.next().await {
+        match resp.expect("ok").message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                listed = l.service.into_iter().map(|s| s.name).collect();
+            }
+            Some(MessageResponse::FileDescriptorResponse(f)) => files = f.file_descriptor_proto,
+            other => panic!("unexpected v1 answer {other:?}"),
+        }
+    }
+    (listed, files)
+}
+
+/// The same over reflection v1alpha.
+async fn reflect_v1alpha(ch: Channel) -> (Vec<String>, Vec<Vec<u8>>) {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let reqs = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into()),
+    ]
+    .map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    });
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(reqs))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner();
+    let (mut listed, mut files) = (Vec::new(), Vec::new());
+    while let Some(resp) = stream.next().await {
+        match resp.expect("ok").message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => {
+                listed = l.service.into_iter().map(|s| s.name).collect();
+            }
+            Some(MessageResponse::FileDescriptorResponse(f)) => files = f.file_descriptor_proto,
+            other => panic!("unexpected v1alpha answer {other:?}"),
+        }
+    }
+    (listed, files)
+}
+
+/// The server's log so far, once it holds a line containing `wanted`.
+async fn log_with(dir: &Path, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        if log.contains(wanted) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {wanted:?} in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_log_starts_with_a_line_in_words_and_has_one_json_line_per_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    let (_, patient, _, nin) = tokens(dir.path());
+    let mut booking = pb::booking_service_client::BookingServiceClient::new(ch);
+    booking
+        .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &patient))
+        .await
+        .expect("patient call");
+    let refused = booking
+        .find_slots(pb::FindSlotsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let log = log_with(dir.path(), "BookingService/FindSlots").await;
+
+    // Not a terminal: JSON, one object a line.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .find(|m| m.contains(" serving "))
+        .expect("a start line");
+    for words in [
+        format!(
+            "serving booking, consultation, signalling, stats on 127.0.0.1:{}",
+            server.port
+        ),
+        format!(
+            "metrics at http://127.0.0.1:{}/metrics",
+            server.metrics_port
+        ),
+        "database: SQLite file".to_owned(),
+        "event bus: in-process".to_owned(),
+        "development key".to_owned(),
+    ] {
+        assert!(start.contains(&words), "{words:?} in {start}");
+    }
+    assert!(!log.contains("Some("), "no Rust Option in the log: {log}");
+
+    let request = |method: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l["target"] == "econsult::request"
+                    && l["method"].as_str().is_some_and(|m| m.ends_with(method))
+            })
+            .unwrap_or_else(|| panic!("a request line for {method}: {log}"))
+    };
+    let mine = request("/ListMyBookings");
+    assert_eq!(mine["status"], "OK", "{mine}");
+    assert_eq!(mine["code"], "0", "{mine}");
+    assert_eq!(mine["caller"], "patient", "{mine}");
+    assert!(mine["duration_ms"].as_f64().is_some(), "{mine}");
+    assert_eq!(mine["trace_id"].as_str().map(str::len), Some(32), "{mine}");
+    let refused = request("/FindSlots");
+    assert_eq!(refused["status"], "UNAUTHENTICATED", "{refused}");
+    assert_eq!(refused["caller"], "none", "{refused}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["target"] == "econsult::request"
+                && l["method"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("/ListMyBookings")))
+            .count(),
+        1,
+        "one line per call"
     );
-    assert!(
-        listed.contains("econsult.stats.v1.StatsService"),
-        "{listed}"
+    assert!(!log.contains(&nin), "no identity number in the log");
+}
+
+#[tokio::test]
+async fn pretty_logs_into_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &["--log-format".into(), "pretty".into()], None);
+    let _ = server.channel().await;
+    let log = log_with(dir.path(), "grpc.health.v1.Health/Check").await;
+    assert!(log.contains(" serving booking"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no escape codes: {log:?}");
+    assert!(!log.trim_start().starts_with('{'), "not JSON: {log}");
+}
+
+/// Runs the binary with `args` and returns (success, stdout, stderr).
+fn run_cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_econsult"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run econsult");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dev_nin_prints_the_asked_number_of_valid_distinct_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, out, err) = run_cli(dir.path(), &["dev-nin", "--count", "20", "--age", "40"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 20, "{out}");
+    let distinct: std::collections::HashSet<&str> = lines.iter().copied().collect();
+    assert!(distinct.len() > 15, "mostly distinct: {out}");
+    for line in lines {
+        let id = econsult_runtime::nin::NationalId::parse(line).expect("a valid number");
+        assert!(
+            id.as_str()[2..4].parse::<u32>().expect("month") > 80,
+            "synthetic: {line}"
+        );
+    }
+}
+
+#[test]
+fn dev_token_refuses_an_invalid_identity_number_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 30 February, otherwise well formed; and the README's old placeholder.
+    for nin in ["30028512345", "12345678901"] {
+        let (ok, out, err) = run_cli(
+            dir.path(),
+            &["dev-token", "--role", "patient", "--nin", nin],
+        );
+        assert!(!ok, "refused: {out}");
+        assert!(out.is_empty(), "no token printed: {out}");
+        assert!(err.contains("is not a valid identity number"), "{err}");
+        assert!(err.contains("econsult dev-nin"), "points to the fix: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_patient_token_without_nin_gets_a_fresh_number_the_server_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, token, err) = run_cli(dir.path(), &["dev-token", "--role", "patient"]);
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    assert_eq!(token.lines().count(), 1, "stdout is the token alone");
+    let nin = err
+        .lines()
+        .find_map(|l| l.strip_prefix("patient identity number (synthetic): "))
+        .expect("the number is printed on stderr");
+    econsult_runtime::nin::NationalId::parse(nin).expect("valid");
+
+    let (ok, given, err) = run_cli(dir.path(), &["dev-nin"]);
+    assert!(ok, "{err}");
+    let (ok, token_for_given, err) = run_cli(
+        dir.path(),
+        &["dev-token", "--role", "patient", "--nin", given.trim()],
     );
+    assert!(ok, "{err}");
+
+    let server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    for t in [token, token_for_given.trim().to_owned()] {
+        let mine = pb::booking_service_client::BookingServiceClient::new(ch.clone())
+            .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &t))
+            .await
+            .expect("the server accepts the token")
+            .into_inner();
+        assert!(mine.appointments.is_empty());
+    }
+}
+
+/// The walk-through's output with what changes from run to run (digits, day and month names,
+/// ids) replaced, so that the README's recorded run can be compared with a new one.
+fn shape_of(text: &str) -> Vec<String> {
+    const NAMES: [&str; 19] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    text.lines()
+        .map(|line| {
+            line.split(' ')
+                .map(|word| {
+                    let bare = word.trim_end_matches(',');
+                    if bare.len() == 36 && bare.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+                        word.replace(bare, "<id>")
+                    } else if NAMES.contains(&bare) {
+                        word.replace(bare, "<name>")
+                    } else {
+                        word.replace(|c: char| c.is_ascii_digit(), "0")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_readme_shows_what_book_a_slot_prints() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```\nEHR: ")
+        .expect("README shows book_a_slot's output")
+        + 4;
+    let shown = &readme[start..start + readme[start..].find("```").expect("end of block")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &[], None);
+    let _ = server.channel().await;
+    let mut printed = Vec::new();
+    econsult::walkthrough::book_a_slot(
+        format!("http://127.0.0.1:{}", server.port),
+        dir.path(),
+        &mut printed,
+    )
+    .await
+    .expect("the walk-through runs");
+    let printed = String::from_utf8(printed).expect("utf-8");
+    assert_eq!(shape_of(&printed), shape_of(shown), "printed:\n{printed}");
+    // Slots on the next working day of the national calendar, whatever day it is today.
+    let next = econsult_calendar::Calendar::norwegian()
+        .add_working_days(econsult_calendar::oslo_date(Utc::now()), 1);
+    let words = next.format("%A %-d %B %Y at 08:00").to_string();
+    assert!(printed.contains(&words), "{words}: {printed}");
+    assert!(!printed.contains("Some("), "no Rust formatting: {printed}");
 }
 
 async fn scrape(port: u16) -> String {

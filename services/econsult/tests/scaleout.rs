@@ -823,6 +823,10 @@ async fn bookings_counted(stats: &Pair, instance: usize, ops: &str) -> u64 {
 // ── the test ───────────────────────────────────────────────────────────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn two_instances_of_every_service_survive_kill_9_without_losing_or_doubling_work() {
     let Some(env) = common::Env::postgres().await else {
         return;

@@ -515,6 +515,10 @@ async fn two_webrtc_peers_connect_through_the_service_and_exchange_data(env: Env
 /// The two peers talk to two instances sharing PostgreSQL and Redis. Database polling is
 /// slowed to two minutes, so events must reach the other instance through Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn peers_on_two_replicas_sharing_redis_reach_each_other() {
     let Some(env) = Env::postgres().await else {
         return;

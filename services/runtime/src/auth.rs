@@ -56,6 +56,15 @@ impl Role {
             Role::Ops => 4,
         }
     }
+    /// The role's name in logs: `patient`, `clinician`, `ehr`, `ops`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Patient => "patient",
+            Role::Clinician => "clinician",
+            Role::Ehr => "ehr",
+            Role::Ops => "ops",
+        }
+    }
     /// Inverse of [`Role::code`].
     pub fn from_code(code: i64) -> Option<Self> {
         Some(match code {
@@ -551,6 +560,9 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization must be a bearer token"))?;
         let caller = self.auth.authenticate(token.trim())?;
+        if let Some(kind) = req.extensions().get::<crate::telemetry::CallerKind>() {
+            kind.set(caller.role.as_str());
+        }
         self.limiter.check(caller.role, &caller.subject)?;
         req.extensions_mut().insert(caller);
         Ok(req)

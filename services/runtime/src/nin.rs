@@ -1,8 +1,10 @@
 //! Norwegian national identity numbers (fødselsnummer and D-number).
 //!
-//! 11 digits: date of birth (DDMMYY, with 40 added to the day for a D-number), a three-digit
-//! individual number and two mod-11 check digits. The checks here are the structural ones every
-//! system applies; they do not prove that the number was ever issued.
+//! 11 digits: date of birth (DDMMYY, with 40 added to the day for a D-number and 80 added to the
+//! month for a synthetic test number), a three-digit individual number (which also tells the
+//! century) and two mod-11 check digits. The checks here are the structural ones every system
+//! applies (a real calendar date, 29 February only in a leap year, both check digits); they do not
+//! prove that the number was ever issued.
 
 use std::fmt;
 
@@ -44,6 +46,31 @@ pub fn check_digits(first_nine: &[u32; 9]) -> Option<(u32, u32)> {
     Some((k1, k2))
 }
 
+/// The four-digit birth year that the two-digit year and the individual number (digits 7-9)
+/// give under the national scheme, or `None` where the combination is not assigned.
+pub fn birth_year(yy: u32, individual: u32) -> Option<u32> {
+    match (individual, yy) {
+        (0..=499, _) => Some(1900 + yy),
+        (500..=749, 54..=99) => Some(1800 + yy),
+        (500..=999, 0..=39) => Some(2000 + yy),
+        (900..=999, 40..=99) => Some(1900 + yy),
+        _ => None,
+    }
+}
+
+fn is_leap(year: u32) -> bool {
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
+}
+
+fn days_in_month(month: u32, leap: bool) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
 impl NationalId {
     /// Parses and validates an identity number.
     pub fn parse(s: &str) -> Result<Self, NinError> {
@@ -61,7 +88,12 @@ impl NationalId {
         if month > 80 {
             month -= 80;
         }
-        if !(1..=31).contains(&day) || !(1..=12).contains(&month) {
+        // The century comes from the individual number; where that combination is unassigned
+        // (seen in test data), 29 February is allowed in every year divisible by four.
+        let yy = d[4] * 10 + d[5];
+        let leap =
+            birth_year(yy, d[6] * 100 + d[7] * 10 + d[8]).map_or(yy.is_multiple_of(4), is_leap);
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(month, leap) {
             return Err(NinError::Date);
         }
         let mut nine = [0u32; 9];
@@ -134,6 +166,74 @@ pub fn synthetic(seed: u64) -> NationalId {
     }
 }
 
+/// A synthetic identity number (month raised by 80) of someone born on `year`-`month`-`day`:
+/// the `nth` (modulo their count) individual number of that birth date's century with valid
+/// check digits. `None` for an impossible date or a year the scheme cannot express
+/// (before 1854, after 2039).
+pub fn synthetic_born(year: u32, month: u32, day: u32, nth: u64) -> Option<NationalId> {
+    let yy = year % 100;
+    let individuals: Vec<u32> = (0..1000)
+        .filter(|&i| birth_year(yy, i) == Some(year))
+        .collect();
+    if individuals.is_empty()
+        || !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(month, is_leap(year))
+    {
+        return None;
+    }
+    let month = month + 80;
+    let valid: Vec<[u32; 11]> = individuals
+        .into_iter()
+        .filter_map(|individual| {
+            let nine = [
+                day / 10,
+                day % 10,
+                month / 10,
+                month % 10,
+                yy / 10,
+                yy % 10,
+                individual / 100,
+                (individual / 10) % 10,
+                individual % 10,
+            ];
+            let (k1, k2) = check_digits(&nine)?;
+            let mut all = [0u32; 11];
+            all[..9].copy_from_slice(&nine);
+            all[9] = k1;
+            all[10] = k2;
+            Some(all)
+        })
+        .collect();
+    let pick = valid.get((nth % valid.len() as u64) as usize)?;
+    Some(NationalId(
+        pick.iter().map(|d| char::from(b'0' + *d as u8)).collect(),
+    ))
+}
+
+/// A fresh synthetic identity number of someone who is `age` years old on `today`: a random
+/// birth date within that year of age and a random individual number of its century. `None` when
+/// the birth year falls outside what the scheme can express (1854-2039).
+pub fn synthetic_aged(
+    today: chrono::NaiveDate,
+    age: u32,
+    rng: &mut impl rand::Rng,
+) -> Option<NationalId> {
+    use chrono::Datelike as _;
+    let latest = today.checked_sub_months(chrono::Months::new(age.checked_mul(12)?))?;
+    let earliest = today
+        .checked_sub_months(chrono::Months::new(age.checked_add(1)?.checked_mul(12)?))?
+        .succ_opt()?;
+    let span = (latest - earliest).num_days();
+    let born = earliest + chrono::Duration::days(rng.gen_range(0..=span));
+    synthetic_born(
+        u32::try_from(born.year()).ok()?,
+        born.month(),
+        born.day(),
+        rng.r#gen(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +302,129 @@ mod tests {
         assert!(!shown.contains(id.as_str()));
     }
 
+    /// An otherwise valid number for the given date digits (check digits recomputed).
+    fn with_date(ddmmyy: &str, individual: &str) -> String {
+        let digits: Vec<u32> = format!("{ddmmyy}{individual}")
+            .bytes()
+            .map(|b| u32::from(b - b'0'))
+            .collect();
+        let nine: [u32; 9] = digits.try_into().expect("nine digits");
+        let (k1, k2) = check_digits(&nine).expect("a prefix with check digits");
+        format!("{ddmmyy}{individual}{k1}{k2}")
+    }
+
+    /// The first individual number from `from` whose prefix has check digits.
+    fn some_number(ddmmyy: &str, from: u32) -> String {
+        (from..1000)
+            .map(|i| format!("{i:03}"))
+            .find_map(|i| {
+                let digits: Vec<u32> = format!("{ddmmyy}{i}")
+                    .bytes()
+                    .map(|b| u32::from(b - b'0'))
+                    .collect();
+                let nine: [u32; 9] = digits.try_into().ok()?;
+                check_digits(&nine).map(|_| with_date(ddmmyy, &i))
+            })
+            .expect("some individual number fits")
+    }
+
+    #[test]
+    fn thirtieth_of_february_and_thirty_first_of_april_are_refused() {
+        for ddmmyy in ["300285", "310485", "310685", "310985", "311185", "300282"] {
+            let n = some_number(ddmmyy, 100);
+            assert_eq!(NationalId::parse(&n), Err(NinError::Date), "{ddmmyy}");
+        }
+        // The same days in a synthetic (+80) month and as a D-number.
+        assert_eq!(
+            NationalId::parse(&some_number("308285", 100)),
+            Err(NinError::Date)
+        );
+        assert_eq!(
+            NationalId::parse(&some_number("710485", 100)),
+            Err(NinError::Date)
+        );
+        // The last real day of those months is fine.
+        assert!(NationalId::parse(&some_number("280285", 100)).is_ok());
+        assert!(NationalId::parse(&some_number("300485", 100)).is_ok());
+    }
+
+    #[test]
+    fn twenty_ninth_of_february_only_in_a_leap_year_of_the_numbers_century() {
+        // 1984 and 2000 were leap years, 1985 and 1900 were not.
+        assert!(NationalId::parse(&some_number("290284", 100)).is_ok());
+        assert_eq!(
+            NationalId::parse(&some_number("290285", 100)),
+            Err(NinError::Date)
+        );
+        // Individual number below 500: born 1900.
+        assert_eq!(
+            NationalId::parse(&some_number("290200", 100)),
+            Err(NinError::Date)
+        );
+        // Individual number 500-999 with year 00: born 2000.
+        assert!(NationalId::parse(&some_number("290200", 500)).is_ok());
+    }
+
+    #[test]
+    fn numbers_born_on_a_date_carry_that_date_and_validate() {
+        let id = synthetic_born(1984, 2, 29, 3).expect("a leap day");
+        assert_eq!(&id.as_str()[..6], "298284");
+        assert_eq!(NationalId::parse(id.as_str()), Ok(id.clone()));
+        assert!(synthetic_born(1985, 2, 29, 0).is_none());
+        assert!(synthetic_born(2040, 1, 1, 0).is_none());
+        let child = synthetic_born(2015, 6, 1, 0).expect("born 2015");
+        let individual: u32 = child.as_str()[6..9].parse().expect("digits");
+        assert_eq!(birth_year(15, individual), Some(2015));
+    }
+
     proptest! {
+        #[test]
+        fn a_fresh_number_has_the_asked_age(age in 0u32..=150, seed in any::<u64>()) {
+            use chrono::Datelike as _;
+            use rand::SeedableRng as _;
+            let today = chrono::NaiveDate::from_ymd_opt(2026, 12, 5).expect("date");
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let id = synthetic_aged(today, age, &mut rng).expect("a number");
+            prop_assert_eq!(NationalId::parse(id.as_str()), Ok(id.clone()));
+            let d: Vec<u32> = id.as_str().bytes().map(|b| u32::from(b - b'0')).collect();
+            let year = birth_year(d[4] * 10 + d[5], d[6] * 100 + d[7] * 10 + d[8])
+                .expect("an assigned century");
+            let born = chrono::NaiveDate::from_ymd_opt(
+                year as i32,
+                d[2] * 10 + d[3] - 80,
+                d[0] * 10 + d[1],
+            )
+            .expect("a real birth date");
+            let had_birthday = (today.month(), today.day()) >= (born.month(), born.day());
+            let years = today.year() - born.year() - i32::from(!had_birthday);
+            prop_assert_eq!(years, age as i32);
+        }
+
+        #[test]
+        fn a_day_past_the_end_of_its_month_is_always_refused(
+            (month, day) in prop::sample::select(vec![
+                (2, 30), (2, 31), (4, 31), (6, 31), (9, 31), (11, 31),
+            ]),
+            yy in 0u32..100,
+            from in 0u32..900,
+        ) {
+            let n = some_number(&format!("{day:02}{month:02}{yy:02}"), from);
+            prop_assert_eq!(NationalId::parse(&n), Err(NinError::Date));
+        }
+
+        #[test]
+        fn numbers_born_on_any_real_date_validate(
+            days in 0i64..(2039 - 1854) * 365,
+            nth in 0u64..1000,
+        ) {
+            let date = chrono::NaiveDate::from_ymd_opt(1854, 1, 1).expect("date")
+                + chrono::Duration::days(days);
+            use chrono::Datelike as _;
+            let id = synthetic_born(date.year() as u32, date.month(), date.day(), nth)
+                .expect("every date from 1854 to 2039 has numbers");
+            prop_assert_eq!(NationalId::parse(id.as_str()), Ok(id.clone()));
+        }
+
         #[test]
         fn synthetic_numbers_always_validate(seed in 0u64..20_000_000) {
             let id = synthetic(seed);

@@ -1,11 +1,13 @@
 //! Logs, traces and metrics.
 //!
-//! - `tracing` with JSON logs (or pretty ones for a terminal), filtered by `RUST_LOG`.
+//! - `tracing` with JSON logs (or pretty ones for a terminal, colours only on a terminal) on
+//!   stderr, filtered by `RUST_LOG`.
 //! - OpenTelemetry traces and metrics; exported by OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //!   set (the standard `OTEL_*` variables apply), and metrics always scrapeable in Prometheus
 //!   format at `/metrics` on the metrics port.
 //! - RED metrics of every RPC by [`RpcMetricsLayer`]: `rpc_server_requests_total` and
-//!   `rpc_server_duration_seconds` by method and gRPC status code.
+//!   `rpc_server_duration_seconds` by method and gRPC status code, and one log line per call
+//!   (target `econsult::request`: method, status, duration, caller kind, trace id).
 //!
 //! Never log message bodies, identity numbers or SDP: log ids.
 
@@ -18,7 +20,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -34,7 +36,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Installs the global subscriber, tracer and meter providers. `json` selects JSON logs.
+    /// Installs the global subscriber, tracer and meter providers. `json` selects JSON logs;
+    /// otherwise they are for people, with colours only when stderr is a terminal.
     pub fn init(service_name: &str, json: bool) -> anyhow::Result<Self> {
         let resource = Resource::builder()
             .with_service_name(service_name.to_owned())
@@ -75,11 +78,23 @@ impl Telemetry {
         let registry_layer = tracing_subscriber::registry().with(filter).with(otel_layer);
         if json {
             registry_layer
-                .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_span_list(false)
+                        .with_writer(std::io::stderr),
+                )
                 .try_init()?;
         } else {
+            use std::io::IsTerminal as _;
             registry_layer
-                .with(tracing_subscriber::fmt::layer().with_target(false))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .with_ansi(std::io::stderr().is_terminal())
+                        .with_writer(std::io::stderr),
+                )
                 .try_init()?;
         }
         Ok(Self {
@@ -132,13 +147,57 @@ pub fn current_trace_id() -> String {
     }
 }
 
+/// Who made a call, for the request log line: [`RpcMetricsLayer`] puts an empty one in the
+/// request's extensions and the auth interceptor fills in the caller's role. Calls without an
+/// accepted token (health, reflection, refused tokens) stay `none`.
+#[derive(Clone, Default)]
+pub struct CallerKind(Arc<OnceLock<&'static str>>);
+
+impl CallerKind {
+    /// Records the kind (the first one recorded stays).
+    pub fn set(&self, kind: &'static str) {
+        let _ = self.0.set(kind);
+    }
+    /// The recorded kind, or `none`.
+    pub fn get(&self) -> &'static str {
+        self.0.get().copied().unwrap_or("none")
+    }
+}
+
+/// The name of a numeric gRPC status code as the gRPC docs spell it (`UNAUTHENTICATED`).
+fn status_name(code: &str) -> &'static str {
+    match code {
+        "0" => "OK",
+        "1" => "CANCELLED",
+        "2" => "UNKNOWN",
+        "3" => "INVALID_ARGUMENT",
+        "4" => "DEADLINE_EXCEEDED",
+        "5" => "NOT_FOUND",
+        "6" => "ALREADY_EXISTS",
+        "7" => "PERMISSION_DENIED",
+        "8" => "RESOURCE_EXHAUSTED",
+        "9" => "FAILED_PRECONDITION",
+        "10" => "ABORTED",
+        "11" => "OUT_OF_RANGE",
+        "12" => "UNIMPLEMENTED",
+        "13" => "INTERNAL",
+        "14" => "UNAVAILABLE",
+        "15" => "DATA_LOSS",
+        "16" => "UNAUTHENTICATED",
+        "transport" => "TRANSPORT_ERROR",
+        _ => "OTHER",
+    }
+}
+
 struct RpcInstruments {
     requests: Counter<u64>,
     duration: Histogram<f64>,
 }
 
-/// Tower layer recording RED metrics and a tracing span (continuing an incoming W3C
-/// `traceparent`) for every gRPC call.
+/// Tower layer recording RED metrics, a tracing span (continuing an incoming W3C `traceparent`)
+/// and one log line (target `econsult::request`, level info) for every gRPC call. The line holds
+/// the method, status, duration until response headers, caller kind and trace id, never the
+/// caller's identity or the message.
 #[derive(Clone)]
 pub struct RpcMetricsLayer(Arc<RpcInstruments>);
 
@@ -215,8 +274,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let method = method_label(req.uri().path());
+        let caller = CallerKind::default();
+        req.extensions_mut().insert(caller.clone());
         let parent =
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
         let span = tracing::info_span!("rpc", otel.name = %method, rpc.system = "grpc", rpc.grpc.status_code = tracing::field::Empty);
@@ -239,15 +300,24 @@ where
                         .to_owned(),
                     Err(_) => "transport".to_owned(),
                 };
+                let elapsed = start.elapsed().as_secs_f64();
                 tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
+                tracing::info!(
+                    target: "econsult::request",
+                    method = %method,
+                    code = %code,
+                    status = status_name(&code),
+                    duration_ms = (elapsed * 1e6).round() / 1e3,
+                    caller = caller.get(),
+                    trace_id = %current_trace_id(),
+                    "request"
+                );
                 let attrs = [
                     KeyValue::new("rpc.method", method),
                     KeyValue::new("rpc.grpc.status_code", code),
                 ];
                 instruments.requests.add(1, &attrs);
-                instruments
-                    .duration
-                    .record(start.elapsed().as_secs_f64(), &attrs);
+                instruments.duration.record(elapsed, &attrs);
                 result
             }
             .instrument(span),

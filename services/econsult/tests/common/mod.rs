@@ -372,6 +372,7 @@ macro_rules! on_both_backends {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                #[cfg_attr(no_test_backends, ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL")]
                 async fn $name() {
                     if let Some(env) = $crate::common::Env::postgres().await {
                         super::$name(env).await
