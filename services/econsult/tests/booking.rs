@@ -2153,7 +2153,11 @@ async fn booking_request_writes_merge_in_any_order(env: Env) {
     booked.booked(t1);
     write(&booked).await;
     let mut other = later.clone();
-    other.chose("slot-b", at("2026-03-20T07:00:00Z"), t1 + Duration::minutes(1));
+    other.chose(
+        "slot-b",
+        at("2026-03-20T07:00:00Z"),
+        t1 + Duration::minutes(1),
+    );
     write(&other).await;
     write(&first).await;
     assert!(
@@ -2185,7 +2189,12 @@ async fn booking_request_writes_merge_in_any_order(env: Env) {
     .await
     .expect("figures");
     assert_eq!(
-        (a.requests, a.within_target, a.met_by_own_gp, a.patient_preferences),
+        (
+            a.requests,
+            a.within_target,
+            a.met_by_own_gp,
+            a.patient_preferences
+        ),
         (1, 1, 1, 0),
         "one request, met by the own GP, booked in time"
     );
