@@ -1110,7 +1110,72 @@ impl ClockExt for econsult_runtime::clock::ManualClock {
     }
 }
 
+/// Every client message is a write transaction: a stream that floods is answered
+/// Rejected(RESOURCE_EXHAUSTED) past its budget (burst 100, then 10 a second), nothing refused is
+/// relayed, and the stream lives on.
+async fn a_flooding_stream_is_rejected_past_its_budget_and_lives_on(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    let pj = join(ch.clone(), &v.patient(), id).await.expect("join");
+    let gj = join(ch.clone(), &v.gp(), id).await.expect("join");
+    let mut patient = Sig::open(ch.clone(), &v.patient(), id, pj.resume_after_seq)
+        .await
+        .expect("stream");
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, gj.resume_after_seq)
+        .await
+        .expect("stream");
+    admit(ch.clone(), &v.gp(), id, "").await;
+    patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
+    let state = |i: u32| {
+        Out::MediaState(pb::MediaState {
+            audio_muted: i % 2 == 0,
+            video_muted: false,
+        })
+    };
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(patient.send(state(i)).await);
+    }
+    let (mut acked, mut refused) = (0, 0);
+    for id in ids {
+        match patient
+            .expect(|e| match e {
+                Ev::Ack(a) => a.client_msg_id == id,
+                Ev::Rejected(r) => r.client_msg_id == id,
+                _ => false,
+            })
+            .await
+        {
+            Ev::Ack(_) => acked += 1,
+            Ev::Rejected(r) => {
+                assert_eq!(r.code, Code::ResourceExhausted as i32, "{r:?}");
+                refused += 1;
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert!(refused > 0, "the flood was refused in part: {acked} acked");
+    assert!(acked >= 100, "the burst went through: {acked} acked");
+    for _ in 0..acked {
+        gp.expect(|e| matches!(e, Ev::PeerMediaState(_))).await;
+    }
+    assert!(
+        !gp.arrives_within(Duration::from_millis(500), |e| matches!(
+            e,
+            Ev::PeerMediaState(_)
+        ))
+        .await,
+        "nothing refused was relayed"
+    );
+    // The stream lives on: after a pause a message goes through.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    patient.call(state(1)).await.expect("after a pause");
+    v.app.shutdown().await;
+}
+
 on_both_backends!(
+    a_flooding_stream_is_rejected_past_its_budget_and_lives_on,
     two_webrtc_peers_connect_through_the_service_and_exchange_data,
     only_the_booked_patient_and_the_practice_may_join,
     joining_needs_the_window_a_video_appointment_and_no_cancellation,

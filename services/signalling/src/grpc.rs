@@ -210,6 +210,7 @@ async fn run_stream(
     };
     let _ = tx.send(Ok(welcome)).await;
     let _ = tx.send(Ok(ack(hello_id))).await;
+    let mut budget = StreamBudget::new(svc.cfg().stream_messages);
 
     let exit = 'outer: loop {
         // Deliver what is queued.
@@ -242,6 +243,18 @@ async fn run_stream(
                     Ok(Some(msg)) => {
                         let id = msg.client_msg_id;
                         let hang_up = matches!(msg.body, Some(pb::client_signal::Body::HangUp(_)));
+                        // A hang-up always goes through: it ends the stream.
+                        if !hang_up && !budget.take(std::time::Instant::now()) {
+                            let s = Status::resource_exhausted(format!(
+                                "too many signals on this stream: at most {} per second (burst {}); slow down",
+                                svc.cfg().stream_messages.per_second,
+                                svc.cfg().stream_messages.burst
+                            ));
+                            if tx.send(Ok(rejected(&svc, id, &s))).await.is_err() {
+                                break 'outer Exit::Dropped;
+                            }
+                            continue;
+                        }
                         match svc.relay(&ctx, &msg).await {
                             Ok(()) => {
                                 if tx.send(Ok(ack(id))).await.is_err() {
@@ -321,6 +334,39 @@ async fn run_stream(
                     "connection considered lost: open a new stream and resume from the last seq",
                 )))
                 .await;
+        }
+    }
+}
+
+/// The token bucket of one Signal stream's client messages (each is a write transaction).
+struct StreamBudget {
+    limit: econsult_runtime::ratelimit::Limit,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl StreamBudget {
+    fn new(limit: econsult_runtime::ratelimit::Limit) -> Self {
+        Self {
+            limit,
+            tokens: limit.burst,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token at `now`; `false` when none is left (a rate of 0 is unlimited).
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        if self.limit.per_second <= 0.0 {
+            return true;
+        }
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.limit.per_second;
+        self.tokens = (self.tokens + refill).min(self.limit.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }

@@ -55,6 +55,10 @@ pub struct SignallingConfig {
     pub poll_interval: Duration,
     /// How often the sweeper ends sessions past their window and notices lost participants.
     pub sweep_interval: Duration,
+    /// Messages one Signal stream may send (each is a write transaction): sustained rate and
+    /// burst; past it a message is answered Rejected(RESOURCE_EXHAUSTED) and the stream lives on.
+    /// A call's offer, answer and a full generation of candidates fit in the burst.
+    pub stream_messages: econsult_runtime::ratelimit::Limit,
 }
 
 impl Default for SignallingConfig {
@@ -73,6 +77,10 @@ impl Default for SignallingConfig {
             presence_ttl: Duration::from_secs(15),
             poll_interval: Duration::from_secs(2),
             sweep_interval: Duration::from_secs(3),
+            stream_messages: econsult_runtime::ratelimit::Limit {
+                per_second: 10.0,
+                burst: 100.0,
+            },
         }
     }
 }
