@@ -698,6 +698,13 @@ async fn the_patient_waits_until_the_gp_admits(env: Env) {
     let (code, msg) = patient.call(offer(&sdp)).await.unwrap_err();
     assert_eq!(code, Code::FailedPrecondition);
     assert!(msg.contains("waiting room"), "{msg}");
+    // Nor is a connection report recorded from the waiting room (no media can flow yet).
+    let (code, msg) = patient
+        .call(Out::Connection(pb::ConnectionReport { connected: true }))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(msg.contains("waiting room"), "{msg}");
 
     let gp_joined = join(ch.clone(), &v.gp(), id).await.expect("GP joins");
     assert!(!gp_joined.waiting);

@@ -1170,7 +1170,9 @@ impl Signalling {
             ));
         }
         let peer_side = other(ctx.side);
-        let needs_admission = !matches!(body, In::Connection(_) | In::HangUp(_));
+        // Only a hang-up goes before admission: no media flows in the waiting room, so a
+        // connection report there is refused rather than written.
+        let needs_admission = !matches!(body, In::HangUp(_));
         if needs_admission && session.admitted_at.is_none() {
             return Err(Status::failed_precondition(if ctx.side == PATIENT {
                 "you are in the waiting room: the practice has not admitted you yet"
