@@ -168,21 +168,15 @@ impl ConsultationGrpc {
         }
     }
 
-    /// The thread if `viewer` may see it: `NOT_FOUND` when it does not exist,
-    /// `PERMISSION_DENIED` when it belongs to another patient or organisation.
+    /// The thread if `viewer` may see it; `NOT_FOUND`, with the same message, both when it does
+    /// not exist and when it belongs to another patient or organisation (a different answer
+    /// would tell a caller that a thread id exists: booking answers the same way).
     fn authorize(viewer: &Viewer, t: Option<ThreadRow>, id: &str) -> Result<ThreadRow, Status> {
-        let t = t.ok_or_else(|| Status::not_found(format!("thread {id} not found")))?;
-        let ok = match viewer {
+        let visible = t.filter(|t| match viewer {
             Viewer::Patient(nin) => t.patient_nin == *nin,
             Viewer::Practice(org) => t.org_number == *org,
-        };
-        if ok {
-            Ok(t)
-        } else {
-            Err(Status::permission_denied(format!(
-                "thread {id} is not accessible with this token"
-            )))
-        }
+        });
+        visible.ok_or_else(|| Status::not_found(format!("thread {id} not found")))
     }
 
     async fn begin(

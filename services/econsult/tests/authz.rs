@@ -562,11 +562,11 @@ async fn other_patients_and_organisations_cannot_reach_a_patients_data(env: Env)
         got,
         vec![
             (Who::PatientA, Code::Ok),
-            (Who::PatientB, Code::PermissionDenied),
+            (Who::PatientB, Code::NotFound),
             (Who::EhrOwnOrg, Code::Ok),
-            (Who::EhrOtherOrg, Code::PermissionDenied),
+            (Who::EhrOtherOrg, Code::NotFound),
             (Who::ClinicianOwnOrg, Code::Ok),
-            (Who::ClinicianOtherOrg, Code::PermissionDenied),
+            (Who::ClinicianOtherOrg, Code::NotFound),
         ]
     );
     // Booking hides other people's appointments entirely (NOT_FOUND, no hint it exists).

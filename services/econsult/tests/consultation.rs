@@ -651,14 +651,20 @@ async fn patients_and_practices_see_only_their_own_threads(env: Env) {
         .thread_id;
     let mut c = app.consultation().await;
 
+    // Another patient's thread answers exactly as a thread that does not exist.
     let other = app.patient_token(&nins[1]);
+    let foreign = get(&app, &other, &id).await.unwrap_err();
+    assert_eq!(foreign.code(), Code::NotFound);
+    let unknown_id = "01900000-0000-7000-8000-000000000000";
+    let unknown = get(&app, &other, unknown_id).await.unwrap_err();
     assert_eq!(
-        get(&app, &other, &id).await.unwrap_err().code(),
-        Code::PermissionDenied
+        (unknown.code(), unknown.message().replace(unknown_id, "ID")),
+        (foreign.code(), foreign.message().replace(&id, "ID")),
+        "no existence oracle"
     );
     assert_eq!(
         send(&app, &nins[1], &id, "hi").await.unwrap_err().code(),
-        Code::PermissionDenied
+        Code::NotFound
     );
     let mine = c
         .list_threads(authed(pb::ListThreadsRequest::default(), &other))
@@ -670,7 +676,7 @@ async fn patients_and_practices_see_only_their_own_threads(env: Env) {
     let ehr_b = app.ehr_token(ORG_B);
     assert_eq!(
         get(&app, &ehr_b, &id).await.unwrap_err().code(),
-        Code::PermissionDenied
+        Code::NotFound
     );
     let inbox_b = c
         .list_inbox(authed(
@@ -688,7 +694,7 @@ async fn patients_and_practices_see_only_their_own_threads(env: Env) {
         "organisation B sees none of A's threads"
     );
     let err = reply(&app, ORG_B, &id, "hijack", false).await.unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.code(), Code::NotFound);
     // A token without the consultation scopes, and a patient calling a practice RPC.
     let no_scope = app.token(econsult_runtime::auth::TokenSpec::Ehr {
         client_id: "epj".into(),
@@ -879,7 +885,11 @@ async fn content_rules_urgency_and_attachments(env: Env) {
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "another organisation's attachment"
+    );
 
     let id = started.thread.expect("thread").thread_id;
     let bad = |content: Vec<u8>, ctype: &str| pb::SendMessageRequest {
