@@ -1036,7 +1036,64 @@ async fn converting_to_a_booking_offers_the_gps_free_slots(env: Env) {
     app.shutdown().await;
 }
 
+/// Replies and closes `thread` with `outcome` and `tariff`.
+async fn close_with(
+    app: &TestApp,
+    org: &str,
+    thread: &str,
+    tariff: &str,
+) -> Result<pb::CloseConsultationResponse, tonic::Status> {
+    app.consultation()
+        .await
+        .close_consultation(authed(
+            pb::CloseConsultationRequest {
+                thread_id: thread.into(),
+                outcome: "answered".into(),
+                tariff_code: tariff.into(),
+                idempotency_key: key(),
+            },
+            &app.ehr_token(org),
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date(env: Env) {
+    // Tuesday 10 January 2023: 1be was valid a year before (until 30 June 2022, then folded
+    // into 1bd), not on the contact's date.
+    let app = TestApp::start_at(env, oslo(2023, 1, 10, 10, 0)).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 41, 1).await;
+    let id = start(&app, &nins[0], "Renew my prescription")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    reply(&app, ORG_A, &id, "Renewed", false)
+        .await
+        .expect("reply");
+
+    let err = close_with(&app, ORG_A, &id, "1be").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("1be") && err.message().contains("2023-01-10"),
+        "{}",
+        err.message()
+    );
+    // A code that needs the patient present is not for a written thread.
+    let err = close_with(&app, ORG_A, &id, "1ad").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("1ad"), "{}", err.message());
+    let err = close_with(&app, ORG_A, &id, "9zz").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("9zz"), "{}", err.message());
+
+    let closed = close_with(&app, ORG_A, &id, "1bd").await.expect("close");
+    assert_eq!(closed.thread.expect("thread").tariff_code, "1bd");
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date,
     a_consultation_goes_from_question_to_closed_answer,
     concurrent_replies_keep_a_gap_free_order,
     a_retried_send_returns_the_same_message,
