@@ -5,6 +5,7 @@
 use crate::content::{MAX_BODY_CHARS, MAX_SUBJECT_CHARS, check_attachments, checked_text};
 use crate::feed::{self, Feed};
 use crate::store::{self, MessageRow, ThreadRow, state};
+use crate::urgent::{self, Language, Office};
 use crate::{DEFAULT_RESPONSE_WORKING_DAYS, sla};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -38,9 +39,6 @@ pub const TOPIC_MESSAGE: &str = "consultation.message";
 pub const TOPIC_STATE: &str = "consultation.state";
 /// Topic of a read receipt.
 pub const TOPIC_READ: &str = "consultation.read";
-
-const URGENT_REFUSAL: &str = "text consultations are not for urgent help: in an emergency call 113; \
-     if it cannot wait for your GP, call the legevakt (out-of-hours service) on 116 117";
 
 mod rpc {
     pub const START: &str = "/econsult.consultation.v1.ConsultationService/StartConsultation";
@@ -223,6 +221,39 @@ impl ConsultationGrpc {
             .await
             .map_err(|e| db_status("closures", e))?;
         Ok(Calendar::with_closures(days))
+    }
+
+    /// Where a patient with an urgent need should turn now: the GP office's phone while it is
+    /// open, legevakt otherwise (`urgent`). A read of the pool (it writes nothing, so there is
+    /// no transaction); one connection for the three lookups.
+    async fn urgent_answer(&self, nin: &str, lang: Language) -> Result<String, Status> {
+        let mut conn = self
+            .p
+            .db
+            .read()
+            .acquire()
+            .await
+            .map_err(|e| db_status("acquire", e))?;
+        let office = match directory::patient_gp(&mut conn, nin)
+            .await
+            .map_err(|e| db_status("patient gp", e))?
+        {
+            None => Office::Unknown,
+            Some(gp) => {
+                let hours = directory::opening_hours(&mut conn, &gp.org_number)
+                    .await
+                    .map_err(|e| db_status("opening hours", e))?;
+                let closures = directory::closures(&mut conn, &gp.org_number)
+                    .await
+                    .map_err(|e| db_status("closures", e))?;
+                Office::at(
+                    &hours,
+                    &Calendar::with_closures(closures),
+                    from_ms(self.now()),
+                )
+            }
+        };
+        Ok(urgent::answer(lang, &office))
     }
 
     /// Locks the thread for this transaction and reads it.
@@ -701,7 +732,10 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let nin = caller.patient()?.as_str().to_owned();
         let r = req.into_inner();
         if r.urgent {
-            return Err(Status::failed_precondition(URGENT_REFUSAL));
+            let answer = self
+                .urgent_answer(&nin, Language::from_tag(&r.language))
+                .await?;
+            return Err(Status::failed_precondition(answer));
         }
         let category = match pb::Category::try_from(r.category) {
             Ok(c) if c != pb::Category::Unspecified => c as i64,

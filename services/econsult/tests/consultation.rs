@@ -28,6 +28,7 @@ fn start_req(body: &str) -> pb::StartConsultationRequest {
         body: body.into(),
         attachments: vec![],
         urgent: false,
+        language: String::new(),
         idempotency_key: key(),
     }
 }
@@ -1092,8 +1093,129 @@ async fn a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date(env: E
     app.shutdown().await;
 }
 
+/// StartConsultation with `urgent` in `language` at `at`: the refusal's message.
+async fn urgent_answer(app: &TestApp, nin: &str, at: DateTime<Utc>, language: &str) -> String {
+    app.clock.set(at);
+    let mut req = start_req("chest pain");
+    req.urgent = true;
+    req.language = language.into();
+    let err = app
+        .consultation()
+        .await
+        .start_consultation(authed(req, &app.patient_token(nin)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("113"), "{}", err.message());
+    err.message().to_owned()
+}
+
+async fn an_urgent_request_goes_to_the_office_while_open_and_to_legevakt_otherwise(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 42, 1).await;
+    let mut b = app.booking().await;
+    let ehr = app.ehr_token(ORG_A);
+    let hours = (1..=5)
+        .map(|d| bpb::OpeningHours {
+            weekday: d,
+            opens: "08:00".into(),
+            closes: "15:30".into(),
+        })
+        .collect::<Vec<_>>();
+    let set = b
+        .set_opening_hours(authed(
+            bpb::SetOpeningHoursRequest {
+                hours,
+                phone: "+47 22 12 34 56".into(),
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .expect("set opening hours")
+        .into_inner();
+    assert_eq!(set.hours.len(), 5);
+    assert_eq!(set.phone, "+47 22 12 34 56");
+    b.set_closures(authed(
+        bpb::SetClosuresRequest {
+            dates: vec!["2026-03-11".into()],
+            idempotency_key: key(),
+        },
+        &ehr,
+    ))
+    .await
+    .expect("closures");
+    let nin = &nins[0];
+
+    // Tuesday 10 March 2026 10:00: open, phone the office today (bokmål by default).
+    let open = urgent_answer(&app, nin, oslo(2026, 3, 10, 10, 0), "").await;
+    assert!(open.contains("+47 22 12 34 56"), "{open}");
+    assert!(
+        open.contains("legekontoret") && open.contains("i dag"),
+        "{open}"
+    );
+    assert!(!open.contains("116 117"), "{open}");
+    let nynorsk = urgent_answer(&app, nin, oslo(2026, 3, 10, 10, 0), "nn").await;
+    assert!(
+        nynorsk.contains("+47 22 12 34 56") && nynorsk.contains("ikkje"),
+        "{nynorsk}"
+    );
+    let english = urgent_answer(&app, nin, oslo(2026, 3, 10, 10, 0), "en").await;
+    assert!(
+        english.contains("+47 22 12 34 56") && english.contains("today"),
+        "{english}"
+    );
+
+    // The same day at 20:00, Ascension Day (Thursday 14 May 2026) at 10:00, a Saturday at
+    // 10:00 and the practice's closure day at 10:00: legevakt.
+    for at in [
+        oslo(2026, 3, 10, 20, 0),
+        oslo(2026, 5, 14, 10, 0),
+        oslo(2026, 3, 14, 10, 0),
+        oslo(2026, 3, 11, 10, 0),
+        oslo(2026, 3, 10, 15, 30),
+    ] {
+        let closed = urgent_answer(&app, nin, at, "nb").await;
+        assert!(
+            closed.contains("116 117") && closed.contains("legevakt"),
+            "{at}: {closed}"
+        );
+        assert!(!closed.contains("22 12 34 56"), "{at}: {closed}");
+    }
+    let english = urgent_answer(&app, nin, oslo(2026, 3, 10, 20, 0), "en").await;
+    assert!(
+        english.contains("116 117") && english.contains("closed"),
+        "{english}"
+    );
+
+    // Invalid hours are refused naming the field.
+    let err = b
+        .set_opening_hours(authed(
+            bpb::SetOpeningHoursRequest {
+                hours: vec![bpb::OpeningHours {
+                    weekday: 8,
+                    opens: "08:00".into(),
+                    closes: "16:00".into(),
+                }],
+                phone: "22123456".into(),
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("hours[0].weekday"),
+        "{}",
+        err.message()
+    );
+    app.shutdown().await;
+}
+
 on_both_backends!(
     a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date,
+    an_urgent_request_goes_to_the_office_while_open_and_to_legevakt_otherwise,
     a_consultation_goes_from_question_to_closed_answer,
     concurrent_replies_keep_a_gap_free_order,
     a_retried_send_returns_the_same_message,

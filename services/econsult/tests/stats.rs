@@ -265,6 +265,7 @@ async fn consult(app: &TestApp, nin: &str, category: cpb::Category) -> String {
                 body: "Body".into(),
                 attachments: vec![],
                 urgent: false,
+                language: String::new(),
                 idempotency_key: key(),
             },
             &app.patient_token(nin),
