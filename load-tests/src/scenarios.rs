@@ -772,6 +772,7 @@ impl Messaging {
                     body: "I have had a cough for two weeks. Should I come in?".into(),
                     attachments: vec![],
                     urgent: false,
+                    language: String::new(),
                     idempotency_key: key(),
                 },
                 &p.auth,

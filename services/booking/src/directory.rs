@@ -184,3 +184,55 @@ pub async fn appointment(
     })
     .transpose()
 }
+
+/// A practice's phone number and opening hours (BookingService.SetOpeningHours).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpeningHours {
+    /// The office's phone number for patients; `None` when the practice never set its hours.
+    pub phone: Option<String>,
+    /// Open periods: (ISO weekday 1 = Monday … 7, opens, closes) in minutes after midnight on
+    /// the Europe/Oslo wall clock, closes exclusive; sorted.
+    pub periods: Vec<(u32, u32, u32)>,
+}
+
+impl OpeningHours {
+    /// Whether the hours say open at `minute` after midnight of ISO `weekday` (holidays and
+    /// closure days are the caller's to check with the calendar).
+    pub fn open_at(&self, weekday: u32, minute: u32) -> bool {
+        self.periods
+            .iter()
+            .any(|&(d, opens, closes)| d == weekday && opens <= minute && minute < closes)
+    }
+}
+
+/// The phone number and opening hours of organisation `org_number`.
+pub async fn opening_hours(
+    conn: &mut AnyConnection,
+    org_number: &str,
+) -> Result<OpeningHours, sqlx::Error> {
+    let phone: Option<String> =
+        sqlx::query_scalar("SELECT phone FROM booking_practice_phones WHERE org_number = $1")
+            .bind(org_number)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let rows = sqlx::query(
+        "SELECT weekday, opens_minute, closes_minute FROM booking_opening_hours WHERE org_number = $1 \
+         ORDER BY weekday, opens_minute",
+    )
+    .bind(org_number)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut periods = Vec::with_capacity(rows.len());
+    for r in rows {
+        let field = |c: &str| -> Result<u32, sqlx::Error> {
+            let v: i64 = r.try_get(c)?;
+            u32::try_from(v).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        };
+        periods.push((
+            field("weekday")?,
+            field("opens_minute")?,
+            field("closes_minute")?,
+        ));
+    }
+    Ok(OpeningHours { phone, periods })
+}

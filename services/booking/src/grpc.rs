@@ -358,6 +358,20 @@ fn target_from(hold: Option<&str>, slot: Option<&str>) -> Result<Target, Status>
 
 type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::BookingChange, Status>> + Send>>;
 
+/// "HH:MM" (00:00 to 24:00) as minutes after midnight; INVALID_ARGUMENT naming `field`.
+fn minute_of_day(v: &str, field: &str) -> Result<u32, Status> {
+    let bad = || Status::invalid_argument(format!("{field} must be a time HH:MM, e.g. 08:00"));
+    let (h, m) = v.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    match (h, m) {
+        (0..=23, 0..=59) | (24, 0) => Ok(h * 60 + m),
+        _ => Err(bad()),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::booking_service_server::BookingService for BookingGrpc {
     async fn upsert_gp(
@@ -442,6 +456,71 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                 .iter()
                 .map(|d| d.format("%Y-%m-%d").to_string())
                 .collect(),
+        }))
+    }
+
+    async fn set_opening_hours(
+        &self,
+        req: Request<pb::SetOpeningHoursRequest>,
+    ) -> Result<Response<pb::SetOpeningHoursResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let org = caller.org_with_scope(SCOPE_WRITE)?;
+        let r = req.into_inner();
+        key_field(&r.idempotency_key)?;
+        let phone = r.phone.trim();
+        let digits = phone.chars().filter(char::is_ascii_digit).count();
+        let shape = phone
+            .char_indices()
+            .all(|(i, c)| c.is_ascii_digit() || c == ' ' || (i == 0 && c == '+'));
+        if !(3..=20).contains(&phone.len()) || digits < 3 || !shape {
+            return Err(Status::invalid_argument(
+                "phone must be 3 to 20 characters of digits and spaces, with an optional leading +",
+            ));
+        }
+        if r.hours.len() > 28 {
+            return Err(Status::invalid_argument("hours holds at most 28 periods"));
+        }
+        let mut periods = Vec::with_capacity(r.hours.len());
+        for (i, h) in r.hours.iter().enumerate() {
+            if !(1..=7).contains(&h.weekday) {
+                return Err(Status::invalid_argument(format!(
+                    "hours[{i}].weekday must be 1 (Monday) to 7 (Sunday)"
+                )));
+            }
+            let opens = minute_of_day(&h.opens, &format!("hours[{i}].opens"))?;
+            let closes = minute_of_day(&h.closes, &format!("hours[{i}].closes"))?;
+            if closes <= opens {
+                return Err(Status::invalid_argument(format!(
+                    "hours[{i}].closes must be after hours[{i}].opens"
+                )));
+            }
+            periods.push((h.weekday, opens, closes));
+        }
+        let mut sorted = periods.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted
+            .windows(2)
+            .find(|w| w[0].0 == w[1].0 && w[1].1 < w[0].2)
+        {
+            return Err(Status::invalid_argument(format!(
+                "hours: periods of weekday {} overlap",
+                w[0].0
+            )));
+        }
+        let (periods, phone) = self
+            .svc
+            .set_opening_hours(&caller, org, phone, periods, &r.idempotency_key)
+            .await?;
+        Ok(Response::new(pb::SetOpeningHoursResponse {
+            hours: periods
+                .into_iter()
+                .map(|(weekday, opens, closes)| pb::OpeningHours {
+                    weekday,
+                    opens: format!("{:02}:{:02}", opens / 60, opens % 60),
+                    closes: format!("{:02}:{:02}", closes / 60, closes % 60),
+                })
+                .collect(),
+            phone,
         }))
     }
 

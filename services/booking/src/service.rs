@@ -994,6 +994,58 @@ impl Booking {
         Ok(resp)
     }
 
+    /// Replaces the phone number and opening hours of `org`: `periods` are (ISO weekday,
+    /// opens, closes) in minutes after midnight (Europe/Oslo), validated by the caller.
+    pub async fn set_opening_hours(
+        &self,
+        caller: &Caller,
+        org: &str,
+        phone: &str,
+        periods: Vec<(u32, u32, u32)>,
+        key: &str,
+    ) -> Result<(Vec<(u32, u32, u32)>, String), BookingError> {
+        let mut periods = periods;
+        periods.sort_unstable();
+        let req = (org, phone, &periods);
+        let mut op = match self.begin_op(caller, "SetOpeningHours", key, &req).await? {
+            Begun::Replay(r) => return Ok(r),
+            Begun::New(op) => op,
+        };
+        let now = self.now();
+        let tx = &mut op.tx;
+        let resp: Result<_, BookingError> = async {
+            sqlx::query(
+                "INSERT INTO booking_practice_phones (org_number, phone, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (org_number) DO UPDATE SET phone = excluded.phone, updated_at = excluded.updated_at",
+            )
+            .bind(org)
+            .bind(phone)
+            .bind(now.timestamp_millis())
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("DELETE FROM booking_opening_hours WHERE org_number = $1")
+                .bind(org)
+                .execute(&mut **tx)
+                .await?;
+            for &(weekday, opens, closes) in &periods {
+                sqlx::query(
+                    "INSERT INTO booking_opening_hours (org_number, weekday, opens_minute, closes_minute) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(org)
+                .bind(i64::from(weekday))
+                .bind(i64::from(opens))
+                .bind(i64::from(closes))
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok((periods.clone(), phone.to_owned()))
+        }
+        .await;
+        let resp = resp?;
+        op.finish(&resp).await?;
+        Ok(resp)
+    }
+
     /// Publishes slots for a GP of `org`, all or nothing.
     pub async fn publish_slots(
         &self,

@@ -5,6 +5,7 @@
 use crate::content::{MAX_BODY_CHARS, MAX_SUBJECT_CHARS, check_attachments, checked_text};
 use crate::feed::{self, Feed};
 use crate::store::{self, MessageRow, ThreadRow, state};
+use crate::urgent::{self, Language, Office};
 use crate::{DEFAULT_RESPONSE_WORKING_DAYS, sla};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -21,6 +22,7 @@ use econsult_runtime::grpc::{db_status, internal, timestamp};
 use econsult_runtime::idempotency::{self, Begun, IdempotencyError, Op};
 use econsult_runtime::outbox::{self, EventFilter, NewEvent};
 use econsult_runtime::platform::Platform;
+use econsult_runtime::tariff;
 use serde::{Deserialize, Serialize};
 use std::pin::Pin;
 use tokio::sync::broadcast::error::RecvError;
@@ -38,9 +40,6 @@ pub const TOPIC_STATE: &str = "consultation.state";
 /// Topic of a read receipt.
 pub const TOPIC_READ: &str = "consultation.read";
 
-const URGENT_REFUSAL: &str = "text consultations are not for urgent help: in an emergency call 113; \
-     if it cannot wait for your GP, call the legevakt (out-of-hours service) on 116 117";
-
 mod rpc {
     pub const START: &str = "/econsult.consultation.v1.ConsultationService/StartConsultation";
     pub const SEND: &str = "/econsult.consultation.v1.ConsultationService/SendMessage";
@@ -56,9 +55,23 @@ mod rpc {
     pub const WATCH: &str = "/econsult.consultation.v1.ConsultationService/WatchInbox";
 }
 
-/// Tariff codes a practice may bill when closing (Normaltariffen): 2ae e-consultation, 1bd
-/// simple contact by the doctor, 1be simple contact by staff, 1ad simple contact in person.
-pub const TARIFF_CODES: [&str; 4] = ["2ae", "1bd", "1be", "1ad"];
+/// The tariff code billed by default when the practice names none: 2ae for an e-consultation,
+/// 1bd (simple contact by the doctor) for a prescription renewal, none for an administrative
+/// e-contact (a reception's answer gives no health care and bills nothing).
+fn default_tariff(category: i64) -> &'static str {
+    match pb::Category::try_from(category as i32) {
+        Ok(pb::Category::EConsultation) => "2ae",
+        Ok(pb::Category::PrescriptionRenewal) => "1bd",
+        _ => "",
+    }
+}
+
+/// `code` checked against Normaltariffen of the contact's `date` (ISO) for a written thread.
+fn tariff_on(code: &str, date: &str) -> Result<(), Status> {
+    tariff::remote(code, date)
+        .map(|_| ())
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
 
 /// What an idempotent call stored: its first response, and (for records stored before the
 /// response was) the ids a replay rebuilt the response from.
@@ -202,6 +215,39 @@ impl ConsultationGrpc {
             .await
             .map_err(|e| db_status("closures", e))?;
         Ok(Calendar::with_closures(days))
+    }
+
+    /// Where a patient with an urgent need should turn now: the GP office's phone while it is
+    /// open, legevakt otherwise (`urgent`). A read of the pool (it writes nothing, so there is
+    /// no transaction); one connection for the three lookups.
+    async fn urgent_answer(&self, nin: &str, lang: Language) -> Result<String, Status> {
+        let mut conn = self
+            .p
+            .db
+            .read()
+            .acquire()
+            .await
+            .map_err(|e| db_status("acquire", e))?;
+        let office = match directory::patient_gp(&mut conn, nin)
+            .await
+            .map_err(|e| db_status("patient gp", e))?
+        {
+            None => Office::Unknown,
+            Some(gp) => {
+                let hours = directory::opening_hours(&mut conn, &gp.org_number)
+                    .await
+                    .map_err(|e| db_status("opening hours", e))?;
+                let closures = directory::closures(&mut conn, &gp.org_number)
+                    .await
+                    .map_err(|e| db_status("closures", e))?;
+                Office::at(
+                    &hours,
+                    &Calendar::with_closures(closures),
+                    from_ms(self.now()),
+                )
+            }
+        };
+        Ok(urgent::answer(lang, &office))
     }
 
     /// Locks the thread for this transaction and reads it.
@@ -680,7 +726,10 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let nin = caller.patient()?.as_str().to_owned();
         let r = req.into_inner();
         if r.urgent {
-            return Err(Status::failed_precondition(URGENT_REFUSAL));
+            let answer = self
+                .urgent_answer(&nin, Language::from_tag(&r.language))
+                .await?;
+            return Err(Status::failed_precondition(answer));
         }
         let category = match pb::Category::try_from(r.category) {
             Ok(c) if c != pb::Category::Unspecified => c as i64,
@@ -1344,11 +1393,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                 "outcome must be 1-64 characters of a-z and _, e.g. answered",
             ));
         }
-        if !r.tariff_code.is_empty() && !TARIFF_CODES.contains(&r.tariff_code.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "tariff_code must be one of {}",
-                TARIFF_CODES.join(", ")
-            )));
+        if !r.tariff_code.is_empty() && tariff::rows_of(&r.tariff_code).next().is_none() {
+            // Whether it is valid on the contact's date is checked with the thread below.
+            return Err(Status::invalid_argument(
+                tariff::TariffError::Unknown(r.tariff_code.clone()).to_string(),
+            ));
         }
         let fp = serde_json::json!([r.thread_id, outcome, r.tariff_code]);
         let mut op = match self
@@ -1370,18 +1419,20 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             return Err(transition_refused(t.state, state::CLOSED));
         }
         let now = self.now();
-        t.state = state::CLOSED;
-        t.outcome = outcome;
+        // The contact's date is the Oslo day it was closed: the tariff of that day applies.
+        let day = econsult_calendar::oslo_date(from_ms(now))
+            .format("%Y-%m-%d")
+            .to_string();
         t.tariff_code = if r.tariff_code.is_empty() {
-            if t.category == pb::Category::EConsultation as i64 {
-                "2ae"
-            } else {
-                "1bd"
-            }
-            .into()
+            default_tariff(t.category).to_owned()
         } else {
             r.tariff_code
         };
+        if !t.tariff_code.is_empty() {
+            tariff_on(&t.tariff_code, &day)?;
+        }
+        t.state = state::CLOSED;
+        t.outcome = outcome;
         t.closed_at = Some(now);
         t.updated_at = now;
         save(&mut op.tx, &t).await?;

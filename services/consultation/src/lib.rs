@@ -12,6 +12,7 @@ pub mod feed;
 pub mod grpc;
 pub mod sla;
 pub mod store;
+pub mod urgent;
 
 pub use grpc::ConsultationGrpc;
 

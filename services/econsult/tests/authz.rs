@@ -99,6 +99,10 @@ fn table() -> BTreeMap<&'static str, Audience> {
             Practice(BOOKING_W),
         ),
         (
+            "econsult.booking.v1.BookingService/SetOpeningHours",
+            Practice(BOOKING_W),
+        ),
+        (
             "econsult.booking.v1.BookingService/PublishSlots",
             Practice(BOOKING_W),
         ),

@@ -28,6 +28,7 @@ fn start_req(body: &str) -> pb::StartConsultationRequest {
         body: body.into(),
         attachments: vec![],
         urgent: false,
+        language: String::new(),
         idempotency_key: key(),
     }
 }
@@ -1046,7 +1047,185 @@ async fn converting_to_a_booking_offers_the_gps_free_slots(env: Env) {
     app.shutdown().await;
 }
 
+/// Replies and closes `thread` with `outcome` and `tariff`.
+async fn close_with(
+    app: &TestApp,
+    org: &str,
+    thread: &str,
+    tariff: &str,
+) -> Result<pb::CloseConsultationResponse, tonic::Status> {
+    app.consultation()
+        .await
+        .close_consultation(authed(
+            pb::CloseConsultationRequest {
+                thread_id: thread.into(),
+                outcome: "answered".into(),
+                tariff_code: tariff.into(),
+                idempotency_key: key(),
+            },
+            &app.ehr_token(org),
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date(env: Env) {
+    // Tuesday 10 January 2023: 1be was valid a year before (until 30 June 2022, then folded
+    // into 1bd), not on the contact's date.
+    let app = TestApp::start_at(env, oslo(2023, 1, 10, 10, 0)).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 41, 1).await;
+    let id = start(&app, &nins[0], "Renew my prescription")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    reply(&app, ORG_A, &id, "Renewed", false)
+        .await
+        .expect("reply");
+
+    let err = close_with(&app, ORG_A, &id, "1be").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("1be") && err.message().contains("2023-01-10"),
+        "{}",
+        err.message()
+    );
+    // A code that needs the patient present is not for a written thread.
+    let err = close_with(&app, ORG_A, &id, "1ad").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("1ad"), "{}", err.message());
+    let err = close_with(&app, ORG_A, &id, "9zz").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("9zz"), "{}", err.message());
+
+    let closed = close_with(&app, ORG_A, &id, "1bd").await.expect("close");
+    assert_eq!(closed.thread.expect("thread").tariff_code, "1bd");
+    app.shutdown().await;
+}
+
+/// StartConsultation with `urgent` in `language` at `at`: the refusal's message.
+async fn urgent_answer(app: &TestApp, nin: &str, at: DateTime<Utc>, language: &str) -> String {
+    app.clock.set(at);
+    let mut req = start_req("chest pain");
+    req.urgent = true;
+    req.language = language.into();
+    let err = app
+        .consultation()
+        .await
+        .start_consultation(authed(req, &app.patient_token(nin)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("113"), "{}", err.message());
+    err.message().to_owned()
+}
+
+async fn an_urgent_request_goes_to_the_office_while_open_and_to_legevakt_otherwise(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 42, 1).await;
+    let mut b = app.booking().await;
+    let ehr = app.ehr_token(ORG_A);
+    let hours = (1..=5)
+        .map(|d| bpb::OpeningHours {
+            weekday: d,
+            opens: "08:00".into(),
+            closes: "15:30".into(),
+        })
+        .collect::<Vec<_>>();
+    let set = b
+        .set_opening_hours(authed(
+            bpb::SetOpeningHoursRequest {
+                hours,
+                phone: "+47 22 12 34 56".into(),
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .expect("set opening hours")
+        .into_inner();
+    assert_eq!(set.hours.len(), 5);
+    assert_eq!(set.phone, "+47 22 12 34 56");
+    b.set_closures(authed(
+        bpb::SetClosuresRequest {
+            dates: vec!["2026-03-11".into()],
+            idempotency_key: key(),
+        },
+        &ehr,
+    ))
+    .await
+    .expect("closures");
+    let nin = &nins[0];
+
+    // Tuesday 10 March 2026 10:00: open, phone the office today (bokmål by default).
+    let open = urgent_answer(&app, nin, oslo(2026, 3, 10, 10, 0), "").await;
+    assert!(open.contains("+47 22 12 34 56"), "{open}");
+    assert!(
+        open.contains("legekontoret") && open.contains("i dag"),
+        "{open}"
+    );
+    assert!(!open.contains("116 117"), "{open}");
+    let nynorsk = urgent_answer(&app, nin, oslo(2026, 3, 10, 10, 0), "nn").await;
+    assert!(
+        nynorsk.contains("+47 22 12 34 56") && nynorsk.contains("ikkje"),
+        "{nynorsk}"
+    );
+    let english = urgent_answer(&app, nin, oslo(2026, 3, 10, 10, 0), "en").await;
+    assert!(
+        english.contains("+47 22 12 34 56") && english.contains("today"),
+        "{english}"
+    );
+
+    // The same day at 20:00, Ascension Day (Thursday 14 May 2026) at 10:00, a Saturday at
+    // 10:00 and the practice's closure day at 10:00: legevakt.
+    for at in [
+        oslo(2026, 3, 10, 20, 0),
+        oslo(2026, 5, 14, 10, 0),
+        oslo(2026, 3, 14, 10, 0),
+        oslo(2026, 3, 11, 10, 0),
+        oslo(2026, 3, 10, 15, 30),
+    ] {
+        let closed = urgent_answer(&app, nin, at, "nb").await;
+        assert!(
+            closed.contains("116 117") && closed.contains("legevakt"),
+            "{at}: {closed}"
+        );
+        assert!(!closed.contains("22 12 34 56"), "{at}: {closed}");
+    }
+    let english = urgent_answer(&app, nin, oslo(2026, 3, 10, 20, 0), "en").await;
+    assert!(
+        english.contains("116 117") && english.contains("closed"),
+        "{english}"
+    );
+
+    // Invalid hours are refused naming the field.
+    let err = b
+        .set_opening_hours(authed(
+            bpb::SetOpeningHoursRequest {
+                hours: vec![bpb::OpeningHours {
+                    weekday: 8,
+                    opens: "08:00".into(),
+                    closes: "16:00".into(),
+                }],
+                phone: "22123456".into(),
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("hours[0].weekday"),
+        "{}",
+        err.message()
+    );
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date,
+    an_urgent_request_goes_to_the_office_while_open_and_to_legevakt_otherwise,
     a_consultation_goes_from_question_to_closed_answer,
     concurrent_replies_keep_a_gap_free_order,
     a_retried_send_returns_the_same_message,

@@ -910,6 +910,7 @@ async fn sla_metrics_reach_the_prometheus_endpoint() {
                 body: "Is this normal?".into(),
                 attachments: vec![],
                 urgent: false,
+                language: String::new(),
                 idempotency_key: key(),
             },
             &patient,

@@ -567,6 +567,7 @@ async fn consult_one(
         body: format!("scaleout patient {i} message 0"),
         attachments: vec![],
         urgent: false,
+        language: String::new(),
         idempotency_key: key(),
     };
     let started = consultation

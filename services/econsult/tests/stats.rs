@@ -265,6 +265,7 @@ async fn consult(app: &TestApp, nin: &str, category: cpb::Category) -> String {
                 body: "Body".into(),
                 attachments: vec![],
                 urgent: false,
+                language: String::new(),
                 idempotency_key: key(),
             },
             &app.patient_token(nin),
@@ -629,7 +630,104 @@ async fn a_batch_counts_each_event_once_and_sums_events_of_a_row(env: Env) {
     app.shutdown().await;
 }
 
+/// KPR counts closed threads: `no_answer` is no contact, a reception's answer to an
+/// administrative e-contact bills nothing and is administrative work, not a consultation.
+async fn closed_threads_count_by_kpr_category(env: Env) {
+    let app = TestApp::start(env).await;
+    let a = seed_gp(&app, ORG_A, "gp-1", 34, 3).await;
+    let ehr = app.ehr_token(ORG_A);
+    let mut c = app.consultation().await;
+
+    // The practice asked the patient, who never answered.
+    let silent = consult(&app, &a[0], cpb::Category::EConsultation).await;
+    c.reply(authed(
+        cpb::ReplyRequest {
+            thread_id: silent.clone(),
+            body: "How long have you had it?".into(),
+            clinician_hpr_number: "1000001".into(),
+            ask_patient: true,
+            idempotency_key: key(),
+            ..Default::default()
+        },
+        &ehr,
+    ))
+    .await
+    .expect("ask");
+    c.close_consultation(authed(
+        cpb::CloseConsultationRequest {
+            thread_id: silent,
+            outcome: "no_answer".into(),
+            tariff_code: String::new(),
+            idempotency_key: key(),
+        },
+        &ehr,
+    ))
+    .await
+    .expect("close no_answer");
+    // "Kontakt legekontoret", answered by the reception.
+    let reception = consult(&app, &a[1], cpb::Category::Administrative).await;
+    answer_and_close(&app, ORG_A, &reception).await;
+    // Closed last: once it is counted, the two before it were applied.
+    let answered = consult(&app, &a[2], cpb::Category::EConsultation).await;
+    answer_and_close(&app, ORG_A, &answered).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = contacts(&app).await;
+        if rows.iter().any(|r| r.1 == "text_econsultation") {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "not converged: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "2026-03-02".to_owned(),
+                "reception_message".to_owned(),
+                String::new(),
+                1
+            ),
+            (
+                "2026-03-02".to_owned(),
+                "text_econsultation".to_owned(),
+                "2ae".to_owned(),
+                1
+            ),
+        ]
+    );
+    let by_kpr: Vec<(String, u64)> = app
+        .stats()
+        .await
+        .get_contact_counts(authed(
+            spb::GetContactCountsRequest {
+                filter: filter(""),
+                group_by: vec![spb::Dimension::KprCategory as i32],
+                ..Default::default()
+            },
+            &app.ops_token(),
+        ))
+        .await
+        .expect("by kpr category")
+        .into_inner()
+        .rows
+        .into_iter()
+        .map(|r| (r.kpr_category, r.count))
+        .collect();
+    assert_eq!(
+        by_kpr,
+        vec![
+            ("administrative".to_owned(), 1),
+            ("e_consultation".to_owned(), 1)
+        ],
+        "one administrative contact, one consultation (the answered one), none for no_answer"
+    );
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    closed_threads_count_by_kpr_category,
     booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same,
     a_batch_counts_each_event_once_and_sums_events_of_a_row,
     consultation_statistics_series_and_exports,

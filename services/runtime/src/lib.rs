@@ -14,6 +14,7 @@ pub mod nin;
 pub mod outbox;
 pub mod platform;
 pub mod ratelimit;
+pub mod tariff;
 pub mod telemetry;
 
 /// Crash-test hook: when the environment variable `ECONSULT_FAILPOINT` names this point, the

@@ -66,16 +66,23 @@ pub fn contact_of_modality(modality: &str) -> Option<(&'static str, &'static str
     }
 }
 
-/// Contact type and tariff code of a closed text consultation of a category (the tariff code
-/// the practice billed wins when the event carries one).
+/// Contact type and default tariff code of a closed text consultation of a category (the tariff
+/// code the practice billed wins when the event carries one). An administrative e-contact
+/// ("Kontakt legekontoret") answered by the reception is a `reception_message` that bills
+/// nothing: KPR administrative work, not a consultation (its KPR category follows from the
+/// empty code, `econsult_runtime::tariff::category_name`).
 pub fn contact_of_category(category: &str) -> Option<(&'static str, &'static str)> {
     match category {
         "e_consultation" => Some(("text_econsultation", "2ae")),
         "prescription_renewal" => Some(("prescription_renewal", "1bd")),
-        "administrative" => Some(("administrative", "1bd")),
+        "administrative" => Some(("reception_message", "")),
         _ => None,
     }
 }
+
+/// Outcomes of a closed thread that are no contact at all: the patient withdrew it, or never
+/// answered the practice's question (`no_answer`).
+pub const NOT_A_CONTACT: [&str; 2] = ["withdrawn", "no_answer"];
 
 /// Metric increments of one transaction, added to the counters only once it committed: an
 /// event whose transaction rolls back is delivered again and must not count twice.
@@ -457,15 +464,16 @@ impl Aggregator {
             }
             topics::CONSULTATION_CLOSED => {
                 let c: ConsultationChanged = serde_json::from_str(&e.payload)?;
-                let withdrawn = c.outcome.as_deref() == Some("withdrawn");
+                let no_contact = c
+                    .outcome
+                    .as_deref()
+                    .is_some_and(|o| NOT_A_CONTACT.contains(&o));
                 if let (false, Some((ctype, default_tariff))) =
-                    (withdrawn, contact_of_category(&c.category))
+                    (no_contact, contact_of_category(&c.category))
                 {
-                    let tariff = c
-                        .tariff_code
-                        .as_deref()
-                        .filter(|t| !t.is_empty())
-                        .unwrap_or(default_tariff);
+                    // Events carry the code billed (empty: none, e.g. a reception's answer);
+                    // events from before every close carried one fall back to the default.
+                    let tariff = c.tariff_code.as_deref().unwrap_or(default_tariff);
                     let contact = Contact {
                         org: &c.org_number,
                         municipality: &c.municipality_number,
@@ -827,7 +835,7 @@ mod tests {
         );
         assert_eq!(
             contact_of_category("administrative"),
-            Some(("administrative", "1bd"))
+            Some(("reception_message", ""))
         );
         assert_eq!(contact_of_modality("carrier pigeon"), None);
     }

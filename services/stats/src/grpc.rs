@@ -6,6 +6,7 @@ use econsult_proto::stats::v1 as pb;
 use econsult_runtime::auth::{Caller, Role};
 use econsult_runtime::db::Db;
 use econsult_runtime::grpc::{db_status, parse_date};
+use econsult_runtime::tariff;
 use sqlx::Row as _;
 use tonic::{Request, Response, Status};
 
@@ -139,6 +140,11 @@ impl StatsGrpc {
                     contact_type: r.try_get("contact_type")?,
                     tariff_code: r.try_get("tariff_code")?,
                     count: r.try_get::<i64, _>("n")? as u64,
+                    kpr_category: String::new(),
+                })
+                .map(|mut row: pb::ContactCountRow| {
+                    row.kpr_category = tariff::category_name(&row.tariff_code).to_owned();
+                    row
                 })
             })
             .collect()
@@ -227,11 +233,11 @@ fn granularity(v: i32) -> Result<pb::Granularity, Status> {
     }
 }
 
-fn dimensions(v: &[i32]) -> Result<[bool; 5], Status> {
+fn dimensions(v: &[i32]) -> Result<[bool; 6], Status> {
     if v.is_empty() {
-        return Ok([true; 5]);
+        return Ok([true; 6]);
     }
-    let mut keep = [false; 5];
+    let mut keep = [false; 6];
     for (i, d) in v.iter().enumerate() {
         match pb::Dimension::try_from(*d) {
             Ok(d) if d != pb::Dimension::Unspecified => keep[d as usize - 1] = true,
@@ -259,14 +265,14 @@ pub const CSV_HEADER: &str =
 
 impl StatsGrpc {
     /// Contact counts grouped by period and the kept dimensions
-    /// (`keep` = org, municipality, gp, contact type, tariff code).
+    /// (`keep` = org, municipality, gp, contact type, tariff code, KPR category).
     pub async fn contact_breakdown(
         &self,
         f: &Filter,
         g: pb::Granularity,
-        keep: [bool; 5],
+        keep: [bool; 6],
     ) -> Result<Vec<pb::ContactCountRow>, sqlx::Error> {
-        let mut sums: std::collections::BTreeMap<(String, [String; 5]), u64> = Default::default();
+        let mut sums: std::collections::BTreeMap<(String, [String; 6]), u64> = Default::default();
         for r in self.contact_counts(f).await? {
             let dims = [
                 r.org_number,
@@ -274,8 +280,9 @@ impl StatsGrpc {
                 r.gp_id,
                 r.contact_type,
                 r.tariff_code,
+                r.kpr_category,
             ];
-            let mut k: [String; 5] = Default::default();
+            let mut k: [String; 6] = Default::default();
             for (i, v) in dims.into_iter().enumerate() {
                 if keep[i] {
                     k[i] = v;
@@ -286,7 +293,7 @@ impl StatsGrpc {
         Ok(sums
             .into_iter()
             .map(
-                |((date, [org, muni, gp, ctype, tariff]), count)| pb::ContactCountRow {
+                |((date, [org, muni, gp, ctype, tariff, kpr]), count)| pb::ContactCountRow {
                     date,
                     org_number: org,
                     municipality_number: muni,
@@ -294,6 +301,7 @@ impl StatsGrpc {
                     contact_type: ctype,
                     tariff_code: tariff,
                     count,
+                    kpr_category: kpr,
                 },
             )
             .collect())
@@ -308,9 +316,9 @@ impl StatsGrpc {
     ) -> Result<pb::ExportContactsResponse, sqlx::Error> {
         let municipal = level == pb::ExportLevel::Municipality;
         let keep = if municipal {
-            [false, true, false, true, true]
+            [false, true, false, true, true, true]
         } else {
-            [true; 5]
+            [true; 6]
         };
         let rows = self.contact_breakdown(f, g, keep).await?;
         let mut csv = String::with_capacity(64 * (rows.len() + 1));
