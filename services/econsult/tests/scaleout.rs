@@ -10,8 +10,13 @@
 //! answer crossed between the two signalling processes; the statistics (surviving instances)
 //! count exactly the booked appointments and the outbox drained.
 //!
+//! Delivery across instances: with two instances, messages written through the one that does
+//! not lead the outbox relay reach Subscribe streams on both within a generous p99 bound, and a
+//! `kill -9` of the leader pauses delivery less than a second; the test prints the measured
+//! latencies beside those of writes through the leader (`load-tests/RESULTS.md`).
+//!
 //! PostgreSQL + Redis only (`TEST_DATABASE_URL`, `TEST_REDIS_URL`; skipped when unset, except
-//! under `CI=true`).
+//! under `CI=true`). Each process logs to `<name>.log` in the run's temporary directory.
 
 mod common;
 
@@ -74,7 +79,8 @@ fn econsult(dir: &Path, log: &Path) -> Command {
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        // The log (stdout) and panics (stderr) both go to the log file.
+        .stdout(log.try_clone().expect("log file"))
         .stderr(log);
     cmd
 }
@@ -115,7 +121,9 @@ impl Proc {
             .arg("2")
             .spawn()
             .expect("spawn econsult serve");
-        let kind: econsult::ServiceKind = service.parse().expect("service kind");
+        // The health check asks for the first of the services (`booking,consultation`).
+        let first = service.split(',').next().unwrap_or(service);
+        let kind: econsult::ServiceKind = first.parse().expect("service kind");
         Self {
             name: name.to_owned(),
             grpc_service: kind.grpc_name(),
@@ -821,6 +829,25 @@ async fn bookings_counted(stats: &Pair, instance: usize, ops: &str) -> u64 {
         .bookings
 }
 
+/// Applies the migrations once, by the CLI.
+async fn migrate(dir: &Path, db_url: &str) {
+    let mut migrate = econsult(dir, &dir.join("migrate.log"))
+        .arg("--database-url")
+        .arg(db_url)
+        .arg("migrate")
+        .spawn()
+        .expect("spawn econsult migrate");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = migrate.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "migrate did not finish in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "econsult migrate: {status:?}");
+}
+
 // ── the test ───────────────────────────────────────────────────────────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -841,22 +868,7 @@ async fn two_instances_of_every_service_survive_kill_9_without_losing_or_doublin
         keys: DevKeys::load_or_create(dir.path()).expect("dev keys"),
     };
 
-    // Migrations once, by the CLI.
-    let mut migrate = econsult(dir.path(), &dir.path().join("migrate.log"))
-        .arg("--database-url")
-        .arg(&db_url)
-        .arg("migrate")
-        .spawn()
-        .expect("spawn econsult migrate");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = migrate.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "migrate did not finish in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "econsult migrate: {status:?}");
+    migrate(dir.path(), &db_url).await;
 
     let ns = format!("scaleout-{}", uuid::Uuid::new_v4().simple());
     let mut procs = Vec::new();
@@ -1180,6 +1192,344 @@ async fn two_instances_of_every_service_survive_kill_9_without_losing_or_doublin
         .await
         .expect("the scale-out scenario finished in time");
     eprintln!("scale-out scenario passed after {:?}", started.elapsed());
+    drop(cluster);
+    if let Ok(client) = redis::Client::open(redis.as_str())
+        && let Ok(mut con) = client.get_multiplexed_async_connection().await
+    {
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(format!("{ns}:events"))
+            .query_async(&mut con)
+            .await;
+    }
+}
+
+// ── delivery latency across instances ──────────────────────────────────────────────────────────
+
+/// Messages sent through the instance that does not relay, one every [`LATENCY_SEND_EVERY`].
+const LATENCY_MESSAGES: usize = 200;
+const LATENCY_SEND_EVERY: Duration = Duration::from_millis(40);
+/// Patients who send them, in turn (each stays under the patients' rate limit, 10/s).
+const LATENCY_PATIENTS: usize = 8;
+/// Bound of the median delivery latency through the non-leader. Woken only by the leader's
+/// 200 ms poll it was 116–125 ms; woken across instances it is 14–27 ms, as through the leader.
+const LATENCY_P50_BOUND: Duration = Duration::from_millis(50);
+/// Liveness bound of the p99 (the target is 50 ms). On a machine shared with other builds and
+/// test suites the p99 of writes through the leader itself reached 500 ms in one run: a tighter
+/// bound would measure the machine, not the path (`load-tests/RESULTS.md`, 2026-12-05).
+const LATENCY_P99_BOUND: Duration = Duration::from_millis(500);
+/// After the leader's kill: messages through the survivor, this often, for this long.
+const AFTER_KILL_SEND_EVERY: Duration = Duration::from_millis(20);
+const AFTER_KILL_SEND_FOR: Duration = Duration::from_millis(1500);
+/// Liveness bound of the pause a leader's kill causes (the target is 0.5 s).
+const TAKEOVER_BOUND: Duration = Duration::from_secs(1);
+
+/// When each message arrived on one stream, by message id.
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Opens the patient's Subscribe stream on `port` and records each message's arrival until the
+/// stream ends. The stream's channel has no request timeout.
+async fn record_arrivals(port: u16, token: &str, arrivals: Arrivals) {
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect_lazy();
+    let mut stream = ConsultationServiceClient::new(channel)
+        .subscribe(authed(cpb::SubscribeRequest { after_cursor: 0 }, token))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    tokio::spawn(async move {
+        while let Ok(Some(change)) = stream.message().await {
+            if let Some(m) = change.message {
+                let now = Instant::now();
+                arrivals
+                    .lock()
+                    .expect("arrivals")
+                    .entry(m.message_id)
+                    .or_insert(now);
+            }
+        }
+    });
+}
+
+/// A message sent: when its SendMessage call began and when its answer came.
+struct Sent {
+    called: Instant,
+    answered: Instant,
+    message_id: String,
+}
+
+/// Sends a message on `thread_id`.
+async fn send_timed(channel: &Channel, token: &str, thread_id: &str, body: String) -> Sent {
+    let called = Instant::now();
+    let r = ConsultationServiceClient::new(channel.clone())
+        .send_message(authed(
+            cpb::SendMessageRequest {
+                thread_id: thread_id.to_owned(),
+                body,
+                attachments: vec![],
+                idempotency_key: key(),
+            },
+            token,
+        ))
+        .await
+        .expect("send message")
+        .into_inner();
+    Sent {
+        called,
+        answered: Instant::now(),
+        message_id: r.message.expect("message").message_id,
+    }
+}
+
+/// Waits until every message of `sent` arrived on `arrivals`; returns each one's delay from
+/// the start of its SendMessage call, sorted.
+async fn delays(what: &str, sent: &[Sent], arrivals: &Arrivals) -> Vec<Duration> {
+    delays_from(what, sent, arrivals, |s| s.called).await
+}
+
+/// [`delays`] from the instant `from` picks (the call's start, or its answer: after the commit).
+async fn delays_from(
+    what: &str,
+    sent: &[Sent],
+    arrivals: &Arrivals,
+    from: fn(&Sent) -> Instant,
+) -> Vec<Duration> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got: Option<Vec<Duration>> = {
+            let arrivals = arrivals.lock().expect("arrivals");
+            sent.iter()
+                .map(|s| {
+                    let a = arrivals.get(&s.message_id)?;
+                    Some(a.saturating_duration_since(from(s)))
+                })
+                .collect()
+        };
+        if let Some(mut d) = got {
+            d.sort_unstable();
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not every message arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn summary(sorted: &[Duration]) -> String {
+    format!(
+        "n={} p50={:?} p90={:?} p99={:?} max={:?}",
+        sorted.len(),
+        percentile(sorted, 0.50),
+        percentile(sorted, 0.90),
+        percentile(sorted, 0.99),
+        sorted[sorted.len() - 1]
+    )
+}
+
+/// The index of the process that leads the outbox relay (it logs when it takes the lock).
+async fn relay_leader(procs: &[Proc]) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for (i, p) in procs.iter().enumerate() {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            if log.contains("outbox relay leads") {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no instance leads the outbox relay"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_the_non_leader_reach_streams_promptly_and_a_leader_kill_pauses_briefly() {
+    let Some(env) = common::Env::postgres().await else {
+        return;
+    };
+    let db_url = env.database_url.clone().expect("database url");
+    let redis = env.redis_url.clone().expect("redis url");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens {
+        keys: DevKeys::load_or_create(dir.path()).expect("dev keys"),
+    };
+    migrate(dir.path(), &db_url).await;
+    let ns = format!("latency-{}", uuid::Uuid::new_v4().simple());
+    let procs: Vec<Proc> = (1..=2)
+        .map(|n| {
+            let name = format!("latency-{n}");
+            Proc::spawn(
+                dir.path(),
+                &name,
+                "booking,consultation",
+                &db_url,
+                &redis,
+                &ns,
+            )
+        })
+        .collect();
+    let cluster = Cluster { procs };
+    futures::future::join_all(cluster.procs.iter().map(Proc::ready)).await;
+    let leader = relay_leader(&cluster.procs).await;
+    let other = 1 - leader;
+    eprintln!("{} leads the outbox relay", cluster.procs[leader].name);
+    let (leader, other) = (&cluster.procs[leader], &cluster.procs[other]);
+    // Everything goes through the non-leader (index 0 of the pair).
+    let pair = Pair {
+        service: "latency",
+        channels: [other.channel(), leader.channel()],
+        failovers: Arc::default(),
+    };
+
+    let run = async {
+        let seeded = seed(&pair, &tokens).await;
+        let patients: Vec<(String, String)> = seeded.nins[..LATENCY_PATIENTS]
+            .iter()
+            .map(|nin| (nin.clone(), tokens.patient(nin)))
+            .collect();
+        let (on_other, on_leader): (Arrivals, Arrivals) =
+            (Arrivals::default(), Arrivals::default());
+        let mut threads = Vec::new();
+        for (i, (_, token)) in patients.iter().enumerate() {
+            record_arrivals(other.port, token, on_other.clone()).await;
+            record_arrivals(leader.port, token, on_leader.clone()).await;
+            let start = cpb::StartConsultationRequest {
+                category: cpb::Category::EConsultation as i32,
+                subject: format!("Latens {i}"),
+                body: format!("latency patient {i} message 0"),
+                attachments: vec![],
+                urgent: false,
+                idempotency_key: key(),
+            };
+            let started = ConsultationServiceClient::new(other.channel())
+                .start_consultation(authed(start, token))
+                .await
+                .expect("start consultation")
+                .into_inner();
+            threads.push(started.thread.expect("thread").thread_id);
+        }
+
+        // The baseline, in the same run: the same rate through the leader, delivered on it.
+        let mut ticks = tokio::time::interval(LATENCY_SEND_EVERY);
+        let channel = leader.channel();
+        let mut sent = Vec::new();
+        for j in 0..LATENCY_MESSAGES / 2 {
+            ticks.tick().await;
+            let i = j % LATENCY_PATIENTS;
+            let body = format!("baseline {j}");
+            sent.push(send_timed(&channel, &patients[i].1, &threads[i], body).await);
+        }
+        let baseline = delays("stream on the leader (baseline)", &sent, &on_leader).await;
+        eprintln!(
+            "baseline: written through the leader, delivered on the leader: {}",
+            summary(&baseline)
+        );
+
+        // A modest steady rate through the non-leader.
+        let channel = other.channel();
+        let mut sent = Vec::new();
+        for j in 0..LATENCY_MESSAGES {
+            ticks.tick().await;
+            let i = j % LATENCY_PATIENTS;
+            sent.push(
+                send_timed(
+                    &channel,
+                    &patients[i].1,
+                    &threads[i],
+                    format!("latency {j}"),
+                )
+                .await,
+            );
+        }
+        let through_other = delays("stream on the non-leader", &sent, &on_other).await;
+        let through_leader = delays("stream on the leader", &sent, &on_leader).await;
+        eprintln!(
+            "written through the non-leader, delivered on the non-leader: {}",
+            summary(&through_other)
+        );
+        eprintln!(
+            "written through the non-leader, delivered on the leader: {}",
+            summary(&through_leader)
+        );
+        let mut calls: Vec<Duration> = sent.iter().map(|s| s.answered - s.called).collect();
+        calls.sort_unstable();
+        let after_answer =
+            delays_from("stream on the non-leader", &sent, &on_other, |s| s.answered).await;
+        eprintln!(
+            "  of which SendMessage (the commit): {}; from its answer to the non-leader's stream: {}",
+            summary(&calls),
+            summary(&after_answer)
+        );
+
+        // kill -9 of the leader while writes go on through the survivor.
+        leader.kill_9();
+        let killed = Instant::now();
+        let mut ticks = tokio::time::interval(AFTER_KILL_SEND_EVERY);
+        let mut after_kill = Vec::new();
+        let mut j = 0;
+        while killed.elapsed() < AFTER_KILL_SEND_FOR {
+            ticks.tick().await;
+            let i = j % LATENCY_PATIENTS;
+            after_kill.push(
+                send_timed(
+                    &channel,
+                    &patients[i].1,
+                    &threads[i],
+                    format!("after kill {j}"),
+                )
+                .await,
+            );
+            j += 1;
+        }
+        let after = delays(
+            "stream on the survivor after the kill",
+            &after_kill,
+            &on_other,
+        )
+        .await;
+        let resumed = {
+            let arrivals = on_other.lock().expect("arrivals");
+            after_kill
+                .iter()
+                .filter_map(|s| arrivals.get(&s.message_id))
+                .min()
+                .map(|a| a.saturating_duration_since(killed))
+                .expect("a message after the kill")
+        };
+        eprintln!(
+            "leader killed: first delivery {resumed:?} after the kill; messages sent after it: {}",
+            summary(&after)
+        );
+
+        for (on, d) in [("non-leader", &through_other), ("leader", &through_leader)] {
+            assert!(
+                percentile(d, 0.50) < LATENCY_P50_BOUND,
+                "writes through the non-leader reach the {on}'s stream with a median under \
+                 {LATENCY_P50_BOUND:?} (the leader is woken, not polling)"
+            );
+            assert!(
+                percentile(d, 0.99) < LATENCY_P99_BOUND,
+                "writes through the non-leader reach the {on}'s stream with a p99 under \
+                 {LATENCY_P99_BOUND:?}"
+            );
+        }
+        assert!(
+            resumed < TAKEOVER_BOUND && after[after.len() - 1] < TAKEOVER_BOUND,
+            "delivery resumed within {TAKEOVER_BOUND:?} of the leader's kill"
+        );
+    };
+    tokio::time::timeout(TOTAL, run)
+        .await
+        .expect("the latency scenario finished in time");
     drop(cluster);
     if let Ok(client) = redis::Client::open(redis.as_str())
         && let Ok(mut con) = client.get_multiplexed_async_connection().await

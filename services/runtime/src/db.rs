@@ -506,6 +506,22 @@ impl Db {
         <AnyConnection as sqlx::Connection>::connect_with(&options).await
     }
 
+    /// PostgreSQL: a session of its own (outside the pools, reconnecting by itself) that
+    /// listens on `channel`, as a stream of its notifications; `None` on SQLite. The outbox
+    /// relay's leader hears other replicas' commits through it.
+    pub async fn listen(
+        &self,
+        channel: &str,
+    ) -> Result<Option<sqlx::postgres::PgListener>, sqlx::Error> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let url = self.write.connect_options().database_url.clone();
+        let mut listener = sqlx::postgres::PgListener::connect(url.as_str()).await?;
+        listener.listen(channel).await?;
+        Ok(Some(listener))
+    }
+
     /// Begins a write transaction.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let kind = match &self.group {
@@ -517,7 +533,8 @@ impl Db {
 
     /// Notified (one stored permit) after every commit through this `Db` (and its clones) that
     /// wrote outbox events: the outbox relay of the process waits on it. Commits of other
-    /// processes are not seen here; the relay's timer finds those.
+    /// processes are not seen here: on PostgreSQL a replica that does not lead the relay passes
+    /// them on to the leader with a `NOTIFY` ([`crate::outbox::Relay`]).
     pub fn events_committed(&self) -> Arc<Notify> {
         self.events_committed.clone()
     }
