@@ -523,7 +523,8 @@ impl From<BookingError> for tonic::Status {
             BookingError::NotFound(_) => Status::not_found(e.to_string()),
             BookingError::FailedPrecondition(m) => Status::failed_precondition(m),
             BookingError::AlreadyExists(m) => Status::already_exists(m),
-            BookingError::KeyReused => Status::failed_precondition(e.to_string()),
+            // One rule in every service: a reused key with another request exists already.
+            BookingError::KeyReused => Status::already_exists(e.to_string()),
             BookingError::Unavailable(m) => Status::unavailable(m),
             BookingError::Db(d) => econsult_runtime::grpc::db_status("booking", d),
             BookingError::Other(o) => econsult_runtime::grpc::anyhow_status("booking", o),

@@ -114,7 +114,7 @@ pub fn check_attachments(
                     "{field}.content is not a PNG, JPEG or PDF file (checked by its first bytes)"
                 ))
             })?;
-            if !a.content_type.is_empty() && a.content_type != real {
+            if a.content_type != real {
                 return Err(Status::invalid_argument(format!(
                     "{field}.content_type is {:?} but the content is {real}",
                     a.content_type
@@ -199,7 +199,7 @@ mod tests {
             match check_attachments(vec![a]) {
                 Ok(v) => {
                     proptest::prop_assert_eq!(Some(v[0].content_type), sniff(&content));
-                    proptest::prop_assert!(declared.is_empty() || declared == v[0].content_type);
+                    proptest::prop_assert_eq!(declared.as_str(), v[0].content_type, "the declared type is required and must match");
                 }
                 Err(e) => proptest::prop_assert_eq!(e.code(), tonic::Code::InvalidArgument),
             }

@@ -4,9 +4,9 @@
 
 use crate::content::{MAX_BODY_CHARS, MAX_SUBJECT_CHARS, check_attachments, checked_text};
 use crate::feed::{self, Feed};
+use crate::sla;
 use crate::store::{self, MessageRow, ThreadRow, state};
 use crate::urgent::{self, Language, Office};
-use crate::{DEFAULT_RESPONSE_WORKING_DAYS, sla};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use econsult_booking::directory;
@@ -1467,7 +1467,6 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let org = caller.org_with_scope(SCOPE_WRITE)?.to_owned();
         let days = req.into_inner().working_days;
         let days = match days {
-            0 => DEFAULT_RESPONSE_WORKING_DAYS as i32,
             1..=20 => days,
             _ => {
                 return Err(Status::invalid_argument(

@@ -245,7 +245,7 @@ async fn a_retried_call_with_the_same_key_returns_the_first_result(env: Env) {
         ..req
     };
     let err = c.book(authed(other, &token)).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains("idempotency_key"));
     let mine = c
         .list_my_bookings(authed(pb::ListMyBookingsRequest::default(), &token))
@@ -392,6 +392,31 @@ async fn bad_input_is_refused_with_the_field_named(env: Env) {
         (
             publish(vec![slot(at("2026-03-03T08:00:00Z"), 15, 0)]),
             "slots[0].modality",
+        ),
+        (
+            publish(vec![pb::NewSlot {
+                // 10001-01-01: beyond google.protobuf.Timestamp's range.
+                start: Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                }),
+                ..slot(at("2026-03-03T08:00:00Z"), 15, 1)
+            }]),
+            "slots[0].start",
+        ),
+        (
+            pb::PublishSlotsRequest {
+                idempotency_key: "tab\tkey".into(),
+                ..publish(vec![slot(at("2026-03-03T08:00:00Z"), 15, 1)])
+            },
+            "idempotency_key",
+        ),
+        (
+            pb::PublishSlotsRequest {
+                idempotency_key: "nøkkel".into(),
+                ..publish(vec![slot(at("2026-03-03T08:00:00Z"), 15, 1)])
+            },
+            "idempotency_key",
         ),
         (
             publish(vec![

@@ -762,14 +762,17 @@ async fn due_times_skip_weekends_and_holidays_and_overdue_comes_first(env: Env) 
     reply(&app, ORG_A, &answered_one.thread_id, "Answer", true)
         .await
         .expect("reply");
-    let err = c
-        .set_response_days(authed(
-            pb::SetResponseDaysRequest { working_days: 21 },
-            &ehr,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+    for days in [0, 21] {
+        let err = c
+            .set_response_days(authed(
+                pb::SetResponseDaysRequest { working_days: days },
+                &ehr,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{days} working days");
+        assert!(err.message().contains("working_days"), "{err:?}");
+    }
 
     // Tuesday 14 April: the two unanswered ones are overdue and come first, earliest due first.
     app.clock.set(oslo(2026, 4, 14, 12, 0));
@@ -1223,7 +1226,64 @@ async fn an_urgent_request_goes_to_the_office_while_open_and_to_legevakt_otherwi
     app.shutdown().await;
 }
 
+/// What the protos promise is checked: the idempotency key is 1-128 printable ASCII characters,
+/// and an attachment declares its type (which must match its content).
+async fn keys_and_attachment_types_are_checked_as_the_protos_say(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 12, 1).await;
+    let mut c = app.consultation().await;
+    let token = app.patient_token(&nins[0]);
+    for bad in [
+        "tab\tkey",
+        "line\nbreak",
+        "nul\0",
+        "del\x7f",
+        "nøkkel",
+        "with space",
+        "",
+    ] {
+        let err = c
+            .start_consultation(authed(
+                pb::StartConsultationRequest {
+                    idempotency_key: bad.into(),
+                    ..start_req("a question")
+                },
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
+        assert!(err.message().contains("idempotency_key"), "{err:?}");
+    }
+    let id = start(&app, &nins[0], "with a picture")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    let with = |content_type: &str| pb::SendMessageRequest {
+        thread_id: id.clone(),
+        body: "see the picture".into(),
+        attachments: vec![pb::NewAttachment {
+            file_name: "rash.png".into(),
+            content_type: content_type.into(),
+            content: png(10),
+        }],
+        idempotency_key: key(),
+    };
+    let err = c.send_message(authed(with(""), &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("attachments[0].content_type"),
+        "{err:?}"
+    );
+    c.send_message(authed(with("image/png"), &token))
+        .await
+        .expect("declared and matching");
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    keys_and_attachment_types_are_checked_as_the_protos_say,
     a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date,
     an_urgent_request_goes_to_the_office_while_open_and_to_legevakt_otherwise,
     a_consultation_goes_from_question_to_closed_answer,

@@ -1409,6 +1409,7 @@ async fn writes_through_the_non_leader_reach_streams_promptly_and_a_leader_kill_
                 attachments: vec![],
                 urgent: false,
                 idempotency_key: key(),
+                language: String::new(),
             };
             let started = ConsultationServiceClient::new(other.channel())
                 .start_consultation(authed(start, token))

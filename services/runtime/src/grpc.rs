@@ -67,8 +67,14 @@ pub fn optional_time(
     t: Option<&prost_types::Timestamp>,
     field: &str,
 ) -> Result<Option<DateTime<Utc>>, Status> {
+    // google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z. An
+    // instant outside it cannot be sent back in a Timestamp either.
+    const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
     match t {
         None => Ok(None),
+        Some(t) if !TIMESTAMP_SECONDS.contains(&t.seconds) => Err(Status::invalid_argument(
+            format!("{field} is out of range (years 1 to 9999)"),
+        )),
         Some(t) if (0..1_000_000_000).contains(&t.nanos) => {
             DateTime::from_timestamp(t.seconds, t.nanos as u32)
                 .map(Some)

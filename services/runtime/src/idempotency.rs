@@ -22,8 +22,10 @@ pub enum IdempotencyError {
     /// The key was used before for a different request.
     #[error("idempotency_key was already used for a different request")]
     KeyReused,
-    /// The key is empty or too long.
-    #[error("idempotency_key must be 1 to 128 characters")]
+    /// The key is empty, too long, or not printable ASCII.
+    #[error(
+        "idempotency_key must be 1 to 128 printable ASCII characters (no spaces or control characters)"
+    )]
     BadKey,
     /// Storage failed.
     #[error(transparent)]
@@ -39,9 +41,10 @@ pub fn request_hash<R: Serialize>(request: &R) -> Result<String, serde_json::Err
     Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }
 
-/// Validates the key's form.
+/// Validates the key's form: 1 to 128 printable ASCII characters, as every proto says (a tab,
+/// newline, NUL, DEL or a non-ASCII letter is refused).
 pub fn check_key(key: &str) -> Result<(), IdempotencyError> {
-    if key.is_empty() || key.chars().count() > 128 {
+    if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         Err(IdempotencyError::BadKey)
     } else {
         Ok(())
