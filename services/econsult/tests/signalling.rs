@@ -1136,7 +1136,7 @@ async fn a_flooding_stream_is_rejected_past_its_budget_and_lives_on(env: Env) {
     patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
     let state = |i: u32| {
         Out::MediaState(pb::MediaState {
-            audio_muted: i % 2 == 0,
+            audio_muted: i.is_multiple_of(2),
             video_muted: false,
         })
     };
