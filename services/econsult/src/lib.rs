@@ -302,7 +302,7 @@ impl StartLine {
             }
             Err(e) => format!("misconfigured: {e}"),
             Ok(None) => format!(
-                "signed by the development key in {} are trusted (no --jwks-file or --jwks-url): \
+                "signed by the development key in {} are trusted (no --issuer, --jwks-file or --jwks-url): \
                  not for production",
                 config.data_dir.display()
             ),

@@ -36,7 +36,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate,
-    /// Print a token signed by the local development key (never trusted with --jwks-file).
+    /// Print a token signed by the local development key (never trusted with --issuer or a JWKS).
     ///
     /// The token goes to stdout alone, so `TOKEN=$(econsult dev-token --role ops)` works.
     /// Examples:
