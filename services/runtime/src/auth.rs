@@ -161,8 +161,12 @@ pub struct Claims {
     /// ID-porten: assurance level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acr: Option<String>,
-    /// Space-separated scopes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Space-separated scopes (a JSON array of scopes, as HelseID sends, is read into this form).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scope_string_or_array"
+    )]
     pub scope: Option<String>,
     /// HelseID: HPR number.
     #[serde(
@@ -178,6 +182,22 @@ pub struct Claims {
         skip_serializing_if = "Option::is_none"
     )]
     pub org_number: Option<String>,
+}
+
+/// `scope` as a space-separated string or an array of scopes, joined with spaces.
+fn scope_string_or_array<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scope {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<Scope>::deserialize(d)?.map(|s| match s {
+        Scope::One(s) => s,
+        Scope::Many(v) => v.join(" "),
+    }))
 }
 
 /// A token's `aud`: one audience or several.
@@ -1594,5 +1614,25 @@ mod tests {
                 .role,
             Role::Ops
         );
+    }
+
+    #[test]
+    fn scope_may_be_a_string_or_an_array() {
+        let (_d, keys) = keys();
+        let auth = keys.authenticator(DEFAULT_AUDIENCE).expect("auth");
+        let spec = TokenSpec::Ehr {
+            client_id: "epj-1".into(),
+            org_number: "912345678".into(),
+            scopes: vec![],
+        };
+        let mut claims = serde_json::to_value(spec.claims(now(), 600)).expect("json");
+        claims["scope"] = serde_json::json!(["econsult:booking.write", "econsult:booking.read"]);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(DEV_KID.to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, &keys.encoding).expect("sign");
+        let c = auth.authenticate(&token).expect("array scope");
+        assert_eq!(c.role, Role::Ehr);
+        assert!(c.scopes.contains("econsult:booking.read"));
+        assert!(c.scopes.contains("econsult:booking.write"));
     }
 }
