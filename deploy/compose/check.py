@@ -55,7 +55,7 @@ def main():
         if not any(str(v).startswith("econsult-data:/var/lib/econsult") for v in svc.get("volumes", [])):
             fail(f"{name}: does not share the econsult-data volume (dev key)")
         env = svc.get("environment") or {}
-        if "ECONSULT_JWKS_FILE" in env or "ECONSULT_JWKS_URL" in env:
+        if "ECONSULT_JWKS_FILE" in env or "ECONSULT_JWKS_URL" in env or "ECONSULT_ISSUERS" in env:
             fail(f"{name}: a JWKS makes the dev tokens of the README useless")
         if not str(env.get("ECONSULT_DATABASE_URL", "")).startswith("postgres://"):
             fail(f"{name}: ECONSULT_DATABASE_URL is not PostgreSQL")

@@ -96,14 +96,17 @@ pub struct Config {
     pub redis_namespace: String,
     /// Which services to run.
     pub services: Vec<ServiceKind>,
-    /// A JWKS file of the identity providers; with neither this nor `jwks_url`, the local dev
-    /// key is trusted.
+    /// The trusted issuers, each with its own JWKS and the roles it may grant (`--issuer`).
+    /// With none of these and neither `jwks_file` nor `jwks_url`, the local dev key is trusted.
+    pub trusted_issuers: Vec<econsult_runtime::auth::IssuerConfig>,
+    /// The JWKS file of the one issuer in `issuers` (the form before `trusted_issuers`; that
+    /// issuer grants every role).
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS URL of the identity providers, fetched at start and every `jwks_refresh`.
+    /// The JWKS URL of the one issuer in `issuers`, like `jwks_file`.
     pub jwks_url: Option<String>,
-    /// How often to re-fetch `jwks_url` (key rotation).
+    /// How often to re-fetch JWKS URLs (key rotation).
     pub jwks_refresh: Duration,
-    /// Trusted issuers when `jwks_file` is set.
+    /// The one issuer of `jwks_file` / `jwks_url`.
     pub issuers: Vec<String>,
     /// Required audience.
     pub audience: String,
@@ -141,6 +144,7 @@ impl Config {
             redis_url: None,
             redis_namespace: "econsult".into(),
             services: ServiceKind::ALL.to_vec(),
+            trusted_issuers: Vec::new(),
             jwks_file: None,
             jwks_url: None,
             jwks_refresh: Duration::from_secs(600),
@@ -166,23 +170,72 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("econsult.db").display()))
     }
 
-    async fn authenticator(&self) -> anyhow::Result<Authenticator> {
+    /// The trusted issuers in effect: `None` when the dev key is trusted. The older form
+    /// (`jwks_file`/`jwks_url` with `issuers`) names exactly one issuer, which then grants every
+    /// role: one key set shared by several issuers would let one issuer's key sign tokens of
+    /// another.
+    pub fn issuer_configs(
+        &self,
+    ) -> anyhow::Result<Option<Vec<econsult_runtime::auth::IssuerConfig>>> {
+        use econsult_runtime::auth::{IssuerConfig, JwksSource, Roles};
+        let legacy = self.jwks_file.is_some() || self.jwks_url.is_some();
+        if !self.trusted_issuers.is_empty() {
+            anyhow::ensure!(
+                !legacy && self.issuers.is_empty(),
+                "give issuers with --issuer, or one with --jwks-file/--jwks-url and \
+                 --trusted-issuer, not both"
+            );
+            return Ok(Some(self.trusted_issuers.clone()));
+        }
         let jwks = match (&self.jwks_file, &self.jwks_url) {
             (Some(_), Some(_)) => anyhow::bail!("give a JWKS file or a JWKS URL, not both"),
-            (Some(path), None) => {
-                std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?
-            }
-            (None, Some(url)) => {
-                let u = url.clone();
-                tokio::task::spawn_blocking(move || econsult_runtime::auth::fetch_jwks(&u))
-                    .await?
-                    .with_context(|| format!("fetch JWKS from {url}"))?
-            }
+            (Some(path), None) => JwksSource::File(path.clone()),
+            (None, Some(url)) => JwksSource::parse(url)?,
             (None, None) => {
-                return DevKeys::load_or_create(&self.data_dir)?.authenticator(&self.audience);
+                anyhow::ensure!(
+                    self.issuers.is_empty(),
+                    "--trusted-issuer needs --jwks-file or --jwks-url (or use --issuer)"
+                );
+                return Ok(None);
             }
         };
-        Authenticator::from_jwks(&jwks, self.issuers.clone(), self.audience.clone())
+        match self.issuers.as_slice() {
+            [issuer] => Ok(Some(vec![IssuerConfig {
+                issuer: issuer.clone(),
+                jwks,
+                roles: Roles::ALL,
+            }])),
+            [] => anyhow::bail!("--trusted-issuer is required with --jwks-file or --jwks-url"),
+            _ => anyhow::bail!(
+                "--jwks-file/--jwks-url serve one issuer: one key set for several issuers lets \
+                 each issuer's key sign the others' tokens; give each issuer its own JWKS and \
+                 roles with --issuer"
+            ),
+        }
+    }
+
+    async fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let Some(configs) = self.issuer_configs()? else {
+            return DevKeys::load_or_create(&self.data_dir)?.authenticator(&self.audience);
+        };
+        let mut trusted = Vec::with_capacity(configs.len());
+        for c in configs {
+            let jwks = c
+                .jwks
+                .load()
+                .await
+                .with_context(|| format!("JWKS of the issuer {}", c.issuer))?;
+            trusted.push(econsult_runtime::auth::TrustedIssuer {
+                issuer: c.issuer,
+                roles: c.roles,
+                jwks_url: match c.jwks {
+                    econsult_runtime::auth::JwksSource::Url(u) => Some(u),
+                    econsult_runtime::auth::JwksSource::File(_) => None,
+                },
+                jwks,
+            });
+        }
+        Authenticator::new(trusted, self.audience.clone())
     }
 }
 
@@ -227,14 +280,29 @@ impl StartLine {
             ),
             None => "in-process, from the database's outbox".to_owned(),
         };
-        let dev_key_trusted = config.jwks_file.is_none() && config.jwks_url.is_none();
-        let tokens = match (&config.jwks_file, &config.jwks_url) {
-            (Some(file), _) => format!("checked against the JWKS file {}", file.display()),
-            (None, Some(url)) => {
-                format!("checked against the JWKS at {}", without_credentials(url))
+        let issuers = config.issuer_configs();
+        let dev_key_trusted = matches!(issuers, Ok(None));
+        let tokens = match issuers {
+            Ok(Some(list)) => {
+                let each: Vec<_> = list
+                    .iter()
+                    .map(|c| {
+                        let jwks = match &c.jwks {
+                            econsult_runtime::auth::JwksSource::File(f) => {
+                                format!("JWKS file {}", f.display())
+                            }
+                            econsult_runtime::auth::JwksSource::Url(u) => {
+                                format!("JWKS at {}", without_credentials(u))
+                            }
+                        };
+                        format!("{} for {} ({jwks})", c.issuer, c.roles)
+                    })
+                    .collect();
+                format!("checked against the issuers {}", each.join(", "))
             }
-            (None, None) => format!(
-                "signed by the development key in {} are trusted (no --jwks-file or --jwks-url): \
+            Err(e) => format!("misconfigured: {e}"),
+            Ok(None) => format!(
+                "signed by the development key in {} are trusted (no --issuer, --jwks-file or --jwks-url): \
                  not for production",
                 config.data_dir.display()
             ),
@@ -327,10 +395,9 @@ impl Application {
         })
         .await?;
 
-        if let Some(url) = &config.jwks_url {
+        if !auth.jwks_urls().is_empty() {
             let refresh = econsult_runtime::auth::refresh_jwks(
                 auth.clone(),
-                url.clone(),
                 config.jwks_refresh,
                 platform.shutdown.clone(),
             );
@@ -612,6 +679,7 @@ mod tests {
         config.database_url = Some("postgres://app:s3cret@db:5432/econsult?sslmode=require".into());
         config.redis_url = Some("redis://:hunter2@cache:6379/0".into());
         config.jwks_file = Some(PathBuf::from("/etc/econsult/jwks.json"));
+        config.issuers = vec!["https://helseid-sts.nhn.no".into()];
         config.services = vec![ServiceKind::Booking];
         let line = StartLine::new(&config).sentence("10.0.0.5:50051".parse().expect("addr"), None);
         assert!(line.contains("serving booking on"), "{line}");
@@ -631,5 +699,32 @@ mod tests {
                 && !line.contains("development key"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn issuers_are_bound_to_their_own_jwks_and_http_is_for_loopback_only() {
+        let mut config = Config::embedded(PathBuf::from("data"));
+        assert!(config.issuer_configs().expect("dev").is_none());
+        config.jwks_url = Some("http://idp.example/jwks.json".into());
+        config.issuers = vec!["https://idp.example".into()];
+        let err = config.issuer_configs().unwrap_err().to_string();
+        assert!(err.contains("https"), "{err}");
+        config.jwks_url = Some("http://127.0.0.1:8080/jwks.json".into());
+        let one = config.issuer_configs().expect("loopback").expect("issuers");
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].roles, econsult_runtime::auth::Roles::ALL);
+        // One key set for two issuers is the hole this closes: refused.
+        config.issuers.push("https://other.example".into());
+        assert!(config.issuer_configs().is_err());
+        config.jwks_url = None;
+        config.issuers.clear();
+        config.trusted_issuers = vec![
+            "iss=https://idporten.no,jwks=/etc/idporten.json,roles=patient"
+                .parse()
+                .expect("issuer"),
+        ];
+        assert_eq!(config.issuer_configs().expect("ok").expect("some").len(), 1);
+        config.jwks_file = Some(PathBuf::from("/etc/jwks.json"));
+        assert!(config.issuer_configs().is_err(), "not both forms");
     }
 }

@@ -36,7 +36,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate,
-    /// Print a token signed by the local development key (never trusted with --jwks-file).
+    /// Print a token signed by the local development key (never trusted with --issuer or a JWKS).
     ///
     /// The token goes to stdout alone, so `TOKEN=$(econsult dev-token --role ops)` works.
     /// Examples:
@@ -94,16 +94,27 @@ struct ServeArgs {
     /// Prefix of the Redis keys.
     #[arg(long, env = "ECONSULT_REDIS_NAMESPACE", default_value = "econsult")]
     redis_namespace: String,
-    /// JWKS file of the identity providers (ID-porten, HelseID); without it the dev key is trusted.
+    /// A trusted token issuer with its own JWKS and the roles it may grant (repeat, or
+    /// `;`-separate in the variable): `iss=URL,jwks=PATH_OR_URL,roles=patient|clinician|ehr|ops`
+    /// (several roles joined with `+`). A JWKS URL must be https (http only to loopback).
+    #[arg(
+        long = "issuer",
+        env = "ECONSULT_ISSUERS",
+        value_delimiter = ';',
+        value_name = "iss=URL,jwks=PATH_OR_URL,roles=ROLES"
+    )]
+    trusted_issuers: Vec<econsult_runtime::auth::IssuerConfig>,
+    /// JWKS file of one identity provider (with one --trusted-issuer, granting every role);
+    /// with no JWKS and no --issuer the dev key is trusted.
     #[arg(long, env = "ECONSULT_JWKS_FILE")]
     jwks_file: Option<PathBuf>,
-    /// JWKS URL of the identity providers, re-fetched every --jwks-refresh-seconds.
+    /// JWKS URL of one identity provider, like --jwks-file.
     #[arg(long, env = "ECONSULT_JWKS_URL")]
     jwks_url: Option<String>,
-    /// How often to re-fetch --jwks-url.
+    /// How often to re-fetch JWKS URLs.
     #[arg(long, env = "ECONSULT_JWKS_REFRESH_SECONDS", default_value_t = 600)]
     jwks_refresh_seconds: u64,
-    /// Trusted token issuer (repeat for several); required with --jwks-file or --jwks-url.
+    /// The one token issuer of --jwks-file or --jwks-url (use --issuer for several).
     #[arg(
         long = "trusted-issuer",
         env = "ECONSULT_TRUSTED_ISSUERS",
@@ -344,14 +355,13 @@ async fn serve(
     config.redis_url = a.redis_url;
     config.redis_namespace = a.redis_namespace;
     config.services = a.services;
-    if (a.jwks_file.is_some() || a.jwks_url.is_some()) && a.issuers.is_empty() {
-        anyhow::bail!("--trusted-issuer is required with --jwks-file or --jwks-url");
-    }
+    config.trusted_issuers = a.trusted_issuers;
     config.jwks_file = a.jwks_file;
     config.jwks_url = a.jwks_url;
     config.jwks_refresh = Duration::from_secs(a.jwks_refresh_seconds.max(10));
     config.issuers = a.issuers;
     config.audience = a.audience;
+    config.issuer_configs()?;
     config.booking.hold_ttl = chrono::Duration::seconds(a.hold_ttl_seconds.clamp(30, 3600));
     config.signalling.stun_urls = a.stun_urls;
     config.signalling.turn_urls = a.turn_urls;

@@ -7,7 +7,8 @@ use common::*;
 use econsult_proto::audit::v1 as apb;
 use econsult_proto::booking::v1 as pb;
 use econsult_proto::consultation::v1 as cpb;
-use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
+use econsult_runtime::auth::{Claims, DevKeys, REQUIRED_ACR, TokenSpec};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tonic::Code;
 
@@ -152,10 +153,18 @@ async fn reads_of_patient_data_are_audited_and_visible_to_ops_and_the_patient(en
 
 /// Serves whatever JWKS document `doc` holds at http://127.0.0.1:<port>/jwks.json.
 async fn jwks_server(doc: Arc<Mutex<String>>) -> String {
+    jwks_server_counting(doc).await.0
+}
+
+/// [`jwks_server`], with the number of documents served so far.
+async fn jwks_server_counting(doc: Arc<Mutex<String>>) -> (String, Arc<AtomicUsize>) {
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
     let app = axum::Router::new().route(
         "/jwks.json",
         axum::routing::get(move || {
             let doc = doc.clone();
+            count.fetch_add(1, Ordering::SeqCst);
             async move { doc.lock().expect("lock").clone() }
         }),
     );
@@ -164,7 +173,252 @@ async fn jwks_server(doc: Arc<Mutex<String>>) -> String {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/jwks.json")
+    (format!("http://{addr}/jwks.json"), served)
+}
+
+/// One JWKS document with the keys of all `docs`.
+fn merged_jwks(docs: &[&str]) -> String {
+    let keys: Vec<serde_json::Value> = docs
+        .iter()
+        .flat_map(|d| {
+            let v: serde_json::Value = serde_json::from_str(d).expect("jwks");
+            v["keys"].as_array().expect("keys").clone()
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+const IDPORTEN: &str = "https://idporten.test";
+const HELSEID: &str = "https://helseid.test";
+const OPS_ISSUER: &str = "https://ops-idp.test";
+
+/// Three identity providers, each with its own key: ID-porten for patients, HelseID for EHR
+/// systems and clinicians, one for operations.
+struct Idps {
+    _dir: tempfile::TempDir,
+    idporten: DevKeys,
+    helseid: DevKeys,
+    ops: DevKeys,
+    issuers: Vec<econsult_runtime::auth::IssuerConfig>,
+}
+
+impl Idps {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |name: &str| {
+            let d = dir.path().join(name);
+            let k = DevKeys::load_or_create(&d)
+                .expect("key")
+                .with_kid(&format!("{name}-1"))
+                .expect("kid");
+            let file = dir.path().join(format!("{name}.json"));
+            std::fs::write(&file, k.jwks()).expect("write jwks");
+            (k, file)
+        };
+        let (idporten, f1) = key("idporten");
+        let (helseid, f2) = key("helseid");
+        let (ops, f3) = key("ops");
+        let issuers = [
+            format!("iss={IDPORTEN},jwks={},roles=patient", f1.display()),
+            format!("iss={HELSEID},jwks={},roles=ehr+clinician", f2.display()),
+            format!("iss={OPS_ISSUER},jwks={},roles=ops", f3.display()),
+        ]
+        .iter()
+        .map(|s| s.parse().expect("issuer"))
+        .collect();
+        Self {
+            _dir: dir,
+            idporten,
+            helseid,
+            ops,
+            issuers,
+        }
+    }
+}
+
+/// A token for `spec` with `iss`, signed by `key`, after `edit`.
+fn sign(key: &DevKeys, spec: &TokenSpec, iss: &str, edit: impl FnOnce(&mut Claims)) -> String {
+    let mut claims = spec.claims(Utc::now().timestamp(), 600);
+    claims.iss = iss.into();
+    edit(&mut claims);
+    key.sign(&claims).expect("sign")
+}
+
+async fn access_log(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    apb::audit_service_client::AuditServiceClient::new(app.channel().await)
+        .list_access_log(authed(apb::ListAccessLogRequest::default(), token))
+        .await
+        .map(|_| ())
+}
+
+async fn my_access_log(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    apb::audit_service_client::AuditServiceClient::new(app.channel().await)
+        .list_my_access_log(authed(apb::ListMyAccessLogRequest::default(), token))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_signs_only_for_its_issuer_and_a_role_only_comes_from_its_issuers() {
+    let idps = Arc::new(Idps::new());
+    let cfg = idps.clone();
+    let tweak: Tweak = Arc::new(move |c: &mut econsult::Config| {
+        c.trusted_issuers = cfg.issuers.clone();
+    });
+    let app = TestApp::start_configured(Env::sqlite().await, monday_0800(), Some(tweak)).await;
+    let nin = econsult_runtime::nin::synthetic(7);
+    let patient = TokenSpec::Patient {
+        nin: nin.as_str().into(),
+        acr: REQUIRED_ACR.into(),
+    };
+    let ehr = TokenSpec::Ehr {
+        client_id: "epj-1".into(),
+        org_number: ORG_A.into(),
+        scopes: vec!["econsult:booking.read".into(), "econsult:ops".into()],
+    };
+    let ops = TokenSpec::Ops {
+        subject: "ops-1".into(),
+    };
+
+    my_access_log(&app, &sign(&idps.idporten, &patient, IDPORTEN, |_| {}))
+        .await
+        .expect("ID-porten's patient");
+    access_log(&app, &sign(&idps.ops, &ops, OPS_ISSUER, |_| {}))
+        .await
+        .expect("the ops issuer's ops");
+
+    // One issuer's key with another trusted issuer's `iss`: refused.
+    for (what, token) in [
+        (
+            "HelseID key, ID-porten iss",
+            sign(&idps.helseid, &patient, IDPORTEN, |_| {}),
+        ),
+        (
+            "ID-porten key, HelseID iss",
+            sign(&idps.idporten, &ehr, HELSEID, |_| {}),
+        ),
+        (
+            "HelseID key, ops iss",
+            sign(&idps.helseid, &ops, OPS_ISSUER, |_| {}),
+        ),
+    ] {
+        let err = access_log(&app, &token).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+        let err = my_access_log(&app, &token).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+    }
+
+    // An EHR token whose scope includes econsult:ops is an EHR, never ops.
+    let err = access_log(&app, &sign(&idps.helseid, &ehr, HELSEID, |_| {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = access_log(
+        &app,
+        &sign(&idps.helseid, &ops, HELSEID, |c| {
+            c.org_number = Some(ORG_A.into());
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A patient's claims from HelseID are no patient; an ops token from ID-porten is no ops.
+    let err = my_access_log(&app, &sign(&idps.helseid, &patient, HELSEID, |_| {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = access_log(&app, &sign(&idps.idporten, &ops, IDPORTEN, |_| {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbf_and_iat_are_checked_with_the_leeway_and_aud_may_be_an_array() {
+    let app = TestApp::start(Env::sqlite().await).await;
+    let ops = TokenSpec::Ops {
+        subject: "ops-1".into(),
+    };
+    let now = Utc::now().timestamp();
+    let token = |edit: &dyn Fn(&mut Claims)| {
+        let mut claims = ops.claims(now, 600);
+        edit(&mut claims);
+        app.keys.sign(&claims).expect("sign")
+    };
+    let refused = async |what: &str, t: String| {
+        let err = access_log(&app, &t).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{what}: {err:?}");
+    };
+    refused("nbf in 2 min", token(&|c| c.nbf = Some(now + 120))).await;
+    refused("iat in 2 min", token(&|c| c.iat = now + 120)).await;
+    refused(
+        "aud array without ours",
+        token(&|c| c.aud = vec!["other".to_owned(), "another".to_owned()].into()),
+    )
+    .await;
+    access_log(&app, &token(&|c| c.nbf = Some(now + 10)))
+        .await
+        .expect("nbf within the leeway");
+    access_log(&app, &token(&|c| c.iat = now + 10))
+        .await
+        .expect("iat within the leeway");
+    access_log(
+        &app,
+        &token(&|c| c.aud = vec!["other".to_owned(), "econsult".to_owned()].into()),
+    )
+    .await
+    .expect("aud array with ours");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_kid_fetches_the_jwks_once_within_the_rate_limit() {
+    let idp = tempfile::tempdir().expect("tempdir");
+    let key = |name: &str| {
+        DevKeys::load_or_create(&idp.path().join(name))
+            .expect("key")
+            .with_kid(&format!("{name}-1"))
+            .expect("kid")
+    };
+    let (key_a, key_b, key_c) = (key("a"), key("b"), key("c"));
+    let doc = Arc::new(Mutex::new(key_a.jwks().to_owned()));
+    let (url, served) = jwks_server_counting(doc.clone()).await;
+    let tweak: Tweak = Arc::new(move |c: &mut econsult::Config| {
+        c.jwks_url = Some(url.clone());
+        c.jwks_refresh = std::time::Duration::from_secs(3600);
+        c.issuers = vec![econsult_runtime::auth::DEV_ISSUER.into()];
+    });
+    let app = TestApp::start_configured(Env::sqlite().await, monday_0800(), Some(tweak)).await;
+    let ops = TokenSpec::Ops {
+        subject: "ops".into(),
+    };
+    let now = Utc::now().timestamp();
+    assert_eq!(served.load(Ordering::SeqCst), 1, "fetched at start");
+    access_log(&app, &key_a.mint(&ops, now, 600).expect("mint"))
+        .await
+        .expect("key A");
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        1,
+        "a known kid fetches nothing"
+    );
+
+    // The identity provider adds key B and signs with it before our periodic refresh.
+    *doc.lock().expect("lock") = merged_jwks(&[key_a.jwks(), key_b.jwks()]);
+    access_log(&app, &key_b.mint(&ops, now, 600).expect("mint"))
+        .await
+        .expect("key B after one fetch");
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+
+    // Another unknown kid within the rate limit: refused without a fetch.
+    *doc.lock().expect("lock") = merged_jwks(&[key_a.jwks(), key_b.jwks(), key_c.jwks()]);
+    let err = access_log(&app, &key_c.mint(&ops, now, 600).expect("mint"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(served.load(Ordering::SeqCst), 2, "rate-limited");
+    app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

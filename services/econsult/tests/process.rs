@@ -487,6 +487,12 @@ async fn metrics_grpc_web_health_and_both_reflection_versions_are_served() {
     s.read_to_string(&mut body).await.expect("read");
     assert!(body.contains("rpc_server_requests_total"), "{body}");
     assert!(
+        body.lines()
+            .any(|l| l.starts_with("econsult_auth_failures_total")
+                && l.contains("reason=\"missing\"")),
+        "the refused call is counted by reason: {body}"
+    );
+    assert!(
         body.contains("rpc_method=\"/econsult.booking.v1.BookingService/FindSlots\""),
         "{body}"
     );
