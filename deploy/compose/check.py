@@ -55,8 +55,14 @@ def main():
         if not any(str(v).startswith("econsult-data:/var/lib/econsult") for v in svc.get("volumes", [])):
             fail(f"{name}: does not share the econsult-data volume (dev key)")
         env = svc.get("environment") or {}
-        if "ECONSULT_JWKS_FILE" in env or "ECONSULT_JWKS_URL" in env or "ECONSULT_ISSUERS" in env:
-            fail(f"{name}: a JWKS makes the dev tokens of the README useless")
+        if "ECONSULT_JWKS_FILE" in env or "ECONSULT_JWKS_URL" in env:
+            fail(f"{name}: a JWKS other than the dev key's makes the dev tokens of the README useless")
+        # Listening on 0.0.0.0 in a container, a server trusts the development key only when told
+        # to: its JWKS in the shared volume, named as the one issuer.
+        if name != "migrate" and env.get("ECONSULT_ISSUERS") != (
+            "iss=econsult-dev,jwks=/var/lib/econsult/dev-jwks.json,roles=patient+clinician+ehr+ops"
+        ):
+            fail(f"{name}: ECONSULT_ISSUERS must trust the dev key's JWKS explicitly")
         if not str(env.get("ECONSULT_DATABASE_URL", "")).startswith("postgres://"):
             fail(f"{name}: ECONSULT_DATABASE_URL is not PostgreSQL")
         if name == "migrate":

@@ -216,6 +216,12 @@ impl Config {
 
     async fn authenticator(&self) -> anyhow::Result<Authenticator> {
         let Some(configs) = self.issuer_configs()? else {
+            check_dev_key_address(self.listen)?;
+            tracing::warn!(
+                listen = %self.listen,
+                "no identity provider configured: tokens signed by the development key in the data \
+                 directory are trusted; this is for a developer's machine only (loopback)"
+            );
             return DevKeys::load_or_create(&self.data_dir)?.authenticator(&self.audience);
         };
         let mut trusted = Vec::with_capacity(configs.len());
@@ -237,6 +243,23 @@ impl Config {
         }
         Authenticator::new(trusted, self.audience.clone())
     }
+}
+
+/// The development key is trusted only by a server listening on a loopback address: anyone who
+/// can read the data directory (or guess that a default is in force) could otherwise mint tokens
+/// for a server reachable from elsewhere (the container image listens on 0.0.0.0).
+pub fn check_dev_key_address(listen: SocketAddr) -> anyhow::Result<()> {
+    if listen.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "no identity provider is configured (--issuer, or --jwks-file/--jwks-url with \
+         --trusted-issuer) and the server listens on {listen}: the development key is trusted only \
+         on a loopback address. Configure the identity providers, or for a local container stack \
+         trust the development key's JWKS explicitly, e.g. \
+         --issuer 'iss=econsult-dev,jwks=<data dir>/dev-jwks.json,roles=patient+clinician+ehr+ops' \
+         (deploy/compose does)"
+    )
 }
 
 /// The server's start line: where it listens and what it stands on, in words, without
@@ -649,6 +672,31 @@ async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_development_key_is_trusted_only_on_a_loopback_address() {
+        for ok in ["127.0.0.1:50051", "[::1]:50051", "127.0.0.2:0"] {
+            check_dev_key_address(ok.parse().expect("addr")).expect(ok);
+        }
+        for refused in ["0.0.0.0:50051", "[::]:50051", "192.0.2.10:50051"] {
+            let err = check_dev_key_address(refused.parse().expect("addr")).unwrap_err();
+            assert!(err.to_string().contains("loopback"), "{refused}: {err}");
+        }
+    }
+
+    /// The container image listens on 0.0.0.0: without an identity provider it must not start
+    /// (it used to trust the development key in its data directory).
+    #[tokio::test]
+    async fn a_server_on_all_interfaces_without_an_identity_provider_does_not_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::embedded(dir.path().to_path_buf());
+        config.listen = "0.0.0.0:0".parse().expect("addr");
+        let err = match Application::start(config).await {
+            Ok(_) => panic!("started with the development key on 0.0.0.0"),
+            Err(e) => e,
+        };
+        assert!(format!("{err:#}").contains("loopback"), "{err:#}");
+    }
 
     #[test]
     fn the_start_line_says_where_and_on_what_in_words() {
