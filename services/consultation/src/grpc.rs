@@ -134,6 +134,7 @@ impl Done {
 pub struct ConsultationGrpc {
     p: Platform,
     feed: Feed,
+    quotas: crate::Quotas,
 }
 
 /// Who looks at a thread.
@@ -157,7 +158,79 @@ impl ConsultationGrpc {
             p.shutdown.clone(),
             capacity,
         );
-        Self { p, feed }
+        Self {
+            p,
+            feed,
+            quotas: crate::Quotas::default(),
+        }
+    }
+
+    /// The service with these per-patient quotas.
+    pub fn with_quotas(mut self, quotas: crate::Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// Refuses (RESOURCE_EXHAUSTED) what would take the patient past a quota, inside the call's
+    /// transaction and under the patient's lock (two concurrent calls cannot both squeeze in):
+    /// a new thread when `opening`, and `new_bytes` of attachments.
+    async fn check_quotas(
+        &self,
+        tx: &mut Tx,
+        nin: &str,
+        opening: bool,
+        new_bytes: i64,
+    ) -> Result<(), Status> {
+        if !opening && new_bytes == 0 {
+            return Ok(());
+        }
+        self.p
+            .db
+            .lock(tx, &format!("consultation-quota:{nin}"))
+            .await
+            .map_err(|e| db_status("quota lock", e))?;
+        if opening {
+            let open: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM consultation_threads WHERE patient_nin = $1 AND state IN ($2, $3, $4)",
+            )
+            .bind(nin)
+            .bind(state::SUBMITTED)
+            .bind(state::IN_REVIEW)
+            .bind(state::AWAITING_PATIENT)
+            .fetch_one(&mut **tx)
+            .await
+            .and_then(|r| sqlx::Row::try_get(&r, "n"))
+            .map_err(|e| db_status("open threads", e))?;
+            if open >= self.quotas.open_threads {
+                return Err(Status::resource_exhausted(format!(
+                    "you have {open} open e-consultations, the most at a time: wait for an answer, or withdraw one"
+                )));
+            }
+        }
+        if new_bytes > 0 {
+            let since = self.now() - 24 * 3_600_000;
+            let sent: i64 = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(a.size_bytes), 0) AS BIGINT) AS n FROM consultation_attachments a \
+                 JOIN consultation_messages m ON m.message_id = a.message_id \
+                 JOIN consultation_threads t ON t.thread_id = a.thread_id \
+                 WHERE t.patient_nin = $1 AND m.author = 1 AND m.sent_at > $2",
+            )
+            .bind(nin)
+            .bind(since)
+            .fetch_one(&mut **tx)
+            .await
+            .and_then(|r| sqlx::Row::try_get(&r, "n"))
+            .map_err(|e| db_status("attachment bytes", e))?;
+            let limit = self.quotas.attachment_bytes_per_day;
+            if sent + new_bytes > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "attachments: {} bytes more would make {} in 24 hours, over the {limit} a patient may send; try again later",
+                    new_bytes,
+                    sent + new_bytes
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The process's event feed of the change streams.
@@ -771,6 +844,8 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                     "you are not on a GP's list (fastlegeliste): choose a GP first",
                 )
             })?;
+        let new_bytes = attachments.iter().map(|a| a.content.len() as i64).sum();
+        self.check_quotas(&mut op.tx, &nin, true, new_bytes).await?;
         let now = self.now();
         let tx = &mut op.tx;
         let n = store::response_days(tx, &gp.org_number)
@@ -852,6 +927,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             Begun::New(op) => op,
         };
         let mut t = self.locked(&mut op.tx, &viewer, &r.thread_id).await?;
+        let new_bytes = attachments.iter().map(|a| a.content.len() as i64).sum();
+        self.check_quotas(&mut op.tx, &t.patient_nin, false, new_bytes)
+            .await?;
         let to = match t.state {
             state::SUBMITTED | state::IN_REVIEW => t.state,
             state::AWAITING_PATIENT => state::IN_REVIEW,

@@ -23,6 +23,27 @@ use std::time::Duration;
 /// Response SLA when a practice has not set its own (working days).
 pub const DEFAULT_RESPONSE_WORKING_DAYS: u32 = 5;
 
+/// What one patient may store: open threads at a time, and attachment bytes in any 24 hours
+/// (a refused call is RESOURCE_EXHAUSTED naming the limit; nothing is stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Threads submitted, in review or awaiting the patient.
+    pub open_threads: i64,
+    /// Bytes of attachments the patient sent in the last 24 hours.
+    pub attachment_bytes_per_day: i64,
+}
+
+impl Default for Quotas {
+    /// Ten open questions and 30 MiB a day (six full messages of three 5 MiB files would be
+    /// 90 MiB): plenty for a patient, a bound for a script.
+    fn default() -> Self {
+        Self {
+            open_threads: 10,
+            attachment_bytes_per_day: 30 * 1024 * 1024,
+        }
+    }
+}
+
 /// Publishes `econsult_consultations_overdue` (open threads without a practice response whose due
 /// time has passed, per organisation with open threads; 0 included) every `every` and soon after
 /// new events, until shutdown.

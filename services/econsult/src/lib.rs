@@ -115,6 +115,8 @@ pub struct Config {
     /// Batches a consultation change stream may fall behind the process's event feed before
     /// it catches up from the database instead.
     pub consultation_feed_capacity: usize,
+    /// What one patient may store in the consultation service.
+    pub consultation_quotas: econsult_consultation::Quotas,
     /// Per-caller rate limits.
     pub rate_limits: econsult_runtime::ratelimit::RateLimits,
     /// Most concurrent HTTP/2 streams per client connection.
@@ -152,6 +154,7 @@ impl Config {
             audience: econsult_runtime::auth::DEFAULT_AUDIENCE.into(),
             booking: BookingConfig::default(),
             consultation_feed_capacity: econsult_consultation::feed::DEFAULT_CAPACITY,
+            consultation_quotas: Default::default(),
             rate_limits: Default::default(),
             max_streams_per_connection: 256,
             db_max_connections: econsult_runtime::db::DEFAULT_MAX_CONNECTIONS,
@@ -463,7 +466,8 @@ impl Application {
                     let service = econsult_consultation::ConsultationGrpc::with_feed_capacity(
                         platform.clone(),
                         config.consultation_feed_capacity,
-                    );
+                    )
+                    .with_quotas(config.consultation_quotas);
                     consultation_feed = Some(service.feed().clone());
                     let server = service
                         .into_server()

@@ -1282,7 +1282,83 @@ async fn keys_and_attachment_types_are_checked_as_the_protos_say(env: Env) {
     app.shutdown().await;
 }
 
+/// A patient can keep only so many threads open and send only so many attachment bytes a day
+/// (a flood of 6 threads × 15 MiB once went through in 0.9 s): past a quota the call is
+/// RESOURCE_EXHAUSTED, stores nothing, and works again once a thread is withdrawn or a day passed.
+async fn a_patient_stays_within_the_storage_quotas(env: Env) {
+    let tweak: Tweak = std::sync::Arc::new(|c: &mut econsult::Config| {
+        c.consultation_quotas = econsult_consultation::Quotas {
+            open_threads: 2,
+            attachment_bytes_per_day: 1_000,
+        };
+    });
+    let app = TestApp::start_configured(env, oslo(2026, 3, 2, 9, 0), Some(tweak)).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 13, 1).await;
+    let mut c = app.consultation().await;
+    let token = app.patient_token(&nins[0]);
+    let first = start(&app, &nins[0], "one")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    start(&app, &nins[0], "two").await;
+    let err = c
+        .start_consultation(authed(start_req("three"), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("open e-consultations"), "{err:?}");
+    c.withdraw_consultation(authed(
+        pb::WithdrawConsultationRequest {
+            thread_id: first.clone(),
+            idempotency_key: key(),
+        },
+        &token,
+    ))
+    .await
+    .expect("withdraw");
+    let third = start(&app, &nins[0], "three")
+        .await
+        .thread
+        .expect("thread")
+        .thread_id;
+    let with_file = |bytes: usize| pb::SendMessageRequest {
+        thread_id: third.clone(),
+        body: "a picture".into(),
+        attachments: vec![pb::NewAttachment {
+            file_name: "p.png".into(),
+            content_type: "image/png".into(),
+            content: png(bytes),
+        }],
+        idempotency_key: key(),
+    };
+    c.send_message(authed(with_file(500), &token))
+        .await
+        .expect("within the day's bytes");
+    let err = c
+        .send_message(authed(with_file(500), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("attachments"), "{err:?}");
+    let stored: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM consultation_attachments")
+            .fetch_one(app.platform().db.read())
+            .await
+            .expect("count"),
+        "n",
+    )
+    .expect("n");
+    assert_eq!(stored, 1, "the refused message stored nothing");
+    app.clock.advance(chrono::Duration::hours(25));
+    c.send_message(authed(with_file(500), &token))
+        .await
+        .expect("a day later");
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_patient_stays_within_the_storage_quotas,
     keys_and_attachment_types_are_checked_as_the_protos_say,
     a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date,
     an_urgent_request_goes_to_the_office_while_open_and_to_legevakt_otherwise,
