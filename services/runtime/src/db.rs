@@ -324,6 +324,41 @@ impl std::ops::DerefMut for Tx {
     }
 }
 
+/// The file of a `sqlite:` URL (`None` for an in-memory database).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
+/// Creates the database file readable and writable by its owner only (0600), or narrows an
+/// existing one to that: it holds identity numbers and health messages. SQLite gives the
+/// `-wal` and `-shm` files the database file's permissions; existing ones are narrowed too.
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Which engine a [`Db`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -364,6 +399,11 @@ impl Db {
         let max_connections = max_connections.max(1);
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
+            if let Some(path) = sqlite_file(url) {
+                private_file(&path).with_context(|| {
+                    format!("make {} readable by its owner only", path.display())
+                })?;
+            }
             let rw = with_param(url, "mode=rwc");
             let write = AnyPoolOptions::new()
                 .max_connections(1)
@@ -707,5 +747,38 @@ mod tests {
             super::with_database("postgres://u@localhost/admin?sslmode=disable", "run1"),
             "postgres://u@localhost/run1?sslmode=disable"
         );
+    }
+}
+
+#[cfg(all(test, unix))]
+mod file_mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_files_are_readable_by_their_owner_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("econsult.db");
+        let url = format!("sqlite://{}", path.display());
+        let db = Db::connect(&url).await.expect("connect");
+        db.migrate().await.expect("migrate");
+        for suffix in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if suffix.is_empty() || p.exists() {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+            }
+        }
+        db.close().await;
+        // A file made readable by all (an older version) is narrowed at the next start.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let db = Db::connect(&url).await.expect("connect again");
+        assert_eq!(mode(&path), 0o600);
+        db.close().await;
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file(&format!("{url}?mode=rwc")), Some(path));
     }
 }
