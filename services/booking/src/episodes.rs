@@ -351,7 +351,7 @@ impl Episode {
         ]
     }
 
-    /// An episode read back with [`COLS`].
+    /// An episode read back with the columns of [`OPEN_OF_PATIENT`].
     pub fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
         let bad = |what: &str| sqlx::Error::Decode(format!("booking_episodes: bad {what}").into());
         let day: String = r.try_get("day")?;
@@ -406,11 +406,6 @@ impl Episode {
 pub fn inactivity_cutoff(now: DateTime<Utc>) -> i64 {
     now.timestamp_millis() - EPISODE_INACTIVITY_DAYS * 24 * 3_600_000
 }
-
-/// The columns [`Episode::from_row`] reads.
-pub const COLS: &str = "request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \
-     requested_at, day, deadline_end, vacant, closed_in_window, earliest_offer_at, earliest_offer_working_days, \
-     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome";
 
 /// The patient's (`$1`) open episode, active after `$2`.
 pub const OPEN_OF_PATIENT: &str = "SELECT request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \

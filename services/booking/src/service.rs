@@ -453,19 +453,20 @@ fn not_on_a_list() -> BookingError {
 
 /// The earliest slots the practice could offer for `e` at `now`, whatever a search's filters:
 /// the own GP's (none for a list without GP), and the colleagues' and locum's when the own GP has
-/// none in time; within the next 30 days, acute reserve excluded.
+/// none in time; starting before `until`, acute reserve excluded.
 async fn earliest_offers(
     conn: &mut sqlx::AnyConnection,
     gp: &ListGp,
     e: &Episode,
     now: DateTime<Utc>,
+    until: DateTime<Utc>,
 ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), BookingError> {
     let now_ms = now.timestamp_millis();
     let w = Search {
         only: "",
         except: "",
         from: now_ms,
-        to: (now + Duration::days(30)).timestamp_millis(),
+        to: until.timestamp_millis(),
         now: now_ms,
         modality: 0,
         limit: 1,
@@ -529,7 +530,7 @@ pub async fn record_conversion(
         return Ok(Some(e.request_id));
     }
     let mut e = Episode::open(nin, &gp.listed(), Channel::EConsultation, now, &cal);
-    let (own, others) = earliest_offers(tx, &gp, &e, now).await?;
+    let (own, others) = earliest_offers(tx, &gp, &e, now, now + Duration::days(30)).await?;
     e.offered(own, others);
     e.searched(now, true);
     e.write(tx);
@@ -1526,40 +1527,13 @@ impl Booking {
         let unfiltered = modality.is_none()
             && asked_from.is_none_or(|f| f <= now)
             && to.timestamp_millis() >= ep.deadline_end_ms();
-        let earliest = Search {
-            from: now_ms,
-            to: (now + Duration::days(30)).timestamp_millis().max(asked.to),
-            modality: 0,
-            limit: 1,
-            ..asked
-        };
-        let own_earliest = match (vacant, unfiltered) {
-            (true, _) => None,
-            (false, true) => own_first,
-            (false, false) => fetch(
-                &mut conn,
-                Search {
-                    only: &gp.gp_uid,
-                    ..earliest
-                },
-            )
-            .await?
-            .first()
-            .map(|(s, _)| s.start),
-        };
-        let others_earliest = match (own_earliest.is_some_and(|t| ep.in_time(t)), unfiltered) {
-            (true, _) => None,
-            (false, true) if !own_in_time => others_first,
-            (false, _) => fetch(
-                &mut conn,
-                Search {
-                    except: &gp.gp_uid,
-                    ..earliest
-                },
-            )
-            .await?
-            .first()
-            .map(|(s, _)| s.start),
+        // Unfiltered, the own GP's first slot is its earliest, and the colleagues were asked
+        // exactly when the own GP had none in time.
+        let (own_earliest, others_earliest) = if unfiltered {
+            (own_first, if own_in_time { None } else { others_first })
+        } else {
+            let until = (now + Duration::days(30)).max(to);
+            earliest_offers(&mut conn, &gp, &ep, now, until).await?
         };
         drop(conn);
         ep.offered(own_earliest, others_earliest);
@@ -2114,7 +2088,9 @@ impl Booking {
                     requested_at.unwrap_or(now),
                     &cal,
                 );
-                let (own, others) = self.earliest_offers(&mut op.tx, &list_gp, &e, now).await?;
+                let (own, others) =
+                    earliest_offers(&mut op.tx, &list_gp, &e, now, now + Duration::days(30))
+                        .await?;
                 e.offered(own, others);
                 e
             }
@@ -2167,18 +2143,6 @@ impl Booking {
             self.pending.restore(e);
         }
         done
-    }
-
-    /// The earliest slots the practice could offer for `e` at `now`, whatever a search's
-    /// filters: the own GP's, and the colleagues' when the own GP has none in time.
-    async fn earliest_offers(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        gp: &ListGp,
-        e: &Episode,
-        now: DateTime<Utc>,
-    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), BookingError> {
-        earliest_offers(conn, gp, e, now).await
     }
 
     /// Cancels a booked appointment of the patient inside `tx`; returns it and its routing.
