@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod clock;
+pub mod command;
 pub mod db;
 pub mod events;
 pub mod group_commit;

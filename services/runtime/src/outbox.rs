@@ -43,6 +43,15 @@ pub async fn enqueue<P: Serialize>(
     event: NewEvent<'_, P>,
     now_ms: i64,
 ) -> anyhow::Result<String> {
+    write(tx, event, now_ms)
+}
+
+/// [`enqueue`], for code that is not async (e.g. [`crate::idempotency::Op::emit`]).
+pub fn write<P: Serialize>(
+    tx: &mut impl Defer,
+    event: NewEvent<'_, P>,
+    now_ms: i64,
+) -> anyhow::Result<String> {
     let event_id = uuid::Uuid::now_v7().to_string();
     let payload = serde_json::to_string(event.payload)?;
     tx.defer_event(
