@@ -1,7 +1,7 @@
 //! What every service gets from the process: database, event bus, clock, authenticator, the
 //! outbox relay, and a shutdown signal.
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthInterceptor, Authenticator};
 use crate::bus::{DbBus, EventBus, RedisBus};
 use crate::clock::Clock;
 use crate::db::Db;
@@ -9,6 +9,7 @@ use crate::outbox::Relay;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 /// How to build a [`Platform`].
 pub struct PlatformConfig {
@@ -143,5 +144,51 @@ impl PlatformHandle {
         if tokio::time::timeout(deadline, all).await.is_err() {
             tracing::warn!("background tasks did not stop within the shutdown deadline");
         }
+    }
+}
+
+/// Where a service crate mounts itself (its `mount` function): its gRPC server, behind the
+/// caller check, and its background tasks, stopped with the platform.
+pub struct Mount<'a> {
+    routes: &'a mut tonic::service::RoutesBuilder,
+    interceptor: AuthInterceptor,
+    handle: &'a mut PlatformHandle,
+}
+
+impl<'a> Mount<'a> {
+    /// Mounts into `routes`, checking callers with `interceptor`, tracking tasks in `handle`.
+    pub fn new(
+        routes: &'a mut tonic::service::RoutesBuilder,
+        interceptor: AuthInterceptor,
+        handle: &'a mut PlatformHandle,
+    ) -> Self {
+        Self {
+            routes,
+            interceptor,
+            handle,
+        }
+    }
+
+    /// Serves `server` (a generated `…ServiceServer`), every call through the caller check.
+    pub fn serve<S>(&mut self, server: S)
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes
+            .add_service(InterceptedService::new(server, self.interceptor.clone()));
+    }
+
+    /// Runs `task` in the background until shutdown (it watches [`Platform::shutdown`]).
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.handle.track(tokio::spawn(task));
     }
 }
