@@ -8,8 +8,17 @@
 //! the pool's acquire timeout: issue 30); a query without a transaction passes a connection of
 //! the read pool (`&mut *db.read().acquire().await?`).
 
+pub use crate::domain::{AppointmentStatus, Modality};
 use sqlx::AnyConnection;
 use sqlx::Row as _;
+
+/// A stored code that names no variant of its enum (a row written by a newer version).
+fn decode_error(column: &str) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("unknown {column} code").into(),
+    }
+}
 
 /// A GP as other services need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,10 +157,10 @@ pub struct AppointmentRef {
     pub start_ms: i64,
     /// Slot end, ms since the epoch.
     pub end_ms: i64,
-    /// `econsult.booking.v1.Modality` number of the slot (2 = video).
-    pub modality: i64,
-    /// Appointment status: 1 booked, 2 arrived, 3 fulfilled, 4 cancelled, 5 noshow.
-    pub status: i64,
+    /// How the consultation is held.
+    pub modality: Modality,
+    /// Where the appointment stands.
+    pub status: AppointmentStatus,
 }
 
 /// One appointment by id, with its slot and GP.
@@ -178,8 +187,10 @@ pub async fn appointment(
             municipality_number: r.try_get("municipality_number")?,
             start_ms: r.try_get("start_at")?,
             end_ms: r.try_get("end_at")?,
-            modality: r.try_get("modality")?,
-            status: r.try_get("status")?,
+            modality: Modality::from_code(r.try_get("modality")?)
+                .ok_or_else(|| decode_error("modality"))?,
+            status: AppointmentStatus::from_code(r.try_get("status")?)
+                .ok_or_else(|| decode_error("status"))?,
         })
     })
     .transpose()

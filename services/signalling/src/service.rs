@@ -7,7 +7,7 @@
 use crate::hub::Hub;
 use crate::{SignallingConfig, sdp};
 use base64::Engine as _;
-use econsult_booking::directory::{self, AppointmentRef};
+use econsult_booking::directory::{self, AppointmentRef, AppointmentStatus, Modality};
 use econsult_proto::signalling::v1 as pb;
 use econsult_runtime::audit;
 use econsult_runtime::auth::{Caller, Role};
@@ -40,9 +40,6 @@ pub(crate) mod state {
     pub const LEFT: i64 = 4;
 }
 
-const MODALITY_VIDEO: i64 = 2;
-const STATUS_CANCELLED: i64 = 4;
-const STATUS_NOSHOW: i64 = 5;
 const JOIN_ACTION: &str = "/econsult.signalling.v1.SignallingService/JoinSession";
 
 pub(crate) fn other(side: i64) -> i64 {
@@ -326,16 +323,16 @@ impl Signalling {
 
     /// `FAILED_PRECONDITION` unless the appointment is a live video consultation in its window.
     fn check_joinable(&self, appt: &AppointmentRef, now: i64) -> Result<(), Status> {
-        if appt.modality != MODALITY_VIDEO {
+        if appt.modality != Modality::Video {
             return Err(Status::failed_precondition(
                 "the appointment is not a video consultation",
             ));
         }
         match appt.status {
-            STATUS_CANCELLED => {
+            AppointmentStatus::Cancelled => {
                 return Err(Status::failed_precondition("the appointment is cancelled"));
             }
-            STATUS_NOSHOW => {
+            AppointmentStatus::NoShow => {
                 return Err(Status::failed_precondition(
                     "the appointment was recorded as a no-show",
                 ));
