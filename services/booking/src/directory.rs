@@ -247,3 +247,54 @@ pub async fn opening_hours(
     }
     Ok(OpeningHours { phone, periods })
 }
+
+/// GP lists now, for statistics (`StatsService.GetListFigures`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListFigures {
+    /// GP lists.
+    pub lists: u64,
+    /// Lists without a GP (vacant).
+    pub lists_without_gp: u64,
+    /// Persons on those lists.
+    pub persons_on_lists_without_gp: u64,
+    /// Active waitlist entries.
+    pub waitlist_active: u64,
+}
+
+/// [`ListFigures`] of organisation `org` and municipality `municipality` ("" = all).
+pub async fn list_figures(
+    conn: &mut AnyConnection,
+    org: &str,
+    municipality: &str,
+) -> Result<ListFigures, sqlx::Error> {
+    let lists = sqlx::query(
+        "SELECT COUNT(*) AS lists, CAST(COALESCE(SUM(CASE WHEN g.list_status = 2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS vacant \
+         FROM booking_gps g WHERE ($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2)",
+    )
+    .bind(org)
+    .bind(municipality)
+    .fetch_one(&mut *conn)
+    .await?;
+    let persons: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid \
+         WHERE g.list_status = 2 AND ($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2)",
+    )
+    .bind(org)
+    .bind(municipality)
+    .fetch_one(&mut *conn)
+    .await?;
+    let waitlist: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM booking_waitlist w JOIN booking_gps g ON g.gp_uid = w.gp_uid \
+         WHERE w.active = 1 AND ($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2)",
+    )
+    .bind(org)
+    .bind(municipality)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(ListFigures {
+        lists: lists.try_get::<i64, _>("lists")? as u64,
+        lists_without_gp: lists.try_get::<i64, _>("vacant")? as u64,
+        persons_on_lists_without_gp: persons as u64,
+        waitlist_active: waitlist as u64,
+    })
+}

@@ -8,9 +8,8 @@ use econsult_proto::audit::v1::audit_service_server::AuditServiceServer;
 use econsult_runtime::audit::AuditGrpc;
 use econsult_runtime::auth::{AuthInterceptor, Authenticator, DevKeys};
 use econsult_runtime::clock::Clock;
-use econsult_runtime::platform::{Platform, PlatformConfig, PlatformHandle};
+use econsult_runtime::platform::{Mount, Platform, PlatformConfig, PlatformHandle};
 use econsult_runtime::telemetry::RpcMetricsLayer;
-use econsult_stats::{Aggregator, StatsGrpc};
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -503,29 +502,11 @@ impl Application {
                         interceptor.clone(),
                     ));
                 }
-                ServiceKind::Stats => {
-                    handle.track(tokio::spawn(econsult_stats::run_gauges(
-                        platform.clone(),
-                        Duration::from_secs(15),
-                    )));
-                    let agg = Aggregator::new(platform.db.clone());
-                    handle.track(tokio::spawn(
-                        agg.run(platform.clone(), config.instance_id.clone()),
-                    ));
-                    // The outbox is the ground truth: apply what the bus lost (Redis restart,
-                    // an instance killed with entries it took) within two periods.
-                    handle.track(tokio::spawn(
-                        Aggregator::new(platform.db.clone())
-                            .run_catch_up(platform.clone(), econsult_stats::CATCH_UP_EVERY),
-                    ));
-                    let server = StatsGrpc::new(platform.db.clone())
-                        .into_server()
-                        .max_decoding_message_size(MAX_MESSAGE);
-                    routes.add_service(tonic::service::interceptor::InterceptedService::new(
-                        server,
-                        interceptor.clone(),
-                    ));
-                }
+                ServiceKind::Stats => econsult_stats::mount(
+                    &platform,
+                    &config.instance_id,
+                    &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
+                ),
             }
             health
                 .set_service_status(kind.grpc_name(), ServingStatus::Serving)

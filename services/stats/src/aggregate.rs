@@ -1,16 +1,18 @@
 //! Applies events to the aggregate tables, exactly once per event id.
 
+use crate::store::{
+    self, APPOINTMENTS, BOOKING_REQUESTS, CONSULTATION_RESPONSES, CONTACTS, Table, VIDEO_SESSIONS,
+};
 use econsult_calendar::oslo_date;
 use econsult_runtime::bus::{Delivery, Event};
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::db::{Db, Tx, Value, bind_values};
+use econsult_runtime::db::{Db, Tx, Value};
 use econsult_runtime::events::{
     AppointmentChanged, BookingRequested, ConsultationChanged, VideoSessionEnded, topics,
 };
 use econsult_runtime::platform::Platform;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
-use sqlx::Row as _;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -22,16 +24,6 @@ struct Contact<'a> {
     ctype: &'static str,
     tariff: &'a str,
 }
-
-/// Every table the aggregator writes (migrations 0003_stats.sql); a rebuild clears them all.
-pub const AGGREGATE_TABLES: [&str; 6] = [
-    "stats_contacts",
-    "stats_booking_requests",
-    "stats_appointments",
-    "stats_counted_appointments",
-    "stats_video_sessions",
-    "stats_consultation_responses",
-];
 
 /// Consumer group of the statistics service on the bus.
 pub const CONSUMER_GROUP: &str = "stats";
@@ -102,106 +94,6 @@ impl Tally {
     }
 }
 
-/// An aggregate table: the columns of a row's key and the columns summed into it.
-struct Table {
-    name: &'static str,
-    keys: &'static [&'static str],
-    sums: &'static [&'static str],
-}
-
-const CONTACTS: Table = Table {
-    name: "stats_contacts",
-    keys: &[
-        "day",
-        "org_number",
-        "municipality_number",
-        "gp_id",
-        "contact_type",
-        "tariff_code",
-    ],
-    sums: &["n"],
-};
-const BOOKING_REQUESTS: Table = Table {
-    name: "stats_booking_requests",
-    keys: &[
-        "day",
-        "org_number",
-        "municipality_number",
-        "gp_id",
-        "working_days",
-        "within_target",
-        "breach_reason",
-    ],
-    sums: &["n"],
-};
-const APPOINTMENTS: Table = Table {
-    name: "stats_appointments",
-    keys: &["day", "org_number", "municipality_number", "gp_id", "kind"],
-    sums: &["n"],
-};
-const VIDEO_SESSIONS: Table = Table {
-    name: "stats_video_sessions",
-    keys: &[
-        "day",
-        "org_number",
-        "municipality_number",
-        "gp_id",
-        "connected",
-        "held",
-    ],
-    sums: &["n", "connected_ms"],
-};
-const CONSULTATION_RESPONSES: Table = Table {
-    name: "stats_consultation_responses",
-    keys: &[
-        "day",
-        "org_number",
-        "municipality_number",
-        "gp_id",
-        "category",
-        "working_days",
-        "within_sla",
-    ],
-    sums: &["n"],
-};
-
-/// Rows per multi-row statement: well under SQLite's 32 766 bound parameters.
-const ROWS_PER_STATEMENT: usize = 500;
-
-impl Table {
-    /// `INSERT … VALUES (…), … ON CONFLICT (key) DO UPDATE SET n = t.n + excluded.n, …` for
-    /// `rows` rows of key and sum columns.
-    fn upsert(&self, rows: usize) -> String {
-        let columns: Vec<&str> = self.keys.iter().chain(self.sums).copied().collect();
-        let set: Vec<String> = self
-            .sums
-            .iter()
-            .map(|c| format!("{c} = {t}.{c} + excluded.{c}", t = self.name))
-            .collect();
-        format!(
-            "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
-            self.name,
-            columns.join(", "),
-            placeholders(rows, columns.len()),
-            self.keys.join(", "),
-            set.join(", ")
-        )
-    }
-}
-
-/// `($1, $2), ($3, $4)` for two rows of two columns.
-fn placeholders(rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let row: Vec<String> = (1..=columns)
-                .map(|c| format!("${}", r * columns + c))
-                .collect();
-            format!("({})", row.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The counts of one transaction, summed per aggregate row and written at the end as one
 /// multi-row upsert per table. Summing first is what lets one statement carry them (an upsert
 /// may touch a row only once); the rows go in key order and the tables in name order, so
@@ -227,56 +119,24 @@ impl Increments {
         }
     }
 
-    async fn write(self, tx: &mut Tx) -> anyhow::Result<()> {
+    async fn write(self, tx: &mut Tx) -> Result<(), sqlx::Error> {
         for (table, rows) in self.0.into_values() {
             let rows: Vec<(Vec<Value>, Vec<i64>)> = rows.into_iter().collect();
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let values = chunk
-                    .iter()
-                    .flat_map(|(key, sums)| {
-                        key.iter()
-                            .cloned()
-                            .chain(sums.iter().map(|&s| Value::Int(s)))
-                    })
-                    .collect();
-                bind_values(sqlx::query(&table.upsert(chunk.len())), values)
-                    .execute(&mut **tx)
-                    .await?;
-            }
+            store::upsert(tx, table, &rows).await?;
         }
         Ok(())
     }
 }
 
-/// Marks `events` processed by this consumer (multi-row inserts, in event id order so that
-/// concurrent consumers lock in the same order) and returns the ids that were not marked before.
-async fn mark_processed(tx: &mut Tx, events: &[&Event]) -> anyhow::Result<HashSet<String>> {
+/// Marks `events` processed by this consumer (in event id order, so that concurrent consumers
+/// lock in the same order) and returns the ids that were not marked before.
+async fn mark_processed(tx: &mut Tx, events: &[&Event]) -> Result<HashSet<String>, sqlx::Error> {
     let mut sorted = events.to_vec();
     sorted.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
-    let mut fresh = HashSet::with_capacity(events.len());
-    for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
-            placeholders(chunk.len(), 3)
-        );
-        let values = chunk
-            .iter()
-            .flat_map(|e| {
-                [
-                    CONSUMER_GROUP.into(),
-                    e.event_id.as_str().into(),
-                    e.created_at.into(),
-                ]
-            })
-            .collect();
-        for row in bind_values(sqlx::query(&sql), values)
-            .fetch_all(&mut **tx)
-            .await?
-        {
-            fresh.insert(row.try_get("event_id")?);
-        }
-    }
-    Ok(fresh)
+    Ok(store::mark_processed(tx, CONSUMER_GROUP, &sorted)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// The Oslo day of an instant, as the aggregate tables key it.
@@ -524,16 +384,10 @@ impl Aggregator {
         at_ms: i64,
         c: Contact<'_>,
     ) -> anyhow::Result<()> {
-        if let Some(id) = appointment_id {
-            let first = sqlx::query("INSERT INTO stats_counted_appointments (appointment_id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(id)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if !first {
-                return Ok(());
-            }
+        if let Some(id) = appointment_id
+            && !store::count_appointment_once(tx, id).await?
+        {
+            return Ok(());
         }
         inc.add(
             &CONTACTS,
@@ -570,25 +424,13 @@ impl Aggregator {
     /// instance took from it and never applied, are applied here. Returns how many were new.
     pub async fn catch_up(&self, through: i64, limit: i64) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
-        let after: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) FROM bus_offsets WHERE consumer_group = $1",
-        )
-        .bind(CATCH_UP_GROUP)
-        .fetch_one(&mut *tx)
-        .await?;
+        let after = store::watermark(&mut tx, CATCH_UP_GROUP).await?;
         let mut tally = Tally::default();
         let (fresh, last) = self
             .apply_outbox_after(&mut tx, after, through, limit, &mut tally)
             .await?;
         if last > after {
-            sqlx::query(
-                "INSERT INTO bus_offsets (consumer_group, seq) VALUES ($1, $2) \
-                 ON CONFLICT (consumer_group) DO UPDATE SET seq = CASE WHEN excluded.seq > bus_offsets.seq THEN excluded.seq ELSE bus_offsets.seq END",
-            )
-            .bind(CATCH_UP_GROUP)
-            .bind(last)
-            .execute(&mut *tx)
-            .await?;
+            store::advance_watermark(&mut tx, CATCH_UP_GROUP, last).await?;
         }
         tx.commit().await?;
         tally.publish();
@@ -614,11 +456,11 @@ impl Aggregator {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.changed() => return,
             }
-            let sequenced: anyhow::Result<Option<i64>> =
-                sqlx::query_scalar("SELECT MAX(seq) FROM outbox")
-                    .fetch_one(self.db.read())
-                    .await
-                    .map_err(Into::into);
+            let sequenced = async {
+                let mut conn = self.db.read().acquire().await?;
+                store::last_sequenced(&mut conn).await
+            }
+            .await;
             let next = match sequenced {
                 Ok(max) => max.unwrap_or(0),
                 Err(e) => {
@@ -689,15 +531,7 @@ impl Aggregator {
     /// would count them twice).
     pub async fn rebuild(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
-        for t in AGGREGATE_TABLES {
-            sqlx::query(&format!("DELETE FROM {t}"))
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("DELETE FROM processed_events WHERE consumer = $1")
-            .bind(CONSUMER_GROUP)
-            .execute(&mut *tx)
-            .await?;
+        store::clear(&mut tx, CONSUMER_GROUP).await?;
         let (mut after, mut n) = (0i64, 0);
         let mut not_counted = Tally::default();
         loop {
@@ -725,32 +559,10 @@ impl Aggregator {
         limit: i64,
         tally: &mut Tally,
     ) -> anyhow::Result<(usize, i64)> {
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(seq) FROM (SELECT seq FROM outbox WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3) AS r",
-        )
-        .bind(after)
-        .bind(through)
-        .bind(limit)
-        .fetch_one(&mut **tx)
-        .await?;
-        let Some(last) = last else {
+        let Some(last) = store::range_end(tx, after, through, limit).await? else {
             return Ok((0, after));
         };
-        let rows = sqlx::query(
-            "SELECT o.seq, o.event_id, o.topic, o.org_number, o.payload, o.created_at FROM outbox o \
-             WHERE o.seq > $1 AND o.seq <= $2 \
-             AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.consumer = $3 AND p.event_id = o.event_id) \
-             ORDER BY o.seq",
-        )
-        .bind(after)
-        .bind(last)
-        .bind(CONSUMER_GROUP)
-        .fetch_all(&mut **tx)
-        .await?;
-        let events = rows
-            .iter()
-            .map(econsult_runtime::outbox::event_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = store::unprocessed_events(tx, CONSUMER_GROUP, after, last).await?;
         let fresh = self.apply_all(tx, &events, tally).await?;
         Ok((fresh, last))
     }
@@ -772,7 +584,7 @@ mod tests {
                 .filter_map(|l| l.split_whitespace().next())
                 .collect();
             tables.sort_unstable();
-            let mut listed = AGGREGATE_TABLES.to_vec();
+            let mut listed: Vec<&str> = store::AGGREGATE_TABLES.iter().map(|(t, _)| *t).collect();
             listed.sort_unstable();
             assert_eq!(tables, listed);
         }
@@ -811,14 +623,46 @@ mod tests {
 
     #[test]
     fn an_upsert_numbers_the_placeholders_of_every_row_and_adds_every_sum() {
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(
-            VIDEO_SESSIONS.upsert(2),
+            VIDEO_SESSIONS.upsert.sql(2),
             "INSERT INTO stats_video_sessions (day, org_number, municipality_number, gp_id, connected, held, n, connected_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8), ($9, $10, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (day, org_number, municipality_number, gp_id, connected, held) \
              DO UPDATE SET n = stats_video_sessions.n + excluded.n, connected_ms = stats_video_sessions.connected_ms + excluded.connected_ms"
         );
+    }
+
+    #[test]
+    fn each_upsert_literal_names_its_tables_key_and_sum_columns() {
+        for t in [
+            &CONTACTS,
+            &BOOKING_REQUESTS,
+            &APPOINTMENTS,
+            &VIDEO_SESSIONS,
+            &CONSULTATION_RESPONSES,
+        ] {
+            let columns: Vec<&str> = t.keys.iter().chain(t.sums).copied().collect();
+            assert_eq!(
+                t.upsert.head,
+                format!("INSERT INTO {} ({}) VALUES", t.name, columns.join(", "))
+            );
+            assert_eq!(t.upsert.columns, columns.len(), "{}", t.name);
+            let set: Vec<String> = t
+                .sums
+                .iter()
+                .map(|c| format!("{c} = {t}.{c} + excluded.{c}", t = t.name))
+                .collect();
+            assert_eq!(
+                t.upsert.tail,
+                format!(
+                    "ON CONFLICT ({}) DO UPDATE SET {}",
+                    t.keys.join(", "),
+                    set.join(", ")
+                ),
+                "{}",
+                t.name
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,258 @@
+//! The queries of the statistics service, on domain types: contact counts and exports, the
+//! five-working-day figures (`econsult_booking::episodes` defines and stores them), response
+//! times, video sessions, lists; and the SLA gauges.
+
+use crate::domain::{
+    AppointmentCounts, BookingRequests, ContactCount, Dimensions, Export, ExportLevel, Filter,
+    Granularity, ListFigures, ResponseTimes, VideoSessions,
+};
+use crate::error::StatsError;
+use crate::store;
+use econsult_booking::{directory, episodes};
+use econsult_runtime::db::Db;
+use econsult_runtime::platform::Platform;
+use opentelemetry::KeyValue;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Smallest count shown in a municipality-level export (smaller cells are suppressed so nobody
+/// can be identified).
+pub const SMALL_CELL: u64 = 5;
+
+/// The stable header of contact exports.
+pub const CSV_HEADER: &str =
+    "period,org_number,municipality_number,gp_id,contact_type,tariff_code,count,suppressed";
+
+/// The statistics queries over the aggregate tables.
+#[derive(Clone)]
+pub struct Stats {
+    db: Db,
+}
+
+/// Period label of an ISO day at a granularity.
+pub fn period(day: &str, g: Granularity) -> String {
+    use chrono::Datelike as _;
+    let Ok(d) = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d") else {
+        return day.to_owned();
+    };
+    match g {
+        Granularity::IsoWeek => {
+            let w = d.iso_week();
+            format!("{}-W{:02}", w.year(), w.week())
+        }
+        Granularity::Month => format!("{}-{:02}", d.year(), d.month()),
+        Granularity::Day => day.to_owned(),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+impl Stats {
+    /// Queries over `db`.
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StatsError> {
+        Ok(self.db.read().acquire().await?)
+    }
+
+    /// Contact counts grouped by period and the kept dimensions.
+    pub async fn contact_breakdown(
+        &self,
+        f: &Filter,
+        g: Granularity,
+        keep: Dimensions,
+    ) -> Result<Vec<ContactCount>, StatsError> {
+        let rows = store::contact_counts(&mut *self.conn().await?, f).await?;
+        let mut sums: BTreeMap<(String, [String; 6]), u64> = BTreeMap::new();
+        for r in rows {
+            let kept = |yes: bool, v: String| if yes { v } else { String::new() };
+            let key = [
+                kept(keep.org, r.org_number),
+                kept(keep.municipality, r.municipality_number),
+                kept(keep.gp, r.gp_id),
+                kept(keep.contact_type, r.contact_type),
+                kept(keep.tariff_code, r.tariff_code),
+                kept(keep.kpr_category, r.kpr_category),
+            ];
+            *sums.entry((period(&r.period, g), key)).or_default() += r.count;
+        }
+        Ok(sums
+            .into_iter()
+            .map(
+                |((period, [org, muni, gp, ctype, tariff, kpr]), count)| ContactCount {
+                    period,
+                    org_number: org,
+                    municipality_number: muni,
+                    gp_id: gp,
+                    contact_type: ctype,
+                    tariff_code: tariff,
+                    kpr_category: kpr,
+                    count,
+                },
+            )
+            .collect())
+    }
+
+    /// CSV export; municipality level sums over organisation and GP and suppresses small cells.
+    pub async fn export(
+        &self,
+        f: &Filter,
+        g: Granularity,
+        level: ExportLevel,
+    ) -> Result<Export, StatsError> {
+        let municipal = level == ExportLevel::Municipality;
+        let keep = if municipal {
+            Dimensions {
+                municipality: true,
+                contact_type: true,
+                tariff_code: true,
+                kpr_category: true,
+                ..Dimensions::NONE
+            }
+        } else {
+            Dimensions::ALL
+        };
+        let rows = self.contact_breakdown(f, g, keep).await?;
+        let mut csv = String::with_capacity(64 * (rows.len() + 1));
+        csv.push_str(CSV_HEADER);
+        csv.push_str("\r\n");
+        let mut suppressed_rows = 0;
+        for r in &rows {
+            let suppressed = municipal && r.count < SMALL_CELL;
+            if suppressed {
+                suppressed_rows += 1;
+            }
+            let count = if suppressed {
+                String::new()
+            } else {
+                r.count.to_string()
+            };
+            let fields = [
+                r.period.as_str(),
+                &r.org_number,
+                &r.municipality_number,
+                &r.gp_id,
+                &r.contact_type,
+                &r.tariff_code,
+                &count,
+                if suppressed { "true" } else { "false" },
+            ];
+            let line: Vec<String> = fields.iter().map(|v| csv_field(v)).collect();
+            csv.push_str(&line.join(","));
+            csv.push_str("\r\n");
+        }
+        Ok(Export {
+            csv,
+            rows: rows.len() as u64,
+            suppressed_rows,
+        })
+    }
+
+    /// The booking requests as `econsult_booking::episodes` defines and stores them, and the
+    /// appointment counts.
+    pub async fn accessibility(
+        &self,
+        f: &Filter,
+    ) -> Result<(BookingRequests, AppointmentCounts), StatsError> {
+        let scope = episodes::Scope {
+            from: f.from.clone(),
+            to: f.to.clone(),
+            org: f.org.clone(),
+            municipality: f.municipality.clone(),
+            gp: f.gp.clone(),
+        };
+        let requests = episodes::accessibility(&self.db, &scope).await?;
+        let appointments = store::appointment_counts(&mut *self.conn().await?, f).await?;
+        Ok((requests, appointments))
+    }
+
+    /// First-response figures of text consultations.
+    pub async fn response_times(&self, f: &Filter) -> Result<ResponseTimes, StatsError> {
+        Ok(store::response_times(&mut *self.conn().await?, f).await?)
+    }
+
+    /// Video session figures.
+    pub async fn video_sessions(&self, f: &Filter) -> Result<VideoSessions, StatsError> {
+        Ok(store::video_sessions(&mut *self.conn().await?, f).await?)
+    }
+
+    /// Lists and waitlists now (booking owns them: read through its directory).
+    pub async fn list_figures(&self, f: &Filter) -> Result<ListFigures, StatsError> {
+        Ok(directory::list_figures(&mut *self.conn().await?, &f.org, &f.municipality).await?)
+    }
+}
+
+/// Publishes the SLA gauges every `every` (and a second after new events) until shutdown, from
+/// the aggregates of the current Oslo day and the last 30 days:
+/// - `econsult_booking_within_target_share{municipality_number}`: share of the booking requests
+///   opened today (Oslo day 0) for which the practice offered a slot within five working days,
+///   as `econsult_booking::episodes` defines it;
+/// - `econsult_consultation_within_sla_share{municipality_number}`: share of first responses in
+///   the last 30 days that came before the due time.
+pub async fn run_gauges(p: Platform, every: Duration) {
+    let meter = opentelemetry::global::meter("econsult.stats");
+    let booking = meter
+        .f64_gauge("econsult_booking_within_target_share")
+        .with_description(
+            "Share of today's booking requests with an offer within five working days",
+        )
+        .build();
+    let consultation = meter
+        .f64_gauge("econsult_consultation_within_sla_share")
+        .with_description(
+            "Share of e-consultation first responses in the last 30 days within the SLA",
+        )
+        .build();
+    let mut ticker = p.ticker(every);
+    loop {
+        let today = econsult_calendar::oslo_date(p.clock.now());
+        let month_ago = today - chrono::Duration::days(30);
+        let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+        // Today's booking requests, as GetBookingAccessibility counts them.
+        let scope = episodes::Scope {
+            from: day(today),
+            to: day(today),
+            ..Default::default()
+        };
+        let q1: Result<Vec<(String, i64, i64)>, StatsError> =
+            episodes::accessibility_by_municipality(&p.db, &scope)
+                .await
+                .map(|m| {
+                    m.into_iter()
+                        .map(|(k, a)| (k, a.requests as i64, a.within_target as i64))
+                        .collect()
+                })
+                .map_err(Into::into);
+        let q2: Result<Vec<(String, i64, i64)>, StatsError> = async {
+            let mut conn = p.db.read().acquire().await?;
+            Ok(store::responses_by_municipality(&mut conn, &day(month_ago), &day(today)).await?)
+        }
+        .await;
+        for (rows, gauge) in [(q1, &booking), (q2, &consultation)] {
+            match rows {
+                Ok(rows) => {
+                    for (m, n, ok) in rows {
+                        if n > 0 {
+                            gauge.record(
+                                ok as f64 / n as f64,
+                                &[KeyValue::new("municipality_number", m)],
+                            );
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "SLA gauge query failed"),
+            }
+        }
+        if !ticker.tick().await {
+            return;
+        }
+    }
+}
