@@ -1,0 +1,161 @@
+//! Local development keys and tokens (`econsult dev-token`).
+
+use super::*;
+
+/// The local development signing key (Ed25519), kept in the data directory.
+pub struct DevKeys {
+    pub(super) encoding: EncodingKey,
+    jwks: String,
+    kid: String,
+}
+
+pub(super) const DEV_KID: &str = "econsult-dev-1";
+
+impl DevKeys {
+    /// Loads the key from `data_dir`, creating it (mode 0600) on first use.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
+        use ed25519_dalek::SigningKey;
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("dev-signing-key.b64");
+        let seed: [u8; 32] = if path.exists() {
+            let text = std::fs::read_to_string(&path)?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim())?;
+            bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?
+        } else {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let seed = key.to_bytes();
+            write_private(
+                &path,
+                &base64::engine::general_purpose::STANDARD.encode(seed),
+            )?;
+            seed
+        };
+        let key = SigningKey::from_bytes(&seed);
+        let der = key.to_pkcs8_der()?;
+        let encoding = EncodingKey::from_ed_der(der.as_bytes());
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes());
+        let jwks = serde_json::json!({
+            "keys": [{ "kty": "OKP", "crv": "Ed25519", "x": x, "kid": DEV_KID, "alg": "EdDSA", "use": "sig" }]
+        })
+        .to_string();
+        std::fs::write(data_dir.join("dev-jwks.json"), &jwks)?;
+        Ok(Self {
+            encoding,
+            jwks,
+            kid: DEV_KID.to_owned(),
+        })
+    }
+
+    /// The same key under another `kid` (in its JWKS and in the tokens it signs): for tests of
+    /// key rotation at an identity provider.
+    pub fn with_kid(mut self, kid: &str) -> anyhow::Result<Self> {
+        let mut doc: serde_json::Value = serde_json::from_str(&self.jwks)?;
+        doc["keys"][0]["kid"] = kid.into();
+        self.jwks = doc.to_string();
+        self.kid = kid.to_owned();
+        Ok(self)
+    }
+
+    /// The public key set (JWKS JSON) that validates dev tokens.
+    pub fn jwks(&self) -> &str {
+        &self.jwks
+    }
+
+    /// An authenticator that trusts the dev key.
+    pub fn authenticator(&self, audience: &str) -> anyhow::Result<Authenticator> {
+        Authenticator::from_jwks(&self.jwks, DEV_ISSUER, audience.to_owned())
+    }
+
+    /// Signs `claims` (issuer and audience are taken as given).
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
+    }
+
+    /// Mints a token for `spec`, valid for `ttl_seconds` from `now`.
+    pub fn mint(&self, spec: &TokenSpec, now: i64, ttl_seconds: i64) -> anyhow::Result<String> {
+        self.sign(&spec.claims(now, ttl_seconds))
+    }
+}
+
+pub(super) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(contents.as_bytes())
+}
+
+/// What a development token should say.
+#[derive(Debug, Clone)]
+pub enum TokenSpec {
+    /// A patient with this identity number and assurance level.
+    Patient { nin: String, acr: String },
+    /// Health personnel of an organisation.
+    Clinician {
+        hpr_number: String,
+        org_number: String,
+        scopes: Vec<String>,
+    },
+    /// An EHR system of an organisation.
+    Ehr {
+        client_id: String,
+        org_number: String,
+        scopes: Vec<String>,
+    },
+    /// Operations.
+    Ops { subject: String },
+}
+
+impl TokenSpec {
+    /// The claims of a token for this spec, issued by [`DEV_ISSUER`] for [`DEFAULT_AUDIENCE`].
+    pub fn claims(&self, now: i64, ttl_seconds: i64) -> Claims {
+        let mut c = Claims {
+            iss: DEV_ISSUER.to_owned(),
+            aud: DEFAULT_AUDIENCE.into(),
+            iat: now,
+            exp: now + ttl_seconds,
+            ..Claims::default()
+        };
+        match self {
+            TokenSpec::Patient { nin, acr } => {
+                c.sub = format!(
+                    "idporten:{}",
+                    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, nin.as_bytes())
+                );
+                c.pid = Some(nin.clone());
+                c.acr = Some(acr.clone());
+            }
+            TokenSpec::Clinician {
+                hpr_number,
+                org_number,
+                scopes,
+            } => {
+                c.sub = format!("hpr:{hpr_number}");
+                c.hpr_number = Some(hpr_number.clone());
+                c.org_number = Some(org_number.clone());
+                c.scope = Some(scopes.join(" "));
+            }
+            TokenSpec::Ehr {
+                client_id,
+                org_number,
+                scopes,
+            } => {
+                c.sub = client_id.clone();
+                c.org_number = Some(org_number.clone());
+                c.scope = Some(scopes.join(" "));
+            }
+            TokenSpec::Ops { subject } => {
+                c.sub = subject.clone();
+                c.scope = Some(OPS_SCOPE.to_owned());
+            }
+        }
+        c
+    }
+}

@@ -1,0 +1,350 @@
+//! Bearer-token authentication and the caller's role.
+//!
+//! Tokens are JWTs validated against the JWKS of their issuer (issuer, audience, `exp`/`nbf`/`iat`
+//! with [`EXPIRY_LEEWAY_SECONDS`], signature). Each trusted issuer has its own key set and the
+//! roles it may grant ([`IssuerConfig`]): a key verifies only tokens whose `iss` is its issuer,
+//! and a role its issuer may not grant is never derived. The role is read from the claims:
+//! - **patient**: an ID-porten token with `pid` (national identity number) and
+//!   `acr = idporten-loa-high`; a lower level is refused (the app must log in again, stronger);
+//! - **clinician**: a HelseID token with the HPR number claim and an organisation number;
+//! - **ehr**: a HelseID client-credentials token with scopes (`econsult:booking.write`, …) and
+//!   an organisation number;
+//! - **ops**: a token with the scope `econsult:ops`, from an issuer configured for ops only
+//!   (the scope means nothing in a token of another issuer).
+//!
+//! Locally, [`DevKeys`] creates an Ed25519 key in the data directory on first start and mints
+//! tokens for every role (`econsult dev-token`), so real calls can be made without an identity
+//! provider.
+
+use crate::nin::NationalId;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::JwkSet};
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeSet, path::Path, sync::Arc};
+use tonic::{Request, Status};
+
+/// The ID-porten assurance level GP services require.
+pub const REQUIRED_ACR: &str = "idporten-loa-high";
+/// HelseID claim with the HPR number of health personnel.
+pub const HPR_CLAIM: &str = "helseid://claims/hpr/hpr_number";
+/// HelseID claim with the organisation number of the client's (parent) organisation.
+pub const ORG_CLAIM: &str = "helseid://claims/client/claims/orgnr_parent";
+/// Scope that makes a token an operations token.
+pub const OPS_SCOPE: &str = "econsult:ops";
+/// Issuer of locally minted development tokens.
+pub const DEV_ISSUER: &str = "econsult-dev";
+/// Default audience of econsult tokens.
+pub const DEFAULT_AUDIENCE: &str = "econsult";
+
+/// What kind of caller a token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A patient logged in through ID-porten.
+    Patient,
+    /// Health personnel logged in through HelseID.
+    Clinician,
+    /// An EHR system (client credentials).
+    Ehr,
+    /// Operations.
+    Ops,
+}
+
+impl Role {
+    /// The number used in storage and in `econsult.audit.v1.CallerRole`.
+    pub fn code(self) -> i64 {
+        match self {
+            Role::Patient => 1,
+            Role::Clinician => 2,
+            Role::Ehr => 3,
+            Role::Ops => 4,
+        }
+    }
+    /// The role's name in logs: `patient`, `clinician`, `ehr`, `ops`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Patient => "patient",
+            Role::Clinician => "clinician",
+            Role::Ehr => "ehr",
+            Role::Ops => "ops",
+        }
+    }
+    /// Inverse of [`Role::code`].
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            1 => Role::Patient,
+            2 => Role::Clinician,
+            3 => Role::Ehr,
+            4 => Role::Ops,
+            _ => return None,
+        })
+    }
+}
+
+/// The authenticated caller of an RPC, put in the request extensions by [`AuthInterceptor`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Token subject.
+    pub subject: String,
+    /// Role derived from the claims.
+    pub role: Role,
+    /// The patient's identity number (patients only).
+    pub nin: Option<NationalId>,
+    /// HPR number (clinicians only).
+    pub hpr_number: Option<String>,
+    /// Organisation number (clinicians and EHR systems).
+    pub org_number: Option<String>,
+    /// Granted scopes.
+    pub scopes: BTreeSet<String>,
+    /// The token's `exp` (Unix seconds): streams opened with it end when it is no longer
+    /// accepted ([`end_at_token_expiry`]).
+    pub expires_at: i64,
+}
+
+impl Caller {
+    /// Takes the caller out of a request that passed the [`AuthInterceptor`].
+    pub fn from_request<T>(req: &Request<T>) -> Result<&Caller, Status> {
+        req.extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+    }
+
+    /// The patient's identity number, or `PERMISSION_DENIED` for any other role.
+    pub fn patient(&self) -> Result<&NationalId, Status> {
+        match (&self.role, &self.nin) {
+            (Role::Patient, Some(nin)) => Ok(nin),
+            _ => Err(Status::permission_denied("this call is for patients")),
+        }
+    }
+
+    /// The organisation of an EHR system or clinician holding `scope`, or `PERMISSION_DENIED`.
+    pub fn org_with_scope(&self, scope: &str) -> Result<&str, Status> {
+        match (&self.role, &self.org_number) {
+            (Role::Ehr | Role::Clinician, Some(org)) if self.scopes.contains(scope) => Ok(org),
+            (Role::Ehr | Role::Clinician, Some(_)) => Err(Status::permission_denied(format!(
+                "token lacks the scope {scope}"
+            ))),
+            _ => Err(Status::permission_denied(
+                "this call is for EHR systems and health personnel",
+            )),
+        }
+    }
+
+    /// `Ok` for operations, `PERMISSION_DENIED` otherwise.
+    pub fn ops(&self) -> Result<(), Status> {
+        if self.role == Role::Ops {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("this call is for operations"))
+        }
+    }
+}
+
+/// The claims econsult reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject.
+    pub sub: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience: one string or an array (HelseID sends arrays).
+    pub aud: Audience,
+    /// Expiry (seconds since the epoch).
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// ID-porten: national identity number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
+    /// ID-porten: assurance level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// Space-separated scopes (a JSON array of scopes, as HelseID sends, is read into this form).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "scope_string_or_array"
+    )]
+    pub scope: Option<String>,
+    /// HelseID: HPR number.
+    #[serde(
+        rename = "helseid://claims/hpr/hpr_number",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hpr_number: Option<String>,
+    /// HelseID: organisation number.
+    #[serde(
+        rename = "helseid://claims/client/claims/orgnr_parent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub org_number: Option<String>,
+}
+
+/// `scope` as a space-separated string or an array of scopes, joined with spaces.
+fn scope_string_or_array<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scope {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<Scope>::deserialize(d)?.map(|s| match s {
+        Scope::One(s) => s,
+        Scope::Many(v) => v.join(" "),
+    }))
+}
+
+/// A token's `aud`: one audience or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "econsult"`.
+    One(String),
+    /// `"aud": ["econsult", "other"]`.
+    Many(Vec<String>),
+}
+
+impl Default for Audience {
+    fn default() -> Self {
+        Audience::One(String::new())
+    }
+}
+
+impl From<&str> for Audience {
+    fn from(s: &str) -> Self {
+        Audience::One(s.to_owned())
+    }
+}
+
+impl From<String> for Audience {
+    fn from(s: String) -> Self {
+        Audience::One(s)
+    }
+}
+
+impl From<Vec<String>> for Audience {
+    fn from(v: Vec<String>) -> Self {
+        Audience::Many(v)
+    }
+}
+
+/// A set of [`Role`]s: what one issuer may grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// Every role (the development key, or a single issuer given the old way).
+    pub const ALL: Roles = Roles(0b1111);
+    /// No role.
+    pub const NONE: Roles = Roles(0);
+
+    fn bit(role: Role) -> u8 {
+        1 << (role as u8)
+    }
+    /// This set plus `role`.
+    pub const fn with(self, role: Role) -> Roles {
+        Roles(self.0 | (1 << (role as u8)))
+    }
+    /// Whether `role` is in the set.
+    pub fn contains(self, role: Role) -> bool {
+        self.0 & Self::bit(role) != 0
+    }
+    /// Parses `patient+ehr` (also `|` or spaces between names).
+    pub fn parse(s: &str) -> Result<Roles, String> {
+        let mut roles = Roles::NONE;
+        for name in s.split(['+', '|', ' ']).filter(|n| !n.is_empty()) {
+            let role = match name {
+                "patient" => Role::Patient,
+                "clinician" => Role::Clinician,
+                "ehr" => Role::Ehr,
+                "ops" => Role::Ops,
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?} (patient, clinician, ehr, ops)"
+                    ));
+                }
+            };
+            roles = roles.with(role);
+        }
+        if roles == Roles::NONE {
+            return Err("no role given".into());
+        }
+        Ok(roles)
+    }
+}
+
+impl std::fmt::Display for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = [Role::Patient, Role::Clinician, Role::Ehr, Role::Ops]
+            .into_iter()
+            .filter(|r| self.contains(*r))
+            .map(Role::as_str)
+            .collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+/// Clock skew accepted on `exp` (seconds), for calls and for streams alike.
+pub const EXPIRY_LEEWAY_SECONDS: u64 = 30;
+
+/// A server stream that ends with UNAUTHENTICATED once the caller's token is no longer accepted
+/// (`expires_at`, the token's `exp` as in [`Caller::expires_at`], plus
+/// [`EXPIRY_LEEWAY_SECONDS`]): a stream lives no longer than a unary call with the same token
+/// could be made. The client reconnects with a fresh token (and resumes from its
+/// cursor). The inner stream is dropped at expiry, so its producer sees the client as gone.
+pub fn end_at_token_expiry<S, T>(
+    stream: S,
+    expires_at: i64,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>
+where
+    S: futures::Stream<Item = Result<T, Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    use futures::StreamExt as _;
+    // Validation compares whole seconds (`exp < now - leeway` refuses), so the token is
+    // accepted through the second `exp + leeway`; the stream ends when that second is over.
+    let deadline = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(expires_at).unwrap_or(0))
+        + std::time::Duration::from_secs(EXPIRY_LEEWAY_SECONDS + 1);
+    let left = deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let state = (Box::pin(stream), Box::pin(tokio::time::sleep(left)));
+    Box::pin(futures::stream::unfold(Some(state), |state| async move {
+        let (mut inner, mut expiry) = state?;
+        tokio::select! {
+            biased;
+            () = &mut expiry => Some((
+                Err(Status::unauthenticated(
+                    "access token expired: reconnect with a fresh token",
+                )),
+                None,
+            )),
+            item = inner.next() => item.map(|item| (item, Some((inner, expiry)))),
+        }
+    }))
+}
+
+/// Norwegian organisation numbers are 9 digits.
+pub fn is_org_number(s: &str) -> bool {
+    s.len() == 9 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+mod dev;
+mod interceptor;
+mod issuers;
+#[cfg(test)]
+mod tests;
+
+pub use dev::{DevKeys, TokenSpec};
+pub use interceptor::AuthInterceptor;
+pub use issuers::{
+    Authenticator, IssuerConfig, JwksSource, TrustedIssuer, UNKNOWN_KID_REFRESH_INTERVAL,
+    VERIFIED_TOKENS_MAX, check_jwks_url, fetch_jwks, refresh_jwks,
+};
