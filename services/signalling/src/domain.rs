@@ -381,3 +381,32 @@ pub struct VideoSession {
     /// The practice has a live stream.
     pub practice_online: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_codes_read_back_as_what_was_stored() {
+        for s in Side::BOTH {
+            assert_eq!(Side::from_code(s.code()), Some(s));
+            assert_eq!(s.other().other(), s);
+        }
+        assert_eq!(Side::from_code(0), None);
+        for s in [
+            ParticipantState::Joined,
+            ParticipantState::Online,
+            ParticipantState::Disconnected,
+            ParticipantState::Left,
+        ] {
+            assert_eq!(ParticipantState::from_code(s.code()), Some(s));
+        }
+        for r in [
+            EndReason::EndedByPractice,
+            EndReason::Timeout,
+            EndReason::FailedToConnect,
+        ] {
+            assert_eq!(EndReason::from_code(r.code()), Some(r));
+        }
+    }
+}

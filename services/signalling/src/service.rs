@@ -44,8 +44,8 @@ struct Inner {
     turn_secret: String,
 }
 
-/// Who the caller is in a session.
-#[derive(Debug, Clone)]
+/// Who the caller is in a session (no `Debug`: the appointment holds the patient's identity
+/// number in clear).
 struct Access {
     appt: AppointmentRef,
     side: Side,

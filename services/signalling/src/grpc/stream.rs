@@ -43,12 +43,13 @@ pub(super) async fn open(
         ));
     };
     let hello = Hello::from(hello);
-    let ctx = svc.open_stream(&caller, &hello).await?;
+    let (ctx, welcome) = svc.open_stream(&caller, &hello).await?;
     let (tx, rx) = mpsc::channel::<Outgoing>(256);
     // The client's messages until it closes the stream or the connection fails.
     let messages = tokio_stream::StreamExt::map_while(inbound, |m| m.ok().map(client_signal));
     tokio::spawn(svc.clone().run_stream(
         ctx,
+        welcome,
         hello.resume_after_seq,
         first.client_msg_id,
         messages,

@@ -114,3 +114,55 @@ pub(crate) fn decode(body: &str, seq: u64) -> anyhow::Result<Delivered> {
     ev.seq = seq;
     Ok(Delivered(ev))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EndReason, LeaveReason, Side};
+
+    #[test]
+    fn a_stored_event_reads_back_as_the_server_event_it_was() {
+        let events = [
+            Event::PeerJoined {
+                side: Side::Patient,
+                rejoined: true,
+                waiting: true,
+            },
+            Event::PeerLeft {
+                side: Side::Practice,
+                reason: LeaveReason::Disconnected,
+                rejoin_deadline_ms: Some(1_700_000_000_123),
+            },
+            Event::Admitted,
+            Event::Description(Description {
+                kind: SdpKind::Offer,
+                sdp: "v=0".into(),
+                ice_restart: true,
+            }),
+            Event::Candidate(Candidate {
+                candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+                sdp_mid: "0".into(),
+                sdp_mline_index: Some(0),
+                username_fragment: "abcd".into(),
+            }),
+            Event::EndOfCandidates,
+            Event::IceRestartRequested,
+            Event::PeerMediaState(MediaState {
+                audio_muted: true,
+                video_muted: false,
+            }),
+            Event::SessionEnded {
+                reason: EndReason::Timeout,
+                held: true,
+            },
+        ];
+        for (i, e) in events.iter().enumerate() {
+            let back = decode(&encode(e, 1_700_000_000_456), i as u64 + 1).expect("decodes");
+            assert_eq!(back.seq(), i as u64 + 1);
+            assert_eq!(back.0.body, Some(Ev::from(e)), "{e:?}");
+            assert_eq!(back.0.at, Some(timestamp(from_ms(1_700_000_000_456))));
+            assert_eq!(back.ends_session(), matches!(e, Event::SessionEnded { .. }));
+        }
+        assert!(decode("not base64!", 1).is_err());
+    }
+}

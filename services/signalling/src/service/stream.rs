@@ -29,8 +29,6 @@ pub struct StreamCtx {
     pub side: Side,
     /// The stream's epoch: a newer stream of the participant has a higher one.
     pub epoch: i64,
-    /// The stream's first event.
-    pub welcome: Welcome,
 }
 
 /// What the server sends on a Signal stream, in order.
@@ -91,12 +89,13 @@ enum Exit {
 }
 
 impl Signalling {
-    /// The Hello of a Signal stream: takes over the participant's stream slot.
+    /// The Hello of a Signal stream: takes over the participant's stream slot. Returns the
+    /// stream and its first event.
     pub(crate) async fn open_stream(
         &self,
         caller: &Caller,
         hello: &Hello,
-    ) -> Result<StreamCtx, SignallingError> {
+    ) -> Result<(StreamCtx, Welcome), SignallingError> {
         let access = self.authorize(caller, &hello.appointment_id).await?;
         let appointment_id = hello.appointment_id.as_str();
         let now = self.now_ms();
@@ -163,33 +162,35 @@ impl Signalling {
         let peer_online = peer
             .as_ref()
             .is_some_and(|p| p.state == ParticipantState::Online);
-        Ok(StreamCtx {
-            welcome: Welcome {
-                session_id: session.session_id.clone(),
-                side: access.side,
-                waiting: access.side == Side::Patient && waiting,
-                peer_online,
-                resumed: matches!(
-                    me.state,
-                    ParticipantState::Disconnected | ParticipantState::Online
-                ),
-                peer_waiting: access.side == Side::Practice
-                    && waiting
-                    && peer.is_some_and(|p| p.state != ParticipantState::Left),
-            },
+        let welcome = Welcome {
+            session_id: session.session_id.clone(),
+            side: access.side,
+            waiting: access.side == Side::Patient && waiting,
+            peer_online,
+            resumed: matches!(
+                me.state,
+                ParticipantState::Disconnected | ParticipantState::Online
+            ),
+            peer_waiting: access.side == Side::Practice
+                && waiting
+                && peer.is_some_and(|p| p.state != ParticipantState::Left),
+        };
+        let ctx = StreamCtx {
             session_id: session.session_id,
             appointment_id: appointment_id.to_owned(),
             side: access.side,
             epoch,
-        })
+        };
+        Ok((ctx, welcome))
     }
 
-    /// Runs an opened stream until it ends: sends the Welcome and the Ack of the Hello
+    /// Runs an opened stream until it ends: sends `welcome` and the Ack of the Hello
     /// (`hello_id`), then the queued events after `resume_after`, relays what comes `inbound`
     /// and answers each message, and records how the stream ended.
     pub(crate) async fn run_stream(
         self,
         ctx: StreamCtx,
+        welcome: Welcome,
         resume_after: u64,
         hello_id: u64,
         mut inbound: impl Stream<Item = ClientSignal> + Unpin,
@@ -204,7 +205,7 @@ impl Signalling {
         let mut presence =
             tokio::time::interval((svc.cfg().presence_ttl / 3).max(Duration::from_millis(100)));
         presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let _ = tx.send(Outgoing::Welcome(ctx.welcome.clone())).await;
+        let _ = tx.send(Outgoing::Welcome(welcome)).await;
         let _ = tx.send(Outgoing::Ack(hello_id)).await;
         let mut budget = StreamBudget::new(svc.cfg().stream_messages);
 
@@ -398,14 +399,6 @@ impl Signalling {
         epoch: i64,
     ) -> Result<(), SignallingError> {
         let ctx = StreamCtx {
-            welcome: Welcome {
-                session_id: String::new(),
-                side,
-                waiting: false,
-                peer_online: false,
-                resumed: false,
-                peer_waiting: false,
-            },
             session_id,
             appointment_id,
             side,
