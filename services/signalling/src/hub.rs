@@ -14,6 +14,7 @@
 //!
 //! Wake-ups may be lost (Redis reconnecting): streams also poll the database now and then.
 
+use crate::domain::Side;
 use futures::StreamExt as _;
 use redis::AsyncCommands as _;
 use std::collections::HashMap;
@@ -21,13 +22,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
-/// "Something new for `side` of `session_id`" (`side` 0: both sides).
+/// "Something new for `side` of `session_id`" (`side` `None`: both sides). On Redis the side
+/// travels as its code, 0 for both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wake {
-    /// The session.
+    /// The session ("" for every session).
     pub session_id: Arc<str>,
-    /// The side (1 patient, 2 practice, 0 both).
-    pub side: i64,
+    /// The side, or `None` for both.
+    pub side: Option<Side>,
+}
+
+impl Wake {
+    /// Whether a stream of `side` in `session_id` should look for new events.
+    pub fn concerns(&self, session_id: &str, side: Side) -> bool {
+        (self.session_id.is_empty() || *self.session_id == *session_id)
+            && self.side.is_none_or(|s| s == side)
+    }
 }
 
 /// Wake-ups and presence.
@@ -35,7 +45,7 @@ pub struct Wake {
 pub struct Hub {
     local: Arc<Local>,
     redis: Option<RedisHub>,
-    presence: Arc<Mutex<HashMap<(String, i64), Instant>>>,
+    presence: Arc<Mutex<HashMap<(String, Side), Instant>>>,
     presence_ttl: Duration,
 }
 
@@ -153,7 +163,7 @@ impl Hub {
                             // Anything published while we were away: streams re-read.
                             local.send(Wake {
                                 session_id: Arc::from(""),
-                                side: 0,
+                                side: None,
                             });
                             ps
                         }
@@ -173,7 +183,7 @@ impl Hub {
                         m = messages.next() => match m {
                             Some(msg) => {
                                 let channel = msg.get_channel_name();
-                                let side: i64 = msg.get_payload().unwrap_or(0);
+                                let side = Side::from_code(msg.get_payload().unwrap_or(0));
                                 if let Some(session) = channel.get(skip..) {
                                     local.send(Wake { session_id: Arc::from(session), side });
                                 }
@@ -188,8 +198,8 @@ impl Hub {
         }))
     }
 
-    /// Wakes the streams of `side` (0: both) of `session_id`, on every replica.
-    pub async fn wake(&self, session_id: &str, side: i64) {
+    /// Wakes the streams of `side` (`None`: both) of `session_id`, on every replica.
+    pub async fn wake(&self, session_id: &str, side: Option<Side>) {
         self.local.send(Wake {
             session_id: Arc::from(session_id),
             side,
@@ -197,7 +207,8 @@ impl Hub {
         if let Some(r) = &self.redis {
             let mut con = r.con.clone();
             let channel = format!("{}:wake:{session_id}", r.prefix);
-            if let Err(e) = con.publish::<_, _, i64>(channel, side).await {
+            let code = side.map_or(0, Side::code);
+            if let Err(e) = con.publish::<_, _, i64>(channel, code).await {
                 // The other replica's stream still polls the database.
                 tracing::warn!(error = %e, "publish signalling wake-up");
             }
@@ -227,11 +238,11 @@ impl Hub {
     }
 
     /// Marks the participant as online for the presence TTL.
-    pub async fn refresh_presence(&self, session_id: &str, side: i64) -> anyhow::Result<()> {
+    pub async fn refresh_presence(&self, session_id: &str, side: Side) -> anyhow::Result<()> {
         match &self.redis {
             Some(r) => {
                 let mut con = r.con.clone();
-                let key = format!("{}:presence:{session_id}:{side}", r.prefix);
+                let key = format!("{}:presence:{session_id}:{}", r.prefix, side.code());
                 let ttl = self.presence_ttl.as_millis().max(1) as u64;
                 let _: () = redis::cmd("SET")
                     .arg(key)
@@ -252,11 +263,11 @@ impl Hub {
     }
 
     /// Whether the participant's presence is still fresh.
-    pub async fn alive(&self, session_id: &str, side: i64) -> anyhow::Result<bool> {
+    pub async fn alive(&self, session_id: &str, side: Side) -> anyhow::Result<bool> {
         match &self.redis {
             Some(r) => {
                 let mut con = r.con.clone();
-                let key = format!("{}:presence:{session_id}:{side}", r.prefix);
+                let key = format!("{}:presence:{session_id}:{}", r.prefix, side.code());
                 Ok(con.exists(key).await?)
             }
             None => {

@@ -2,9 +2,11 @@
 //!
 //! - [`Signalling`] holds the logic: who may join a session and when, the waiting room, the
 //!   per-participant event queues, SDP/ICE validation and the negotiation order, the session
-//!   record and the `signalling.session_ended` event for the statistics.
+//!   record and the `signalling.session_ended` event for the statistics; on the types of
+//!   [`domain`], failing with a [`SignallingError`].
+//! - `store` holds every SQL statement of the service.
 //! - [`grpc`] is the tonic adapter (`econsult.signalling.v1.SignallingService`), including the
-//!   bidirectional `Signal` stream.
+//!   bidirectional `Signal` stream and the stored (wire) form of queued events.
 //! - [`hub`] wakes streams when an event for them was stored and tracks which participants are
 //!   online: in-process (embedded) or through Redis pub/sub and expiring presence keys, so two
 //!   participants on different replicas reach each other.
@@ -14,12 +16,16 @@
 //! with a gap-free sequence number in the transaction that checks it; the hub only says "look
 //! again". A stream that dropped resumes from the last sequence number it saw, on any replica.
 
+pub mod domain;
+pub mod error;
 pub mod grpc;
 pub mod hub;
 mod sdp;
 mod service;
+mod store;
 pub mod turn;
 
+pub use error::SignallingError;
 pub use grpc::SignallingGrpc;
 pub use service::Signalling;
 

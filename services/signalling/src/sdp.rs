@@ -2,21 +2,23 @@
 //! (`rtc-sdp`, re-exported by webrtc-rs as `rtc::sdp`), ICE candidates are checked against the
 //! candidate-attribute grammar (RFC 8839 §5.1). Nothing that fails is relayed.
 
+use crate::error::SignallingError;
 use rtc_sdp::SessionDescription;
 use std::io::Cursor;
-use tonic::Status;
 
 /// Parses `sdp` and checks it is a WebRTC description: at least one media section, ICE
 /// credentials and a DTLS fingerprint (session level or in every media section).
-pub fn validate_description(sdp: &str) -> Result<(), Status> {
+pub fn validate_description(sdp: &str) -> Result<(), SignallingError> {
     if sdp.trim().is_empty() {
-        return Err(Status::invalid_argument("description.sdp is required"));
+        return Err(SignallingError::Invalid(
+            "description.sdp is required".into(),
+        ));
     }
     let desc = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
-        .map_err(|e| Status::invalid_argument(format!("description.sdp is malformed: {e}")))?;
+        .map_err(|e| SignallingError::Invalid(format!("description.sdp is malformed: {e}")))?;
     if desc.media_descriptions.is_empty() {
-        return Err(Status::invalid_argument(
-            "description.sdp has no media section (m=)",
+        return Err(SignallingError::Invalid(
+            "description.sdp has no media section (m=)".into(),
         ));
     }
     for key in ["ice-ufrag", "ice-pwd", "fingerprint"] {
@@ -26,7 +28,7 @@ pub fn validate_description(sdp: &str) -> Result<(), Status> {
             .iter()
             .all(|m| m.attribute(key).flatten().is_some());
         if !session_level && !every_media {
-            return Err(Status::invalid_argument(format!(
+            return Err(SignallingError::Invalid(format!(
                 "description.sdp lacks a={key}"
             )));
         }
@@ -36,8 +38,8 @@ pub fn validate_description(sdp: &str) -> Result<(), Status> {
 
 /// Checks an ICE candidate attribute: `candidate:<foundation> <component> <transport>
 /// <priority> <address> <port> typ <type> …` (an `a=` prefix is accepted).
-pub fn validate_candidate(candidate: &str) -> Result<(), Status> {
-    let bad = |why: &str| Status::invalid_argument(format!("candidate.candidate {why}"));
+pub fn validate_candidate(candidate: &str) -> Result<(), SignallingError> {
+    let bad = |why: &str| SignallingError::Invalid(format!("candidate.candidate {why}"));
     let c = candidate.trim();
     let c = c.strip_prefix("a=").unwrap_or(c);
     let rest = c
@@ -100,7 +102,7 @@ mod tests {
         let no_media = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
         assert!(validate_description(no_media).is_err());
         let no_ice = OFFER.replace("a=ice-ufrag:abcd\r\n", "");
-        let e = validate_description(&no_ice).unwrap_err();
+        let e = tonic::Status::from(validate_description(&no_ice).unwrap_err());
         assert!(e.message().contains("a=ice-ufrag"), "{e:?}");
     }
 
@@ -142,7 +144,7 @@ mod tests {
                 1 => { let l = lines[i].clone(); lines.insert(i, l); }
                 _ => { let l = &lines[i]; let n = cut.min(l.len()); lines[i] = l[..n].to_owned(); }
             }
-            if let Err(e) = validate_description(&lines.join("\r\n")) {
+            if let Err(e) = validate_description(&lines.join("\r\n")).map_err(tonic::Status::from) {
                 proptest::prop_assert_eq!(e.code(), tonic::Code::InvalidArgument);
             }
         }
