@@ -1,4 +1,4 @@
-//! Booking domain types and errors. Nothing here knows prost or tonic.
+//! Booking domain types. Nothing here knows prost, tonic or sqlx rows.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -457,79 +457,6 @@ pub enum Target {
     Hold(String),
     /// A free slot.
     Slot(String),
-}
-
-/// Booking errors a caller must tell apart.
-#[derive(Debug, thiserror::Error)]
-pub enum BookingError {
-    /// Bad input; names the field.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The field.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Unknown (or not visible to the caller).
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The state does not allow it.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// Exists already.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The idempotency key was used for another request.
-    #[error("idempotency_key was already used for a different request")]
-    KeyReused,
-    /// Temporarily unable; the client should retry.
-    #[error("{0}")]
-    Unavailable(String),
-    /// Database failure.
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    /// Anything else unexpected.
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
-impl BookingError {
-    /// A validation error for `field`.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        BookingError::Invalid {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl From<econsult_runtime::idempotency::IdempotencyError> for BookingError {
-    fn from(e: econsult_runtime::idempotency::IdempotencyError) -> Self {
-        use econsult_runtime::idempotency::IdempotencyError as E;
-        match e {
-            E::KeyReused => BookingError::KeyReused,
-            E::BadKey => BookingError::invalid("idempotency_key", "must be 1 to 128 characters"),
-            E::Db(d) => BookingError::Db(d),
-            E::Codec(c) => BookingError::Other(c.into()),
-        }
-    }
-}
-
-impl From<BookingError> for tonic::Status {
-    fn from(e: BookingError) -> Self {
-        use tonic::Status;
-        match e {
-            BookingError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-            BookingError::NotFound(_) => Status::not_found(e.to_string()),
-            BookingError::FailedPrecondition(m) => Status::failed_precondition(m),
-            BookingError::AlreadyExists(m) => Status::already_exists(m),
-            // One rule in every service: a reused key with another request exists already.
-            BookingError::KeyReused => Status::already_exists(e.to_string()),
-            BookingError::Unavailable(m) => Status::unavailable(m),
-            BookingError::Db(d) => econsult_runtime::grpc::db_status("booking", d),
-            BookingError::Other(o) => econsult_runtime::grpc::anyhow_status("booking", o),
-        }
-    }
 }
 
 /// Strips control characters (keeps newlines and tabs) and trims.

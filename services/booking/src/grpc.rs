@@ -3,6 +3,7 @@
 
 use crate::domain::*;
 use crate::episodes::MAX_REQUEST_AGE_DAYS;
+use crate::error::BookingError;
 use crate::service::{Booking, Change};
 use econsult_proto::booking::v1 as pb;
 use econsult_runtime::auth::Caller;
@@ -926,6 +927,23 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
             .move_listing(&caller, &input, &r.idempotency_key)
             .await?;
         Ok(Response::new(list_move_to(&m)))
+    }
+}
+
+/// The gRPC code of each [`BookingError`]: the one place it is decided.
+impl From<BookingError> for Status {
+    fn from(e: BookingError) -> Self {
+        match e {
+            BookingError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            BookingError::NotFound(_) => Status::not_found(e.to_string()),
+            BookingError::FailedPrecondition(m) => Status::failed_precondition(m),
+            BookingError::AlreadyExists(m) => Status::already_exists(m),
+            // One rule in every service: a reused key with another request exists already.
+            BookingError::KeyReused => Status::already_exists(e.to_string()),
+            BookingError::Unavailable(m) => Status::unavailable(m),
+            BookingError::Db(d) => econsult_runtime::grpc::db_status("booking", d),
+            BookingError::Other(o) => econsult_runtime::grpc::anyhow_status("booking", o),
+        }
     }
 }
 

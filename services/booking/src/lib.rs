@@ -1,7 +1,8 @@
 //! Booking service: the EHR publishes GP schedules; patients find, hold, book, cancel and
 //! reschedule; waitlist; and the five-working-day measurement of fastlegeforskriften § 22.
 //!
-//! - [`domain`]: types and errors, no transport.
+//! - [`domain`]: types, no transport.
+//! - [`error`]: [`BookingError`], the cases a caller must tell apart.
 //! - [`service`]: the logic over the shared storage (one transaction per mutation, with its
 //!   outbox events, audit rows and idempotency record).
 //! - [`grpc`]: the tonic adapter (authorisation and validation).
@@ -9,8 +10,10 @@
 pub mod directory;
 pub mod domain;
 pub mod episodes;
+pub mod error;
 pub mod grpc;
 pub mod service;
 
+pub use error::BookingError;
 pub use grpc::BookingGrpc;
 pub use service::{Booking, BookingConfig};

@@ -4,6 +4,7 @@
 
 use crate::domain::*;
 use crate::episodes::{self, Channel, Episode, EpisodeMetrics, ListedAt, Pending};
+use crate::error::BookingError;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use econsult_calendar::{Calendar, oslo_date};
 use econsult_runtime::audit::{self, Access};
