@@ -1,7 +1,30 @@
 //! Booking domain types. Nothing here knows prost, tonic or sqlx rows.
 
 use chrono::{DateTime, Utc};
+use econsult_runtime::nin::NationalId;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A [`NationalId`] in JSON (stored answers, request hashes): its 11 digits as a string.
+mod nin_serde {
+    use econsult_runtime::nin::NationalId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &NationalId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(n.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NationalId, D::Error> {
+        let s = String::deserialize(d)?;
+        NationalId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The first six digits of an identity number (the birth date), as [`NationalId`]'s `Debug`
+/// shows them.
+fn masked(nin: &str) -> String {
+    format!("{}*****", nin.get(..6).unwrap_or(""))
+}
 
 /// How a consultation takes place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -247,7 +270,8 @@ pub struct GpInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveListingInput {
     /// The patient.
-    pub patient_nin: String,
+    #[serde(with = "nin_serde")]
+    pub patient_nin: NationalId,
     /// The practice the patient moves to.
     pub to_org_number: String,
     /// Its GP whose list the patient joins.
@@ -262,7 +286,8 @@ pub struct ListMove {
     /// Id.
     pub move_id: String,
     /// Patient.
-    pub patient_nin: String,
+    #[serde(with = "nin_serde")]
+    pub patient_nin: NationalId,
     /// Previous practice.
     pub from_org_number: String,
     /// Previous GP.
@@ -311,8 +336,8 @@ pub struct NewSlot {
     pub acute_reserve: bool,
 }
 
-/// An appointment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An appointment. Its patient is the number as stored (`Debug` masks it).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Appointment {
     /// Id.
     pub appointment_id: String,
@@ -336,6 +361,23 @@ pub struct Appointment {
     pub late_cancellation: bool,
     /// Replaced appointment.
     pub rescheduled_from: Option<String>,
+}
+
+impl fmt::Debug for Appointment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Appointment")
+            .field("appointment_id", &self.appointment_id)
+            .field("slot", &self.slot)
+            .field("status", &self.status)
+            .field("patient_nin", &masked(&self.patient_nin))
+            .field("gp_id", &self.gp_id)
+            .field("booked_at", &self.booked_at)
+            .field("cancelled_at", &self.cancelled_at)
+            .field("cancelled_by", &self.cancelled_by)
+            .field("late_cancellation", &self.late_cancellation)
+            .field("rescheduled_from", &self.rescheduled_from)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A hold.
@@ -441,7 +483,7 @@ pub struct PracticeBooking<'a> {
     /// The practice.
     pub org: &'a str,
     /// The patient, on one of the practice's lists.
-    pub nin: &'a str,
+    pub nin: &'a NationalId,
     /// The slot.
     pub slot_id: &'a str,
     /// Reason for the visit.

@@ -3,8 +3,9 @@
 //!
 //! - [`domain`]: types, no transport.
 //! - [`error`]: [`BookingError`], the cases a caller must tell apart.
-//! - [`service`]: the logic over the shared storage (one transaction per mutation, with its
-//!   outbox events, audit rows and idempotency record).
+//! - [`service`]: the logic over the shared storage, by use case (one transaction per mutation,
+//!   with its outbox events, audit rows and idempotency record).
+//! - `store`: every SQL statement of the service's commands and queries.
 //! - [`grpc`]: the tonic adapter (authorisation and validation).
 
 pub mod directory;
@@ -13,6 +14,7 @@ pub mod episodes;
 pub mod error;
 pub mod grpc;
 pub mod service;
+mod store;
 
 pub use error::BookingError;
 pub use grpc::BookingGrpc;
