@@ -8,6 +8,7 @@
 //! the pool's acquire timeout: issue 30); a query without a transaction passes a connection of
 //! the read pool (`&mut *db.read().acquire().await?`).
 
+use crate::domain::ListStatus;
 pub use crate::domain::{AppointmentStatus, Modality};
 use sqlx::AnyConnection;
 use sqlx::Row as _;
@@ -44,18 +45,16 @@ fn gp_ref(r: &sqlx::any::AnyRow) -> Result<GpRef, sqlx::Error> {
         display_name: r.try_get("display_name")?,
         org_number: r.try_get("org_number")?,
         municipality_number: r.try_get("municipality_number")?,
-        vacant: r.try_get::<i64, _>("list_status")? == 2,
+        vacant: ListStatus::from_code(r.try_get("list_status")?) == Some(ListStatus::Vacant),
     })
 }
 
-const COLS: &str =
-    "g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, g.list_status";
-
 /// The regular GP of a patient (by identity number), if the patient is on a list.
 pub async fn patient_gp(conn: &mut AnyConnection, nin: &str) -> Result<Option<GpRef>, sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLS} FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1"
-    ))
+    let row = sqlx::query(
+        "SELECT g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, g.list_status \
+         FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1",
+    )
     .bind(nin)
     .fetch_optional(conn)
     .await?;
@@ -68,9 +67,10 @@ pub async fn gp(
     org_number: &str,
     gp_id: &str,
 ) -> Result<Option<GpRef>, sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLS} FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2"
-    ))
+    let row = sqlx::query(
+        "SELECT g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, g.list_status \
+         FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2",
+    )
     .bind(org_number)
     .bind(gp_id)
     .fetch_optional(conn)
@@ -138,8 +138,9 @@ pub async fn closures(
     Ok(out)
 }
 
-/// A booked appointment as the signalling service needs it (who may join, when, how).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A booked appointment as the signalling service needs it (who may join, when, how). `Debug`
+/// masks the patient.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AppointmentRef {
     /// The appointment.
     pub appointment_id: String,
@@ -161,6 +162,26 @@ pub struct AppointmentRef {
     pub modality: Modality,
     /// Where the appointment stands.
     pub status: AppointmentStatus,
+}
+
+impl std::fmt::Debug for AppointmentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppointmentRef")
+            .field("appointment_id", &self.appointment_id)
+            .field(
+                "patient_nin",
+                &format_args!("{}*****", self.patient_nin.get(..6).unwrap_or("")),
+            )
+            .field("gp_id", &self.gp_id)
+            .field("gp_hpr_number", &self.gp_hpr_number)
+            .field("org_number", &self.org_number)
+            .field("municipality_number", &self.municipality_number)
+            .field("start_ms", &self.start_ms)
+            .field("end_ms", &self.end_ms)
+            .field("modality", &self.modality)
+            .field("status", &self.status)
+            .finish()
+    }
 }
 
 /// One appointment by id, with its slot and GP.

@@ -1,7 +1,30 @@
-//! Booking domain types and errors. Nothing here knows prost or tonic.
+//! Booking domain types. Nothing here knows prost, tonic or sqlx rows.
 
 use chrono::{DateTime, Utc};
+use econsult_runtime::nin::NationalId;
 use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A [`NationalId`] in JSON (stored answers, request hashes): its 11 digits as a string.
+mod nin_serde {
+    use econsult_runtime::nin::NationalId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &NationalId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(n.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NationalId, D::Error> {
+        let s = String::deserialize(d)?;
+        NationalId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The first six digits of an identity number (the birth date), as [`NationalId`]'s `Debug`
+/// shows them.
+fn masked(nin: &str) -> String {
+    format!("{}*****", nin.get(..6).unwrap_or(""))
+}
 
 /// How a consultation takes place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -247,7 +270,8 @@ pub struct GpInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoveListingInput {
     /// The patient.
-    pub patient_nin: String,
+    #[serde(with = "nin_serde")]
+    pub patient_nin: NationalId,
     /// The practice the patient moves to.
     pub to_org_number: String,
     /// Its GP whose list the patient joins.
@@ -262,7 +286,8 @@ pub struct ListMove {
     /// Id.
     pub move_id: String,
     /// Patient.
-    pub patient_nin: String,
+    #[serde(with = "nin_serde")]
+    pub patient_nin: NationalId,
     /// Previous practice.
     pub from_org_number: String,
     /// Previous GP.
@@ -311,8 +336,8 @@ pub struct NewSlot {
     pub acute_reserve: bool,
 }
 
-/// An appointment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An appointment. Its patient is the number as stored (`Debug` masks it).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Appointment {
     /// Id.
     pub appointment_id: String,
@@ -336,6 +361,23 @@ pub struct Appointment {
     pub late_cancellation: bool,
     /// Replaced appointment.
     pub rescheduled_from: Option<String>,
+}
+
+impl fmt::Debug for Appointment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Appointment")
+            .field("appointment_id", &self.appointment_id)
+            .field("slot", &self.slot)
+            .field("status", &self.status)
+            .field("patient_nin", &masked(&self.patient_nin))
+            .field("gp_id", &self.gp_id)
+            .field("booked_at", &self.booked_at)
+            .field("cancelled_at", &self.cancelled_at)
+            .field("cancelled_by", &self.cancelled_by)
+            .field("late_cancellation", &self.late_cancellation)
+            .field("rescheduled_from", &self.rescheduled_from)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A hold.
@@ -441,7 +483,7 @@ pub struct PracticeBooking<'a> {
     /// The practice.
     pub org: &'a str,
     /// The patient, on one of the practice's lists.
-    pub nin: &'a str,
+    pub nin: &'a NationalId,
     /// The slot.
     pub slot_id: &'a str,
     /// Reason for the visit.
@@ -457,79 +499,6 @@ pub enum Target {
     Hold(String),
     /// A free slot.
     Slot(String),
-}
-
-/// Booking errors a caller must tell apart.
-#[derive(Debug, thiserror::Error)]
-pub enum BookingError {
-    /// Bad input; names the field.
-    #[error("{field}: {message}")]
-    Invalid {
-        /// The field.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Unknown (or not visible to the caller).
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The state does not allow it.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// Exists already.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The idempotency key was used for another request.
-    #[error("idempotency_key was already used for a different request")]
-    KeyReused,
-    /// Temporarily unable; the client should retry.
-    #[error("{0}")]
-    Unavailable(String),
-    /// Database failure.
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    /// Anything else unexpected.
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
-impl BookingError {
-    /// A validation error for `field`.
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        BookingError::Invalid {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl From<econsult_runtime::idempotency::IdempotencyError> for BookingError {
-    fn from(e: econsult_runtime::idempotency::IdempotencyError) -> Self {
-        use econsult_runtime::idempotency::IdempotencyError as E;
-        match e {
-            E::KeyReused => BookingError::KeyReused,
-            E::BadKey => BookingError::invalid("idempotency_key", "must be 1 to 128 characters"),
-            E::Db(d) => BookingError::Db(d),
-            E::Codec(c) => BookingError::Other(c.into()),
-        }
-    }
-}
-
-impl From<BookingError> for tonic::Status {
-    fn from(e: BookingError) -> Self {
-        use tonic::Status;
-        match e {
-            BookingError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-            BookingError::NotFound(_) => Status::not_found(e.to_string()),
-            BookingError::FailedPrecondition(m) => Status::failed_precondition(m),
-            BookingError::AlreadyExists(m) => Status::already_exists(m),
-            // One rule in every service: a reused key with another request exists already.
-            BookingError::KeyReused => Status::already_exists(e.to_string()),
-            BookingError::Unavailable(m) => Status::unavailable(m),
-            BookingError::Db(d) => econsult_runtime::grpc::db_status("booking", d),
-            BookingError::Other(o) => econsult_runtime::grpc::anyhow_status("booking", o),
-        }
-    }
 }
 
 /// Strips control characters (keeps newlines and tabs) and trims.

@@ -93,18 +93,18 @@ impl Channel {
 pub enum Outcome {
     /// Booked.
     Booked,
+    /// Closed by inactivity (written when the next one opens).
+    Expired,
 }
 
 impl Outcome {
     fn code(self) -> i64 {
         match self {
             Outcome::Booked => 1,
+            Outcome::Expired => 3,
         }
     }
 }
-
-/// Outcome code of an episode closed by inactivity (written when the next one opens).
-const OUTCOME_EXPIRED: i64 = 3;
 
 /// The list GP an episode is counted for.
 #[derive(Debug, Clone)]
@@ -121,8 +121,8 @@ pub struct ListedAt {
     pub vacant: bool,
 }
 
-/// One booking request (see the module docs).
-#[derive(Debug, Clone, PartialEq)]
+/// One booking request (see the module docs). `Debug` leaves the patient out.
+#[derive(Clone, PartialEq)]
 pub struct Episode {
     /// Id, returned to the patient as FindSlots' `request_id`.
     pub request_id: String,
@@ -152,6 +152,23 @@ pub struct Episode {
     /// Opened by this process (not read back): its writes also end the patient's other open
     /// episodes, which a new one supersedes.
     fresh: bool,
+}
+
+impl std::fmt::Debug for Episode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Episode")
+            .field("request_id", &self.request_id)
+            .field("gp_id", &self.gp_id)
+            .field("org_number", &self.org_number)
+            .field("channel", &self.channel)
+            .field("day", &self.day)
+            .field("deadline", &self.deadline)
+            .field("earliest_offer_ms", &self.earliest_offer_ms)
+            .field("chosen", &self.chosen)
+            .field("last_activity_ms", &self.last_activity_ms)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Episode {
@@ -394,7 +411,7 @@ impl Episode {
             "UPDATE booking_episodes SET closed_at = last_activity_at, outcome = $1 \
              WHERE patient_nin = $2 AND closed_at IS NULL AND request_id <> $3",
             vec![
-                OUTCOME_EXPIRED.into(),
+                Outcome::Expired.code().into(),
                 self.patient_nin.as_str().into(),
                 self.request_id.as_str().into(),
             ],

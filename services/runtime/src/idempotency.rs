@@ -118,14 +118,10 @@ pub struct Op {
     pub tx: Tx,
     scope: String,
     key: String,
-    /// The claim, when the call's first statement makes it ([`begin_claiming_first`]).
-    pending: Option<Pending>,
-}
-
-/// A claim not made yet: what its row holds.
-struct Pending {
     hash: String,
     now_ms: i64,
+    /// The claim is still to be made, by the call's first statement ([`begin_claiming_first`]).
+    pending: bool,
 }
 
 /// Outcome of [`begin`].
@@ -135,16 +131,6 @@ pub enum Begun<R> {
     /// First use of the key: do the work in `op.tx`, then [`Op::finish`].
     New(Op),
 }
-
-/// The condition a write of the first statement of a [`begin_claiming_first`] call is made on:
-/// that the statement's [claim](Op::claim_cte) went through. As a one-time filter it also makes
-/// the claim run before the write touches (and locks) any row.
-pub const CLAIMED: &str = "EXISTS (SELECT 1 FROM claim)";
-
-/// The one-row relation (alias `c`, column `claimed`) that a [`begin_claiming_first`] call's
-/// first statement selects from, left-joining what its writes returned, so that it returns a row
-/// whether or not they wrote: `claimed` goes to [`Op::claimed`].
-pub const CLAIM_ROW: &str = "(SELECT count(*) AS claimed FROM claim) c";
 
 /// Opens the write transaction of a mutating call by `subject` to `rpc` with idempotency `key`,
 /// claiming the key in it (`now_ms` is the record's creation time).
@@ -171,24 +157,33 @@ pub async fn begin<Req: Serialize, Resp: DeserializeOwned>(
             tx,
             scope,
             key: key.to_owned(),
-            pending: None,
+            hash,
+            now_ms,
+            pending: false,
         })),
     }
 }
 
 /// [`begin`], except that on PostgreSQL the key is claimed by the call's first statement
-/// instead of a statement of its own: one round trip less. That statement must
-/// - start with `WITH {`[`Op::claim_cte`]`}` and bind [`Op::bind_claim`] after its own values,
-/// - make each of its writes conditional on [`CLAIMED`] (so a retry that waited on the claim of
-///   the first attempt writes nothing, and the claim is the first row lock it takes, as with
-///   [`begin`]),
-/// - select from [`CLAIM_ROW`], so it returns a row even when it wrote nothing,
+/// instead of a statement of its own: one round trip less. That statement, a complete literal,
+/// must
+/// - start with the CTE `claim` that claims the key with the placeholders `$1`…`$5`:
+///   `WITH claim AS (INSERT INTO idempotency (scope, idem_key, request_hash, response,
+///   created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, idem_key) DO NOTHING RETURNING
+///   1 AS one)`, bound by [`Op::bind_claim`] before its own values (numbered from `$6`),
+/// - make each of its writes conditional on `EXISTS (SELECT 1 FROM claim)` (so a retry that
+///   waited on the claim of the first attempt writes nothing, and the claim is the first row
+///   lock it takes, as with [`begin`]),
+/// - select from `(SELECT count(*) AS claimed FROM claim) c`, so it returns a row even when it
+///   wrote nothing,
 ///
 /// and the call must hand that row's `claimed` to [`Op::claimed`] before anything else — before
 /// any error of its own, so a retry gets the first answer rather than the error the changed
 /// state would give. Reads may come before it; nothing that can fail the call may. On SQLite
-/// (no round trips) the key is claimed here, as [`begin`] does, and the statement's claim is a
-/// no-op.
+/// (no round trips) the key is claimed here, as [`begin`] does. A statement of that shape run
+/// once the key is claimed ([`Op::claims_in_statement`] false) uses the variant `WITH claim AS
+/// (SELECT 1 AS one FROM (VALUES ($1, $2, $3, $4, $5)) AS v (scope, idem_key, request_hash,
+/// response, created_at))`: one row, the same five values bound, nothing written.
 pub async fn begin_claiming_first<Req: Serialize, Resp: DeserializeOwned>(
     db: &Db,
     subject: &str,
@@ -206,59 +201,51 @@ pub async fn begin_claiming_first<Req: Serialize, Resp: DeserializeOwned>(
         tx: db.begin().await?,
         scope: format!("{subject}|{rpc}"),
         key: key.to_owned(),
-        pending: Some(Pending { hash, now_ms }),
+        hash,
+        now_ms,
+        pending: true,
     }))
 }
 
 impl Op {
-    /// The CTE named `claim` that claims the key (placeholders `$first`…`$first+4`, bound by
-    /// [`Op::bind_claim`]), returning a row when the claim went through; once the key is claimed
-    /// a CTE of one row without placeholders. See [`begin_claiming_first`].
-    pub fn claim_cte(&self, first: usize) -> String {
-        if self.pending.is_none() {
-            return "claim AS (SELECT 1 AS one)".to_owned();
-        }
-        let p: Vec<String> = (first..first + 5).map(|n| format!("${n}")).collect();
-        format!(
-            "claim AS (INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) \
-             VALUES ({}) ON CONFLICT (scope, idem_key) DO NOTHING RETURNING 1 AS one)",
-            p.join(", ")
-        )
+    /// True while the key is still to be claimed by the call's first statement (see
+    /// [`begin_claiming_first`]): that statement then starts with the claiming CTE, else with
+    /// its already-claimed variant.
+    pub fn claims_in_statement(&self) -> bool {
+        self.pending
     }
 
-    /// Binds [`Op::claim_cte`]'s placeholders (none once the key is claimed).
+    /// Binds the placeholders `$1`…`$5` of the CTE `claim` (scope, key, request hash, an empty
+    /// answer, creation time) of a [`begin_claiming_first`] statement, in either of its variants:
+    /// call it on the bare query, before the statement's own values.
     pub fn bind_claim<'q>(
         &self,
         q: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
     ) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
-        match &self.pending {
-            None => q,
-            Some(p) => q
-                .bind(self.scope.clone())
-                .bind(self.key.clone())
-                .bind(p.hash.clone())
-                .bind(Vec::<u8>::new())
-                .bind(p.now_ms),
-        }
+        q.bind(self.scope.clone())
+            .bind(self.key.clone())
+            .bind(self.hash.clone())
+            .bind(Vec::<u8>::new())
+            .bind(self.now_ms)
     }
 
-    /// Takes the `claimed` of the first statement ([`CLAIM_ROW`]): `None` when the key is the
-    /// call's (go on), the stored first answer when a first attempt has it (return it; the
-    /// statement wrote nothing), [`IdempotencyError::KeyReused`] when the key was used for a
-    /// different request. `None` too once the key is claimed.
+    /// Takes the `claimed` of the first statement (its one-row relation `c`): `None` when the
+    /// key is the call's (go on), the stored first answer when a first attempt has it (return
+    /// it; the statement wrote nothing), [`IdempotencyError::KeyReused`] when the key was used
+    /// for a different request. `None` too once the key is claimed.
     pub async fn claimed<Resp: DeserializeOwned>(
         &mut self,
         claimed: i64,
     ) -> Result<Option<Resp>, IdempotencyError> {
-        let Some(pending) = self.pending.take() else {
+        if !std::mem::take(&mut self.pending) {
             return Ok(None);
-        };
+        }
         if claimed > 0 {
             return Ok(None);
         }
         // The claim waited for the first attempt's transaction and found its row: under READ
         // COMMITTED this next statement sees it.
-        match stored::<Resp>(&mut self.tx, &self.scope, &self.key, &pending.hash).await? {
+        match stored::<Resp>(&mut self.tx, &self.scope, &self.key, &self.hash).await? {
             Lookup::Replay(r) => Ok(Some(r)),
             Lookup::New => Err(IdempotencyError::Db(sqlx::Error::RowNotFound)),
         }
@@ -270,24 +257,25 @@ impl Op {
         response: &Resp,
     ) -> Result<(), IdempotencyError> {
         let bytes = serde_json::to_vec(response)?;
-        match self.pending.take() {
-            None => self.tx.defer(
-                "UPDATE idempotency SET response = $1 WHERE scope = $2 AND idem_key = $3",
-                vec![bytes.into(), self.scope.into(), self.key.into()],
-            ),
+        if self.pending {
             // A call that never made its claim (a first statement that did not run): the row
             // goes in with the answer, and a concurrent attempt's row fails the commit with a
             // unique violation rather than letting both through.
-            Some(p) => self.tx.defer(
+            self.tx.defer(
                 "INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
                 vec![
                     self.scope.into(),
                     self.key.into(),
-                    p.hash.into(),
+                    self.hash.into(),
                     bytes.into(),
-                    p.now_ms.into(),
+                    self.now_ms.into(),
                 ],
-            ),
+            );
+        } else {
+            self.tx.defer(
+                "UPDATE idempotency SET response = $1 WHERE scope = $2 AND idem_key = $3",
+                vec![bytes.into(), self.scope.into(), self.key.into()],
+            );
         }
         self.tx.commit().await?;
         Ok(())

@@ -4,7 +4,7 @@
 //! `TEST_DATABASE_URL` (skipped locally when unset, required under CI).
 
 use econsult_runtime::db::Db;
-use econsult_runtime::idempotency::{self, Begun, CLAIM_ROW, CLAIMED, IdempotencyError, Op};
+use econsult_runtime::idempotency::{self, Begun, IdempotencyError, Op};
 use sqlx::Row as _;
 use std::time::Duration;
 
@@ -58,13 +58,13 @@ fn new(b: Begun<String>) -> Op {
 
 /// A call's first statement: claims the key and, only if that went through, writes `id`.
 async fn first_statement(op: &mut Op, id: &str) -> Result<Option<String>, IdempotencyError> {
-    let sql = format!(
-        "WITH {}, w AS (INSERT INTO work (id) SELECT $1 WHERE {CLAIMED} RETURNING id) \
-         SELECT c.claimed, w.id FROM {CLAIM_ROW} LEFT JOIN w ON true",
-        op.claim_cte(2)
-    );
+    const SQL: &str = "WITH claim AS (INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, idem_key) DO NOTHING RETURNING 1 AS one), \
+         w AS (INSERT INTO work (id) SELECT $6 WHERE EXISTS (SELECT 1 FROM claim) RETURNING id) \
+         SELECT c.claimed, w.id FROM (SELECT count(*) AS claimed FROM claim) c LEFT JOIN w ON true";
     let row = op
-        .bind_claim(sqlx::query(&sql).bind(id.to_owned()))
+        .bind_claim(sqlx::query(SQL))
+        .bind(id.to_owned())
         .fetch_one(&mut *op.tx)
         .await?;
     let first = op.claimed::<String>(row.try_get("claimed")?).await?;
