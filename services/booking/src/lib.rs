@@ -19,3 +19,22 @@ mod store;
 pub use error::BookingError;
 pub use grpc::BookingGrpc;
 pub use service::{Booking, BookingConfig};
+
+use econsult_runtime::platform::{Mount, Platform};
+use std::time::Duration;
+
+/// How often expired holds are swept.
+pub const HOLD_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Mounts the booking service: its gRPC server, the sweeper of expired holds and the flusher of
+/// booking requests (episodes).
+pub fn mount(p: &Platform, cfg: &BookingConfig, m: &mut Mount<'_>) {
+    let booking = Booking::new(p.clone(), cfg.clone());
+    m.spawn(booking.clone().run_hold_sweeper(HOLD_SWEEP_EVERY));
+    m.spawn(booking.clone().run_episode_flusher());
+    m.serve(
+        BookingGrpc::new(booking)
+            .into_server()
+            .max_decoding_message_size(4 * 1024 * 1024),
+    );
+}

@@ -3,9 +3,7 @@
 //! and the integration tests start the system the same way, through [`Application::start`].
 
 use anyhow::Context as _;
-use econsult_booking::{Booking, BookingConfig, BookingGrpc};
-use econsult_proto::audit::v1::audit_service_server::AuditServiceServer;
-use econsult_runtime::audit::AuditGrpc;
+use econsult_booking::BookingConfig;
 use econsult_runtime::auth::{AuthInterceptor, Authenticator, DevKeys};
 use econsult_runtime::clock::Clock;
 use econsult_runtime::platform::{Mount, Platform, PlatformConfig, PlatformHandle};
@@ -417,6 +415,7 @@ impl Application {
             db_max_connections: config.db_max_connections,
             auth: auth.clone(),
             clock: config.clock.clone(),
+            instance_id: config.instance_id.clone(),
         })
         .await?;
 
@@ -436,27 +435,17 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
-        const MAX_MESSAGE: usize = 4 * 1024 * 1024;
-        routes.add_service(AuditServiceServer::with_interceptor(
-            AuditGrpc::new(platform.db.clone(), platform.clock.clone()),
-            interceptor.clone(),
-        ));
+        econsult_runtime::audit::mount(
+            &platform,
+            &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
+        );
         for kind in &config.services {
             match kind {
-                ServiceKind::Booking => {
-                    let booking = Booking::new(platform.clone(), config.booking.clone());
-                    handle.track(tokio::spawn(
-                        booking.clone().run_hold_sweeper(Duration::from_secs(5)),
-                    ));
-                    handle.track(tokio::spawn(booking.clone().run_episode_flusher()));
-                    let server = BookingGrpc::new(booking)
-                        .into_server()
-                        .max_decoding_message_size(MAX_MESSAGE);
-                    routes.add_service(tonic::service::interceptor::InterceptedService::new(
-                        server,
-                        interceptor.clone(),
-                    ));
-                }
+                ServiceKind::Booking => econsult_booking::mount(
+                    &platform,
+                    &config.booking,
+                    &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
+                ),
                 ServiceKind::Consultation => {
                     handle.track(tokio::spawn(econsult_consultation::run_overdue_gauge(
                         platform.clone(),
@@ -482,29 +471,16 @@ impl Application {
                         Some(s) => s.clone(),
                         None => econsult_signalling::dev_turn_secret(&config.data_dir)?,
                     };
-                    let (signalling, tasks) = econsult_signalling::Signalling::start(
-                        platform.clone(),
-                        config.signalling.clone(),
+                    econsult_signalling::mount(
+                        &platform,
+                        &config.signalling,
                         turn_secret,
-                        config.redis_url.as_deref(),
-                        &config.redis_namespace,
-                        config.instance_id.clone(),
+                        &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
                     )
-                    .await?;
-                    for task in tasks {
-                        handle.track(tokio::spawn(task));
-                    }
-                    let server = econsult_signalling::SignallingGrpc::new(signalling)
-                        .into_server()
-                        .max_decoding_message_size(256 * 1024);
-                    routes.add_service(tonic::service::interceptor::InterceptedService::new(
-                        server,
-                        interceptor.clone(),
-                    ));
+                    .await?
                 }
                 ServiceKind::Stats => econsult_stats::mount(
                     &platform,
-                    &config.instance_id,
                     &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
                 ),
             }

@@ -27,6 +27,8 @@ pub struct PlatformConfig {
     pub auth: Arc<Authenticator>,
     /// Time source.
     pub clock: Arc<dyn Clock>,
+    /// This process among the replicas (consumer name on the bus, presence owner).
+    pub instance_id: String,
 }
 
 /// Shared handles of one process.
@@ -44,6 +46,13 @@ pub struct Platform {
     pub sequenced: watch::Receiver<u64>,
     /// Turns true when the process is shutting down: long streams end themselves.
     pub shutdown: watch::Receiver<bool>,
+    /// This process among the replicas.
+    pub instance_id: String,
+    /// Redis, when the replicas share one (services with Redis state of their own connect to
+    /// it: signalling's presence); `None` on the embedded defaults.
+    pub redis_url: Option<String>,
+    /// Prefix of this deployment's Redis keys.
+    pub redis_namespace: String,
 }
 
 impl Platform {
@@ -73,6 +82,9 @@ impl Platform {
             auth: cfg.auth,
             sequenced: seq_rx,
             shutdown: stop_rx,
+            instance_id: cfg.instance_id,
+            redis_url: cfg.redis_url,
+            redis_namespace: cfg.redis_namespace,
         };
         Ok((
             platform,

@@ -134,3 +134,31 @@ pub fn dev_turn_secret(data_dir: &std::path::Path) -> anyhow::Result<String> {
     }
     Ok(secret)
 }
+
+/// Mounts the signalling service: its gRPC server, the cross-replica hub's listener (with Redis)
+/// and the sweeper of sessions whose peers went away. `turn_secret` signs TURN credentials.
+pub async fn mount(
+    p: &econsult_runtime::platform::Platform,
+    cfg: &SignallingConfig,
+    turn_secret: String,
+    m: &mut econsult_runtime::platform::Mount<'_>,
+) -> anyhow::Result<()> {
+    let (signalling, tasks) = Signalling::start(
+        p.clone(),
+        cfg.clone(),
+        turn_secret,
+        p.redis_url.as_deref(),
+        &p.redis_namespace,
+        p.instance_id.clone(),
+    )
+    .await?;
+    for task in tasks {
+        m.spawn(task);
+    }
+    m.serve(
+        SignallingGrpc::new(signalling)
+            .into_server()
+            .max_decoding_message_size(256 * 1024),
+    );
+    Ok(())
+}

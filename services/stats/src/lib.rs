@@ -24,12 +24,12 @@ use std::time::Duration;
 /// How often the SLA gauges are published (and a second after new events).
 pub const GAUGES_EVERY: Duration = Duration::from_secs(15);
 
-/// Mounts the statistics service: its gRPC server, the SLA gauges, the bus consumer (as
-/// `consumer` of the group) and the catch-up from the outbox, which applies what the bus lost
-/// (a Redis restart, an instance killed with entries it took) within two periods.
-pub fn mount(p: &Platform, consumer: &str, m: &mut Mount<'_>) {
+/// Mounts the statistics service: its gRPC server, the SLA gauges, the bus consumer (this
+/// instance's consumer of the group) and the catch-up from the outbox, which applies what the
+/// bus lost (a Redis restart, an instance killed with entries it took) within two periods.
+pub fn mount(p: &Platform, m: &mut Mount<'_>) {
     m.spawn(run_gauges(p.clone(), GAUGES_EVERY));
-    m.spawn(Aggregator::new(p.db.clone()).run(p.clone(), consumer.to_owned()));
+    m.spawn(Aggregator::new(p.db.clone()).run(p.clone(), p.instance_id.clone()));
     m.spawn(Aggregator::new(p.db.clone()).run_catch_up(p.clone(), CATCH_UP_EVERY));
     m.serve(StatsGrpc::new(Stats::new(p.db.clone())).into_server());
 }
