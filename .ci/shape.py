@@ -2,7 +2,8 @@
 """The one shape of every service crate (ARCHITECTURE.md, "Service shape"), checked:
 
 1. `econsult_proto` and `tonic` appear only in a service crate's `grpc.rs` (or `grpc/`) and
-   `lib.rs`: commands, queries and the store know domain types only.
+   `lib.rs`: commands, queries and the store know domain types only; and the adapter holds no
+   SQL (`sqlx` does not appear in it).
 2. No `.replace(` on SQL text anywhere under `services/`: a statement is a complete literal, or
    built with a typed builder (`sqlx::QueryBuilder`).
 3. No non-test source file of 900 lines or more.
@@ -37,9 +38,15 @@ def main():
         src = root / "services" / crate / "src"
         for path in sorted(src.rglob("*.rs")):
             rel = path.relative_to(src)
-            if rel.name in ("grpc.rs", "lib.rs") and len(rel.parts) == 1:
+            adapter = rel.parts[0] == "grpc" or (rel.name == "grpc.rs" and len(rel.parts) == 1)
+            if adapter:
+                for n, line in enumerate(code_lines(strip_tests(path.read_text())), 1):
+                    if re.search(r"\bsqlx\b", line):
+                        findings.append(
+                            f"{path.relative_to(root)}:{n}: SQL in the adapter: {line.strip()}"
+                        )
                 continue
-            if rel.parts[0] == "grpc":
+            if rel.name == "lib.rs" and len(rel.parts) == 1:
                 continue
             for n, line in enumerate(code_lines(strip_tests(path.read_text())), 1):
                 if FORBIDDEN.search(line):
