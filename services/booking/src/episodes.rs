@@ -28,13 +28,13 @@
 //! most the search-only episodes of the last flush interval, never one that was held or booked.
 
 use crate::domain::BreachReason;
+use crate::store::episodes as store;
 use chrono::{DateTime, NaiveDate, Utc};
 use econsult_calendar::{Calendar, oslo_date, oslo_day_start};
 use econsult_runtime::audit;
 use econsult_runtime::db::{Db, Defer, Value};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
-use sqlx::Row as _;
 use sqlx::any::AnyRow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -98,7 +98,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn code(self) -> i64 {
+    /// Storage code.
+    pub(crate) fn code(self) -> i64 {
         match self {
             Outcome::Booked => 1,
             Outcome::Expired => 3,
@@ -128,30 +129,30 @@ pub struct Episode {
     pub request_id: String,
     /// The patient.
     pub patient_nin: String,
-    gp_uid: String,
-    gp_id: String,
-    org_number: String,
-    municipality_number: String,
+    pub(crate) gp_uid: String,
+    pub(crate) gp_id: String,
+    pub(crate) org_number: String,
+    pub(crate) municipality_number: String,
     /// Channel.
     pub channel: Channel,
-    requested_at_ms: i64,
+    pub(crate) requested_at_ms: i64,
     /// Day 0 (Oslo date of the request).
     pub day: NaiveDate,
     /// The fifth national working day after day 0.
     pub deadline: NaiveDate,
-    deadline_end_ms: i64,
-    vacant: bool,
-    closed_in_window: bool,
-    earliest_offer_ms: Option<i64>,
-    earliest_offer_wd: Option<u32>,
-    own_offer_ms: Option<i64>,
-    narrowed: bool,
-    chosen: Option<(String, i64)>,
-    last_activity_ms: i64,
-    closed: Option<(i64, Outcome)>,
+    pub(crate) deadline_end_ms: i64,
+    pub(crate) vacant: bool,
+    pub(crate) closed_in_window: bool,
+    pub(crate) earliest_offer_ms: Option<i64>,
+    pub(crate) earliest_offer_wd: Option<u32>,
+    pub(crate) own_offer_ms: Option<i64>,
+    pub(crate) narrowed: bool,
+    pub(crate) chosen: Option<(String, i64)>,
+    pub(crate) last_activity_ms: i64,
+    pub(crate) closed: Option<(i64, Outcome)>,
     /// Opened by this process (not read back): its writes also end the patient's other open
     /// episodes, which a new one supersedes.
-    fresh: bool,
+    pub(crate) fresh: bool,
 }
 
 impl std::fmt::Debug for Episode {
@@ -329,93 +330,20 @@ impl Episode {
             }
     }
 
-    /// Writes (merges) the episode in `tx` (see [`UPSERT`]); on PostgreSQL it joins the
-    /// commit's one statement. A new episode also ends the patient's other open ones.
+    /// Writes (merges) the episode in `tx` (the merge rules are the module's); on PostgreSQL
+    /// it joins the commit's one statement. A new episode also ends the patient's other open
+    /// ones (expired by inactivity, or superseded by this new one).
     pub fn write(&self, tx: &mut impl Defer) {
         if self.fresh {
-            self.expire_others(tx);
+            store::expire_others(tx, self);
         }
-        tx.defer(UPSERT, self.values());
+        store::upsert(tx, self);
     }
 
-    fn values(&self) -> Vec<Value> {
-        let (chosen_id, chosen_start) = match &self.chosen {
-            Some((id, start)) => (Some(id.as_str()), Some(*start)),
-            None => (None, None),
-        };
-        vec![
-            self.request_id.as_str().into(),
-            self.patient_nin.as_str().into(),
-            self.gp_uid.as_str().into(),
-            self.gp_id.as_str().into(),
-            self.org_number.as_str().into(),
-            self.municipality_number.as_str().into(),
-            self.channel.code().into(),
-            self.requested_at_ms.into(),
-            self.day.format("%Y-%m-%d").to_string().into(),
-            self.deadline_end_ms.into(),
-            i64::from(self.vacant).into(),
-            i64::from(self.closed_in_window).into(),
-            self.earliest_offer_ms.into(),
-            self.earliest_offer_wd.map(i64::from).into(),
-            self.own_offer_ms.into(),
-            i64::from(self.narrowed).into(),
-            chosen_id.into(),
-            chosen_start.into(),
-            self.last_activity_ms.into(),
-            self.closed.map(|(at, _)| at).into(),
-            self.closed.map_or(0, |(_, o)| o.code()).into(),
-        ]
-    }
-
-    /// An episode read back with the columns of [`OPEN_OF_PATIENT`].
+    /// An episode read back with the columns of the store's read of the patient's open
+    /// episode ([`open_of_patient`]).
     pub fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
-        let bad = |what: &str| sqlx::Error::Decode(format!("booking_episodes: bad {what}").into());
-        let day: String = r.try_get("day")?;
-        let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d").map_err(|_| bad("day"))?;
-        let deadline_end_ms: Option<i64> = r.try_get("deadline_end")?;
-        let deadline_end_ms = deadline_end_ms.ok_or_else(|| bad("deadline_end"))?;
-        let chosen_id: Option<String> = r.try_get("chosen_slot_id")?;
-        let chosen_start: Option<i64> = r.try_get("chosen_start_at")?;
-        let closed_at: Option<i64> = r.try_get("closed_at")?;
-        let wd: Option<i64> = r.try_get("earliest_offer_working_days")?;
-        Ok(Episode {
-            request_id: r.try_get("request_id")?,
-            patient_nin: r.try_get("patient_nin")?,
-            gp_uid: r.try_get("gp_uid")?,
-            gp_id: r.try_get("gp_id")?,
-            org_number: r.try_get("org_number")?,
-            municipality_number: r.try_get("municipality_number")?,
-            channel: Channel::from_code(r.try_get("channel")?).ok_or_else(|| bad("channel"))?,
-            requested_at_ms: r.try_get("requested_at")?,
-            day,
-            deadline: Calendar::norwegian().add_working_days(day, TARGET_WORKING_DAYS),
-            deadline_end_ms,
-            vacant: r.try_get::<i64, _>("vacant")? != 0,
-            closed_in_window: r.try_get::<i64, _>("closed_in_window")? != 0,
-            earliest_offer_ms: r.try_get("earliest_offer_at")?,
-            earliest_offer_wd: wd.map(|d| d.max(0) as u32),
-            own_offer_ms: r.try_get("own_offer_at")?,
-            narrowed: r.try_get::<i64, _>("narrowed")? != 0,
-            chosen: chosen_id.zip(chosen_start),
-            last_activity_ms: r.try_get("last_activity_at")?,
-            closed: closed_at.map(|at| (at, Outcome::Booked)),
-            fresh: false,
-        })
-    }
-
-    /// Ends the patient's other open episodes (expired by inactivity, or superseded by this
-    /// new one), deferred to `tx`'s commit.
-    fn expire_others(&self, tx: &mut impl Defer) {
-        tx.defer(
-            "UPDATE booking_episodes SET closed_at = last_activity_at, outcome = $1 \
-             WHERE patient_nin = $2 AND closed_at IS NULL AND request_id <> $3",
-            vec![
-                Outcome::Expired.code().into(),
-                self.patient_nin.as_str().into(),
-                self.request_id.as_str().into(),
-            ],
-        );
+        store::episode_from_row(r)
     }
 }
 
@@ -424,53 +352,10 @@ pub fn inactivity_cutoff(now: DateTime<Utc>) -> i64 {
     now.timestamp_millis() - EPISODE_INACTIVITY_DAYS * 24 * 3_600_000
 }
 
-/// The patient's (`$1`) open episode, active after `$2`.
-pub const OPEN_OF_PATIENT: &str = "SELECT request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \
-     requested_at, day, deadline_end, vacant, closed_in_window, earliest_offer_at, earliest_offer_working_days, \
-     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome \
-     FROM booking_episodes WHERE patient_nin = $1 AND closed_at IS NULL AND last_activity_at > $2 \
-     ORDER BY requested_at DESC LIMIT 1";
-
-/// Insert, or merge into the stored episode: what was set at opening stays; the earliest offers
-/// only get earlier; `narrowed` follows the latest activity; the choice is kept once closed;
-/// activity only gets later; a closed episode stays closed with its outcome.
-const UPSERT: &str = "INSERT INTO booking_episodes (request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \
-     requested_at, day, deadline_end, vacant, closed_in_window, earliest_offer_at, earliest_offer_working_days, \
-     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-     ON CONFLICT (request_id) DO UPDATE SET \
-     earliest_offer_at = CASE WHEN booking_episodes.earliest_offer_at IS NULL OR excluded.earliest_offer_at < booking_episodes.earliest_offer_at \
-         THEN excluded.earliest_offer_at ELSE booking_episodes.earliest_offer_at END, \
-     earliest_offer_working_days = CASE WHEN booking_episodes.earliest_offer_at IS NULL OR excluded.earliest_offer_at < booking_episodes.earliest_offer_at \
-         THEN excluded.earliest_offer_working_days ELSE booking_episodes.earliest_offer_working_days END, \
-     own_offer_at = CASE WHEN booking_episodes.own_offer_at IS NULL OR excluded.own_offer_at < booking_episodes.own_offer_at \
-         THEN excluded.own_offer_at ELSE booking_episodes.own_offer_at END, \
-     narrowed = CASE WHEN excluded.last_activity_at >= booking_episodes.last_activity_at THEN excluded.narrowed ELSE booking_episodes.narrowed END, \
-     chosen_slot_id = CASE WHEN booking_episodes.closed_at IS NULL AND excluded.chosen_slot_id IS NOT NULL \
-         THEN excluded.chosen_slot_id ELSE booking_episodes.chosen_slot_id END, \
-     chosen_start_at = CASE WHEN booking_episodes.closed_at IS NULL AND excluded.chosen_slot_id IS NOT NULL \
-         THEN excluded.chosen_start_at ELSE booking_episodes.chosen_start_at END, \
-     last_activity_at = CASE WHEN excluded.last_activity_at > booking_episodes.last_activity_at \
-         THEN excluded.last_activity_at ELSE booking_episodes.last_activity_at END, \
-     closed_at = COALESCE(booking_episodes.closed_at, excluded.closed_at), \
-     outcome = CASE WHEN booking_episodes.closed_at IS NULL THEN excluded.outcome ELSE booking_episodes.outcome END \
-     WHERE booking_episodes.patient_nin = excluded.patient_nin";
-
-/// Records a hold (`closed` unset) or a booking (`closed` = now) of slot `$1` starting at `$2`
-/// for the patient's (`$7`) episode `$6`, or when `$6` is NULL their open episode active after
-/// `$8`, without reading it first: [`Episode::write`]'s merge for an episode this process does
-/// not hold. `$3` now, `$4` the outcome code, `$5` closed_at.
-pub const CHOOSE: &str = "UPDATE booking_episodes SET \
-     chosen_slot_id = CASE WHEN closed_at IS NULL THEN $1 ELSE chosen_slot_id END, \
-     chosen_start_at = CASE WHEN closed_at IS NULL THEN $2 ELSE chosen_start_at END, \
-     last_activity_at = CASE WHEN last_activity_at < $3 THEN $3 ELSE last_activity_at END, \
-     outcome = CASE WHEN closed_at IS NULL THEN $4 ELSE outcome END, \
-     closed_at = COALESCE(closed_at, $5) \
-     WHERE patient_nin = $7 AND request_id = COALESCE($6, (SELECT o.request_id FROM booking_episodes o \
-         WHERE o.patient_nin = $7 AND o.closed_at IS NULL AND o.last_activity_at > $8 ORDER BY o.requested_at DESC LIMIT 1))";
-
-/// [`CHOOSE`]'s values: `request_id` if known (else the patient's open episode), the slot,
-/// whether this is the booking.
+/// The values of the store's choice statement, which records a hold (`booked` false) or a
+/// booking (the episode closes now) of `slot_id` starting at `start` on the patient's episode
+/// `request_id` if known (else their open one) without reading it first: [`Episode::write`]'s
+/// merge for an episode this process does not hold.
 pub fn choose_values(
     request_id: Option<&str>,
     nin: &str,
@@ -498,12 +383,7 @@ pub async fn open_of_patient(
     nin: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Episode>, sqlx::Error> {
-    let row = sqlx::query(OPEN_OF_PATIENT)
-        .bind(nin)
-        .bind(inactivity_cutoff(now))
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(Episode::from_row).transpose()
+    store::open_of_patient(conn, nin, inactivity_cutoff(now)).await
 }
 
 /// Search-only episodes not written yet, by patient, and those being written by a flush.
@@ -728,54 +608,34 @@ pub async fn accessibility_by_municipality(
     db: &Db,
     scope: &Scope,
 ) -> Result<HashMap<String, Accessibility>, sqlx::Error> {
-    const SQL: &str = "SELECT municipality_number, channel, vacant, closed_in_window, \
-         COALESCE(earliest_offer_working_days, -1) AS wd, \
-         CASE WHEN earliest_offer_at < deadline_end THEN 1 ELSE 0 END AS within, \
-         CASE WHEN own_offer_at < deadline_end THEN 1 ELSE 0 END AS own, \
-         CASE WHEN chosen_start_at IS NOT NULL THEN (CASE WHEN chosen_start_at >= deadline_end THEN 1 ELSE 0 END) ELSE narrowed END AS later, \
-         COUNT(*) AS n FROM booking_episodes \
-         WHERE outcome <> 4 AND day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) \
-         AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-         GROUP BY municipality_number, channel, vacant, closed_in_window, wd, within, own, later";
-    let rows = sqlx::query(SQL)
-        .bind(&scope.from)
-        .bind(&scope.to)
-        .bind(&scope.org)
-        .bind(&scope.municipality)
-        .bind(&scope.gp)
-        .fetch_all(db.read())
-        .await?;
+    let mut conn = db.read().acquire().await?;
     let mut out: HashMap<String, Accessibility> = HashMap::new();
-    for r in rows {
-        let n = r.try_get::<i64, _>("n")?.max(0) as u64;
-        let flag = |c: &str| -> Result<bool, sqlx::Error> { Ok(r.try_get::<i64, _>(c)? != 0) };
-        let (within, own, later) = (flag("within")?, flag("own")?, flag("later")?);
-        let channel = Channel::from_code(r.try_get("channel")?)
-            .ok_or_else(|| sqlx::Error::Decode("booking_episodes: bad channel".into()))?;
-        let a = out.entry(r.try_get("municipality_number")?).or_default();
+    for g in store::accessibility_counts(&mut conn, scope).await? {
+        let n = g.n;
+        let a = out.entry(g.municipality_number).or_default();
         a.requests += n;
-        let c = a.by_channel.entry(channel).or_default();
+        let c = a.by_channel.entry(g.channel).or_default();
         c.0 += n;
-        if within {
+        if g.within {
             a.within_target += n;
             c.1 += n;
-            if later {
+            if g.later {
                 a.patient_preferences += n;
             }
         } else {
-            let reason = if flag("vacant")? {
+            let reason = if g.vacant {
                 BreachReason::ListWithoutGp
-            } else if flag("closed_in_window")? {
+            } else if g.closed_in_window {
                 BreachReason::PracticeClosed
             } else {
                 BreachReason::NoSlots
             };
             *a.breaches.entry(reason).or_default() += n;
         }
-        if own {
+        if g.own {
             a.met_by_own_gp += n;
         }
-        let wd: i64 = r.try_get("wd")?;
+        let wd = g.working_days;
         let bucket = if (0..15).contains(&wd) {
             wd as usize
         } else {
@@ -822,84 +682,4 @@ fn share(n: u64, of: u64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        s.parse().expect("instant")
-    }
-
-    /// An online episode opened on Monday 2 March 2026, 09:00 Oslo.
-    fn monday(vacant: bool, practice: &Calendar) -> Episode {
-        Episode::open(
-            "n",
-            &listed(vacant),
-            Channel::Online,
-            at("2026-03-02T08:00:00Z"),
-            practice,
-        )
-    }
-
-    fn listed(vacant: bool) -> ListedAt {
-        ListedAt {
-            gp_uid: "u".into(),
-            gp_id: "gp".into(),
-            org_number: "910000001".into(),
-            municipality_number: "0301".into(),
-            vacant,
-        }
-    }
-
-    #[test]
-    fn the_deadline_is_the_fifth_national_working_day_whatever_the_closures() {
-        // Tuesday before Easter 2026: Maundy Thursday, Good Friday and Easter Monday are not
-        // working days; a closure on Wednesday does not move the deadline.
-        let closed = Calendar::with_closures(["2026-04-01".parse().expect("date")]);
-        let e = Episode::open(
-            "n",
-            &listed(false),
-            Channel::Online,
-            at("2026-03-31T08:00:00Z"),
-            &closed,
-        );
-        assert_eq!(e.deadline, "2026-04-10".parse::<NaiveDate>().expect("date"));
-        assert!(e.in_time(at("2026-04-10T15:00:00Z")));
-        assert!(!e.in_time(at("2026-04-10T22:30:00Z")), "past Oslo midnight");
-        assert_eq!(e.working_days_to(at("2026-04-07T08:00:00Z")), 2);
-        assert!(e.closed_in_window);
-    }
-
-    #[test]
-    fn a_later_choice_within_an_offer_in_time_is_a_preference_not_a_breach() {
-        let mut e = monday(false, &Calendar::norwegian());
-        e.offered(Some(at("2026-03-03T08:00:00Z")), None);
-        assert!(e.within_target() && e.met_by_own_gp());
-        assert!(!e.patient_preference());
-        e.chose("s", at("2026-03-20T08:00:00Z"), at("2026-03-02T08:01:00Z"));
-        assert!(e.patient_preference());
-        assert_eq!(e.breach(), None);
-    }
-
-    #[test]
-    fn a_colleague_in_time_meets_the_target_but_not_by_the_own_gp() {
-        let mut e = monday(false, &Calendar::norwegian());
-        e.offered(
-            Some(at("2026-03-10T08:00:00Z")),
-            Some(at("2026-03-04T08:00:00Z")),
-        );
-        assert!(e.within_target());
-        assert!(!e.met_by_own_gp());
-        assert_eq!(e.earliest_offer_working_days(), Some(2));
-    }
-
-    #[test]
-    fn breaches_name_the_list_without_gp_first_then_the_closure() {
-        let closed = Calendar::with_closures(["2026-03-03".parse().expect("date")]);
-        let e = monday(false, &closed);
-        assert_eq!(e.breach(), Some(BreachReason::PracticeClosed));
-        let e = monday(true, &closed);
-        assert_eq!(e.breach(), Some(BreachReason::ListWithoutGp));
-        let e = monday(false, &Calendar::norwegian());
-        assert_eq!(e.breach(), Some(BreachReason::NoSlots));
-    }
-}
+mod tests;

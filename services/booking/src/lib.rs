@@ -5,7 +5,8 @@
 //! - [`error`]: [`BookingError`], the cases a caller must tell apart.
 //! - [`service`]: the logic over the shared storage, by use case (one transaction per mutation,
 //!   with its outbox events, audit rows and idempotency record).
-//! - `store`: every SQL statement of the service's commands and queries.
+//! - `store`: every SQL statement of the crate (the service's, the booking requests' of
+//!   [`episodes`] and the lookups' of [`directory`]).
 //! - [`grpc`]: the tonic adapter (authorisation and validation).
 
 pub mod directory;

@@ -6,7 +6,8 @@
 //!   [`domain`], failing with a [`SignallingError`].
 //! - `store` holds every SQL statement of the service.
 //! - [`grpc`] is the tonic adapter (`econsult.signalling.v1.SignallingService`), including the
-//!   bidirectional `Signal` stream and the stored (wire) form of queued events.
+//!   bidirectional `Signal` stream and the stored (wire) form of queued events, which the logic
+//!   is given as an [`EventCodec`] when it starts.
 //! - [`hub`] wakes streams when an event for them was stored and tracks which participants are
 //!   online: in-process (embedded) or through Redis pub/sub and expiring presence keys, so two
 //!   participants on different replicas reach each other.
@@ -27,7 +28,7 @@ pub mod turn;
 
 pub use error::SignallingError;
 pub use grpc::SignallingGrpc;
-pub use service::Signalling;
+pub use service::{Delivered, EventCodec, Signalling};
 
 use std::time::Duration;
 
@@ -150,6 +151,7 @@ pub async fn mount(
         p.redis_url.as_deref(),
         &p.redis_namespace,
         p.instance_id.clone(),
+        std::sync::Arc::new(grpc::wire::WireCodec),
     )
     .await?;
     for task in tasks {

@@ -9,10 +9,12 @@
 //! Every change to a session runs in one transaction under the session's lock (PostgreSQL
 //! advisory lock; SQLite has one writer), so checks and writes cannot interleave across replicas.
 
+mod codec;
 mod session;
 mod stream;
 mod sweep;
 
+pub use codec::{Delivered, EventCodec};
 pub use stream::Outgoing;
 
 use crate::domain::{Event, IceServer, IceServers, Side};
@@ -42,6 +44,7 @@ struct Inner {
     hub: Hub,
     instance_id: String,
     turn_secret: String,
+    codec: Arc<dyn EventCodec>,
 }
 
 /// Who the caller is in a session (no `Debug`: the appointment holds the patient's identity
@@ -52,8 +55,9 @@ struct Access {
 }
 
 impl Signalling {
-    /// The logic over `platform`; `redis_url` makes streams reach each other across replicas.
-    /// Returns the background tasks to run (wake-up listener, sweeper); they end on shutdown.
+    /// The logic over `platform`; `redis_url` makes streams reach each other across replicas;
+    /// `codec` is the stored form of queued events (the adapter's). Returns the background tasks
+    /// to run (wake-up listener, sweeper); they end on shutdown.
     pub async fn start(
         platform: Platform,
         cfg: SignallingConfig,
@@ -61,6 +65,7 @@ impl Signalling {
         redis_url: Option<&str>,
         namespace: &str,
         instance_id: String,
+        codec: Arc<dyn EventCodec>,
     ) -> anyhow::Result<(Self, Vec<futures::future::BoxFuture<'static, ()>>)> {
         let hub = match redis_url {
             Some(url) => Hub::redis(url, namespace, cfg.presence_ttl).await?,
@@ -77,6 +82,7 @@ impl Signalling {
                 hub,
                 instance_id,
                 turn_secret,
+                codec,
             }),
         };
         tasks.push(Box::pin(svc.clone().run_sweeper()));
@@ -204,16 +210,17 @@ impl Signalling {
         Ok(tx)
     }
 
-    /// Appends `event` to the queue of `side` (in its stored form: see [`crate::grpc::wire`]);
-    /// returns its sequence number.
+    /// Appends `event` to the queue of `side` (in its stored form: see [`EventCodec`]); returns
+    /// its sequence number.
     async fn enqueue(
+        &self,
         tx: &mut Tx,
         session_id: &str,
         side: Side,
         event: &Event,
         now: i64,
     ) -> Result<i64, SignallingError> {
-        let body = crate::grpc::wire::encode(event, now);
+        let body = self.inner.codec.encode(event, now);
         Ok(store::enqueue(tx, session_id, side, &body, now).await?)
     }
 

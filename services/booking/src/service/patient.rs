@@ -8,7 +8,7 @@ use econsult_calendar::oslo_date;
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::command::{self, Claim, Outcome};
-use econsult_runtime::db::{Backend, Defer};
+use econsult_runtime::db::Backend;
 use econsult_runtime::events::topics;
 use econsult_runtime::idempotency::Op;
 
@@ -240,8 +240,8 @@ impl Booking {
                         e.chose(&slot.slot_id, slot.start, at);
                         e.write(&mut op.tx);
                     }
-                    None => op.tx.defer(
-                        episodes::CHOOSE,
+                    None => store::episodes::choose(
+                        &mut op.tx,
                         episodes::choose_values(
                             h.request,
                             nin.as_str(),
@@ -311,8 +311,8 @@ impl Booking {
                             Target::Slot(_) => None,
                         }
                         .or_else(|| Some(request_id.to_owned()).filter(|r| !r.is_empty()));
-                        op.tx.defer(
-                            episodes::CHOOSE,
+                        store::episodes::choose(
+                            &mut op.tx,
                             episodes::choose_values(
                                 link.as_deref(),
                                 nin.as_str(),

@@ -1,6 +1,8 @@
-//! Every SQL statement of the booking service's commands and queries, each a complete literal
-//! (PostgreSQL and SQLite variants side by side where they differ), with the functions that run
-//! them and turn rows into domain types. Nothing here knows prost or tonic.
+//! Every SQL statement of the booking crate, each a complete literal (PostgreSQL and SQLite
+//! variants side by side where they differ), with the functions that run them and turn rows into
+//! domain types: the service's commands and queries here and in `appointments` and `slots`, the
+//! booking requests of [`crate::episodes`] in [`episodes`], the lookups of [`crate::directory`]
+//! in [`directory`]. Nothing here knows prost or tonic.
 //!
 //! A slot is *takeable* at `now` when it is free, or held by a hold that has lapsed:
 //! `((s.status = 1 OR s.status = 3) AND (s.status = 1 OR (s.status = 3 AND s.hold_expires_at <=
@@ -9,6 +11,8 @@
 //! [`ListStatus::code`]'s, appointment statuses [`AppointmentStatus::code`]'s.
 
 mod appointments;
+pub(crate) mod directory;
+pub(crate) mod episodes;
 mod slots;
 
 pub(crate) use appointments::*;

@@ -9,7 +9,7 @@ use crate::domain::{
 use crate::error::SignallingError;
 use crate::service::{Outgoing, Signalling};
 use econsult_runtime::auth::Caller;
-use econsult_runtime::grpc::timestamp;
+use econsult_runtime::grpc::{internal, timestamp};
 use futures::StreamExt as _;
 use pb::client_signal::Body as In;
 use pb::server_event::Body as Ev;
@@ -169,7 +169,14 @@ fn server_event(
     at: Option<prost_types::Timestamp>,
 ) -> Result<pb::ServerEvent, Status> {
     let body = match o {
-        Outgoing::Event(ev) => return Ok(ev.0),
+        Outgoing::Event(ev) => {
+            return ev.into_wire::<pb::ServerEvent>().map_err(|ev| {
+                internal(
+                    "signal stream",
+                    format!("event {} is no ServerEvent", ev.seq()),
+                )
+            });
+        }
         Outgoing::Welcome(w) => Ev::Welcome(w.into()),
         Outgoing::Ack(id) => Ev::Ack(pb::Ack { client_msg_id: id }),
         Outgoing::Rejected {

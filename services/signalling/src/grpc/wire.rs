@@ -1,11 +1,13 @@
 //! The stored form of queued events: a participant's queue (`signalling_messages.body`) keeps
 //! each event as it goes on the wire, base64 of the encoded `ServerEvent` (seq 0, the time it
 //! was queued), so a resumed stream is sent the very bytes that were stored, and rows written
-//! by one replica are read by any other. The logic hands domain [`Event`]s to [`encode`] and
-//! passes [`Delivered`] events through unopened but for [`Delivered::ends_session`].
+//! by one replica are read by any other. [`WireCodec`] is the logic's [`EventCodec`]: the
+//! logic hands it domain [`Event`]s to [`encode`] and passes the [`Delivered`] events of
+//! [`decode`] (a `ServerEvent` inside) through unopened but for [`Delivered::ends_session`].
 
 use super::{end_reason_pb, leave_reason_pb, side_pb};
 use crate::domain::{Candidate, Description, Event, MediaState, SdpKind};
+use crate::service::{Delivered, EventCodec};
 use base64::Engine as _;
 use econsult_proto::signalling::v1 as pb;
 use econsult_runtime::clock::from_ms;
@@ -91,28 +93,28 @@ pub(crate) fn encode(event: &Event, at_ms: i64) -> String {
     base64::engine::general_purpose::STANDARD.encode(event.encode_to_vec())
 }
 
-/// A queued event read back for delivery, in its wire form.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Delivered(pub(crate) pb::ServerEvent);
-
-impl Delivered {
-    /// The event's sequence number.
-    pub fn seq(&self) -> u64 {
-        self.0.seq
-    }
-
-    /// Whether this is the SessionEnded event (the stream ends after it).
-    pub fn ends_session(&self) -> bool {
-        matches!(self.0.body, Some(Ev::SessionEnded(_)))
-    }
-}
-
-/// Reads a stored event back; `seq` is its sequence number in the queue.
+/// Reads a stored event back; `seq` is its sequence number in the queue. The [`Delivered`]
+/// carries the `ServerEvent` to send.
 pub(crate) fn decode(body: &str, seq: u64) -> anyhow::Result<Delivered> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(body)?;
     let mut ev = pb::ServerEvent::decode(bytes.as_slice())?;
     ev.seq = seq;
-    Ok(Delivered(ev))
+    let ends_session = matches!(ev.body, Some(Ev::SessionEnded(_)));
+    Ok(Delivered::new(seq, ends_session, ev))
+}
+
+/// The stored form of queued events ([`encode`], [`decode`]), for the logic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WireCodec;
+
+impl EventCodec for WireCodec {
+    fn encode(&self, event: &Event, at_ms: i64) -> String {
+        encode(event, at_ms)
+    }
+
+    fn decode(&self, body: &str, seq: u64) -> anyhow::Result<Delivered> {
+        decode(body, seq)
+    }
 }
 
 #[cfg(test)]
@@ -158,9 +160,10 @@ mod tests {
         ];
         for (i, e) in events.iter().enumerate() {
             let back = decode(&encode(e, 1_700_000_000_456), i as u64 + 1).expect("decodes");
+            let wire = back.wire::<pb::ServerEvent>().expect("a ServerEvent");
             assert_eq!(back.seq(), i as u64 + 1);
-            assert_eq!(back.0.body, Some(Ev::from(e)), "{e:?}");
-            assert_eq!(back.0.at, Some(timestamp(from_ms(1_700_000_000_456))));
+            assert_eq!(wire.body, Some(Ev::from(e)), "{e:?}");
+            assert_eq!(wire.at, Some(timestamp(from_ms(1_700_000_000_456))));
             assert_eq!(back.ends_session(), matches!(e, Event::SessionEnded { .. }));
         }
         assert!(decode("not base64!", 1).is_err());

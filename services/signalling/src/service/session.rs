@@ -162,7 +162,7 @@ impl Signalling {
             Some(t) => t,
             None => {
                 store::admit(&mut tx, &session.session_id, now).await?;
-                Self::enqueue(
+                self.enqueue(
                     &mut tx,
                     &session.session_id,
                     Side::Patient,
@@ -234,7 +234,7 @@ impl Signalling {
         }
         store::close_participants(tx, &session.session_id, now).await?;
         for side in Side::BOTH {
-            Self::enqueue(
+            self.enqueue(
                 tx,
                 &session.session_id,
                 side,

@@ -3,13 +3,12 @@
 //! delivered in sequence order from where the stream resumes. A stream's messages are metered
 //! by a token bucket; its end is recorded and told to the peer.
 
-use super::Signalling;
+use super::{Delivered, Signalling};
 use crate::domain::{
     ClientSignal, Event, Hello, LeaveReason, ParticipantState, SdpKind, Side, Signal, StreamClose,
     Welcome,
 };
 use crate::error::SignallingError;
-use crate::grpc::wire::{self, Delivered};
 use crate::hub;
 use crate::{sdp, store};
 use econsult_runtime::auth::Caller;
@@ -142,7 +141,7 @@ impl Signalling {
         let peer_side = access.side.other();
         let waiting = session.admitted_at.is_none();
         if me.state != ParticipantState::Online {
-            Self::enqueue(
+            self.enqueue(
                 &mut tx,
                 &session.session_id,
                 peer_side,
@@ -333,7 +332,9 @@ impl Signalling {
             .await?
             .into_iter()
             .map(|q| {
-                wire::decode(&q.body, q.seq as u64)
+                self.inner
+                    .codec
+                    .decode(&q.body, q.seq as u64)
                     .map_err(|e| SignallingError::internal("decode signal", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -368,7 +369,7 @@ impl Signalling {
         Self::set_media_connected(&mut tx, &ctx.session_id, ctx.side, false, now).await?;
         if store::ended_at(&mut tx, &ctx.session_id).await?.is_none() {
             let deadline = now + self.inner.cfg.reconnect_grace.num_milliseconds();
-            Self::enqueue(
+            self.enqueue(
                 &mut tx,
                 &ctx.session_id,
                 ctx.side.other(),
@@ -545,7 +546,8 @@ impl Signalling {
             Signal::HangUp => None,
         };
         if let Some(ev) = relayed {
-            Self::enqueue(&mut tx, &ctx.session_id, peer_side, &ev, now).await?;
+            self.enqueue(&mut tx, &ctx.session_id, peer_side, &ev, now)
+                .await?;
         }
         tx.commit().await?;
         self.inner.hub.wake(&ctx.session_id, Some(peer_side)).await;

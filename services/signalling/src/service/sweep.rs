@@ -54,7 +54,7 @@ impl Signalling {
             let mut tx = self.begin_locked(&p.appointment_id).await?;
             let let_go = store::mark_gone(&mut tx, &p.session_id, p.side, grace_start, now).await?;
             if let_go {
-                Self::enqueue(
+                self.enqueue(
                     &mut tx,
                     &p.session_id,
                     p.side.other(),
