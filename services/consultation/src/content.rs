@@ -1,7 +1,7 @@
 //! Content rules for messages: sanitising text and checking attachments.
 
+use crate::error::ConsultationError;
 use sha2::Digest as _;
-use tonic::Status;
 
 /// Most characters in a message body (after sanitising).
 pub const MAX_BODY_CHARS: usize = 5000;
@@ -34,20 +34,31 @@ pub fn sanitize(text: &str) -> String {
 
 /// A sanitised, non-empty text of at most `max` characters; `INVALID_ARGUMENT` naming `field`
 /// and the limit otherwise.
-pub fn checked_text(text: &str, field: &str, max: usize) -> Result<String, Status> {
+pub fn checked_text(text: &str, field: &str, max: usize) -> Result<String, ConsultationError> {
     let clean = sanitize(text);
     if clean.is_empty() {
-        return Err(Status::invalid_argument(format!(
+        return Err(ConsultationError::Invalid(format!(
             "{field} must not be empty"
         )));
     }
     let n = clean.chars().count();
     if n > max {
-        return Err(Status::invalid_argument(format!(
+        return Err(ConsultationError::Invalid(format!(
             "{field} is {n} characters; the limit is {max} characters"
         )));
     }
     Ok(clean)
+}
+
+/// An attachment as the sender gave it, before [`check_attachments`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewAttachment {
+    /// The file name as given.
+    pub file_name: String,
+    /// The declared content type.
+    pub content_type: String,
+    /// The bytes.
+    pub content: Vec<u8>,
 }
 
 /// A checked attachment.
@@ -78,10 +89,10 @@ pub fn sniff(content: &[u8]) -> Option<&'static str> {
 
 /// Checks the attachments of a message: count, size, name, and type by magic bytes.
 pub fn check_attachments(
-    list: Vec<econsult_proto::consultation::v1::NewAttachment>,
-) -> Result<Vec<CheckedAttachment>, Status> {
+    list: Vec<NewAttachment>,
+) -> Result<Vec<CheckedAttachment>, ConsultationError> {
     if list.len() > MAX_ATTACHMENTS {
-        return Err(Status::invalid_argument(format!(
+        return Err(ConsultationError::Invalid(format!(
             "attachments: {} given; the limit is {MAX_ATTACHMENTS} per message",
             list.len()
         )));
@@ -91,10 +102,10 @@ pub fn check_attachments(
         .map(|(i, a)| {
             let field = format!("attachments[{i}]");
             if a.content.is_empty() {
-                return Err(Status::invalid_argument(format!("{field}.content is empty")));
+                return Err(ConsultationError::Invalid(format!("{field}.content is empty")));
             }
             if a.content.len() > MAX_ATTACHMENT_BYTES {
-                return Err(Status::invalid_argument(format!(
+                return Err(ConsultationError::Invalid(format!(
                     "{field}.content is {} bytes; the limit is {MAX_ATTACHMENT_BYTES} bytes (5 MiB)",
                     a.content.len()
                 )));
@@ -105,17 +116,17 @@ pub fn check_attachments(
                 || name.contains(['/', '\\'])
                 || name.starts_with('.')
             {
-                return Err(Status::invalid_argument(format!(
+                return Err(ConsultationError::Invalid(format!(
                     "{field}.file_name must be 1-200 characters without path separators"
                 )));
             }
             let real = sniff(&a.content).ok_or_else(|| {
-                Status::invalid_argument(format!(
+                ConsultationError::Invalid(format!(
                     "{field}.content is not a PNG, JPEG or PDF file (checked by its first bytes)"
                 ))
             })?;
             if a.content_type != real {
-                return Err(Status::invalid_argument(format!(
+                return Err(ConsultationError::Invalid(format!(
                     "{field}.content_type is {:?} but the content is {real}",
                     a.content_type
                 )));
@@ -150,9 +161,9 @@ mod tests {
 
     #[test]
     fn text_limits_name_the_field() {
-        let e = checked_text(" \u{0} ", "body", 10).unwrap_err();
+        let e = tonic::Status::from(checked_text(" \u{0} ", "body", 10).unwrap_err());
         assert!(e.message().contains("body must not be empty"));
-        let e = checked_text(&"x".repeat(11), "body", 10).unwrap_err();
+        let e = tonic::Status::from(checked_text(&"x".repeat(11), "body", 10).unwrap_err());
         assert!(e.message().contains("limit is 10"), "{}", e.message());
         // Escaping counts: 3 '<' become 12 characters.
         assert!(checked_text("<<<", "body", 11).is_err());
@@ -164,7 +175,7 @@ mod tests {
         assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some("image/jpeg"));
         assert_eq!(sniff(b"%PDF-1.7"), Some("application/pdf"));
         assert_eq!(sniff(b"<html>"), None);
-        let mismatch = econsult_proto::consultation::v1::NewAttachment {
+        let mismatch = NewAttachment {
             file_name: "x.png".into(),
             content_type: "image/png".into(),
             content: b"%PDF-1.4".to_vec(),
@@ -191,7 +202,7 @@ mod tests {
         /// Arbitrary bytes: refused unless they really start like a PNG, JPEG or PDF.
         #[test]
         fn attachments_are_typed_by_content(content in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), declared in "(image/png|image/jpeg|application/pdf|text/html|)") {
-            let a = econsult_proto::consultation::v1::NewAttachment {
+            let a = NewAttachment {
                 file_name: "f".into(),
                 content_type: declared.clone(),
                 content: content.clone(),
@@ -201,7 +212,7 @@ mod tests {
                     proptest::prop_assert_eq!(Some(v[0].content_type), sniff(&content));
                     proptest::prop_assert_eq!(declared.as_str(), v[0].content_type, "the declared type is required and must match");
                 }
-                Err(e) => proptest::prop_assert_eq!(e.code(), tonic::Code::InvalidArgument),
+                Err(e) => proptest::prop_assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument),
             }
         }
     }

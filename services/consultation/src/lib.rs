@@ -1,19 +1,29 @@
 //! Consultation service: asynchronous text e-consultations between a patient and the practice
 //! of the patient's regular GP, with a response SLA in Norwegian working days.
 //!
+//! - [`domain`]: threads, messages, and the state machine; the stored codes as enums.
 //! - [`content`]: sanitising text and checking attachments (magic bytes, sizes).
 //! - [`sla`]: due times, working days and working hours.
-//! - [`store`]: the tables (`consultation_*`) and the thread state machine.
-//! - [`grpc`]: `econsult.consultation.v1.ConsultationService` (authorisation, validation,
-//!   transactions with outbox events, audit rows and idempotency records).
+//! - [`urgent`]: the answer to a patient whose matter is urgent.
+//! - [`service`]: the commands and queries (quotas, SLA, state changes, read receipts,
+//!   closing), each mutating command one transaction with its outbox events, audit rows and
+//!   idempotency record.
+//! - [`store`]: every SQL statement, over the tables `consultation_*`.
+//! - [`feed`]: the process's one reader of consultation events for the change streams.
+//! - [`grpc`]: `econsult.consultation.v1.ConsultationService`, the adapter (caller check,
+//!   proto ⇄ domain, the status of each [`ConsultationError`]).
 
 pub mod content;
+pub mod domain;
+pub mod error;
 pub mod feed;
 pub mod grpc;
+pub mod service;
 pub mod sla;
 pub mod store;
 pub mod urgent;
 
+pub use error::ConsultationError;
 pub use grpc::ConsultationGrpc;
 
 use econsult_runtime::platform::Platform;
@@ -57,13 +67,7 @@ pub async fn run_overdue_gauge(p: Platform, every: Duration) {
     let mut ticker = p.ticker(every);
     let mut seen: std::collections::BTreeSet<String> = Default::default();
     loop {
-        let rows: Result<Vec<(String, i64)>, sqlx::Error> = sqlx::query_as(
-            "SELECT org_number, CAST(SUM(CASE WHEN first_response_at IS NULL AND due_at < $1 THEN 1 ELSE 0 END) AS BIGINT) \
-             FROM consultation_threads WHERE state IN (1,2,3) GROUP BY org_number",
-        )
-        .bind(p.clock.now_ms())
-        .fetch_all(p.db.read())
-        .await;
+        let rows = store::overdue_by_org(p.db.read(), p.clock.now_ms()).await;
         match rows {
             Ok(rows) => {
                 let now: std::collections::BTreeSet<String> =

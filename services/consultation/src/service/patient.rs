@@ -1,0 +1,274 @@
+//! The patient's side: starting a thread (with quotas and the SLA due time), writing to it,
+//! withdrawing it, listing the own threads, and the answer to an urgent matter.
+
+use super::{
+    Consultations, Done, Posted, Viewer, bytes_of, calendar, fingerprint, required_id, rpc,
+    transition_refused,
+};
+use crate::content::{
+    MAX_BODY_CHARS, MAX_SUBJECT_CHARS, NewAttachment, check_attachments, checked_text,
+};
+use crate::domain::{Author, Category, State, Thread};
+use crate::error::ConsultationError;
+use crate::sla;
+use crate::store;
+use crate::urgent::{self, Language, Office};
+use econsult_booking::directory;
+use econsult_calendar::Calendar;
+use econsult_runtime::auth::Caller;
+use econsult_runtime::clock::from_ms;
+use econsult_runtime::command;
+use econsult_runtime::events::topics;
+use econsult_runtime::idempotency::Op;
+use econsult_runtime::nin::NationalId;
+
+/// A patient's new question, as given.
+#[derive(Debug, Clone)]
+pub struct NewThread {
+    /// What it is about.
+    pub category: Category,
+    /// The subject line (sanitised and checked here).
+    pub subject: String,
+    /// The first message (sanitised and checked here).
+    pub body: String,
+    /// Its attachments (checked here).
+    pub attachments: Vec<NewAttachment>,
+}
+
+impl Consultations {
+    /// Where a patient with an urgent need should turn now: the GP office's phone while it is
+    /// open, legevakt otherwise (`urgent`). A read of the pool (it writes nothing, so there is
+    /// no transaction); one connection for the three lookups.
+    pub async fn urgent_answer(
+        &self,
+        nin: &NationalId,
+        lang: Language,
+    ) -> Result<String, ConsultationError> {
+        let mut conn = self.p.db.read().acquire().await?;
+        let office = match directory::patient_gp(&mut conn, nin.as_str()).await? {
+            None => Office::Unknown,
+            Some(gp) => {
+                let hours = directory::opening_hours(&mut conn, &gp.org_number).await?;
+                let closures = directory::closures(&mut conn, &gp.org_number).await?;
+                Office::at(
+                    &hours,
+                    &Calendar::with_closures(closures),
+                    from_ms(self.now()),
+                )
+            }
+        };
+        Ok(urgent::answer(lang, &office))
+    }
+
+    /// Starts a thread of patient `nin` to the practice of the patient's GP, with its first
+    /// message, due the practice's response days (working days) later. `encode` gives the
+    /// answer as sent, stored with the idempotency record; a retry with `key` gets the record
+    /// of the first call.
+    pub async fn start(
+        &self,
+        caller: &Caller,
+        nin: &NationalId,
+        key: &str,
+        new: NewThread,
+        encode: impl FnOnce(&Posted) -> Vec<u8>,
+    ) -> Result<Done, ConsultationError> {
+        let category = new.category;
+        let subject = checked_text(&new.subject, "subject", MAX_SUBJECT_CHARS)?;
+        let body = checked_text(&new.body, "body", MAX_BODY_CHARS)?;
+        let attachments = check_attachments(new.attachments)?;
+        let fp = fingerprint(
+            serde_json::json!([category.code(), subject, body]),
+            &attachments,
+        );
+        let mut started = None;
+        let done = command::run(
+            &self.p.db,
+            self.command(caller, rpc::START, key, &fp),
+            async |op: &mut Op| -> Result<Done, ConsultationError> {
+                // Read in the call's transaction (as everything below): a retry gets the first
+                // answer before this runs, and the transaction's connection is the only one it
+                // holds.
+                let gp = directory::patient_gp(&mut op.tx, nin.as_str())
+                    .await?
+                    .ok_or_else(|| {
+                        ConsultationError::FailedPrecondition(
+                            "you are not on a GP's list (fastlegeliste): choose a GP first".into(),
+                        )
+                    })?;
+                self.check_quotas(&mut op.tx, nin.as_str(), true, bytes_of(&attachments))
+                    .await?;
+                let now = self.now();
+                let tx = &mut op.tx;
+                let n = store::response_days(tx, &gp.org_number).await?;
+                let cal = calendar(tx, &gp.org_number).await?;
+                let due = sla::due_at(&cal, from_ms(now), n).timestamp_millis();
+                let mut t = Thread {
+                    thread_id: uuid::Uuid::now_v7().to_string(),
+                    patient_nin: nin.as_str().to_owned(),
+                    gp_id: gp.gp_id,
+                    gp_display_name: gp.display_name,
+                    org_number: gp.org_number,
+                    municipality_number: gp.municipality_number,
+                    category,
+                    subject,
+                    state: State::Submitted,
+                    submitted_at: now,
+                    due_at: due,
+                    first_response_at: None,
+                    assigned_hpr: String::new(),
+                    last_seq: 0,
+                    patient_read_seq: 0,
+                    practice_read_seq: 0,
+                    outcome: String::new(),
+                    tariff_code: String::new(),
+                    closed_at: None,
+                    updated_at: now,
+                };
+                store::insert_thread(tx, &t).await?;
+                let m = store::append_message(
+                    tx,
+                    &t.thread_id,
+                    Author::Patient,
+                    "",
+                    &body,
+                    &attachments,
+                    now,
+                )
+                .await?;
+                t.last_seq = m.seq;
+                t.patient_read_seq = m.seq;
+                store::update_thread(tx, &t).await?;
+                self.changed(tx, topics::CONSULTATION_STARTED, &t, Some(&cal))?;
+                self.message_event(tx, &t, &m)?;
+                let done = Done::message(&t, &m);
+                started = Some((t.thread_id.clone(), t.due_at));
+                let answer = encode(&Posted {
+                    thread: t,
+                    message: m,
+                });
+                Ok(done.answering_bytes(&answer))
+            },
+        )
+        .await?;
+        if let Some((thread_id, due_at)) = started {
+            tracing::info!(thread_id = %thread_id, category = category.name(), due_at = due_at, "consultation started");
+        }
+        Ok(done)
+    }
+
+    /// The patient's message `body` in thread `thread_id`: the thread goes back to the practice
+    /// (awaiting the patient → in review). `encode` as for [`Consultations::start`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_message(
+        &self,
+        caller: &Caller,
+        nin: &NationalId,
+        key: &str,
+        thread_id: &str,
+        body: &str,
+        attachments: Vec<NewAttachment>,
+        encode: impl FnOnce(&Posted) -> Vec<u8>,
+    ) -> Result<Done, ConsultationError> {
+        let viewer = Viewer::Patient(nin.clone());
+        required_id(thread_id, "thread_id")?;
+        let body = checked_text(body, "body", MAX_BODY_CHARS)?;
+        let attachments = check_attachments(attachments)?;
+        let fp = fingerprint(serde_json::json!([thread_id, body]), &attachments);
+        command::run(
+            &self.p.db,
+            self.command(caller, rpc::SEND, key, &fp),
+            async |op: &mut Op| -> Result<Done, ConsultationError> {
+                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+                self.check_quotas(&mut op.tx, &t.patient_nin, false, bytes_of(&attachments))
+                    .await?;
+                let to = match t.state {
+                    State::Submitted | State::InReview => t.state,
+                    State::AwaitingPatient => State::InReview,
+                    other => {
+                        return Err(ConsultationError::FailedPrecondition(format!(
+                            "the thread is {}: start a new consultation instead",
+                            other.name()
+                        )));
+                    }
+                };
+                let now = self.now();
+                let tx = &mut op.tx;
+                let m = store::append_message(
+                    tx,
+                    &t.thread_id,
+                    Author::Patient,
+                    "",
+                    &body,
+                    &attachments,
+                    now,
+                )
+                .await?;
+                let state_changed = to != t.state;
+                t.last_seq = m.seq;
+                t.state = to;
+                t.patient_read_seq = m.seq;
+                t.updated_at = now;
+                store::update_thread(tx, &t).await?;
+                self.message_event(tx, &t, &m)?;
+                if state_changed {
+                    self.changed(tx, super::TOPIC_STATE, &t, None)?;
+                }
+                let done = Done::message(&t, &m);
+                let answer = encode(&Posted {
+                    thread: t,
+                    message: m,
+                });
+                Ok(done.answering_bytes(&answer))
+            },
+        )
+        .await
+    }
+
+    /// The patient withdraws thread `thread_id`. `encode` as for [`Consultations::start`].
+    pub async fn withdraw(
+        &self,
+        caller: &Caller,
+        nin: &NationalId,
+        key: &str,
+        thread_id: &str,
+        encode: impl FnOnce(&Thread) -> Vec<u8>,
+    ) -> Result<Done, ConsultationError> {
+        let viewer = Viewer::Patient(nin.clone());
+        required_id(thread_id, "thread_id")?;
+        let fp = serde_json::json!([thread_id]);
+        command::run(
+            &self.p.db,
+            self.command(caller, rpc::WITHDRAW, key, &fp),
+            async |op: &mut Op| -> Result<Done, ConsultationError> {
+                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+                if !t.state.allows(State::Withdrawn) {
+                    return Err(transition_refused(t.state, State::Withdrawn));
+                }
+                let now = self.now();
+                t.state = State::Withdrawn;
+                t.outcome = "withdrawn".into();
+                t.closed_at = Some(now);
+                t.updated_at = now;
+                store::update_thread(&mut op.tx, &t).await?;
+                self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, None)?;
+                Ok(Done::thread(&t).answering_bytes(&encode(&t)))
+            },
+        )
+        .await
+    }
+
+    /// The patient's threads, newest first: at most `limit` from `offset`, and whether there
+    /// are more.
+    pub async fn patient_threads(
+        &self,
+        nin: &NationalId,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Thread>, bool), ConsultationError> {
+        let mut threads =
+            store::patient_threads(self.p.db.read(), nin.as_str(), limit + 1, offset).await?;
+        let more = threads.len() as i64 > limit;
+        threads.truncate(limit as usize);
+        Ok((threads, more))
+    }
+}

@@ -1,0 +1,229 @@
+//! Reading a thread (for its patient or its practice), its attachments, read receipts, and the
+//! changes the change streams send.
+
+use super::{Consultations, TOPIC_MESSAGE, TOPIC_READ, Viewer, authorize, required_id, rpc};
+use crate::domain::{Attachment, ChangeKind, Message, Thread};
+use crate::error::ConsultationError;
+use crate::service::practice::page;
+use crate::store;
+use econsult_runtime::audit::{self, Access};
+use econsult_runtime::auth::Caller;
+use econsult_runtime::bus::Event;
+use econsult_runtime::events::topics;
+use econsult_runtime::outbox::{self, EventFilter};
+
+/// A page of a thread's messages.
+#[derive(Debug, Clone)]
+pub struct ThreadPage {
+    /// The thread.
+    pub thread: Thread,
+    /// Its messages after the seq asked for.
+    pub messages: Vec<Message>,
+    /// Whether more follow.
+    pub has_more: bool,
+}
+
+/// One change of a thread, for a change stream.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The event's seq: the stream's cursor after it.
+    pub cursor: u64,
+    /// What changed.
+    pub kind: ChangeKind,
+    /// The thread as it is now.
+    pub thread: Thread,
+    /// The new message, for [`ChangeKind::Message`].
+    pub message: Option<Message>,
+}
+
+impl Consultations {
+    /// Thread `thread_id` with its messages after `after_seq` (at most `page_size`, default
+    /// 50, at most 200), if `viewer` may see it; a practice's read is logged first.
+    pub async fn thread_page(
+        &self,
+        caller: &Caller,
+        viewer: &Viewer,
+        thread_id: &str,
+        after_seq: i64,
+        page_size: i32,
+    ) -> Result<ThreadPage, ConsultationError> {
+        required_id(thread_id, "thread_id")?;
+        if after_seq < 0 {
+            return Err(ConsultationError::Invalid(
+                "after_seq must not be negative".into(),
+            ));
+        }
+        let limit = page(page_size, 50, 200, "page_size")?;
+        let t = store::thread(self.p.db.read(), thread_id).await?;
+        let t = authorize(viewer, t, thread_id)?;
+        if viewer.is_practice() {
+            // Logged before the data leaves: a read that cannot be logged fails.
+            audit::record_reads(
+                &self.p.db,
+                caller,
+                &[Access {
+                    action: rpc::GET,
+                    resource: format!("consultation:{}", t.thread_id),
+                    patient_nin: &t.patient_nin,
+                }],
+                self.now(),
+            )
+            .await?;
+        }
+        let mut messages =
+            store::messages(self.p.db.read(), &t.thread_id, after_seq, limit + 1).await?;
+        let has_more = messages.len() as i64 > limit;
+        messages.truncate(limit as usize);
+        Ok(ThreadPage {
+            thread: t,
+            messages,
+            has_more,
+        })
+    }
+
+    /// Attachment `attachment_id` with its bytes, if `viewer` may see its thread; a
+    /// practice's read is logged first.
+    pub async fn attachment(
+        &self,
+        caller: &Caller,
+        viewer: &Viewer,
+        attachment_id: &str,
+    ) -> Result<(Attachment, Vec<u8>), ConsultationError> {
+        let id = attachment_id;
+        required_id(id, "attachment_id")?;
+        let (thread_id, meta, content) = store::attachment(self.p.db.read(), id)
+            .await?
+            .ok_or_else(|| ConsultationError::NotFound(format!("attachment {id} not found")))?;
+        let t = store::thread(self.p.db.read(), &thread_id).await?;
+        let t = authorize(viewer, t, &thread_id)?;
+        if viewer.is_practice() {
+            audit::record_reads(
+                &self.p.db,
+                caller,
+                &[Access {
+                    action: rpc::ATTACHMENT,
+                    resource: format!("consultation-attachment:{id}"),
+                    patient_nin: &t.patient_nin,
+                }],
+                self.now(),
+            )
+            .await?;
+        }
+        Ok((meta, content))
+    }
+
+    /// Moves `viewer`'s read receipt of thread `thread_id` up to `up_to_seq` (never back);
+    /// returns the thread.
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        viewer: &Viewer,
+        thread_id: &str,
+        up_to_seq: i64,
+    ) -> Result<Thread, ConsultationError> {
+        required_id(thread_id, "thread_id")?;
+        let mut tx = self.p.db.begin().await?;
+        let mut t = self.locked(&mut tx, viewer, thread_id).await?;
+        if up_to_seq < 1 || up_to_seq > t.last_seq {
+            return Err(ConsultationError::Invalid(format!(
+                "up_to_seq must be between 1 and {} (the thread's last message)",
+                t.last_seq
+            )));
+        }
+        let practice = viewer.is_practice();
+        let receipt = if practice {
+            &mut t.practice_read_seq
+        } else {
+            &mut t.patient_read_seq
+        };
+        if up_to_seq > *receipt {
+            *receipt = up_to_seq;
+            t.updated_at = self.now();
+            store::update_thread(&mut tx, &t).await?;
+            let body = serde_json::json!({
+                "thread_id": t.thread_id,
+                "by": if practice { "practice" } else { "patient" },
+                "up_to_seq": up_to_seq,
+            });
+            self.event(&mut tx, TOPIC_READ, &t, &body)?;
+            self.audit(&mut tx, caller, rpc::READ, &t);
+            tx.commit().await?;
+        }
+        Ok(t)
+    }
+
+    /// Thread `thread_id` as it is now (a replay of a record stored before answers were).
+    pub async fn stored_thread(&self, thread_id: &str) -> Result<Thread, ConsultationError> {
+        store::thread(self.p.db.read(), thread_id)
+            .await?
+            .ok_or_else(|| ConsultationError::NotFound(format!("thread {thread_id} not found")))
+    }
+
+    /// Message `message_id`, which a stored record names.
+    pub async fn stored_message(&self, message_id: &str) -> Result<Message, ConsultationError> {
+        store::message(self.p.db.read(), message_id)
+            .await?
+            .ok_or_else(|| {
+                ConsultationError::internal(
+                    "message",
+                    format!("stored message {message_id} missing"),
+                )
+            })
+    }
+
+    /// Sequenced events after `cursor` that pass `filter` (at most 200), for a change stream
+    /// catching up.
+    pub async fn events_after(
+        &self,
+        cursor: u64,
+        filter: EventFilter<'_>,
+    ) -> Result<Vec<Event>, ConsultationError> {
+        Ok(outbox::read_after(&self.p.db, cursor, u64::MAX, filter, 200).await?)
+    }
+
+    /// The change event `e` stands for, with the thread as it is now.
+    pub async fn change(&self, e: &Event) -> Result<Change, ConsultationError> {
+        let v: serde_json::Value = serde_json::from_str(&e.payload)
+            .map_err(|err| ConsultationError::internal("event", err))?;
+        let thread_id = v["thread_id"].as_str().unwrap_or_default();
+        let t = store::thread(self.p.db.read(), thread_id)
+            .await?
+            .ok_or_else(|| {
+                ConsultationError::internal("event", format!("thread {thread_id} missing"))
+            })?;
+        let kind = match e.topic.as_str() {
+            topics::CONSULTATION_STARTED => ChangeKind::Started,
+            TOPIC_MESSAGE => ChangeKind::Message,
+            TOPIC_READ => ChangeKind::Read,
+            _ => ChangeKind::State,
+        };
+        let message = match v["message_id"].as_str() {
+            Some(id) if kind == ChangeKind::Message => Some(self.stored_message(id).await?),
+            _ => None,
+        };
+        Ok(Change {
+            cursor: e.seq,
+            kind,
+            thread: t,
+            message,
+        })
+    }
+
+    /// Logs a practice's reads of `threads` through WatchInbox.
+    pub async fn log_watched(
+        &self,
+        caller: &Caller,
+        threads: &[&Thread],
+    ) -> Result<(), ConsultationError> {
+        let rows: Vec<Access<'_>> = threads
+            .iter()
+            .map(|t| Access {
+                action: rpc::WATCH,
+                resource: format!("consultation:{}", t.thread_id),
+                patient_nin: &t.patient_nin,
+            })
+            .collect();
+        audit::record_reads(&self.p.db, caller, &rows, self.now()).await?;
+        Ok(())
+    }
+}
