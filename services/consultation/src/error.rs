@@ -1,7 +1,7 @@
 //! The one error type of the consultation service. Its gRPC codes are decided in one place, the
 //! `From<ConsultationError> for tonic::Status` of [`crate::grpc`].
 
-use econsult_booking::domain::BookingError;
+use econsult_booking::BookingError;
 use econsult_runtime::idempotency::IdempotencyError;
 
 /// Why a consultation command or query failed.

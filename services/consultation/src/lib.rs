@@ -88,3 +88,27 @@ pub async fn run_overdue_gauge(p: Platform, every: Duration) {
         }
     }
 }
+
+/// How often the overdue gauge is published (and soon after new events).
+pub const OVERDUE_GAUGE_EVERY: Duration = Duration::from_secs(30);
+
+/// Mounts the consultation service: its gRPC server (messages up to 16 MiB: three 5 MiB
+/// attachments and the text) and the overdue gauge. Returns the process's feed of consultation
+/// events (its stream readers; tests watch it).
+pub fn mount(
+    p: &Platform,
+    quotas: Quotas,
+    feed_capacity: usize,
+    m: &mut econsult_runtime::platform::Mount<'_>,
+) -> feed::Feed {
+    m.spawn(run_overdue_gauge(p.clone(), OVERDUE_GAUGE_EVERY));
+    let service =
+        ConsultationGrpc::with_feed_capacity(p.clone(), feed_capacity).with_quotas(quotas);
+    let feed = service.feed().clone();
+    m.serve(
+        service
+            .into_server()
+            .max_decoding_message_size(16 * 1024 * 1024),
+    );
+    feed
+}

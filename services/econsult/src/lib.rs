@@ -440,30 +440,15 @@ impl Application {
             &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
         );
         for kind in &config.services {
+            let m = &mut Mount::new(&mut routes, interceptor.clone(), &mut handle);
             match kind {
-                ServiceKind::Booking => econsult_booking::mount(
-                    &platform,
-                    &config.booking,
-                    &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
-                ),
+                ServiceKind::Booking => econsult_booking::mount(&platform, &config.booking, m),
                 ServiceKind::Consultation => {
-                    handle.track(tokio::spawn(econsult_consultation::run_overdue_gauge(
-                        platform.clone(),
-                        Duration::from_secs(30),
-                    )));
-                    let service = econsult_consultation::ConsultationGrpc::with_feed_capacity(
-                        platform.clone(),
+                    consultation_feed = Some(econsult_consultation::mount(
+                        &platform,
+                        config.consultation_quotas,
                         config.consultation_feed_capacity,
-                    )
-                    .with_quotas(config.consultation_quotas);
-                    consultation_feed = Some(service.feed().clone());
-                    let server = service
-                        .into_server()
-                        // Three 5 MiB attachments and the text fit.
-                        .max_decoding_message_size(16 * 1024 * 1024);
-                    routes.add_service(tonic::service::interceptor::InterceptedService::new(
-                        server,
-                        interceptor.clone(),
+                        m,
                     ));
                 }
                 ServiceKind::Signalling => {
@@ -471,18 +456,10 @@ impl Application {
                         Some(s) => s.clone(),
                         None => econsult_signalling::dev_turn_secret(&config.data_dir)?,
                     };
-                    econsult_signalling::mount(
-                        &platform,
-                        &config.signalling,
-                        turn_secret,
-                        &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
-                    )
-                    .await?
+                    econsult_signalling::mount(&platform, &config.signalling, turn_secret, m)
+                        .await?
                 }
-                ServiceKind::Stats => econsult_stats::mount(
-                    &platform,
-                    &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
-                ),
+                ServiceKind::Stats => econsult_stats::mount(&platform, m),
             }
             health
                 .set_service_status(kind.grpc_name(), ServingStatus::Serving)
