@@ -3,7 +3,7 @@
 //! commit. A service writes only the middle part, as a closure over the open [`Op`]; a retry
 //! with the same key gets the stored first answer and the closure does not run.
 //!
-//! ```ignore
+//! ```text
 //! let appointment = command::run(&db, Command::new(caller, "Cancel", key, &request, now_ms), async |op| {
 //!     let a = store::cancel(&mut op.tx, id).await?;          // the change
 //!     op.emit(NewEvent { topic: "booking.cancelled", .. }, now_ms)?; // its event
