@@ -109,6 +109,27 @@ pub struct ConsultationGrpc {
 }
 
 impl ConsultationGrpc {
+    /// The answer of SendMessage or Reply: the response built by this call or stored with its
+    /// key, or, for a record stored before responses were kept, rebuilt from its ids as the
+    /// thread is now (`practice`: as the practice sees it).
+    async fn message_answer(
+        &self,
+        built: Option<pb::SendMessageResponse>,
+        done: &Done,
+        practice: bool,
+    ) -> Result<pb::SendMessageResponse, Status> {
+        if let Some(resp) = answered(built, done)? {
+            return Ok(resp);
+        }
+        Ok(pb::SendMessageResponse {
+            message: Some(
+                self.message_view(done.message_id.as_deref().unwrap_or_default())
+                    .await?,
+            ),
+            thread: Some(self.thread_view(&done.thread_id, practice).await?),
+        })
+    }
+
     /// The service over the shared platform.
     pub fn new(p: Platform) -> Self {
         Self::with_feed_capacity(p, crate::feed::DEFAULT_CAPACITY)
@@ -261,16 +282,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                 encode,
             )
             .await?;
-        if let Some(resp) = answered(built, &done)? {
-            return Ok(Response::new(resp));
-        }
-        Ok(Response::new(pb::SendMessageResponse {
-            message: Some(
-                self.message_view(done.message_id.as_deref().unwrap_or_default())
-                    .await?,
-            ),
-            thread: Some(self.thread_view(&done.thread_id, false).await?),
-        }))
+        Ok(Response::new(
+            self.message_answer(built, &done, false).await?,
+        ))
     }
 
     async fn list_threads(
@@ -465,16 +479,9 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
                 encode,
             )
             .await?;
-        if let Some(resp) = answered(built, &done)? {
-            return Ok(Response::new(resp));
-        }
-        Ok(Response::new(pb::SendMessageResponse {
-            message: Some(
-                self.message_view(done.message_id.as_deref().unwrap_or_default())
-                    .await?,
-            ),
-            thread: Some(self.thread_view(&done.thread_id, true).await?),
-        }))
+        Ok(Response::new(
+            self.message_answer(built, &done, true).await?,
+        ))
     }
 
     async fn convert_to_booking(
