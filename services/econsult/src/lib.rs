@@ -406,6 +406,19 @@ impl Application {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
+        // The ports first: a port in use is the error reported, before anything has started
+        // (not a background task cancelled on the way out).
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind {} (is another server using it?)", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("bind metrics {a} (is another server using it?)"))?,
+            ),
+            None => None,
+        };
         let auth = Arc::new(config.authenticator().await?);
         let (platform, mut handle) = Platform::start(PlatformConfig {
             database_url: config.database_url(),
@@ -467,14 +480,14 @@ impl Application {
         }
         health.set_service_status("", ServingStatus::Serving).await;
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("bind {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let metrics_addr = match (config.metrics_listen, config.registry.clone()) {
-            (Some(a), Some(registry)) => {
-                Some(serve_metrics(a, registry, platform.shutdown.clone(), &mut handle).await?)
-            }
+        let metrics_addr = match (metrics_listener, config.registry.clone()) {
+            (Some(l), Some(registry)) => Some(serve_metrics(
+                l,
+                registry,
+                platform.shutdown.clone(),
+                &mut handle,
+            )?),
             _ => None,
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -576,15 +589,12 @@ impl Application {
     }
 }
 
-async fn serve_metrics(
-    addr: SocketAddr,
+fn serve_metrics(
+    listener: TcpListener,
     registry: prometheus::Registry,
     mut stop: tokio::sync::watch::Receiver<bool>,
     handle: &mut PlatformHandle,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("bind metrics {addr}"))?;
     let local = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/metrics",

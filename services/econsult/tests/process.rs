@@ -956,3 +956,28 @@ async fn sla_metrics_reach_the_prometheus_endpoint() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// A port in use is the error the server reports, before anything starts: not a background task
+/// cancelled on the way out (issue 27: "outbox relay failed … task was cancelled").
+#[test]
+fn a_busy_port_is_reported_as_such_and_nothing_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (ok, _, err) = run_cli(
+        dir.path(),
+        &["serve", "--listen", &addr, "--log-format", "json"],
+    );
+    assert!(!ok, "must not start on a busy port: {err}");
+    assert!(
+        err.contains(&format!("bind {addr}")),
+        "names the port: {err}"
+    );
+    assert!(err.contains("another server"), "says what to check: {err}");
+    assert!(!err.contains("relay"), "no misleading relay error: {err}");
+    assert!(
+        !dir.path().join("econsult.db").exists(),
+        "nothing was started (no database created)"
+    );
+    drop(taken);
+}
