@@ -298,6 +298,7 @@ pub struct StartLine {
     bus: String,
     tokens: String,
     dev_key_trusted: bool,
+    reflection: bool,
 }
 
 /// `host:port/path` of a URL, without scheme, credentials or query.
@@ -370,6 +371,7 @@ impl StartLine {
             bus,
             tokens,
             dev_key_trusted,
+            reflection: config.reflection_enabled(),
         }
     }
 
@@ -380,10 +382,11 @@ impl StartLine {
             None => "no metrics endpoint".to_owned(),
         };
         format!(
-            "econsult {} serving {} on {grpc} (gRPC, gRPC-Web, health, reflection); {metrics}; \
+            "econsult {} serving {} on {grpc} (gRPC, gRPC-Web, health{}); {metrics}; \
              database: {}; event bus: {}; tokens {}",
             env!("CARGO_PKG_VERSION"),
             self.services,
+            if self.reflection { ", reflection" } else { "" },
             self.database,
             self.bus,
             self.tokens
@@ -719,6 +722,19 @@ mod tests {
                 && !line.contains("development key"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn reflection_is_served_by_default_only_on_a_loopback_address() {
+        let mut config = Config::embedded(PathBuf::from("data"));
+        assert!(config.reflection_enabled());
+        config.listen = "0.0.0.0:50051".parse().expect("addr");
+        assert!(!config.reflection_enabled());
+        config.reflection = Some(true);
+        assert!(config.reflection_enabled());
+        config.listen = "127.0.0.1:50051".parse().expect("addr");
+        config.reflection = Some(false);
+        assert!(!config.reflection_enabled());
     }
 
     #[test]

@@ -430,3 +430,108 @@ async fn a_caller_has_at_most_its_cap_of_open_streams() {
     );
     app.shutdown().await;
 }
+
+/// Sends `body` as the encoded request message of `path`, whatever it is.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, n);
+        Ok(Some(()))
+    }
+}
+
+async fn raw_call(app: &TestApp, path: &'static str, body: Vec<u8>, token: &str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.expect("ready");
+    grpc.unary(
+        authed(body, token),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .expect_err("a malformed request is refused")
+}
+
+/// Invalid UTF-8 in a string field and bytes that are no protobuf at all are the client's
+/// mistake: INVALID_ARGUMENT, not INTERNAL (which tonic answers by default).
+#[tokio::test]
+async fn a_malformed_request_message_is_invalid_argument() {
+    let app = TestApp::start(Env::sqlite().await).await;
+    let token = app.ehr_token(ORG_A);
+    const GET_GP: &str = "/econsult.booking.v1.BookingService/GetGp";
+    // Field 1 (gp_id, a string), two bytes that are not UTF-8.
+    let bad_utf8 = raw_call(&app, GET_GP, vec![0x0a, 0x02, 0xff, 0xfe], &token).await;
+    assert_eq!(bad_utf8.code(), Code::InvalidArgument, "{bad_utf8:?}");
+    assert!(
+        bad_utf8.message().contains("not a valid"),
+        "{}",
+        bad_utf8.message()
+    );
+    let garbage = raw_call(&app, GET_GP, vec![0xff; 12], &token).await;
+    assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
+    // A well-formed message is decoded as before.
+    let ok = raw_call(&app, GET_GP, vec![0x0a, 0x02, b'g', b'x'], &token).await;
+    assert_eq!(ok.code(), Code::NotFound, "{ok:?}");
+    app.shutdown().await;
+}
+
+/// Reflection answers without a token: served only where configured (by default only on a
+/// loopback address, see `Config::reflection_enabled`).
+#[tokio::test]
+async fn reflection_is_served_only_where_configured() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    for enabled in [false, true] {
+        let tweak: Tweak = Arc::new(move |c| c.reflection = Some(enabled));
+        let app = TestApp::start_configured(Env::sqlite().await, monday_0800(), Some(tweak)).await;
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let answer = ServerReflectionClient::new(app.channel().await)
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await;
+        match (enabled, answer) {
+            (true, Ok(_)) => {}
+            (false, Err(e)) => assert_eq!(e.code(), Code::Unimplemented, "{e:?}"),
+            (enabled, other) => panic!("reflection {enabled}: {other:?}"),
+        }
+        app.shutdown().await;
+    }
+}
