@@ -3,6 +3,8 @@
 //! This is the only crate that holds prost types; services convert them into their own domain
 //! types at the gRPC boundary (`TryFrom<proto::X>`), so nothing below the adapter sees prost.
 
+pub mod codec;
+
 /// The encoded `FileDescriptorSet` of every econsult proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/econsult_descriptor.bin"));

@@ -14,7 +14,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
+pub mod connections;
 pub mod walkthrough;
+
+/// Open client connections allowed by default (each holds a file descriptor).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// Server reflection over every service a tool may call: ours, gRPC health and both versions
 /// of reflection itself. Served as `grpc.reflection.v1` and as `v1alpha`, which many clients
@@ -118,6 +122,19 @@ pub struct Config {
     pub rate_limits: econsult_runtime::ratelimit::RateLimits,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_streams_per_connection: u32,
+    /// Most open client connections; beyond it a new connection is closed at once.
+    pub max_connections: usize,
+    /// How long a new connection may take to send the HTTP/2 preface (or an HTTP/1 request)
+    /// before it is closed.
+    pub handshake_timeout: Duration,
+    /// Age after which a connection is asked to go (HTTP/2 GOAWAY): it closes once its open
+    /// calls and streams have ended, and the client reconnects. Bounds idle connections.
+    pub max_connection_age: Duration,
+    /// Most streaming calls (Subscribe, WatchInbox, Signal, …) one caller (token subject) may
+    /// have open at once; 0 = no cap.
+    pub max_streams_per_caller: u32,
+    /// Serve gRPC server reflection (it needs no token); `None`: only on a loopback address.
+    pub reflection: Option<bool>,
     /// Most database connections of the process (see `Db::connect_with`).
     pub db_max_connections: u32,
     /// Signalling tunables (join window, STUN/TURN, limits).
@@ -154,6 +171,11 @@ impl Config {
             consultation_quotas: Default::default(),
             rate_limits: Default::default(),
             max_streams_per_connection: 256,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_streams_per_caller: econsult_runtime::streams::DEFAULT_MAX_STREAMS_PER_CALLER,
+            reflection: None,
             db_max_connections: econsult_runtime::db::DEFAULT_MAX_CONNECTIONS,
             signalling: econsult_signalling::SignallingConfig::default(),
             shutdown_grace: Duration::from_secs(20),
@@ -161,6 +183,12 @@ impl Config {
             registry: None,
             clock: Arc::new(econsult_runtime::clock::SystemClock),
         }
+    }
+
+    /// Whether reflection is served: as configured, else only on a loopback address.
+    pub fn reflection_enabled(&self) -> bool {
+        self.reflection
+            .unwrap_or_else(|| self.listen.ip().is_loopback())
     }
 
     /// The database URL in effect.
@@ -270,6 +298,7 @@ pub struct StartLine {
     bus: String,
     tokens: String,
     dev_key_trusted: bool,
+    reflection: bool,
 }
 
 /// `host:port/path` of a URL, without scheme, credentials or query.
@@ -342,6 +371,7 @@ impl StartLine {
             bus,
             tokens,
             dev_key_trusted,
+            reflection: config.reflection_enabled(),
         }
     }
 
@@ -352,10 +382,11 @@ impl StartLine {
             None => "no metrics endpoint".to_owned(),
         };
         format!(
-            "econsult {} serving {} on {grpc} (gRPC, gRPC-Web, health, reflection); {metrics}; \
+            "econsult {} serving {} on {grpc} (gRPC, gRPC-Web, health{}); {metrics}; \
              database: {}; event bus: {}; tokens {}",
             env!("CARGO_PKG_VERSION"),
             self.services,
+            if self.reflection { ", reflection" } else { "" },
             self.database,
             self.bus,
             self.tokens
@@ -440,14 +471,17 @@ impl Application {
             );
             handle.track(tokio::spawn(refresh));
         }
-        let interceptor = AuthInterceptor::new(auth, config.rate_limits);
+        let interceptor =
+            AuthInterceptor::new(auth, config.rate_limits, config.max_streams_per_caller);
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = tonic::service::Routes::builder();
         let mut consultation_feed = None;
-        routes
-            .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?);
+        routes.add_service(health_service);
+        if config.reflection_enabled() {
+            routes
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?);
+        }
         econsult_runtime::audit::mount(
             &platform,
             &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
@@ -494,24 +528,27 @@ impl Application {
         let services = config.services.clone();
         let grace = config.shutdown_grace;
         let max_streams = config.max_streams_per_connection;
+        let incoming =
+            connections::bounded(listener, config.max_connections, config.handshake_timeout);
+        let max_age = config.max_connection_age;
         let routes = routes.routes();
         let task = tokio::spawn(async move {
             let (drain_tx, drain_rx) = oneshot::channel::<()>();
             let server = tonic::transport::Server::builder()
                 .accept_http1(true)
+                // A peer that stops answering pings is closed; an idle one is asked to go once
+                // the connection reaches its age.
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .max_connection_age(max_age)
                 .max_concurrent_streams(Some(max_streams))
                 .layer(RpcMetricsLayer::default())
+                .layer(econsult_runtime::streams::StreamLimitLayer)
                 .layer(tonic_web::GrpcWebLayer::new())
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(
-                    // Small gRPC frames must not wait for Nagle's algorithm (tonic applies its
-                    // own nodelay setting only when it binds the socket itself).
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = drain_rx.await;
-                    },
-                );
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = drain_rx.await;
+                });
             tokio::pin!(server);
             tokio::select! {
                 r = &mut server => { r?; }
@@ -695,6 +732,19 @@ mod tests {
                 && !line.contains("development key"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn reflection_is_served_by_default_only_on_a_loopback_address() {
+        let mut config = Config::embedded(PathBuf::from("data"));
+        assert!(config.reflection_enabled());
+        config.listen = "0.0.0.0:50051".parse().expect("addr");
+        assert!(!config.reflection_enabled());
+        config.reflection = Some(true);
+        assert!(config.reflection_enabled());
+        config.listen = "127.0.0.1:50051".parse().expect("addr");
+        config.reflection = Some(false);
+        assert!(!config.reflection_enabled());
     }
 
     #[test]

@@ -156,6 +156,33 @@ struct ServeArgs {
         default_value_t = 256
     )]
     max_streams_per_connection: u32,
+    /// Most open client connections; beyond it a new connection is closed at once.
+    #[arg(long, env = "ECONSULT_MAX_CONNECTIONS", default_value_t = econsult::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a new connection may take to send its first request (the HTTP/2 preface)
+    /// before it is closed.
+    #[arg(long, env = "ECONSULT_HANDSHAKE_TIMEOUT_SECONDS", default_value_t = 10)]
+    handshake_timeout_seconds: u64,
+    /// Seconds after which a connection is asked to go (GOAWAY): it closes when its calls and
+    /// streams have ended and the client reconnects; bounds idle connections.
+    #[arg(
+        long,
+        env = "ECONSULT_MAX_CONNECTION_AGE_SECONDS",
+        default_value_t = 1800
+    )]
+    max_connection_age_seconds: u64,
+    /// Most streaming calls (Subscribe, WatchInbox, WatchBookings, Signal, …) one caller (token
+    /// subject) may have open at once; 0 = no cap.
+    #[arg(
+        long,
+        env = "ECONSULT_MAX_STREAMS_PER_CALLER",
+        default_value_t = econsult_runtime::streams::DEFAULT_MAX_STREAMS_PER_CALLER
+    )]
+    max_streams_per_caller: u32,
+    /// Serve gRPC server reflection (true/false). It answers without a token, so by default it
+    /// is served only when listening on a loopback address (a developer's machine).
+    #[arg(long, env = "ECONSULT_REFLECTION", value_name = "BOOL")]
+    reflection: Option<bool>,
     /// Most database connections (PostgreSQL pool; SQLite read pool besides its one writer).
     #[arg(
         long,
@@ -373,6 +400,11 @@ async fn serve(
     config.rate_limits.clinician = limit(a.rate_limit_clinician, 4.0);
     config.rate_limits.ehr = limit(a.rate_limit_ehr, 2.0);
     config.max_streams_per_connection = a.max_streams_per_connection.max(1);
+    config.max_connections = a.max_connections.max(1);
+    config.handshake_timeout = Duration::from_secs(a.handshake_timeout_seconds.clamp(1, 300));
+    config.max_connection_age = Duration::from_secs(a.max_connection_age_seconds.max(60));
+    config.max_streams_per_caller = a.max_streams_per_caller;
+    config.reflection = a.reflection;
     config.db_max_connections = a.db_max_connections.max(1);
     config.signalling.turn_secret = a.turn_secret.filter(|s| !s.is_empty());
     config.signalling.turn_ttl = Duration::from_secs(a.turn_ttl_seconds.clamp(60, 86_400));

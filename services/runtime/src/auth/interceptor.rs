@@ -4,19 +4,26 @@ use super::issuers::refused;
 use super::*;
 
 /// Tonic interceptor: validates the `authorization: Bearer …` header, applies the caller's rate
-/// limit, and stores the [`Caller`].
+/// limit and, on a streaming call, its cap on open streams, and stores the [`Caller`].
 #[derive(Clone)]
 pub struct AuthInterceptor {
     auth: Arc<Authenticator>,
     limiter: Arc<crate::ratelimit::RateLimiter>,
+    streams: Arc<crate::streams::StreamLimiter>,
 }
 
 impl AuthInterceptor {
-    /// Validates with `auth` and limits with `limits`.
-    pub fn new(auth: Arc<Authenticator>, limits: crate::ratelimit::RateLimits) -> Self {
+    /// Validates with `auth`, limits with `limits` and allows each caller `max_streams` open
+    /// streams (0 = no cap).
+    pub fn new(
+        auth: Arc<Authenticator>,
+        limits: crate::ratelimit::RateLimits,
+        max_streams: u32,
+    ) -> Self {
         Self {
             auth,
             limiter: Arc::new(crate::ratelimit::RateLimiter::new(limits)),
+            streams: crate::streams::StreamLimiter::new(max_streams),
         }
     }
 }
@@ -47,6 +54,9 @@ impl tonic::service::Interceptor for AuthInterceptor {
             kind.set(caller.role.as_str());
         }
         self.limiter.check(caller.role, &caller.subject)?;
+        if let Some(slot) = req.extensions().get::<crate::streams::StreamSlot>() {
+            slot.hold(self.streams.acquire(&caller.subject)?);
+        }
         req.extensions_mut().insert(caller);
         Ok(req)
     }
