@@ -36,6 +36,11 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate,
+    /// Work with the access log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print a token signed by the local development key (never trusted with --issuer or a JWKS).
     ///
     /// The token goes to stdout alone, so `TOKEN=$(econsult dev-token --role ops)` works.
@@ -66,6 +71,14 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the access log's hash chain from its first row and report the first broken link
+    /// (exit 1): a row changed, or one removed before it. Read-only; rows of the last second
+    /// or so are not sealed yet and are counted, not checked.
+    Verify,
 }
 
 #[derive(clap::Args)]
@@ -270,6 +283,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             eprintln!("migrations applied");
             Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let mut config = Config::embedded(cli.data_dir.clone());
+            config.database_url = cli.database_url;
+            let db = econsult_runtime::db::Db::connect(&config.database_url()).await?;
+            let mut shown = 0;
+            let found = econsult_runtime::audit::verify(&db, |rows| {
+                if rows >= shown + 10_000 {
+                    shown = rows;
+                    eprintln!("{rows} rows checked");
+                }
+            })
+            .await?;
+            db.close().await;
+            match found.broken {
+                None => {
+                    println!(
+                        "ok: {} rows chained, {} not sealed yet",
+                        found.rows, found.unsealed
+                    );
+                    Ok(())
+                }
+                Some(b) => {
+                    println!(
+                        "broken at row id {} (chain place {}): {}; {} rows before it are intact",
+                        b.id, b.chain_seq, b.reason, found.rows
+                    );
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Health { addr, service } => {
             use tonic_health::pb::{

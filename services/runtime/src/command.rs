@@ -23,6 +23,8 @@ use serde::{Serialize, de::DeserializeOwned};
 /// checked on.
 #[derive(Debug, Clone, Copy)]
 pub struct Command<'a, Req> {
+    /// The caller (its subject is the scope of the key; a replay is logged as its access).
+    pub caller: &'a Caller,
     /// The caller's subject (scope of the key).
     pub subject: &'a str,
     /// The RPC's name (scope of the key).
@@ -45,6 +47,7 @@ impl<'a, Req> Command<'a, Req> {
         now_ms: i64,
     ) -> Self {
         Self {
+            caller,
             subject: &caller.subject,
             rpc,
             key,
@@ -122,7 +125,16 @@ where
         }
     }?;
     let mut op = match begun {
-        Begun::Replay(first) => return Ok(first),
+        Begun::Replay(first, accesses) => {
+            if !accesses.is_empty() {
+                let mut w = db.writes();
+                for a in &accesses {
+                    audit::row(cmd.caller, &a.replayed(), cmd.now_ms).write(&mut w);
+                }
+                w.commit().await.map_err(IdempotencyError::Db)?;
+            }
+            return Ok(first);
+        }
         Begun::New(op) => op,
     };
     match body(&mut op).await? {
@@ -131,6 +143,9 @@ where
             Ok(answer)
         }
         Outcome::Replayed(first) => {
+            for a in &op.take_replayed() {
+                audit::row(cmd.caller, &a.replayed(), cmd.now_ms).write(&mut op.tx);
+            }
             op.tx.commit().await.map_err(IdempotencyError::Db)?;
             Ok(first)
         }

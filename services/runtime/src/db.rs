@@ -293,6 +293,15 @@ impl Tx {
         }
     }
 
+    /// The values of the writes deferred so far with the statement `sql` (the access-log rows
+    /// of a call, say, stored with its idempotent answer).
+    pub fn deferred_values<'a>(&'a self, sql: &'a str) -> impl Iterator<Item = &'a [Value]> {
+        self.deferred
+            .iter()
+            .filter(move |d| d.sql == sql)
+            .map(|d| d.values.as_slice())
+    }
+
     /// Runs the deferred writes: on PostgreSQL as one statement, on SQLite one by one (no
     /// round trips there, and SQLite has no data-modifying CTEs).
     async fn flush(&mut self) -> Result<(), sqlx::Error> {

@@ -1,6 +1,7 @@
 //! Idempotency of mutating calls: the first result of a call is stored under the caller and the
 //! idempotency key, in the same transaction as the change; a retry gets that result back.
 
+use crate::audit::{self, Accessed};
 use crate::db::{Backend, Db, Defer, Tx};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::Digest as _;
@@ -12,8 +13,9 @@ use sqlx::any::AnyArguments;
 pub enum Lookup<T> {
     /// First use of the key: do the work, then [`Op::finish`].
     New,
-    /// The key was used before for the same request: here is the stored result.
-    Replay(T),
+    /// The key was used before for the same request: here is the stored result, and the
+    /// accesses its call logged (to be logged again for the replay).
+    Replay(T, Vec<Accessed>),
 }
 
 /// Errors of the idempotency layer.
@@ -95,7 +97,7 @@ async fn stored<T: DeserializeOwned>(
     hash: &str,
 ) -> Result<Lookup<T>, IdempotencyError> {
     let Some(r) = sqlx::query(
-        "SELECT request_hash, response FROM idempotency WHERE scope = $1 AND idem_key = $2",
+        "SELECT request_hash, response, accesses FROM idempotency WHERE scope = $1 AND idem_key = $2",
     )
     .bind(scope)
     .bind(key)
@@ -109,7 +111,13 @@ async fn stored<T: DeserializeOwned>(
         return Err(IdempotencyError::KeyReused);
     }
     let bytes: Vec<u8> = r.try_get("response")?;
-    Ok(Lookup::Replay(serde_json::from_slice(&bytes)?))
+    let accesses: String = r.try_get("accesses")?;
+    let accesses = if accesses.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(&accesses)?
+    };
+    Ok(Lookup::Replay(serde_json::from_slice(&bytes)?, accesses))
 }
 
 /// An open mutating call: its write transaction and its idempotency record.
@@ -122,12 +130,14 @@ pub struct Op {
     now_ms: i64,
     /// The claim is still to be made, by the call's first statement ([`begin_claiming_first`]).
     pending: bool,
+    /// The accesses of the first attempt whose answer [`Op::claimed`] found.
+    replayed: Vec<Accessed>,
 }
 
 /// Outcome of [`begin`].
 pub enum Begun<R> {
-    /// A retry: the stored first result.
-    Replay(R),
+    /// A retry: the stored first result, and the accesses its call logged.
+    Replay(R, Vec<Accessed>),
     /// First use of the key: do the work in `op.tx`, then [`Op::finish`].
     New(Op),
 }
@@ -146,12 +156,12 @@ pub async fn begin<Req: Serialize, Resp: DeserializeOwned>(
     let scope = format!("{subject}|{rpc}");
     let mut tx = db.begin().await?;
     match claim::<Resp>(&mut tx, &scope, key, &hash, now_ms).await? {
-        Lookup::Replay(r) => {
+        Lookup::Replay(r, accesses) => {
             // Commit (nothing was written) rather than roll back: on SQLite the stored answer
             // may belong to a transaction of the same commit group, and commit returns only
             // once that group is on disk.
             tx.commit().await?;
-            Ok(Begun::Replay(r))
+            Ok(Begun::Replay(r, accesses))
         }
         Lookup::New => Ok(Begun::New(Op {
             tx,
@@ -160,6 +170,7 @@ pub async fn begin<Req: Serialize, Resp: DeserializeOwned>(
             hash,
             now_ms,
             pending: false,
+            replayed: Vec::new(),
         })),
     }
 }
@@ -204,6 +215,7 @@ pub async fn begin_claiming_first<Req: Serialize, Resp: DeserializeOwned>(
         hash,
         now_ms,
         pending: true,
+        replayed: Vec::new(),
     }))
 }
 
@@ -246,35 +258,52 @@ impl Op {
         // The claim waited for the first attempt's transaction and found its row: under READ
         // COMMITTED this next statement sees it.
         match stored::<Resp>(&mut self.tx, &self.scope, &self.key, &self.hash).await? {
-            Lookup::Replay(r) => Ok(Some(r)),
+            Lookup::Replay(r, accesses) => {
+                self.replayed = accesses;
+                Ok(Some(r))
+            }
             Lookup::New => Err(IdempotencyError::Db(sqlx::Error::RowNotFound)),
         }
     }
 
-    /// Stores `response` under the claimed key and commits the whole call.
+    /// The accesses of the first attempt whose answer [`Op::claimed`] found (empty otherwise):
+    /// a replay logs them again.
+    pub fn take_replayed(&mut self) -> Vec<Accessed> {
+        std::mem::take(&mut self.replayed)
+    }
+
+    /// Stores `response` under the claimed key, with the accesses the call logged, and commits
+    /// the whole call.
     pub async fn finish<Resp: Serialize>(
         mut self,
         response: &Resp,
     ) -> Result<(), IdempotencyError> {
         let bytes = serde_json::to_vec(response)?;
+        let accesses = serde_json::to_string(&audit::accessed(&self.tx))?;
         if self.pending {
             // A call that never made its claim (a first statement that did not run): the row
             // goes in with the answer, and a concurrent attempt's row fails the commit with a
             // unique violation rather than letting both through.
             self.tx.defer(
-                "INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at, accesses) VALUES ($1, $2, $3, $4, $5, $6)",
                 vec![
                     self.scope.into(),
                     self.key.into(),
                     self.hash.into(),
                     bytes.into(),
                     self.now_ms.into(),
+                    accesses.into(),
                 ],
             );
         } else {
             self.tx.defer(
-                "UPDATE idempotency SET response = $1 WHERE scope = $2 AND idem_key = $3",
-                vec![bytes.into(), self.scope.into(), self.key.into()],
+                "UPDATE idempotency SET response = $1, accesses = $2 WHERE scope = $3 AND idem_key = $4",
+                vec![
+                    bytes.into(),
+                    accesses.into(),
+                    self.scope.into(),
+                    self.key.into(),
+                ],
             );
         }
         self.tx.commit().await?;

@@ -52,7 +52,7 @@ async fn begin(db: &Db, key: &str, request: &str) -> Begun<String> {
 fn new(b: Begun<String>) -> Op {
     match b {
         Begun::New(op) => op,
-        Begun::Replay(r) => panic!("PostgreSQL claims in the first statement, got replay {r}"),
+        Begun::Replay(r, _) => panic!("PostgreSQL claims in the first statement, got replay {r}"),
     }
 }
 
@@ -109,7 +109,7 @@ async fn a_retry_gets_the_first_answer_and_writes_nothing() {
         .await
         .expect("begin")
     {
-        Begun::Replay(r) => assert_eq!(r, "answer-1"),
+        Begun::Replay(r, _) => assert_eq!(r, "answer-1"),
         Begun::New(_) => panic!("the key was stored"),
     }
     assert_eq!(work(&s.db).await, ["first"]);

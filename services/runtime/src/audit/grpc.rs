@@ -42,6 +42,7 @@ fn entry(e: Entry) -> pb::AccessLogEntry {
         resource: e.resource,
         patient_nin: e.patient_nin,
         trace_id: e.trace_id,
+        request_id: e.request_id,
     }
 }
 
@@ -81,6 +82,24 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
             r.limit,
         )
         .await?;
+        // Ops reading the log is itself an access: to that patient's data (or to everyone's,
+        // patient_nin "", when no patient is named).
+        record_reads(
+            &self.db,
+            &caller,
+            &[Access {
+                action: "/econsult.audit.v1.AuditService/ListAccessLog",
+                resource: if r.subject.is_empty() {
+                    "audit_log".into()
+                } else {
+                    format!("audit_log?subject={}", r.subject)
+                },
+                patient_nin: r.patient_nin.as_str(),
+            }],
+            self.clock.now_ms(),
+        )
+        .await
+        .map_err(AuditError::from)?;
         Ok(Response::new(page(found)))
     }
 

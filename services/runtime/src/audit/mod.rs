@@ -10,7 +10,9 @@ use crate::db::{Db, Defer};
 use crate::platform::{Mount, Platform};
 use sqlx::Row as _;
 
+mod chain;
 mod grpc;
+pub use chain::{Broken, Verified, seal, verify};
 pub use grpc::AuditGrpc;
 
 /// One access to a patient's data.
@@ -22,6 +24,50 @@ pub struct Access<'a> {
     pub resource: String,
     /// Identity number of the patient.
     pub patient_nin: &'a str,
+}
+
+/// An [`Access`] as stored with an idempotent answer: logged again, for the caller that
+/// replays the answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Accessed {
+    /// The RPC.
+    pub action: String,
+    /// What was accessed.
+    pub resource: String,
+    /// Whose data.
+    pub patient_nin: String,
+}
+
+impl Accessed {
+    /// The access of a replay of this one's answer (its resource marked as replayed).
+    pub fn replayed(&self) -> Access<'_> {
+        Access {
+            action: &self.action,
+            resource: format!("{} (replayed answer)", self.resource),
+            patient_nin: &self.patient_nin,
+        }
+    }
+}
+
+/// The INSERT of one access-log row ([`Row::write`]); [`accessed`] reads a transaction's rows
+/// back out of its deferred writes.
+const INSERT: &str = "INSERT INTO audit_log (at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// The accesses `tx` is to log at its commit (its deferred access-log rows).
+pub fn accessed(tx: &crate::db::Tx) -> Vec<Accessed> {
+    use crate::db::Value;
+    let text = |v: &Value| match v {
+        Value::Text(s) => s.clone(),
+        _ => String::new(),
+    };
+    tx.deferred_values(INSERT)
+        .map(|v| Accessed {
+            action: text(&v[4]),
+            resource: text(&v[5]),
+            patient_nin: text(&v[6]),
+        })
+        .collect()
 }
 
 /// Appends an access-log row inside `tx`, the access's transaction (deferred to its commit: one
@@ -54,17 +100,14 @@ pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Row {
         access.resource.clone().into(),
         access.patient_nin.into(),
         crate::telemetry::current_trace_id().into(),
+        caller.request_id.clone().into(),
     ])
 }
 
 impl Row {
     /// Appends the row inside `tx` (deferred to its commit).
     pub fn write(self, tx: &mut impl Defer) {
-        tx.defer(
-            "INSERT INTO audit_log (at, subject, role, org_number, action, resource, patient_nin, trace_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            self.0,
-        );
+        tx.defer(INSERT, self.0);
     }
 }
 
@@ -120,8 +163,10 @@ pub struct Entry {
     pub resource: String,
     /// Whose data.
     pub patient_nin: String,
-    /// The trace of the call.
+    /// The trace of the call (from the client's `traceparent`: not to be trusted).
     pub trace_id: String,
+    /// The server's id of the call.
+    pub request_id: String,
 }
 
 impl std::fmt::Debug for Entry {
@@ -161,7 +206,7 @@ pub async fn list(
         i64::try_from(before_id).unwrap_or(i64::MAX)
     };
     let rows = sqlx::query(
-        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id \
+        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id \
          FROM audit_log WHERE id < $1 AND ($2 = '' OR patient_nin = $2) AND ($3 = '' OR subject = $3) \
          ORDER BY id DESC LIMIT $4",
     )
@@ -183,6 +228,7 @@ pub async fn list(
             resource: r.try_get("resource")?,
             patient_nin: r.try_get("patient_nin")?,
             trace_id: r.try_get("trace_id")?,
+            request_id: r.try_get("request_id")?,
         });
     }
     let next_before_id = if entries.len() as i64 == limit {
@@ -193,7 +239,9 @@ pub async fn list(
     Ok((entries, next_before_id))
 }
 
-/// Mounts the access-log service (`econsult.audit.v1.AuditService`).
+/// Mounts the access-log service (`econsult.audit.v1.AuditService`) and the sealer of the hash
+/// chain ([`seal`] every second on every replica; one at a time).
 pub fn mount(p: &Platform, m: &mut Mount<'_>) {
     m.serve(AuditGrpc::new(p.db.clone(), p.clock.clone()).into_server());
+    m.spawn(chain::sealer(p.db.clone(), p.shutdown.clone()));
 }

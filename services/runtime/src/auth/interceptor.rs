@@ -49,7 +49,8 @@ impl tonic::service::Interceptor for AuthInterceptor {
                     Status::unauthenticated("authorization must be a bearer token"),
                 )
             })?;
-        let caller = self.auth.authenticate(token.trim())?;
+        let mut caller = self.auth.authenticate(token.trim())?;
+        caller.request_id = uuid::Uuid::new_v4().simple().to_string();
         if let Some(kind) = req.extensions().get::<crate::telemetry::CallerKind>() {
             kind.set(caller.role.as_str());
         }

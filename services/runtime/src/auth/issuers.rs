@@ -634,6 +634,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             org_number: None,
             scopes,
             expires_at,
+            request_id: String::new(),
         });
     }
     let org = c.org_number.filter(|o| is_org_number(o));
@@ -648,6 +649,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             org_number: Some(org),
             scopes,
             expires_at,
+            request_id: String::new(),
         });
     }
     if allowed.contains(Role::Ops) && scopes.contains(OPS_SCOPE) {
@@ -659,6 +661,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             org_number: None,
             scopes,
             expires_at,
+            request_id: String::new(),
         });
     }
     if let Some(org) = org
@@ -673,6 +676,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             org_number: Some(org),
             scopes,
             expires_at,
+            request_id: String::new(),
         });
     }
     Err(denied("role", "token carries no econsult role"))

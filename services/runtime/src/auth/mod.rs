@@ -98,6 +98,9 @@ pub struct Caller {
     /// The token's `exp` (Unix seconds): streams opened with it end when it is no longer
     /// accepted ([`end_at_token_expiry`]).
     pub expires_at: i64,
+    /// The server's id of this call (32 hex digits, fresh per call; set by the interceptor):
+    /// recorded in the access log beside the client-supplied trace id.
+    pub request_id: String,
 }
 
 impl Caller {

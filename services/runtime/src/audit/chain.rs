@@ -1,0 +1,196 @@
+//! The access log as a hash chain. A row is inserted unsealed (no extra statement or lock on
+//! the call's path); the sealer, one at a time (an advisory lock on PostgreSQL, the single
+//! writer on SQLite), gives the committed unsealed rows, in id order, the next places
+//! `chain_seq` 1, 2, 3 … and `hash` = SHA-256 of the previous row's hash and the row's content.
+//! A row committed late (a lower id than a sealed one) simply gets a later place, so concurrent
+//! writers cannot fork the chain. The one UPDATE the triggers allow is this sealing, once.
+//! [`verify`] walks the chain and reports the first row whose content, hash or place is wrong.
+
+use crate::db::{Db, Defer as _};
+use sha2::Digest as _;
+use sqlx::Row as _;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The columns a row's hash covers, as selected by [`seal`] and [`verify`].
+struct Content {
+    id: i64,
+    at: i64,
+    subject: String,
+    role: i64,
+    org_number: String,
+    action: String,
+    resource: String,
+    patient_nin: String,
+    trace_id: String,
+    request_id: String,
+}
+
+impl Content {
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: r.try_get("id")?,
+            at: r.try_get("at")?,
+            subject: r.try_get("subject")?,
+            role: r.try_get("role")?,
+            org_number: r.try_get("org_number")?,
+            action: r.try_get("action")?,
+            resource: r.try_get("resource")?,
+            patient_nin: r.try_get("patient_nin")?,
+            trace_id: r.try_get("trace_id")?,
+            request_id: r.try_get("request_id")?,
+        })
+    }
+
+    /// Lower-case hex SHA-256 of `prev` (the previous row's hash, "" for the first) and this
+    /// row's content at place `seq`, as one JSON array (unambiguous field boundaries).
+    fn hash(&self, seq: i64, prev: &str) -> String {
+        let content = serde_json::json!([
+            prev,
+            seq,
+            self.id,
+            self.at,
+            self.subject,
+            self.role,
+            self.org_number,
+            self.action,
+            self.resource,
+            self.patient_nin,
+            self.trace_id,
+            self.request_id,
+        ]);
+        let digest = sha2::Sha256::digest(content.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Seals up to `batch` committed unsealed rows in one transaction; returns how many.
+pub async fn seal(db: &Db, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    db.lock(&mut tx, "audit_log.chain").await?;
+    let last = sqlx::query(
+        "SELECT chain_seq, hash FROM audit_log WHERE chain_seq IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (mut seq, mut prev) = match last {
+        Some(r) => (r.try_get::<i64, _>("chain_seq")?, r.try_get("hash")?),
+        None => (0, String::new()),
+    };
+    let rows = sqlx::query(
+        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id \
+         FROM audit_log WHERE chain_seq IS NULL ORDER BY id LIMIT $1",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let n = rows.len() as u64;
+    for r in &rows {
+        let c = Content::from_row(r)?;
+        seq += 1;
+        prev = c.hash(seq, &prev);
+        tx.defer(
+            "UPDATE audit_log SET chain_seq = $1, hash = $2 WHERE id = $3 AND chain_seq IS NULL",
+            vec![seq.into(), prev.clone().into(), c.id.into()],
+        );
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Rows sealed per transaction of the background sealer.
+const SEAL_BATCH: i64 = 500;
+
+/// Seals every second until `shutdown`.
+pub(super) async fn sealer(db: Db, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        loop {
+            match seal(&db, SEAL_BATCH).await {
+                Ok(n) if n == SEAL_BATCH as u64 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sealing the access log failed; retrying");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// The first broken link of the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The row's id.
+    pub id: u64,
+    /// Its place in the chain.
+    pub chain_seq: i64,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Sealed rows checked (up to the first broken link).
+    pub rows: u64,
+    /// Rows not sealed yet (written in the last second or so; not covered).
+    pub unsealed: u64,
+    /// The first broken link, if any.
+    pub broken: Option<Broken>,
+}
+
+/// Walks the chain from its first row, recomputing each hash; stops at the first row whose
+/// place is not the next one (a row before it was removed) or whose hash does not match (it,
+/// or the hash, was changed). `progress` gets the count of rows checked after each page.
+pub async fn verify(db: &Db, mut progress: impl FnMut(u64)) -> Result<Verified, sqlx::Error> {
+    const PAGE: i64 = 1000;
+    let (mut seq, mut prev, mut rows) = (0i64, String::new(), 0u64);
+    let broken = 'walk: loop {
+        let page = sqlx::query(
+            "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, chain_seq, hash \
+             FROM audit_log WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2",
+        )
+        .bind(seq)
+        .bind(PAGE)
+        .fetch_all(db.read())
+        .await?;
+        for r in &page {
+            let c = Content::from_row(r)?;
+            let at: i64 = r.try_get("chain_seq")?;
+            let stored: String = r.try_get("hash")?;
+            let broken = |reason| Broken {
+                id: c.id as u64,
+                chain_seq: at,
+                reason,
+            };
+            if at != seq + 1 {
+                break 'walk Some(broken("a row before it is missing from the chain"));
+            }
+            let expected = c.hash(at, &prev);
+            if expected != stored {
+                break 'walk Some(broken("its content or hash was changed"));
+            }
+            (seq, prev, rows) = (at, stored, rows + 1);
+        }
+        progress(rows);
+        if (page.len() as i64) < PAGE {
+            break None;
+        }
+    };
+    let unsealed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE chain_seq IS NULL")
+            .fetch_one(db.read())
+            .await?;
+    Ok(Verified {
+        rows,
+        unsealed: unsealed as u64,
+        broken,
+    })
+}
