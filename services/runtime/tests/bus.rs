@@ -227,6 +227,10 @@ async fn database_bus_meets_the_bus_contract() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn redis_streams_bus_meets_the_bus_contract() {
     if let Some(f) = redis_fixture().await {
         contract(f).await;
@@ -265,6 +269,10 @@ async fn database_bus_idle_subscription_waits_without_errors() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn redis_idle_subscription_waits_without_errors() {
     if let Some(f) = redis_fixture().await {
         an_idle_subscription_waits_without_errors(f).await;
@@ -277,6 +285,10 @@ async fn database_bus_relay_restart_publishes_what_a_dead_relay_left() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn redis_relay_restart_publishes_what_a_dead_relay_left() {
     if let Some(f) = redis_fixture().await {
         relay_restart_publishes_what_a_dead_relay_left(f).await;
@@ -361,6 +373,10 @@ async fn sqlite_writes_commit_all_or_nothing() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn postgres_writes_commit_all_or_nothing() {
     if let Some(f) = redis_fixture().await {
         writes_commit_all_or_nothing(f).await;
@@ -426,6 +442,10 @@ async fn sqlite_commits_with_events_wake_the_relay() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn postgres_commits_with_events_wake_the_relay() {
     if let Some(f) = redis_fixture().await {
         commits_with_events_wake_the_relay(f).await;
@@ -437,6 +457,10 @@ async fn postgres_commits_with_events_wake_the_relay() {
 /// UNIQUE fails its pass, it leads again from the outbox, and every event still gets one seq,
 /// gap-free, and is published.
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn postgres_leader_with_a_stale_highest_seq_gives_no_seq_twice() {
     let Some(f) = redis_fixture().await else {
         return;
@@ -483,6 +507,10 @@ async fn postgres_leader_with_a_stale_highest_seq_gives_no_seq_twice() {
 /// The relay's plans and the outbox's size rely on autovacuum: the server says at start when it
 /// is off, for the server (as PostgreSQL itself reports it) or for one of our tables.
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn postgres_maintenance_switched_off_is_reported() {
     let Some(f) = redis_fixture().await else {
         return;

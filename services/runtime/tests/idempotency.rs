@@ -84,6 +84,10 @@ async fn work(db: &Db) -> Vec<String> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn a_retry_gets_the_first_answer_and_writes_nothing() {
     let Some(s) = postgres().await else { return };
     let mut op = new(begin(&s.db, "k1", "request").await);
@@ -116,6 +120,10 @@ async fn a_retry_gets_the_first_answer_and_writes_nothing() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn a_retry_during_the_first_attempt_waits_for_its_outcome() {
     let Some(s) = postgres().await else { return };
     // The first attempt commits: the waiting retry gets its answer.
@@ -150,6 +158,10 @@ async fn a_retry_during_the_first_attempt_waits_for_its_outcome() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
 async fn a_call_that_never_claimed_stores_its_answer_at_finish_and_only_once() {
     let Some(s) = postgres().await else { return };
     let one = new(begin(&s.db, "k4", "request").await);
