@@ -441,3 +441,29 @@ pub fn free_port() -> u16 {
     }
     panic!("no unused loopback port after 1000 tries");
 }
+
+/// Deletes the keys of a test's Redis namespace (`<namespace>:*`), so test runs leave nothing
+/// behind in a shared Redis. Best effort: a Redis that went away is left alone.
+pub fn delete_redis_namespace(redis_url: &str, namespace: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(std::time::Duration::from_secs(2)) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(url) = &self.env.redis_url {
+            delete_redis_namespace(url, &self.namespace);
+        }
+    }
+}
