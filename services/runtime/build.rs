@@ -14,7 +14,8 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(no_test_backends)");
     let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty());
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !ci && !(set("TEST_DATABASE_URL") && set("TEST_REDIS_URL")) {
+    let backends = set("TEST_DATABASE_URL") && set("TEST_REDIS_URL");
+    if !ci && !backends {
         println!("cargo::rustc-cfg=no_test_backends");
     }
 }
