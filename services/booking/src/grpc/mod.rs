@@ -14,6 +14,7 @@ use econsult_runtime::grpc::{optional_time, parse_date, timestamp};
 use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 /// Scope for reading booking data as an EHR.
 pub const SCOPE_READ: &str = "econsult:booking.read";
@@ -338,7 +339,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         let mut cursor = req.into_inner().after_cursor;
         let svc = self.svc.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::BookingChange, Status>>(64);
-        tokio::spawn(async move {
+        tokio::spawn(
+            async move {
             let mut sequenced = svc.platform().sequenced.clone();
             let mut stop = svc.platform().shutdown.clone();
             let mut announced = true;
@@ -395,7 +397,10 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                     _ = tx.closed() => return,
                 };
             }
-        });
+            }
+            // In the call's span: its trace id goes with the access-log rows the stream writes.
+            .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(econsult_runtime::auth::end_at_token_expiry(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             expires_at,

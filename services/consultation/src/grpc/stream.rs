@@ -11,6 +11,7 @@ use econsult_runtime::outbox::EventFilter;
 use std::pin::Pin;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
+use tracing::Instrument as _;
 
 /// A change stream as tonic sends it.
 pub type ChangeStream =
@@ -28,90 +29,95 @@ impl ConsultationGrpc {
         let expires_at = caller.expires_at;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ThreadChange, Status>>(64);
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut stop = this.p.shutdown.clone();
-            let route = caller.nin.as_ref().map(|n| n.as_str().to_owned());
-            if practice.is_none() && route.is_none() {
-                return;
-            }
-            let filter = EventFilter {
-                topic_prefix: feed::TOPIC_PREFIX,
-                org_number: practice.as_deref(),
-                route_key: if practice.is_some() {
-                    None
-                } else {
-                    route.as_deref()
-                },
-            };
-            let unavailable =
-                || Status::unavailable("server shutting down, resume from the last cursor");
-            // Subscribe before reading: an event is then either in the catch-up read or in the feed.
-            let Some(mut live) = this.feed.subscribe().await else {
-                let _ = tx.send(Err(unavailable())).await;
-                return;
-            };
-            'catch_up: loop {
-                loop {
-                    match this.svc.events_after(cursor, filter).await {
-                        Ok(events) if !events.is_empty() => {
-                            let events: Vec<&Event> = events.iter().collect();
-                            match this
-                                .deliver(&caller, practice.is_some(), &events, &tx)
-                                .await
-                            {
-                                Some(c) => cursor = c,
-                                None => return,
+        tokio::spawn(
+            async move {
+                let mut stop = this.p.shutdown.clone();
+                let route = caller.nin.as_ref().map(|n| n.as_str().to_owned());
+                if practice.is_none() && route.is_none() {
+                    return;
+                }
+                let filter = EventFilter {
+                    topic_prefix: feed::TOPIC_PREFIX,
+                    org_number: practice.as_deref(),
+                    route_key: if practice.is_some() {
+                        None
+                    } else {
+                        route.as_deref()
+                    },
+                };
+                let unavailable =
+                    || Status::unavailable("server shutting down, resume from the last cursor");
+                // Subscribe before reading: an event is then either in the catch-up read or in the feed.
+                let Some(mut live) = this.feed.subscribe().await else {
+                    let _ = tx.send(Err(unavailable())).await;
+                    return;
+                };
+                'catch_up: loop {
+                    loop {
+                        match this.svc.events_after(cursor, filter).await {
+                            Ok(events) if !events.is_empty() => {
+                                let events: Vec<&Event> = events.iter().collect();
+                                match this
+                                    .deliver(&caller, practice.is_some(), &events, &tx)
+                                    .await
+                                {
+                                    Some(c) => cursor = c,
+                                    None => return,
+                                }
+                            }
+                            Ok(_) => break,
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
                             }
                         }
-                        Ok(_) => break,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
+                    }
+                    loop {
+                        let batch = tokio::select! {
+                            b = live.recv() => b,
+                            _ = stop.changed() => {
+                                let _ = tx.send(Err(unavailable())).await;
+                                return;
+                            }
+                            _ = tx.closed() => return,
+                        };
+                        match batch {
+                            Ok(batch) => {
+                                let events: Vec<&Event> = batch
+                                    .iter()
+                                    .filter(|f| {
+                                        f.event.seq > cursor
+                                            && filter.matches(&f.event, &f.route_key)
+                                    })
+                                    .map(|f| &f.event)
+                                    .collect();
+                                if events.is_empty() {
+                                    continue;
+                                }
+                                match this
+                                    .deliver(&caller, practice.is_some(), &events, &tx)
+                                    .await
+                                {
+                                    Some(c) => cursor = c,
+                                    None => return,
+                                }
+                            }
+                            // Fell behind the feed: read what it missed from the database.
+                            Err(RecvError::Lagged(_)) => {
+                                this.feed.fell_behind();
+                                continue 'catch_up;
+                            }
+                            Err(RecvError::Closed) => {
+                                let _ = tx.send(Err(unavailable())).await;
+                                return;
+                            }
                         }
                     }
                 }
-                loop {
-                    let batch = tokio::select! {
-                        b = live.recv() => b,
-                        _ = stop.changed() => {
-                            let _ = tx.send(Err(unavailable())).await;
-                            return;
-                        }
-                        _ = tx.closed() => return,
-                    };
-                    match batch {
-                        Ok(batch) => {
-                            let events: Vec<&Event> = batch
-                                .iter()
-                                .filter(|f| {
-                                    f.event.seq > cursor && filter.matches(&f.event, &f.route_key)
-                                })
-                                .map(|f| &f.event)
-                                .collect();
-                            if events.is_empty() {
-                                continue;
-                            }
-                            match this
-                                .deliver(&caller, practice.is_some(), &events, &tx)
-                                .await
-                            {
-                                Some(c) => cursor = c,
-                                None => return,
-                            }
-                        }
-                        // Fell behind the feed: read what it missed from the database.
-                        Err(RecvError::Lagged(_)) => {
-                            this.feed.fell_behind();
-                            continue 'catch_up;
-                        }
-                        Err(RecvError::Closed) => {
-                            let _ = tx.send(Err(unavailable())).await;
-                            return;
-                        }
-                    }
-                }
             }
-        });
+            // In the call's span: its trace id goes with the access-log rows the stream writes.
+            .instrument(tracing::Span::current()),
+        );
         econsult_runtime::auth::end_at_token_expiry(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             expires_at,
