@@ -661,7 +661,10 @@ impl Messaging {
         shape: &Shape,
     ) -> anyhow::Result<Arc<Self>> {
         let t0 = std::time::Instant::now();
-        let since_ms = Utc::now().timestamp_millis() - 1000;
+        // Only messages sent from now on are timed: the streams start at cursor 0, so they
+        // replay an earlier scenario's messages of the same practice or patient (`mixed` after
+        // `messaging` seeds the same organisation), whose lag would be the time between them.
+        let since_ms = Utc::now().timestamp_millis();
         let n_patients = shape.messaging_patients.max(1);
         let per_gp = 50usize.min(n_patients);
         let gps = n_patients.div_ceil(per_gp);
