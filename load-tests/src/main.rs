@@ -643,6 +643,8 @@ async fn run_scenario(
     let mut checks = Vec::new();
     let mut counters = BTreeMap::new();
     let mut stream_delivery = None;
+    let mut inbox_delivery = None;
+    let mut inbox_changes = BTreeMap::new();
     let checks_skipped = if target.can_check() {
         None
     } else {
@@ -655,6 +657,8 @@ async fn run_scenario(
         m.drain_streams(Duration::from_secs(15)).await;
         counters.extend(m.counters());
         stream_delivery = Some(m.delivery());
+        inbox_delivery = Some(m.inbox_delivery());
+        inbox_changes = m.inbox_changes();
         checks.extend(m.checks(target, abandoned).await);
     }
     if let Some(s) = &video {
@@ -685,6 +689,8 @@ async fn run_scenario(
         step_stop_reason: if args.step { stop_reason } else { None },
         rpc_service_time: times.summaries(),
         stream_delivery,
+        inbox_delivery,
+        inbox_changes,
         counters,
         checks,
         checks_skipped,

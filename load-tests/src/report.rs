@@ -23,6 +23,10 @@ pub struct ScenarioReport {
     pub rpc_service_time: BTreeMap<String, LatencySummary>,
     /// Messaging: message stored → received on a Subscribe stream.
     pub stream_delivery: Option<LatencySummary>,
+    /// Messaging: message stored → received on a practice's WatchInbox stream.
+    pub inbox_delivery: Option<LatencySummary>,
+    /// Messaging: changes received on the WatchInbox streams, by kind.
+    pub inbox_changes: BTreeMap<String, u64>,
     pub counters: BTreeMap<String, u64>,
     pub checks: Vec<Check>,
     /// Why the database checks did not run, if they did not.
@@ -233,6 +237,18 @@ pub fn markdown(r: &RunReport) -> String {
                 ms(d.p50_ms),
                 ms(d.p99_ms),
                 ms(d.max_ms)
+            );
+        }
+        if let Some(d) = &sc.inbox_delivery {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "WatchInbox delivery (stored → received): {} messages, p50 {} ms, p99 {} ms, max {} ms; changes received: {}.",
+                d.count,
+                ms(d.p50_ms),
+                ms(d.p99_ms),
+                ms(d.max_ms),
+                counts(&sc.inbox_changes)
             );
         }
         if !sc.counters.is_empty() {

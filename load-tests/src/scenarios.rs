@@ -7,7 +7,8 @@
 //! - `messaging`: StartConsultation → SendMessage (≈5 % retried with the same idempotency key,
 //!   which must return the same message) → practice Reply (asking the patient for more, so the
 //!   thread stays open); some patients hold a Subscribe stream that must receive every message
-//!   of their threads exactly once.
+//!   of their threads exactly once, and every practice holds a WatchInbox stream that must
+//!   receive every message and every thread start of its threads exactly once.
 //! - `baseline`: the standard gRPC health Check on the same server (no auth, no database).
 //! - `mixed`: rush and messaging flows alternating.
 
@@ -611,13 +612,33 @@ struct Subscriber {
     last_error: Mutex<Option<String>>,
 }
 
-/// StartConsultation → SendMessage → Reply, with Subscribe streams for some patients.
+/// A practice's WatchInbox stream: what it must receive and what it got.
+#[derive(Default)]
+struct Watcher {
+    /// Messages of the practice's threads answered OK.
+    expected: Mutex<HashSet<String>>,
+    /// Threads of the practice started (answered OK).
+    expected_started: Mutex<HashSet<String>>,
+    received: Mutex<HashSet<String>>,
+    received_started: Mutex<HashSet<String>>,
+    duplicates: AtomicU64,
+    /// Changes received, by kind (`ChangeKind` as i32).
+    changes: Mutex<BTreeMap<i32, u64>>,
+    reconnects: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// StartConsultation → SendMessage → Reply, with Subscribe streams for some patients and a
+/// WatchInbox stream per practice.
 pub struct Messaging {
     times: Arc<RpcTimes>,
     patients: Vec<MPatient>,
     ehr: Vec<Auth>,
     subs: HashMap<usize, Arc<Subscriber>>,
     delivery: Arc<Mutex<Histogram<u64>>>,
+    /// One per practice (index as in `ehr`).
+    watchers: Vec<Arc<Watcher>>,
+    inbox_delivery: Arc<Mutex<Histogram<u64>>>,
     stop: tokio::sync::watch::Sender<bool>,
     stream_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     salt: u64,
@@ -632,7 +653,7 @@ pub struct Messaging {
 }
 
 impl Messaging {
-    /// Seeds practices, GPs and patients, and opens the Subscribe streams.
+    /// Seeds practices, GPs and patients, and opens the Subscribe and WatchInbox streams.
     pub async fn seed(
         target: &Target,
         channels: &[Channel],
@@ -640,7 +661,10 @@ impl Messaging {
         shape: &Shape,
     ) -> anyhow::Result<Arc<Self>> {
         let t0 = std::time::Instant::now();
-        let since_ms = Utc::now().timestamp_millis() - 1000;
+        // Only messages sent from now on are timed: the streams start at cursor 0, so they
+        // replay an earlier scenario's messages of the same practice or patient (`mixed` after
+        // `messaging` seeds the same organisation), whose lag would be the time between them.
+        let since_ms = Utc::now().timestamp_millis();
         let n_patients = shape.messaging_patients.max(1);
         let per_gp = 50usize.min(n_patients);
         let gps = n_patients.div_ceil(per_gp);
@@ -703,6 +727,20 @@ impl Messaging {
                 since_ms,
             )));
         }
+        let inbox_delivery = Arc::new(Mutex::new(crate::engine::histogram()));
+        let mut watchers = Vec::new();
+        for (o, auth) in ehr.iter().enumerate() {
+            let w = Arc::new(Watcher::default());
+            watchers.push(w.clone());
+            tasks.push(tokio::spawn(watch_loop(
+                w,
+                channels[o % channels.len()].clone(),
+                auth.clone(),
+                inbox_delivery.clone(),
+                stop.subscribe(),
+                since_ms,
+            )));
+        }
         let seed = SeedInfo {
             practices,
             gps,
@@ -717,6 +755,8 @@ impl Messaging {
             ehr,
             subs,
             delivery,
+            watchers,
+            inbox_delivery,
             stop,
             stream_tasks: Mutex::new(tasks),
             salt: rand::random(),
@@ -737,6 +777,12 @@ impl Messaging {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(m.message_id.clone());
+        if let Some(w) = self.watchers.get(self.patients[patient].org) {
+            w.expected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(m.message_id.clone());
+        }
         if let Some(sub) = self.subs.get(&patient) {
             sub.expected
                 .lock()
@@ -791,6 +837,12 @@ impl Messaging {
                 "StartConsultation without thread".into(),
             );
         };
+        if let Some(w) = self.watchers.get(p.org) {
+            w.expected_started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(thread_id.clone());
+        }
         let send = cpb::SendMessageRequest {
             thread_id: thread_id.clone(),
             body: "It is worse at night, and I have a slight fever.".into(),
@@ -862,7 +914,19 @@ impl Messaging {
     pub async fn drain_streams(&self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let missing: usize = self.subs.values().map(|s| missing_of(s).len()).sum();
+            let missing: usize = self
+                .subs
+                .values()
+                .map(|s| missing_of(s).len())
+                .sum::<usize>()
+                + self
+                    .watchers
+                    .iter()
+                    .map(|w| {
+                        let (m, s) = missing_in_inbox(w);
+                        m.len() + s.len()
+                    })
+                    .sum::<usize>();
             if missing == 0 || tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -907,7 +971,48 @@ impl Messaging {
                     .map(|s| s.reconnects.load(Ordering::Relaxed))
                     .sum(),
             ),
+            ("inbox_streams".into(), self.watchers.len() as u64),
+            (
+                "inbox_changes_received".into(),
+                self.inbox_changes().values().sum(),
+            ),
+            (
+                "inbox_reconnects".into(),
+                self.watchers
+                    .iter()
+                    .map(|w| w.reconnects.load(Ordering::Relaxed))
+                    .sum(),
+            ),
         ])
+    }
+
+    /// Changes received on the WatchInbox streams, by kind (`started`, `message`, `state`,
+    /// `read`).
+    pub fn inbox_changes(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for w in &self.watchers {
+            for (k, n) in w.changes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let name = cpb::ChangeKind::try_from(*k)
+                    .map(|k| {
+                        k.as_str_name()
+                            .trim_start_matches("CHANGE_KIND_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_else(|_| format!("kind {k}"));
+                *out.entry(name).or_default() += n;
+            }
+        }
+        out
+    }
+
+    /// Delivery latency on the WatchInbox streams (message stored → received).
+    pub fn inbox_delivery(&self) -> crate::engine::LatencySummary {
+        crate::engine::LatencySummary::of(
+            &self
+                .inbox_delivery
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Delivery latency on the Subscribe streams (message stored → received).
@@ -1004,7 +1109,152 @@ impl Messaging {
                     .unwrap_or_default()
             ),
         ));
+        let (mut missing, mut missing_started, mut dups, mut expected, mut started) =
+            (0usize, 0usize, 0u64, 0usize, 0usize);
+        let mut sample = None;
+        for w in &self.watchers {
+            let (m, s) = missing_in_inbox(w);
+            if sample.is_none() && !(m.is_empty() && s.is_empty()) {
+                sample = w
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+            }
+            missing += m.len();
+            missing_started += s.len();
+            dups += w.duplicates.load(Ordering::Relaxed);
+            expected += w.expected.lock().unwrap_or_else(|e| e.into_inner()).len();
+            started += w
+                .expected_started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+        }
+        out.push(Check::new(
+            "WatchInbox streams deliver every thread start and message of the practice exactly once",
+            missing == 0 && missing_started == 0 && dups == 0,
+            format!(
+                "{} streams, {started} starts and {expected} messages expected, {missing_started} starts and {missing} messages missing, {dups} duplicates{}",
+                self.watchers.len(),
+                sample
+                    .map(|e| format!(" (last stream error: {e})"))
+                    .unwrap_or_default()
+            ),
+        ));
         out
+    }
+}
+
+/// The messages and thread starts `w` has not received yet.
+fn missing_in_inbox(w: &Watcher) -> (Vec<String>, Vec<String>) {
+    let diff = |a: &Mutex<HashSet<String>>, b: &Mutex<HashSet<String>>| {
+        let a = a.lock().unwrap_or_else(|e| e.into_inner());
+        let b = b.lock().unwrap_or_else(|e| e.into_inner());
+        a.difference(&b).cloned().collect::<Vec<_>>()
+    };
+    (
+        diff(&w.expected, &w.received),
+        diff(&w.expected_started, &w.received_started),
+    )
+}
+
+/// Milliseconds since the epoch of `t`.
+fn epoch_ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+/// Holds practice `auth`'s WatchInbox stream until `stop`, reconnecting from the last cursor,
+/// and times every message change (message `sent_at` → received).
+async fn watch_loop(
+    w: Arc<Watcher>,
+    channel: Channel,
+    auth: Auth,
+    delivery: Arc<Mutex<Histogram<u64>>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    since_ms: i64,
+) {
+    let mut cursor = 0u64;
+    let fail = |w: &Watcher, s: &tonic::Status| {
+        w.reconnects.fetch_add(1, Ordering::Relaxed);
+        *w.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+            "{}: {}",
+            crate::engine::code_name(s.code()),
+            s.message()
+        ));
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut c =
+            cpb::consultation_service_client::ConsultationServiceClient::new(channel.clone());
+        let opened = tokio::select! {
+            r = c.watch_inbox(req(cpb::WatchInboxRequest { after_cursor: cursor }, &auth)) => r,
+            _ = stop.changed() => return,
+        };
+        match opened {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    let item = tokio::select! {
+                        m = stream.message() => m,
+                        _ = stop.changed() => return,
+                    };
+                    let change = match item {
+                        Ok(Some(change)) => change,
+                        Ok(None) => break,
+                        Err(s) => {
+                            fail(&w, &s);
+                            break;
+                        }
+                    };
+                    let now_ms = Utc::now().timestamp_millis();
+                    cursor = cursor.max(change.cursor);
+                    *w.changes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(change.kind)
+                        .or_default() += 1;
+                    if change.kind == cpb::ChangeKind::Started as i32
+                        && let Some(t) = change.thread
+                    {
+                        let fresh = w
+                            .received_started
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(t.thread_id);
+                        if !fresh {
+                            w.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if let Some(m) = change.message {
+                        if let Some(sent_ms) = m.sent_at.as_ref().map(epoch_ms)
+                            && sent_ms >= since_ms
+                        {
+                            let mut h = delivery.lock().unwrap_or_else(|e| e.into_inner());
+                            record(
+                                &mut h,
+                                Duration::from_millis((now_ms - sent_ms).max(0) as u64),
+                            );
+                        }
+                        let fresh = w
+                            .received
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(m.message_id);
+                        if !fresh {
+                            w.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Err(s) => fail(&w, &s),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

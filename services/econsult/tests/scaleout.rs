@@ -15,6 +15,12 @@
 //! `kill -9` of the leader pauses delivery less than a second; the test prints the measured
 //! latencies beside those of writes through the leader (`load-tests/RESULTS.md`).
 //!
+//! Statistics after a kill: two `booking,stats` instances; the one that does not lead the relay
+//! is killed with `kill -9` while its stats consumer holds entries it read from Redis and never
+//! applied; the survivor's statistics must show the exact figures within seconds (the catch-up
+//! from the outbox), and still after the dead consumer's entries are claimed; the test prints
+//! how long it took.
+//!
 //! PostgreSQL + Redis only (`TEST_DATABASE_URL`, `TEST_REDIS_URL`; skipped when unset, except
 //! under `CI=true`). Each process logs to `<name>.log` in the run's temporary directory.
 
@@ -166,6 +172,18 @@ impl Proc {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `kill -STOP`: the process stops where it is (its sockets stay open) until killed.
+    fn stop(&self) {
+        let pid = self.child.lock().expect("child").id();
+        let status = Command::new("kill")
+            .arg("-STOP")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill -STOP");
+        assert!(status.success(), "kill -STOP {pid}: {status:?}");
+        eprintln!("stopped {} with SIGSTOP", self.name);
     }
 
     /// `kill -9`: SIGKILL, no shutdown, no flush.
@@ -1531,6 +1549,288 @@ async fn writes_through_the_non_leader_reach_streams_promptly_and_a_leader_kill_
     tokio::time::timeout(TOTAL, run)
         .await
         .expect("the latency scenario finished in time");
+    drop(cluster);
+    if let Ok(client) = redis::Client::open(redis.as_str())
+        && let Ok(mut con) = client.get_multiplexed_async_connection().await
+    {
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(format!("{ns}:events"))
+            .query_async(&mut con)
+            .await;
+    }
+}
+
+// ── statistics after a kill ────────────────────────────────────────────────────────────────────
+
+/// Bookings (one per patient, each of its own slot) written through both instances.
+const STATS_BOOKINGS: usize = 40;
+/// One booking is started this often, alternating between the instances.
+const STATS_BOOK_EVERY: Duration = Duration::from_millis(40);
+/// Bookings after which the instance that does not lead the relay is stopped.
+const STATS_STOP_AT: usize = 16;
+/// Bookings written through the other instance while it is stopped; then it is killed.
+const STATS_WHILE_STOPPED: usize = 8;
+/// Bound of the wait for the exact figures after the last booking. The catch-up from the
+/// outbox runs every 2 s and applies an event the bus did not deliver within two periods; it
+/// took 25–35 s before the catch-up and the claim of a dead consumer's entries were that fast.
+const STATS_CATCH_UP_BOUND: Duration = Duration::from_secs(15);
+
+/// Entries of group `group` of the bus stream of namespace `ns` pending with each consumer
+/// (read and not yet acknowledged).
+async fn pending_by_consumer(redis: &str, ns: &str, group: &str) -> BTreeMap<String, usize> {
+    let client = redis::Client::open(redis).expect("redis url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(format!("{ns}:events"))
+        .arg(group)
+        .query_async(&mut con)
+        .await
+        .expect("XPENDING");
+    match reply {
+        redis::streams::StreamPendingReply::Data(d) => d
+            .consumers
+            .into_iter()
+            .map(|c| (c.name, c.pending))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_kill_9_of_one_of_two_instances_the_stats_catch_up_within_seconds() {
+    let Some(env) = common::Env::postgres().await else {
+        return;
+    };
+    let db_url = env.database_url.clone().expect("database url");
+    let redis = env.redis_url.clone().expect("redis url");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Tokens {
+        keys: DevKeys::load_or_create(dir.path()).expect("dev keys"),
+    };
+    migrate(dir.path(), &db_url).await;
+    let ns = format!("stats-kill-{}", uuid::Uuid::new_v4().simple());
+    // Each instance runs booking (writes, the outbox relay) and stats (a consumer of the
+    // group `stats` and the catch-up): the kill takes a consumer with the entries it had read.
+    let procs: Vec<Proc> = (1..=2)
+        .map(|n| {
+            let name = format!("stats-{n}");
+            Proc::spawn(dir.path(), &name, "booking,stats", &db_url, &redis, &ns)
+        })
+        .collect();
+    let cluster = Cluster { procs };
+    futures::future::join_all(cluster.procs.iter().map(Proc::ready)).await;
+    // The victim is the instance that does not lead the relay, so that the outbox goes on
+    // reaching the bus while it is stopped.
+    let survivor = relay_leader(&cluster.procs).await;
+    let victim = 1 - survivor;
+    eprintln!(
+        "{} leads the outbox relay; {} will be killed",
+        cluster.procs[survivor].name, cluster.procs[victim].name
+    );
+    // Instance 1 of the pair is `procs[0]`, as for `Cluster::pair`.
+    let booking = Pair {
+        service: "stats",
+        channels: [cluster.procs[0].channel(), cluster.procs[1].channel()],
+        failovers: Arc::default(),
+    };
+
+    let run = async {
+        // A GP with a patient and a slot per booking, so that every booking succeeds.
+        let ehr = tokens.ehr();
+        let gp = bpb::Gp {
+            gp_id: GP_ID.into(),
+            hpr_number: GP_HPR.into(),
+            display_name: "Dr Statistikk".into(),
+            municipality_number: "0301".into(),
+            list_capacity: 2500,
+            list_status: bpb::ListStatus::Staffed as i32,
+            ..Default::default()
+        };
+        booking
+            .call(0, |ch| {
+                let r = authed(
+                    bpb::UpsertGpRequest {
+                        gp: Some(gp.clone()),
+                    },
+                    &ehr,
+                );
+                async move { BookingServiceClient::new(ch).upsert_gp(r).await }
+            })
+            .await
+            .expect("upsert GP");
+        let nins: Vec<String> = (0..STATS_BOOKINGS as u64)
+            .map(|i| {
+                econsult_runtime::nin::synthetic(8_900_000 + i)
+                    .as_str()
+                    .to_owned()
+            })
+            .collect();
+        let list = bpb::UpdateListRequest {
+            gp_id: GP_ID.into(),
+            add: nins.clone(),
+            remove: vec![],
+            idempotency_key: key(),
+        };
+        booking
+            .call(1, |ch| {
+                let r = authed(list.clone(), &ehr);
+                async move { BookingServiceClient::new(ch).update_list(r).await }
+            })
+            .await
+            .expect("update list");
+        let day = Utc::now() + chrono::Duration::days(2);
+        let publish = bpb::PublishSlotsRequest {
+            gp_id: GP_ID.into(),
+            slots: (0..STATS_BOOKINGS as i64)
+                .map(|i| bpb::NewSlot {
+                    start: Some(ts(day + chrono::Duration::minutes(15 * i))),
+                    duration_minutes: 15,
+                    modality: bpb::Modality::InPerson as i32,
+                    acute_reserve: false,
+                })
+                .collect(),
+            idempotency_key: key(),
+        };
+        let slots: Vec<String> = booking
+            .call(0, |ch| {
+                let r = authed(publish.clone(), &ehr);
+                async move { BookingServiceClient::new(ch).publish_slots(r).await }
+            })
+            .await
+            .expect("publish slots")
+            .slots
+            .into_iter()
+            .map(|s| s.slot_id)
+            .collect();
+        assert_eq!(slots.len(), STATS_BOOKINGS);
+
+        // Bookings through both instances at a steady pace. Part-way, the victim is stopped
+        // while idle (its stats consumer's blocking read stays open at Redis, so Redis hands it
+        // entries it will never apply), bookings go on through the survivor, then the victim
+        // dies with `kill -9` holding those entries, and bookings go on through both (calls to
+        // the dead one are retried with the same idempotency key on the survivor).
+        let answered = Arc::new(AtomicUsize::new(0));
+        let mut killed = None;
+        let mut stranded = 0;
+        let mut calls = Vec::new();
+        let mut ticks = tokio::time::interval(STATS_BOOK_EVERY);
+        for (i, (nin, slot_id)) in nins.iter().zip(&slots).enumerate() {
+            if i == STATS_STOP_AT {
+                wait_for("bookings before the stop", &answered, i).await;
+                // Both stats consumers blocked in XREADGROUP, idle.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                cluster.procs[victim].stop();
+            }
+            if i == STATS_STOP_AT + STATS_WHILE_STOPPED {
+                wait_for("bookings while stopped", &answered, i).await;
+                let name = &cluster.procs[victim].name;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let pending = pending_by_consumer(&redis, &ns, "stats").await;
+                    stranded = pending.get(name).copied().unwrap_or(0);
+                    if stranded > 0 || Instant::now() >= deadline {
+                        eprintln!("entries pending per stats consumer at the kill: {pending:?}");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                cluster.procs[victim].kill_9();
+                killed = Some(Instant::now());
+            }
+            ticks.tick().await;
+            let stopped = (STATS_STOP_AT..STATS_STOP_AT + STATS_WHILE_STOPPED).contains(&i);
+            let (booking, done) = (booking.clone(), answered.clone());
+            let token = tokens.patient(nin);
+            let book = bpb::BookRequest {
+                target: Some(bpb::book_request::Target::SlotId(slot_id.clone())),
+                reason: format!("patient {i}"),
+                request_id: String::new(),
+                idempotency_key: key(),
+            };
+            calls.push(tokio::spawn(async move {
+                let r = booking
+                    .call(if stopped { survivor } else { i }, |ch| {
+                        let r = authed(book.clone(), &token);
+                        async move { BookingServiceClient::new(ch).book(r).await }
+                    })
+                    .await;
+                done.fetch_add(1, Ordering::SeqCst);
+                r
+            }));
+        }
+        for c in calls {
+            c.await.expect("booking task").expect("book");
+        }
+        let written = Instant::now();
+        eprintln!(
+            "{STATS_BOOKINGS} bookings answered ({} failovers)",
+            booking.failovers()
+        );
+        let db = Db::connect(&db_url).await.expect("db");
+        let appointments = count(
+            &db,
+            "SELECT COUNT(*) AS n FROM booking_appointments WHERE status = 1",
+        )
+        .await as u64;
+        assert_eq!(
+            appointments, STATS_BOOKINGS as u64,
+            "every booking exactly once"
+        );
+
+        // The surviving instance's statistics reach the exact figure promptly.
+        let ops = tokens.ops();
+        let killed = killed.expect("the victim was killed");
+        assert!(
+            stranded > 0,
+            "the killed instance held entries it had read and not acknowledged"
+        );
+        let (caught_up, since_kill) = loop {
+            let n = bookings_counted(&booking, survivor, &ops).await;
+            assert!(n <= appointments, "counted {n} bookings of {appointments}");
+            if n == appointments {
+                break (written.elapsed(), killed.elapsed());
+            }
+            assert!(
+                written.elapsed() < STATS_CATCH_UP_BOUND,
+                "stats counted {n} of {appointments} bookings {:?} after the last one",
+                written.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = std::fs::read_to_string(&cluster.procs[survivor].log).unwrap_or_default();
+        let catch_ups: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("did not deliver"))
+            .collect();
+        eprintln!(
+            "stats exact ({appointments} bookings) {caught_up:?} after the last booking \
+             ({since_kill:?} after the kill, which stranded {stranded} entries); catch-up \
+             passes that applied missed events on the survivor: {}",
+            catch_ups.len()
+        );
+        for l in catch_ups {
+            eprintln!("  {l}");
+        }
+        // The entries the dead consumer had taken are claimed by the survivor later (10 s
+        // idle): applying them again must not count twice.
+        tokio::time::sleep(
+            econsult_runtime::bus::CLAIM_IDLE.saturating_sub(written.elapsed())
+                + Duration::from_secs(2),
+        )
+        .await;
+        assert_eq!(
+            bookings_counted(&booking, survivor, &ops).await,
+            appointments,
+            "every booking counted exactly once after the dead consumer's entries were claimed"
+        );
+        db.close().await;
+    };
+    tokio::time::timeout(TOTAL, run)
+        .await
+        .expect("the stats catch-up scenario finished in time");
     drop(cluster);
     if let Ok(client) = redis::Client::open(redis.as_str())
         && let Ok(mut con) = client.get_multiplexed_async_connection().await
