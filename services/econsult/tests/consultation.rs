@@ -844,7 +844,7 @@ async fn content_rules_urgency_and_attachments(env: Env) {
     assert!(err.message().contains("category"), "{}", err.message());
 
     let image = png(200_000);
-    let mut with_file = start_req("<img src=x onerror=alert(1)>\u{0}look at this");
+    let mut with_file = start_req("<img src=x onerror=alert(1)>\u{7}look at this");
     with_file.attachments = vec![pb::NewAttachment {
         file_name: "rash.png".into(),
         content_type: "image/png".into(),
