@@ -118,6 +118,8 @@ pub struct Config {
     pub consultation_feed_capacity: usize,
     /// What one patient may store in the consultation service.
     pub consultation_quotas: econsult_consultation::Quotas,
+    /// How long idempotent answers and published outbox events are kept.
+    pub retention: econsult_runtime::retention::Retention,
     /// Per-caller rate limits.
     pub rate_limits: econsult_runtime::ratelimit::RateLimits,
     /// Most concurrent HTTP/2 streams per client connection.
@@ -169,6 +171,7 @@ impl Config {
             booking: BookingConfig::default(),
             consultation_feed_capacity: econsult_consultation::feed::DEFAULT_CAPACITY,
             consultation_quotas: Default::default(),
+            retention: Default::default(),
             rate_limits: Default::default(),
             max_streams_per_connection: 256,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -486,6 +489,12 @@ impl Application {
             &platform,
             &mut Mount::new(&mut routes, interceptor.clone(), &mut handle),
         );
+        handle.track(tokio::spawn(econsult_runtime::retention::task(
+            platform.db.clone(),
+            platform.clock.clone(),
+            config.retention,
+            platform.shutdown.clone(),
+        )));
         for kind in &config.services {
             let m = &mut Mount::new(&mut routes, interceptor.clone(), &mut handle);
             match kind {

@@ -162,6 +162,13 @@ struct ServeArgs {
     /// Requests per second each EHR system may make (burst 2x); 0 = unlimited.
     #[arg(long, env = "ECONSULT_RATE_LIMIT_EHR", default_value_t = 2000.0)]
     rate_limit_ehr: f64,
+    /// Days a stored idempotent answer is kept (a retry after that is a new call); at least 1.
+    #[arg(long, env = "ECONSULT_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7)]
+    idempotency_retention_days: u64,
+    /// Days a published outbox event is kept (change streams resume and the statistics rebuild
+    /// reads only within it); at least 1.
+    #[arg(long, env = "ECONSULT_OUTBOX_RETENTION_DAYS", default_value_t = 30)]
+    outbox_retention_days: u64,
     /// Most concurrent HTTP/2 streams per client connection.
     #[arg(
         long,
@@ -437,6 +444,7 @@ async fn serve(
     config.booking.hold_ttl = chrono::Duration::seconds(a.hold_ttl_seconds.clamp(30, 3600));
     config.signalling.stun_urls = a.stun_urls;
     config.signalling.turn_urls = a.turn_urls;
+    let days = |d: u64| Duration::from_secs(d.clamp(1, 36_500) * 86_400);
     let limit = |per_second: f64, burst: f64| econsult_runtime::ratelimit::Limit {
         per_second: per_second.max(0.0),
         burst: (per_second * burst).max(1.0),
@@ -445,6 +453,8 @@ async fn serve(
     config.rate_limits.clinician = limit(a.rate_limit_clinician, 4.0);
     config.rate_limits.ehr = limit(a.rate_limit_ehr, 2.0);
     config.max_streams_per_connection = a.max_streams_per_connection.max(1);
+    config.retention.idempotency = days(a.idempotency_retention_days);
+    config.retention.outbox = days(a.outbox_retention_days);
     config.max_connections = a.max_connections.max(1);
     config.handshake_timeout = Duration::from_secs(a.handshake_timeout_seconds.clamp(1, 300));
     config.max_connection_age = Duration::from_secs(a.max_connection_age_seconds.max(60));

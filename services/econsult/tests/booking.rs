@@ -1827,7 +1827,39 @@ async fn operations_move_a_listing_and_the_old_practice_and_the_patient_are_told
     app.shutdown().await;
 }
 
+/// A NUL byte in a free text is refused naming the field (it was dropped silently before,
+/// so what was stored was not what the client sent); other control characters are still
+/// removed from free text, and ids refuse every control character.
+async fn a_nul_byte_in_a_reason_is_refused(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 1, 1).await;
+    let starts = [at("2026-03-03T08:00:00Z")];
+    let slots = publish(&app, ORG_A, "gp-1", &starts, pb::Modality::InPerson).await;
+    let mut c = app.booking().await;
+    let book = |reason: &str| pb::BookRequest {
+        target: Some(BookTarget::SlotId(slots[0].slot_id.clone())),
+        reason: reason.into(),
+        request_id: String::new(),
+        idempotency_key: key(),
+    };
+    let token = app.patient_token(&nins[0]);
+    let err = c
+        .book(authed(book("sore\0 throat"), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("reason"), "{err:?}");
+    let booked = c
+        .book(authed(book("sore\u{7}throat"), &token))
+        .await
+        .expect("another control character is removed")
+        .into_inner();
+    assert_eq!(booked.reason, "sorethroat");
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_nul_byte_in_a_reason_is_refused,
     booking_request_writes_merge_in_any_order,
     the_five_working_day_figure_counts_requests_as_the_authorities_do,
     operations_move_a_listing_and_the_old_practice_and_the_patient_are_told,

@@ -844,7 +844,7 @@ async fn content_rules_urgency_and_attachments(env: Env) {
     assert!(err.message().contains("category"), "{}", err.message());
 
     let image = png(200_000);
-    let mut with_file = start_req("<img src=x onerror=alert(1)>\u{0}look at this");
+    let mut with_file = start_req("<img src=x onerror=alert(1)>\u{7}look at this");
     with_file.attachments = vec![pb::NewAttachment {
         file_name: "rash.png".into(),
         content_type: "image/png".into(),
@@ -1357,7 +1357,67 @@ async fn a_patient_stays_within_the_storage_quotas(env: Env) {
     app.shutdown().await;
 }
 
+/// A NUL byte in a stored or echoed string is refused, naming the field (PostgreSQL cannot
+/// store it: before, it answered INTERNAL there and stored it on SQLite).
+async fn a_nul_byte_in_a_string_field_is_refused(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 12, 1).await;
+    let mut c = app.consultation().await;
+    let token = app.patient_token(&nins[0]);
+    let file = |name: &str| pb::NewAttachment {
+        file_name: name.into(),
+        content_type: "image/png".into(),
+        content: png(10),
+    };
+    for (field, req) in [
+        (
+            "subject",
+            pb::StartConsultationRequest {
+                subject: "Ra\0sh".into(),
+                ..start_req("a question")
+            },
+        ),
+        ("body", start_req("a que\0stion")),
+        (
+            "attachments[0].file_name",
+            pb::StartConsultationRequest {
+                attachments: vec![file("rash\0.png")],
+                ..start_req("a question")
+            },
+        ),
+    ] {
+        let err = c.start_consultation(authed(req, &token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {err:?}");
+    }
+    let err = c
+        .send_message(authed(
+            pb::SendMessageRequest {
+                thread_id: "t\0".into(),
+                body: "more".into(),
+                attachments: vec![],
+                idempotency_key: key(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("thread_id"), "{err:?}");
+    let stored: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM consultation_threads")
+            .fetch_one(app.platform().db.read())
+            .await
+            .expect("count"),
+        "n",
+    )
+    .expect("n");
+    assert_eq!(stored, 0, "nothing was stored");
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_nul_byte_in_a_string_field_is_refused,
     a_patient_stays_within_the_storage_quotas,
     keys_and_attachment_types_are_checked_as_the_protos_say,
     a_tariff_code_is_checked_against_the_tariff_of_the_contacts_date,

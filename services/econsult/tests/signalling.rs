@@ -1181,7 +1181,40 @@ async fn a_flooding_stream_is_rejected_past_its_budget_and_lives_on(env: Env) {
     v.app.shutdown().await;
 }
 
+/// A NUL byte in an id or in a string relayed to the peer is refused, naming the field.
+async fn a_nul_byte_in_a_signal_or_an_id_is_refused(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    let err = join(ch.clone(), &v.patient(), &format!("{id}\0"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("appointment_id"), "{err:?}");
+    let pj = join(ch.clone(), &v.patient(), id).await.expect("join");
+    let mut patient = Sig::open(ch.clone(), &v.patient(), id, pj.resume_after_seq)
+        .await
+        .expect("stream");
+    admit(ch.clone(), &v.gp(), id, "").await;
+    patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
+    let (_probe, sdp) = real_offer_sdp().await;
+    patient.call(offer(&sdp)).await.expect("valid offer");
+    let (code, msg) = patient
+        .call(Out::Candidate(pb::IceCandidate {
+            candidate: "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host".into(),
+            sdp_mid: "0\0".into(),
+            sdp_mline_index: Some(0),
+            username_fragment: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(code, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("candidate.sdp_mid"), "{msg}");
+    v.app.shutdown().await;
+}
+
 on_both_backends!(
+    a_nul_byte_in_a_signal_or_an_id_is_refused,
     a_flooding_stream_is_rejected_past_its_budget_and_lives_on,
     two_webrtc_peers_connect_through_the_service_and_exchange_data,
     only_the_booked_patient_and_the_practice_may_join,

@@ -726,7 +726,37 @@ async fn closed_threads_count_by_kpr_category(env: Env) {
     app.shutdown().await;
 }
 
+/// A NUL byte in a filter id is refused naming the field (PostgreSQL answered INTERNAL).
+async fn a_nul_byte_in_a_filter_is_refused(env: Env) {
+    let app = TestApp::start(env).await;
+    let mut s = app.stats().await;
+    for field in ["gp_id", "municipality_number"] {
+        let mut f = filter("").expect("filter");
+        match field {
+            "gp_id" => f.gp_id = "gp-1\0".into(),
+            _ => f.municipality_number = "0301\0".into(),
+        }
+        let err = s
+            .get_contact_counts(authed(
+                spb::GetContactCountsRequest {
+                    filter: Some(f),
+                    ..Default::default()
+                },
+                &app.ops_token(),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().contains(&format!("filter.{field}")),
+            "{err:?}"
+        );
+    }
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_nul_byte_in_a_filter_is_refused,
     closed_threads_count_by_kpr_category,
     booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same,
     a_batch_counts_each_event_once_and_sums_events_of_a_row,

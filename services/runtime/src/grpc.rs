@@ -93,8 +93,34 @@ pub fn parse_date(s: &str, field: &str) -> Result<chrono::NaiveDate, Status> {
     })
 }
 
+/// Refuses a string holding a NUL character (`\0`) with `INVALID_ARGUMENT` naming `field`. A
+/// NUL is never meaningful in an id or a text, PostgreSQL cannot store it, and silently
+/// dropping it would store something other than what the client sent.
+pub fn no_nul(value: &str, field: &str) -> Result<(), Status> {
+    if value.contains('\0') {
+        Err(Status::invalid_argument(format!(
+            "{field} must not contain a NUL character"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// [`no_nul`] for several fields at once, as (value, field name) pairs.
+pub fn no_nuls(fields: &[(&str, &str)]) -> Result<(), Status> {
+    fields.iter().try_for_each(|(v, f)| no_nul(v, f))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_nul_is_refused_naming_the_field() {
+        assert!(super::no_nul("tab\tand ümlaut", "body").is_ok());
+        let err = super::no_nuls(&[("ok", "subject"), ("a\0b", "body")]).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.message(), "body must not contain a NUL character");
+    }
+
     #[test]
     fn a_wrapped_transient_database_error_is_unavailable_and_the_rest_internal() {
         let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));

@@ -15,6 +15,7 @@ pub mod nin;
 pub mod outbox;
 pub mod platform;
 pub mod ratelimit;
+pub mod retention;
 pub mod streams;
 pub mod tariff;
 pub mod telemetry;

@@ -12,7 +12,7 @@ use crate::service::Signalling;
 use econsult_proto::signalling::v1 as pb;
 use econsult_runtime::auth::{Caller, Role};
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::grpc::{anyhow_status, db_status, internal, timestamp};
+use econsult_runtime::grpc::{anyhow_status, db_status, internal, no_nul, no_nuls, timestamp};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The tonic service.
@@ -148,6 +148,7 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         let caller = Caller::from_request(&req)?.clone();
         participant(&caller)?;
         let r = req.into_inner();
+        no_nul(&r.appointment_id, "appointment_id")?;
         let joined = self.svc.join(&caller, &r.appointment_id).await?;
         Ok(Response::new(joined.into()))
     }
@@ -170,6 +171,10 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         let caller = Caller::from_request(&req)?.clone();
         clinician(&caller)?;
         let r = req.into_inner();
+        no_nuls(&[
+            (&r.appointment_id, "appointment_id"),
+            (&r.clinician_hpr_number, "clinician_hpr_number"),
+        ])?;
         let admitted_at = self
             .svc
             .admit(&caller, &r.appointment_id, r.clinician_hpr_number.trim())
@@ -186,6 +191,7 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         let caller = Caller::from_request(&req)?.clone();
         participant(&caller)?;
         let r = req.into_inner();
+        no_nul(&r.appointment_id, "appointment_id")?;
         let ice = self.svc.get_ice_servers(&caller, &r.appointment_id).await?;
         Ok(Response::new(pb::GetIceServersResponse {
             ice_servers: ice.servers.into_iter().map(Into::into).collect(),
@@ -203,6 +209,7 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         let caller = Caller::from_request(&req)?.clone();
         clinician(&caller)?;
         let r = req.into_inner();
+        no_nul(&r.appointment_id, "appointment_id")?;
         let session = self
             .svc
             .end_by_practice(&caller, &r.appointment_id, r.held)
@@ -219,6 +226,7 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         let caller = Caller::from_request(&req)?.clone();
         participant(&caller)?;
         let r = req.into_inner();
+        no_nul(&r.appointment_id, "appointment_id")?;
         let session = self.svc.get_session(&caller, &r.appointment_id).await?;
         Ok(Response::new(session.into()))
     }

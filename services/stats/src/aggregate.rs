@@ -526,7 +526,8 @@ impl Aggregator {
     }
 
     /// Recomputes all aggregates from the outbox (the durable event log): clears the tables and
-    /// this consumer's processed-event marks, then applies every event in `seq` order. The
+    /// this consumer's processed-event marks, then applies every event in `seq` order (only the
+    /// events within the outbox's retention window are left to apply). The
     /// Prometheus counters are left alone (they count events as first applied; re-applying
     /// would count them twice).
     pub async fn rebuild(&self) -> anyhow::Result<usize> {

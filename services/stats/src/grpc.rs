@@ -7,7 +7,7 @@ use crate::service::Stats;
 use econsult_booking::domain::BreachReason;
 use econsult_proto::stats::v1 as pb;
 use econsult_runtime::auth::{Caller, Role};
-use econsult_runtime::grpc::{anyhow_status, db_status};
+use econsult_runtime::grpc::{anyhow_status, db_status, no_nuls};
 use tonic::{Request, Response, Status};
 
 /// Scope for an EHR reading its own organisation's statistics.
@@ -53,12 +53,22 @@ fn org(own: Option<String>, asked: String) -> Result<String, StatsError> {
     }
 }
 
+/// Refuses a NUL in the filter's ids (see [`econsult_runtime::grpc::no_nul`]).
+fn filter_no_nul(f: &pb::Filter) -> Result<(), Status> {
+    no_nuls(&[
+        (&f.org_number, "filter.org_number"),
+        (&f.municipality_number, "filter.municipality_number"),
+        (&f.gp_id, "filter.gp_id"),
+    ])
+}
+
 /// Validates `f` for `caller`: ops see all, an EHR only its own organisation.
 pub fn filter(f: Option<pb::Filter>, caller: &Caller) -> Result<Filter, Status> {
     // Who may ask comes before what is asked: a caller without access learns nothing from
     // validation messages.
     let own = own_org(caller)?;
     let f = f.ok_or_else(|| Status::invalid_argument("filter is required"))?;
+    filter_no_nul(&f)?;
     let from = date(&f.from_date, "filter.from_date")?;
     let to = date(&f.to_date, "filter.to_date")?;
     if to < from {
@@ -86,6 +96,7 @@ pub fn filter(f: Option<pb::Filter>, caller: &Caller) -> Result<Filter, Status> 
 pub fn scope_filter(f: Option<pb::Filter>, caller: &Caller) -> Result<Filter, Status> {
     let own = own_org(caller)?;
     let f = f.unwrap_or_default();
+    filter_no_nul(&f)?;
     Ok(Filter {
         from: String::new(),
         to: String::new(),

@@ -213,7 +213,11 @@ pub(super) fn key_field(k: &str) -> Result<(), Status> {
     econsult_runtime::idempotency::check_key(k).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// A free text as stored: a NUL is refused (never meaningful, and silently dropping it stored
+/// something other than what was sent); other control characters but newline and tab are
+/// removed, as before (a stray CR or bell from a pasted text is harmless to drop).
 pub(super) fn text_field(v: &str, field: &str, max: usize) -> Result<String, Status> {
+    econsult_runtime::grpc::no_nul(v, field)?;
     let t = clean_text(v);
     if t.chars().count() > max {
         return Err(Status::invalid_argument(format!(

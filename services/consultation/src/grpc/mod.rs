@@ -14,7 +14,7 @@ use crate::service::{Consultations, Done, Viewer};
 use crate::urgent::Language;
 use econsult_proto::consultation::v1 as pb;
 use econsult_runtime::auth::{Caller, Role};
-use econsult_runtime::grpc::{anyhow_status, db_status, internal};
+use econsult_runtime::grpc::{anyhow_status, db_status, internal, no_nul, no_nuls};
 use econsult_runtime::idempotency::IdempotencyError;
 use econsult_runtime::platform::Platform;
 use stream::ChangeStream;
@@ -202,6 +202,15 @@ fn offset(token: &str) -> Result<i64, ConsultationError> {
         })
 }
 
+/// Refuses a NUL in the attachments' names and types (see [`no_nul`]).
+fn attachments_no_nul(attachments: &[pb::NewAttachment]) -> Result<(), Status> {
+    for (i, a) in attachments.iter().enumerate() {
+        no_nul(&a.file_name, &format!("attachments[{i}].file_name"))?;
+        no_nul(&a.content_type, &format!("attachments[{i}].content_type"))?;
+    }
+    Ok(())
+}
+
 /// The token of the page after the one at `off` of `limit`, "" when there is none.
 fn next_token(more: bool, off: i64, limit: i64) -> String {
     if more {
@@ -220,6 +229,12 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let nin = caller.patient()?.clone();
         let r = req.into_inner();
+        no_nuls(&[
+            (&r.subject, "subject"),
+            (&r.body, "body"),
+            (&r.language, "language"),
+        ])?;
+        attachments_no_nul(&r.attachments)?;
         if r.urgent {
             let answer = self
                 .svc
@@ -263,6 +278,8 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let nin = caller.patient()?.clone();
         let r = req.into_inner();
+        no_nuls(&[(&r.thread_id, "thread_id"), (&r.body, "body")])?;
+        attachments_no_nul(&r.attachments)?;
         let mut built = None;
         let encode = keeping(&mut built, |p: &crate::service::Posted| {
             pb::SendMessageResponse {
@@ -314,6 +331,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let viewer = Self::viewer(&caller, SCOPE_READ)?;
         let r = req.into_inner();
+        no_nul(&r.thread_id, "thread_id")?;
         let page = self
             .svc
             .thread_page(&caller, &viewer, &r.thread_id, r.after_seq, r.page_size)
@@ -336,6 +354,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let viewer = Self::viewer(&caller, SCOPE_READ)?;
         let id = req.into_inner().attachment_id;
+        no_nul(&id, "attachment_id")?;
         let (meta, content) = self.svc.attachment(&caller, &viewer, &id).await?;
         Ok(Response::new(pb::GetAttachmentResponse {
             attachment: Some(convert::attachment(&meta)),
@@ -350,6 +369,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let viewer = Self::viewer(&caller, SCOPE_READ)?;
         let r = req.into_inner();
+        no_nul(&r.thread_id, "thread_id")?;
         let t = self
             .svc
             .mark_read(&caller, &viewer, &r.thread_id, r.up_to_seq)
@@ -366,6 +386,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let nin = caller.patient()?.clone();
         let r = req.into_inner();
+        no_nul(&r.thread_id, "thread_id")?;
         let mut built = None;
         let encode = keeping(&mut built, |t| pb::WithdrawConsultationResponse {
             thread: Some(convert::thread(t, self.now(), false)),
@@ -401,6 +422,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let org = caller.org_with_scope(SCOPE_READ)?.to_owned();
         let r = req.into_inner();
+        no_nul(&r.gp_id, "gp_id")?;
         let limit = page(r.page_size, 50, 200, "page_size")?;
         let off = offset(&r.page_token)?;
         let inbox = self
@@ -425,6 +447,10 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let org = caller.org_with_scope(SCOPE_WRITE)?.to_owned();
         let r = req.into_inner();
+        no_nuls(&[
+            (&r.thread_id, "thread_id"),
+            (&r.clinician_hpr_number, "clinician_hpr_number"),
+        ])?;
         let mut built = None;
         let encode = keeping(&mut built, |t| pb::ClaimThreadResponse {
             thread: Some(convert::thread(t, self.now(), true)),
@@ -455,6 +481,12 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let org = caller.org_with_scope(SCOPE_WRITE)?.to_owned();
         let r = req.into_inner();
+        no_nuls(&[
+            (&r.thread_id, "thread_id"),
+            (&r.clinician_hpr_number, "clinician_hpr_number"),
+            (&r.body, "body"),
+        ])?;
+        attachments_no_nul(&r.attachments)?;
         let reply = NewReply {
             clinician_hpr: r.clinician_hpr_number,
             body: r.body,
@@ -491,6 +523,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let org = caller.org_with_scope(SCOPE_WRITE)?.to_owned();
         let r = req.into_inner();
+        no_nuls(&[(&r.thread_id, "thread_id"), (&r.body, "body")])?;
         let mut built = None;
         let encode = keeping(&mut built, |c: &crate::service::practice::Converted| {
             pb::ConvertToBookingResponse {
@@ -533,6 +566,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let org = caller.org_with_scope(SCOPE_WRITE)?.to_owned();
         let r = req.into_inner();
+        no_nuls(&[
+            (&r.thread_id, "thread_id"),
+            (&r.outcome, "outcome"),
+            (&r.tariff_code, "tariff_code"),
+        ])?;
         let closing = Closing {
             outcome: r.outcome,
             tariff_code: r.tariff_code,

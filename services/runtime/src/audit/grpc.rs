@@ -74,6 +74,7 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
         let caller = Caller::from_request(&req)?.clone();
         caller.ops()?;
         let r = req.into_inner();
+        crate::grpc::no_nuls(&[(&r.patient_nin, "patient_nin"), (&r.subject, "subject")])?;
         let found = list(
             &self.db,
             Some(r.patient_nin.as_str()).filter(|s| !s.is_empty()),

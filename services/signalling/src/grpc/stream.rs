@@ -9,7 +9,7 @@ use crate::domain::{
 use crate::error::SignallingError;
 use crate::service::{Outgoing, Signalling};
 use econsult_runtime::auth::Caller;
-use econsult_runtime::grpc::{internal, timestamp};
+use econsult_runtime::grpc::{internal, no_nul, timestamp};
 use futures::StreamExt as _;
 use pb::client_signal::Body as In;
 use pb::server_event::Body as Ev;
@@ -42,6 +42,7 @@ pub(super) async fn open(
             "the first message of a signal stream must be a hello",
         ));
     };
+    no_nul(&hello.appointment_id, "hello.appointment_id")?;
     let hello = Hello::from(hello);
     let (ctx, welcome) = svc.open_stream(&caller, &hello).await?;
     let (tx, rx) = mpsc::channel::<Outgoing>(256);
@@ -73,14 +74,24 @@ impl From<pb::Hello> for Hello {
     }
 }
 
-impl From<pb::IceCandidate> for Candidate {
-    fn from(c: pb::IceCandidate) -> Self {
-        Candidate {
+impl TryFrom<pb::IceCandidate> for Candidate {
+    type Error = SignallingError;
+
+    /// Refuses a NUL in the strings relayed to the peer (see [`no_nul`]).
+    fn try_from(c: pb::IceCandidate) -> Result<Self, SignallingError> {
+        for (value, field) in [
+            (&c.candidate, "candidate.candidate"),
+            (&c.sdp_mid, "candidate.sdp_mid"),
+            (&c.username_fragment, "candidate.username_fragment"),
+        ] {
+            no_nul(value, field).map_err(|s| SignallingError::Invalid(s.message().into()))?;
+        }
+        Ok(Candidate {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,
             sdp_mline_index: c.sdp_mline_index,
             username_fragment: c.username_fragment,
-        }
+        })
     }
 }
 
@@ -111,6 +122,8 @@ impl TryFrom<pb::SessionDescription> for Description {
                 "description.ice_restart is only for offers".into(),
             ));
         }
+        no_nul(&d.sdp, "description.sdp")
+            .map_err(|s| SignallingError::Invalid(s.message().into()))?;
         Ok(Description {
             kind,
             sdp: d.sdp,
@@ -127,7 +140,7 @@ impl TryFrom<Option<In>> for Signal {
             match body.ok_or_else(|| SignallingError::Invalid("body is required".into()))? {
                 In::Hello(h) => Signal::Hello(h.into()),
                 In::Description(d) => Signal::Description(d.try_into()?),
-                In::Candidate(c) => Signal::Candidate(c.into()),
+                In::Candidate(c) => Signal::Candidate(c.try_into()?),
                 In::EndOfCandidates(_) => Signal::EndOfCandidates,
                 In::IceRestart(_) => Signal::IceRestart,
                 In::MediaState(m) => Signal::MediaState(m.into()),
