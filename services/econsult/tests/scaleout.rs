@@ -370,12 +370,20 @@ struct Seeded {
     video_book: bpb::BookRequest,
 }
 
-async fn seed(booking: &Pair, tokens: &Tokens) -> Seeded {
+/// The GP `GP_ID` named `display_name` (upserted through instance 1) with `patients` synthetic
+/// patients from seed `first` on its list (added through instance 2); returns their numbers.
+async fn seed_gp_and_list(
+    booking: &Pair,
+    tokens: &Tokens,
+    display_name: &str,
+    first: u64,
+    patients: usize,
+) -> Vec<String> {
     let ehr = tokens.ehr();
     let gp = bpb::Gp {
         gp_id: GP_ID.into(),
         hpr_number: GP_HPR.into(),
-        display_name: "Dr Skala".into(),
+        display_name: display_name.into(),
         municipality_number: "0301".into(),
         list_capacity: 2500,
         list_status: bpb::ListStatus::Staffed as i32,
@@ -393,9 +401,9 @@ async fn seed(booking: &Pair, tokens: &Tokens) -> Seeded {
         })
         .await
         .expect("upsert GP");
-    let nins: Vec<String> = (0..PATIENTS as u64)
+    let nins: Vec<String> = (0..patients as u64)
         .map(|i| {
-            econsult_runtime::nin::synthetic(8_800_000 + i)
+            econsult_runtime::nin::synthetic(first + i)
                 .as_str()
                 .to_owned()
         })
@@ -413,6 +421,12 @@ async fn seed(booking: &Pair, tokens: &Tokens) -> Seeded {
         })
         .await
         .expect("update list");
+    nins
+}
+
+async fn seed(booking: &Pair, tokens: &Tokens) -> Seeded {
+    let ehr = tokens.ehr();
+    let nins = seed_gp_and_list(booking, tokens, "Dr Skala", 8_800_000, PATIENTS).await;
     // In-person slots the day after tomorrow; one video slot starting in ten minutes, so that
     // its join window (15 minutes before the start) is open now.
     let day = Utc::now() + chrono::Duration::days(2);
@@ -1640,47 +1654,14 @@ async fn after_kill_9_of_one_of_two_instances_the_stats_catch_up_within_seconds(
     let run = async {
         // A GP with a patient and a slot per booking, so that every booking succeeds.
         let ehr = tokens.ehr();
-        let gp = bpb::Gp {
-            gp_id: GP_ID.into(),
-            hpr_number: GP_HPR.into(),
-            display_name: "Dr Statistikk".into(),
-            municipality_number: "0301".into(),
-            list_capacity: 2500,
-            list_status: bpb::ListStatus::Staffed as i32,
-            ..Default::default()
-        };
-        booking
-            .call(0, |ch| {
-                let r = authed(
-                    bpb::UpsertGpRequest {
-                        gp: Some(gp.clone()),
-                    },
-                    &ehr,
-                );
-                async move { BookingServiceClient::new(ch).upsert_gp(r).await }
-            })
-            .await
-            .expect("upsert GP");
-        let nins: Vec<String> = (0..STATS_BOOKINGS as u64)
-            .map(|i| {
-                econsult_runtime::nin::synthetic(8_900_000 + i)
-                    .as_str()
-                    .to_owned()
-            })
-            .collect();
-        let list = bpb::UpdateListRequest {
-            gp_id: GP_ID.into(),
-            add: nins.clone(),
-            remove: vec![],
-            idempotency_key: key(),
-        };
-        booking
-            .call(1, |ch| {
-                let r = authed(list.clone(), &ehr);
-                async move { BookingServiceClient::new(ch).update_list(r).await }
-            })
-            .await
-            .expect("update list");
+        let nins = seed_gp_and_list(
+            &booking,
+            &tokens,
+            "Dr Statistikk",
+            8_900_000,
+            STATS_BOOKINGS,
+        )
+        .await;
         let day = Utc::now() + chrono::Duration::days(2);
         let publish = bpb::PublishSlotsRequest {
             gp_id: GP_ID.into(),
