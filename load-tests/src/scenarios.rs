@@ -1164,6 +1164,32 @@ fn epoch_ms(t: &prost_types::Timestamp) -> i64 {
     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
 }
 
+/// Records the delivery lag (now − `sent_at`) of a message sent at or after `since_ms`; earlier
+/// messages (a replay of an earlier scenario's threads) are not timed.
+fn time_delivery(
+    delivery: &Mutex<Histogram<u64>>,
+    sent_at: Option<&prost_types::Timestamp>,
+    since_ms: i64,
+) {
+    if let Some(sent_ms) = sent_at.map(epoch_ms)
+        && sent_ms >= since_ms
+    {
+        let lag = Utc::now().timestamp_millis() - sent_ms;
+        let mut h = delivery.lock().unwrap_or_else(|e| e.into_inner());
+        record(&mut h, Duration::from_millis(lag.max(0) as u64));
+    }
+}
+
+/// Counts a dropped or refused stream and keeps its error for the report.
+fn stream_failed(reconnects: &AtomicU64, last_error: &Mutex<Option<String>>, s: &tonic::Status) {
+    reconnects.fetch_add(1, Ordering::Relaxed);
+    *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+        "{}: {}",
+        crate::engine::code_name(s.code()),
+        s.message()
+    ));
+}
+
 /// Holds practice `auth`'s WatchInbox stream until `stop`, reconnecting from the last cursor,
 /// and times every message change (message `sent_at` → received).
 async fn watch_loop(
@@ -1175,14 +1201,7 @@ async fn watch_loop(
     since_ms: i64,
 ) {
     let mut cursor = 0u64;
-    let fail = |w: &Watcher, s: &tonic::Status| {
-        w.reconnects.fetch_add(1, Ordering::Relaxed);
-        *w.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-            "{}: {}",
-            crate::engine::code_name(s.code()),
-            s.message()
-        ));
-    };
+    let fail = |w: &Watcher, s: &tonic::Status| stream_failed(&w.reconnects, &w.last_error, s);
     loop {
         if *stop.borrow() {
             return;
@@ -1209,7 +1228,6 @@ async fn watch_loop(
                             break;
                         }
                     };
-                    let now_ms = Utc::now().timestamp_millis();
                     cursor = cursor.max(change.cursor);
                     *w.changes
                         .lock()
@@ -1229,15 +1247,7 @@ async fn watch_loop(
                         }
                     }
                     if let Some(m) = change.message {
-                        if let Some(sent_ms) = m.sent_at.as_ref().map(epoch_ms)
-                            && sent_ms >= since_ms
-                        {
-                            let mut h = delivery.lock().unwrap_or_else(|e| e.into_inner());
-                            record(
-                                &mut h,
-                                Duration::from_millis((now_ms - sent_ms).max(0) as u64),
-                            );
-                        }
+                        time_delivery(&delivery, m.sent_at.as_ref(), since_ms);
                         let fresh = w
                             .received
                             .lock()
@@ -1295,18 +1305,7 @@ async fn subscribe_loop(
                         Ok(Some(change)) => {
                             cursor = cursor.max(change.cursor);
                             if let Some(m) = change.message {
-                                // Messages from before this scenario (a replay of an earlier
-                                // scenario's threads of the same patient) are not timed.
-                                if let Some(sent) = m.sent_at
-                                    && sent.seconds * 1000 + i64::from(sent.nanos) / 1_000_000
-                                        >= since_ms
-                                {
-                                    let sent_ms =
-                                        sent.seconds * 1000 + i64::from(sent.nanos) / 1_000_000;
-                                    let lag = Utc::now().timestamp_millis() - sent_ms;
-                                    let mut h = delivery.lock().unwrap_or_else(|e| e.into_inner());
-                                    record(&mut h, Duration::from_millis(lag.max(0) as u64));
-                                }
+                                time_delivery(&delivery, m.sent_at.as_ref(), since_ms);
                                 let fresh = sub
                                     .received
                                     .lock()
@@ -1319,23 +1318,13 @@ async fn subscribe_loop(
                         }
                         Ok(None) => break,
                         Err(s) => {
-                            sub.reconnects.fetch_add(1, Ordering::Relaxed);
-                            *sub.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(
-                                format!("{}: {}", crate::engine::code_name(s.code()), s.message()),
-                            );
+                            stream_failed(&sub.reconnects, &sub.last_error, &s);
                             break;
                         }
                     }
                 }
             }
-            Err(s) => {
-                sub.reconnects.fetch_add(1, Ordering::Relaxed);
-                *sub.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
-                    "{}: {}",
-                    crate::engine::code_name(s.code()),
-                    s.message()
-                ));
-            }
+            Err(s) => stream_failed(&sub.reconnects, &sub.last_error, &s),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
