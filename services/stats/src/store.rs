@@ -286,23 +286,34 @@ pub async fn clear(tx: &mut Tx, consumer: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Binds filter `f` to a statement whose `$1`…`$5` are (from, to, org, municipality, gp), the
+/// `WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) …` of every query below.
+fn filtered<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    f: &'q Filter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&f.from)
+        .bind(&f.to)
+        .bind(&f.org)
+        .bind(&f.municipality)
+        .bind(&f.gp)
+}
+
 /// Contact counts per day and every dimension, in `f`.
 pub async fn contact_counts(
     conn: &mut AnyConnection,
     f: &Filter,
 ) -> Result<Vec<ContactCount>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT day, org_number, municipality_number, gp_id, contact_type, tariff_code, CAST(SUM(n) AS BIGINT) AS n \
-         FROM stats_contacts \
-         WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-         GROUP BY day, org_number, municipality_number, gp_id, contact_type, tariff_code \
-         ORDER BY day, org_number, gp_id, contact_type",
+    let rows = filtered(
+        sqlx::query(
+            "SELECT day, org_number, municipality_number, gp_id, contact_type, tariff_code, CAST(SUM(n) AS BIGINT) AS n \
+             FROM stats_contacts \
+             WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
+             GROUP BY day, org_number, municipality_number, gp_id, contact_type, tariff_code \
+             ORDER BY day, org_number, gp_id, contact_type",
+        ),
+        f,
     )
-    .bind(&f.from)
-    .bind(&f.to)
-    .bind(&f.org)
-    .bind(&f.municipality)
-    .bind(&f.gp)
     .fetch_all(conn)
     .await?;
     rows.iter()
@@ -327,16 +338,14 @@ pub async fn appointment_counts(
     conn: &mut AnyConnection,
     f: &Filter,
 ) -> Result<AppointmentCounts, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT kind, CAST(SUM(n) AS BIGINT) AS n FROM stats_appointments \
-         WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-         GROUP BY kind",
+    let rows = filtered(
+        sqlx::query(
+            "SELECT kind, CAST(SUM(n) AS BIGINT) AS n FROM stats_appointments \
+             WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
+             GROUP BY kind",
+        ),
+        f,
     )
-    .bind(&f.from)
-    .bind(&f.to)
-    .bind(&f.org)
-    .bind(&f.municipality)
-    .bind(&f.gp)
     .fetch_all(conn)
     .await?;
     let mut out = AppointmentCounts::default();
@@ -357,16 +366,14 @@ pub async fn response_times(
     conn: &mut AnyConnection,
     f: &Filter,
 ) -> Result<ResponseTimes, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT working_days, within_sla, CAST(SUM(n) AS BIGINT) AS n FROM stats_consultation_responses \
-         WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-         GROUP BY working_days, within_sla",
+    let rows = filtered(
+        sqlx::query(
+            "SELECT working_days, within_sla, CAST(SUM(n) AS BIGINT) AS n FROM stats_consultation_responses \
+             WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
+             GROUP BY working_days, within_sla",
+        ),
+        f,
     )
-    .bind(&f.from)
-    .bind(&f.to)
-    .bind(&f.org)
-    .bind(&f.municipality)
-    .bind(&f.gp)
     .fetch_all(conn)
     .await?;
     let mut out = ResponseTimes {
@@ -395,17 +402,15 @@ pub async fn video_sessions(
     conn: &mut AnyConnection,
     f: &Filter,
 ) -> Result<VideoSessions, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT connected, held, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(connected_ms) AS BIGINT) AS ms \
-         FROM stats_video_sessions \
-         WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-         GROUP BY connected, held",
+    let rows = filtered(
+        sqlx::query(
+            "SELECT connected, held, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(connected_ms) AS BIGINT) AS ms \
+             FROM stats_video_sessions \
+             WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
+             GROUP BY connected, held",
+        ),
+        f,
     )
-    .bind(&f.from)
-    .bind(&f.to)
-    .bind(&f.org)
-    .bind(&f.municipality)
-    .bind(&f.gp)
     .fetch_all(conn)
     .await?;
     let mut out = VideoSessions::default();
