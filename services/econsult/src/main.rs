@@ -425,7 +425,11 @@ async fn serve(
             !std::io::stderr().is_terminal()
         }
     };
-    let telemetry = Telemetry::init("econsult", json)?;
+    let instance_id = a
+        .instance_id
+        .clone()
+        .unwrap_or_else(econsult::default_instance_id);
+    let telemetry = Telemetry::init("econsult", &instance_id, json)?;
     let mut config = Config::embedded(data_dir);
     config.listen = a.listen;
     config.metrics_listen = Some(a.metrics_listen);
@@ -464,9 +468,7 @@ async fn serve(
     config.signalling.turn_secret = a.turn_secret.filter(|s| !s.is_empty());
     config.signalling.turn_ttl = Duration::from_secs(a.turn_ttl_seconds.clamp(60, 86_400));
     config.shutdown_grace = Duration::from_secs(a.shutdown_grace_seconds);
-    if let Some(id) = a.instance_id {
-        config.instance_id = id;
-    }
+    config.instance_id = instance_id;
     let start = econsult::StartLine::new(&config);
     let app = Application::start(config).await?;
     start.log(app.local_addr(), app.metrics_addr(), json);

@@ -19,6 +19,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor as _, Transaction};
 use std::sync::Arc;
 use std::{str::FromStr, time::Duration};
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 /// A write transaction: derefs to its connection (`&mut **tx` is an executor); commit with
 /// [`Tx::commit`], or drop (or [`Tx::rollback`]) to roll back.
@@ -263,7 +264,8 @@ impl Writes {
             return tx.commit().await;
         }
         let events = any_event(&self.deferred);
-        let (sql, values) = match self.deferred.len() {
+        let n = self.deferred.len();
+        let (sql, values) = match n {
             0 => return Ok(()),
             1 => {
                 let d = self.deferred.into_iter().next().expect("one write");
@@ -276,6 +278,11 @@ impl Writes {
         };
         bind_values(sqlx::query(&sql), values)
             .execute(&self.db.write)
+            .instrument(tracing::info_span!(
+                "db.writes",
+                otel.name = "acquire connection and write",
+                econsult.db.deferred_writes = n,
+            ))
             .await?;
         if events {
             self.db.events_committed.notify_one();
@@ -332,13 +339,26 @@ impl Tx {
     /// group is on disk. Wakes the relay if the transaction wrote outbox events.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         let events = any_event(&self.deferred);
-        self.flush().await?;
-        match self.kind {
-            TxKind::Postgres(t) => t.commit().await?,
-            TxKind::Sqlite(t) => t.commit().await?,
+        let span = tracing::info_span!(
+            "db.commit",
+            otel.name = match self.kind {
+                TxKind::Postgres(_) => "deferred writes and COMMIT",
+                TxKind::Sqlite(_) => "deferred writes and group commit",
+            },
+            econsult.db.deferred_writes = self.deferred.len(),
+        );
+        let wake = self.events_committed.clone();
+        async move {
+            self.flush().await?;
+            match self.kind {
+                TxKind::Postgres(t) => t.commit().await,
+                TxKind::Sqlite(t) => t.commit().await,
+            }
         }
+        .instrument(span)
+        .await?;
         if events {
-            self.events_committed.notify_one();
+            wake.notify_one();
         }
         Ok(())
     }
@@ -446,6 +466,7 @@ impl Db {
         let max_connections = max_connections.max(1);
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
+            crate::telemetry::db::set_system("sqlite");
             if let Some(path) = sqlite_file(url) {
                 private_file(&path).with_context(|| {
                     format!("make {} readable by its owner only", path.display())
@@ -492,6 +513,7 @@ impl Db {
                 events_committed: Arc::new(Notify::new()),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            crate::telemetry::db::set_system("postgresql");
             let pool = AnyPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(5))
@@ -609,12 +631,30 @@ impl Db {
         Ok(Some(listener))
     }
 
-    /// Begins a write transaction.
+    /// Begins a write transaction. Traced as `db.begin`: on PostgreSQL the wait for a pooled
+    /// connection and BEGIN, on SQLite the wait for the single writer.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        let kind = match &self.group {
-            Some(g) => TxKind::Sqlite(g.begin().await?),
-            None => TxKind::Postgres(self.write.begin().await?),
-        };
+        let span = tracing::info_span!(
+            "db.begin",
+            otel.name = if self.group.is_some() {
+                "wait for the writer"
+            } else {
+                "acquire connection and BEGIN"
+            },
+            db.system.name = if self.group.is_some() {
+                "sqlite"
+            } else {
+                "postgresql"
+            },
+        );
+        let kind = async {
+            Ok::<_, sqlx::Error>(match &self.group {
+                Some(g) => TxKind::Sqlite(g.begin().await?),
+                None => TxKind::Postgres(self.write.begin().await?),
+            })
+        }
+        .instrument(span)
+        .await?;
         Ok(Tx::new(kind, self.events_committed.clone()))
     }
 

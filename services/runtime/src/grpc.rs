@@ -102,6 +102,9 @@ pub fn no_nul(value: &str, field: &str) -> Result<(), Status> {
             "{field} must not contain a NUL character"
         )))
     } else {
+        if field.ends_with("_id") {
+            crate::telemetry::record_id(field, value);
+        }
         Ok(())
     }
 }

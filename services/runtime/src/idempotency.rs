@@ -8,6 +8,7 @@ use sha2::Digest as _;
 use sqlx::Any;
 use sqlx::Row as _;
 use sqlx::any::AnyArguments;
+use tracing::Instrument as _;
 
 /// Outcome of looking up a key.
 pub enum Lookup<T> {
@@ -155,7 +156,13 @@ pub async fn begin<Req: Serialize, Resp: DeserializeOwned>(
     let hash = request_hash(request)?;
     let scope = format!("{subject}|{rpc}");
     let mut tx = db.begin().await?;
-    match claim::<Resp>(&mut tx, &scope, key, &hash, now_ms).await? {
+    let claimed = claim::<Resp>(&mut tx, &scope, key, &hash, now_ms)
+        .instrument(tracing::info_span!(
+            "idempotency.claim",
+            otel.name = "claim idempotency key"
+        ))
+        .await?;
+    match claimed {
         Lookup::Replay(r, accesses) => {
             // Commit (nothing was written) rather than roll back: on SQLite the stored answer
             // may belong to a transaction of the same commit group, and commit returns only

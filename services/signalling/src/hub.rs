@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
+use tracing::Instrument as _;
 
 /// "Something new for `side` of `session_id`" (`side` `None`: both sides). On Redis the side
 /// travels as its code, 0 for both.
@@ -208,7 +209,11 @@ impl Hub {
             let mut con = r.con.clone();
             let channel = format!("{}:wake:{session_id}", r.prefix);
             let code = side.map_or(0, Side::code);
-            if let Err(e) = con.publish::<_, _, i64>(channel, code).await {
+            if let Err(e) = con
+                .publish::<_, _, i64>(channel, code)
+                .instrument(redis_span("PUBLISH"))
+                .await
+            {
                 // The other replica's stream still polls the database.
                 tracing::warn!(error = %e, "publish signalling wake-up");
             }
@@ -250,6 +255,7 @@ impl Hub {
                     .arg("PX")
                     .arg(ttl)
                     .query_async(&mut con)
+                    .instrument(redis_span("SET"))
                     .await?;
             }
             None => {
@@ -268,7 +274,7 @@ impl Hub {
             Some(r) => {
                 let mut con = r.con.clone();
                 let key = format!("{}:presence:{session_id}:{}", r.prefix, side.code());
-                Ok(con.exists(key).await?)
+                Ok(con.exists(key).instrument(redis_span("EXISTS")).await?)
             }
             None => {
                 let p = self.presence.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,4 +294,15 @@ async fn subscribe(client: &redis::Client, pattern: &str) -> anyhow::Result<redi
 /// Completes when `stop` turns true (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// A CLIENT span for one Redis command.
+fn redis_span(command: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "redis",
+        otel.name = format!("redis {command}"),
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = command,
+    )
 }

@@ -198,6 +198,7 @@ pub(super) fn id_field(v: &str, field: &str) -> Result<(), Status> {
             "{field} must be 1 to 64 characters of letters, digits, '-', '_' or '.'"
         )));
     }
+    econsult_runtime::telemetry::record_id(field, v);
     Ok(())
 }
 
@@ -349,6 +350,14 @@ pub(super) fn minute_of_day(v: &str, field: &str) -> Result<u32, Status> {
     }
 }
 
+/// Puts an appointment's ids on the call's span (`econsult.appointment_id`, `slot_id`, `gp_id`).
+pub(super) fn record_appointment(a: &crate::domain::Appointment) {
+    use econsult_runtime::telemetry::record_id;
+    record_id("appointment_id", &a.appointment_id);
+    record_id("slot_id", &a.slot.slot_id);
+    record_id("gp_id", &a.gp_id);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,3 +404,4 @@ mod tests {
         }
     }
 }
+

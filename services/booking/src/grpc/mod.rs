@@ -500,6 +500,7 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                 &r.idempotency_key,
             )
             .await?;
+        record_appointment(&a);
         Ok(Response::new(appt_to(&a)))
     }
 

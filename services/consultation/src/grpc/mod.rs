@@ -259,6 +259,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             .svc
             .start(&caller, &nin, &r.idempotency_key, new, encode)
             .await?;
+        econsult_runtime::telemetry::record_id("thread_id", &done.thread_id);
         if let Some(resp) = answered(built, &done)? {
             return Ok(Response::new(resp));
         }

@@ -49,8 +49,14 @@ impl tonic::service::Interceptor for AuthInterceptor {
                     Status::unauthenticated("authorization must be a bearer token"),
                 )
             })?;
-        let mut caller = self.auth.authenticate(token.trim())?;
+        let mut caller = tracing::info_span!("authenticate", otel.name = "authenticate token")
+            .in_scope(|| self.auth.authenticate(token.trim()))?;
         caller.request_id = uuid::Uuid::new_v4().simple().to_string();
+        crate::telemetry::record_id("request_id", &caller.request_id);
+        crate::telemetry::record_id("caller_role", caller.role.as_str());
+        if let Some(org) = &caller.org_number {
+            crate::telemetry::record_id("org_number", org);
+        }
         if let Some(kind) = req.extensions().get::<crate::telemetry::CallerKind>() {
             kind.set(caller.role.as_str());
         }

@@ -190,7 +190,12 @@ fn server_event(
                 )
             });
         }
-        Outgoing::Welcome(w) => Ev::Welcome(w.into()),
+        Outgoing::Welcome(w) => {
+            // Polled inside the call's span, which lasts as long as the stream: its events
+            // tell a resume and a takeover apart in the trace.
+            tracing::info!(resumed = w.resumed, "signal stream welcomed");
+            Ev::Welcome(w.into())
+        }
         Outgoing::Ack(id) => Ev::Ack(pb::Ack { client_msg_id: id }),
         Outgoing::Rejected {
             client_msg_id,
@@ -203,7 +208,12 @@ fn server_event(
                 message: s.message().to_owned(),
             })
         }
-        Outgoing::Close(close) => return Err(close_status(close)),
+        Outgoing::Close(close) => {
+            if matches!(close, StreamClose::Superseded) {
+                tracing::info!("signal stream taken over by a newer stream");
+            }
+            return Err(close_status(close));
+        }
     };
     Ok(pb::ServerEvent {
         seq: 0,

@@ -1,168 +1,19 @@
-//! Logs, traces and metrics.
-//!
-//! - `tracing` with JSON logs (or pretty ones for a terminal, colours only on a terminal) on
-//!   stderr, filtered by `RUST_LOG`.
-//! - OpenTelemetry traces and metrics; exported by OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
-//!   set (the standard `OTEL_*` variables apply), and metrics always scrapeable in Prometheus
-//!   format at `/metrics` on the metrics port.
-//! - RED metrics of every RPC by [`RpcMetricsLayer`]: `rpc_server_requests_total` and
-//!   `rpc_server_duration_seconds` by method and gRPC status code, and one log line per call
-//!   (target `econsult::request`: method, status, duration, caller kind, trace id).
-//!
-//! Never log message bodies, identity numbers or SDP: log ids.
+//! The server side of every gRPC call: a SERVER span per the OpenTelemetry RPC conventions
+//! that lasts until the response body's end (a stream's whole life), RED metrics and the
+//! request log line.
 
+use super::{CallerKind, current_trace_id};
 use opentelemetry::metrics::{Counter, Histogram};
-use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{KeyValue, global};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
-
-/// Handles of the installed telemetry; call [`Telemetry::shutdown`] before exit to flush.
-pub struct Telemetry {
-    registry: prometheus::Registry,
-    meters: SdkMeterProvider,
-    tracers: SdkTracerProvider,
-}
-
-impl Telemetry {
-    /// Installs the global subscriber, tracer and meter providers. `json` selects JSON logs;
-    /// otherwise they are for people, with colours only when stderr is a terminal.
-    pub fn init(service_name: &str, json: bool) -> anyhow::Result<Self> {
-        let resource = Resource::builder()
-            .with_service_name(service_name.to_owned())
-            .build();
-        let otlp = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
-
-        let registry = prometheus::Registry::new();
-        let prom = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .build()?;
-        let mut meters = SdkMeterProvider::builder()
-            .with_resource(resource.clone())
-            .with_reader(prom);
-        let mut tracers = SdkTracerProvider::builder().with_resource(resource);
-        if otlp {
-            let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()?;
-            meters = meters.with_reader(
-                opentelemetry_sdk::metrics::PeriodicReader::builder(metric_exporter).build(),
-            );
-            let span_exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()?;
-            tracers = tracers.with_batch_exporter(span_exporter);
-        }
-        let meters = meters.build();
-        let tracers = tracers.build();
-        global::set_meter_provider(meters.clone());
-        global::set_tracer_provider(tracers.clone());
-        global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
-
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
-        let otel_layer = tracing_opentelemetry::layer().with_tracer(tracers.tracer("econsult"));
-        let registry_layer = tracing_subscriber::registry().with(filter).with(otel_layer);
-        if json {
-            registry_layer
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_span_list(false)
-                        .with_writer(std::io::stderr),
-                )
-                .try_init()?;
-        } else {
-            use std::io::IsTerminal as _;
-            registry_layer
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_target(false)
-                        .with_ansi(std::io::stderr().is_terminal())
-                        .with_writer(std::io::stderr),
-                )
-                .try_init()?;
-        }
-        Ok(Self {
-            registry,
-            meters,
-            tracers,
-        })
-    }
-
-    /// The metrics in Prometheus text format.
-    pub fn prometheus_text(&self) -> String {
-        prometheus_text(&self.registry)
-    }
-
-    /// The Prometheus registry (for a scrape endpoint).
-    pub fn registry(&self) -> prometheus::Registry {
-        self.registry.clone()
-    }
-
-    /// Flushes and stops exporters.
-    pub fn shutdown(&self) {
-        if let Err(e) = self.meters.shutdown() {
-            tracing::debug!(error = %e, "meter provider shutdown");
-        }
-        if let Err(e) = self.tracers.shutdown() {
-            tracing::debug!(error = %e, "tracer provider shutdown");
-        }
-    }
-}
-
-/// Renders a registry in Prometheus text format.
-pub fn prometheus_text(registry: &prometheus::Registry) -> String {
-    use prometheus::Encoder as _;
-    let mut buf = Vec::new();
-    if let Err(e) = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf) {
-        tracing::warn!(error = %e, "encode metrics");
-    }
-    String::from_utf8(buf).unwrap_or_default()
-}
-
-/// The W3C trace id of the current span, or an empty string outside a traced request.
-pub fn current_trace_id() -> String {
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let sc = span.span_context();
-    if sc.is_valid() {
-        sc.trace_id().to_string()
-    } else {
-        String::new()
-    }
-}
-
-/// Who made a call, for the request log line: [`RpcMetricsLayer`] puts an empty one in the
-/// request's extensions and the auth interceptor fills in the caller's role. Calls without an
-/// accepted token (health, reflection, refused tokens) stay `none`.
-#[derive(Clone, Default)]
-pub struct CallerKind(Arc<OnceLock<&'static str>>);
-
-impl CallerKind {
-    /// Records the kind (the first one recorded stays).
-    pub fn set(&self, kind: &'static str) {
-        let _ = self.0.set(kind);
-    }
-    /// The recorded kind, or `none`.
-    pub fn get(&self) -> &'static str {
-        self.0.get().copied().unwrap_or("none")
-    }
-}
 
 /// The name of a numeric gRPC status code as the gRPC docs spell it (`UNAUTHENTICATED`).
 fn status_name(code: &str) -> &'static str {
@@ -194,10 +45,15 @@ struct RpcInstruments {
     duration: Histogram<f64>,
 }
 
-/// Tower layer recording RED metrics, a tracing span (continuing an incoming W3C `traceparent`)
+/// Tower layer recording RED metrics, a SERVER span (continuing an incoming W3C `traceparent`)
 /// and one log line (target `econsult::request`, level info) for every gRPC call. The line holds
 /// the method, status, duration until response headers, caller kind and trace id, never the
 /// caller's identity or the message.
+///
+/// The span is named `package.Service/Method`, carries `rpc.system`, `rpc.service`,
+/// `rpc.method` and the integer `rpc.grpc.status_code` (from the trailers when the status comes
+/// at the end of a stream), ends with the response body, and has status Error for the codes
+/// that are the server's fault ([`server_fault`]).
 #[derive(Clone)]
 pub struct RpcMetricsLayer(Arc<RpcInstruments>);
 
@@ -297,15 +153,25 @@ fn method_label(path: &str) -> String {
     }
 }
 
-impl<S, B, RB> tower::Service<http::Request<B>> for RpcMetricsService<S>
+/// Whether a status code is the server's fault, per the OpenTelemetry RPC conventions for
+/// servers: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS. The
+/// others are the caller's (bad input, no permission, rate limited) and leave the span unset.
+pub fn server_fault(code: i64) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RpcMetricsService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -317,28 +183,47 @@ where
         req.extensions_mut().insert(caller.clone());
         let parent =
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
-        let span = tracing::info_span!("rpc", otel.name = %method, rpc.system = "grpc", rpc.grpc.status_code = tracing::field::Empty);
+        let name = method.trim_start_matches('/');
+        let (service, rpc_method) = name.split_once('/').unwrap_or((name, ""));
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %name,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %rpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let _ = span.set_parent(parent);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let instruments = self.instruments.clone();
         let start = Instant::now();
+        let body_span = span.clone();
         Box::pin(
             async move {
                 let result = inner.call(req).await;
                 // Trailers-only responses (errors) carry grpc-status in the headers; a normal
-                // response carries it in the trailers, after a successful start: count it as 0.
-                let code = match &result {
+                // response carries it in the trailers, after a successful start: count it as 0
+                // here (the span takes the trailers' code when they come).
+                let headers_code = match &result {
                     Ok(res) => res
                         .headers()
                         .get("grpc-status")
                         .and_then(|v| v.to_str().ok())
-                        .unwrap_or("0")
-                        .to_owned(),
-                    Err(_) => "transport".to_owned(),
+                        .map(str::to_owned),
+                    Err(_) => None,
                 };
+                let code = match (&result, &headers_code) {
+                    (Err(_), _) => "transport".to_owned(),
+                    (Ok(_), Some(c)) => c.clone(),
+                    (Ok(_), None) => "0".to_owned(),
+                };
+                if let Some(c) = headers_code.as_deref().and_then(|c| c.parse().ok()) {
+                    record_status(&body_span, c);
+                }
                 let elapsed = start.elapsed().as_secs_f64();
-                tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
                 tracing::info!(
                     target: "econsult::request",
                     method = %method,
@@ -355,10 +240,81 @@ where
                 ];
                 instruments.requests.add(1, &attrs);
                 instruments.duration.record(elapsed, &attrs);
-                result
+                let done = headers_code.is_some();
+                result.map(|res| {
+                    res.map(|body| {
+                        tonic::body::Body::new(TracedBody {
+                            body,
+                            span: body_span,
+                            done,
+                        })
+                    })
+                })
             }
             .instrument(span),
         )
+    }
+}
+
+/// Records a call's final gRPC status on its span.
+fn record_status(span: &tracing::Span, code: i64) {
+    span.record("rpc.grpc.status_code", code);
+    if server_fault(code) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// A response body that keeps its call's span open until the body ends (so a stream's span
+/// covers the stream), enters it while the body is polled, and records the status code the
+/// trailers carry.
+struct TracedBody {
+    body: tonic::body::Body,
+    span: tracing::Span,
+    /// The status is recorded (trailers-only response, or trailers seen).
+    done: bool,
+}
+
+impl http_body::Body for TracedBody {
+    type Data = <tonic::body::Body as http_body::Body>::Data;
+    type Error = <tonic::body::Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+            && !this.done
+        {
+            let code = trailers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2);
+            record_status(&this.span, code);
+            this.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for TracedBody {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away before the status was sent: CANCELLED, not the server's fault.
+            self.span.record("rpc.grpc.status_code", 1_i64);
+        }
     }
 }
 
