@@ -105,7 +105,7 @@ impl Feed {
 async fn read_after(db: &Db, after: u64, upto: u64) -> Result<Vec<FeedEvent>, sqlx::Error> {
     use sqlx::Row as _;
     let rows = sqlx::query(
-        "SELECT seq, event_id, topic, org_number, payload, created_at, route_key FROM outbox \
+        "SELECT seq, event_id, topic, org_number, payload, created_at, trace_parent, route_key FROM outbox \
          WHERE seq > $1 AND seq <= $2 AND topic LIKE $3 ORDER BY seq LIMIT $4",
     )
     .bind(outbox::seq_param(after))

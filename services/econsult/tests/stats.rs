@@ -551,6 +551,7 @@ fn delivery(topic: &str, payload: serde_json::Result<String>) -> econsult_runtim
             org_number: ORG_A.into(),
             payload: payload.expect("json"),
             created_at: 0,
+            trace_parent: String::new(),
         },
         receipt: String::new(),
     }

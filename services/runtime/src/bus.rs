@@ -17,6 +17,7 @@ use redis::AsyncCommands as _;
 use sqlx::Row as _;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 /// A sequenced event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct Event {
     pub payload: String,
     /// When the change committed (ms since the epoch).
     pub created_at: i64,
+    /// The W3C traceparent of the call that wrote it ("" if untraced): consumers link to it.
+    pub trace_parent: String,
 }
 
 /// An event handed to a consumer, to be acknowledged when processed.
@@ -269,12 +272,23 @@ impl EventBus for RedisBus {
                 .arg(&e.payload)
                 .arg("created_at")
                 .arg(e.created_at)
+                .arg("trace_parent")
+                .arg(&e.trace_parent)
                 .ignore();
         }
         let last = events.iter().map(|e| e.seq).max().unwrap_or_default();
         pipe.cmd("PUBLISH").arg(&self.channel).arg(last).ignore();
         let mut con = self.publisher.clone();
-        pipe.query_async::<()>(&mut con).await?;
+        pipe.query_async::<()>(&mut con)
+            .instrument(tracing::info_span!(
+                "redis",
+                otel.name = "redis XADD",
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = "XADD",
+                messaging.batch.message_count = events.len(),
+            ))
+            .await?;
         Ok(())
     }
 
@@ -331,6 +345,8 @@ fn delivery_from(id: &redis::streams::StreamId) -> Option<Delivery> {
             org_number: id.get("org")?,
             payload: id.get("payload")?,
             created_at: id.get("created_at")?,
+            // Entries written before the field existed have none.
+            trace_parent: id.get("trace_parent").unwrap_or_default(),
         },
         receipt: id.id.clone(),
     })

@@ -22,6 +22,7 @@ use serde::Serialize;
 use sqlx::{Executor as _, Row as _};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument as _;
 
 /// Topic and routing data of a new event.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ pub fn write<P: Serialize>(
     let event_id = uuid::Uuid::now_v7().to_string();
     let payload = serde_json::to_string(event.payload)?;
     tx.defer_event(
-        "INSERT INTO outbox (event_id, topic, org_number, route_key, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (event_id, topic, org_number, route_key, payload, created_at, trace_parent) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         vec![
             event_id.clone().into(),
             event.topic.into(),
@@ -63,6 +64,7 @@ pub fn write<P: Serialize>(
             event.route_key.into(),
             payload.into(),
             now_ms.into(),
+            crate::telemetry::current_traceparent().into(),
         ],
     );
     Ok(event_id)
@@ -105,7 +107,7 @@ pub async fn read_after(
     limit: i64,
 ) -> Result<Vec<Event>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox \
+        "SELECT seq, event_id, topic, org_number, payload, created_at, trace_parent FROM outbox \
          WHERE seq > $1 AND seq <= $6 AND topic LIKE $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR route_key = $4) \
          ORDER BY seq LIMIT $5",
     )
@@ -125,7 +127,8 @@ pub fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-/// Reads an outbox row (columns seq, event_id, topic, org_number, payload, created_at).
+/// Reads an outbox row (columns seq, event_id, topic, org_number, payload, created_at,
+/// trace_parent).
 pub fn event_from_row(r: &sqlx::any::AnyRow) -> Result<Event, sqlx::Error> {
     Ok(Event {
         seq: r.try_get::<i64, _>("seq")? as u64,
@@ -134,6 +137,7 @@ pub fn event_from_row(r: &sqlx::any::AnyRow) -> Result<Event, sqlx::Error> {
         org_number: r.try_get("org_number")?,
         payload: r.try_get("payload")?,
         created_at: r.try_get("created_at")?,
+        trace_parent: r.try_get("trace_parent")?,
     })
 }
 
@@ -341,7 +345,8 @@ impl Relay {
              FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS rn FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) AS n \
              WHERE outbox.id = n.id \
              RETURNING outbox.seq AS seq, outbox.event_id AS event_id, outbox.topic AS topic, \
-                       outbox.org_number AS org_number, outbox.payload AS payload, outbox.created_at AS created_at",
+                       outbox.org_number AS org_number, outbox.payload AS payload, outbox.created_at AS created_at, \
+                       outbox.trace_parent AS trace_parent",
         )
         .bind(self.batch)
         .bind(last);
@@ -367,7 +372,7 @@ impl Relay {
 
     async fn publish_batch(&self) -> anyhow::Result<usize> {
         let rows = sqlx::query(
-            "SELECT seq, event_id, topic, org_number, payload, created_at FROM outbox \
+            "SELECT seq, event_id, topic, org_number, payload, created_at, trace_parent FROM outbox \
              WHERE seq IS NOT NULL AND published_at IS NULL ORDER BY seq LIMIT $1",
         )
         .bind(self.batch)
@@ -381,8 +386,25 @@ impl Relay {
         Ok(events.len())
     }
 
-    /// Publishes `events` (in seq order) and marks them published.
+    /// Publishes `events` (in seq order) and marks them published. Traced as `outbox relay`,
+    /// a span of its own linked to the calls that wrote the events.
     async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let span = tracing::info_span!(
+            "outbox.relay",
+            otel.name = "outbox relay",
+            otel.kind = "producer",
+            messaging.batch.message_count = events.len(),
+        );
+        for e in events {
+            span.in_scope(|| crate::telemetry::link_to(&e.trace_parent));
+        }
+        self.publish_traced(events).instrument(span).await
+    }
+
+    async fn publish_traced(&self, events: &[Event]) -> anyhow::Result<()> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
         };
@@ -420,6 +442,7 @@ mod tests {
             org_number: "999999999".into(),
             payload: "{}".into(),
             created_at: 0,
+            trace_parent: String::new(),
         };
         let practice = EventFilter {
             topic_prefix: "consultation.",

@@ -15,6 +15,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// Where a contact is counted.
 struct Contact<'a> {
@@ -407,6 +408,14 @@ impl Aggregator {
 
     /// Applies a batch in one transaction. Returns how many were new.
     pub async fn apply_batch(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
+        let span = econsult_runtime::telemetry::consumer_span(
+            "stats consumer",
+            deliveries.iter().map(|d| d.event.trace_parent.as_str()),
+        );
+        self.apply_batch_traced(deliveries).instrument(span).await
+    }
+
+    async fn apply_batch_traced(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
         let mut tally = Tally::default();
         let fresh = self

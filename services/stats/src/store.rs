@@ -259,7 +259,7 @@ pub async fn unprocessed_events(
     last: i64,
 ) -> Result<Vec<Event>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT o.seq, o.event_id, o.topic, o.org_number, o.payload, o.created_at FROM outbox o \
+        "SELECT o.seq, o.event_id, o.topic, o.org_number, o.payload, o.created_at, o.trace_parent FROM outbox o \
          WHERE o.seq > $1 AND o.seq <= $2 \
          AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.consumer = $3 AND p.event_id = o.event_id) \
          ORDER BY o.seq",
