@@ -5,98 +5,15 @@
 mod common;
 
 use chrono::Utc;
-use common::{ORG_A, authed, free_port, key, ts};
+use common::process::Proc;
+use common::{ORG_A, authed, key, ts};
 use econsult_proto::booking::v1 as pb;
 use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-
-struct Proc {
-    child: Child,
-    port: u16,
-    metrics_port: u16,
-}
-
-impl Proc {
-    fn spawn(dir: &Path, extra: &[String], failpoint: Option<&str>) -> Self {
-        let (port, metrics_port) = (free_port(), free_port());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("server.log"))
-            .expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_econsult"));
-        cmd.arg("--data-dir")
-            .arg(dir)
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .arg("--shutdown-grace-seconds")
-            .arg("5")
-            .args(extra)
-            .env_remove("ECONSULT_FAILPOINT")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(fp) = failpoint {
-            cmd.env("ECONSULT_FAILPOINT", fp);
-        }
-        let child = cmd.spawn().expect("spawn econsult");
-        Self {
-            child,
-            port,
-            metrics_port,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
-                .expect("uri")
-                .connect()
-                .await
-            {
-                let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-                let serving =
-                    tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-                let request = tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                };
-                if let Ok(r) = health.check(request).await
-                    && r.into_inner().status == serving
-                {
-                    return ch;
-                }
-            }
-            assert!(Instant::now() < deadline, "server did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "process did not exit in time");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn tokens(dir: &Path) -> (String, String, String, String) {
     let keys = DevKeys::load_or_create(dir).expect("keys");

@@ -5,6 +5,7 @@
 //! skipped when unset; under `CI=true` a missing variable fails the test.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod sig;
 
 use chrono::{DateTime, Utc};
