@@ -29,12 +29,14 @@ pub enum Transport {
 
 enum Sender {
     Bidi(mpsc::Sender<pb::ClientSignal>),
-    Browser {
-        client: SignallingServiceClient<Channel>,
-        token: String,
-        appointment_id: String,
-        stream_id: String,
-    },
+    Browser(Box<BrowserSender>),
+}
+
+struct BrowserSender {
+    client: SignallingServiceClient<Channel>,
+    token: String,
+    appointment_id: String,
+    stream_id: String,
 }
 
 type Events =
@@ -100,12 +102,12 @@ impl Sig {
         assert!(!w.stream_id.is_empty(), "a welcome names its stream: {w:?}");
         let stream_id = w.stream_id.clone();
         Ok(Sig {
-            sender: Sender::Browser {
+            sender: Sender::Browser(Box::new(BrowserSender {
                 client,
                 token: token.into(),
                 appointment_id: appointment_id.into(),
                 stream_id,
-            },
+            })),
             rx,
             buf: VecDeque::from([first]),
             next_id: 2,
@@ -163,12 +165,13 @@ impl Sig {
         };
         match &mut self.sender {
             Sender::Bidi(tx) => tx.send(signal).await.expect("stream open"),
-            Sender::Browser {
-                client,
-                token,
-                appointment_id,
-                stream_id,
-            } => {
+            Sender::Browser(b) => {
+                let BrowserSender {
+                    client,
+                    token,
+                    appointment_id,
+                    stream_id,
+                } = &mut **b;
                 let answer = tokio::time::timeout(
                     WAIT,
                     client.send_signal(authed(
@@ -203,7 +206,7 @@ impl Sig {
     pub fn stream_id(&self) -> Option<&str> {
         match &self.sender {
             Sender::Bidi(_) => None,
-            Sender::Browser { stream_id, .. } => Some(stream_id),
+            Sender::Browser(b) => Some(&b.stream_id),
         }
     }
 
