@@ -1,9 +1,9 @@
 // The econsult reference web client: patient, practice and a pre-call check, over gRPC-Web
 // with clients generated from the protos (protoc-gen-es, connect-web). Text in bokmål.
-import { createClient, ConnectError, type Client } from "@connectrpc/connect";
+import { createClient, Code, ConnectError, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { BookingService, Modality } from "./gen/econsult/booking/v1/booking_pb";
 import { ConsultationService, Category } from "./gen/econsult/consultation/v1/consultation_pb";
 import { AuditService } from "./gen/econsult/audit/v1/audit_pb";
@@ -95,8 +95,7 @@ function patientPage() {
 
 async function findSlots() {
   const modality = Number(val("modality")) as Modality;
-  const from = new Date();
-  const r = await booking.findSlots({ modality, from: timestampFromDate(from), limit: 10 });
+  const r = await booking.findSlots({ modality, limit: 10 });
   const list = document.getElementById("slots")!;
   list.replaceChildren(...r.slots.map((o) => h("li", {},
     `${when(o.slot?.start)} hos ${o.gpDisplayName} `,
@@ -116,7 +115,7 @@ async function refresh() {
   list.replaceChildren(...r.appointments.map((a) => h("li", {},
     `${when(a.slot?.start)}${a.slot?.modality === Modality.VIDEO ? " (video)" : ""} `,
     ...(a.slot?.modality === Modality.VIDEO
-      ? [h("button", { onclick: act(() => joinVideo(a.appointmentId, "video")) }, "Bli med på video")] : []),
+      ? [h("button", { "data-appointment": a.appointmentId, onclick: act(() => joinVideo(a.appointmentId, "video")) }, "Bli med på video")] : []),
     h("button", { onclick: act(async () => {
       await booking.cancel({ appointmentId: a.appointmentId, idempotencyKey: key() });
       say("Timen er avbestilt."); await refresh();
@@ -147,7 +146,10 @@ async function follow(thread: string, into: string, who: "patient" | "practice")
   const log = h("div", { "data-thread": thread });
   box.replaceChildren(log, form);
   const seen = new Set<string>();
-  for await (const ch of consultation.subscribe({ afterCursor: 0n })) {
+  const changes = who === "patient"
+    ? consultation.subscribe({ afterCursor: 0n })
+    : consultation.watchInbox({ afterCursor: 0n });
+  for await (const ch of changes) {
     const m = ch.message;
     if (!m || m.threadId !== thread || seen.has(m.messageId)) continue;
     seen.add(m.messageId);
@@ -207,16 +209,32 @@ class Call {
   /** Follows the events; a dropped stream is resumed after the last seq seen. */
   async listen() {
     while (!this.ended) {
+      const w = window as unknown as { econsultStreams: number };
+      w.econsultStreams = (w.econsultStreams ?? 0) + 1;
+      // A lost network may leave the open response hanging: drop it when the browser goes offline.
+      const abort = new AbortController();
+      const drop = () => abort.abort();
+      window.addEventListener("offline", drop);
       try {
         for await (const ev of signalling.signalEvents({ clientMsgId: 1n,
-          hello: { appointmentId: this.appointmentId, resumeAfterSeq: this.lastSeq } })) {
+          hello: { appointmentId: this.appointmentId, resumeAfterSeq: this.lastSeq } }, { signal: abort.signal })) {
           await this.onEvent(ev);
         }
         return; // OK: hung up or ended.
       } catch (e) {
         if (this.ended) return;
-        say("Mistet forbindelsen, kobler til igjen …");
+        if (e instanceof ConnectError && e.code === Code.FailedPrecondition) {
+          // The session ended (or we left it) while we were away: its record says how.
+          this.ended = true;
+          const s = await signalling.getSession({ appointmentId: this.appointmentId });
+          say(s.held ? "Konsultasjonen er avsluttet." : "Samtalen er avsluttet.");
+          this.pc.close();
+          return;
+        }
+        say(`Mistet forbindelsen, kobler til igjen … (${e instanceof ConnectError ? e.rawMessage : String(e)})`);
         await new Promise((r) => setTimeout(r, 1000));
+      } finally {
+        window.removeEventListener("offline", drop);
       }
     }
   }
@@ -230,11 +248,15 @@ class Call {
     }
     const b = ev.body;
     switch (b.case) {
-      case "welcome":
+      case "welcome": {
+        const w = window as unknown as { econsultWelcomes: number };
+        w.econsultWelcomes = (w.econsultWelcomes ?? 0) + 1;
         this.streamId = b.value.streamId;
         if (b.value.waiting) say("Du er på venterommet. Legen slipper deg inn.");
         else if (b.value.peerWaiting) say("Pasienten venter på venterommet.");
+        else if (b.value.resumed) say("Tilkoblet igjen.");
         break;
+      }
       case "admitted":
         say("Legen har sluppet deg inn. Kobler til …");
         if (this.patient) await this.offer();
