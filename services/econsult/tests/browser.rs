@@ -137,3 +137,58 @@ async fn a_patient_and_a_gp_hold_a_video_consultation_in_chromium(env: Env) {
 }
 
 on_both_backends!(a_patient_and_a_gp_hold_a_video_consultation_in_chromium);
+
+/// A page served by one server (B) calls the API of another (A) that lists B's origin, and
+/// works; a page served by A calling B, which lists no origins, is refused by the browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_origin_works_only_when_its_origin_is_allowed() {
+    if let Some(why) = missing() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "browser test cannot run in CI: {why}"
+        );
+        eprintln!("ignored: browser test skipped: {why}");
+        return;
+    }
+    let port_b = free_port();
+    let origin_b = format!("http://127.0.0.1:{port_b}");
+    let allow_b: Tweak = std::sync::Arc::new(move |c: &mut econsult::Config| {
+        c.cors_origins = vec![origin_b.clone()]
+    });
+    let on_port_b: Tweak = std::sync::Arc::new(move |c: &mut econsult::Config| {
+        c.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port_b))
+    });
+    let a = TestApp::start_configured(Env::sqlite().await, monday_0800(), Some(allow_b)).await;
+    let b = TestApp::start_configured(Env::sqlite().await, monday_0800(), Some(on_port_b)).await;
+    let nins = seed_gp(&a, ORG_A, "gp-cors", 5, 1).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg("tests/cross-origin.mjs")
+            .current_dir(web_dir())
+            .env(
+                "ALLOWED_PAGE",
+                format!("http://{}/?api=http://{}#pasient", b.addr, a.addr),
+            )
+            .env(
+                "REFUSED_PAGE",
+                format!("http://{}/?api=http://{}#pasient", a.addr, b.addr),
+            )
+            .env("NIN", &nins[0])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser run ends within a minute")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "OK"),
+        "browser run failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
