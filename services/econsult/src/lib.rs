@@ -1,5 +1,6 @@
 //! The composition root: builds the platform and the selected services and serves them on one
-//! port (gRPC, gRPC-Web, health, reflection v1 and v1alpha), plus a Prometheus endpoint. `main`
+//! port (gRPC, gRPC-Web, health, reflection v1 and v1alpha, the web client at `/`), plus a
+//! Prometheus endpoint. `main`
 //! and the integration tests start the system the same way, through [`Application::start`].
 
 use anyhow::Context as _;
@@ -15,7 +16,9 @@ use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
 pub mod connections;
+pub mod cors;
 pub mod walkthrough;
+pub mod web;
 
 /// Open client connections allowed by default (each holds a file descriptor).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -137,6 +140,9 @@ pub struct Config {
     pub max_streams_per_caller: u32,
     /// Serve gRPC server reflection (it needs no token); `None`: only on a loopback address.
     pub reflection: Option<bool>,
+    /// Origins whose pages may call the API from a browser (CORS); empty: same-origin only.
+    /// A wildcard is refused (see [`cors`]).
+    pub cors_origins: Vec<String>,
     /// Most database connections of the process (see `Db::connect_with`).
     pub db_max_connections: u32,
     /// Signalling tunables (join window, STUN/TURN, limits).
@@ -179,6 +185,7 @@ impl Config {
             max_connection_age: Duration::from_secs(30 * 60),
             max_streams_per_caller: econsult_runtime::streams::DEFAULT_MAX_STREAMS_PER_CALLER,
             reflection: None,
+            cors_origins: Vec::new(),
             db_max_connections: econsult_runtime::db::DEFAULT_MAX_CONNECTIONS,
             signalling: econsult_signalling::SignallingConfig::default(),
             shutdown_grace: Duration::from_secs(20),
@@ -453,6 +460,12 @@ impl Application {
             ),
             None => None,
         };
+        let cors_origins = cors::parse_origins(&config.cors_origins)?;
+        // The web client's development sign-in exists only where the dev key is trusted.
+        let dev_keys = match config.issuer_configs()? {
+            None => Some(DevKeys::load_or_create(&config.data_dir)?),
+            Some(_) => None,
+        };
         let auth = Arc::new(config.authenticator().await?);
         let (platform, mut handle) = Platform::start(PlatformConfig {
             database_url: config.database_url(),
@@ -552,6 +565,10 @@ impl Application {
                 .max_connection_age(max_age)
                 .max_concurrent_streams(Some(max_streams))
                 .layer(RpcMetricsLayer::default())
+                .layer(tower::util::option_layer(
+                    (!cors_origins.is_empty()).then(|| cors::CorsLayer::new(cors_origins)),
+                ))
+                .layer(web::WebLayer::new(dev_keys))
                 .layer(econsult_runtime::streams::StreamLimitLayer)
                 .layer(tonic_web::GrpcWebLayer::new())
                 .add_routes(routes)

@@ -203,6 +203,16 @@ struct ServeArgs {
     /// is served only when listening on a loopback address (a developer's machine).
     #[arg(long, env = "ECONSULT_REFLECTION", value_name = "BOOL")]
     reflection: Option<bool>,
+    /// An origin (scheme://host[:port]) whose web pages may call the API (CORS, gRPC-Web);
+    /// repeat it, or give a comma-separated list in the variable. Default: none, same-origin
+    /// pages only. A wildcard is refused: every call carries a bearer token.
+    #[arg(
+        long = "cors-origin",
+        env = "ECONSULT_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
     /// Most database connections (PostgreSQL pool; SQLite read pool besides its one writer).
     #[arg(
         long,
@@ -464,6 +474,7 @@ async fn serve(
     config.max_connection_age = Duration::from_secs(a.max_connection_age_seconds.max(60));
     config.max_streams_per_caller = a.max_streams_per_caller;
     config.reflection = a.reflection;
+    config.cors_origins = a.cors_origins.clone();
     config.db_max_connections = a.db_max_connections.max(1);
     config.signalling.turn_secret = a.turn_secret.filter(|s| !s.is_empty());
     config.signalling.turn_ttl = Duration::from_secs(a.turn_ttl_seconds.clamp(60, 86_400));

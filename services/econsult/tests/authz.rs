@@ -203,6 +203,14 @@ fn table() -> BTreeMap<&'static str, Audience> {
             "econsult.signalling.v1.SignallingService/Signal",
             PatientOrClinician,
         ),
+        (
+            "econsult.signalling.v1.SignallingService/SignalEvents",
+            PatientOrClinician,
+        ),
+        (
+            "econsult.signalling.v1.SignallingService/SendSignal",
+            PatientOrClinician,
+        ),
         ("econsult.signalling.v1.SignallingService/Admit", Clinician),
         (
             "econsult.signalling.v1.SignallingService/GetIceServers",

@@ -6,7 +6,7 @@
 mod common;
 
 use chrono::{DateTime, Utc};
-use common::sig::Sig;
+use common::sig::{Sig, Transport};
 use common::*;
 use econsult::Config;
 use econsult_proto::booking::v1 as bpb;
@@ -234,7 +234,7 @@ async fn pump(
                 }
                 None => candidates_open = false,
             },
-            ev = sig.rx.message() => {
+            ev = sig.recv() => {
                 let ev = ev.expect("signal stream healthy").expect("signal stream open");
                 if ev.seq > 0 {
                     sig.last_seq = ev.seq;
@@ -274,6 +274,9 @@ async fn pump(
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return sig,
         }
+        if let Some(r) = sig.rejection() {
+            panic!("the service refused a signal: {r:?}");
+        }
     }
 }
 
@@ -282,6 +285,16 @@ async fn pump(
 /// through the service, and checks that a data-channel message arrives. Returns both streams.
 async fn connect_two_peers(
     v: &Video,
+    patient_channel: Channel,
+    gp_channel: Channel,
+) -> (Sig, Sig, Peer, Peer) {
+    connect_two_peers_via(v, Transport::Bidi, patient_channel, gp_channel).await
+}
+
+/// [`connect_two_peers`] with the patient's signals over `patient_transport`.
+async fn connect_two_peers_via(
+    v: &Video,
+    patient_transport: Transport,
     patient_channel: Channel,
     gp_channel: Channel,
 ) -> (Sig, Sig, Peer, Peer) {
@@ -297,7 +310,8 @@ async fn connect_two_peers(
     assert_eq!(gp_joined.side, pb::Side::Practice as i32);
     assert_eq!(gp_joined.session_id, joined.session_id);
 
-    let mut patient = Sig::open(
+    let mut patient = Sig::open_via(
+        patient_transport,
         patient_channel.clone(),
         &v.patient(),
         id,
@@ -853,6 +867,17 @@ async fn malformed_oversized_and_out_of_order_signals_are_refused(env: Env) {
 }
 
 async fn a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile(env: Env) {
+    dropped_stream_resumes(env, Transport::Bidi).await;
+}
+
+/// The browser transport resumes and is taken over like a Signal stream; a message for a
+/// stream that was taken over is rejected with ABORTED.
+async fn a_dropped_browser_stream_resumes_and_a_newer_one_takes_over(env: Env) {
+    dropped_stream_resumes(env, Transport::Browser).await;
+}
+
+/// The GP's side signals over `t`.
+async fn dropped_stream_resumes(env: Env, t: Transport) {
     let v = video_appointment(env, None).await;
     let id = v.appointment_id.as_str();
     let ch = v.app.channel().await;
@@ -861,7 +886,7 @@ async fn a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile(env: Env) {
     let mut patient = Sig::open(ch.clone(), &v.patient(), id, pj.resume_after_seq)
         .await
         .expect("stream");
-    let mut gp = Sig::open(ch.clone(), &v.gp(), id, gj.resume_after_seq)
+    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), id, gj.resume_after_seq)
         .await
         .expect("stream");
     admit(ch.clone(), &v.gp(), id, "").await;
@@ -894,7 +919,7 @@ async fn a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile(env: Env) {
         .expect("queued for the GP");
 
     // The GP comes back and resumes after the last event it saw.
-    let mut gp = Sig::open(ch.clone(), &v.gp(), id, seen)
+    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), id, seen)
         .await
         .expect("resume");
     let w = gp.welcome().await;
@@ -924,7 +949,7 @@ async fn a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile(env: Env) {
     }
 
     // A second stream of the same participant takes over the first.
-    let mut gp2 = Sig::open(ch.clone(), &v.gp(), id, gp.last_seq)
+    let mut gp2 = Sig::open_via(t, ch.clone(), &v.gp(), id, gp.last_seq)
         .await
         .expect("takeover");
     gp2.welcome().await;
@@ -940,6 +965,26 @@ async fn a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile(env: Env) {
         }
     };
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    if t == Transport::Browser {
+        let (code, msg) = gp
+            .call(Out::MediaState(pb::MediaState::default()))
+            .await
+            .expect_err("the old stream's message is refused");
+        assert_eq!(code, Code::Aborted, "{msg}");
+        assert!(
+            !patient
+                .arrives_within(Duration::from_millis(300), |e| matches!(
+                    e,
+                    Ev::PeerMediaState(_)
+                ))
+                .await,
+            "nothing relayed from a stream that was taken over"
+        );
+        gp2.call(Out::MediaState(pb::MediaState::default()))
+            .await
+            .expect("the live stream's message is relayed");
+        patient.expect(|e| matches!(e, Ev::PeerMediaState(_))).await;
+    }
 
     // Not back within the grace period: the patient is told the GP is gone.
     drop(gp2);
@@ -952,13 +997,15 @@ async fn a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile(env: Env) {
     patient
         .expect(|e| matches!(e, Ev::PeerLeft(l) if l.reason == pb::LeaveReason::Gone as i32))
         .await;
-    let err = Sig::open(ch.clone(), &v.gp(), id, 0)
+    let err = Sig::open_via(t, ch.clone(), &v.gp(), id, 0)
         .await
         .err()
         .expect("refused");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     join(ch.clone(), &v.gp(), id).await.expect("join again");
-    let mut gp = Sig::open(ch.clone(), &v.gp(), id, 0).await.expect("stream");
+    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), id, 0)
+        .await
+        .expect("stream");
     gp.welcome().await;
     v.app.shutdown().await;
 }
@@ -1213,7 +1260,192 @@ async fn a_nul_byte_in_a_signal_or_an_id_is_refused(env: Env) {
     v.app.shutdown().await;
 }
 
+/// A browser patient (SignalEvents + SendSignal) and an app GP (Signal) connect two real
+/// webrtc-rs peers; the session is recorded and counted as with two apps.
+async fn a_browser_peer_and_an_app_peer_connect_through_the_service(env: Env) {
+    let v = video_appointment(env, None).await;
+    let (mut patient, mut gp, p1, p2) = connect_two_peers_via(
+        &v,
+        Transport::Browser,
+        v.app.channel().await,
+        v.app.channel().await,
+    )
+    .await;
+    assert!(patient.stream_id().is_some());
+    end_and_check(&v, v.app.channel().await, &mut patient, &mut gp).await;
+    // The session ended: the browser's events stream ends with OK.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match patient.next_event(deadline).await.expect("ends in time") {
+            Ok(_) => continue,
+            Err(s) => {
+                assert_eq!(s.code(), Code::Cancelled, "ended with OK: {s:?}");
+                break;
+            }
+        }
+    }
+    let _ = p1.pc.close().await;
+    let _ = p2.pc.close().await;
+    v.app.shutdown().await;
+}
+
+/// A hang-up by SendSignal ends the SignalEvents stream with OK and tells the peer; a message
+/// for a stream id that is not the participant's live stream is refused.
+async fn a_browser_hang_up_ends_its_events_stream_and_tells_the_peer(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    let pj = join(ch.clone(), &v.patient(), id).await.expect("join");
+    let gj = join(ch.clone(), &v.gp(), id).await.expect("join");
+    let mut patient = Sig::open_browser(ch.clone(), &v.patient(), id, pj.resume_after_seq)
+        .await
+        .expect("stream");
+    let w = patient.welcome().await;
+    assert!(w.waiting, "{w:?}");
+    patient
+        .expect(|e| matches!(e, Ev::Ack(a) if a.client_msg_id == 1))
+        .await;
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, gj.resume_after_seq)
+        .await
+        .expect("stream");
+    assert!(gp.welcome().await.peer_waiting);
+    // In the waiting room, as on Signal: only a hang-up goes through.
+    let (code, _) = patient
+        .call(Out::MediaState(pb::MediaState::default()))
+        .await
+        .expect_err("refused before admission");
+    assert_eq!(code, Code::FailedPrecondition);
+    // A forged or stale stream id.
+    let answer = SignallingServiceClient::new(ch.clone())
+        .send_signal(authed(
+            pb::SendSignalRequest {
+                appointment_id: id.into(),
+                stream_id: "999".into(),
+                signal: Some(pb::ClientSignal {
+                    client_msg_id: 42,
+                    body: Some(Out::HangUp(pb::HangUp {})),
+                }),
+            },
+            &v.patient(),
+        ))
+        .await
+        .expect("answered")
+        .into_inner();
+    match answer.result {
+        Some(pb::send_signal_response::Result::Rejected(r)) => {
+            assert_eq!(
+                (r.client_msg_id, Code::from(r.code)),
+                (42, Code::Aborted),
+                "{r:?}"
+            )
+        }
+        other => panic!("expected a rejection: {other:?}"),
+    }
+    // Another patient may not send on this session.
+    let err = SignallingServiceClient::new(ch.clone())
+        .send_signal(authed(
+            pb::SendSignalRequest {
+                appointment_id: id.into(),
+                stream_id: patient.stream_id().expect("browser").into(),
+                signal: Some(pb::ClientSignal {
+                    client_msg_id: 43,
+                    body: Some(Out::HangUp(pb::HangUp {})),
+                }),
+            },
+            &v.app.patient_token(&v.nins[1]),
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    patient
+        .call(Out::HangUp(pb::HangUp {}))
+        .await
+        .expect("hang-up accepted");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match patient.next_event(deadline).await.expect("ends in time") {
+            Ok(_) => continue,
+            Err(s) => {
+                assert_eq!(s.code(), Code::Cancelled, "ended with OK: {s:?}");
+                break;
+            }
+        }
+    }
+    gp.expect(|e| matches!(e, Ev::PeerLeft(l) if l.reason == pb::LeaveReason::HangUp as i32))
+        .await;
+    v.app.shutdown().await;
+}
+
+/// A signalling blip does not cut the recorded call time: the patient's browser stream drops
+/// for 30 s while media stays up, resumes, and the session goes on counting; the GP's stream
+/// then drops for good, and its side counts as connected until the drop.
+async fn a_resumed_stream_keeps_counting_connected_time(env: Env) {
+    let v = video_appointment(env, None).await;
+    let id = v.appointment_id.as_str();
+    let ch = v.app.channel().await;
+    let pj = join(ch.clone(), &v.patient(), id).await.expect("join");
+    let gj = join(ch.clone(), &v.gp(), id).await.expect("join");
+    let mut patient = Sig::open_browser(ch.clone(), &v.patient(), id, pj.resume_after_seq)
+        .await
+        .expect("stream");
+    let mut gp = Sig::open(ch.clone(), &v.gp(), id, gj.resume_after_seq)
+        .await
+        .expect("stream");
+    admit(ch.clone(), &v.gp(), id, "").await;
+    patient.expect(|e| matches!(e, Ev::Admitted(_))).await;
+    for sig in [&mut patient, &mut gp] {
+        sig.call(Out::Connection(pb::ConnectionReport { connected: true }))
+            .await
+            .expect("report");
+    }
+    v.app.clock.advance(chrono::Duration::seconds(60));
+    // The browser's network blips: its events stream drops; media goes on.
+    let seen = patient.last_seq;
+    drop(patient);
+    gp.expect(|e| matches!(e, Ev::PeerLeft(l) if l.reason == pb::LeaveReason::Disconnected as i32))
+        .await;
+    v.app.clock.advance(chrono::Duration::seconds(30));
+    let mut patient = Sig::open_browser(ch.clone(), &v.patient(), id, seen)
+        .await
+        .expect("resume");
+    assert!(patient.welcome().await.resumed);
+    gp.expect(|e| matches!(e, Ev::PeerJoined(j) if j.rejoined))
+        .await;
+    v.app.clock.advance(chrono::Duration::seconds(60));
+    // The GP's stream drops and does not come back within the grace period.
+    drop(gp);
+    patient
+        .expect(
+            |e| matches!(e, Ev::PeerLeft(l) if l.reason == pb::LeaveReason::Disconnected as i32),
+        )
+        .await;
+    v.app.clock.advance(chrono::Duration::minutes(2));
+    patient
+        .expect(|e| matches!(e, Ev::PeerLeft(l) if l.reason == pb::LeaveReason::Gone as i32))
+        .await;
+    let ended = SignallingServiceClient::new(ch.clone())
+        .end_session(authed(
+            pb::EndSessionRequest {
+                appointment_id: id.into(),
+                held: true,
+            },
+            &v.gp(),
+        ))
+        .await
+        .expect("end session")
+        .into_inner()
+        .session
+        .expect("session");
+    // 60 s + 30 s of blip + 60 s until the GP's stream dropped.
+    assert_eq!(ended.connected_ms, 150_000, "{ended:?}");
+    v.app.shutdown().await;
+}
+
 on_both_backends!(
+    a_resumed_stream_keeps_counting_connected_time,
+    a_browser_peer_and_an_app_peer_connect_through_the_service,
+    a_browser_hang_up_ends_its_events_stream_and_tells_the_peer,
+    a_dropped_browser_stream_resumes_and_a_newer_one_takes_over,
     a_nul_byte_in_a_signal_or_an_id_is_refused,
     a_flooding_stream_is_rejected_past_its_budget_and_lives_on,
     two_webrtc_peers_connect_through_the_service_and_exchange_data,

@@ -300,6 +300,8 @@ pub struct Welcome {
     pub resumed: bool,
     /// The peer is the patient and waits in the waiting room.
     pub peer_waiting: bool,
+    /// The stream's id (its epoch), named by the unary transport's messages.
+    pub stream_id: String,
 }
 
 /// Why a Signal stream ends with an error status (it ends with OK after a hang-up or when the

@@ -164,6 +164,28 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         stream::open(&self.svc, caller, req.into_inner()).await
     }
 
+    type SignalEventsStream = stream::EventStream;
+
+    async fn signal_events(
+        &self,
+        req: Request<pb::SignalEventsRequest>,
+    ) -> Result<Response<Self::SignalEventsStream>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        participant(&caller)?;
+        stream::open_events(&self.svc, caller, req.into_inner()).await
+    }
+
+    async fn send_signal(
+        &self,
+        req: Request<pb::SendSignalRequest>,
+    ) -> Result<Response<pb::SendSignalResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        participant(&caller)?;
+        stream::send(&self.svc, caller, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn admit(
         &self,
         req: Request<pb::AdmitRequest>,

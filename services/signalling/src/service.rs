@@ -45,6 +45,8 @@ struct Inner {
     instance_id: String,
     turn_secret: String,
     codec: Arc<dyn EventCodec>,
+    /// The budgets of streams whose messages come by SendSignal, by (session, side, epoch).
+    budgets: std::sync::Mutex<stream::Budgets>,
 }
 
 /// Who the caller is in a session (no `Debug`: the appointment holds the patient's identity
@@ -83,6 +85,7 @@ impl Signalling {
                 instance_id,
                 turn_secret,
                 codec,
+                budgets: Default::default(),
             }),
         };
         tasks.push(Box::pin(svc.clone().run_sweeper()));

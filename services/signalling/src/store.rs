@@ -555,7 +555,8 @@ pub(crate) async fn open_connected_interval(
     Ok(())
 }
 
-/// A side is no longer connected: closes the connected interval into `connected_ms`.
+/// A side is no longer connected (since `now`): closes the connected interval into
+/// `connected_ms` (nothing when it opened later).
 pub(crate) async fn close_connected_interval(
     conn: &mut AnyConnection,
     session_id: &str,
@@ -563,7 +564,8 @@ pub(crate) async fn close_connected_interval(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE signalling_sessions SET connected_ms = connected_ms + CASE WHEN both_connected_since IS NULL \
-         THEN 0 ELSE $1 - both_connected_since END, both_connected_since = NULL WHERE session_id = $2",
+         OR both_connected_since > $1 THEN 0 ELSE $1 - both_connected_since END, both_connected_since = NULL \
+         WHERE session_id = $2",
     )
     .bind(now)
     .bind(session_id)
@@ -716,28 +718,29 @@ pub(crate) async fn gone_participants(
         .collect()
 }
 
-/// A disconnected participant did not come back in time: it is gone. `false` when it came
-/// back (or was let go) meanwhile.
+/// A disconnected participant did not come back in time: it is gone. Returns when its stream
+/// dropped, or `None` when it came back (or was let go) meanwhile.
 pub(crate) async fn mark_gone(
     conn: &mut AnyConnection,
     session_id: &str,
     side: Side,
     grace_start: i64,
     now: i64,
-) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+) -> Result<Option<i64>, sqlx::Error> {
+    let row = sqlx::query(
         "UPDATE signalling_participants SET state = 4, left_at = $1, left_reason = $2 \
-         WHERE session_id = $3 AND side = $4 AND state = 3 AND disconnected_at < $5",
+         WHERE session_id = $3 AND side = $4 AND state = 3 AND disconnected_at < $5 \
+         RETURNING disconnected_at",
     )
     .bind(now)
     .bind(LeaveReason::Gone.code())
     .bind(session_id)
     .bind(side.code())
     .bind(grace_start)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(n > 0)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| r.try_get::<i64, _>("disconnected_at"))
+        .transpose()
 }
 
 /// Online participants of open sessions (at most 1 000).

@@ -1,6 +1,7 @@
-//! A client of the signalling service's bidirectional `Signal` stream for tests: sends
-//! signals with ids, waits for their Ack / Rejected, and waits for server events (keeping the
-//! ones it was not waiting for), checking that event seqs only go up.
+//! A client of the signalling service's signal streams for tests, over either transport: the
+//! bidirectional `Signal` stream, or the browser's `SignalEvents` + `SendSignal`. Sends signals
+//! with ids, waits for their Ack / Rejected, and waits for server events (keeping the ones it
+//! was not waiting for), checking that event seqs only go up.
 #![allow(dead_code)]
 
 use super::authed;
@@ -17,16 +18,103 @@ use tonic::transport::Channel;
 /// Upper bound of every wait.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// One participant's Signal stream.
+/// How a participant's client messages reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The bidirectional `Signal` stream (apps).
+    Bidi,
+    /// `SignalEvents` for the events, one `SendSignal` per message (browsers, gRPC-Web).
+    Browser,
+}
+
+enum Sender {
+    Bidi(mpsc::Sender<pb::ClientSignal>),
+    Browser(Box<BrowserSender>),
+}
+
+struct BrowserSender {
+    client: SignallingServiceClient<Channel>,
+    token: String,
+    appointment_id: String,
+    stream_id: String,
+}
+
+type Events =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ServerEvent, tonic::Status>> + Send>>;
+
+/// One participant's signal stream.
 pub struct Sig {
-    pub tx: mpsc::Sender<pb::ClientSignal>,
-    pub rx: tonic::Streaming<pb::ServerEvent>,
+    sender: Sender,
+    pub rx: Events,
     pub buf: VecDeque<pb::ServerEvent>,
     next_id: u64,
     pub last_seq: u64,
 }
 
 impl Sig {
+    /// Opens a stream over `transport`.
+    pub async fn open_via(
+        transport: Transport,
+        channel: Channel,
+        token: &str,
+        appointment_id: &str,
+        resume_after_seq: u64,
+    ) -> Result<Sig, tonic::Status> {
+        match transport {
+            Transport::Bidi => Self::open(channel, token, appointment_id, resume_after_seq).await,
+            Transport::Browser => {
+                Self::open_browser(channel, token, appointment_id, resume_after_seq).await
+            }
+        }
+    }
+
+    /// Opens a `SignalEvents` stream; its messages go by `SendSignal`.
+    pub async fn open_browser(
+        channel: Channel,
+        token: &str,
+        appointment_id: &str,
+        resume_after_seq: u64,
+    ) -> Result<Sig, tonic::Status> {
+        let mut client = SignallingServiceClient::new(channel);
+        let resp = tokio::time::timeout(
+            WAIT,
+            client.signal_events(authed(
+                pb::SignalEventsRequest {
+                    client_msg_id: 1,
+                    hello: Some(pb::Hello {
+                        appointment_id: appointment_id.into(),
+                        resume_after_seq,
+                    }),
+                },
+                token,
+            )),
+        )
+        .await
+        .expect("signal events answered in time")?;
+        let mut rx: Events = Box::pin(resp.into_inner());
+        let first = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut rx))
+            .await
+            .expect("welcome in time")
+            .ok_or_else(|| tonic::Status::cancelled("stream ended before the welcome"))??;
+        let Some(Ev::Welcome(w)) = &first.body else {
+            panic!("the first event is a welcome: {first:?}");
+        };
+        assert!(!w.stream_id.is_empty(), "a welcome names its stream: {w:?}");
+        let stream_id = w.stream_id.clone();
+        Ok(Sig {
+            sender: Sender::Browser(Box::new(BrowserSender {
+                client,
+                token: token.into(),
+                appointment_id: appointment_id.into(),
+                stream_id,
+            })),
+            rx,
+            buf: VecDeque::from([first]),
+            next_id: 2,
+            last_seq: resume_after_seq,
+        })
+    }
+
     pub async fn open(
         channel: Channel,
         token: &str,
@@ -53,8 +141,8 @@ impl Sig {
         .await
         .expect("signal answered in time")?;
         Ok(Sig {
-            tx,
-            rx: resp.into_inner(),
+            sender: Sender::Bidi(tx),
+            rx: Box::pin(resp.into_inner()),
             buf: VecDeque::new(),
             next_id: 2,
             last_seq: resume_after_seq,
@@ -71,23 +159,75 @@ impl Sig {
     pub async fn send(&mut self, body: Out) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.tx
-            .send(pb::ClientSignal {
-                client_msg_id: id,
-                body: Some(body),
-            })
-            .await
-            .expect("stream open");
+        let signal = pb::ClientSignal {
+            client_msg_id: id,
+            body: Some(body),
+        };
+        match &mut self.sender {
+            Sender::Bidi(tx) => tx.send(signal).await.expect("stream open"),
+            Sender::Browser(b) => {
+                let BrowserSender {
+                    client,
+                    token,
+                    appointment_id,
+                    stream_id,
+                } = &mut **b;
+                let answer = tokio::time::timeout(
+                    WAIT,
+                    client.send_signal(authed(
+                        pb::SendSignalRequest {
+                            appointment_id: appointment_id.clone(),
+                            stream_id: stream_id.clone(),
+                            signal: Some(signal),
+                        },
+                        token,
+                    )),
+                )
+                .await
+                .expect("send signal answered in time")
+                .expect("send signal")
+                .into_inner();
+                let body = match answer.result.expect("ack or rejected") {
+                    pb::send_signal_response::Result::Ack(a) => Ev::Ack(a),
+                    pb::send_signal_response::Result::Rejected(r) => Ev::Rejected(r),
+                };
+                // Where Signal would have put the answer: among the events.
+                self.buf.push_back(pb::ServerEvent {
+                    seq: 0,
+                    at: None,
+                    body: Some(body),
+                });
+            }
+        }
         id
+    }
+
+    /// The stream id of the browser transport.
+    pub fn stream_id(&self) -> Option<&str> {
+        match &self.sender {
+            Sender::Bidi(_) => None,
+            Sender::Browser(b) => Some(&b.stream_id),
+        }
+    }
+
+    /// The next message of the events stream as it comes (`Ok(None)`: it ended).
+    pub async fn recv(&mut self) -> Result<Option<pb::ServerEvent>, tonic::Status> {
+        futures::StreamExt::next(&mut self.rx).await.transpose()
+    }
+
+    /// A rejection the server sent, if any is buffered.
+    pub fn rejection(&self) -> Option<&pb::Rejected> {
+        self.buf.iter().find_map(|e| match &e.body {
+            Some(Ev::Rejected(r)) => Some(r),
+            _ => None,
+        })
     }
 
     pub async fn next_event(
         &mut self,
         deadline: tokio::time::Instant,
     ) -> Option<Result<pb::ServerEvent, tonic::Status>> {
-        let ev = tokio::time::timeout_at(deadline, self.rx.message())
-            .await
-            .ok()?;
+        let ev = tokio::time::timeout_at(deadline, self.recv()).await.ok()?;
         Some(match ev {
             Ok(Some(ev)) => {
                 if ev.seq > 0 {

@@ -1,6 +1,7 @@
-//! The bidirectional `Signal` stream: the Hello, client messages to domain [`ClientSignal`]s,
-//! and what the logic sends ([`Outgoing`]) to `ServerEvent`s, Ack/Rejected and the stream's
-//! end status.
+//! The bidirectional `Signal` stream and its browser form (`SignalEvents` for the events,
+//! `SendSignal` for each client message; one stream logic behind both): the Hello, client
+//! messages to domain [`ClientSignal`]s, and what the logic sends ([`Outgoing`]) to
+//! `ServerEvent`s, Ack/Rejected and the stream's end status.
 
 use super::{pb, side_pb};
 use crate::domain::{
@@ -9,7 +10,7 @@ use crate::domain::{
 use crate::error::SignallingError;
 use crate::service::{Outgoing, Signalling};
 use econsult_runtime::auth::Caller;
-use econsult_runtime::grpc::{internal, no_nul, timestamp};
+use econsult_runtime::grpc::{internal, no_nul, no_nuls, timestamp};
 use futures::StreamExt as _;
 use pb::client_signal::Body as In;
 use pb::server_event::Body as Ev;
@@ -42,17 +43,49 @@ pub(super) async fn open(
             "the first message of a signal stream must be a hello",
         ));
     };
+    // The client's messages until it closes the stream or the connection fails.
+    let messages = tokio_stream::StreamExt::map_while(inbound, |m| m.ok().map(client_signal));
+    serve(svc, caller, hello, first.client_msg_id, messages).await
+}
+
+/// Opens a `SignalEvents` stream of `caller`: the server half of a Signal stream, whose client
+/// messages come by [`send`].
+pub(super) async fn open_events(
+    svc: &Signalling,
+    caller: Caller,
+    req: pb::SignalEventsRequest,
+) -> Result<Response<EventStream>, Status> {
+    let hello = req
+        .hello
+        .ok_or_else(|| Status::invalid_argument("hello is required"))?;
+    serve(
+        svc,
+        caller,
+        hello,
+        req.client_msg_id,
+        futures::stream::pending(),
+    )
+    .await
+}
+
+/// Takes over the participant's stream slot with `hello` and runs the stream in a task of its
+/// own, its client messages coming from `messages`.
+async fn serve(
+    svc: &Signalling,
+    caller: Caller,
+    hello: pb::Hello,
+    hello_id: u64,
+    messages: impl futures::Stream<Item = ClientSignal> + Unpin + Send + 'static,
+) -> Result<Response<EventStream>, Status> {
     no_nul(&hello.appointment_id, "hello.appointment_id")?;
     let hello = Hello::from(hello);
     let (ctx, welcome) = svc.open_stream(&caller, &hello).await?;
     let (tx, rx) = mpsc::channel::<Outgoing>(256);
-    // The client's messages until it closes the stream or the connection fails.
-    let messages = tokio_stream::StreamExt::map_while(inbound, |m| m.ok().map(client_signal));
     tokio::spawn(svc.clone().run_stream(
         ctx,
         welcome,
         hello.resume_after_seq,
-        first.client_msg_id,
+        hello_id,
         messages,
         tx,
     ));
@@ -63,6 +96,43 @@ pub(super) async fn open(
         events,
         caller.expires_at,
     )))
+}
+
+/// One client message for a `SignalEvents` stream: answered as Signal would answer it.
+pub(super) async fn send(
+    svc: &Signalling,
+    caller: Caller,
+    req: pb::SendSignalRequest,
+) -> Result<pb::SendSignalResponse, Status> {
+    no_nuls(&[
+        (&req.appointment_id, "appointment_id"),
+        (&req.stream_id, "stream_id"),
+    ])?;
+    let signal = req
+        .signal
+        .ok_or_else(|| Status::invalid_argument("signal is required"))?;
+    let msg = client_signal(signal);
+    let client_msg_id = msg.client_msg_id;
+    let answer = svc
+        .send_signal(&caller, &req.appointment_id, &req.stream_id, msg)
+        .await?;
+    Ok(pb::SendSignalResponse {
+        result: Some(match answer {
+            Ok(()) => pb::send_signal_response::Result::Ack(pb::Ack { client_msg_id }),
+            Err(error) => {
+                pb::send_signal_response::Result::Rejected(rejected(client_msg_id, error))
+            }
+        }),
+    })
+}
+
+fn rejected(client_msg_id: u64, error: SignallingError) -> pb::Rejected {
+    let s = Status::from(error);
+    pb::Rejected {
+        client_msg_id,
+        code: s.code() as i32,
+        message: s.message().to_owned(),
+    }
 }
 
 impl From<pb::Hello> for Hello {
@@ -172,6 +242,7 @@ impl From<Welcome> for pb::Welcome {
             peer_online: w.peer_online,
             resumed: w.resumed,
             peer_waiting: w.peer_waiting,
+            stream_id: w.stream_id,
         }
     }
 }
@@ -200,14 +271,7 @@ fn server_event(
         Outgoing::Rejected {
             client_msg_id,
             error,
-        } => {
-            let s = Status::from(error);
-            Ev::Rejected(pb::Rejected {
-                client_msg_id,
-                code: s.code() as i32,
-                message: s.message().to_owned(),
-            })
-        }
+        } => Ev::Rejected(rejected(client_msg_id, error)),
         Outgoing::Close(close) => {
             if matches!(close, StreamClose::Superseded) {
                 tracing::info!("signal stream taken over by a newer stream");

@@ -65,6 +65,8 @@ enum Pending {
     Events(Vec<Delivered>),
     /// A newer stream took over.
     Superseded,
+    /// The participant hung up through this stream (its messages came by SendSignal).
+    HungUp,
     /// The participant is no longer online (marked disconnected or left meanwhile).
     Lost,
 }
@@ -75,6 +77,8 @@ enum Exit {
     Dropped,
     /// The participant hung up.
     HangUp,
+    /// The participant hung up by SendSignal (recorded there).
+    HungUp,
     /// The session ended (SessionEnded was delivered).
     Ended,
     /// A newer stream of the same participant took over.
@@ -173,6 +177,7 @@ impl Signalling {
             peer_waiting: access.side == Side::Practice
                 && waiting
                 && peer.is_some_and(|p| p.state != ParticipantState::Left),
+            stream_id: epoch.to_string(),
         };
         let ctx = StreamCtx {
             session_id: session.session_id,
@@ -228,6 +233,7 @@ impl Signalling {
                     }
                 }
                 Ok(Pending::Superseded) => break Exit::Superseded,
+                Ok(Pending::HungUp) => break Exit::HungUp,
                 Ok(Pending::Lost) => break Exit::Lost,
                 Err(e) => break Exit::Failed(e),
             }
@@ -241,11 +247,7 @@ impl Signalling {
                             let hang_up = msg.is_hang_up();
                             // A hang-up always goes through: it ends the stream.
                             if !hang_up && !budget.take(Instant::now()) {
-                                let error = SignallingError::ResourceExhausted(format!(
-                                    "too many signals on this stream: at most {} per second (burst {}); slow down",
-                                    svc.cfg().stream_messages.per_second,
-                                    svc.cfg().stream_messages.burst
-                                ));
+                                let error = svc.flooding();
                                 if tx.send(Outgoing::Rejected { client_msg_id: id, error }).await.is_err() {
                                     break 'outer Exit::Dropped;
                                 }
@@ -307,13 +309,95 @@ impl Signalling {
                 }
                 None
             }
-            Exit::Ended => None,
+            Exit::Ended | Exit::HungUp => None,
             Exit::Superseded => Some(StreamClose::Superseded),
             Exit::Lost => Some(StreamClose::Lost),
         };
         if let Some(close) = close {
             let _ = tx.send(Outgoing::Close(close)).await;
         }
+    }
+
+    /// One client message of the stream `stream_id` whose events go out by SignalEvents (the
+    /// browser transport): the same budget, checks and relay as a message on a Signal stream.
+    /// `Ok(Err(_))` is the rejection the client is told; `Err` a server fault.
+    pub(crate) async fn send_signal(
+        &self,
+        caller: &Caller,
+        appointment_id: &str,
+        stream_id: &str,
+        msg: ClientSignal,
+    ) -> Result<Result<(), SignallingError>, SignallingError> {
+        let access = self.authorize(caller, appointment_id).await?;
+        let not_live = || {
+            SignallingError::Aborted(
+                "this stream is no longer the participant's live stream: open a new one".into(),
+            )
+        };
+        let Ok(epoch) = stream_id.parse::<i64>() else {
+            return Ok(Err(SignallingError::Invalid(
+                "stream_id is not a stream's id (see Welcome.stream_id)".into(),
+            )));
+        };
+        let session = {
+            let mut conn = self.inner.platform.db.read().acquire().await?;
+            store::session_of(&mut conn, appointment_id).await?
+        };
+        let Some(session) = session else {
+            return Ok(Err(not_live()));
+        };
+        let ctx = StreamCtx {
+            session_id: session.session_id,
+            appointment_id: appointment_id.to_owned(),
+            side: access.side,
+            epoch,
+        };
+        let hang_up = msg.is_hang_up();
+        if !hang_up && !self.take_budget(&ctx) {
+            return Ok(Err(self.flooding()));
+        }
+        match self.relay(&ctx, msg).await {
+            Ok(()) => {
+                if hang_up {
+                    self.close_stream(&ctx, StreamEnd::HangUp).await?;
+                    let key = (ctx.session_id.clone(), ctx.side, ctx.epoch);
+                    self.budgets().remove(&key);
+                }
+                Ok(Ok(()))
+            }
+            Err(e) if e.is_server_fault() => Err(e),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn budgets(&self) -> std::sync::MutexGuard<'_, Budgets> {
+        self.inner
+            .budgets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a token of the stream's budget (kept in this process: a browser's calls may reach
+    /// several replicas, each then meters its share).
+    fn take_budget(&self, ctx: &StreamCtx) -> bool {
+        let now = Instant::now();
+        let mut budgets = self.budgets();
+        if budgets.len() >= 4096 {
+            budgets.retain(|_, b| now.saturating_duration_since(b.at) < BUDGET_IDLE);
+        }
+        budgets
+            .entry((ctx.session_id.clone(), ctx.side, ctx.epoch))
+            .or_insert_with(|| StreamBudget::new(self.cfg().stream_messages))
+            .take(now)
+    }
+
+    /// The rejection of a message past the stream's budget.
+    fn flooding(&self) -> SignallingError {
+        SignallingError::ResourceExhausted(format!(
+            "too many signals on this stream: at most {} per second (burst {}); slow down",
+            self.cfg().stream_messages.per_second,
+            self.cfg().stream_messages.burst
+        ))
     }
 
     /// Events for the stream after `cursor`, or why the stream must end.
@@ -339,6 +423,9 @@ impl Signalling {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // A stream no longer online still gets what was queued before (e.g. SessionEnded).
+        if state == ParticipantState::Left && events.is_empty() {
+            return Ok(Pending::HungUp);
+        }
         if state != ParticipantState::Online && events.is_empty() {
             return Ok(Pending::Lost);
         }
@@ -366,7 +453,13 @@ impl Signalling {
         if !closed {
             return Ok(());
         }
-        Self::set_media_connected(&mut tx, &ctx.session_id, ctx.side, false, now).await?;
+        // A dropped stream keeps its side's media state: media does not pass through
+        // signalling, so a blip of the signalling connection leaves the call up, and a resumed
+        // stream goes on counting. A side that does not come back within the grace period is
+        // taken to have lost its media when its stream dropped (the sweeper).
+        if how == StreamEnd::HangUp {
+            Self::set_media_connected(&mut tx, &ctx.session_id, ctx.side, false, now).await?;
+        }
         if store::ended_at(&mut tx, &ctx.session_id).await?.is_none() {
             let deadline = now + self.inner.cfg.reconnect_grace.num_milliseconds();
             self.enqueue(
@@ -410,7 +503,7 @@ impl Signalling {
     }
 
     /// Records a side's media connection state and the session's connected time.
-    async fn set_media_connected(
+    pub(super) async fn set_media_connected(
         tx: &mut Tx,
         session_id: &str,
         side: Side,
@@ -555,8 +648,14 @@ impl Signalling {
     }
 }
 
+/// The budgets of the streams fed by SendSignal.
+pub(super) type Budgets = std::collections::HashMap<(String, Side, i64), StreamBudget>;
+
+/// A budget unused this long may be forgotten (its stream is gone or idle; a new one is full).
+const BUDGET_IDLE: Duration = Duration::from_secs(60);
+
 /// The token bucket of one Signal stream's client messages (each is a write transaction).
-struct StreamBudget {
+pub(super) struct StreamBudget {
     limit: econsult_runtime::ratelimit::Limit,
     tokens: f64,
     at: Instant,

@@ -52,8 +52,13 @@ impl Signalling {
         let gone = store::gone_participants(&mut *db.read().acquire().await?, grace_start).await?;
         for p in gone {
             let mut tx = self.begin_locked(&p.appointment_id).await?;
-            let let_go = store::mark_gone(&mut tx, &p.session_id, p.side, grace_start, now).await?;
-            if let_go {
+            let dropped_at =
+                store::mark_gone(&mut tx, &p.session_id, p.side, grace_start, now).await?;
+            let let_go = dropped_at.is_some();
+            if let Some(dropped_at) = dropped_at {
+                // Its media is taken to have gone with its stream (see `close_stream`).
+                Self::set_media_connected(&mut tx, &p.session_id, p.side, false, dropped_at)
+                    .await?;
                 self.enqueue(
                     &mut tx,
                     &p.session_id,
