@@ -51,6 +51,18 @@ impl tonic::service::Interceptor for AuthInterceptor {
             })?;
         let mut caller = self.auth.authenticate(token.trim())?;
         caller.request_id = uuid::Uuid::new_v4().simple().to_string();
+        if let Some(v) = req.metadata().get(ON_BEHALF_OF_HEADER) {
+            let nin = v
+                .to_str()
+                .ok()
+                .and_then(|v| NationalId::parse(v).ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{ON_BEHALF_OF_HEADER} is not a valid identity number"
+                    ))
+                })?;
+            caller.proxy.on_behalf_of = Some(nin);
+        }
         if let Some(kind) = req.extensions().get::<crate::telemetry::CallerKind>() {
             kind.set(caller.role.as_str());
         }
