@@ -135,6 +135,7 @@ impl Booking {
     pub(super) fn insert_appointment(
         &self,
         tx: &mut Tx,
+        caller: &Caller,
         nin: &NationalId,
         (slot, gp): (&Slot, &SlotGp),
         reason: &str,
@@ -158,7 +159,8 @@ impl Booking {
             rescheduled_from: rescheduled_from.map(str::to_owned),
         };
         let request = Some(request_id).filter(|r| !r.is_empty());
-        store::insert_appointment(tx, &a, &gp.gp_uid, request);
+        // Who booked: someone acting for the patient (a parent, a fullmakt holder), or "".
+        store::insert_appointment(tx, &a, &gp.gp_uid, request, caller.actor());
         a
     }
 
@@ -176,7 +178,15 @@ impl Booking {
         request_id: &str,
     ) -> Result<Appointment, BookingError> {
         let now = self.p.clock.now_ms();
-        let a = self.insert_appointment(&mut op.tx, nin, (slot, gp), reason, request_id, None);
+        let a = self.insert_appointment(
+            &mut op.tx,
+            caller,
+            nin,
+            (slot, gp),
+            reason,
+            request_id,
+            None,
+        );
         self.emit_for(&mut op.tx, topics::BOOKING_CREATED, &a, gp.routing(), now)?;
         let access = Access {
             action,

@@ -123,6 +123,16 @@ impl Consultations {
                     tariff_code: String::new(),
                     closed_at: None,
                     updated_at: now,
+                    started_by_nin: caller
+                        .proxy
+                        .acting
+                        .as_ref()
+                        .map_or(String::new(), |a| a.actor.as_str().to_owned()),
+                    started_by_relation: caller
+                        .proxy
+                        .acting
+                        .as_ref()
+                        .map_or(0, |a| a.relation.code()),
                 };
                 store::insert_thread(tx, &t).await?;
                 let m = store::append_message(
@@ -169,7 +179,7 @@ impl Consultations {
         attachments: Vec<NewAttachment>,
         encode: impl FnOnce(&Posted) -> Vec<u8>,
     ) -> Result<Done, ConsultationError> {
-        let viewer = Viewer::Patient(nin.clone());
+        let viewer = Viewer::patient(caller, nin);
         required_id(thread_id, "thread_id")?;
         let body = checked_text(body, "body", MAX_BODY_CHARS)?;
         let attachments = check_attachments(attachments)?;
@@ -233,7 +243,7 @@ impl Consultations {
         thread_id: &str,
         encode: impl FnOnce(&Thread) -> Vec<u8>,
     ) -> Result<Done, ConsultationError> {
-        let viewer = Viewer::Patient(nin.clone());
+        let viewer = Viewer::patient(caller, nin);
         required_id(thread_id, "thread_id")?;
         let fp = serde_json::json!([thread_id]);
         command::run(
@@ -261,12 +271,24 @@ impl Consultations {
     /// are more.
     pub async fn patient_threads(
         &self,
+        caller: &Caller,
         nin: &NationalId,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Thread>, bool), ConsultationError> {
-        let mut threads =
-            store::patient_threads(self.p.db.read(), nin.as_str(), limit + 1, offset).await?;
+        // A parent with limited access sees only the threads they started.
+        let only_started_by = match Viewer::patient(caller, nin) {
+            Viewer::Parent { parent, .. } => parent,
+            _ => String::new(),
+        };
+        let mut threads = store::patient_threads(
+            self.p.db.read(),
+            nin.as_str(),
+            &only_started_by,
+            limit + 1,
+            offset,
+        )
+        .await?;
         let more = threads.len() as i64 > limit;
         threads.truncate(limit as usize);
         Ok((threads, more))
