@@ -313,10 +313,20 @@ async fn run_cell(app: &TestApp, cell: &Cell, class: Class) -> Result<(), tonic:
                 .iter()
                 .filter(|e| e.actor_nin == cell.actor)
                 .collect();
-            assert!(
-                by_actor.iter().any(|e| e.action.ends_with("/Book")),
-                "the actor's booking is in the subject's log: {by_actor:?}"
-            );
+            // Every class the actor ran before in this cell is in the subject's log.
+            for action in [
+                "/ListMyBookings",
+                "/Book",
+                "/StartConsultation",
+                "/ListThreads",
+                "/JoinSession",
+                "/Cancel",
+            ] {
+                assert!(
+                    by_actor.iter().any(|e| e.action.ends_with(action)),
+                    "{action} by the actor is in the subject's log: {by_actor:?}"
+                );
+            }
             assert!(
                 by_actor
                     .iter()

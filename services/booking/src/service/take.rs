@@ -132,6 +132,7 @@ impl Booking {
 
     /// The booked appointment of the taken `slot` for the patient, its row deferred to the
     /// commit (see [`store::insert_appointment`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn insert_appointment(
         &self,
         tx: &mut Tx,

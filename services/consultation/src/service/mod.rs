@@ -44,6 +44,8 @@ pub const TOPIC_READ: &str = "consultation.read";
 pub mod rpc {
     /// StartConsultation.
     pub const START: &str = "/econsult.consultation.v1.ConsultationService/StartConsultation";
+    /// ListThreads.
+    pub const LIST: &str = "/econsult.consultation.v1.ConsultationService/ListThreads";
     /// SendMessage.
     pub const SEND: &str = "/econsult.consultation.v1.ConsultationService/SendMessage";
     /// GetThread.

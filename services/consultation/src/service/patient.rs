@@ -15,6 +15,7 @@ use crate::store;
 use crate::urgent::{self, Language, Office};
 use econsult_booking::directory;
 use econsult_calendar::Calendar;
+use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::command;
@@ -150,6 +151,8 @@ impl Consultations {
                 store::update_thread(tx, &t).await?;
                 self.changed(tx, topics::CONSULTATION_STARTED, &t, Some(&cal))?;
                 self.message_event(tx, &t, &m)?;
+                // Logged when someone acted for the patient (the patient's own start logs none).
+                self.audit(tx, caller, rpc::START, &t);
                 let done = Done::message(&t, &m);
                 started = Some((t.thread_id.clone(), t.due_at));
                 let answer = encode(&Posted {
@@ -220,6 +223,7 @@ impl Consultations {
                 t.updated_at = now;
                 store::update_thread(tx, &t).await?;
                 self.message_event(tx, &t, &m)?;
+                self.audit(tx, caller, rpc::SEND, &t);
                 if state_changed {
                     self.changed(tx, super::TOPIC_STATE, &t, None)?;
                 }
@@ -261,6 +265,7 @@ impl Consultations {
                 t.updated_at = now;
                 store::update_thread(&mut op.tx, &t).await?;
                 self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, None)?;
+                self.audit(&mut op.tx, caller, rpc::WITHDRAW, &t);
                 Ok(Done::thread(&t).answering_bytes(&encode(&t)))
             },
         )
@@ -291,6 +296,18 @@ impl Consultations {
         .await?;
         let more = threads.len() as i64 > limit;
         threads.truncate(limit as usize);
+        if caller.proxy.acting.is_some() {
+            // Someone acting for the patient: each thread they saw is in the patient's log.
+            let accesses: Vec<Access<'_>> = threads
+                .iter()
+                .map(|t| Access {
+                    action: rpc::LIST,
+                    resource: format!("consultation:{}", t.thread_id),
+                    patient_nin: &t.patient_nin,
+                })
+                .collect();
+            audit::record_reads(&self.p.db, caller, &accesses, self.now()).await?;
+        }
         Ok((threads, more))
     }
 }

@@ -65,11 +65,11 @@ impl Content {
         ]);
         // The actor (migration 0014) only where there is one: rows sealed before it keep
         // their hashes.
-        if !self.actor_nin.is_empty() || self.acted_as != 0 {
-            if let Some(a) = content.as_array_mut() {
-                a.push(self.actor_nin.clone().into());
-                a.push(self.acted_as.into());
-            }
+        if (!self.actor_nin.is_empty() || self.acted_as != 0)
+            && let Some(a) = content.as_array_mut()
+        {
+            a.push(self.actor_nin.clone().into());
+            a.push(self.acted_as.into());
         }
         let digest = sha2::Sha256::digest(content.to_string().as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()

@@ -212,12 +212,12 @@ fn age(nin: &NationalId, today: NaiveDate) -> Result<u32, ProxyError> {
         .ok_or(ProxyError::Denied(rule::AGE_UNKNOWN))
 }
 
-/// The parent rule: may a parent act for a child of this number in `area` on `today`?
-/// `Ok(limited)`: limited access from 12 to 16.
+/// The parent rule: may a parent act for a child of this number on `today`? `Ok(limited)`:
+/// limited access from 12 to 16 (booking, video and the access log as under 12; in
+/// consultations only the threads a parent started, which the consultation service enforces).
 pub fn parent_rule(
     child: &NationalId,
     protected_address: bool,
-    area: Area,
     today: NaiveDate,
 ) -> Result<bool, ProxyError> {
     if protected_address {
@@ -227,9 +227,6 @@ pub fn parent_rule(
     if age >= PARENT_UNTIL_AGE {
         return Err(ProxyError::Denied(rule::PARENT_ENDS_AT_16));
     }
-    // Booking and the access log whatever the age under 16; consultations limited from 12
-    // (the consultation service hides the threads the child started).
-    let _ = area;
     Ok(age >= PARENT_FULL_UNTIL_AGE)
 }
 
@@ -283,7 +280,7 @@ impl Resolver {
             .iter()
             .find(|r| r.nin == target && r.relation == Relation::Parent)
         {
-            let limited = parent_rule(&r.nin, r.protected_address, area, today)?;
+            let limited = parent_rule(&r.nin, r.protected_address, today)?;
             caller.proxy.acting = Some(Acting {
                 actor: own,
                 relation: Relation::Parent,
@@ -335,18 +332,16 @@ mod tests {
     fn a_parent_has_full_access_under_12_limited_to_16_and_none_after() {
         let today = day(2026, 6, 15);
         let child = |y: u32| synthetic_born(y, 6, 16, 0).unwrap(); // birthday tomorrow
-        for area in [Area::Booking, Area::Consultation, Area::AccessLog] {
-            assert!(!parent_rule(&child(2014), false, area, today).unwrap()); // 11
-            assert!(parent_rule(&child(2013), false, area, today).unwrap()); // 12
-            assert!(parent_rule(&child(2010), false, area, today).unwrap()); // 15
-            let e = parent_rule(&child(2009), false, area, today).unwrap_err(); // 16
-            assert_eq!(e.to_string(), rule::PARENT_ENDS_AT_16);
-            let e = parent_rule(&child(2014), true, area, today).unwrap_err();
-            assert_eq!(e.to_string(), rule::PROTECTED_ADDRESS);
-        }
+        assert!(!parent_rule(&child(2014), false, today).unwrap()); // 11
+        assert!(parent_rule(&child(2013), false, today).unwrap()); // 12
+        assert!(parent_rule(&child(2010), false, today).unwrap()); // 15
+        let e = parent_rule(&child(2009), false, today).unwrap_err(); // 16
+        assert_eq!(e.to_string(), rule::PARENT_ENDS_AT_16);
+        let e = parent_rule(&child(2014), true, today).unwrap_err();
+        assert_eq!(e.to_string(), rule::PROTECTED_ADDRESS);
         // The birthday itself: 12 on the day, 16 on the day.
-        assert!(parent_rule(&child(2014), false, Area::Booking, day(2026, 6, 16)).unwrap());
-        assert!(parent_rule(&child(2010), false, Area::Booking, day(2026, 6, 16)).is_err());
+        assert!(parent_rule(&child(2014), false, day(2026, 6, 16)).unwrap());
+        assert!(parent_rule(&child(2010), false, day(2026, 6, 16)).is_err());
     }
 
     #[test]

@@ -132,10 +132,10 @@ impl Fullmakter {
         let now_ms = self.clock.now_ms();
         let cmd = Command::new(caller, "RevokeFullmakt", key, &id, now_ms);
         command::run(&self.db, cmd, async |op| {
-            let f = store::revoke(&mut op.tx, id, giver.as_str(), now_ms)
+            let (f, revoked_now) = store::revoke(&mut op.tx, id, giver.as_str(), now_ms)
                 .await?
                 .ok_or(ProxyError::NotFound)?;
-            if f.revoked_at_ms == Some(now_ms) {
+            if revoked_now {
                 emit(op, "proxy.fullmakt_revoked", &f, now_ms)?;
             }
             op.audit(caller, &access(REVOKE, &f), now_ms);
@@ -160,9 +160,7 @@ impl Fullmakter {
         let today = oslo_today(self.clock.as_ref());
         let mut out = Vec::new();
         for r in &caller.proxy.represents {
-            if let Ok(limited) =
-                super::parent_rule(&r.nin, r.protected_address, super::Area::Booking, today)
-            {
+            if let Ok(limited) = super::parent_rule(&r.nin, r.protected_address, today) {
                 out.push(Representee {
                     nin: r.nin.clone(),
                     relation: Relation::Parent,

@@ -39,21 +39,24 @@ pub async fn insert(tx: &mut Tx, f: &Fullmakt) -> Result<(), sqlx::Error> {
 }
 
 /// Revokes the giver's fullmakt `id` at `now_ms` unless it is revoked already; the fullmakt as
-/// it stands after, or `None` when the giver has no such fullmakt.
+/// it stands after and whether this call revoked it, or `None` when the giver has no such
+/// fullmakt.
 pub async fn revoke(
     tx: &mut Tx,
     id: &str,
     giver: &str,
     now_ms: i64,
-) -> Result<Option<Fullmakt>, sqlx::Error> {
-    sqlx::query(
+) -> Result<Option<(Fullmakt, bool)>, sqlx::Error> {
+    let changed = sqlx::query(
         "UPDATE proxy_fullmakts SET revoked_at = $3 WHERE id = $1 AND giver_nin = $2 AND revoked_at IS NULL",
     )
     .bind(id)
     .bind(giver)
     .bind(now_ms)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
     let row = sqlx::query(
         "SELECT id, giver_nin, holder_nin, scope, end_date, created_at, revoked_at \
          FROM proxy_fullmakts WHERE id = $1 AND giver_nin = $2",
@@ -62,7 +65,11 @@ pub async fn revoke(
     .bind(giver)
     .fetch_optional(&mut **tx)
     .await?;
-    row.as_ref().map(from_row).transpose()
+    Ok(row
+        .as_ref()
+        .map(from_row)
+        .transpose()?
+        .map(|f| (f, changed)))
 }
 
 /// The fullmakter `giver` has given, newest first.
