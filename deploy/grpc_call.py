@@ -2,7 +2,10 @@
 grpcurl is not at hand). Needs `pip install grpcio-reflection` (brings grpcio and protobuf).
 
     python3 deploy/grpc_call.py ADDRESS list
-    python3 deploy/grpc_call.py ADDRESS package.Service/Method ['{"json": "request"}' [TOKEN]]
+    python3 deploy/grpc_call.py ADDRESS package.Service/Method ['{"json": "request"}' [TOKEN [ON_BEHALF_OF]]]
+
+ON_BEHALF_OF (11 digits) is sent as the `x-on-behalf-of` header: the patient call acts for that
+person (a child, the giver of a fullmakt).
 
 It speaks reflection v1alpha, which the server serves beside v1. The answer is printed as JSON;
 an error as its gRPC status code and message (exit status 1).
@@ -17,7 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 
-def main(addr, method, body="{}", token=None):
+def main(addr, method, body="{}", token=None, on_behalf_of=None):
     channel = grpc.insecure_channel(addr)
     db = ProtoReflectionDescriptorDatabase(channel)
     if method == "list":
@@ -32,9 +35,11 @@ def main(addr, method, body="{}", token=None):
         request_serializer=lambda r: r.SerializeToString(),
         response_deserializer=response.FromString,
     )
-    metadata = [("authorization", f"Bearer {token}")] if token else None
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    if on_behalf_of:
+        metadata.append(("x-on-behalf-of", on_behalf_of))
     try:
-        answer = call(json_format.Parse(body, request()), metadata=metadata, timeout=10)
+        answer = call(json_format.Parse(body, request()), metadata=metadata or None, timeout=10)
     except grpc.RpcError as e:
         print(f"{e.code().name}: {e.details()}", file=sys.stderr)
         return 1
@@ -45,4 +50,4 @@ def main(addr, method, body="{}", token=None):
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    sys.exit(main(*sys.argv[1:5]))
+    sys.exit(main(*sys.argv[1:6]))

@@ -6,6 +6,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "econsult/audit/v1/audit.proto",
     "econsult/booking/v1/booking.proto",
+    "econsult/proxy/v1/proxy.proto",
     "econsult/consultation/v1/consultation.proto",
     "econsult/signalling/v1/signalling.proto",
     "econsult/stats/v1/stats.proto",

@@ -27,6 +27,12 @@ pub mod consultation {
     }
 }
 
+pub mod proxy {
+    pub mod v1 {
+        tonic::include_proto!("econsult.proxy.v1");
+    }
+}
+
 pub mod signalling {
     pub mod v1 {
         tonic::include_proto!("econsult.signalling.v1");

@@ -34,7 +34,7 @@ pub fn mount(p: &Platform, cfg: &BookingConfig, m: &mut Mount<'_>) {
     m.spawn(booking.clone().run_hold_sweeper(HOLD_SWEEP_EVERY));
     m.spawn(booking.clone().run_episode_flusher());
     m.serve(
-        BookingGrpc::new(booking)
+        BookingGrpc::new(booking, p.proxies())
             .into_server()
             .max_decoding_message_size(4 * 1024 * 1024),
     );

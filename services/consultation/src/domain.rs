@@ -232,6 +232,12 @@ pub struct Thread {
     pub closed_at: Option<i64>,
     /// Its last change (ms).
     pub updated_at: i64,
+    /// Who started it when someone acted for the patient (a parent, a fullmakt holder): their
+    /// identity number; "" when the patient did.
+    pub started_by_nin: String,
+    /// How that person is related to the patient (`econsult_runtime::auth::Relation::code`;
+    /// 0 for the patient).
+    pub started_by_relation: i64,
 }
 
 impl Thread {

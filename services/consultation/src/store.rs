@@ -41,6 +41,8 @@ fn thread_row(r: &AnyRow) -> Result<Thread, sqlx::Error> {
         tariff_code: r.try_get("tariff_code")?,
         closed_at: r.try_get("closed_at")?,
         updated_at: r.try_get("updated_at")?,
+        started_by_nin: r.try_get("started_by_nin")?,
+        started_by_relation: r.try_get("started_by_relation")?,
     })
 }
 
@@ -52,7 +54,7 @@ where
     sqlx::query(
         "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation \
          FROM consultation_threads WHERE thread_id = $1",
     )
     .bind(thread_id)
@@ -68,8 +70,8 @@ pub async fn insert_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), s
     sqlx::query(
         "INSERT INTO consultation_threads (thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(&t.thread_id)
     .bind(&t.patient_nin)
@@ -91,6 +93,8 @@ pub async fn insert_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), s
     .bind(&t.tariff_code)
     .bind(t.closed_at)
     .bind(t.updated_at)
+    .bind(&t.started_by_nin)
+    .bind(t.started_by_relation)
     .execute(conn)
     .await?;
     Ok(())
@@ -377,6 +381,7 @@ pub async fn attachment_bytes_since(
 pub async fn patient_threads<'e, E>(
     exec: E,
     nin: &str,
+    only_started_by: &str,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<Thread>, sqlx::Error>
@@ -386,12 +391,14 @@ where
     sqlx::query(
         "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at \
-         FROM consultation_threads WHERE patient_nin = $1 ORDER BY submitted_at DESC, thread_id DESC LIMIT $2 OFFSET $3",
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation \
+         FROM consultation_threads WHERE patient_nin = $1 AND ($4 = '' OR started_by_nin = $4) \
+         ORDER BY submitted_at DESC, thread_id DESC LIMIT $2 OFFSET $3",
     )
     .bind(nin)
     .bind(limit)
     .bind(offset)
+    .bind(only_started_by)
     .fetch_all(exec)
     .await?
     .iter()
@@ -417,14 +424,14 @@ where
     let sql = if include_done {
         "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation \
          FROM consultation_threads WHERE org_number = $1 AND ($2 = '' OR gp_id = $2) AND state IN (1,2,3,4,5,6,7) \
          ORDER BY CASE WHEN first_response_at IS NULL AND due_at < $3 AND state IN (1,2,3) THEN 0 ELSE 1 END, due_at, thread_id \
          LIMIT $4 OFFSET $5"
     } else {
         "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation \
          FROM consultation_threads WHERE org_number = $1 AND ($2 = '' OR gp_id = $2) AND state IN (1,2,3) \
          ORDER BY CASE WHEN first_response_at IS NULL AND due_at < $3 AND state IN (1,2,3) THEN 0 ELSE 1 END, due_at, thread_id \
          LIMIT $4 OFFSET $5"

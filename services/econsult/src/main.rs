@@ -278,6 +278,26 @@ struct DevTokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: i64,
+    /// Patient: act for this person (11 digits). With `--relation parent` the token carries
+    /// the claim `represents` naming them (as the identity provider sends the population
+    /// register's relation); with `fullmakt` the token is the holder's plain token and the
+    /// relation is a fullmakt granted with GrantFullmakt. Either way each call names the person
+    /// in the `x-on-behalf-of` header (printed on stderr).
+    #[arg(long, requires = "relation")]
+    on_behalf_of: Option<String>,
+    /// Patient: how the token's person is related to `--on-behalf-of`.
+    #[arg(long, value_enum, requires = "on_behalf_of")]
+    relation: Option<DevRelation>,
+    /// Patient: the represented person (with `--relation parent`), or else the token's own
+    /// person, has a strictly confidential address.
+    #[arg(long)]
+    protected_address: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DevRelation {
+    Parent,
+    Fullmakt,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -368,10 +388,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 v.with_context(|| format!("--{what} is required for this role"))
             };
             let spec = match a.role {
-                Role::Patient => TokenSpec::Patient {
-                    nin: patient_nin(a.nin)?,
-                    acr: a.acr,
-                },
+                Role::Patient => {
+                    let nin = patient_nin(a.nin)?;
+                    let mut represents = Vec::new();
+                    let mut own_protected = a.protected_address;
+                    if let Some(other) = &a.on_behalf_of {
+                        let other = NationalId::parse(other).map_err(|e| {
+                            anyhow::anyhow!(
+                                "--on-behalf-of {other:?} is not a valid identity number ({e})"
+                            )
+                        })?;
+                        if let Some(DevRelation::Parent) = a.relation {
+                            represents.push(econsult_runtime::auth::RepresentsClaim {
+                                pid: other.as_str().to_owned(),
+                                relation: "parent".into(),
+                                protected_address: a.protected_address,
+                            });
+                            own_protected = false;
+                        }
+                        eprintln!(
+                            "act for them with the header: {}: {}",
+                            econsult_runtime::auth::ON_BEHALF_OF_HEADER,
+                            other.as_str()
+                        );
+                    }
+                    TokenSpec::PatientWithRelations {
+                        nin,
+                        acr: a.acr,
+                        represents,
+                        protected_address: own_protected,
+                    }
+                }
                 Role::Clinician => TokenSpec::Clinician {
                     hpr_number: need(a.hpr, "hpr")?,
                     org_number: need(a.org, "org")?,

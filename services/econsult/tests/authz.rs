@@ -135,6 +135,13 @@ fn table() -> BTreeMap<&'static str, Audience> {
         ("econsult.booking.v1.BookingService/JoinWaitlist", Patient),
         ("econsult.booking.v1.BookingService/LeaveWaitlist", Patient),
         ("econsult.booking.v1.BookingService/MoveListing", Ops),
+        ("econsult.proxy.v1.ProxyService/GrantFullmakt", Patient),
+        (
+            "econsult.proxy.v1.ProxyService/ListGivenFullmakter",
+            Patient,
+        ),
+        ("econsult.proxy.v1.ProxyService/RevokeFullmakt", Patient),
+        ("econsult.proxy.v1.ProxyService/ListRepresented", Patient),
         (
             "econsult.consultation.v1.ConsultationService/StartConsultation",
             Patient,

@@ -51,11 +51,19 @@ struct Video {
     app: TestApp,
     appointment_id: String,
     nins: Vec<String>,
+    /// The patient side acts for `nins[0]` with this token and `x-on-behalf-of` (a parent).
+    acting: Option<(String, String)>,
 }
 
 impl Video {
     fn patient(&self) -> String {
-        self.app.patient_token(&self.nins[0])
+        match &self.acting {
+            Some((token, _)) => token.clone(),
+            None => self.app.patient_token(&self.nins[0]),
+        }
+    }
+    fn on_behalf(&self) -> Option<&str> {
+        self.acting.as_ref().map(|(_, nin)| nin.as_str())
     }
     fn gp(&self) -> String {
         self.app.clinician_token(&gp_hpr(), ORG_A)
@@ -99,7 +107,20 @@ async fn video_appointment(env: Env, tweak: Option<Tweak>) -> Video {
         app,
         appointment_id,
         nins,
+        acting: None,
     }
+}
+
+/// A request acting for `on_behalf_of` when given.
+fn as_for<T>(msg: T, token: &str, on_behalf_of: Option<&str>) -> tonic::Request<T> {
+    let mut r = authed(msg, token);
+    if let Some(nin) = on_behalf_of {
+        r.metadata_mut().insert(
+            econsult_runtime::auth::ON_BEHALF_OF_HEADER,
+            nin.parse().expect("header"),
+        );
+    }
+    r
 }
 
 async fn join(
@@ -299,9 +320,17 @@ async fn connect_two_peers_via(
     gp_channel: Channel,
 ) -> (Sig, Sig, Peer, Peer) {
     let id = v.appointment_id.as_str();
-    let joined = join(patient_channel.clone(), &v.patient(), id)
+    let joined = SignallingServiceClient::new(patient_channel.clone())
+        .join_session(as_for(
+            pb::JoinSessionRequest {
+                appointment_id: id.into(),
+            },
+            &v.patient(),
+            v.on_behalf(),
+        ))
         .await
-        .expect("patient joins");
+        .expect("patient joins")
+        .into_inner();
     assert!(joined.waiting, "the patient starts in the waiting room");
     assert_eq!(joined.side, pb::Side::Patient as i32);
     let gp_joined = join(gp_channel.clone(), &v.gp(), id)
@@ -314,6 +343,7 @@ async fn connect_two_peers_via(
         patient_transport,
         patient_channel.clone(),
         &v.patient(),
+        v.on_behalf(),
         id,
         joined.resume_after_seq,
     )
@@ -550,6 +580,111 @@ async fn peers_on_two_replicas_sharing_redis_reach_each_other() {
     let _ = p2.pc.close().await;
     drop((patient, gp));
     replica.stop().await.expect("stop replica");
+    v.app.shutdown().await;
+}
+
+/// A parent books a video appointment for a child of 10 and joins it as the patient side with a
+/// real webrtc-rs peer; the child's access log then lists the parent's actions.
+async fn a_parent_books_for_a_child_of_10_and_joins_the_video_as_the_patient_side(env: Env) {
+    use econsult_proto::audit::v1 as apb;
+    let app = TestApp::start(env).await;
+    seed_gp(&app, ORG_A, "gp-video", GP_SEED, 0).await;
+    let child = econsult_runtime::nin::synthetic_born(2015, 6, 1, 3)
+        .expect("born 2015: 10 on 2026-03-02")
+        .as_str()
+        .to_owned();
+    let parent = econsult_runtime::nin::synthetic_born(1985, 4, 4, 5)
+        .expect("born 1985")
+        .as_str()
+        .to_owned();
+    app.booking()
+        .await
+        .update_list(authed(
+            bpb::UpdateListRequest {
+                gp_id: "gp-video".into(),
+                add: vec![child.clone()],
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("child on the list");
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-video",
+        &[slot_start()],
+        bpb::Modality::Video,
+    )
+    .await;
+    let token = app.token(TokenSpec::PatientWithRelations {
+        nin: parent.clone(),
+        acr: REQUIRED_ACR.into(),
+        represents: vec![econsult_runtime::auth::RepresentsClaim {
+            pid: child.clone(),
+            relation: "parent".into(),
+            protected_address: false,
+        }],
+        protected_address: false,
+    });
+    let booked = app
+        .booking()
+        .await
+        .book(as_for(
+            bpb::BookRequest {
+                target: Some(bpb::book_request::Target::SlotId(slots[0].slot_id.clone())),
+                reason: "video for my son".into(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &token,
+            Some(&child),
+        ))
+        .await
+        .expect("the parent books for the child")
+        .into_inner();
+    assert_eq!(booked.patient_nin, child);
+    app.clock.set(slot_start() - chrono::Duration::minutes(5));
+    let v = Video {
+        app,
+        appointment_id: booked.appointment_id.clone(),
+        nins: vec![child.clone()],
+        acting: Some((token.clone(), child.clone())),
+    };
+    let (mut patient, mut gp, p1, p2) =
+        connect_two_peers(&v, v.app.channel().await, v.app.channel().await).await;
+    end_and_check(&v, v.app.channel().await, &mut patient, &mut gp).await;
+    let _ = p1.pc.close().await;
+    let _ = p2.pc.close().await;
+    // The child's log (read by the child, and by the parent for the child) lists the parent's
+    // booking and join, each with the parent as actor.
+    for (t, for_child) in [
+        (v.app.patient_token(&child), None),
+        (token.clone(), Some(child.as_str())),
+    ] {
+        let log = econsult_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+            v.app.channel().await,
+        )
+        .list_my_access_log(as_for(
+            apb::ListMyAccessLogRequest::default(),
+            &t,
+            for_child,
+        ))
+        .await
+        .expect("the child's access log")
+        .into_inner()
+        .entries;
+        let by_parent: Vec<&str> = log
+            .iter()
+            .filter(|e| e.actor_nin == parent && e.acted_as == apb::ActedAs::Parent as i32)
+            .map(|e| e.action.rsplit('/').next().unwrap_or_default())
+            .collect();
+        for action in ["Book", "JoinSession"] {
+            assert!(by_parent.contains(&action), "{action} in {by_parent:?}");
+        }
+        assert!(log.iter().all(|e| e.patient_nin == child));
+    }
     v.app.shutdown().await;
 }
 
@@ -886,7 +1021,7 @@ async fn dropped_stream_resumes(env: Env, t: Transport) {
     let mut patient = Sig::open(ch.clone(), &v.patient(), id, pj.resume_after_seq)
         .await
         .expect("stream");
-    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), id, gj.resume_after_seq)
+    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), None, id, gj.resume_after_seq)
         .await
         .expect("stream");
     admit(ch.clone(), &v.gp(), id, "").await;
@@ -919,7 +1054,7 @@ async fn dropped_stream_resumes(env: Env, t: Transport) {
         .expect("queued for the GP");
 
     // The GP comes back and resumes after the last event it saw.
-    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), id, seen)
+    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), None, id, seen)
         .await
         .expect("resume");
     let w = gp.welcome().await;
@@ -949,7 +1084,7 @@ async fn dropped_stream_resumes(env: Env, t: Transport) {
     }
 
     // A second stream of the same participant takes over the first.
-    let mut gp2 = Sig::open_via(t, ch.clone(), &v.gp(), id, gp.last_seq)
+    let mut gp2 = Sig::open_via(t, ch.clone(), &v.gp(), None, id, gp.last_seq)
         .await
         .expect("takeover");
     gp2.welcome().await;
@@ -997,13 +1132,13 @@ async fn dropped_stream_resumes(env: Env, t: Transport) {
     patient
         .expect(|e| matches!(e, Ev::PeerLeft(l) if l.reason == pb::LeaveReason::Gone as i32))
         .await;
-    let err = Sig::open_via(t, ch.clone(), &v.gp(), id, 0)
+    let err = Sig::open_via(t, ch.clone(), &v.gp(), None, id, 0)
         .await
         .err()
         .expect("refused");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     join(ch.clone(), &v.gp(), id).await.expect("join again");
-    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), id, 0)
+    let mut gp = Sig::open_via(t, ch.clone(), &v.gp(), None, id, 0)
         .await
         .expect("stream");
     gp.welcome().await;
@@ -1449,6 +1584,7 @@ on_both_backends!(
     a_nul_byte_in_a_signal_or_an_id_is_refused,
     a_flooding_stream_is_rejected_past_its_budget_and_lives_on,
     two_webrtc_peers_connect_through_the_service_and_exchange_data,
+    a_parent_books_for_a_child_of_10_and_joins_the_video_as_the_patient_side,
     only_the_booked_patient_and_the_practice_may_join,
     joining_needs_the_window_a_video_appointment_and_no_cancellation,
     the_patient_waits_until_the_gp_admits,

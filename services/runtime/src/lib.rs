@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod nin;
 pub mod outbox;
 pub mod platform;
+pub mod proxy;
 pub mod ratelimit;
 pub mod retention;
 pub mod streams;

@@ -113,6 +113,35 @@ impl NationalId {
     pub fn is_d_number(&self) -> bool {
         self.0.as_bytes()[0] >= b'4'
     }
+
+    /// The date of birth the number gives: the day without a D-number's +40, the month without
+    /// a synthetic number's +80, the century from the individual number. `None` where the
+    /// individual number assigns no century to the two-digit year (seen in test data only).
+    pub fn birth_date(&self) -> Option<chrono::NaiveDate> {
+        let d: Vec<u32> = self.0.bytes().map(|b| u32::from(b - b'0')).collect();
+        let mut day = d[0] * 10 + d[1];
+        if day > 40 {
+            day -= 40;
+        }
+        let mut month = d[2] * 10 + d[3];
+        if month > 80 {
+            month -= 80;
+        }
+        let year = birth_year(d[4] * 10 + d[5], d[6] * 100 + d[7] * 10 + d[8])?;
+        chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)
+    }
+
+    /// Age in whole years on `today` (a birthday on 29 February counts from 1 March in other
+    /// years), or `None` when [`NationalId::birth_date`] is.
+    pub fn age_on(&self, today: chrono::NaiveDate) -> Option<u32> {
+        use chrono::Datelike as _;
+        let born = self.birth_date()?;
+        let mut age = today.year() - born.year();
+        if (today.month(), today.day()) < (born.month(), born.day()) {
+            age -= 1;
+        }
+        u32::try_from(age).ok()
+    }
 }
 
 impl fmt::Debug for NationalId {
@@ -238,6 +267,46 @@ pub fn synthetic_aged(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn age_counts_whole_years_for_ordinary_d_and_synthetic_numbers() {
+        let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let child = synthetic_born(2014, 6, 1, 0).unwrap();
+        assert_eq!(child.birth_date(), Some(day(2014, 6, 1)));
+        assert_eq!(child.age_on(day(2026, 5, 31)), Some(11));
+        assert_eq!(child.age_on(day(2026, 6, 1)), Some(12));
+        // The same birth date as an ordinary number and as a D-number.
+        let plain = {
+            let mut s = child.as_str().to_owned();
+            let month: u32 = s[2..4].parse().unwrap();
+            s.replace_range(2..4, &format!("{:02}", month - 80));
+            s
+        };
+        for variant in [
+            plain.clone(),
+            format!(
+                "{}{}",
+                (b'0' + plain.as_bytes()[0] - b'0' + 4) as char,
+                &plain[1..]
+            ),
+        ] {
+            let nine: Vec<u32> = variant[..9].bytes().map(|b| u32::from(b - b'0')).collect();
+            let nine: [u32; 9] = nine.try_into().unwrap();
+            let Some((k1, k2)) = check_digits(&nine) else {
+                continue;
+            };
+            let id = NationalId::parse(&format!("{}{k1}{k2}", &variant[..9])).unwrap();
+            assert_eq!(
+                id.birth_date(),
+                Some(day(2014, 6, 1)),
+                "{}",
+                id.is_d_number()
+            );
+        }
+        let leap = synthetic_born(2012, 2, 29, 0).unwrap();
+        assert_eq!(leap.age_on(day(2026, 2, 28)), Some(13));
+        assert_eq!(leap.age_on(day(2026, 3, 1)), Some(14));
+    }
 
     #[test]
     fn rejects_wrong_length_letters_and_bad_dates() {

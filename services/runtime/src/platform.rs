@@ -56,6 +56,11 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// The resolver of `x-on-behalf-of`: the patient a patient call is about.
+    pub fn proxies(&self) -> crate::proxy::Resolver {
+        crate::proxy::Resolver::new(self.db.clone(), self.clock.clone())
+    }
+
     /// Connects storage and bus and starts the outbox relay.
     pub async fn start(cfg: PlatformConfig) -> anyhow::Result<(Platform, PlatformHandle)> {
         let db = Db::connect_with(&cfg.database_url, cfg.db_max_connections).await?;

@@ -13,17 +13,31 @@ use econsult_proto::signalling::v1 as pb;
 use econsult_runtime::auth::{Caller, Role};
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::grpc::{anyhow_status, db_status, internal, no_nul, no_nuls, timestamp};
+use econsult_runtime::proxy::{Area, Resolver};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The tonic service.
 pub struct SignallingGrpc {
     svc: Signalling,
+    proxies: Resolver,
 }
 
 impl SignallingGrpc {
     /// Wraps the logic.
-    pub fn new(svc: Signalling) -> Self {
-        Self { svc }
+    pub fn new(svc: Signalling, proxies: Resolver) -> Self {
+        Self { svc, proxies }
+    }
+
+    /// The role gate, then for a patient the person the call acts for (`x-on-behalf-of`; video
+    /// sessions are appointments: the booking rules): from here on `caller.nin` is that
+    /// patient, and `caller.proxy.acting` says who acts for them.
+    async fn participant(&self, caller: &mut Caller) -> Result<(), Status> {
+        participant(caller)?;
+        if caller.role == Role::Patient {
+            let subject = self.proxies.subject(caller, Area::Booking).await?;
+            caller.nin = Some(subject);
+        }
+        Ok(())
     }
 
     /// The tonic server for this service.
@@ -145,8 +159,8 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         &self,
         req: Request<pb::JoinSessionRequest>,
     ) -> Result<Response<pb::JoinSessionResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        participant(&caller)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        self.participant(&mut caller).await?;
         let r = req.into_inner();
         no_nul(&r.appointment_id, "appointment_id")?;
         let joined = self.svc.join(&caller, &r.appointment_id).await?;
@@ -159,8 +173,8 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         &self,
         req: Request<Streaming<pb::ClientSignal>>,
     ) -> Result<Response<Self::SignalStream>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        participant(&caller)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        self.participant(&mut caller).await?;
         stream::open(&self.svc, caller, req.into_inner()).await
     }
 
@@ -170,8 +184,8 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         &self,
         req: Request<pb::SignalEventsRequest>,
     ) -> Result<Response<Self::SignalEventsStream>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        participant(&caller)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        self.participant(&mut caller).await?;
         stream::open_events(&self.svc, caller, req.into_inner()).await
     }
 
@@ -179,8 +193,8 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         &self,
         req: Request<pb::SendSignalRequest>,
     ) -> Result<Response<pb::SendSignalResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        participant(&caller)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        self.participant(&mut caller).await?;
         stream::send(&self.svc, caller, req.into_inner())
             .await
             .map(Response::new)
@@ -210,8 +224,8 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         &self,
         req: Request<pb::GetIceServersRequest>,
     ) -> Result<Response<pb::GetIceServersResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        participant(&caller)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        self.participant(&mut caller).await?;
         let r = req.into_inner();
         no_nul(&r.appointment_id, "appointment_id")?;
         let ice = self.svc.get_ice_servers(&caller, &r.appointment_id).await?;
@@ -245,8 +259,8 @@ impl pb::signalling_service_server::SignallingService for SignallingGrpc {
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::VideoSession>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        participant(&caller)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        self.participant(&mut caller).await?;
         let r = req.into_inner();
         no_nul(&r.appointment_id, "appointment_id")?;
         let session = self.svc.get_session(&caller, &r.appointment_id).await?;

@@ -158,7 +158,7 @@ pub async fn mount(
         m.spawn(task);
     }
     m.serve(
-        SignallingGrpc::new(signalling)
+        SignallingGrpc::new(signalling, p.proxies())
             .into_server()
             .max_decoding_message_size(256 * 1024),
     );

@@ -11,6 +11,7 @@ use convert::*;
 use econsult_proto::booking::v1 as pb;
 use econsult_runtime::auth::Caller;
 use econsult_runtime::grpc::{optional_time, parse_date, timestamp};
+use econsult_runtime::proxy::{Area, Resolver};
 use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -24,12 +25,13 @@ pub const SCOPE_WRITE: &str = "econsult:booking.write";
 /// The tonic service.
 pub struct BookingGrpc {
     svc: Booking,
+    proxies: Resolver,
 }
 
 impl BookingGrpc {
-    /// Wraps the logic.
-    pub fn new(svc: Booking) -> Self {
-        Self { svc }
+    /// Wraps the logic; `proxies` resolves whom a patient call acts for.
+    pub fn new(svc: Booking, proxies: Resolver) -> Self {
+        Self { svc, proxies }
     }
 
     /// The tonic server for this service.
@@ -411,8 +413,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         &self,
         req: Request<pb::FindSlotsRequest>,
     ) -> Result<Response<pb::FindSlotsResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
         let modality = modality_from(r.modality, "modality", false)?;
         let from = optional_time(r.from.as_ref(), "from")?;
@@ -457,8 +459,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         &self,
         req: Request<pb::HoldSlotRequest>,
     ) -> Result<Response<pb::Hold>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
         id_field(&r.slot_id, "slot_id")?;
         if !r.request_id.is_empty() {
@@ -476,8 +478,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         &self,
         req: Request<pb::BookRequest>,
     ) -> Result<Response<pb::Appointment>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
         let target = match &r.target {
             Some(pb::book_request::Target::HoldId(h)) => target_from(Some(h), None)?,
@@ -508,8 +510,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         &self,
         req: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::Appointment>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
         id_field(&r.appointment_id, "appointment_id")?;
         key_field(&r.idempotency_key)?;
@@ -524,8 +526,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         &self,
         req: Request<pb::RescheduleRequest>,
     ) -> Result<Response<pb::Appointment>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
         id_field(&r.appointment_id, "appointment_id")?;
         let target = match &r.target {
@@ -545,8 +547,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         &self,
         req: Request<pb::ListMyBookingsRequest>,
     ) -> Result<Response<pb::ListMyBookingsResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
         let (appts, holds, waitlist) = self.svc.list_mine(&caller, &nin, r.include_past).await?;
         Ok(Response::new(pb::ListMyBookingsResponse {
@@ -560,8 +562,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         &self,
         req: Request<pb::JoinWaitlistRequest>,
     ) -> Result<Response<pb::WaitlistEntry>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
         let latest = parse_date(&r.latest_date, "latest_date")?;
         let modality = modality_from(r.modality, "modality", false)?;
@@ -577,8 +579,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         &self,
         req: Request<pb::LeaveWaitlistRequest>,
     ) -> Result<Response<pb::WaitlistEntry>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
         id_field(&r.entry_id, "entry_id")?;
         let e = self.svc.leave_waitlist(&caller, &nin, &r.entry_id).await?;

@@ -444,7 +444,15 @@ impl Booking {
                 let now = self.p.clock.now_ms();
                 let tx = &mut op.tx;
                 let (old, old_org, old_muni) = self.cancel_own(tx, nin, id).await?;
-                let new = self.insert_appointment(tx, nin, (&slot, &gp), &old.reason, "", Some(id));
+                let new = self.insert_appointment(
+                    tx,
+                    caller,
+                    nin,
+                    (&slot, &gp),
+                    &old.reason,
+                    "",
+                    Some(id),
+                );
                 self.emit(
                     tx,
                     topics::BOOKING_CANCELLED,

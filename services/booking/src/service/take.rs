@@ -132,9 +132,11 @@ impl Booking {
 
     /// The booked appointment of the taken `slot` for the patient, its row deferred to the
     /// commit (see [`store::insert_appointment`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn insert_appointment(
         &self,
         tx: &mut Tx,
+        caller: &Caller,
         nin: &NationalId,
         (slot, gp): (&Slot, &SlotGp),
         reason: &str,
@@ -158,7 +160,8 @@ impl Booking {
             rescheduled_from: rescheduled_from.map(str::to_owned),
         };
         let request = Some(request_id).filter(|r| !r.is_empty());
-        store::insert_appointment(tx, &a, &gp.gp_uid, request);
+        // Who booked: someone acting for the patient (a parent, a fullmakt holder), or "".
+        store::insert_appointment(tx, &a, &gp.gp_uid, request, caller.actor());
         a
     }
 
@@ -176,7 +179,15 @@ impl Booking {
         request_id: &str,
     ) -> Result<Appointment, BookingError> {
         let now = self.p.clock.now_ms();
-        let a = self.insert_appointment(&mut op.tx, nin, (slot, gp), reason, request_id, None);
+        let a = self.insert_appointment(
+            &mut op.tx,
+            caller,
+            nin,
+            (slot, gp),
+            reason,
+            request_id,
+            None,
+        );
         self.emit_for(&mut op.tx, topics::BOOKING_CREATED, &a, gp.routing(), now)?;
         let access = Access {
             action,

@@ -127,10 +127,11 @@ pub(crate) fn insert_appointment(
     a: &Appointment,
     gp_uid: &str,
     request_id: Option<&str>,
+    (actor_nin, acted_as): (&str, i64),
 ) {
     tx.defer(
-        "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at, rescheduled_from, request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at, rescheduled_from, request_id, booked_by_nin, booked_by_relation) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         vec![
             a.appointment_id.as_str().into(),
             a.slot.slot_id.as_str().into(),
@@ -141,6 +142,8 @@ pub(crate) fn insert_appointment(
             a.booked_at.timestamp_millis().into(),
             a.rescheduled_from.as_deref().into(),
             request_id.into(),
+            actor_nin.into(),
+            acted_as.into(),
         ],
     );
 }

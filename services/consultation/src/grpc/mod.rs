@@ -17,6 +17,7 @@ use econsult_runtime::auth::{Caller, Role};
 use econsult_runtime::grpc::{anyhow_status, db_status, internal, no_nul, no_nuls};
 use econsult_runtime::idempotency::IdempotencyError;
 use econsult_runtime::platform::Platform;
+use econsult_runtime::proxy::{Area, Resolver};
 use stream::ChangeStream;
 use tonic::{Request, Response, Status};
 
@@ -106,6 +107,7 @@ pub struct ConsultationGrpc {
     p: Platform,
     svc: Consultations,
     feed: Feed,
+    proxies: Resolver,
 }
 
 impl ConsultationGrpc {
@@ -146,6 +148,7 @@ impl ConsultationGrpc {
         );
         Self {
             svc: Consultations::new(p.clone(), crate::Quotas::default()),
+            proxies: p.proxies(),
             p,
             feed,
         }
@@ -171,9 +174,14 @@ impl ConsultationGrpc {
         self.p.clock.now_ms()
     }
 
-    fn viewer(caller: &Caller, scope: &str) -> Result<Viewer, Status> {
+    /// Who looks: the patient the call is about (resolving `x-on-behalf-of`, which may limit
+    /// a parent's view) or the caller's practice.
+    async fn viewer(&self, caller: &mut Caller, scope: &str) -> Result<Viewer, Status> {
         match caller.role {
-            Role::Patient => Ok(Viewer::Patient(caller.patient()?.clone())),
+            Role::Patient => {
+                let nin = self.proxies.subject(caller, Area::Consultation).await?;
+                Ok(Viewer::patient(caller, &nin))
+            }
             _ => Ok(Viewer::Practice(caller.org_with_scope(scope)?.to_owned())),
         }
     }
@@ -226,8 +234,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         &self,
         req: Request<pb::StartConsultationRequest>,
     ) -> Result<Response<pb::StartConsultationResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self
+            .proxies
+            .subject(&mut caller, Area::Consultation)
+            .await?;
         let r = req.into_inner();
         no_nuls(&[
             (&r.subject, "subject"),
@@ -276,8 +287,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self
+            .proxies
+            .subject(&mut caller, Area::Consultation)
+            .await?;
         let r = req.into_inner();
         no_nuls(&[(&r.thread_id, "thread_id"), (&r.body, "body")])?;
         attachments_no_nul(&r.attachments)?;
@@ -309,12 +323,15 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         &self,
         req: Request<pb::ListThreadsRequest>,
     ) -> Result<Response<pb::ListThreadsResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self
+            .proxies
+            .subject(&mut caller, Area::Consultation)
+            .await?;
         let r = req.into_inner();
         let limit = page(r.page_size, 20, 100, "page_size")?;
         let off = offset(&r.page_token)?;
-        let (threads, more) = self.svc.patient_threads(&nin, limit, off).await?;
+        let (threads, more) = self.svc.patient_threads(&caller, &nin, limit, off).await?;
         let now = self.now();
         Ok(Response::new(pb::ListThreadsResponse {
             threads: threads
@@ -329,8 +346,8 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         &self,
         req: Request<pb::GetThreadRequest>,
     ) -> Result<Response<pb::GetThreadResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let viewer = Self::viewer(&caller, SCOPE_READ)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        let viewer = self.viewer(&mut caller, SCOPE_READ).await?;
         let r = req.into_inner();
         no_nul(&r.thread_id, "thread_id")?;
         let page = self
@@ -352,8 +369,8 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         &self,
         req: Request<pb::GetAttachmentRequest>,
     ) -> Result<Response<pb::GetAttachmentResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let viewer = Self::viewer(&caller, SCOPE_READ)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        let viewer = self.viewer(&mut caller, SCOPE_READ).await?;
         let id = req.into_inner().attachment_id;
         no_nul(&id, "attachment_id")?;
         let (meta, content) = self.svc.attachment(&caller, &viewer, &id).await?;
@@ -367,8 +384,8 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         &self,
         req: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let viewer = Self::viewer(&caller, SCOPE_READ)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        let viewer = self.viewer(&mut caller, SCOPE_READ).await?;
         let r = req.into_inner();
         no_nul(&r.thread_id, "thread_id")?;
         let t = self
@@ -384,8 +401,11 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         &self,
         req: Request<pb::WithdrawConsultationRequest>,
     ) -> Result<Response<pb::WithdrawConsultationResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self
+            .proxies
+            .subject(&mut caller, Area::Consultation)
+            .await?;
         let r = req.into_inner();
         no_nul(&r.thread_id, "thread_id")?;
         let mut built = None;
@@ -410,10 +430,23 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        caller.patient()?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self
+            .proxies
+            .subject(&mut caller, Area::Consultation)
+            .await?;
+        if caller.proxy.acting.as_ref().is_some_and(|a| a.limited) {
+            return Err(Status::permission_denied(
+                econsult_runtime::proxy::rule::LIMITED_STREAM,
+            ));
+        }
         let cursor = req.into_inner().after_cursor;
-        Ok(Response::new(self.change_stream(caller, None, cursor)))
+        Ok(Response::new(self.change_stream(
+            caller,
+            None,
+            Some(nin.as_str().to_owned()),
+            cursor,
+        )))
     }
 
     async fn list_inbox(
@@ -608,7 +641,12 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let org = caller.org_with_scope(SCOPE_READ)?.to_owned();
         let cursor = req.into_inner().after_cursor;
-        Ok(Response::new(self.change_stream(caller, Some(org), cursor)))
+        Ok(Response::new(self.change_stream(
+            caller,
+            Some(org),
+            None,
+            cursor,
+        )))
     }
 
     async fn set_response_days(

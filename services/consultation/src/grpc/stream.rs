@@ -24,6 +24,7 @@ impl ConsultationGrpc {
         &self,
         caller: Caller,
         practice: Option<String>,
+        patient: Option<String>,
         mut cursor: u64,
     ) -> ChangeStream {
         let expires_at = caller.expires_at;
@@ -32,7 +33,7 @@ impl ConsultationGrpc {
         tokio::spawn(
             async move {
                 let mut stop = this.p.shutdown.clone();
-                let route = caller.nin.as_ref().map(|n| n.as_str().to_owned());
+                let route = patient;
                 if practice.is_none() && route.is_none() {
                     return;
                 }

@@ -44,6 +44,8 @@ pub const TOPIC_READ: &str = "consultation.read";
 pub mod rpc {
     /// StartConsultation.
     pub const START: &str = "/econsult.consultation.v1.ConsultationService/StartConsultation";
+    /// ListThreads.
+    pub const LIST: &str = "/econsult.consultation.v1.ConsultationService/ListThreads";
     /// SendMessage.
     pub const SEND: &str = "/econsult.consultation.v1.ConsultationService/SendMessage";
     /// GetThread.
@@ -129,13 +131,33 @@ impl Done {
 /// Who looks at a thread.
 #[derive(Debug, Clone)]
 pub enum Viewer {
-    /// The patient of this identity number.
+    /// The patient of this identity number (or someone with full access for them).
     Patient(NationalId),
+    /// A parent of a child from 12 to 16 (limited access): the child's threads that this
+    /// parent (`parent`, an identity number) started, no others.
+    Parent {
+        /// The child.
+        child: NationalId,
+        /// The parent.
+        parent: String,
+    },
     /// The practice of this organisation number.
     Practice(String),
 }
 
 impl Viewer {
+    /// The viewer of patient `nin`'s threads in a call by `caller`: limited for a parent of a
+    /// child from 12 to 16.
+    pub fn patient(caller: &Caller, nin: &NationalId) -> Viewer {
+        match &caller.proxy.acting {
+            Some(a) if a.limited => Viewer::Parent {
+                child: nin.clone(),
+                parent: a.actor.as_str().to_owned(),
+            },
+            _ => Viewer::Patient(nin.clone()),
+        }
+    }
+
     /// Whether this is the practice.
     pub fn is_practice(&self) -> bool {
         matches!(self, Viewer::Practice(_))
@@ -282,9 +304,10 @@ impl Consultations {
         self.event(tx, TOPIC_MESSAGE, t, &body)
     }
 
-    /// The access-log row of a practice's `action` on `t` (a patient's own actions log none).
+    /// The access-log row of a practice's `action` on `t`, or of someone acting for the
+    /// patient (a patient's own actions log none).
     fn audit(&self, tx: &mut Tx, caller: &Caller, action: &str, t: &Thread) {
-        if caller.role == Role::Patient {
+        if caller.role == Role::Patient && caller.proxy.acting.is_none() {
             return;
         }
         audit::row(
@@ -313,6 +336,9 @@ async fn calendar(conn: &mut AnyConnection, org: &str) -> Result<Calendar, Consu
 fn authorize(viewer: &Viewer, t: Option<Thread>, id: &str) -> Result<Thread, ConsultationError> {
     let visible = t.filter(|t| match viewer {
         Viewer::Patient(nin) => t.patient_nin == nin.as_str(),
+        Viewer::Parent { child, parent } => {
+            t.patient_nin == child.as_str() && t.started_by_nin == *parent
+        }
         Viewer::Practice(org) => t.org_number == *org,
     });
     visible.ok_or_else(|| ConsultationError::NotFound(format!("thread {id} not found")))

@@ -15,6 +15,7 @@ use crate::store;
 use crate::urgent::{self, Language, Office};
 use econsult_booking::directory;
 use econsult_calendar::Calendar;
+use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::command;
@@ -123,6 +124,16 @@ impl Consultations {
                     tariff_code: String::new(),
                     closed_at: None,
                     updated_at: now,
+                    started_by_nin: caller
+                        .proxy
+                        .acting
+                        .as_ref()
+                        .map_or(String::new(), |a| a.actor.as_str().to_owned()),
+                    started_by_relation: caller
+                        .proxy
+                        .acting
+                        .as_ref()
+                        .map_or(0, |a| a.relation.code()),
                 };
                 store::insert_thread(tx, &t).await?;
                 let m = store::append_message(
@@ -140,6 +151,8 @@ impl Consultations {
                 store::update_thread(tx, &t).await?;
                 self.changed(tx, topics::CONSULTATION_STARTED, &t, Some(&cal))?;
                 self.message_event(tx, &t, &m)?;
+                // Logged when someone acted for the patient (the patient's own start logs none).
+                self.audit(tx, caller, rpc::START, &t);
                 let done = Done::message(&t, &m);
                 started = Some((t.thread_id.clone(), t.due_at));
                 let answer = encode(&Posted {
@@ -169,7 +182,7 @@ impl Consultations {
         attachments: Vec<NewAttachment>,
         encode: impl FnOnce(&Posted) -> Vec<u8>,
     ) -> Result<Done, ConsultationError> {
-        let viewer = Viewer::Patient(nin.clone());
+        let viewer = Viewer::patient(caller, nin);
         required_id(thread_id, "thread_id")?;
         let body = checked_text(body, "body", MAX_BODY_CHARS)?;
         let attachments = check_attachments(attachments)?;
@@ -210,6 +223,7 @@ impl Consultations {
                 t.updated_at = now;
                 store::update_thread(tx, &t).await?;
                 self.message_event(tx, &t, &m)?;
+                self.audit(tx, caller, rpc::SEND, &t);
                 if state_changed {
                     self.changed(tx, super::TOPIC_STATE, &t, None)?;
                 }
@@ -233,7 +247,7 @@ impl Consultations {
         thread_id: &str,
         encode: impl FnOnce(&Thread) -> Vec<u8>,
     ) -> Result<Done, ConsultationError> {
-        let viewer = Viewer::Patient(nin.clone());
+        let viewer = Viewer::patient(caller, nin);
         required_id(thread_id, "thread_id")?;
         let fp = serde_json::json!([thread_id]);
         command::run(
@@ -251,6 +265,7 @@ impl Consultations {
                 t.updated_at = now;
                 store::update_thread(&mut op.tx, &t).await?;
                 self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, None)?;
+                self.audit(&mut op.tx, caller, rpc::WITHDRAW, &t);
                 Ok(Done::thread(&t).answering_bytes(&encode(&t)))
             },
         )
@@ -261,14 +276,38 @@ impl Consultations {
     /// are more.
     pub async fn patient_threads(
         &self,
+        caller: &Caller,
         nin: &NationalId,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Thread>, bool), ConsultationError> {
-        let mut threads =
-            store::patient_threads(self.p.db.read(), nin.as_str(), limit + 1, offset).await?;
+        // A parent with limited access sees only the threads they started.
+        let only_started_by = match Viewer::patient(caller, nin) {
+            Viewer::Parent { parent, .. } => parent,
+            _ => String::new(),
+        };
+        let mut threads = store::patient_threads(
+            self.p.db.read(),
+            nin.as_str(),
+            &only_started_by,
+            limit + 1,
+            offset,
+        )
+        .await?;
         let more = threads.len() as i64 > limit;
         threads.truncate(limit as usize);
+        if caller.proxy.acting.is_some() {
+            // Someone acting for the patient: each thread they saw is in the patient's log.
+            let accesses: Vec<Access<'_>> = threads
+                .iter()
+                .map(|t| Access {
+                    action: rpc::LIST,
+                    resource: format!("consultation:{}", t.thread_id),
+                    patient_nin: &t.patient_nin,
+                })
+                .collect();
+            audit::record_reads(&self.p.db, caller, &accesses, self.now()).await?;
+        }
         Ok((threads, more))
     }
 }

@@ -56,8 +56,9 @@ impl Consultations {
         let limit = page(page_size, 50, 200, "page_size")?;
         let t = store::thread(self.p.db.read(), thread_id).await?;
         let t = authorize(viewer, t, thread_id)?;
-        if viewer.is_practice() {
-            // Logged before the data leaves: a read that cannot be logged fails.
+        if viewer.is_practice() || caller.proxy.acting.is_some() {
+            // Logged before the data leaves: a read that cannot be logged fails (a practice's,
+            // or one by someone acting for the patient).
             audit::record_reads(
                 &self.p.db,
                 caller,
@@ -96,7 +97,7 @@ impl Consultations {
             .ok_or_else(|| ConsultationError::NotFound(format!("attachment {id} not found")))?;
         let t = store::thread(self.p.db.read(), &thread_id).await?;
         let t = authorize(viewer, t, &thread_id)?;
-        if viewer.is_practice() {
+        if viewer.is_practice() || caller.proxy.acting.is_some() {
             audit::record_reads(
                 &self.p.db,
                 caller,

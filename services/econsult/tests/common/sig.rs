@@ -57,12 +57,19 @@ impl Sig {
         transport: Transport,
         channel: Channel,
         token: &str,
+        on_behalf_of: Option<&str>,
         appointment_id: &str,
         resume_after_seq: u64,
     ) -> Result<Sig, tonic::Status> {
         match transport {
-            Transport::Bidi => Self::open(channel, token, appointment_id, resume_after_seq).await,
+            Transport::Bidi => {
+                Self::open_as(channel, token, on_behalf_of, appointment_id, resume_after_seq).await
+            }
             Transport::Browser => {
+                assert!(
+                    on_behalf_of.is_none(),
+                    "the browser transport's test client does not act for others"
+                );
                 Self::open_browser(channel, token, appointment_id, resume_after_seq).await
             }
         }
@@ -121,6 +128,17 @@ impl Sig {
         appointment_id: &str,
         resume_after_seq: u64,
     ) -> Result<Sig, tonic::Status> {
+        Self::open_as(channel, token, None, appointment_id, resume_after_seq).await
+    }
+
+    /// [`Sig::open`] acting for `on_behalf_of` (the `x-on-behalf-of` header), when given.
+    pub async fn open_as(
+        channel: Channel,
+        token: &str,
+        on_behalf_of: Option<&str>,
+        appointment_id: &str,
+        resume_after_seq: u64,
+    ) -> Result<Sig, tonic::Status> {
         let (tx, rx) = mpsc::channel(256);
         tx.send(pb::ClientSignal {
             client_msg_id: 1,
@@ -133,10 +151,16 @@ impl Sig {
         .expect("queue hello");
         let resp = tokio::time::timeout(
             WAIT,
-            SignallingServiceClient::new(channel).signal(authed(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-                token,
-            )),
+            SignallingServiceClient::new(channel).signal({
+                let mut r = authed(tokio_stream::wrappers::ReceiverStream::new(rx), token);
+                if let Some(nin) = on_behalf_of {
+                    r.metadata_mut().insert(
+                        econsult_runtime::auth::ON_BEHALF_OF_HEADER,
+                        nin.parse().expect("header"),
+                    );
+                }
+                r
+            }),
         )
         .await
         .expect("signal answered in time")?;

@@ -24,6 +24,8 @@ struct Content {
     patient_nin: String,
     trace_id: String,
     request_id: String,
+    actor_nin: String,
+    acted_as: i64,
 }
 
 impl Content {
@@ -39,13 +41,15 @@ impl Content {
             patient_nin: r.try_get("patient_nin")?,
             trace_id: r.try_get("trace_id")?,
             request_id: r.try_get("request_id")?,
+            actor_nin: r.try_get("actor_nin")?,
+            acted_as: r.try_get("acted_as")?,
         })
     }
 
     /// Lower-case hex SHA-256 of `prev` (the previous row's hash, "" for the first) and this
     /// row's content at place `seq`, as one JSON array (unambiguous field boundaries).
     fn hash(&self, seq: i64, prev: &str) -> String {
-        let content = serde_json::json!([
+        let mut content = serde_json::json!([
             prev,
             seq,
             self.id,
@@ -59,6 +63,14 @@ impl Content {
             self.trace_id,
             self.request_id,
         ]);
+        // The actor (migration 0014) only where there is one: rows sealed before it keep
+        // their hashes.
+        if (!self.actor_nin.is_empty() || self.acted_as != 0)
+            && let Some(a) = content.as_array_mut()
+        {
+            a.push(self.actor_nin.clone().into());
+            a.push(self.acted_as.into());
+        }
         let digest = sha2::Sha256::digest(content.to_string().as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -78,7 +90,7 @@ pub async fn seal(db: &Db, batch: i64) -> Result<u64, sqlx::Error> {
         None => (0, String::new()),
     };
     let rows = sqlx::query(
-        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id \
+        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as \
          FROM audit_log WHERE chain_seq IS NULL ORDER BY id LIMIT $1",
     )
     .bind(batch)
@@ -154,7 +166,7 @@ pub async fn verify(db: &Db, mut progress: impl FnMut(u64)) -> Result<Verified, 
     let (mut seq, mut prev, mut rows) = (0i64, String::new(), 0u64);
     let broken = 'walk: loop {
         let page = sqlx::query(
-            "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, chain_seq, hash \
+            "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as, chain_seq, hash \
              FROM audit_log WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2",
         )
         .bind(seq)

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 pub struct AuditGrpc {
     db: Db,
     clock: Arc<dyn Clock>,
+    proxies: crate::proxy::Resolver,
 }
 
 impl From<AuditError> for Status {
@@ -43,6 +44,12 @@ fn entry(e: Entry) -> pb::AccessLogEntry {
         patient_nin: e.patient_nin,
         trace_id: e.trace_id,
         request_id: e.request_id,
+        actor_nin: e.actor_nin,
+        acted_as: match e.acted_as {
+            None => pb::ActedAs::Unspecified,
+            Some(crate::auth::Relation::Parent) => pb::ActedAs::Parent,
+            Some(crate::auth::Relation::Fullmakt) => pb::ActedAs::Fullmakt,
+        } as i32,
     }
 }
 
@@ -56,7 +63,11 @@ fn page((entries, next_before_id): (Vec<Entry>, u64)) -> pb::ListAccessLogRespon
 impl AuditGrpc {
     /// The service over `db`.
     pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
-        Self { db, clock }
+        Self {
+            proxies: crate::proxy::Resolver::new(db.clone(), clock.clone()),
+            db,
+            clock,
+        }
     }
 
     /// The tonic server.
@@ -108,8 +119,11 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
         &self,
         req: Request<pb::ListMyAccessLogRequest>,
     ) -> Result<Response<pb::ListAccessLogResponse>, Status> {
-        let caller = Caller::from_request(&req)?.clone();
-        let nin = caller.patient()?.clone();
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self
+            .proxies
+            .subject(&mut caller, crate::proxy::Area::AccessLog)
+            .await?;
         let r = req.into_inner();
         let found = list(&self.db, Some(nin.as_str()), None, r.before_id, r.limit).await?;
         // Reading one's own access log is itself an access to patient data.

@@ -51,8 +51,8 @@ impl Accessed {
 
 /// The INSERT of one access-log row ([`Row::write`]); [`accessed`] reads a transaction's rows
 /// back out of its deferred writes.
-const INSERT: &str = "INSERT INTO audit_log (at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const INSERT: &str = "INSERT INTO audit_log (at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 /// The accesses `tx` is to log at its commit (its deferred access-log rows).
 pub fn accessed(tx: &crate::db::Tx) -> Vec<Accessed> {
@@ -101,6 +101,18 @@ pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Row {
         access.patient_nin.into(),
         crate::telemetry::current_trace_id().into(),
         caller.request_id.clone().into(),
+        caller
+            .proxy
+            .acting
+            .as_ref()
+            .map_or("", |a| a.actor.as_str())
+            .into(),
+        caller
+            .proxy
+            .acting
+            .as_ref()
+            .map_or(0, |a| a.relation.code())
+            .into(),
     ])
 }
 
@@ -167,6 +179,11 @@ pub struct Entry {
     pub trace_id: String,
     /// The server's id of the call.
     pub request_id: String,
+    /// The acting person's identity number when they acted for the patient ("" otherwise).
+    pub actor_nin: String,
+    /// How the actor is related to the patient (`None`: the patient acted, or the caller is
+    /// no patient).
+    pub acted_as: Option<crate::auth::Relation>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -206,7 +223,7 @@ pub async fn list(
         i64::try_from(before_id).unwrap_or(i64::MAX)
     };
     let rows = sqlx::query(
-        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id \
+        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as \
          FROM audit_log WHERE id < $1 AND ($2 = '' OR patient_nin = $2) AND ($3 = '' OR subject = $3) \
          ORDER BY id DESC LIMIT $4",
     )
@@ -229,6 +246,8 @@ pub async fn list(
             patient_nin: r.try_get("patient_nin")?,
             trace_id: r.try_get("trace_id")?,
             request_id: r.try_get("request_id")?,
+            actor_nin: r.try_get("actor_nin")?,
+            acted_as: crate::auth::Relation::from_code(r.try_get("acted_as")?),
         });
     }
     let next_before_id = if entries.len() as i64 == limit {
@@ -244,4 +263,11 @@ pub async fn list(
 pub fn mount(p: &Platform, m: &mut Mount<'_>) {
     m.serve(AuditGrpc::new(p.db.clone(), p.clock.clone()).into_server());
     m.spawn(chain::sealer(p.db.clone(), p.shutdown.clone()));
+    m.serve(
+        crate::proxy::ProxyGrpc::new(
+            crate::proxy::Fullmakter::new(p.db.clone(), p.clock.clone()),
+            p.clock.clone(),
+        )
+        .into_server(),
+    );
 }

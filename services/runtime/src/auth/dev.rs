@@ -97,6 +97,14 @@ pub(super) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> 
 pub enum TokenSpec {
     /// A patient with this identity number and assurance level.
     Patient { nin: String, acr: String },
+    /// A patient whose token also carries the `represents` claim (the people the population
+    /// register says they are parent of) and, for themselves, `protected_address`.
+    PatientWithRelations {
+        nin: String,
+        acr: String,
+        represents: Vec<RepresentsClaim>,
+        protected_address: bool,
+    },
     /// Health personnel of an organisation.
     Clinician {
         hpr_number: String,
@@ -131,6 +139,20 @@ impl TokenSpec {
                 );
                 c.pid = Some(nin.clone());
                 c.acr = Some(acr.clone());
+            }
+            TokenSpec::PatientWithRelations {
+                nin,
+                acr,
+                represents,
+                protected_address,
+            } => {
+                c = TokenSpec::Patient {
+                    nin: nin.clone(),
+                    acr: acr.clone(),
+                }
+                .claims(now, ttl_seconds);
+                c.represents = represents.clone();
+                c.protected_address = *protected_address;
             }
             TokenSpec::Clinician {
                 hpr_number,

@@ -57,6 +57,18 @@ impl tonic::service::Interceptor for AuthInterceptor {
         if let Some(org) = &caller.org_number {
             crate::telemetry::record_id("org_number", org);
         }
+        if let Some(v) = req.metadata().get(ON_BEHALF_OF_HEADER) {
+            let nin = v
+                .to_str()
+                .ok()
+                .and_then(|v| NationalId::parse(v).ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{ON_BEHALF_OF_HEADER} is not a valid identity number"
+                    ))
+                })?;
+            caller.proxy.on_behalf_of = Some(nin);
+        }
         if let Some(kind) = req.extensions().get::<crate::telemetry::CallerKind>() {
             kind.set(caller.role.as_str());
         }

@@ -626,6 +626,23 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
         let nin = NationalId::parse(&pid).map_err(|_| {
             Refusal::unauthenticated("invalid", "token pid is not a valid identity number")
         })?;
+        let mut represents = Vec::with_capacity(c.represents.len());
+        for r in &c.represents {
+            if r.relation != "parent" {
+                continue;
+            }
+            let nin = NationalId::parse(&r.pid).map_err(|_| {
+                Refusal::unauthenticated(
+                    "invalid",
+                    "token represents claim holds an invalid identity number",
+                )
+            })?;
+            represents.push(Represented {
+                nin,
+                relation: Relation::Parent,
+                protected_address: r.protected_address,
+            });
+        }
         return Ok(Caller {
             subject: c.sub,
             role: Role::Patient,
@@ -635,6 +652,11 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             scopes,
             expires_at,
             request_id: String::new(),
+            proxy: Proxy {
+                represents,
+                protected_address: c.protected_address,
+                ..Proxy::default()
+            },
         });
     }
     let org = c.org_number.filter(|o| is_org_number(o));
@@ -650,6 +672,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             scopes,
             expires_at,
             request_id: String::new(),
+            proxy: Proxy::default(),
         });
     }
     if allowed.contains(Role::Ops) && scopes.contains(OPS_SCOPE) {
@@ -662,6 +685,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             scopes,
             expires_at,
             request_id: String::new(),
+            proxy: Proxy::default(),
         });
     }
     if let Some(org) = org
@@ -677,6 +701,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             scopes,
             expires_at,
             request_id: String::new(),
+            proxy: Proxy::default(),
         });
     }
     Err(denied("role", "token carries no econsult role"))

@@ -101,6 +101,76 @@ pub struct Caller {
     /// The server's id of this call (32 hex digits, fresh per call; set by the interceptor):
     /// recorded in the access log beside the client-supplied trace id.
     pub request_id: String,
+    /// Acting for others: the token's relations, the call's `x-on-behalf-of`, and once
+    /// resolved ([`crate::proxy::Resolver`]), who acts for whom.
+    pub proxy: Proxy,
+}
+
+/// The metadata header naming the person a patient call acts for (11 digits).
+pub const ON_BEHALF_OF_HEADER: &str = "x-on-behalf-of";
+/// The token claim listing the people the token's person may act for (parents: children).
+pub const REPRESENTS_CLAIM: &str = "represents";
+
+/// How an acting person is related to the person they act for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Relation {
+    /// A parent with parental responsibility (token claim).
+    Parent,
+    /// The holder of a power of attorney given in econsult.
+    Fullmakt,
+}
+
+impl Relation {
+    /// The number stored in `audit_log.acted_as` (0 is acting for oneself).
+    pub fn code(self) -> i64 {
+        match self {
+            Relation::Parent => 1,
+            Relation::Fullmakt => 2,
+        }
+    }
+    /// Inverse of [`Relation::code`] (`None` for 0 and unknown codes).
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            1 => Some(Relation::Parent),
+            2 => Some(Relation::Fullmakt),
+            _ => None,
+        }
+    }
+}
+
+/// A person a token says its person may act for (claim `represents`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Represented {
+    /// Their identity number.
+    pub nin: NationalId,
+    /// The relation (the registry's: parent).
+    pub relation: Relation,
+    /// Whether they have a strictly confidential address (no representation at all).
+    pub protected_address: bool,
+}
+
+/// Who acts for whom in a call that acts for someone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acting {
+    /// The acting person (the token's `pid`).
+    pub actor: NationalId,
+    /// How they are related to the subject.
+    pub relation: Relation,
+    /// A parent of a child from 12 to 16: booking yes, the child's own threads no.
+    pub limited: bool,
+}
+
+/// The acting-for-others part of a [`Caller`].
+#[derive(Debug, Clone, Default)]
+pub struct Proxy {
+    /// From the token: the people its person may act for.
+    pub represents: Vec<Represented>,
+    /// From the token: its own person has a strictly confidential address.
+    pub protected_address: bool,
+    /// From the call's `x-on-behalf-of` header.
+    pub on_behalf_of: Option<NationalId>,
+    /// Set when the call was resolved to act for someone else.
+    pub acting: Option<Acting>,
 }
 
 impl Caller {
@@ -130,6 +200,15 @@ impl Caller {
                 "this call is for EHR systems and health personnel",
             )),
         }
+    }
+
+    /// Who acted, when the call acts for someone else: the actor's identity number and the
+    /// [`Relation::code`]; `("", 0)` when the caller acts for themselves.
+    pub fn actor(&self) -> (&str, i64) {
+        self.proxy
+            .acting
+            .as_ref()
+            .map_or(("", 0), |a| (a.actor.as_str(), a.relation.code()))
     }
 
     /// `Ok` for operations, `PERMISSION_DENIED` otherwise.
@@ -185,6 +264,26 @@ pub struct Claims {
         skip_serializing_if = "Option::is_none"
     )]
     pub org_number: Option<String>,
+    /// The people the token's person may act for, from the population register
+    /// ([`REPRESENTS_CLAIM`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub represents: Vec<RepresentsClaim>,
+    /// The token's person has a strictly confidential address (code 6/7).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected_address: bool,
+}
+
+/// One entry of the `represents` claim:
+/// `{"pid": "<11 digits>", "relation": "parent", "protected_address": false}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepresentsClaim {
+    /// The represented person's identity number.
+    pub pid: String,
+    /// `parent` (other relations are ignored).
+    pub relation: String,
+    /// The represented person has a strictly confidential address.
+    #[serde(default)]
+    pub protected_address: bool,
 }
 
 /// `scope` as a space-separated string or an array of scopes, joined with spaces.
