@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use std::collections::{BTreeMap, HashMap};
+use tokio_stream::StreamExt as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -428,10 +429,10 @@ async fn traces_show_what_a_call_waited_on_and_follow_its_events(env: Env) {
         .expect("kill -TERM");
     assert!(sigterm.success());
     let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(20), sig.rx.message()).await {
-            Ok(Ok(Some(_))) => continue,
-            Ok(Ok(None)) => panic!("the stream ended without a status"),
-            Ok(Err(status)) => break status,
+        match tokio::time::timeout(Duration::from_secs(20), sig.rx.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Ok(Some(Err(status))) => break status,
             Err(_) => panic!("the stream did not end on shutdown"),
         }
     };
