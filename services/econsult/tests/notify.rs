@@ -296,6 +296,8 @@ async fn a_waitlist_offer_goes_to_the_first_then_after_its_window_to_the_second(
     let appt = book(app, &nins[0], &slots[0].slot_id).await;
     let mut c = app.booking().await;
     for n in &nins[1..] {
+        // One after the other (the line is ordered by when each joined).
+        app.clock.advance(chrono::Duration::minutes(1));
         c.join_waitlist(authed(
             pb::JoinWaitlistRequest {
                 latest_date: "2026-03-10".into(),
@@ -321,8 +323,8 @@ async fn a_waitlist_offer_goes_to_the_first_then_after_its_window_to_the_second(
     })
     .await;
     let offer = &rig.sms.texts_to(&phone(1))[0];
-    // Held for 30 minutes from 08:00 Oslo.
-    assert!(offer.contains("til mandag 2. mars kl. 08:30"), "{offer}");
+    // Held for 30 minutes from 08:02 Oslo.
+    assert!(offer.contains("til mandag 2. mars kl. 08:32"), "{offer}");
     assert!(offer.contains("onsdag 4. mars kl. 10:00"), "{offer}");
     assert!(offer.contains("?hold="), "{offer}");
     assert!(rig.sms.texts_to(&phone(2)).is_empty());
@@ -333,13 +335,13 @@ async fn a_waitlist_offer_goes_to_the_first_then_after_its_window_to_the_second(
     );
 
     // The window lapses; the sweeper (every 5 s) gives the slot to the second in line.
-    app.clock.set(at("2026-03-02T07:31:00Z"));
+    app.clock.set(at("2026-03-02T07:33:00Z"));
     until("the offer to the second in line", || {
         rig.sms.texts_to(&phone(2)).len() == 1
     })
     .await;
     let offer = &rig.sms.texts_to(&phone(2))[0];
-    assert!(offer.contains("til mandag 2. mars kl. 09:01"), "{offer}");
+    assert!(offer.contains("til mandag 2. mars kl. 09:03"), "{offer}");
     assert_eq!(
         rig.sms.texts_to(&phone(1)).len(),
         1,
