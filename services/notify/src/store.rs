@@ -167,6 +167,17 @@ pub struct Claimed {
     pub not_before: i64,
 }
 
+/// Whether any queued message is due at `now` (a read, so that an idle sender writes nothing).
+pub async fn any_due(conn: &mut AnyConnection, now: i64) -> Result<bool, sqlx::Error> {
+    let n: Option<String> = sqlx::query_scalar(
+        "SELECT message_id FROM notify_messages WHERE status = 0 AND not_before <= $1 AND lease_until <= $1 LIMIT 1",
+    )
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(n.is_some())
+}
+
 /// Takes up to `limit` due queued messages until `lease_until` (another sender takes them
 /// after that, e.g. when this process died). Scheduled messages of a cancelled appointment are
 /// never taken.

@@ -41,7 +41,7 @@ struct Plan<'a> {
 impl Notify {
     /// Queues `plan` on each of the patient's channels; returns how many were new.
     async fn queue(&self, tx: &mut Tx, plan: Plan<'_>) -> anyhow::Result<usize> {
-        let prefs = Self::stored(&mut **tx, plan.nin).await?;
+        let prefs = Self::stored(tx, plan.nin).await?;
         let channels = message_channels(
             prefs.phone_sealed.is_some(),
             prefs.email_sealed.is_some(),
@@ -82,7 +82,7 @@ impl Notify {
 
     /// The practice as the patient knows it: the GP's display name.
     async fn practice(&self, tx: &mut Tx, org: &str, gp_id: &str) -> anyhow::Result<String> {
-        Ok(econsult_booking::directory::gp(&mut **tx, org, gp_id)
+        Ok(econsult_booking::directory::gp(tx, org, gp_id)
             .await?
             .map(|g| g.display_name)
             .unwrap_or_default())
@@ -119,7 +119,7 @@ impl Notify {
                 },
             )
             .await?;
-        let prefs = Self::stored(&mut **tx, &a.patient_nin).await?;
+        let prefs = Self::stored(tx, &a.patient_nin).await?;
         for lead in super::lead_times(&prefs.reminder_minutes) {
             let at = a.start_ms - i64::from(lead) * 60_000;
             if at <= now.timestamp_millis() {
@@ -177,7 +177,7 @@ impl Notify {
                 let mut old_start = None;
                 if let Some(old) = &a.rescheduled_from {
                     store::cancel_appointment(tx, old, now.timestamp_millis()).await?;
-                    old_start = econsult_booking::directory::appointment(&mut **tx, old)
+                    old_start = econsult_booking::directory::appointment(tx, old)
                         .await?
                         .map(|o| o.start_ms);
                 }

@@ -26,6 +26,13 @@ impl Notify {
     /// Sends what is due now; returns how many messages were taken.
     pub async fn send_due(&self) -> anyhow::Result<usize> {
         let now = self.p.clock.now_ms();
+        let due = {
+            let mut conn = self.p.db.read().acquire().await?;
+            store::any_due(&mut conn, now).await?
+        };
+        if !due {
+            return Ok(0);
+        }
         let claimed = store::claim_due(&self.p.db, now, now + LEASE_MS, BATCH).await?;
         let n = claimed.len();
         for c in claimed {
