@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "econsult/consultation/v1/consultation.proto",
     "econsult/signalling/v1/signalling.proto",
     "econsult/stats/v1/stats.proto",
+    "econsult/notify/v1/notify.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -44,3 +44,9 @@ pub mod stats {
         tonic::include_proto!("econsult.stats.v1");
     }
 }
+
+pub mod notify {
+    pub mod v1 {
+        tonic::include_proto!("econsult.notify.v1");
+    }
+}

@@ -46,15 +46,18 @@ pub enum ServiceKind {
     Signalling,
     /// econsult.stats.v1.
     Stats,
+    /// econsult.notify.v1.
+    Notify,
 }
 
 impl ServiceKind {
     /// All services.
-    pub const ALL: [ServiceKind; 4] = [
+    pub const ALL: [ServiceKind; 5] = [
         ServiceKind::Booking,
         ServiceKind::Consultation,
         ServiceKind::Signalling,
         ServiceKind::Stats,
+        ServiceKind::Notify,
     ];
 
     /// Full gRPC service name.
@@ -64,6 +67,7 @@ impl ServiceKind {
             ServiceKind::Consultation => "econsult.consultation.v1.ConsultationService",
             ServiceKind::Signalling => "econsult.signalling.v1.SignallingService",
             ServiceKind::Stats => "econsult.stats.v1.StatsService",
+            ServiceKind::Notify => "econsult.notify.v1.NotifyService",
         }
     }
 }
@@ -76,8 +80,9 @@ impl FromStr for ServiceKind {
             "consultation" => Ok(ServiceKind::Consultation),
             "signalling" => Ok(ServiceKind::Signalling),
             "stats" => Ok(ServiceKind::Stats),
+            "notify" => Ok(ServiceKind::Notify),
             other => Err(format!(
-                "unknown service {other:?}: expected booking, consultation, signalling or stats"
+                "unknown service {other:?}: expected booking, consultation, signalling, stats or notify"
             )),
         }
     }
@@ -147,6 +152,11 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Signalling tunables (join window, STUN/TURN, limits).
     pub signalling: econsult_signalling::SignallingConfig,
+    /// Notify: SMTP, SMS gateway, login link, retries.
+    pub notify: econsult_notify::NotifyConfig,
+    /// Key sealing patients' contact details (base64 of 32 bytes); `None`: a key kept in the
+    /// data directory (`notify-contact.key`).
+    pub notify_contact_key: Option<String>,
     /// How long to drain calls and streams on shutdown.
     pub shutdown_grace: Duration,
     /// Name of this instance (consumer name on the bus).
@@ -188,6 +198,8 @@ impl Config {
             cors_origins: Vec::new(),
             db_max_connections: econsult_runtime::db::DEFAULT_MAX_CONNECTIONS,
             signalling: econsult_signalling::SignallingConfig::default(),
+            notify: econsult_notify::NotifyConfig::default(),
+            notify_contact_key: None,
             shutdown_grace: Duration::from_secs(20),
             instance_id: default_instance_id(),
             registry: None,
@@ -529,6 +541,14 @@ impl Application {
                         .await?
                 }
                 ServiceKind::Stats => econsult_stats::mount(&platform, m),
+                ServiceKind::Notify => {
+                    let sealer = match &config.notify_contact_key {
+                        Some(k) => econsult_notify::Sealer::from_base64(k)
+                            .context("--notify-contact-key")?,
+                        None => econsult_notify::seal::dev_key(&config.data_dir)?,
+                    };
+                    econsult_notify::mount(&platform, &config.notify, sealer, m)?;
+                }
             }
             health
                 .set_service_status(kind.grpc_name(), ServingStatus::Serving)

@@ -98,7 +98,7 @@ struct ServeArgs {
         long,
         env = "ECONSULT_SERVICES",
         value_delimiter = ',',
-        default_value = "booking,consultation,signalling,stats"
+        default_value = "booking,consultation,signalling,stats,notify"
     )]
     services: Vec<ServiceKind>,
     /// Redis URL: events through Redis Streams so that replicas cooperate.
@@ -226,6 +226,62 @@ struct ServeArgs {
     /// Name of this instance on the event bus (default: host name and process id).
     #[arg(long, env = "ECONSULT_INSTANCE_ID")]
     instance_id: Option<String>,
+    /// How long a slot offered from the waitlist is held for the patient, in minutes (then the
+    /// next in line gets it).
+    #[arg(long, env = "ECONSULT_WAITLIST_HOLD_MINUTES", default_value_t = 120)]
+    waitlist_hold_minutes: i64,
+    /// Notify: SMTP server host for e-mail; without it e-mails go to the log.
+    #[arg(long, env = "ECONSULT_NOTIFY_SMTP_HOST")]
+    notify_smtp_host: Option<String>,
+    /// Notify: SMTP port (587 for STARTTLS, 465 for TLS).
+    #[arg(long, env = "ECONSULT_NOTIFY_SMTP_PORT", default_value_t = 587)]
+    notify_smtp_port: u16,
+    /// Notify: SMTP security: starttls (required), tls (implicit), none (loopback relay only).
+    #[arg(long, env = "ECONSULT_NOTIFY_SMTP_SECURITY", value_enum, default_value_t = SmtpSecurityArg::Starttls)]
+    notify_smtp_security: SmtpSecurityArg,
+    /// Notify: SMTP user name (AUTH after TLS).
+    #[arg(long, env = "ECONSULT_NOTIFY_SMTP_USER")]
+    notify_smtp_user: Option<String>,
+    /// Notify: SMTP password.
+    #[arg(long, env = "ECONSULT_NOTIFY_SMTP_PASSWORD", hide_env_values = true)]
+    notify_smtp_password: Option<String>,
+    /// Notify: the From address of e-mails.
+    #[arg(
+        long,
+        env = "ECONSULT_NOTIFY_SMTP_FROM",
+        default_value = "Legekontoret <ikke-svar@econsult.invalid>"
+    )]
+    notify_smtp_from: String,
+    /// Notify: a PEM file with a CA certificate to trust for the SMTP server (a private relay).
+    #[arg(long, env = "ECONSULT_NOTIFY_SMTP_CA_FILE")]
+    notify_smtp_ca_file: Option<PathBuf>,
+    /// Notify: the SMS gateway's URL (JSON POST, body signed with HMAC-SHA256; https, http only
+    /// to loopback); without it SMS go to the log.
+    #[arg(long, env = "ECONSULT_NOTIFY_SMS_URL")]
+    notify_sms_url: Option<String>,
+    /// Notify: the secret of the SMS gateway's HMAC signature.
+    #[arg(long, env = "ECONSULT_NOTIFY_SMS_SECRET", hide_env_values = true)]
+    notify_sms_secret: Option<String>,
+    /// Notify: sender name or number of SMS.
+    #[arg(long, env = "ECONSULT_NOTIFY_SMS_SENDER", default_value = "Legekontor")]
+    notify_sms_sender: String,
+    /// Notify: the link to log in that every message carries.
+    #[arg(
+        long,
+        env = "ECONSULT_NOTIFY_LOGIN_LINK",
+        default_value = "http://127.0.0.1:8080/"
+    )]
+    notify_login_link: String,
+    /// Notify: key sealing patients' contact details at rest (base64 of 32 bytes); without it
+    /// a key is made and kept in the data directory.
+    #[arg(long, env = "ECONSULT_NOTIFY_CONTACT_KEY", hide_env_values = true)]
+    notify_contact_key: Option<String>,
+    /// Notify: attempts before a message that keeps failing temporarily is given up.
+    #[arg(long, env = "ECONSULT_NOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
+    notify_max_attempts: u32,
+    /// Notify: seconds before the first retry (doubled each attempt, at most an hour).
+    #[arg(long, env = "ECONSULT_NOTIFY_RETRY_BASE_SECONDS", default_value_t = 30)]
+    notify_retry_base_seconds: u64,
     /// Log format on stderr: auto is pretty on a terminal and JSON otherwise (files, pipes,
     /// containers); pretty never writes colour codes unless stderr is a terminal.
     #[arg(long, env = "ECONSULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
@@ -237,6 +293,13 @@ enum LogFormat {
     Auto,
     Json,
     Pretty,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SmtpSecurityArg {
+    Starttls,
+    Tls,
+    None,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -488,6 +551,9 @@ async fn serve(
         .unwrap_or_else(econsult::default_instance_id);
     let telemetry = Telemetry::init("econsult", &instance_id, json)?;
     let mut config = Config::embedded(data_dir);
+    notify_config(&mut config, &a)?;
+    config.booking.waitlist_hold_ttl =
+        chrono::Duration::minutes(a.waitlist_hold_minutes.clamp(5, 24 * 60));
     config.listen = a.listen;
     config.metrics_listen = Some(a.metrics_listen);
     config.registry = Some(telemetry.registry());
@@ -533,6 +599,50 @@ async fn serve(
     let result = app.run_until(shutdown_signal()).await;
     telemetry.shutdown();
     result
+}
+
+/// The notify settings of `a`.
+fn notify_config(config: &mut Config, a: &ServeArgs) -> anyhow::Result<()> {
+    use econsult_notify::{SmsConfig, SmtpConfig, SmtpSecurity};
+    let n = &mut config.notify;
+    n.login_link = a.notify_login_link.clone();
+    n.max_attempts = a.notify_max_attempts.max(1);
+    n.retry_base = Duration::from_secs(a.notify_retry_base_seconds.clamp(1, 3600));
+    if let Some(host) = &a.notify_smtp_host {
+        let ca_pem = match &a.notify_smtp_ca_file {
+            Some(f) => Some(std::fs::read(f).with_context(|| format!("read {}", f.display()))?),
+            None => None,
+        };
+        n.smtp = Some(SmtpConfig {
+            host: host.clone(),
+            port: a.notify_smtp_port,
+            security: match a.notify_smtp_security {
+                SmtpSecurityArg::Starttls => SmtpSecurity::StartTls,
+                SmtpSecurityArg::Tls => SmtpSecurity::Tls,
+                SmtpSecurityArg::None => SmtpSecurity::None,
+            },
+            credentials: a
+                .notify_smtp_user
+                .clone()
+                .map(|u| (u, a.notify_smtp_password.clone().unwrap_or_default())),
+            from: a.notify_smtp_from.clone(),
+            ca_pem,
+            timeout: Duration::from_secs(10),
+        });
+    }
+    if let Some(url) = &a.notify_sms_url {
+        n.sms = Some(SmsConfig {
+            url: url.clone(),
+            secret: a
+                .notify_sms_secret
+                .clone()
+                .context("--notify-sms-secret is required with --notify-sms-url")?,
+            sender: a.notify_sms_sender.clone(),
+            timeout: Duration::from_secs(10),
+        });
+    }
+    config.notify_contact_key = a.notify_contact_key.clone().filter(|k| !k.is_empty());
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -255,6 +255,9 @@ fn table() -> BTreeMap<&'static str, Audience> {
             "econsult.stats.v1.StatsService/ExportContacts",
             OpsOrPractice(STATS_R),
         ),
+        ("econsult.notify.v1.NotifyService/GetPreferences", Patient),
+        ("econsult.notify.v1.NotifyService/SetPreferences", Patient),
+        ("econsult.notify.v1.NotifyService/ListDeadLetters", Ops),
     ])
 }
 

@@ -586,7 +586,7 @@ async fn the_log_starts_with_a_line_in_words_and_has_one_json_line_per_call() {
         .expect("a start line");
     for words in [
         format!(
-            "serving booking, consultation, signalling, stats on 127.0.0.1:{}",
+            "serving booking, consultation, signalling, stats, notify on 127.0.0.1:{}",
             server.port
         ),
         format!(

@@ -71,6 +71,10 @@ pub struct ConsultationChanged {
     /// Outcome at closing, e.g. `answered`, `converted_to_booking`, `withdrawn`.
     #[serde(default)]
     pub outcome: Option<String>,
+    /// The patient's identity number (whom a reply is notified to); empty in events written
+    /// before it was added.
+    #[serde(default)]
+    pub patient_nin: String,
 }
 
 /// Body of `signalling.session_ended`. Producer: services/signalling.
@@ -178,4 +182,33 @@ pub struct ListMoved {
     pub registry_reference: String,
     /// When the move was recorded (ms since the epoch).
     pub moved_at_ms: i64,
+}
+
+/// Body of `booking.waitlist_offered`: a freed slot held for the first in line until
+/// `expires_at_ms` (Book with `hold_id` takes it; when it lapses, the next in line gets it).
+/// Producer: services/booking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitlistOffered {
+    /// The waitlist entry.
+    pub entry_id: String,
+    /// The hold to book with.
+    pub hold_id: String,
+    /// The slot.
+    pub slot_id: String,
+    /// The patient offered it.
+    pub patient_nin: String,
+    /// Until when the slot is held (ms since the epoch).
+    pub expires_at_ms: i64,
+    /// The slot's GP.
+    #[serde(default)]
+    pub gp_id: String,
+    /// Slot start (ms since the epoch).
+    #[serde(default)]
+    pub start_ms: i64,
+    /// Slot end.
+    #[serde(default)]
+    pub end_ms: i64,
+    /// `in_person`, `video` or `phone`.
+    #[serde(default)]
+    pub modality: String,
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bus;
 pub mod clock;
 pub mod command;
+pub mod consumer;
 pub mod db;
 pub mod events;
 pub mod group_commit;

@@ -8,7 +8,7 @@ use econsult_calendar::oslo_date;
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::command;
-use econsult_runtime::events::topics;
+use econsult_runtime::events::{WaitlistOffered, topics};
 use econsult_runtime::idempotency::Op;
 
 impl Booking {
@@ -114,7 +114,20 @@ impl Booking {
         let hold_id = new_id();
         let expires = now + self.cfg.waitlist_hold_ttl.num_milliseconds();
         store::offer_hold(tx, slot_id, &entry_id, &patient, &hold_id, expires).await?;
-        let body = serde_json::json!({ "entry_id": entry_id, "hold_id": hold_id, "slot_id": slot_id, "patient_nin": patient, "expires_at_ms": expires });
+        let body = WaitlistOffered {
+            entry_id: entry_id.clone(),
+            hold_id: hold_id.clone(),
+            slot_id: slot_id.to_owned(),
+            patient_nin: patient.clone(),
+            expires_at_ms: expires,
+            gp_id: s.gp_id.clone(),
+            start_ms: s.start_at,
+            end_ms: s.end_at,
+            modality: s
+                .modality
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default(),
+        };
         outbox::write(
             tx,
             NewEvent {

@@ -370,6 +370,10 @@ pub(crate) struct Offerable {
     pub modality: Option<Modality>,
     /// Practice.
     pub org_number: String,
+    /// The EHR's id of the GP (for the offer's event).
+    pub gp_id: String,
+    /// Slot end (ms).
+    pub end_at: i64,
 }
 
 /// Slot `slot_id` when takeable at `now_ms`, not started and not of the acute reserve.
@@ -379,7 +383,7 @@ pub(crate) async fn offerable_slot(
     now_ms: i64,
 ) -> Result<Option<Offerable>, BookingError> {
     let Some(s) = sqlx::query(
-        "SELECT s.gp_uid, s.start_at, s.modality, g.org_number FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
+        "SELECT s.gp_uid, s.start_at, s.end_at, s.modality, g.org_number, g.gp_id FROM booking_slots s JOIN booking_gps g ON g.gp_uid = s.gp_uid \
          WHERE s.slot_id = $1 AND s.start_at > $2 AND s.acute_reserve = 0 \
          AND ((s.status = 1 OR s.status = 3) AND (s.status = 1 OR (s.status = 3 AND s.hold_expires_at <= $2)))",
     )
@@ -395,6 +399,8 @@ pub(crate) async fn offerable_slot(
         start_at: s.try_get("start_at")?,
         modality: Modality::from_code(s.try_get("modality")?),
         org_number: s.try_get("org_number")?,
+        gp_id: s.try_get("gp_id")?,
+        end_at: s.try_get("end_at")?,
     }))
 }
 

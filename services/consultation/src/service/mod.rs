@@ -383,6 +383,7 @@ fn changed_body(t: &Thread, cal: Option<&Calendar>) -> ConsultationChanged {
         closed_at_ms: t.closed_at,
         tariff_code: (!t.tariff_code.is_empty()).then(|| t.tariff_code.clone()),
         outcome: (!t.outcome.is_empty()).then(|| t.outcome.clone()),
+        patient_nin: t.patient_nin.clone(),
     }
 }
 

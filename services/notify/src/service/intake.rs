@@ -1,0 +1,288 @@
+//! Events in, queued messages out: each event becomes at most one message per recipient and
+//! channel (the store's unique `dedupe_key`), in the consumer's transaction. Booking also
+//! schedules the reminders (at the patient's lead times) and, for video, the opening of the
+//! waiting room; a cancellation or a move cancels them.
+
+use super::Notify;
+use crate::domain::{Channel, Channels};
+use crate::domain::{Facts, Kind, message_channels, same_day, sms_allowed_at};
+use crate::store::{self, NewMessage};
+use econsult_runtime::bus::Event;
+use econsult_runtime::clock::from_ms;
+use econsult_runtime::consumer::Handler;
+use econsult_runtime::db::Tx;
+use econsult_runtime::events::{AppointmentChanged, ConsultationChanged, WaitlistOffered, topics};
+
+/// Consumer group of the notify service on the bus.
+pub const CONSUMER_GROUP: &str = "notify";
+
+/// An event older than this when it reaches the intake is not notified (a consumer started on
+/// a database with history, a bus replaying old entries): news of yesterday is no news.
+const STALE_MS: i64 = 24 * 3600 * 1000;
+
+/// The waiting room of a video consultation opens this long before the start (signalling's
+/// join window).
+const VIDEO_OPENS_BEFORE_MS: i64 = 15 * 60 * 1000;
+
+/// The consumer's handler.
+pub struct Intake(pub Notify);
+
+/// One message to queue for a patient.
+struct Plan<'a> {
+    key: String,
+    nin: &'a str,
+    kind: Kind,
+    facts: Facts,
+    appointment_id: &'a str,
+    urgent: bool,
+    at: i64,
+}
+
+impl Notify {
+    /// Queues `plan` on each of the patient's channels; returns how many were new.
+    async fn queue(&self, tx: &mut Tx, plan: Plan<'_>) -> anyhow::Result<usize> {
+        let prefs = Self::stored(tx, plan.nin).await?;
+        let channels = message_channels(
+            prefs.phone_sealed.is_some(),
+            prefs.email_sealed.is_some(),
+            (prefs.channels != 0).then(|| Channels::from_bits(prefs.channels)),
+            prefs.opted_out,
+        );
+        let facts = serde_json::to_string(&plan.facts)?;
+        let now = self.p.clock.now_ms();
+        let mut n = 0;
+        for ch in channels {
+            let at = if ch == Channel::Sms {
+                sms_allowed_at(from_ms(plan.at), plan.urgent).timestamp_millis()
+            } else {
+                plan.at
+            };
+            let id = uuid::Uuid::now_v7().to_string();
+            let key = format!("{}:{}", plan.key, ch.as_str());
+            let queued = store::enqueue(
+                tx,
+                &NewMessage {
+                    message_id: &id,
+                    dedupe_key: &key,
+                    nin: plan.nin,
+                    kind: plan.kind.as_str(),
+                    channel: ch.as_str(),
+                    facts: &facts,
+                    appointment_id: plan.appointment_id,
+                    urgent: plan.urgent,
+                    not_before: at,
+                    now,
+                },
+            )
+            .await?;
+            n += usize::from(queued);
+        }
+        Ok(n)
+    }
+
+    /// The practice as the patient knows it: the GP's display name.
+    async fn practice(&self, tx: &mut Tx, org: &str, gp_id: &str) -> anyhow::Result<String> {
+        Ok(econsult_booking::directory::gp(tx, org, gp_id)
+            .await?
+            .map(|g| g.display_name)
+            .unwrap_or_default())
+    }
+
+    /// The confirmation (or move) of `a`, its reminders and its waiting room's opening.
+    async fn booked(
+        &self,
+        tx: &mut Tx,
+        e: &Event,
+        a: &AppointmentChanged,
+        kind: Kind,
+        old_start_ms: Option<i64>,
+    ) -> anyhow::Result<usize> {
+        let now = self.p.clock.now();
+        let facts = Facts {
+            start_ms: a.start_ms,
+            modality: a.modality.clone(),
+            practice: self.practice(tx, &a.org_number, &a.gp_id).await?,
+            old_start_ms,
+            ..Default::default()
+        };
+        let mut n = self
+            .queue(
+                tx,
+                Plan {
+                    key: format!("event:{}", e.event_id),
+                    nin: &a.patient_nin,
+                    kind,
+                    facts: facts.clone(),
+                    appointment_id: &a.appointment_id,
+                    urgent: same_day(a.start_ms, now),
+                    at: now.timestamp_millis(),
+                },
+            )
+            .await?;
+        let prefs = Self::stored(tx, &a.patient_nin).await?;
+        for lead in super::lead_times(&prefs.reminder_minutes) {
+            let at = a.start_ms - i64::from(lead) * 60_000;
+            if at <= now.timestamp_millis() {
+                continue;
+            }
+            n += self
+                .queue(
+                    tx,
+                    Plan {
+                        key: format!("reminder:{}:{lead}", a.appointment_id),
+                        nin: &a.patient_nin,
+                        kind: Kind::Reminder,
+                        facts: facts.clone(),
+                        appointment_id: &a.appointment_id,
+                        urgent: false,
+                        at,
+                    },
+                )
+                .await?;
+        }
+        let opens = a.start_ms - VIDEO_OPENS_BEFORE_MS;
+        if a.modality == "video" && opens > now.timestamp_millis() {
+            n += self
+                .queue(
+                    tx,
+                    Plan {
+                        key: format!("video:{}", a.appointment_id),
+                        nin: &a.patient_nin,
+                        kind: Kind::VideoOpening,
+                        facts,
+                        appointment_id: &a.appointment_id,
+                        // Minutes before the start: never held for the quiet hours.
+                        urgent: true,
+                        at: opens,
+                    },
+                )
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Queues what `e` calls for; returns how many messages were new.
+    async fn take(&self, tx: &mut Tx, e: &Event) -> anyhow::Result<usize> {
+        let now = self.p.clock.now();
+        if now.timestamp_millis() - e.created_at > STALE_MS {
+            return Ok(0);
+        }
+        match e.topic.as_str() {
+            topics::BOOKING_CREATED => {
+                let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
+                self.booked(tx, e, &a, Kind::Booked, None).await
+            }
+            topics::BOOKING_RESCHEDULED => {
+                let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
+                let mut old_start = None;
+                if let Some(old) = &a.rescheduled_from {
+                    store::cancel_appointment(tx, old, now.timestamp_millis()).await?;
+                    old_start = econsult_booking::directory::appointment(tx, old)
+                        .await?
+                        .map(|o| o.start_ms);
+                }
+                self.booked(tx, e, &a, Kind::Rescheduled, old_start).await
+            }
+            topics::BOOKING_CANCELLED => {
+                let a: AppointmentChanged = serde_json::from_str(&e.payload)?;
+                store::cancel_appointment(tx, &a.appointment_id, now.timestamp_millis()).await?;
+                if a.cancelled_by.as_deref() != Some("practice") {
+                    return Ok(0);
+                }
+                let facts = Facts {
+                    start_ms: a.start_ms,
+                    modality: a.modality.clone(),
+                    practice: self.practice(tx, &a.org_number, &a.gp_id).await?,
+                    ..Default::default()
+                };
+                self.queue(
+                    tx,
+                    Plan {
+                        key: format!("event:{}", e.event_id),
+                        nin: &a.patient_nin,
+                        kind: Kind::CancelledByPractice,
+                        facts,
+                        appointment_id: &a.appointment_id,
+                        urgent: same_day(a.start_ms, now),
+                        at: now.timestamp_millis(),
+                    },
+                )
+                .await
+            }
+            topics::BOOKING_WAITLIST_OFFERED => {
+                let o: WaitlistOffered = serde_json::from_str(&e.payload)?;
+                let facts = Facts {
+                    start_ms: o.start_ms,
+                    modality: o.modality.clone(),
+                    practice: self.practice(tx, &e.org_number, &o.gp_id).await?,
+                    hold_id: Some(o.hold_id.clone()),
+                    hold_until_ms: Some(o.expires_at_ms),
+                    ..Default::default()
+                };
+                // An offer lapses within its window: it is sent at once, quiet hours or not.
+                self.queue(
+                    tx,
+                    Plan {
+                        key: format!("event:{}", e.event_id),
+                        nin: &o.patient_nin,
+                        kind: Kind::WaitlistOffer,
+                        facts,
+                        appointment_id: "",
+                        urgent: true,
+                        at: now.timestamp_millis(),
+                    },
+                )
+                .await
+            }
+            topics::CONSULTATION_ANSWERED => {
+                let c: ConsultationChanged = serde_json::from_str(&e.payload)?;
+                if c.patient_nin.is_empty() {
+                    return Ok(0);
+                }
+                let facts = Facts {
+                    practice: self.practice(tx, &c.org_number, &c.gp_id).await?,
+                    ..Default::default()
+                };
+                self.queue(
+                    tx,
+                    Plan {
+                        key: format!("event:{}", e.event_id),
+                        nin: &c.patient_nin,
+                        kind: Kind::ConsultationReply,
+                        facts,
+                        appointment_id: "",
+                        urgent: false,
+                        at: now.timestamp_millis(),
+                    },
+                )
+                .await
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Intake {
+    async fn apply(&self, tx: &mut Tx, events: &[&Event]) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for e in events {
+            match self.0.take(tx, e).await {
+                Ok(k) => n += k,
+                // A body that does not decode will never decode: skip it, do not stall the
+                // group on it.
+                Err(err) if err.downcast_ref::<serde_json::Error>().is_some() => {
+                    tracing::warn!(event_id = %e.event_id, topic = %e.topic, error = %err, "notify skipped an event it cannot read");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(n)
+    }
+
+    fn after_commit(&self, applied: usize) {
+        if applied > 0 {
+            self.0.wake.notify_one();
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The sender: takes due messages (a lease, so replicas share the work and a dead process's
+//! messages are taken again), holds SMS in the quiet hours, opens the contact details, renders
+//! the template and hands the message to its transport. A temporary failure is retried with
+//! backoff until `max_attempts`, then given up; a permanent one fails at once with its reason.
+//!
+//! Delivery is exactly once per (event, recipient, channel) up to the hand-over: a process
+//! killed after the transport accepted a message and before it was marked sent hands it over
+//! again when the lease lapses, with the same message id (the gateway's idempotency key, the
+//! e-mail's Message-ID), so a gateway that keeps ids sends it once.
+
+use super::Notify;
+use crate::domain::{Channel, Facts, Kind, Status, backoff, sms_allowed_at};
+use crate::store::{self, Claimed};
+use crate::transport::{Outgoing, SendError, Transport};
+use econsult_runtime::clock::from_ms;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Messages taken per pass.
+const BATCH: i64 = 50;
+
+/// How long a taken message is left to its sender before another may take it.
+const LEASE_MS: i64 = 60_000;
+
+impl Notify {
+    /// Sends what is due now; returns how many messages were taken.
+    pub async fn send_due(&self) -> anyhow::Result<usize> {
+        let now = self.p.clock.now_ms();
+        let due = {
+            let mut conn = self.p.db.read().acquire().await?;
+            store::any_due(&mut conn, now).await?
+        };
+        if !due {
+            return Ok(0);
+        }
+        let claimed = store::claim_due(&self.p.db, now, now + LEASE_MS, BATCH).await?;
+        let n = claimed.len();
+        for c in claimed {
+            let id = c.message_id.clone();
+            if let Err(e) = self.deliver(c, now).await {
+                tracing::warn!(message_id = %id, error = %e, "notification not handed over; taken again after its lease");
+            }
+        }
+        Ok(n)
+    }
+
+    fn transport(&self, channel: Channel) -> (&'static str, Arc<dyn Transport>) {
+        match (channel, &self.sms, &self.email) {
+            (Channel::Sms, Some(t), _) => ("sms", t.clone()),
+            (Channel::Email, _, Some(t)) => ("email", t.clone()),
+            _ => ("log", self.log.clone()),
+        }
+    }
+
+    async fn fail(
+        &self,
+        c: &Claimed,
+        status: Status,
+        label: &'static str,
+        reason: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        store::finish(
+            &self.p.db,
+            &c.message_id,
+            status.code(),
+            status != Status::Cancelled,
+            reason,
+            now,
+        )
+        .await?;
+        if status != Status::Cancelled {
+            self.count(label, status.as_str());
+        }
+        Ok(())
+    }
+
+    async fn deliver(&self, c: Claimed, now: i64) -> anyhow::Result<()> {
+        let (Some(kind), Some(channel)) = (Kind::parse(&c.kind), Channel::parse(&c.channel)) else {
+            return self
+                .fail(&c, Status::Failed, "log", "unknown kind or channel", now)
+                .await;
+        };
+        let (label, transport) = self.transport(channel);
+        if channel == Channel::Sms {
+            let allowed = sms_allowed_at(from_ms(now), c.urgent).timestamp_millis();
+            if allowed > now {
+                store::requeue(
+                    &self.p.db,
+                    &c.message_id,
+                    allowed,
+                    false,
+                    "held for the quiet hours",
+                )
+                .await?;
+                self.count(label, "held");
+                return Ok(());
+            }
+        }
+        let stored = {
+            let mut conn = self.p.db.read().acquire().await?;
+            Self::stored(&mut conn, &c.nin).await?
+        };
+        let prefs = match self.open(&c.nin, &stored) {
+            Ok(p) => p,
+            Err(e) => {
+                return self
+                    .fail(&c, Status::Failed, label, &e.to_string(), now)
+                    .await;
+            }
+        };
+        if prefs.opted_out {
+            return self
+                .fail(&c, Status::Cancelled, label, "the patient opted out", now)
+                .await;
+        }
+        let facts: Facts = match serde_json::from_str(&c.facts) {
+            Ok(f) => f,
+            Err(e) => {
+                return self
+                    .fail(&c, Status::Failed, label, &format!("facts: {e}"), now)
+                    .await;
+            }
+        };
+        let rendered =
+            match self
+                .templates
+                .render(kind, channel, prefs.language, &facts, &self.cfg.login_link)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    return self
+                        .fail(&c, Status::Failed, label, &e.to_string(), now)
+                        .await;
+                }
+            };
+        let to = match channel {
+            Channel::Sms => prefs.phone,
+            Channel::Email => prefs.email,
+            Channel::Log => Some(String::new()),
+        };
+        let Some(to) = to else {
+            return self
+                .fail(
+                    &c,
+                    Status::Failed,
+                    label,
+                    "no address on file for this channel",
+                    now,
+                )
+                .await;
+        };
+        let out = Outgoing {
+            message_id: c.message_id.clone(),
+            to: if label == "log" { String::new() } else { to },
+            subject: rendered.subject,
+            body: rendered.body,
+            kind: kind.as_str(),
+        };
+        let result = match tokio::time::timeout(self.cfg.send_timeout, transport.send(&out)).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError::Temporary("timed out".into())),
+        };
+        let done = self.p.clock.now_ms();
+        match result {
+            Ok(()) => {
+                store::finish(
+                    &self.p.db,
+                    &c.message_id,
+                    Status::Sent.code(),
+                    true,
+                    "",
+                    done,
+                )
+                .await?;
+                self.count(label, "sent");
+            }
+            Err(SendError::Permanent(reason)) => {
+                self.fail(&c, Status::Failed, label, &reason, done).await?;
+            }
+            Err(SendError::Temporary(reason)) => {
+                let attempts = u32::try_from(c.attempts + 1).unwrap_or(u32::MAX);
+                if attempts >= self.cfg.max_attempts {
+                    self.fail(&c, Status::GivenUp, label, &reason, done).await?;
+                } else {
+                    let next = from_ms(done) + backoff(self.cfg.retry_base, attempts);
+                    let next = if channel == Channel::Sms {
+                        sms_allowed_at(next, c.urgent)
+                    } else {
+                        next
+                    };
+                    store::requeue(
+                        &self.p.db,
+                        &c.message_id,
+                        next.timestamp_millis(),
+                        true,
+                        &reason,
+                    )
+                    .await?;
+                    self.count(label, "retried");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Background task: sends what is due every `every`, and at once when the intake queued
+    /// something, until shutdown.
+    pub async fn run_sender(self, every: Duration) {
+        let mut stop = self.p.shutdown.clone();
+        loop {
+            loop {
+                match self.send_due().await {
+                    Ok(n) if n as i64 == BATCH => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification sender failed");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Every SQL statement of the notify service, each a complete literal (PostgreSQL and SQLite
+//! variants side by side where they differ).
+
+use econsult_runtime::db::{Backend, Db, Tx};
+use sqlx::{AnyConnection, Row as _};
+
+/// Preferences as stored (contact details sealed).
+#[derive(Debug, Clone, Default)]
+pub struct StoredPreferences {
+    /// Sealed e-mail address.
+    pub email_sealed: Option<String>,
+    /// Sealed phone number.
+    pub phone_sealed: Option<String>,
+    /// Channel bits; 0 with `explicit == false` means "every channel with an address".
+    pub channels: i64,
+    /// Comma-separated lead times in minutes.
+    pub reminder_minutes: String,
+    /// Language name.
+    pub language: String,
+    /// Opted out.
+    pub opted_out: bool,
+}
+
+/// A patient's stored preferences.
+pub async fn preferences(
+    conn: &mut AnyConnection,
+    nin: &str,
+) -> Result<Option<StoredPreferences>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out \
+         FROM notify_preferences WHERE patient_nin = $1",
+    )
+    .bind(nin)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok(StoredPreferences {
+            email_sealed: r.try_get("email_sealed")?,
+            phone_sealed: r.try_get("phone_sealed")?,
+            channels: r.try_get("channels")?,
+            reminder_minutes: r.try_get("reminder_minutes")?,
+            language: r.try_get("language")?,
+            opted_out: r.try_get::<i64, _>("opted_out")? != 0,
+        })
+    })
+    .transpose()
+}
+
+/// Replaces a patient's preferences.
+pub async fn put_preferences(
+    tx: &mut Tx,
+    nin: &str,
+    p: &StoredPreferences,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notify_preferences (patient_nin, email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (patient_nin) DO UPDATE SET email_sealed = excluded.email_sealed, phone_sealed = excluded.phone_sealed, \
+         channels = excluded.channels, reminder_minutes = excluded.reminder_minutes, language = excluded.language, \
+         opted_out = excluded.opted_out, updated_at = excluded.updated_at",
+    )
+    .bind(nin)
+    .bind(p.email_sealed.clone())
+    .bind(p.phone_sealed.clone())
+    .bind(p.channels)
+    .bind(&p.reminder_minutes)
+    .bind(&p.language)
+    .bind(i64::from(p.opted_out))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A message to queue.
+pub struct NewMessage<'a> {
+    /// Id.
+    pub message_id: &'a str,
+    /// Exactly-once key.
+    pub dedupe_key: &'a str,
+    /// Recipient.
+    pub nin: &'a str,
+    /// Kind name.
+    pub kind: &'a str,
+    /// Channel name.
+    pub channel: &'a str,
+    /// Facts JSON.
+    pub facts: &'a str,
+    /// The appointment it is about ("" for none).
+    pub appointment_id: &'a str,
+    /// Same-day change.
+    pub urgent: bool,
+    /// Not before.
+    pub not_before: i64,
+    /// Now.
+    pub now: i64,
+}
+
+/// Queues a message unless one with its key exists. Returns whether it was queued.
+pub async fn enqueue(tx: &mut Tx, m: &NewMessage<'_>) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "INSERT INTO notify_messages (message_id, dedupe_key, patient_nin, kind, channel, facts, appointment_id, urgent, \
+         status, attempts, not_before, lease_until, last_error, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, 0, '', $10) \
+         ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(m.message_id)
+    .bind(m.dedupe_key)
+    .bind(m.nin)
+    .bind(m.kind)
+    .bind(m.channel)
+    .bind(m.facts)
+    .bind(m.appointment_id)
+    .bind(i64::from(m.urgent))
+    .bind(m.not_before)
+    .bind(m.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Records that an appointment was cancelled or moved, and cancels its queued scheduled
+/// messages (reminders, video opening). Returns how many were cancelled.
+pub async fn cancel_appointment(
+    tx: &mut Tx,
+    appointment_id: &str,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notify_cancelled_appointments (appointment_id, cancelled_at) VALUES ($1, $2) \
+         ON CONFLICT (appointment_id) DO NOTHING",
+    )
+    .bind(appointment_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let r = sqlx::query(
+        "UPDATE notify_messages SET status = 4, done_at = $2, last_error = 'appointment cancelled or moved' \
+         WHERE appointment_id = $1 AND status = 0 AND kind IN ('reminder', 'video_opening')",
+    )
+    .bind(appointment_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// A message a sender took.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Id.
+    pub message_id: String,
+    /// Recipient.
+    pub nin: String,
+    /// Kind name.
+    pub kind: String,
+    /// Channel name.
+    pub channel: String,
+    /// Facts JSON.
+    pub facts: String,
+    /// Same-day change.
+    pub urgent: bool,
+    /// Attempts before this one.
+    pub attempts: i64,
+    /// When it was due.
+    pub not_before: i64,
+}
+
+/// Whether any queued message is due at `now` (a read, so that an idle sender writes nothing).
+pub async fn any_due(conn: &mut AnyConnection, now: i64) -> Result<bool, sqlx::Error> {
+    let n: Option<String> = sqlx::query_scalar(
+        "SELECT message_id FROM notify_messages WHERE status = 0 AND not_before <= $1 AND lease_until <= $1 LIMIT 1",
+    )
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(n.is_some())
+}
+
+/// Takes up to `limit` due queued messages until `lease_until` (another sender takes them
+/// after that, e.g. when this process died). Scheduled messages of a cancelled appointment are
+/// never taken.
+pub async fn claim_due(
+    db: &Db,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let sql = match db.backend() {
+        Backend::Postgres => {
+            "UPDATE notify_messages SET lease_until = $2 WHERE message_id IN ( \
+             SELECT m.message_id FROM notify_messages m WHERE m.status = 0 AND m.not_before <= $1 AND m.lease_until <= $1 \
+             AND NOT (m.kind IN ('reminder', 'video_opening') AND EXISTS (SELECT 1 FROM notify_cancelled_appointments c WHERE c.appointment_id = m.appointment_id)) \
+             ORDER BY m.not_before LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING message_id, patient_nin, kind, channel, facts, urgent, attempts, not_before"
+        }
+        Backend::Sqlite => {
+            "UPDATE notify_messages SET lease_until = $2 WHERE message_id IN ( \
+             SELECT m.message_id FROM notify_messages m WHERE m.status = 0 AND m.not_before <= $1 AND m.lease_until <= $1 \
+             AND NOT (m.kind IN ('reminder', 'video_opening') AND EXISTS (SELECT 1 FROM notify_cancelled_appointments c WHERE c.appointment_id = m.appointment_id)) \
+             ORDER BY m.not_before LIMIT $3) \
+             RETURNING message_id, patient_nin, kind, channel, facts, urgent, attempts, not_before"
+        }
+    };
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query(sql)
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                message_id: r.try_get("message_id")?,
+                nin: r.try_get("patient_nin")?,
+                kind: r.try_get("kind")?,
+                channel: r.try_get("channel")?,
+                facts: r.try_get("facts")?,
+                urgent: r.try_get::<i64, _>("urgent")? != 0,
+                attempts: r.try_get("attempts")?,
+                not_before: r.try_get("not_before")?,
+            })
+        })
+        .collect()
+}
+
+/// Ends a queued message as sent, failed, given up or cancelled (`status` code), counting the
+/// attempt when `attempted`. Returns whether it was still queued.
+pub async fn finish(
+    db: &Db,
+    message_id: &str,
+    status: i64,
+    attempted: bool,
+    error: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let r = sqlx::query(
+        "UPDATE notify_messages SET status = $2, attempts = attempts + $3, last_error = $4, done_at = $5, lease_until = 0 \
+         WHERE message_id = $1 AND status = 0",
+    )
+    .bind(message_id)
+    .bind(status)
+    .bind(i64::from(attempted))
+    .bind(error)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Puts a queued message back for `not_before` (a retry after a failed attempt when
+/// `attempted`, or an SMS held for the end of the quiet hours).
+pub async fn requeue(
+    db: &Db,
+    message_id: &str,
+    not_before: i64,
+    attempted: bool,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE notify_messages SET not_before = $2, attempts = attempts + $3, last_error = $4, lease_until = 0 \
+         WHERE message_id = $1 AND status = 0",
+    )
+    .bind(message_id)
+    .bind(not_before)
+    .bind(i64::from(attempted))
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A message that ended failed or given up.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Id.
+    pub message_id: String,
+    /// Kind name.
+    pub kind: String,
+    /// Channel name.
+    pub channel: String,
+    /// Status code (2 or 3).
+    pub status: i64,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Last error.
+    pub reason: String,
+    /// When it ended.
+    pub done_at: i64,
+}
+
+/// The newest failed or given-up messages.
+pub async fn dead_letters(
+    conn: &mut AnyConnection,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT message_id, kind, channel, status, attempts, last_error, done_at FROM notify_messages \
+         WHERE status IN (2, 3) ORDER BY done_at DESC, message_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeadLetter {
+                message_id: r.try_get("message_id")?,
+                kind: r.try_get("kind")?,
+                channel: r.try_get("channel")?,
+                status: r.try_get("status")?,
+                attempts: r.try_get("attempts")?,
+                reason: r.try_get("last_error")?,
+                done_at: r.try_get::<Option<i64>, _>("done_at")?.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
