@@ -737,7 +737,9 @@ mod tests {
             Some("127.0.0.1:9464".parse().expect("addr")),
         );
         assert!(
-            line.contains("serving booking, consultation, signalling, stats on 127.0.0.1:50051"),
+            line.contains(
+                "serving booking, consultation, signalling, stats, notify on 127.0.0.1:50051"
+            ),
             "{line}"
         );
         assert!(

@@ -538,6 +538,18 @@ async fn preferences_are_validated_sealed_and_their_reads_logged(env: Env) {
         .expect("get")
         .into_inner();
     assert_eq!(got, set);
+    // Preferences are the person's own: acting for someone else is refused, never applied to
+    // the caller's own preferences.
+    let mut for_other = authed(npb::GetPreferencesRequest {}, &token);
+    for_other.metadata_mut().insert(
+        econsult_runtime::auth::ON_BEHALF_OF_HEADER,
+        econsult_runtime::nin::synthetic(6_600_001)
+            .as_str()
+            .parse()
+            .expect("header"),
+    );
+    let refused = n.get_preferences(for_other).await.expect_err("on behalf");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let db = &app.platform().db;
     let stored: (Option<String>, Option<String>) =
         sqlx::query_as("SELECT email_sealed, phone_sealed FROM notify_preferences")

@@ -22,9 +22,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use std::collections::{BTreeMap, HashMap};
-use tokio_stream::StreamExt as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_stream::StreamExt as _;
 
 /// Everything the server exported.
 #[derive(Clone, Default)]

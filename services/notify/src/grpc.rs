@@ -113,7 +113,7 @@ impl pb::notify_service_server::NotifyService for NotifyGrpc {
         req: Request<pb::GetPreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
         let caller = Caller::from_request(&req)?;
-        let nin = caller.patient()?;
+        let nin = own_patient(caller)?;
         let p = self.notify.preferences(caller, nin).await?;
         Ok(Response::new(to_proto(p)))
     }
@@ -124,7 +124,7 @@ impl pb::notify_service_server::NotifyService for NotifyGrpc {
         req: Request<pb::SetPreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
         let caller = Caller::from_request(&req)?;
-        let nin = caller.patient()?;
+        let nin = own_patient(caller)?;
         let p = req
             .get_ref()
             .preferences
@@ -160,5 +160,18 @@ impl pb::notify_service_server::NotifyService for NotifyGrpc {
                 })
                 .collect(),
         }))
+    }
+}
+
+/// The patient's own identity number: preferences (where to reach a person) are set by that
+/// person; a call acting for someone else (`x-on-behalf-of` naming another person) is refused
+/// rather than silently applied to the caller's own preferences.
+fn own_patient(caller: &Caller) -> Result<&econsult_runtime::nin::NationalId, Status> {
+    let nin = caller.patient()?;
+    match &caller.proxy.on_behalf_of {
+        Some(other) if other != nin => Err(Status::permission_denied(
+            "notification preferences are set by the patient themselves, not on their behalf",
+        )),
+        _ => Ok(nin),
     }
 }

@@ -78,6 +78,15 @@ impl<H: Handler> Consumer<H> {
 
     /// Applies a batch of deliveries in one transaction; returns how many had an effect.
     pub async fn apply_batch(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
+        use tracing::Instrument as _;
+        let span = crate::telemetry::consumer_span(
+            &format!("{} consumer", self.group),
+            deliveries.iter().map(|d| d.event.trace_parent.as_str()),
+        );
+        self.apply_batch_traced(deliveries).instrument(span).await
+    }
+
+    async fn apply_batch_traced(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
         let events: Vec<&Event> = deliveries.iter().map(|d| &d.event).collect();
         let n = self.handler.apply(&mut tx, &events).await?;

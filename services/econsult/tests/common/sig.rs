@@ -63,7 +63,14 @@ impl Sig {
     ) -> Result<Sig, tonic::Status> {
         match transport {
             Transport::Bidi => {
-                Self::open_as(channel, token, on_behalf_of, appointment_id, resume_after_seq).await
+                Self::open_as(
+                    channel,
+                    token,
+                    on_behalf_of,
+                    appointment_id,
+                    resume_after_seq,
+                )
+                .await
             }
             Transport::Browser => {
                 assert!(

@@ -237,12 +237,12 @@ pub fn link_to(traceparent: &str) {
 /// that wrote them (their `trace_parent`s): the consumer's work is a trace of its own, and the
 /// links lead from it to the requests and back.
 pub fn consumer_span<'a>(
-    name: &'static str,
+    name: &str,
     trace_parents: impl IntoIterator<Item = &'a str>,
 ) -> tracing::Span {
     let span = tracing::info_span!(
         "consume",
-        otel.name = name,
+        otel.name = %name,
         otel.kind = "consumer",
         messaging.batch.message_count = tracing::field::Empty,
     );
