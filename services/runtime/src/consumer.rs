@@ -79,8 +79,9 @@ impl<H: Handler> Consumer<H> {
     /// Applies a batch of deliveries in one transaction; returns how many had an effect.
     pub async fn apply_batch(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
         use tracing::Instrument as _;
-        let span = crate::telemetry::consumer_span(
+        let span = crate::telemetry::event_batch_span(
             &format!("{} consumer", self.group),
+            "consumer",
             deliveries.iter().map(|d| d.event.trace_parent.as_str()),
         );
         self.apply_batch_traced(deliveries).instrument(span).await

@@ -392,15 +392,11 @@ impl Relay {
         if events.is_empty() {
             return Ok(());
         }
-        let span = tracing::info_span!(
-            "outbox.relay",
-            otel.name = "outbox relay",
-            otel.kind = "producer",
-            messaging.batch.message_count = events.len(),
+        let span = crate::telemetry::event_batch_span(
+            "outbox relay",
+            "producer",
+            events.iter().map(|e| e.trace_parent.as_str()),
         );
-        for e in events {
-            span.in_scope(|| crate::telemetry::link_to(&e.trace_parent));
-        }
         self.publish_traced(events).instrument(span).await
     }
 

@@ -408,8 +408,9 @@ impl Aggregator {
 
     /// Applies a batch in one transaction. Returns how many were new.
     pub async fn apply_batch(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
-        let span = econsult_runtime::telemetry::consumer_span(
+        let span = econsult_runtime::telemetry::event_batch_span(
             "stats consumer",
+            "consumer",
             deliveries.iter().map(|d| d.event.trace_parent.as_str()),
         );
         self.apply_batch_traced(deliveries).instrument(span).await

@@ -233,17 +233,19 @@ pub fn link_to(traceparent: &str) {
     }
 }
 
-/// A CONSUMER span named `name` for the handling of a batch of events, linked to the calls
-/// that wrote them (their `trace_parent`s): the consumer's work is a trace of its own, and the
-/// links lead from it to the requests and back.
-pub fn consumer_span<'a>(
+/// A span named `name` of OpenTelemetry kind `kind` (`producer` for the relay, `consumer` for
+/// a consumer) for the handling of a batch of events, linked to the calls that wrote them
+/// (their `trace_parent`s): the batch's work is a trace of its own, and the links lead from it
+/// to the requests and back.
+pub fn event_batch_span<'a>(
     name: &str,
+    kind: &'static str,
     trace_parents: impl IntoIterator<Item = &'a str>,
 ) -> tracing::Span {
     let span = tracing::info_span!(
-        "consume",
+        "event_batch",
         otel.name = %name,
-        otel.kind = "consumer",
+        otel.kind = kind,
         messaging.batch.message_count = tracing::field::Empty,
     );
     let mut n = 0_u64;
