@@ -794,8 +794,11 @@ async fn a_second_hold_releases_the_first_and_a_failed_one_releases_nothing(env:
             &a,
         )
     };
+    // Not the current hold: the error names the one to book with.
     let err = c.book(book(&first.hold_id)).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("replaces"), "{}", err.message());
+    assert!(err.message().contains(&second.hold_id), "{}", err.message());
 
     // Holding a slot someone else holds fails and keeps the patient's own hold.
     let err = c.hold_slot(hold(&slots[0].slot_id)).await.unwrap_err();
@@ -809,6 +812,9 @@ async fn a_second_hold_releases_the_first_and_a_failed_one_releases_nothing(env:
         .expect("the kept hold books")
         .into_inner();
     assert_eq!(appt.slot.map(|s| s.slot_id), Some(slots[1].slot_id.clone()));
+    // Without a current hold, a hold id the patient does not have is unknown.
+    let err = c.book(book(&first.hold_id)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
     // Nobody else can take the first slot from the waitlisted patient's hold.
     let err = book_slot(&app, &nins[1], &slots[0].slot_id)
         .await

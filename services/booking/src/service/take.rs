@@ -97,9 +97,17 @@ impl Booking {
         match of {
             TakeOf::Hold(hold_id) => {
                 let Some(slot_id) = store::take(tx, of, nin.as_str(), now).await? else {
-                    // Not taken: tell an unknown hold from an expired one.
+                    // Not taken: an expired hold; or, while the patient holds another slot,
+                    // not the current hold (one hold at a time: most likely one a newer
+                    // HoldSlot replaced), naming the current one; else an unknown hold.
                     return Err(if store::hold_known(tx, hold_id, nin.as_str()).await? {
                         BookingError::FailedPrecondition("the hold has expired".into())
+                    } else if let Some(current) = store::current_hold(tx, nin.as_str(), now).await?
+                    {
+                        BookingError::FailedPrecondition(format!(
+                            "hold_id is not the patient's current hold (one at a time: a newer \
+                             HoldSlot replaces the earlier); the current hold is {current}"
+                        ))
                     } else {
                         BookingError::NotFound("hold_id".into())
                     });

@@ -218,6 +218,23 @@ pub(crate) async fn hold_known(
     )
 }
 
+/// The hold patient `nin` has now (unlapsed at `now`), if any: a later HoldSlot replaced any
+/// earlier one.
+pub(crate) async fn current_hold(
+    conn: &mut AnyConnection,
+    nin: &str,
+    now: i64,
+) -> Result<Option<String>, BookingError> {
+    let row = sqlx::query(
+        "SELECT hold_id FROM booking_slots WHERE hold_patient = $1 AND status = 3 AND hold_expires_at > $2",
+    )
+    .bind(nin)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.try_get("hold_id")).transpose()?)
+}
+
 /// PostgreSQL, claiming the key (`$1`…`$5`, see `idempotency::begin_claiming_first`): takes hold
 /// `$6` of patient `$7` at `$8` ([`TAKE_HOLD`]) when the slot has not started and is in the
 /// patient's practice, and reads it with its GP.
