@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 
 pub mod connections;
 pub mod cors;
+pub mod demo;
 pub mod walkthrough;
 pub mod web;
 

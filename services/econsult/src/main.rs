@@ -62,6 +62,13 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=150))]
         age: Option<u32>,
     },
+    /// Fill the data directory (or --database-url) with a week of a demo practice: GPs, lists of
+    /// synthetic patients, slots, bookings, e-consultations, a held video session, attendance.
+    ///
+    /// Runs the system in this process with a clock moving through last week's working days,
+    /// prints a line a day and the statistics at the end. Run it before `serve` (not beside it);
+    /// a second run finds the demo practice and changes nothing.
+    Demo,
     /// Check a running server's gRPC health (exit 0 when SERVING): for container health checks.
     Health {
         /// Server address.
@@ -415,6 +422,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     std::process::exit(1);
                 }
             }
+        }
+        Command::Demo => {
+            let mut config = Config::embedded(cli.data_dir);
+            config.database_url = cli.database_url;
+            let mut out = std::io::stdout();
+            econsult::demo::seed(config, chrono::Utc::now(), &mut out).await?;
+            Ok(())
         }
         Command::Health { addr, service } => {
             use tonic_health::pb::{
