@@ -1288,6 +1288,20 @@ async fn watch_bookings_resumes_from_a_cursor_without_gaps_or_duplicates(env: En
         .map(|c| c.appointment.as_ref().expect("appt").patient_nin.clone())
         .collect();
     assert_eq!(got, nins[..4].to_vec(), "every booking once, in order");
+    // The patient's reason reaches the practice from the appointment; no event holds it (the
+    // outbox and Redis carry no free text).
+    for c in [&c1, &c2, &c3, &c4] {
+        assert_eq!(c.appointment.as_ref().expect("appt").reason, "sore throat");
+    }
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM outbox")
+        .fetch_all(app.platform().db.read())
+        .await
+        .expect("outbox");
+    assert!(payloads.len() >= 4, "{payloads:?}");
+    assert!(
+        payloads.iter().all(|p| !p.contains("sore throat")),
+        "{payloads:?}"
+    );
     // Nothing more, and nothing of the other organisation.
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(800), stream.next())

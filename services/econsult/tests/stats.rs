@@ -590,7 +590,6 @@ async fn a_batch_counts_each_event_once_and_sums_events_of_a_row(env: Env) {
         start_ms: at("2026-03-04T07:00:00Z").timestamp_millis(),
         end_ms: at("2026-03-04T07:15:00Z").timestamp_millis(),
         status: "cancelled".into(),
-        reason: String::new(),
         booked_at_ms: 0,
         cancelled_at_ms: Some(at("2026-03-03T08:00:00Z").timestamp_millis()),
         cancelled_by: Some("patient".into()),

@@ -125,7 +125,9 @@ pub struct BookingRequested {
     pub breach_reason: Option<String>,
 }
 
-/// Body of the appointment topics: the appointment after the change.
+/// Body of the appointment topics: the appointment after the change. No free text: the
+/// patient's reason for the visit stays in the booking tables (WatchBookings reads it there), so
+/// the outbox and Redis never hold it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppointmentChanged {
     /// The appointment.
@@ -148,8 +150,6 @@ pub struct AppointmentChanged {
     pub end_ms: i64,
     /// FHIR status: `booked`, `arrived`, `fulfilled`, `cancelled`, `noshow`.
     pub status: String,
-    /// Reason for the visit given by the patient.
-    pub reason: String,
     /// When booked.
     pub booked_at_ms: i64,
     /// When cancelled.

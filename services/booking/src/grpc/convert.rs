@@ -87,7 +87,7 @@ pub(super) fn appt_to(a: &Appointment) -> pb::Appointment {
     }
 }
 
-pub(super) fn change_to(c: &AppointmentChanged) -> pb::Appointment {
+pub(super) fn change_to(c: &AppointmentChanged, reason: &str) -> pb::Appointment {
     let status = AppointmentStatus::from_fhir(&c.status)
         .map_or(pb::AppointmentStatus::Unspecified, appt_status_to);
     let modality = match c.modality.as_str() {
@@ -110,7 +110,7 @@ pub(super) fn change_to(c: &AppointmentChanged) -> pb::Appointment {
         status: status as i32,
         patient_nin: c.patient_nin.clone(),
         gp_id: c.gp_id.clone(),
-        reason: c.reason.clone(),
+        reason: reason.to_owned(),
         booked_at: Some(timestamp(from_ms(c.booked_at_ms))),
         cancelled_at: c.cancelled_at_ms.map(|t| timestamp(from_ms(t))),
         cancelled_by: match c.cancelled_by.as_deref() {

@@ -361,10 +361,10 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                                     continue;
                                 }
                                 let change = match &body {
-                                    Change::Appointment(a) => pb::BookingChange {
+                                    Change::Appointment(a, reason) => pb::BookingChange {
                                         cursor: seq,
                                         kind,
-                                        appointment: Some(change_to(a)),
+                                        appointment: Some(change_to(a, reason)),
                                         list_moved: None,
                                     },
                                     Change::ListMoved(m) => pb::BookingChange {

@@ -8,8 +8,9 @@ use econsult_runtime::events::{ListMoved, topics};
 /// One entry of an organisation's change stream (WatchBookings).
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// An appointment after its change (boxed: the larger variant by far).
-    Appointment(Box<AppointmentChanged>),
+    /// An appointment after its change (boxed: the larger variant by far) and the patient's
+    /// reason for the visit, read from the appointment (events carry no free text).
+    Appointment(Box<AppointmentChanged>, String),
     /// A patient left one of the organisation's lists.
     ListMoved(ListMoved),
 }
@@ -49,14 +50,20 @@ impl Booking {
             let body = if e.topic == topics::BOOKING_LIST_MOVED {
                 Change::ListMoved(serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?)
             } else {
-                Change::Appointment(serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?)
+                let a: Box<AppointmentChanged> =
+                    serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?;
+                let mut conn = self.p.db.read().acquire().await?;
+                let reason = store::appointment_reason(&mut conn, &a.appointment_id)
+                    .await?
+                    .unwrap_or_default();
+                Change::Appointment(a, reason)
             };
             out.push((e.seq, e.topic, body));
         }
         let accesses: Vec<Access<'_>> = out
             .iter()
             .map(|(_, _, b)| match b {
-                Change::Appointment(a) => Access {
+                Change::Appointment(a, _) => Access {
                     action: rpc::WATCH,
                     resource: format!("appointment:{}", a.appointment_id),
                     patient_nin: &a.patient_nin,
@@ -74,7 +81,7 @@ impl Booking {
             out.push((
                 last_seq,
                 String::new(),
-                Change::Appointment(Box::new(empty_change())),
+                Change::Appointment(Box::new(empty_change()), String::new()),
             ));
         }
         Ok(out)
@@ -93,7 +100,6 @@ fn empty_change() -> AppointmentChanged {
         start_ms: 0,
         end_ms: 0,
         status: String::new(),
-        reason: String::new(),
         booked_at_ms: 0,
         cancelled_at_ms: None,
         cancelled_by: None,

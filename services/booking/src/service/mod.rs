@@ -96,7 +96,6 @@ fn changed(a: &Appointment, org: &str, municipality: &str) -> AppointmentChanged
         start_ms: a.slot.start.timestamp_millis(),
         end_ms: a.slot.end.timestamp_millis(),
         status: a.status.fhir().to_owned(),
-        reason: a.reason.clone(),
         booked_at_ms: a.booked_at.timestamp_millis(),
         cancelled_at_ms: a.cancelled_at.map(|t| t.timestamp_millis()),
         cancelled_by: a.cancelled_by.map(|c| c.as_str().to_owned()),

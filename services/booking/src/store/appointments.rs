@@ -38,6 +38,18 @@ fn appt_from_row(r: &AnyRow, now_ms: i64) -> Result<StoredAppointment, BookingEr
     })
 }
 
+/// The patient's reason for visit `id` (WatchBookings: events do not carry it).
+pub(crate) async fn appointment_reason(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<String>, BookingError> {
+    let row = sqlx::query("SELECT reason FROM booking_appointments WHERE appointment_id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("reason")).transpose()?)
+}
+
 /// Appointment `id` of organisation `org`, as it stands at `now_ms`.
 pub(crate) async fn appointment_in_org(
     conn: &mut AnyConnection,
