@@ -166,6 +166,10 @@ pub struct Config {
     pub registry: Option<prometheus::Registry>,
     /// Time source.
     pub clock: Arc<dyn Clock>,
+    /// Accept synthetic identity numbers (test environments, whose identity providers issue
+    /// them) although an identity provider is configured; with the development key they are
+    /// always accepted, and a production server refuses them.
+    pub allow_synthetic_nins: bool,
 }
 
 impl Config {
@@ -205,6 +209,7 @@ impl Config {
             instance_id: default_instance_id(),
             registry: None,
             clock: Arc::new(econsult_runtime::clock::SystemClock),
+            allow_synthetic_nins: false,
         }
     }
 
@@ -292,7 +297,8 @@ impl Config {
                 jwks,
             });
         }
-        Authenticator::new(trusted, self.audience.clone())
+        Ok(Authenticator::new(trusted, self.audience.clone())?
+            .accept_synthetic(self.allow_synthetic_nins))
     }
 }
 

@@ -220,6 +220,11 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
+    /// Accept synthetic identity numbers (month + 80 or + 40) with a configured identity
+    /// provider: for test environments, whose identity providers log in synthetic people. The
+    /// development key always accepts them; production leaves this off and refuses them.
+    #[arg(long, env = "ECONSULT_ALLOW_SYNTHETIC_NINS")]
+    allow_synthetic_nins: bool,
     /// Most database connections (PostgreSQL pool; SQLite read pool besides its one writer).
     #[arg(
         long,
@@ -602,6 +607,7 @@ async fn serve(
     config.max_streams_per_caller = a.max_streams_per_caller;
     config.reflection = a.reflection;
     config.cors_origins = a.cors_origins.clone();
+    config.allow_synthetic_nins = a.allow_synthetic_nins;
     config.db_max_connections = a.db_max_connections.max(1);
     config.signalling.turn_secret = a.turn_secret.filter(|s| !s.is_empty());
     config.signalling.turn_ttl = Duration::from_secs(a.turn_ttl_seconds.clamp(60, 86_400));

@@ -264,6 +264,7 @@ async fn a_key_signs_only_for_its_issuer_and_a_role_only_comes_from_its_issuers(
     let cfg = idps.clone();
     let tweak: Tweak = Arc::new(move |c: &mut econsult::Config| {
         c.trusted_issuers = cfg.issuers.clone();
+        c.allow_synthetic_nins = true;
     });
     let app = TestApp::start_configured(Env::sqlite().await, monday_0800(), Some(tweak)).await;
     let nin = econsult_runtime::nin::synthetic(7);
@@ -331,6 +332,117 @@ async fn a_key_signs_only_for_its_issuer_and_a_role_only_comes_from_its_issuers(
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    app.shutdown().await;
+}
+
+/// An ordinary (not synthetic) identity number that cannot be anyone's: born on 1 January 2039
+/// (two-digit year 39 with an individual number of 500 or more).
+fn nobodys_number(nth: usize) -> String {
+    (500..1000)
+        .filter_map(|i: u32| {
+            let digits: Vec<u32> = format!("010139{i}")
+                .bytes()
+                .map(|b| u32::from(b - b'0'))
+                .collect();
+            let nine: [u32; 9] = digits.try_into().ok()?;
+            let (k1, k2) = econsult_runtime::nin::check_digits(&nine)?;
+            Some(format!("010139{i}{k1}{k2}"))
+        })
+        .nth(nth)
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_an_identity_provider_refuses_synthetic_numbers_unless_allowed() {
+    let idps = Arc::new(Idps::new());
+    let allow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (cfg, flag) = (idps.clone(), allow.clone());
+    let tweak: Tweak = Arc::new(move |c: &mut econsult::Config| {
+        c.trusted_issuers = cfg.issuers.clone();
+        c.allow_synthetic_nins = flag.load(Ordering::SeqCst);
+    });
+    let mut app = TestApp::start_configured(Env::sqlite().await, monday_0800(), Some(tweak)).await;
+    let synthetic = econsult_runtime::nin::synthetic(7);
+    let ordinary = nobodys_number(0);
+    let patient = |nin: &str| {
+        sign(
+            &idps.idporten,
+            &TokenSpec::Patient {
+                nin: nin.into(),
+                acr: REQUIRED_ACR.into(),
+            },
+            IDPORTEN,
+            |_| {},
+        )
+    };
+    let ehr = sign(
+        &idps.helseid,
+        &TokenSpec::Ehr {
+            client_id: "epj-1".into(),
+            org_number: ORG_A.into(),
+            scopes: vec!["econsult:booking.write".into()],
+        },
+        HELSEID,
+        |_| {},
+    );
+    let update_list = async |app: &TestApp, nin: &str| {
+        pb::booking_service_client::BookingServiceClient::new(app.channel().await)
+            .update_list(authed(
+                pb::UpdateListRequest {
+                    gp_id: "gp-1".into(),
+                    add: vec![nin.into()],
+                    remove: vec![],
+                    idempotency_key: key(),
+                },
+                &ehr,
+            ))
+            .await
+    };
+
+    // Production: an ordinary number is served, a synthetic one refused wherever it enters.
+    my_access_log(&app, &patient(&ordinary))
+        .await
+        .expect("an ordinary number");
+    let err = my_access_log(&app, &patient(synthetic.as_str()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert!(err.message().contains("synthetic"), "{}", err.message());
+    let mut on_behalf = authed(apb::ListMyAccessLogRequest::default(), &patient(&ordinary));
+    on_behalf.metadata_mut().insert(
+        "x-on-behalf-of",
+        synthetic.as_str().parse().expect("header"),
+    );
+    let err = apb::audit_service_client::AuditServiceClient::new(app.channel().await)
+        .list_my_access_log(on_behalf)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().starts_with("x-on-behalf-of is a synthetic"),
+        "{}",
+        err.message()
+    );
+    let err = update_list(&app, synthetic.as_str()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().starts_with("add[0] is a synthetic"),
+        "{}",
+        err.message()
+    );
+
+    // A test environment allows them.
+    allow.store(true, Ordering::SeqCst);
+    app.restart().await;
+    my_access_log(&app, &patient(synthetic.as_str()))
+        .await
+        .expect("a synthetic number in a test environment");
+    let err = update_list(&app, synthetic.as_str()).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "past the number, to the unknown GP: {err:?}"
+    );
     app.shutdown().await;
 }
 

@@ -1,8 +1,10 @@
 //! Norwegian national identity numbers (fødselsnummer and D-number).
 //!
-//! 11 digits: date of birth (DDMMYY, with 40 added to the day for a D-number and 80 added to the
-//! month for a synthetic test number), a three-digit individual number (which also tells the
-//! century) and two mod-11 check digits. The checks here are the structural ones every system
+//! 11 digits: date of birth (DDMMYY, with 40 added to the day for a D-number, and for a synthetic
+//! test number 80 added to the month (Skatteetaten's Tenor convention) or 40 (NAV's)), a
+//! three-digit individual number (which also tells the century) and two mod-11 check digits.
+//! Synthetic numbers parse like any other; whether a server accepts them is its setting
+//! ([`NationalId::is_synthetic`]; `Authenticator::accepts_synthetic`). The checks here are the structural ones every system
 //! applies (a real calendar date, 29 February only in a leap year, both check digits); they do not
 //! prove that the number was ever issued.
 
@@ -25,6 +27,15 @@ pub enum NinError {
     Date,
     #[error("check digits do not match")]
     Checksum,
+}
+
+/// The month without a synthetic number's +80 (Skatteetaten) or +40 (NAV).
+fn unshifted_month(month: u32) -> u32 {
+    match month {
+        81.. => month - 80,
+        41.. => month - 40,
+        _ => month,
+    }
 }
 
 fn check_digit(digits: &[u32], weights: &[u32]) -> Option<u32> {
@@ -83,11 +94,7 @@ impl NationalId {
         if day > 40 {
             day -= 40; // D-number
         }
-        // Synthetic test numbers (Skatteetaten's test scheme) add 80 to the month.
-        let mut month = d[2] * 10 + d[3];
-        if month > 80 {
-            month -= 80;
-        }
+        let month = unshifted_month(d[2] * 10 + d[3]);
         // The century comes from the individual number; where that combination is unassigned
         // (seen in test data), 29 February is allowed in every year divisible by four.
         let yy = d[4] * 10 + d[5];
@@ -109,13 +116,19 @@ impl NationalId {
         &self.0
     }
 
+    /// Whether this is a synthetic test number (month raised by 80 or by 40): never a real
+    /// person's, accepted only where the server allows them (development, test environments).
+    pub fn is_synthetic(&self) -> bool {
+        self.0.as_bytes()[2] >= b'4'
+    }
+
     /// Whether this is a D-number (first digit raised by 4).
     pub fn is_d_number(&self) -> bool {
         self.0.as_bytes()[0] >= b'4'
     }
 
     /// The date of birth the number gives: the day without a D-number's +40, the month without
-    /// a synthetic number's +80, the century from the individual number. `None` where the
+    /// a synthetic number's +80 or +40, the century from the individual number. `None` where the
     /// individual number assigns no century to the two-digit year (seen in test data only).
     pub fn birth_date(&self) -> Option<chrono::NaiveDate> {
         let d: Vec<u32> = self.0.bytes().map(|b| u32::from(b - b'0')).collect();
@@ -123,10 +136,7 @@ impl NationalId {
         if day > 40 {
             day -= 40;
         }
-        let mut month = d[2] * 10 + d[3];
-        if month > 80 {
-            month -= 80;
-        }
+        let month = unshifted_month(d[2] * 10 + d[3]);
         let year = birth_year(d[4] * 10 + d[5], d[6] * 100 + d[7] * 10 + d[8])?;
         chrono::NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)
     }
@@ -395,6 +405,34 @@ mod tests {
                 check_digits(&nine).map(|_| with_date(ddmmyy, &i))
             })
             .expect("some individual number fits")
+    }
+
+    #[test]
+    fn both_synthetic_conventions_parse_and_say_they_are_synthetic() {
+        let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        // 15 June 1985: ordinary, Skatteetaten's +80 and NAV's +40 month.
+        let plain = NationalId::parse(&some_number("150685", 100)).unwrap();
+        let tenor = NationalId::parse(&some_number("158685", 100)).unwrap();
+        let nav = NationalId::parse(&some_number("154685", 100)).unwrap();
+        assert!(!plain.is_synthetic());
+        assert!(tenor.is_synthetic() && nav.is_synthetic());
+        for id in [&plain, &tenor, &nav] {
+            assert_eq!(id.birth_date(), Some(day(1985, 6, 15)), "{}", id.as_str());
+        }
+        // A D-number is no synthetic number; a +40 month still needs a real date.
+        let d_number = NationalId::parse(&some_number("550685", 100)).unwrap();
+        assert!(d_number.is_d_number() && !d_number.is_synthetic());
+        assert_eq!(
+            NationalId::parse(&some_number("304285", 100)),
+            Err(NinError::Date),
+            "30 February, NAV convention"
+        );
+        assert_eq!(
+            NationalId::parse(&some_number("155385", 100)),
+            Err(NinError::Date),
+            "month 13"
+        );
+        assert!(synthetic(7).is_synthetic());
     }
 
     #[test]

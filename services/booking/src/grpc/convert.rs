@@ -3,6 +3,7 @@
 
 use crate::domain::*;
 use econsult_proto::booking::v1 as pb;
+use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::events::{AppointmentChanged, ListMoved};
 use econsult_runtime::grpc::{required_time, timestamp};
@@ -202,12 +203,16 @@ pub(super) fn id_field(v: &str, field: &str) -> Result<(), Status> {
     Ok(())
 }
 
-pub(super) fn nin_field(v: &str, field: &str) -> Result<NationalId, Status> {
-    NationalId::parse(v).map_err(|e| {
+/// The identity number in `field`, valid and acceptable to this server (synthetic numbers only
+/// where it allows them: [`Caller::accept_nin`]).
+pub(super) fn nin_field(caller: &Caller, v: &str, field: &str) -> Result<NationalId, Status> {
+    let nin = NationalId::parse(v).map_err(|e| {
         Status::invalid_argument(format!(
             "{field} is not a valid national identity number: {e}"
         ))
-    })
+    })?;
+    caller.accept_nin(&nin, field)?;
+    Ok(nin)
 }
 
 pub(super) fn key_field(k: &str) -> Result<(), Status> {
@@ -296,10 +301,13 @@ impl TryFrom<(usize, &pb::NewSlot)> for NewSlot {
     }
 }
 
-impl TryFrom<&pb::MoveListingRequest> for MoveListingInput {
-    type Error = Status;
-    fn try_from(r: &pb::MoveListingRequest) -> Result<Self, Status> {
-        let patient_nin = nin_field(&r.patient_nin, "patient_nin")?;
+impl MoveListingInput {
+    /// The move `r` asks for, checked as `caller`'s server accepts identity numbers.
+    pub(super) fn from_request(
+        caller: &Caller,
+        r: &pb::MoveListingRequest,
+    ) -> Result<Self, Status> {
+        let patient_nin = nin_field(caller, &r.patient_nin, "patient_nin")?;
         if !econsult_runtime::auth::is_org_number(&r.to_org_number) {
             return Err(Status::invalid_argument("to_org_number must be 9 digits"));
         }

@@ -85,13 +85,13 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
             .add
             .iter()
             .enumerate()
-            .map(|(i, n)| nin_field(n, &format!("add[{i}]")))
+            .map(|(i, n)| nin_field(&caller, n, &format!("add[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let remove = r
             .remove
             .iter()
             .enumerate()
-            .map(|(i, n)| nin_field(n, &format!("remove[{i}]")))
+            .map(|(i, n)| nin_field(&caller, n, &format!("remove[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let size = self
             .svc
@@ -252,7 +252,7 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         let org = caller.org_with_scope(SCOPE_WRITE)?;
         let r = req.into_inner();
         id_field(&r.slot_id, "slot_id")?;
-        let nin = nin_field(&r.patient_nin, "patient_nin")?;
+        let nin = nin_field(&caller, &r.patient_nin, "patient_nin")?;
         key_field(&r.idempotency_key)?;
         let reason = text_field(&r.reason, "reason", 1000)?;
         let requested_at = optional_time(r.requested_at.as_ref(), "requested_at")?;
@@ -594,7 +594,7 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         let caller = Caller::from_request(&req)?.clone();
         caller.ops()?;
         let r = req.into_inner();
-        let input = MoveListingInput::try_from(&r)?;
+        let input = MoveListingInput::from_request(&caller, &r)?;
         key_field(&r.idempotency_key)?;
         let m = self
             .svc

@@ -67,7 +67,10 @@ impl DevKeys {
 
     /// An authenticator that trusts the dev key.
     pub fn authenticator(&self, audience: &str) -> anyhow::Result<Authenticator> {
-        Authenticator::from_jwks(&self.jwks, DEV_ISSUER, audience.to_owned())
+        Ok(
+            Authenticator::from_jwks(&self.jwks, DEV_ISSUER, audience.to_owned())?
+                .accept_synthetic(true),
+        )
     }
 
     /// Signs `claims` (issuer and audience are taken as given).

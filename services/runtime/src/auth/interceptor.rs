@@ -52,6 +52,18 @@ impl tonic::service::Interceptor for AuthInterceptor {
         let mut caller = tracing::info_span!("authenticate", otel.name = "authenticate token")
             .in_scope(|| self.auth.authenticate(token.trim()))?;
         caller.request_id = uuid::Uuid::new_v4().simple().to_string();
+        caller.synthetic_numbers = self.auth.accepts_synthetic();
+        let synthetic_in_token = caller.nin.as_ref().is_some_and(NationalId::is_synthetic)
+            || caller.proxy.represents.iter().any(|r| r.nin.is_synthetic());
+        if synthetic_in_token && !caller.synthetic_numbers {
+            return Err(refused(
+                "synthetic",
+                Status::unauthenticated(
+                    "the token names a synthetic test identity number, which this server does \
+                     not accept (only development and test environments do)",
+                ),
+            ));
+        }
         crate::telemetry::record_id("request_id", &caller.request_id);
         crate::telemetry::record_id("caller_role", caller.role.as_str());
         if let Some(org) = &caller.org_number {
@@ -67,6 +79,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
                         "{ON_BEHALF_OF_HEADER} is not a valid identity number"
                     ))
                 })?;
+            caller.accept_nin(&nin, ON_BEHALF_OF_HEADER)?;
             caller.proxy.on_behalf_of = Some(nin);
         }
         if let Some(kind) = req.extensions().get::<crate::telemetry::CallerKind>() {

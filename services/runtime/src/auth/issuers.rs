@@ -156,6 +156,8 @@ pub const UNKNOWN_KID_REFRESH_INTERVAL: std::time::Duration = std::time::Duratio
 pub struct Authenticator {
     issuers: Vec<IssuerKeys>,
     audience: String,
+    /// Whether synthetic identity numbers are accepted ([`Authenticator::accept_synthetic`]).
+    synthetic: bool,
     pub(super) verified: Verified,
 }
 
@@ -309,8 +311,22 @@ impl Authenticator {
         Ok(Self {
             issuers: out,
             audience,
+            synthetic: false,
             verified: Verified::default(),
         })
+    }
+
+    /// Accepts synthetic identity numbers (both conventions, see `crate::nin`) in tokens, the
+    /// `x-on-behalf-of` header and request fields: for development and test environments. A
+    /// production server refuses them (the default).
+    pub fn accept_synthetic(mut self, yes: bool) -> Self {
+        self.synthetic = yes;
+        self
+    }
+
+    /// Whether synthetic identity numbers are accepted.
+    pub fn accepts_synthetic(&self) -> bool {
+        self.synthetic
     }
 
     /// One issuer granting every role, from a JWKS document.
@@ -652,6 +668,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             scopes,
             expires_at,
             request_id: String::new(),
+            synthetic_numbers: false,
             proxy: Proxy {
                 represents,
                 protected_address: c.protected_address,
@@ -672,6 +689,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             scopes,
             expires_at,
             request_id: String::new(),
+            synthetic_numbers: false,
             proxy: Proxy::default(),
         });
     }
@@ -685,6 +703,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             scopes,
             expires_at,
             request_id: String::new(),
+            synthetic_numbers: false,
             proxy: Proxy::default(),
         });
     }
@@ -701,6 +720,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             scopes,
             expires_at,
             request_id: String::new(),
+            synthetic_numbers: false,
             proxy: Proxy::default(),
         });
     }

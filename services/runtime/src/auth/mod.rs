@@ -101,6 +101,9 @@ pub struct Caller {
     /// The server's id of this call (32 hex digits, fresh per call; set by the interceptor):
     /// recorded in the access log beside the client-supplied trace id.
     pub request_id: String,
+    /// Whether this server accepts synthetic identity numbers (set by the interceptor from
+    /// [`Authenticator::accepts_synthetic`]): [`Caller::accept_nin`].
+    pub synthetic_numbers: bool,
     /// Acting for others: the token's relations, the call's `x-on-behalf-of`, and once
     /// resolved ([`crate::proxy::Resolver`]), who acts for whom.
     pub proxy: Proxy,
@@ -209,6 +212,19 @@ impl Caller {
             .acting
             .as_ref()
             .map_or(("", 0), |a| (a.actor.as_str(), a.relation.code()))
+    }
+
+    /// `Ok` when this server accepts `nin` as the identity number in `field`: a synthetic test
+    /// number only where the server allows them (development, test environments); otherwise
+    /// INVALID_ARGUMENT naming the field.
+    pub fn accept_nin(&self, nin: &NationalId, field: &str) -> Result<(), Status> {
+        if nin.is_synthetic() && !self.synthetic_numbers {
+            return Err(Status::invalid_argument(format!(
+                "{field} is a synthetic test number, which this server does not accept \
+                 (only development and test environments do: --allow-synthetic-nins)"
+            )));
+        }
+        Ok(())
     }
 
     /// `Ok` for operations, `PERMISSION_DENIED` otherwise.

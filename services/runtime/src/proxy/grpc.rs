@@ -89,6 +89,7 @@ impl pb::proxy_service_server::ProxyService for ProxyGrpc {
         let r = req.into_inner();
         let holder = NationalId::parse(&r.holder_nin)
             .map_err(|e| Status::invalid_argument(format!("holder_nin {e}")))?;
+        caller.accept_nin(&holder, "holder_nin")?;
         let scope = scope_from(r.scope)?;
         let end_date = parse_date(&r.end_date, "end_date")?;
         let f = self
