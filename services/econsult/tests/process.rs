@@ -835,6 +835,7 @@ async fn sla_metrics_reach_the_prometheus_endpoint() {
                 urgent: false,
                 language: String::new(),
                 idempotency_key: key(),
+                booking_request_id: String::new(),
             },
             &patient,
         ))
