@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 pub mod connections;
 pub mod cors;
 pub mod walkthrough;
+pub mod walkthrough_guarantee;
 pub mod web;
 
 /// Open client connections allowed by default (each holds a file descriptor).
