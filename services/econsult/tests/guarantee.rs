@@ -619,6 +619,28 @@ async fn a_freed_slot_in_the_window_is_held_for_the_earliest_request_then_the_ne
             .code(),
         Code::NotFound
     );
+    // p[3] joins with an own request and leaves again: no longer served.
+    let r3 = find(app, &p[3]).await;
+    let e3 = join_priority(app, &p[3], &r3.request_id)
+        .await
+        .expect("join 3");
+    let left = app
+        .booking()
+        .await
+        .leave_waitlist(authed(
+            pb::LeaveWaitlistRequest {
+                entry_id: e3.entry_id.clone(),
+            },
+            &app.patient_token(&p[3]),
+        ))
+        .await
+        .expect("leave")
+        .into_inner();
+    assert_eq!(
+        (left.request_id.as_str(), left.active),
+        (r3.request_id.as_str(), false)
+    );
+    assert!(mine(app, &p[3]).await.waitlist.is_empty());
 
     // Outside the window: the ordinary waitlist's.
     cancel(app, &p[0], &a_out.appointment_id)
@@ -670,7 +692,8 @@ async fn a_freed_slot_in_the_window_is_held_for_the_earliest_request_then_the_ne
     assert_eq!(offers(&rig.sms, 4), 1, "the ordinary waiter: one offer");
     assert_eq!(offers(&rig.sms, 3), 0, "nobody else");
     let f = figures(app, ORG_A, |a| a.met_by_priority_waitlist == 2).await;
-    assert_eq!((f.requests, f.within_target, f.unmet), (2, 2, 0));
+    // p[3]'s request, which left the list, is unmet.
+    assert_eq!((f.requests, f.within_target, f.unmet), (3, 2, 1));
     rig.app.shutdown().await;
 }
 
