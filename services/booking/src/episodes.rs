@@ -10,7 +10,8 @@
 //!   after it (weekends and public holidays; a practice's closures never move it).
 //! - **Within target**: the practice offered a slot starting on or before the deadline day (the
 //!   own GP first, colleagues and locum when the own GP had none in time; any modality; acute
-//!   reserve excluded), whatever the patient's filters and whatever the patient chose.
+//!   reserve excluded), whatever the patient's filters and whatever the patient chose; or a step
+//!   of the guarantee engine met it ([`crate::guarantee::MetBy`], the first step stays).
 //! - **Patient preference**: within target, but the patient chose a slot after the deadline, or
 //!   (having chosen nothing) the patient's latest search was narrowed so it showed none in time.
 //! - **Breach reasons**: `list_without_gp` (the list had no GP), `practice_closed` (the practice
