@@ -24,5 +24,6 @@ CREATE INDEX booking_priority_waitlist_patient ON booking_priority_waitlist (pat
 ALTER TABLE booking_episodes ADD COLUMN met_by BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE booking_episodes ADD COLUMN met_at BIGINT;
 ALTER TABLE booking_episodes ADD COLUMN unmet_told_at BIGINT;
+CREATE INDEX booking_episodes_open_window ON booking_episodes (deadline_end) WHERE outcome = 0;
 
 ALTER TABLE consultation_threads ADD COLUMN booking_request_id TEXT;

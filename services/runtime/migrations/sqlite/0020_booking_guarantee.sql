@@ -37,6 +37,9 @@ ALTER TABLE booking_episodes ADD COLUMN met_by BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE booking_episodes ADD COLUMN met_at BIGINT;
 -- When the practice was told that the request is unmet ("booking.request_unmet"), once.
 ALTER TABLE booking_episodes ADD COLUMN unmet_told_at BIGINT;
+-- Open requests by the end of their window: the watch of unmet requests (every few seconds on
+-- every instance) reads only these.
+CREATE INDEX booking_episodes_open_window ON booking_episodes (deadline_end) WHERE outcome = 0;
 
 -- The booking request an e-consultation was started from (the guarantee engine's offer).
 ALTER TABLE consultation_threads ADD COLUMN booking_request_id TEXT;
