@@ -419,6 +419,15 @@ async fn an_e_consultation_started_from_the_request_and_answered_meets_it(env: E
     );
     assert_eq!(u.target_date, TARGET);
 
+    // The practice answers in 20 working days, but this one is due by the target date.
+    app.consultation()
+        .await
+        .set_response_days(authed(
+            cpb::SetResponseDaysRequest { working_days: 20 },
+            &ehr,
+        ))
+        .await
+        .expect("response days");
     let t = app
         .consultation()
         .await
@@ -440,6 +449,11 @@ async fn an_e_consultation_started_from_the_request_and_answered_meets_it(env: E
         .into_inner()
         .thread
         .expect("thread");
+    // The end of Monday 9 March, Oslo.
+    assert_eq!(
+        t.due_at.as_ref().map(|d| d.seconds),
+        Some(at("2026-03-09T23:00:00Z").timestamp())
+    );
     // Not met by starting it: by the practice's answer.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let a = figures(&app, ORG_A, |a| a.requests == 1).await;

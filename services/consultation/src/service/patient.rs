@@ -105,7 +105,15 @@ impl Consultations {
                 let tx = &mut op.tx;
                 let n = store::response_days(tx, &gp.org_number).await?;
                 let cal = calendar(tx, &gp.org_number).await?;
-                let due = sla::due_at(&cal, from_ms(now), n).timestamp_millis();
+                let mut due = sla::due_at(&cal, from_ms(now), n).timestamp_millis();
+                // Started from a booking request (the guarantee engine): answered in its window.
+                if !new.booking_request_id.is_empty()
+                    && let Some(end) =
+                        directory::request_window_end(tx, &new.booking_request_id, nin.as_str())
+                            .await?
+                {
+                    due = due.min(end);
+                }
                 let mut t = Thread {
                     thread_id: uuid::Uuid::now_v7().to_string(),
                     patient_nin: nin.as_str().to_owned(),
