@@ -820,6 +820,7 @@ impl Messaging {
                     urgent: false,
                     language: String::new(),
                     idempotency_key: key(),
+                    booking_request_id: String::new(),
                 },
                 &p.auth,
             )),

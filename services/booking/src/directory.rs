@@ -66,6 +66,17 @@ pub async fn free_slots(
     store::free_slots(conn, org_number, gp_id, from_ms, limit).await
 }
 
+/// When the target window of the patient's open booking request ends (ms since the epoch: the
+/// start of the Oslo day after its fifth working day), if the request is stored (a search's is
+/// within a second) and open.
+pub async fn request_window_end(
+    conn: &mut AnyConnection,
+    request_id: &str,
+    nin: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    store::request_window_end(conn, request_id, nin).await
+}
+
 /// Closure days of a practice (ISO dates), as set through booking's SetClosures.
 pub async fn closures(
     conn: &mut AnyConnection,

@@ -408,6 +408,10 @@ pub struct WaitlistEntry {
     pub joined_at: DateTime<Utc>,
     /// Still waiting.
     pub active: bool,
+    /// On the priority waitlist: the booking request waited for (`latest_date` is its target
+    /// date).
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 
 /// Why the earliest offer is not within five working days.
@@ -475,6 +479,10 @@ pub struct Offers {
     pub breach: Option<BreachReason>,
     /// The request (episode) this search belongs to.
     pub request_id: String,
+    /// The guarantee engine's offers, in policy order (when the own GP has none in time).
+    pub guarantee: Vec<crate::guarantee::GuaranteeOffer>,
+    /// The engine's step that met the request.
+    pub met_by: Option<crate::guarantee::MetBy>,
 }
 
 /// A booking the practice makes for a patient (BookForPatient).

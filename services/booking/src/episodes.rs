@@ -10,7 +10,8 @@
 //!   after it (weekends and public holidays; a practice's closures never move it).
 //! - **Within target**: the practice offered a slot starting on or before the deadline day (the
 //!   own GP first, colleagues and locum when the own GP had none in time; any modality; acute
-//!   reserve excluded), whatever the patient's filters and whatever the patient chose.
+//!   reserve excluded), whatever the patient's filters and whatever the patient chose; or a step
+//!   of the guarantee engine met it ([`crate::guarantee::MetBy`], the first step stays).
 //! - **Patient preference**: within target, but the patient chose a slot after the deadline, or
 //!   (having chosen nothing) the patient's latest search was narrowed so it showed none in time.
 //! - **Breach reasons**: `list_without_gp` (the list had no GP), `practice_closed` (the practice
@@ -28,6 +29,7 @@
 //! most the search-only episodes of the last flush interval, never one that was held or booked.
 
 use crate::domain::BreachReason;
+use crate::guarantee::MetBy;
 use crate::store::episodes as store;
 use chrono::{DateTime, NaiveDate, Utc};
 use econsult_calendar::{Calendar, oslo_date, oslo_day_start};
@@ -95,6 +97,8 @@ pub enum Outcome {
     Booked,
     /// Closed by inactivity (written when the next one opens).
     Expired,
+    /// Closed by the practice's reply to an e-consultation started from it.
+    Answered,
 }
 
 impl Outcome {
@@ -103,6 +107,7 @@ impl Outcome {
         match self {
             Outcome::Booked => 1,
             Outcome::Expired => 3,
+            Outcome::Answered => 5,
         }
     }
 }
@@ -150,6 +155,8 @@ pub struct Episode {
     pub(crate) chosen: Option<(String, i64)>,
     pub(crate) last_activity_ms: i64,
     pub(crate) closed: Option<(i64, Outcome)>,
+    /// The step of the guarantee engine that met the request, and when (the first stays).
+    pub(crate) met: Option<(MetBy, i64)>,
     /// Opened by this process (not read back): its writes also end the patient's other open
     /// episodes, which a new one supersedes.
     pub(crate) fresh: bool,
@@ -212,6 +219,7 @@ impl Episode {
             chosen: None,
             last_activity_ms: at.timestamp_millis(),
             closed: None,
+            met: None,
             fresh: true,
         }
     }
@@ -304,6 +312,19 @@ impl Episode {
     pub fn within_target(&self) -> bool {
         self.earliest_offer_ms
             .is_some_and(|t| t < self.deadline_end_ms)
+            || self.met.is_some()
+    }
+
+    /// The step of the guarantee engine that met the request, if one did.
+    pub fn met_by(&self) -> Option<MetBy> {
+        self.met.map(|(m, _)| m)
+    }
+
+    /// The engine's step `by` met the request at `now` (the first step that met it stays).
+    pub fn met_by_step(&mut self, by: MetBy, now: DateTime<Utc>) {
+        if self.met.is_none() && !self.met_by_own_gp() {
+            self.met = Some((by, now.timestamp_millis()));
+        }
     }
 
     /// The own GP offered a slot in time.
@@ -404,7 +425,7 @@ struct Buffers {
 /// for a while) searches are refused rather than kept unlogged in memory.
 pub const MAX_PENDING: usize = 100_000;
 
-/// Episodes per statement of a flush (21 values each, far below PostgreSQL's 65 535).
+/// Episodes per statement of a flush (23 values each, far below PostgreSQL's 65 535).
 const FLUSH_CHUNK: usize = 1_000;
 
 impl Pending {
@@ -588,6 +609,8 @@ pub struct Accessibility {
     pub working_days_histogram: [u64; 16],
     /// Requests and within-target counts by channel.
     pub by_channel: HashMap<Channel, (u64, u64)>,
+    /// Requests met by a step of the guarantee engine (the own GP had none in time), by step.
+    pub met_by: HashMap<MetBy, u64>,
 }
 
 /// The § 22 figures of the episodes in `scope`, and per municipality (for the gauge) when
@@ -634,6 +657,8 @@ pub async fn accessibility_by_municipality(
         }
         if g.own {
             a.met_by_own_gp += n;
+        } else if let Some(m) = g.met_by {
+            *a.met_by.entry(m).or_default() += n;
         }
         let wd = g.working_days;
         let bucket = if (0..15).contains(&wd) {
@@ -663,6 +688,9 @@ impl Accessibility {
             let c = self.by_channel.entry(*k).or_default();
             c.0 += n;
             c.1 += w;
+        }
+        for (k, v) in &b.met_by {
+            *self.met_by.entry(*k).or_default() += v;
         }
     }
 

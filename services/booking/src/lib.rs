@@ -14,6 +14,7 @@ pub mod domain;
 pub mod episodes;
 pub mod error;
 pub mod grpc;
+pub mod guarantee;
 pub mod service;
 mod store;
 
@@ -27,12 +28,13 @@ use std::time::Duration;
 /// How often expired holds are swept.
 pub const HOLD_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Mounts the booking service: its gRPC server, the sweeper of expired holds and the flusher of
-/// booking requests (episodes).
+/// Mounts the booking service: its gRPC server, the sweeper of expired holds, the flusher of
+/// booking requests (episodes) and the watch of unmet requests (the guarantee engine).
 pub fn mount(p: &Platform, cfg: &BookingConfig, m: &mut Mount<'_>) {
     let booking = Booking::new(p.clone(), cfg.clone());
     m.spawn(booking.clone().run_hold_sweeper(HOLD_SWEEP_EVERY));
     m.spawn(booking.clone().run_episode_flusher());
+    m.spawn(booking.clone().run_unmet_watch(service::UNMET_EVERY));
     m.serve(
         BookingGrpc::new(booking, p.proxies())
             .into_server()

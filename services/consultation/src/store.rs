@@ -100,6 +100,37 @@ pub async fn insert_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), s
     Ok(())
 }
 
+/// Links thread `thread_id` to the patient's booking request `request_id` (the guarantee
+/// engine's e-consultation offer).
+pub async fn link_booking_request(
+    conn: &mut AnyConnection,
+    thread_id: &str,
+    request_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE consultation_threads SET booking_request_id = $1 WHERE thread_id = $2")
+        .bind(request_id)
+        .bind(thread_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The booking request thread `thread_id` was started from, if any.
+pub async fn booking_request_of(
+    conn: &mut AnyConnection,
+    thread_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT booking_request_id FROM consultation_threads WHERE thread_id = $1")
+            .bind(thread_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(match row {
+        Some(r) => r.try_get("booking_request_id")?,
+        None => None,
+    })
+}
+
 /// Writes the mutable fields of a thread back.
 pub async fn update_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), sqlx::Error> {
     sqlx::query(

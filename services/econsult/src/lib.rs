@@ -19,6 +19,7 @@ pub mod connections;
 pub mod cors;
 pub mod demo;
 pub mod walkthrough;
+pub mod walkthrough_guarantee;
 pub mod web;
 
 /// Open client connections allowed by default (each holds a file descriptor).

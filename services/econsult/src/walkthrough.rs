@@ -16,23 +16,23 @@ use std::path::Path;
 
 const ORG: &str = "910000001";
 
-fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+pub(crate) fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
     Ok(req)
 }
 
-fn key() -> String {
+pub(crate) fn key() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn instant(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+pub(crate) fn instant(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.seconds, 0))
 }
 
 /// "Monday 7 December 2026 at 08:00" in Oslo time.
-fn day_and_time(t: DateTime<Utc>) -> String {
+pub(crate) fn day_and_time(t: DateTime<Utc>) -> String {
     t.with_timezone(&Oslo)
         .format("%A %-d %B %Y at %H:%M")
         .to_string()
@@ -48,7 +48,7 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// `hour`:00 Oslo time on `day`.
-fn oslo_at(day: NaiveDate, hour: u32) -> Option<DateTime<Utc>> {
+pub(crate) fn oslo_at(day: NaiveDate, hour: u32) -> Option<DateTime<Utc>> {
     Oslo.from_local_datetime(&day.and_hms_opt(hour, 0, 0)?)
         .earliest()
         .map(|t| t.with_timezone(&Utc))

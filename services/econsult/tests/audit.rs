@@ -34,6 +34,7 @@ async fn thread_with_attachment(app: &TestApp, nin: &str) {
                 urgent: false,
                 language: String::new(),
                 idempotency_key: key(),
+                booking_request_id: String::new(),
             },
             &app.patient_token(nin),
         ))

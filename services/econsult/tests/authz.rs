@@ -126,6 +126,14 @@ fn table() -> BTreeMap<&'static str, Audience> {
             "econsult.booking.v1.BookingService/WatchBookings",
             Practice(BOOKING_R),
         ),
+        (
+            "econsult.booking.v1.BookingService/SetGuaranteePolicy",
+            Practice(BOOKING_W),
+        ),
+        (
+            "econsult.booking.v1.BookingService/GetGuaranteePolicy",
+            Practice(BOOKING_R),
+        ),
         ("econsult.booking.v1.BookingService/FindSlots", Patient),
         ("econsult.booking.v1.BookingService/HoldSlot", Patient),
         ("econsult.booking.v1.BookingService/Book", Patient),

@@ -751,6 +751,7 @@ async fn a_second_hold_releases_the_first_and_a_failed_one_releases_nothing(env:
             latest_date: "2026-03-10".into(),
             modality: 0,
             idempotency_key: key(),
+            request_id: String::new(),
         },
         &w,
     ))
@@ -1179,6 +1180,7 @@ async fn a_freed_slot_is_offered_to_the_waitlist_and_practice_cancellation_goes_
             latest_date: "2026-03-10".into(),
             modality: 0,
             idempotency_key: key(),
+            request_id: String::new(),
         },
         &b,
     ))

@@ -30,6 +30,7 @@ fn start_req(body: &str) -> pb::StartConsultationRequest {
         urgent: false,
         language: String::new(),
         idempotency_key: key(),
+        booking_request_id: String::new(),
     }
 }
 

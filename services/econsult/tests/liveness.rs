@@ -354,6 +354,7 @@ async fn every_mutating_booking_rpc_stays_live_with_four_times_the_pool_in_concu
                     latest_date: "2026-06-30".into(),
                     modality: bpb::Modality::Unspecified as i32,
                     idempotency_key: key(),
+                    request_id: String::new(),
                 },
                 &t,
             ))
@@ -418,6 +419,7 @@ async fn every_mutating_consultation_rpc_stays_live_with_four_times_the_pool_in_
                     urgent: false,
                     language: String::new(),
                     idempotency_key: key(),
+                    booking_request_id: String::new(),
                 },
                 &t,
             ))
@@ -611,6 +613,7 @@ async fn a_pool_of_one_connection_serves_calls_and_relays_their_events(env: Env)
                     urgent: false,
                     language: String::new(),
                     idempotency_key: key(),
+                    booking_request_id: String::new(),
                 },
                 &t,
             ))

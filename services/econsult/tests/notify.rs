@@ -303,6 +303,7 @@ async fn a_waitlist_offer_goes_to_the_first_then_after_its_window_to_the_second(
                 latest_date: "2026-03-10".into(),
                 modality: 0,
                 idempotency_key: key(),
+                request_id: String::new(),
             },
             &app.patient_token(n),
         ))

@@ -56,6 +56,28 @@ fn tokens(dir: &Path) -> (String, String, String, String) {
 }
 
 async fn seed(ch: Channel, ehr: &str, nin: &str) {
+    seed_list(ch.clone(), ehr, nin).await;
+    let mut c = pb::booking_service_client::BookingServiceClient::new(ch);
+    let start = Utc::now() + chrono::Duration::days(1);
+    c.publish_slots(authed(
+        pb::PublishSlotsRequest {
+            gp_id: "gp-1".into(),
+            slots: vec![pb::NewSlot {
+                start: Some(ts(start)),
+                duration_minutes: 15,
+                modality: 1,
+                acute_reserve: false,
+            }],
+            idempotency_key: key(),
+        },
+        ehr,
+    ))
+    .await
+    .expect("slots");
+}
+
+/// GP "gp-1" of ORG_A with `nin` on the list, and no slots.
+async fn seed_list(ch: Channel, ehr: &str, nin: &str) {
     let mut c = pb::booking_service_client::BookingServiceClient::new(ch);
     c.upsert_gp(authed(
         pb::UpsertGpRequest {
@@ -84,22 +106,6 @@ async fn seed(ch: Channel, ehr: &str, nin: &str) {
     ))
     .await
     .expect("list");
-    let start = Utc::now() + chrono::Duration::days(1);
-    c.publish_slots(authed(
-        pb::PublishSlotsRequest {
-            gp_id: "gp-1".into(),
-            slots: vec![pb::NewSlot {
-                start: Some(ts(start)),
-                duration_minutes: 15,
-                modality: 1,
-                acute_reserve: false,
-            }],
-            idempotency_key: key(),
-        },
-        ehr,
-    ))
-    .await
-    .expect("slots");
 }
 
 async fn requests_counted(ch: Channel, ops: &str) -> (u64, u64) {
@@ -835,6 +841,7 @@ async fn sla_metrics_reach_the_prometheus_endpoint() {
                 urgent: false,
                 language: String::new(),
                 idempotency_key: key(),
+                booking_request_id: String::new(),
             },
             &patient,
         ))
@@ -869,6 +876,46 @@ async fn sla_metrics_reach_the_prometheus_endpoint() {
         assert!(
             Instant::now() < deadline,
             "metrics {missing:?} missing from: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The guarantee engine's gauges at the real binary's /metrics: a booking request that nothing
+/// meets within five working days counts for its GP, next to the practice's alert threshold
+/// (the default policy's 3), as the rule UnmetBookingRequests reads them.
+#[tokio::test]
+async fn unmet_requests_per_gp_reach_the_prometheus_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    let (ehr, patient, _ops, nin) = tokens(dir.path());
+    seed_list(ch.clone(), &ehr, &nin).await;
+    let r = pb::booking_service_client::BookingServiceClient::new(ch)
+        .find_slots(authed(pb::FindSlotsRequest::default(), &patient))
+        .await
+        .expect("find")
+        .into_inner();
+    assert!(!r.within_five_working_days, "no slots at all");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let line = |body: &str, name: &str, value: &str| {
+        body.lines().any(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && l.contains(&format!("org_number=\"{ORG_A}\""))
+                && (name != "econsult_booking_unmet_requests" || l.contains("gp_id=\"gp-1\""))
+                && l.ends_with(&format!(" {value}"))
+        })
+    };
+    loop {
+        let body = scrape(server.metrics_port).await;
+        if line(&body, "econsult_booking_unmet_requests", "1")
+            && line(&body, "econsult_booking_unmet_alert_threshold", "3")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unmet gauges missing from: {body}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

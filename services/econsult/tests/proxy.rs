@@ -154,6 +154,7 @@ fn start_req(subject: &str) -> cpb::StartConsultationRequest {
         urgent: false,
         language: String::new(),
         idempotency_key: key(),
+        booking_request_id: String::new(),
     }
 }
 

@@ -609,6 +609,7 @@ async fn consult_one(
         urgent: false,
         language: String::new(),
         idempotency_key: key(),
+        booking_request_id: String::new(),
     };
     let started = consultation
         .call(i, |ch| {
@@ -1442,6 +1443,7 @@ async fn writes_through_the_non_leader_reach_streams_promptly_and_a_leader_kill_
                 urgent: false,
                 idempotency_key: key(),
                 language: String::new(),
+                booking_request_id: String::new(),
             };
             let started = ConsultationServiceClient::new(other.channel())
                 .start_consultation(authed(start, token))

@@ -267,6 +267,7 @@ async fn consult(app: &TestApp, nin: &str, category: cpb::Category) -> String {
                 urgent: false,
                 language: String::new(),
                 idempotency_key: key(),
+                booking_request_id: String::new(),
             },
             &app.patient_token(nin),
         ))

@@ -24,6 +24,9 @@ pub mod topics {
     /// A patient left a GP's list for another practice's (or GP's) list, as Fastlegeregisteret
     /// recorded it (MoveListing). Routed to the old practice.
     pub const BOOKING_LIST_MOVED: &str = "booking.list_moved";
+    /// A booking request could not be met within five working days: nothing in time was offered
+    /// and no step of the guarantee engine met it (yet). Routed to the practice, once.
+    pub const BOOKING_REQUEST_UNMET: &str = "booking.request_unmet";
     /// A patient started a text consultation.
     pub const CONSULTATION_STARTED: &str = "consultation.started";
     /// The practice answered a consultation for the first time.
@@ -211,4 +214,22 @@ pub struct WaitlistOffered {
     /// `in_person`, `video` or `phone`.
     #[serde(default)]
     pub modality: String,
+}
+
+/// Body of `booking.request_unmet`: what the practice learns of a request it has not met (the
+/// guarantee engine's "tell the practice"). Producer: services/booking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestUnmet {
+    /// The booking request.
+    pub request_id: String,
+    /// The patient.
+    pub patient_nin: String,
+    /// The patient's list GP.
+    pub gp_id: String,
+    /// Practice organisation number.
+    pub org_number: String,
+    /// When the patient asked (ms since the epoch).
+    pub requested_at_ms: i64,
+    /// The last day of the target window (ISO date): slots published up to it still help.
+    pub target_date: String,
 }

@@ -5,6 +5,7 @@ use crate::domain::{Dimensions, ExportLevel, Filter, Granularity};
 use crate::error::StatsError;
 use crate::service::Stats;
 use econsult_booking::domain::BreachReason;
+use econsult_booking::guarantee::MetBy;
 use econsult_proto::stats::v1 as pb;
 use econsult_runtime::auth::{Caller, Role};
 use econsult_runtime::grpc::{anyhow_status, db_status, no_nuls};
@@ -260,6 +261,7 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
         let f = filter(req.into_inner().filter, &caller)?;
         let (a, appointments) = self.stats.accessibility(&f).await?;
         let breaches = |r: BreachReason| a.breaches.get(&r).copied().unwrap_or_default();
+        let met = |m: MetBy| a.met_by.get(&m).copied().unwrap_or_default();
         let mut by_channel: Vec<pb::ChannelFigures> = a
             .by_channel
             .iter()
@@ -282,6 +284,11 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
             met_by_own_gp_share: a.met_by_own_gp_share(),
             patient_preferences: a.patient_preferences,
             by_channel,
+            met_by_colleague: met(MetBy::Colleague),
+            met_by_video_or_phone: met(MetBy::VideoOrPhone),
+            met_by_e_consultation: met(MetBy::EConsultation),
+            met_by_priority_waitlist: met(MetBy::PriorityWaitlist),
+            unmet: a.requests - a.within_target,
             bookings: appointments.bookings,
             late_cancellations: appointments.late_cancellations,
             no_shows: appointments.no_shows,

@@ -168,6 +168,7 @@ pub(super) fn waitlist_to(w: &WaitlistEntry) -> pb::WaitlistEntry {
         modality: w.modality.map_or(pb::Modality::Unspecified, modality_to) as i32,
         joined_at: Some(timestamp(w.joined_at)),
         active: w.active,
+        request_id: w.request_id.clone().unwrap_or_default(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! `INVALID_ARGUMENT` naming the field, and nothing else.
 
 mod convert;
+mod guarantee;
 
 use crate::domain::*;
 use crate::episodes::MAX_REQUEST_AGE_DAYS;
@@ -366,12 +367,21 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                                         kind,
                                         appointment: Some(change_to(a, reason)),
                                         list_moved: None,
+                                        unmet_request: None,
                                     },
                                     Change::ListMoved(m) => pb::BookingChange {
                                         cursor: seq,
                                         kind,
                                         appointment: None,
                                         list_moved: Some(list_moved_to(m)),
+                                        unmet_request: None,
+                                    },
+                                    Change::RequestUnmet(u) => pb::BookingChange {
+                                        cursor: seq,
+                                        kind,
+                                        appointment: None,
+                                        list_moved: None,
+                                        unmet_request: Some(guarantee::unmet_to(u)),
                                     },
                                 };
                                 if tx.send(Ok(change)).await.is_err() {
@@ -407,6 +417,20 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
             tokio_stream::wrappers::ReceiverStream::new(rx),
             expires_at,
         )))
+    }
+
+    async fn set_guarantee_policy(
+        &self,
+        req: Request<pb::SetGuaranteePolicyRequest>,
+    ) -> Result<Response<pb::GuaranteePolicy>, Status> {
+        guarantee::set_policy(&self.svc, req).await
+    }
+
+    async fn get_guarantee_policy(
+        &self,
+        req: Request<pb::GetGuaranteePolicyRequest>,
+    ) -> Result<Response<pb::GuaranteePolicy>, Status> {
+        guarantee::get_policy(&self.svc, req).await
     }
 
     async fn find_slots(
@@ -452,6 +476,8 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
             request_id: offers.request_id,
             patient_preference: offers.patient_preference,
             met_by_own_gp: offers.met_by_own_gp,
+            guarantee: offers.guarantee.iter().map(guarantee::offer_to).collect(),
+            met_by_step: guarantee::met_by_to(offers.met_by),
         }))
     }
 
@@ -565,6 +591,15 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
         let mut caller = Caller::from_request(&req)?.clone();
         let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let r = req.into_inner();
+        if !r.request_id.is_empty() {
+            id_field(&r.request_id, "request_id")?;
+            key_field(&r.idempotency_key)?;
+            let e = self
+                .svc
+                .join_priority_waitlist(&caller, &nin, &r.request_id, &r.idempotency_key)
+                .await?;
+            return Ok(Response::new(waitlist_to(&e)));
+        }
         let latest = parse_date(&r.latest_date, "latest_date")?;
         let modality = modality_from(r.modality, "modality", false)?;
         key_field(&r.idempotency_key)?;

@@ -1,9 +1,9 @@
-//! An organisation's change stream (WatchBookings): its appointments' changes and the moves of
-//! patients off its lists, read from the outbox.
+//! An organisation's change stream (WatchBookings): its appointments' changes, the moves of
+//! patients off its lists and its unmet booking requests, read from the outbox.
 
 use super::*;
 use econsult_runtime::audit::{self, Access};
-use econsult_runtime::events::{ListMoved, topics};
+use econsult_runtime::events::{ListMoved, RequestUnmet, topics};
 
 /// One entry of an organisation's change stream (WatchBookings).
 #[derive(Debug, Clone)]
@@ -13,6 +13,8 @@ pub enum Change {
     Appointment(Box<AppointmentChanged>, String),
     /// A patient left one of the organisation's lists.
     ListMoved(ListMoved),
+    /// A booking request of a patient of the organisation is unmet (the guarantee engine).
+    RequestUnmet(RequestUnmet),
 }
 
 impl Booking {
@@ -49,6 +51,8 @@ impl Booking {
             }
             let body = if e.topic == topics::BOOKING_LIST_MOVED {
                 Change::ListMoved(serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?)
+            } else if e.topic == topics::BOOKING_REQUEST_UNMET {
+                Change::RequestUnmet(serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?)
             } else {
                 let a: Box<AppointmentChanged> =
                     serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?;
@@ -72,6 +76,11 @@ impl Booking {
                     action: rpc::WATCH,
                     resource: format!("list_move:{}", m.move_id),
                     patient_nin: &m.patient_nin,
+                },
+                Change::RequestUnmet(u) => Access {
+                    action: rpc::WATCH,
+                    resource: format!("booking_request:{}", u.request_id),
+                    patient_nin: &u.patient_nin,
                 },
             })
             .collect();

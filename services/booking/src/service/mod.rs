@@ -7,13 +7,17 @@
 //! the `booking_appointments_one_per_slot` unique index. Every statement is in [`crate::store`].
 
 mod changes;
+mod guarantee;
 mod patient;
 mod practice;
 mod schedule;
 mod take;
+mod unmet;
 mod waitlist;
 
 pub use changes::Change;
+pub use guarantee::record_e_consultation_reply;
+pub use unmet::UNMET_EVERY;
 
 use crate::domain::*;
 use crate::episodes::{self, Channel, Episode, EpisodeMetrics, Pending};
@@ -81,6 +85,7 @@ pub(crate) mod rpc {
     pub const SET_OPENING_HOURS: &str = "SetOpeningHours";
     pub const PUBLISH_SLOTS: &str = "PublishSlots";
     pub const WITHDRAW_SLOTS: &str = "WithdrawSlots";
+    pub const SET_GUARANTEE_POLICY: &str = "SetGuaranteePolicy";
 }
 
 /// The event body of appointment `a` of organisation `org` (municipality `municipality`).

@@ -132,8 +132,17 @@ impl Booking {
             let until = (now + Duration::days(30)).max(to);
             earliest_offers(&mut conn, &gp, &ep, now, until).await?
         };
-        drop(conn);
         ep.offered(own_earliest, others_earliest);
+        // The own GP has nothing in time: the guarantee engine's offers.
+        let (guarantee, met) = if ep.met_by_own_gp() {
+            (Vec::new(), None)
+        } else {
+            self.guarantee_offers(&mut conn, &gp, &ep, now).await?
+        };
+        drop(conn);
+        if let Some(m) = met {
+            ep.met_by_step(m, now);
+        }
         ep.searched(now, offers.iter().any(|o| ep.in_time(o.slot.start)));
         let access = Access {
             action: rpc::FIND,
@@ -159,7 +168,9 @@ impl Booking {
             met_by_own_gp: ep.met_by_own_gp(),
             patient_preference: ep.patient_preference(),
             breach: ep.breach(),
+            met_by: ep.met_by(),
             request_id: ep.request_id,
+            guarantee,
         })
     }
 
@@ -489,7 +500,8 @@ impl Booking {
         let mut conn = self.p.db.read().acquire().await?;
         let appts = store::appointments_of_patient(&mut conn, nin_str, include_past, now).await?;
         let holds = store::holds_of(&mut conn, nin_str, now).await?;
-        let waitlist = store::waitlist_of_patient(&mut conn, nin_str).await?;
+        let mut waitlist = store::waitlist_of_patient(&mut conn, nin_str).await?;
+        waitlist.extend(store::guarantee::priority_of_patient(&mut conn, nin_str).await?);
         drop(conn);
         let access = Access {
             action: rpc::LIST_MINE,

@@ -152,7 +152,9 @@ impl Booking {
                     store::insert_slot(tx, &gp.gp_uid, &slot, created_at).await?;
                     out.push(slot);
                 }
-                if store::has_waiting(tx, &gp.gp_uid).await? {
+                if store::has_waiting(tx, &gp.gp_uid).await?
+                    || store::guarantee::has_priority_waiting(tx, org, created_at).await?
+                {
                     for s in &mut out {
                         if !s.acute_reserve && self.offer_to_waitlist(tx, &s.slot_id).await? {
                             s.status = SlotStatus::BusyTentative;

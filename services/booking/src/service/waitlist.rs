@@ -1,8 +1,9 @@
 //! The waitlist: joining and leaving it, offering free slots to the first in line, and freeing
 //! lapsed holds.
 
+use super::guarantee::Priority;
 use super::*;
-use crate::store::NewEntry;
+use crate::store::{NewEntry, Offerable};
 use chrono::NaiveDate;
 use econsult_calendar::oslo_date;
 use econsult_runtime::audit::{self, Access};
@@ -81,9 +82,15 @@ impl Booking {
         let mut tx = self.p.db.begin().await?;
         let now = self.p.clock.now_ms();
         store::leave_waitlist(&mut tx, entry_id, nin.as_str()).await?;
-        let entry = store::waitlist_entry(&mut tx, entry_id, Some(nin.as_str()))
-            .await?
-            .ok_or_else(|| BookingError::NotFound("entry_id".into()))?;
+        let entry = match store::waitlist_entry(&mut tx, entry_id, Some(nin.as_str())).await? {
+            Some(e) => Some(e),
+            // An entry of the priority waitlist.
+            None => {
+                store::guarantee::leave_priority(&mut tx, entry_id, nin.as_str()).await?;
+                store::guarantee::priority_entry(&mut tx, entry_id, nin.as_str()).await?
+            }
+        }
+        .ok_or_else(|| BookingError::NotFound("entry_id".into()))?;
         let access = Access {
             action: rpc::LEAVE_WAITLIST,
             resource: format!("waitlist:{entry_id}"),
@@ -94,8 +101,9 @@ impl Booking {
         Ok(entry)
     }
 
-    /// Offers a takeable slot to the first matching waiting patient as a hold. Returns whether
-    /// it was offered.
+    /// Offers a takeable slot as a hold: to the earliest priority request whose target window
+    /// it is in ([`Booking::offer_to_priority`]), else to the first matching patient of its GP's
+    /// waitlist. Returns whether it was offered.
     pub(super) async fn offer_to_waitlist(
         &self,
         tx: &mut Tx,
@@ -105,6 +113,9 @@ impl Booking {
         let Some(s) = store::offerable_slot(tx, slot_id, now).await? else {
             return Ok(false);
         };
+        if let Priority::Handled(offered) = self.offer_to_priority(tx, slot_id, &s).await? {
+            return Ok(offered);
+        }
         let date = oslo_date(from_ms(s.start_at));
         let Some((entry_id, patient)) =
             store::first_waiting(tx, &s.gp_uid, date, s.modality).await?
@@ -113,12 +124,31 @@ impl Booking {
         };
         let hold_id = new_id();
         let expires = now + self.cfg.waitlist_hold_ttl.num_milliseconds();
-        store::offer_hold(tx, slot_id, &entry_id, &patient, &hold_id, expires).await?;
+        if !store::offer_hold(tx, slot_id, &entry_id, &patient, &hold_id, expires, now).await? {
+            return Ok(false);
+        }
+        self.offered_event(tx, &s, slot_id, &entry_id, &hold_id, &patient, expires)?;
+        Ok(true)
+    }
+
+    /// Writes the `booking.waitlist_offered` event of slot `s` held for `patient` (the patient
+    /// is notified with the hold's window).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn offered_event(
+        &self,
+        tx: &mut Tx,
+        s: &Offerable,
+        slot_id: &str,
+        entry_id: &str,
+        hold_id: &str,
+        patient: &str,
+        expires: i64,
+    ) -> Result<(), BookingError> {
         let body = WaitlistOffered {
-            entry_id: entry_id.clone(),
-            hold_id: hold_id.clone(),
+            entry_id: entry_id.to_owned(),
+            hold_id: hold_id.to_owned(),
             slot_id: slot_id.to_owned(),
-            patient_nin: patient.clone(),
+            patient_nin: patient.to_owned(),
             expires_at_ms: expires,
             gp_id: s.gp_id.clone(),
             start_ms: s.start_at,
@@ -133,12 +163,12 @@ impl Booking {
             NewEvent {
                 topic: topics::BOOKING_WAITLIST_OFFERED,
                 org_number: &s.org_number,
-                route_key: &patient,
+                route_key: patient,
                 payload: &body,
             },
-            now,
+            self.p.clock.now_ms(),
         )?;
-        Ok(true)
+        Ok(())
     }
 
     /// Frees lapsed holds (and offers those slots to the waitlist). Returns how many.

@@ -213,6 +213,7 @@ fn waitlist_from_row(r: &AnyRow) -> Result<WaitlistEntry, BookingError> {
         modality: Modality::from_code(r.try_get("modality")?),
         joined_at: from_ms(r.try_get("joined_at")?),
         active: r.try_get::<i64, _>("active")? != 0,
+        request_id: None,
     })
 }
 
@@ -440,7 +441,9 @@ pub(crate) async fn first_waiting(
 }
 
 /// Offers slot `slot_id` to waitlist entry `entry_id` of `patient` as hold `hold_id` until
-/// `expires`.
+/// `expires`, if the slot is still takeable at `now_ms` (false: a concurrent writer took it, and
+/// the entry keeps waiting).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn offer_hold(
     conn: &mut AnyConnection,
     slot_id: &str,
@@ -448,21 +451,28 @@ pub(crate) async fn offer_hold(
     patient: &str,
     hold_id: &str,
     expires: i64,
-) -> Result<(), BookingError> {
-    sqlx::query(
+    now_ms: i64,
+) -> Result<bool, BookingError> {
+    let held = sqlx::query(
         "UPDATE booking_slots SET status = 3, hold_id = $1, hold_patient = $2, hold_expires_at = $3, hold_from_waitlist = 1, hold_request_id = NULL \
-         WHERE slot_id = $4",
+         WHERE slot_id = $4 AND start_at > $5 AND acute_reserve = 0 \
+         AND ((status = 1 OR status = 3) AND (status = 1 OR (status = 3 AND hold_expires_at <= $5)))",
     )
     .bind(hold_id)
     .bind(patient)
     .bind(expires)
     .bind(slot_id)
+    .bind(now_ms)
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected();
+    if held == 0 {
+        return Ok(false);
+    }
     sqlx::query("UPDATE booking_waitlist SET active = 0, offered_hold_id = $1 WHERE entry_id = $2")
         .bind(hold_id)
         .bind(entry_id)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(true)
 }

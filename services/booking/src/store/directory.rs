@@ -27,6 +27,9 @@ const FREE_SLOTS: &str = "SELECT s.slot_id, s.start_at, s.end_at FROM booking_sl
 /// The closure days of organisation `$1`.
 const CLOSURES: &str = "SELECT closed_on FROM booking_closures WHERE org_number = $1";
 
+/// The end of the target window of patient `$2`'s open booking request `$1`.
+const REQUEST_WINDOW_END: &str = "SELECT deadline_end FROM booking_episodes WHERE request_id = $1 AND patient_nin = $2 AND closed_at IS NULL";
+
 /// Appointment `$1` with its slot and GP.
 const APPOINTMENT: &str = "SELECT a.appointment_id, a.patient_nin, a.status, s.start_at, s.end_at, s.modality, \
      g.gp_id, g.hpr_number, g.org_number, g.municipality_number \
@@ -121,6 +124,23 @@ pub(crate) async fn free_slots(
             })
         })
         .collect()
+}
+
+/// When the target window of `nin`'s open booking request `request_id` ends (ms), if stored.
+pub(crate) async fn request_window_end(
+    conn: &mut AnyConnection,
+    request_id: &str,
+    nin: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let row = sqlx::query(REQUEST_WINDOW_END)
+        .bind(request_id)
+        .bind(nin)
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get("deadline_end")?,
+        None => None,
+    })
 }
 
 /// The closure days of organisation `org_number`; a stored day that is no ISO date is skipped.

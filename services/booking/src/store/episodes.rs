@@ -3,6 +3,7 @@
 //! the counts the § 22 figures are made of. Each statement is the same on PostgreSQL and SQLite.
 
 use crate::episodes::{Channel, Episode, Outcome, Scope, TARGET_WORKING_DAYS};
+use crate::guarantee::MetBy;
 use chrono::NaiveDate;
 use econsult_calendar::Calendar;
 use econsult_runtime::db::{Defer, Value};
@@ -13,17 +14,17 @@ use sqlx::any::AnyRow;
 /// The patient's (`$1`) open episode, active after `$2`.
 const OPEN_OF_PATIENT: &str = "SELECT request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \
      requested_at, day, deadline_end, vacant, closed_in_window, earliest_offer_at, earliest_offer_working_days, \
-     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome \
+     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome, met_by, met_at \
      FROM booking_episodes WHERE patient_nin = $1 AND closed_at IS NULL AND last_activity_at > $2 \
      ORDER BY requested_at DESC LIMIT 1";
 
 /// Insert, or merge into the stored episode: what was set at opening stays; the earliest offers
-/// only get earlier; `narrowed` follows the latest activity; the choice is kept once closed;
+/// only get earlier; the first step of the guarantee engine that met it stays; `narrowed` follows the latest activity; the choice is kept once closed;
 /// activity only gets later; a closed episode stays closed with its outcome.
 const UPSERT: &str = "INSERT INTO booking_episodes (request_id, patient_nin, gp_uid, gp_id, org_number, municipality_number, channel, \
      requested_at, day, deadline_end, vacant, closed_in_window, earliest_offer_at, earliest_offer_working_days, \
-     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+     own_offer_at, narrowed, chosen_slot_id, chosen_start_at, last_activity_at, closed_at, outcome, met_by, met_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
      ON CONFLICT (request_id) DO UPDATE SET \
      earliest_offer_at = CASE WHEN booking_episodes.earliest_offer_at IS NULL OR excluded.earliest_offer_at < booking_episodes.earliest_offer_at \
          THEN excluded.earliest_offer_at ELSE booking_episodes.earliest_offer_at END, \
@@ -39,7 +40,9 @@ const UPSERT: &str = "INSERT INTO booking_episodes (request_id, patient_nin, gp_
      last_activity_at = CASE WHEN excluded.last_activity_at > booking_episodes.last_activity_at \
          THEN excluded.last_activity_at ELSE booking_episodes.last_activity_at END, \
      closed_at = COALESCE(booking_episodes.closed_at, excluded.closed_at), \
-     outcome = CASE WHEN booking_episodes.closed_at IS NULL THEN excluded.outcome ELSE booking_episodes.outcome END \
+     outcome = CASE WHEN booking_episodes.closed_at IS NULL THEN excluded.outcome ELSE booking_episodes.outcome END, \
+     met_at = CASE WHEN booking_episodes.met_by = 0 THEN excluded.met_at ELSE booking_episodes.met_at END, \
+     met_by = CASE WHEN booking_episodes.met_by = 0 THEN excluded.met_by ELSE booking_episodes.met_by END \
      WHERE booking_episodes.patient_nin = excluded.patient_nin";
 
 /// Ends the patient's (`$2`) open episodes other than `$3` with outcome `$1`, closed at their
@@ -65,13 +68,13 @@ const CHOOSE: &str = "UPDATE booking_episodes SET \
 /// (`outcome` 4, counted by the old definition) are left out.
 const ACCESSIBILITY: &str = "SELECT municipality_number, channel, vacant, closed_in_window, \
      COALESCE(earliest_offer_working_days, -1) AS wd, \
-     CASE WHEN earliest_offer_at < deadline_end THEN 1 ELSE 0 END AS within, \
+     CASE WHEN earliest_offer_at < deadline_end OR met_by <> 0 THEN 1 ELSE 0 END AS within, met_by, \
      CASE WHEN own_offer_at < deadline_end THEN 1 ELSE 0 END AS own, \
      CASE WHEN chosen_start_at IS NOT NULL THEN (CASE WHEN chosen_start_at >= deadline_end THEN 1 ELSE 0 END) ELSE narrowed END AS later, \
      COUNT(*) AS n FROM booking_episodes \
      WHERE outcome <> 4 AND day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) \
      AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-     GROUP BY municipality_number, channel, vacant, closed_in_window, wd, within, own, later";
+     GROUP BY municipality_number, channel, vacant, closed_in_window, wd, within, met_by, own, later";
 
 /// Defers the merge of `e` ([`UPSERT`]) to `tx`'s commit.
 pub(crate) fn upsert(tx: &mut impl Defer, e: &Episode) {
@@ -105,6 +108,8 @@ fn upsert_values(e: &Episode) -> Vec<Value> {
         e.last_activity_ms.into(),
         e.closed.map(|(at, _)| at).into(),
         e.closed.map_or(0, |(_, o)| o.code()).into(),
+        e.met.map_or(0, |(m, _)| m.code()).into(),
+        e.met.map(|(_, at)| at).into(),
     ]
 }
 
@@ -137,6 +142,8 @@ pub(crate) fn episode_from_row(r: &AnyRow) -> Result<Episode, sqlx::Error> {
     let chosen_start: Option<i64> = r.try_get("chosen_start_at")?;
     let closed_at: Option<i64> = r.try_get("closed_at")?;
     let wd: Option<i64> = r.try_get("earliest_offer_working_days")?;
+    let met_at: Option<i64> = r.try_get("met_at")?;
+    let met = MetBy::from_code(r.try_get("met_by")?).zip(met_at);
     Ok(Episode {
         request_id: r.try_get("request_id")?,
         patient_nin: r.try_get("patient_nin")?,
@@ -158,6 +165,7 @@ pub(crate) fn episode_from_row(r: &AnyRow) -> Result<Episode, sqlx::Error> {
         chosen: chosen_id.zip(chosen_start),
         last_activity_ms: r.try_get("last_activity_at")?,
         closed: closed_at.map(|at| (at, Outcome::Booked)),
+        met,
         fresh: false,
     })
 }
@@ -188,8 +196,10 @@ pub(crate) struct Counted {
     pub closed_in_window: bool,
     /// Working days from day 0 to the earliest offer; -1 without an offer.
     pub working_days: i64,
-    /// The earliest offer was in time.
+    /// The earliest offer was in time, or a step of the guarantee engine met the request.
     pub within: bool,
+    /// The step of the guarantee engine that met it.
+    pub met_by: Option<MetBy>,
     /// The own GP's earliest offer was in time.
     pub own: bool,
     /// The patient chose a slot after the deadline or (having chosen none) narrowed the search.
@@ -222,6 +232,7 @@ pub(crate) async fn accessibility_counts(
                 closed_in_window: flag("closed_in_window")?,
                 working_days: r.try_get("wd")?,
                 within: flag("within")?,
+                met_by: MetBy::from_code(r.try_get("met_by")?),
                 own: flag("own")?,
                 later: flag("later")?,
                 n: r.try_get::<i64, _>("n")?.max(0) as u64,

@@ -13,6 +13,7 @@
 mod appointments;
 pub(crate) mod directory;
 pub(crate) mod episodes;
+pub(crate) mod guarantee;
 mod slots;
 
 pub(crate) use appointments::*;

@@ -220,6 +220,21 @@ fn attachments_no_nul(attachments: &[pb::NewAttachment]) -> Result<(), Status> {
 }
 
 /// The token of the page after the one at `off` of `limit`, "" when there is none.
+/// StartConsultation's `booking_request_id`: empty, or an id as the booking service makes them.
+fn booking_request_field(v: &str) -> Result<String, Status> {
+    if !v.is_empty()
+        && (v.len() > 64
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    {
+        return Err(Status::invalid_argument(
+            "booking_request_id must be up to 64 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+    Ok(v.to_owned())
+}
+
 fn next_token(more: bool, off: i64, limit: i64) -> String {
     if more {
         (off + limit).to_string()
@@ -258,6 +273,7 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             subject: r.subject,
             body: r.body,
             attachments: convert::new_attachments(r.attachments),
+            booking_request_id: booking_request_field(&r.booking_request_id)?,
         };
         let mut built = None;
         let encode = keeping(&mut built, |p: &crate::service::Posted| {

@@ -34,6 +34,9 @@ pub struct NewThread {
     pub body: String,
     /// Its attachments (checked here).
     pub attachments: Vec<NewAttachment>,
+    /// The booking request it answers (the guarantee engine's offer; "" none), checked by the
+    /// adapter.
+    pub booking_request_id: String,
 }
 
 impl Consultations {
@@ -78,7 +81,7 @@ impl Consultations {
         let body = checked_text(&new.body, "body", MAX_BODY_CHARS)?;
         let attachments = check_attachments(new.attachments)?;
         let fp = fingerprint(
-            serde_json::json!([category.code(), subject, body]),
+            serde_json::json!([category.code(), subject, body, new.booking_request_id]),
             &attachments,
         );
         let mut started = None;
@@ -102,7 +105,15 @@ impl Consultations {
                 let tx = &mut op.tx;
                 let n = store::response_days(tx, &gp.org_number).await?;
                 let cal = calendar(tx, &gp.org_number).await?;
-                let due = sla::due_at(&cal, from_ms(now), n).timestamp_millis();
+                let mut due = sla::due_at(&cal, from_ms(now), n).timestamp_millis();
+                // Started from a booking request (the guarantee engine): answered in its window.
+                if !new.booking_request_id.is_empty()
+                    && let Some(end) =
+                        directory::request_window_end(tx, &new.booking_request_id, nin.as_str())
+                            .await?
+                {
+                    due = due.min(end);
+                }
                 let mut t = Thread {
                     thread_id: uuid::Uuid::now_v7().to_string(),
                     patient_nin: nin.as_str().to_owned(),
@@ -136,6 +147,9 @@ impl Consultations {
                         .map_or(0, |a| a.relation.code()),
                 };
                 store::insert_thread(tx, &t).await?;
+                if !new.booking_request_id.is_empty() {
+                    store::link_booking_request(tx, &t.thread_id, &new.booking_request_id).await?;
+                }
                 let m = store::append_message(
                     tx,
                     &t.thread_id,

@@ -400,6 +400,16 @@ impl Consultations {
         let cal = calendar(tx, &t.org_number).await?;
         if first {
             self.changed(tx, topics::CONSULTATION_FIRST_RESPONSE, t, Some(&cal))?;
+            // Started from a booking request (the guarantee engine): the reply meets it.
+            if let Some(request) = store::booking_request_of(tx, &t.thread_id).await? {
+                econsult_booking::service::record_e_consultation_reply(
+                    tx,
+                    &request,
+                    &t.patient_nin,
+                    from_ms(now),
+                )
+                .await?;
+            }
         }
         let topic = if to == State::Answered {
             topics::CONSULTATION_ANSWERED
