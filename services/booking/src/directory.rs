@@ -177,3 +177,11 @@ pub async fn list_figures(
 ) -> Result<ListFigures, sqlx::Error> {
     store::list_figures(conn, org, municipality).await
 }
+
+/// Persons on GP lists (staffed or vacant) per municipality number, for statistics by
+/// municipality size; municipalities without listed persons are left out.
+pub async fn persons_by_municipality(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    store::persons_by_municipality(conn).await
+}

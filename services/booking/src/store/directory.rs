@@ -52,6 +52,10 @@ const PERSONS_WITHOUT_GP: &str = "SELECT COUNT(*) FROM booking_list_members l JO
 const WAITLIST_ACTIVE: &str = "SELECT COUNT(*) FROM booking_waitlist w JOIN booking_gps g ON g.gp_uid = w.gp_uid \
      WHERE w.active = 1 AND ($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2)";
 
+/// Persons on GP lists (staffed or vacant) per municipality of the list.
+const PERSONS_BY_MUNICIPALITY: &str = "SELECT g.municipality_number, COUNT(*) AS persons \
+     FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid GROUP BY g.municipality_number";
+
 /// A stored code that names no variant of its enum (a row written by a newer version).
 fn decode_error(column: &str) -> sqlx::Error {
     sqlx::Error::ColumnDecode {
@@ -225,4 +229,19 @@ pub(crate) async fn list_figures(
         persons_on_lists_without_gp: persons as u64,
         waitlist_active: waitlist as u64,
     })
+}
+
+/// Persons on GP lists per municipality number (municipalities without any left out).
+pub(crate) async fn persons_by_municipality(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let rows = sqlx::query(PERSONS_BY_MUNICIPALITY).fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("municipality_number")?,
+                r.try_get::<i64, _>("persons")? as u64,
+            ))
+        })
+        .collect()
 }
