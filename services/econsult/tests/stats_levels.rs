@@ -321,9 +321,9 @@ async fn ops_cannot_recover_a_suppressed_cell_by_any_combination_of_calls(env: E
     // Every query ops can make over these days: ranges (overlapping, and the whole month),
     // periods, breakdowns, narrowings; contact counts, exports and response times.
     let mut ranges: Vec<(&str, &str)> = vec![("2026-03-01", "2026-03-31")];
-    for i in 0..DAYS.len() {
-        for j in i..DAYS.len() {
-            ranges.push((DAYS[i], DAYS[j]));
+    for (i, from) in DAYS.iter().enumerate() {
+        for to in &DAYS[i..] {
+            ranges.push((from, to));
         }
     }
     let breakdowns: [&[D]; 9] = [

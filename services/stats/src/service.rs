@@ -72,9 +72,9 @@ impl Stats {
     ) -> Result<Vec<ContactCount>, StatsError> {
         let mut conn = self.conn().await?;
         // Each row is a base cell: the store groups by the table's whole key.
-        let rows = store::contact_counts(&mut *conn, f).await?;
+        let rows = store::contact_counts(&mut conn, f).await?;
         let persons: BTreeMap<String, u64> = if keep.size_band || f.size_band.is_some() {
-            directory::persons_by_municipality(&mut *conn)
+            directory::persons_by_municipality(&mut conn)
                 .await?
                 .into_iter()
                 .collect()
