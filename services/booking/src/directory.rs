@@ -178,6 +178,16 @@ pub async fn list_figures(
     store::list_figures(conn, org, municipality).await
 }
 
+/// [`list_figures`] per (organisation, municipality), for statistics that suppress small
+/// figures of a practice in a municipality.
+pub async fn list_figures_by_place(
+    conn: &mut AnyConnection,
+    org: &str,
+    municipality: &str,
+) -> Result<Vec<((String, String), ListFigures)>, sqlx::Error> {
+    store::list_figures_by_place(conn, org, municipality).await
+}
+
 /// Persons on GP lists (staffed or vacant) per municipality number, for statistics by
 /// municipality size; municipalities without listed persons are left out.
 pub async fn persons_by_municipality(

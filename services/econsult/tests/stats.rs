@@ -540,13 +540,35 @@ async fn consultation_statistics_series_and_exports(env: Env) {
         .await
         .expect("lists")
         .into_inner();
+    // Ops: the 3 persons on ORG_B's vacant list (a practice's figure in a municipality under
+    // 5) are left out; the lists are counted.
     assert_eq!(
         (
             lists.lists,
             lists.lists_without_gp,
-            lists.persons_on_lists_without_gp
+            lists.persons_on_lists_without_gp,
+            lists.suppressed
         ),
-        (3, 1, 3)
+        (3, 1, 0, true)
+    );
+    let own_lists = s
+        .get_list_figures(authed(
+            spb::GetListFiguresRequest {
+                filter: filter(ORG_B),
+            },
+            &app.ehr_token(ORG_B),
+        ))
+        .await
+        .expect("own lists")
+        .into_inner();
+    assert_eq!(
+        (
+            own_lists.lists,
+            own_lists.lists_without_gp,
+            own_lists.persons_on_lists_without_gp,
+            own_lists.suppressed
+        ),
+        (2, 1, 3, false)
     );
     let err = s
         .get_list_figures(authed(

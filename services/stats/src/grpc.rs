@@ -299,12 +299,13 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
     ) -> Result<Response<pb::GetListFiguresResponse>, Status> {
         let caller = Caller::from_request(&req)?.clone();
         let f = scope_filter(req.into_inner().filter, &caller)?;
-        let l = self.stats.list_figures(&f).await?;
+        let (l, suppressed) = self.stats.list_figures(&f, disclosure(&caller)).await?;
         Ok(Response::new(pb::GetListFiguresResponse {
             lists: l.lists,
             lists_without_gp: l.lists_without_gp,
             persons_on_lists_without_gp: l.persons_on_lists_without_gp,
             waitlist_active: l.waitlist_active,
+            suppressed,
         }))
     }
 

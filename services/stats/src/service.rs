@@ -273,9 +273,38 @@ impl Stats {
         Ok(out)
     }
 
-    /// Lists and waitlists now (booking owns them: read through its directory).
-    pub async fn list_figures(&self, f: &Filter) -> Result<ListFigures, StatsError> {
-        Ok(directory::list_figures(&mut *self.conn().await?, &f.org, &f.municipality).await?)
+    /// Lists and waitlists now (booking owns them: read through its directory), and whether
+    /// figures were left out. The persons figures (persons on lists without a GP, active
+    /// waitlist entries) describe persons: under [`Disclosure::Protected`] a practice's figure
+    /// in one municipality (the finest a filter isolates) of 1 to 4 is left out of the sum.
+    pub async fn list_figures(
+        &self,
+        f: &Filter,
+        d: Disclosure,
+    ) -> Result<(ListFigures, bool), StatsError> {
+        let places =
+            directory::list_figures_by_place(&mut *self.conn().await?, &f.org, &f.municipality)
+                .await?;
+        let mut out = ListFigures::default();
+        let mut suppressed = false;
+        for (_, p) in places {
+            out.lists += p.lists;
+            out.lists_without_gp += p.lists_without_gp;
+            for (sum, n) in [
+                (
+                    &mut out.persons_on_lists_without_gp,
+                    p.persons_on_lists_without_gp,
+                ),
+                (&mut out.waitlist_active, p.waitlist_active),
+            ] {
+                if d.hides(n) {
+                    suppressed = true;
+                } else {
+                    *sum += n;
+                }
+            }
+        }
+        Ok((out, suppressed))
     }
 }
 
