@@ -184,7 +184,7 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
         ),
     ];
     loop {
-        let a = accessibility(&app, &ops, "").await.expect("stats");
+        let a = accessibility(&app, &ehr, "").await.expect("stats");
         if a.requests == 2
             && a.bookings == 4
             && a.no_shows == 1
@@ -200,7 +200,7 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let a = accessibility(&app, &ops, "").await.expect("stats");
+    let a = accessibility(&app, &ehr, "").await.expect("stats");
     assert_eq!(
         (
             a.requests,
@@ -238,7 +238,25 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
     );
 
     // A rebuild from the outbox gives the same numbers.
-    // Ops get the same cells suppressed (one contact each: below the threshold).
+    // Ops get every cell of this flow suppressed: each is under 5 (one GP's requests of a
+    // day 0, appointments of a kind on a day, contacts of a type on a day).
+    let o = accessibility(&app, &ops, "").await.expect("stats");
+    assert_eq!(
+        (
+            o.requests,
+            o.bookings,
+            o.no_shows,
+            o.late_cancellations,
+            o.suppressed
+        ),
+        (0, 0, 0, 0, true)
+    );
+    assert!(
+        !accessibility(&app, &ehr, "")
+            .await
+            .expect("stats")
+            .suppressed
+    );
     assert_eq!(
         contacts(&app, &ops).await,
         vec![
@@ -257,7 +275,7 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
         ]
     );
     let before = (
-        accessibility(&app, &ops, "").await.expect("stats"),
+        accessibility(&app, &ehr, "").await.expect("stats"),
         contacts(&app, &ehr).await,
     );
     let applied = econsult_stats::Aggregator::new(app.platform().db.clone())
@@ -268,7 +286,7 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
     // them): the rest of the flow's events are re-applied.
     assert!(applied >= 8, "every event re-applied ({applied})");
     let after = (
-        accessibility(&app, &ops, "").await.expect("stats"),
+        accessibility(&app, &ehr, "").await.expect("stats"),
         contacts(&app, &ehr).await,
     );
     assert_eq!(before, after);

@@ -333,7 +333,8 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
         let caller = Caller::from_request(&req)?.clone();
         let f = filter(req.into_inner().filter, &caller)?;
         no_levels(&f)?;
-        let (a, appointments) = self.stats.accessibility(&f).await?;
+        let (a, appointments, suppressed) =
+            self.stats.accessibility(&f, disclosure(&caller)).await?;
         let breaches = |r: BreachReason| a.breaches.get(&r).copied().unwrap_or_default();
         let mut by_channel: Vec<pb::ChannelFigures> = a
             .by_channel
@@ -360,6 +361,7 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
             bookings: appointments.bookings,
             late_cancellations: appointments.late_cancellations,
             no_shows: appointments.no_shows,
+            suppressed,
         }))
     }
 }

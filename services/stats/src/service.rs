@@ -190,12 +190,16 @@ impl Stats {
         })
     }
 
-    /// The booking requests as `econsult_booking::episodes` defines and stores them, and the
-    /// appointment counts.
+    /// The booking requests as `econsult_booking::episodes` defines and stores them, the
+    /// appointment counts, and whether figures were left out. Under [`Disclosure::Protected`]
+    /// a base cell of 1 to 4 is left out: for requests one GP's requests of one day 0 (the
+    /// figures of a cell that is kept are counted whole), for appointments one GP's
+    /// appointments of one kind on one day.
     pub async fn accessibility(
         &self,
         f: &Filter,
-    ) -> Result<(BookingRequests, AppointmentCounts), StatsError> {
+        d: Disclosure,
+    ) -> Result<(BookingRequests, AppointmentCounts, bool), StatsError> {
         let scope = episodes::Scope {
             from: f.from.clone(),
             to: f.to.clone(),
@@ -203,9 +207,22 @@ impl Stats {
             municipality: f.municipality.clone(),
             gp: f.gp.clone(),
         };
-        let requests = episodes::accessibility(&self.db, &scope).await?;
-        let appointments = store::appointment_counts(&mut *self.conn().await?, f).await?;
-        Ok((requests, appointments))
+        let (requests, mut suppressed) =
+            episodes::accessibility_without(&self.db, &scope, |n| d.hides(n)).await?;
+        let mut appointments = AppointmentCounts::default();
+        for (_, kind, n) in store::appointment_rows(&mut *self.conn().await?, f).await? {
+            if d.hides(n) {
+                suppressed = true;
+                continue;
+            }
+            match kind.as_str() {
+                "booked" => appointments.bookings += n,
+                "late_cancellation" => appointments.late_cancellations += n,
+                "noshow" => appointments.no_shows += n,
+                _ => {}
+            }
+        }
+        Ok((requests, appointments, suppressed))
     }
 
     /// First-response figures of text consultations. Under [`Disclosure::Protected`] a base

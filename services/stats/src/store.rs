@@ -2,7 +2,7 @@
 //! `0003_stats.sql`) it writes from events and reads for queries. Each statement is a complete
 //! literal; a batch upsert is a [`MultiRow`] of literal head and tail.
 
-use crate::domain::{AppointmentCounts, ContactCount, Filter};
+use crate::domain::{ContactCount, Filter};
 use econsult_runtime::bus::Event;
 use econsult_runtime::db::{MultiRow, Tx, Value, bind_values};
 use sqlx::AnyConnection;
@@ -335,32 +335,31 @@ pub async fn contact_counts(
         .collect()
 }
 
-/// Appointment counts by kind in `f`.
-pub async fn appointment_counts(
+/// Appointments in `f` per base cell (day, place, GP) and kind (`booked`, `cancelled`,
+/// `late_cancellation`, `noshow`).
+pub async fn appointment_rows(
     conn: &mut AnyConnection,
     f: &Filter,
-) -> Result<AppointmentCounts, sqlx::Error> {
+) -> Result<Vec<(Cell, String, u64)>, sqlx::Error> {
     let rows = filtered(
         sqlx::query(
-            "SELECT kind, CAST(SUM(n) AS BIGINT) AS n FROM stats_appointments \
+            "SELECT day, org_number, municipality_number, gp_id, kind, CAST(SUM(n) AS BIGINT) AS n FROM stats_appointments \
              WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-             GROUP BY kind",
+             GROUP BY day, org_number, municipality_number, gp_id, kind",
         ),
         f,
     )
     .fetch_all(conn)
     .await?;
-    let mut out = AppointmentCounts::default();
-    for r in rows {
-        let n = r.try_get::<i64, _>("n")? as u64;
-        match r.try_get::<String, _>("kind")?.as_str() {
-            "booked" => out.bookings += n,
-            "late_cancellation" => out.late_cancellations += n,
-            "noshow" => out.no_shows += n,
-            _ => {}
-        }
-    }
-    Ok(out)
+    rows.iter()
+        .map(|r| {
+            Ok((
+                cell(r)?,
+                r.try_get("kind")?,
+                r.try_get::<i64, _>("n")? as u64,
+            ))
+        })
+        .collect()
 }
 
 /// The base cell of a row: day, organisation, municipality and GP.
