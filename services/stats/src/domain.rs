@@ -127,7 +127,7 @@ pub struct Export {
     pub csv: String,
     /// Data rows.
     pub rows: u64,
-    /// Rows whose count was suppressed.
+    /// Rows with hidden base cells left out of their count.
     pub suppressed_rows: u64,
 }
 
