@@ -188,3 +188,21 @@ pub async fn list_figures(
 ) -> Result<ListFigures, sqlx::Error> {
     store::list_figures(conn, org, municipality).await
 }
+
+/// [`list_figures`] per (organisation, municipality), for statistics that suppress small
+/// figures of a practice in a municipality.
+pub async fn list_figures_by_place(
+    conn: &mut AnyConnection,
+    org: &str,
+    municipality: &str,
+) -> Result<Vec<((String, String), ListFigures)>, sqlx::Error> {
+    store::list_figures_by_place(conn, org, municipality).await
+}
+
+/// Persons on GP lists (staffed or vacant) per municipality number, for statistics by
+/// municipality size; municipalities without listed persons are left out.
+pub async fn persons_by_municipality(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    store::persons_by_municipality(conn).await
+}

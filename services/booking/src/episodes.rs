@@ -634,16 +634,60 @@ pub async fn accessibility_by_municipality(
     let mut conn = db.read().acquire().await?;
     let mut out: HashMap<String, Accessibility> = HashMap::new();
     for g in store::accessibility_counts(&mut conn, scope).await? {
+        out.entry(g.municipality_number.clone())
+            .or_default()
+            .count(&g);
+    }
+    Ok(out)
+}
+
+/// [`accessibility`] without the requests of every base cell (one GP's requests of one day 0)
+/// whose number of requests `hidden` says is too small to publish (statistics' small-cell
+/// suppression); the figures of a cell that is kept are counted whole. Returns the figures and
+/// whether a cell was left out.
+pub async fn accessibility_without(
+    db: &Db,
+    scope: &Scope,
+    hidden: impl Fn(u64) -> bool,
+) -> Result<(Accessibility, bool), sqlx::Error> {
+    let mut conn = db.read().acquire().await?;
+    let rows = store::accessibility_counts(&mut conn, scope).await?;
+    let cell = |g: &store::Counted| {
+        (
+            g.day.clone(),
+            g.org_number.clone(),
+            g.municipality_number.clone(),
+            g.gp_id.clone(),
+        )
+    };
+    let mut totals: HashMap<_, u64> = HashMap::new();
+    for g in &rows {
+        *totals.entry(cell(g)).or_default() += g.n;
+    }
+    let mut out = Accessibility::default();
+    let mut left_out = false;
+    for g in &rows {
+        if hidden(totals.get(&cell(g)).copied().unwrap_or_default()) {
+            left_out = true;
+        } else {
+            out.count(g);
+        }
+    }
+    Ok((out, left_out))
+}
+
+impl Accessibility {
+    /// Adds the `n` episodes of group `g`.
+    fn count(&mut self, g: &store::Counted) {
         let n = g.n;
-        let a = out.entry(g.municipality_number).or_default();
-        a.requests += n;
-        let c = a.by_channel.entry(g.channel).or_default();
+        self.requests += n;
+        let c = self.by_channel.entry(g.channel).or_default();
         c.0 += n;
         if g.within {
-            a.within_target += n;
+            self.within_target += n;
             c.1 += n;
             if g.later {
-                a.patient_preferences += n;
+                self.patient_preferences += n;
             }
         } else {
             let reason = if g.vacant {
@@ -653,12 +697,12 @@ pub async fn accessibility_by_municipality(
             } else {
                 BreachReason::NoSlots
             };
-            *a.breaches.entry(reason).or_default() += n;
+            *self.breaches.entry(reason).or_default() += n;
         }
         if g.own {
-            a.met_by_own_gp += n;
+            self.met_by_own_gp += n;
         } else if let Some(m) = g.met_by {
-            *a.met_by.entry(m).or_default() += n;
+            *self.met_by.entry(m).or_default() += n;
         }
         let wd = g.working_days;
         let bucket = if (0..15).contains(&wd) {
@@ -666,12 +710,9 @@ pub async fn accessibility_by_municipality(
         } else {
             15
         };
-        a.working_days_histogram[bucket] += n;
+        self.working_days_histogram[bucket] += n;
     }
-    Ok(out)
-}
 
-impl Accessibility {
     /// Adds `b`'s counts.
     pub fn add(&mut self, b: &Accessibility) {
         self.requests += b.requests;

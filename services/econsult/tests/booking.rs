@@ -1925,7 +1925,8 @@ async fn figures(
                         ..Default::default()
                     }),
                 },
-                &app.ops_token(),
+                // The practice's own figures are exact (ops get small cells suppressed).
+                &app.ehr_token(org),
             ))
             .await
             .expect("accessibility")

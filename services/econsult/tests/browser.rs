@@ -104,7 +104,7 @@ async fn a_patient_and_a_gp_hold_a_video_consultation_in_chromium(env: Env) {
             .unwrap_or(0);
         assert!(len > 1000, "{shot} saved ({len} bytes)");
     }
-    // The server's record: one held video session.
+    // The server's record, as the practice reads it: one held video session.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let video = app
@@ -118,7 +118,7 @@ async fn a_patient_and_a_gp_hold_a_video_consultation_in_chromium(env: Env) {
                         ..Default::default()
                     }),
                 },
-                &app.ops_token(),
+                &app.ehr_token(ORG_A),
             ))
             .await
             .expect("video sessions")

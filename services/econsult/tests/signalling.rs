@@ -506,7 +506,8 @@ async fn end_and_check(v: &Video, gp_channel: Channel, patient: &mut Sig, gp: &m
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The stats API reports it: one session, held, connected for ten minutes.
+    // The stats API reports it to the practice: one session, held, connected for ten minutes
+    // (ops get a GP's day of fewer than five sessions suppressed).
     let video = v
         .app
         .stats()
@@ -519,7 +520,7 @@ async fn end_and_check(v: &Video, gp_channel: Channel, patient: &mut Sig, gp: &m
                     ..Default::default()
                 }),
             },
-            &v.app.ops_token(),
+            &v.app.ehr_token(ORG_A),
         ))
         .await
         .expect("video sessions")

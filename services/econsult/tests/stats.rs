@@ -42,7 +42,9 @@ async fn accessibility(
     .map(|r| r.into_inner())
 }
 
-async fn contacts(app: &TestApp) -> Vec<(String, String, String, u64)> {
+/// Contact counts (day, contact type, tariff, count) as `token` reads them: exact for an EHR's
+/// own organisation, with small cells suppressed for ops.
+async fn contacts(app: &TestApp, token: &str) -> Vec<(String, String, String, u64)> {
     let mut s = app.stats().await;
     let rows = s
         .get_contact_counts(authed(
@@ -50,7 +52,7 @@ async fn contacts(app: &TestApp) -> Vec<(String, String, String, u64)> {
                 filter: filter(""),
                 ..Default::default()
             },
-            &app.ops_token(),
+            token,
         ))
         .await
         .expect("contacts")
@@ -182,23 +184,23 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
         ),
     ];
     loop {
-        let a = accessibility(&app, &ops, "").await.expect("stats");
+        let a = accessibility(&app, &ehr, "").await.expect("stats");
         if a.requests == 2
             && a.bookings == 4
             && a.no_shows == 1
             && a.late_cancellations == 1
-            && contacts(&app).await == expected_contacts
+            && contacts(&app, &ehr).await == expected_contacts
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "statistics did not converge: {a:?} {:?}",
-            contacts(&app).await
+            contacts(&app, &ehr).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let a = accessibility(&app, &ops, "").await.expect("stats");
+    let a = accessibility(&app, &ehr, "").await.expect("stats");
     assert_eq!(
         (
             a.requests,
@@ -236,9 +238,45 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
     );
 
     // A rebuild from the outbox gives the same numbers.
+    // Ops get every cell of this flow suppressed: each is under 5 (one GP's requests of a
+    // day 0, appointments of a kind on a day, contacts of a type on a day).
+    let o = accessibility(&app, &ops, "").await.expect("stats");
+    assert_eq!(
+        (
+            o.requests,
+            o.bookings,
+            o.no_shows,
+            o.late_cancellations,
+            o.suppressed
+        ),
+        (0, 0, 0, 0, true)
+    );
+    assert!(
+        !accessibility(&app, &ehr, "")
+            .await
+            .expect("stats")
+            .suppressed
+    );
+    assert_eq!(
+        contacts(&app, &ops).await,
+        vec![
+            (
+                "2026-03-03".to_owned(),
+                "in_person".to_owned(),
+                "2ad".to_owned(),
+                0
+            ),
+            (
+                "2026-03-03".to_owned(),
+                "video".to_owned(),
+                "2ae".to_owned(),
+                0
+            ),
+        ]
+    );
     let before = (
-        accessibility(&app, &ops, "").await.expect("stats"),
-        contacts(&app).await,
+        accessibility(&app, &ehr, "").await.expect("stats"),
+        contacts(&app, &ehr).await,
     );
     let applied = econsult_stats::Aggregator::new(app.platform().db.clone())
         .rebuild()
@@ -248,8 +286,8 @@ async fn booking_flows_give_exact_statistics_and_a_rebuild_gives_the_same(env: E
     // them): the rest of the flow's events are re-applied.
     assert!(applied >= 8, "every event re-applied ({applied})");
     let after = (
-        accessibility(&app, &ops, "").await.expect("stats"),
-        contacts(&app).await,
+        accessibility(&app, &ehr, "").await.expect("stats"),
+        contacts(&app, &ehr).await,
     );
     assert_eq!(before, after);
     app.shutdown().await;
@@ -345,31 +383,59 @@ async fn consultation_statistics_series_and_exports(env: Env) {
     let ops = app.ops_token();
     let mut s = app.stats().await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    let times = loop {
-        let t = s
-            .get_consultation_response_times(authed(
+    let response_times = |token: String| {
+        let mut s = s.clone();
+        async move {
+            s.get_consultation_response_times(authed(
                 spb::GetConsultationResponseTimesRequest { filter: filter("") },
-                &ops,
+                &token,
             ))
             .await
             .expect("response times")
-            .into_inner();
-        let contacts = contacts(&app).await;
-        if t.responded == 9 && contacts.iter().map(|c| c.3).sum::<u64>() == 9 {
-            break t;
+            .into_inner()
+        }
+    };
+    // Each practice reads its own figures exactly.
+    let (a_times, b_times) = loop {
+        let a_times = response_times(app.ehr_token(ORG_A)).await;
+        let b_times = response_times(app.ehr_token(ORG_B)).await;
+        let own = async |org: &str| {
+            contacts(&app, &app.ehr_token(org))
+                .await
+                .iter()
+                .map(|c| c.3)
+                .sum::<u64>()
+        };
+        let contacts = (own(ORG_A).await, own(ORG_B).await);
+        if a_times.responded + b_times.responded == 9 && contacts == (7, 2) {
+            break (a_times, b_times);
         }
         assert!(
             Instant::now() < deadline,
-            "not converged: {t:?} {contacts:?}"
+            "not converged: {a_times:?} {b_times:?} {contacts:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(times.within_sla, 7);
-    assert!((times.within_sla_share - 7.0 / 9.0).abs() < 1e-9);
+    assert_eq!(
+        (a_times.within_sla, a_times.working_days_histogram[0]),
+        (7, 7)
+    );
+    assert_eq!(
+        (b_times.within_sla, b_times.working_days_histogram[6]),
+        (0, 2)
+    );
+    assert!(!a_times.suppressed && !b_times.suppressed);
+    // Ops: gp-b's two threads of 2 March (a base cell under 5) are left out of every figure.
+    let times = response_times(ops.clone()).await;
+    assert_eq!((times.responded, times.within_sla), (7, 7));
+    assert!((times.within_sla_share - 1.0).abs() < 1e-9);
     assert_eq!(times.working_days_histogram[0], 7);
-    assert_eq!(times.working_days_histogram[6], 2);
+    assert_eq!(times.working_days_histogram[6], 0);
+    assert!(times.suppressed);
 
     // Weekly series by contact type: week 10 has the 7 same-day closings, week 11 the 2 late.
+    // Ops see the cells of fewer than 5 contacts (gp-1's one prescription renewal, gp-b's two
+    // late answers) suppressed: left out of the count and marked.
     let weekly = s
         .get_contact_counts(authed(
             spb::GetContactCountsRequest {
@@ -383,9 +449,9 @@ async fn consultation_statistics_series_and_exports(env: Env) {
         .expect("weekly")
         .into_inner()
         .rows;
-    let weekly: Vec<(String, String, String, u64)> = weekly
+    let weekly: Vec<(String, String, String, u64, bool)> = weekly
         .into_iter()
-        .map(|r| (r.date, r.contact_type, r.org_number, r.count))
+        .map(|r| (r.date, r.contact_type, r.org_number, r.count, r.suppressed))
         .collect();
     assert_eq!(
         weekly,
@@ -394,19 +460,22 @@ async fn consultation_statistics_series_and_exports(env: Env) {
                 "2026-W10".into(),
                 "prescription_renewal".into(),
                 String::new(),
-                1
+                0,
+                true
             ),
             (
                 "2026-W10".into(),
                 "text_econsultation".into(),
                 String::new(),
-                6
+                6,
+                false
             ),
             (
                 "2026-W11".into(),
                 "text_econsultation".into(),
                 String::new(),
-                2
+                0,
+                true
             ),
         ]
     );
@@ -426,20 +495,22 @@ async fn consultation_statistics_series_and_exports(env: Env) {
         .expect("monthly")
         .into_inner()
         .rows;
-    let monthly: Vec<(String, String, String, u64)> = monthly
+    let monthly: Vec<(String, String, String, u64, bool)> = monthly
         .into_iter()
-        .map(|r| (r.date, r.org_number, r.tariff_code, r.count))
+        .map(|r| (r.date, r.org_number, r.tariff_code, r.count, r.suppressed))
         .collect();
     assert_eq!(
         monthly,
         vec![
-            ("2026-03".into(), ORG_A.into(), "1bd".into(), 1),
-            ("2026-03".into(), ORG_A.into(), "2ae".into(), 6),
-            ("2026-03".into(), ORG_B.into(), "2ae".into(), 2),
+            ("2026-03".into(), ORG_A.into(), "1bd".into(), 0, true),
+            ("2026-03".into(), ORG_A.into(), "2ae".into(), 6, false),
+            ("2026-03".into(), ORG_B.into(), "2ae".into(), 0, true),
         ]
     );
 
-    // Municipality-level export: organisations summed, cells under 5 suppressed.
+    // Municipality-level export: organisations summed; gp-b's 2 answers (a day's cell under 5)
+    // are left out of the month's 2ae count, which says so, and gp-1's one renewal shows
+    // nothing.
     let export = s
         .export_contacts(authed(
             spb::ExportContactsRequest {
@@ -456,9 +527,9 @@ async fn consultation_statistics_series_and_exports(env: Env) {
         export.csv,
         "period,org_number,municipality_number,gp_id,contact_type,tariff_code,count,suppressed\r\n\
          2026-03,,0301,,prescription_renewal,1bd,,true\r\n\
-         2026-03,,0301,,text_econsultation,2ae,8,false\r\n"
+         2026-03,,0301,,text_econsultation,2ae,6,true\r\n"
     );
-    assert_eq!((export.rows, export.suppressed_rows), (2, 1));
+    assert_eq!((export.rows, export.suppressed_rows), (2, 2));
     // An EHR exports its own organisation at GP level, unsuppressed.
     let own = s
         .export_contacts(authed(
@@ -488,13 +559,35 @@ async fn consultation_statistics_series_and_exports(env: Env) {
         .await
         .expect("lists")
         .into_inner();
+    // Ops: the 3 persons on ORG_B's vacant list (a practice's figure in a municipality under
+    // 5) are left out; the lists are counted.
     assert_eq!(
         (
             lists.lists,
             lists.lists_without_gp,
-            lists.persons_on_lists_without_gp
+            lists.persons_on_lists_without_gp,
+            lists.suppressed
         ),
-        (3, 1, 3)
+        (3, 1, 0, true)
+    );
+    let own_lists = s
+        .get_list_figures(authed(
+            spb::GetListFiguresRequest {
+                filter: filter(ORG_B),
+            },
+            &app.ehr_token(ORG_B),
+        ))
+        .await
+        .expect("own lists")
+        .into_inner();
+    assert_eq!(
+        (
+            own_lists.lists,
+            own_lists.lists_without_gp,
+            own_lists.persons_on_lists_without_gp,
+            own_lists.suppressed
+        ),
+        (2, 1, 3, false)
     );
     let err = s
         .get_list_figures(authed(
@@ -674,7 +767,7 @@ async fn closed_threads_count_by_kpr_category(env: Env) {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let rows = loop {
-        let rows = contacts(&app).await;
+        let rows = contacts(&app, &ehr).await;
         if rows.iter().any(|r| r.1 == "text_econsultation") {
             break rows;
         }
@@ -707,7 +800,7 @@ async fn closed_threads_count_by_kpr_category(env: Env) {
                 group_by: vec![spb::Dimension::KprCategory as i32],
                 ..Default::default()
             },
-            &app.ops_token(),
+            &ehr,
         ))
         .await
         .expect("by kpr category")

@@ -1,5 +1,7 @@
 //! What the statistics service answers, in its own terms (no proto).
 
+pub use crate::levels::SizeBand;
+pub use crate::suppress::Disclosure;
 pub use econsult_booking::episodes::Accessibility as BookingRequests;
 
 /// A validated filter of a statistics query.
@@ -15,6 +17,10 @@ pub struct Filter {
     pub municipality: String,
     /// GP ("" = all).
     pub gp: String,
+    /// County code, two digits ("" = all; contact queries only).
+    pub county: String,
+    /// Municipality-size band (`None` = all; contact queries only).
+    pub size_band: Option<SizeBand>,
 }
 
 /// The period rows are summed over.
@@ -44,6 +50,10 @@ pub struct Dimensions {
     pub tariff_code: bool,
     /// KPR category.
     pub kpr_category: bool,
+    /// County (from the municipality).
+    pub county: bool,
+    /// Municipality-size band (from the municipality).
+    pub size_band: bool,
 }
 
 impl Dimensions {
@@ -55,6 +65,8 @@ impl Dimensions {
         contact_type: true,
         tariff_code: true,
         kpr_category: true,
+        county: true,
+        size_band: true,
     };
     /// Nothing kept: the caller adds what it asks for.
     pub const NONE: Dimensions = Dimensions {
@@ -64,16 +76,18 @@ impl Dimensions {
         contact_type: false,
         tariff_code: false,
         kpr_category: false,
+        county: false,
+        size_band: false,
     };
 }
 
 /// The level of a contact export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExportLevel {
-    /// Per GP: every dimension, every count.
+    /// Per GP: every dimension.
     #[default]
     Gp,
-    /// Per municipality: summed over organisation and GP, small cells suppressed.
+    /// Per municipality: summed over organisation and GP.
     Municipality,
 }
 
@@ -94,8 +108,16 @@ pub struct ContactCount {
     pub tariff_code: String,
     /// KPR's category of the code.
     pub kpr_category: String,
-    /// How many.
+    /// County code (first two digits of the municipality number).
+    pub county_number: String,
+    /// County name ("" for a code not in [`crate::levels::COUNTIES`]).
+    pub county_name: String,
+    /// Municipality-size band label ([`SizeBand::as_str`]).
+    pub size_band: String,
+    /// How many (of the base cells shown: see [`crate::suppress`]).
     pub count: u64,
+    /// Base cells below the threshold were left out of `count`.
+    pub suppressed: bool,
 }
 
 /// A CSV export of contact counts.
@@ -105,7 +127,7 @@ pub struct Export {
     pub csv: String,
     /// Data rows.
     pub rows: u64,
-    /// Rows whose count was suppressed.
+    /// Rows with hidden base cells left out of their count.
     pub suppressed_rows: u64,
 }
 
@@ -120,6 +142,8 @@ pub struct ResponseTimes {
     pub within_sla_share: f64,
     /// Index i = answered after i working days; 15 = fifteen or more.
     pub working_days_histogram: Vec<u64>,
+    /// Small base cells were left out ([`crate::suppress`]).
+    pub suppressed: bool,
 }
 
 /// Ended video sessions.
@@ -133,6 +157,8 @@ pub struct VideoSessions {
     pub failed_to_connect: u64,
     /// Mean connected time of those that connected.
     pub average_connected_seconds: f64,
+    /// Small base cells were left out ([`crate::suppress`]).
+    pub suppressed: bool,
 }
 
 /// Appointment counts beside the booking-request figures.

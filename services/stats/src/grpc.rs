@@ -1,7 +1,7 @@
 //! gRPC adapter of the statistics service: the caller check, proto ⇄ domain, and the one
 //! mapping of [`StatsError`] to a gRPC status.
 
-use crate::domain::{Dimensions, ExportLevel, Filter, Granularity};
+use crate::domain::{Dimensions, Disclosure, ExportLevel, Filter, Granularity, SizeBand};
 use crate::error::StatsError;
 use crate::service::Stats;
 use econsult_booking::domain::BreachReason;
@@ -43,6 +43,15 @@ fn own_org(caller: &Caller) -> Result<Option<String>, Status> {
     }
 }
 
+/// What `caller` may see of the figures: an EHR (always limited to its own organisation) reads
+/// its own practice's data exactly; anyone else gets small cells suppressed.
+fn disclosure(caller: &Caller) -> Disclosure {
+    match caller.role {
+        Role::Ops => Disclosure::Protected,
+        _ => Disclosure::Own,
+    }
+}
+
 /// The organisation asked for, which an EHR may only name as its own.
 fn org(own: Option<String>, asked: String) -> Result<String, StatsError> {
     match own {
@@ -60,7 +69,52 @@ fn filter_no_nul(f: &pb::Filter) -> Result<(), Status> {
         (&f.org_number, "filter.org_number"),
         (&f.municipality_number, "filter.municipality_number"),
         (&f.gp_id, "filter.gp_id"),
+        (&f.county_number, "filter.county_number"),
+        (&f.size_band, "filter.size_band"),
     ])
+}
+
+/// Refuses the county and size-band filters in a query that does not break figures down by
+/// them (only contact counts and exports do).
+fn no_levels(f: &Filter) -> Result<(), Status> {
+    if !f.county.is_empty() {
+        return Err(StatsError::invalid(
+            "filter.county_number",
+            "applies only to GetContactCounts and ExportContacts",
+        )
+        .into());
+    }
+    if f.size_band.is_some() {
+        return Err(StatsError::invalid(
+            "filter.size_band",
+            "applies only to GetContactCounts and ExportContacts",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn county(s: String) -> Result<String, StatsError> {
+    if s.is_empty() || (s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit())) {
+        Ok(s)
+    } else {
+        Err(StatsError::invalid(
+            "filter.county_number",
+            "must be two digits, e.g. 46",
+        ))
+    }
+}
+
+fn size_band(s: &str) -> Result<Option<SizeBand>, StatsError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    SizeBand::from_label(s).map(Some).ok_or_else(|| {
+        StatsError::invalid(
+            "filter.size_band",
+            "must be one of under_5000, 5000_19999, 20000_49999, 50000_and_over",
+        )
+    })
 }
 
 /// Validates `f` for `caller`: ops see all, an EHR only its own organisation.
@@ -90,6 +144,8 @@ pub fn filter(f: Option<pb::Filter>, caller: &Caller) -> Result<Filter, Status> 
         org: org(own, f.org_number)?,
         municipality: f.municipality_number,
         gp: f.gp_id,
+        size_band: size_band(&f.size_band)?,
+        county: county(f.county_number)?,
     })
 }
 
@@ -98,13 +154,17 @@ pub fn scope_filter(f: Option<pb::Filter>, caller: &Caller) -> Result<Filter, St
     let own = own_org(caller)?;
     let f = f.unwrap_or_default();
     filter_no_nul(&f)?;
-    Ok(Filter {
+    let f = Filter {
         from: String::new(),
         to: String::new(),
         org: org(own, f.org_number)?,
         municipality: f.municipality_number,
         gp: f.gp_id,
-    })
+        size_band: size_band(&f.size_band)?,
+        county: county(f.county_number)?,
+    };
+    no_levels(&f)?;
+    Ok(f)
 }
 
 fn granularity(v: i32) -> Result<Granularity, StatsError> {
@@ -129,6 +189,8 @@ fn dimensions(v: &[i32]) -> Result<Dimensions, StatsError> {
             Ok(pb::Dimension::ContactType) => &mut keep.contact_type,
             Ok(pb::Dimension::TariffCode) => &mut keep.tariff_code,
             Ok(pb::Dimension::KprCategory) => &mut keep.kpr_category,
+            Ok(pb::Dimension::County) => &mut keep.county,
+            Ok(pb::Dimension::SizeBand) => &mut keep.size_band,
             _ => {
                 return Err(StatsError::invalid(
                     format!("group_by[{i}]"),
@@ -159,6 +221,10 @@ fn contact_row(r: crate::domain::ContactCount) -> pb::ContactCountRow {
         tariff_code: r.tariff_code,
         count: r.count,
         kpr_category: r.kpr_category,
+        county_number: r.county_number,
+        county_name: r.county_name,
+        size_band: r.size_band,
+        suppressed: r.suppressed,
     }
 }
 
@@ -185,7 +251,10 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
         let f = filter(r.filter, &caller)?;
         let g = granularity(r.granularity)?;
         let keep = dimensions(&r.group_by)?;
-        let rows = self.stats.contact_breakdown(&f, g, keep).await?;
+        let rows = self
+            .stats
+            .contact_breakdown(&f, g, keep, disclosure(&caller))
+            .await?;
         Ok(Response::new(pb::GetContactCountsResponse {
             rows: rows.into_iter().map(contact_row).collect(),
         }))
@@ -197,12 +266,14 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
     ) -> Result<Response<pb::GetConsultationResponseTimesResponse>, Status> {
         let caller = Caller::from_request(&req)?.clone();
         let f = filter(req.into_inner().filter, &caller)?;
-        let t = self.stats.response_times(&f).await?;
+        no_levels(&f)?;
+        let t = self.stats.response_times(&f, disclosure(&caller)).await?;
         Ok(Response::new(pb::GetConsultationResponseTimesResponse {
             responded: t.responded,
             within_sla: t.within_sla,
             within_sla_share: t.within_sla_share,
             working_days_histogram: t.working_days_histogram,
+            suppressed: t.suppressed,
         }))
     }
 
@@ -212,12 +283,14 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
     ) -> Result<Response<pb::GetVideoSessionsResponse>, Status> {
         let caller = Caller::from_request(&req)?.clone();
         let f = filter(req.into_inner().filter, &caller)?;
-        let v = self.stats.video_sessions(&f).await?;
+        no_levels(&f)?;
+        let v = self.stats.video_sessions(&f, disclosure(&caller)).await?;
         Ok(Response::new(pb::GetVideoSessionsResponse {
             sessions: v.sessions,
             held: v.held,
             failed_to_connect: v.failed_to_connect,
             average_connected_seconds: v.average_connected_seconds,
+            suppressed: v.suppressed,
         }))
     }
 
@@ -227,12 +300,13 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
     ) -> Result<Response<pb::GetListFiguresResponse>, Status> {
         let caller = Caller::from_request(&req)?.clone();
         let f = scope_filter(req.into_inner().filter, &caller)?;
-        let l = self.stats.list_figures(&f).await?;
+        let (l, suppressed) = self.stats.list_figures(&f, disclosure(&caller)).await?;
         Ok(Response::new(pb::GetListFiguresResponse {
             lists: l.lists,
             lists_without_gp: l.lists_without_gp,
             persons_on_lists_without_gp: l.persons_on_lists_without_gp,
             waitlist_active: l.waitlist_active,
+            suppressed,
         }))
     }
 
@@ -245,7 +319,7 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
         let f = filter(r.filter, &caller)?;
         let g = granularity(r.granularity)?;
         let level = export_level(r.level)?;
-        let e = self.stats.export(&f, g, level).await?;
+        let e = self.stats.export(&f, g, level, disclosure(&caller)).await?;
         Ok(Response::new(pb::ExportContactsResponse {
             csv: e.csv,
             rows: e.rows,
@@ -259,7 +333,9 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
     ) -> Result<Response<pb::GetBookingAccessibilityResponse>, Status> {
         let caller = Caller::from_request(&req)?.clone();
         let f = filter(req.into_inner().filter, &caller)?;
-        let (a, appointments) = self.stats.accessibility(&f).await?;
+        no_levels(&f)?;
+        let (a, appointments, suppressed) =
+            self.stats.accessibility(&f, disclosure(&caller)).await?;
         let breaches = |r: BreachReason| a.breaches.get(&r).copied().unwrap_or_default();
         let met = |m: MetBy| a.met_by.get(&m).copied().unwrap_or_default();
         let mut by_channel: Vec<pb::ChannelFigures> = a
@@ -292,6 +368,7 @@ impl pb::stats_service_server::StatsService for StatsGrpc {
             bookings: appointments.bookings,
             late_cancellations: appointments.late_cancellations,
             no_shows: appointments.no_shows,
+            suppressed,
         }))
     }
 }

@@ -10,8 +10,10 @@ pub mod aggregate;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod levels;
 pub mod service;
 pub mod store;
+pub mod suppress;
 
 pub use aggregate::{Aggregator, CATCH_UP_EVERY, CONSUMER_GROUP};
 pub use error::StatsError;

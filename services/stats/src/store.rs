@@ -2,7 +2,7 @@
 //! `0003_stats.sql`) it writes from events and reads for queries. Each statement is a complete
 //! literal; a batch upsert is a [`MultiRow`] of literal head and tail.
 
-use crate::domain::{AppointmentCounts, ContactCount, Filter, ResponseTimes, VideoSessions};
+use crate::domain::{ContactCount, Filter};
 use econsult_runtime::bus::Event;
 use econsult_runtime::db::{MultiRow, Tx, Value, bind_values};
 use sqlx::AnyConnection;
@@ -299,7 +299,8 @@ fn filtered<'q>(
         .bind(&f.gp)
 }
 
-/// Contact counts per day and every dimension, in `f`.
+/// Contact counts per day and every dimension, in `f`: one row per base cell (the table's key);
+/// county, size band and suppression are the service's.
 pub async fn contact_counts(
     conn: &mut AnyConnection,
     f: &Filter,
@@ -328,112 +329,135 @@ pub async fn contact_counts(
                 kpr_category: econsult_runtime::tariff::category_name(&tariff_code).to_owned(),
                 tariff_code,
                 count: r.try_get::<i64, _>("n")? as u64,
+                ..Default::default()
             })
         })
         .collect()
 }
 
-/// Appointment counts by kind in `f`.
-pub async fn appointment_counts(
+/// Appointments in `f` per base cell (day, place, GP) and kind (`booked`, `cancelled`,
+/// `late_cancellation`, `noshow`).
+pub async fn appointment_rows(
     conn: &mut AnyConnection,
     f: &Filter,
-) -> Result<AppointmentCounts, sqlx::Error> {
+) -> Result<Vec<(Cell, String, u64)>, sqlx::Error> {
     let rows = filtered(
         sqlx::query(
-            "SELECT kind, CAST(SUM(n) AS BIGINT) AS n FROM stats_appointments \
+            "SELECT day, org_number, municipality_number, gp_id, kind, CAST(SUM(n) AS BIGINT) AS n FROM stats_appointments \
              WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-             GROUP BY kind",
+             GROUP BY day, org_number, municipality_number, gp_id, kind",
         ),
         f,
     )
     .fetch_all(conn)
     .await?;
-    let mut out = AppointmentCounts::default();
-    for r in rows {
-        let n = r.try_get::<i64, _>("n")? as u64;
-        match r.try_get::<String, _>("kind")?.as_str() {
-            "booked" => out.bookings += n,
-            "late_cancellation" => out.late_cancellations += n,
-            "noshow" => out.no_shows += n,
-            _ => {}
-        }
-    }
-    Ok(out)
+    rows.iter()
+        .map(|r| {
+            Ok((
+                cell(r)?,
+                r.try_get("kind")?,
+                r.try_get::<i64, _>("n")? as u64,
+            ))
+        })
+        .collect()
 }
 
-/// First responses of text consultations in `f`.
-pub async fn response_times(
+/// The base cell of a row: day, organisation, municipality and GP.
+pub type Cell = (String, String, String, String);
+
+fn cell(r: &sqlx::any::AnyRow) -> Result<Cell, sqlx::Error> {
+    Ok((
+        r.try_get("day")?,
+        r.try_get("org_number")?,
+        r.try_get("municipality_number")?,
+        r.try_get("gp_id")?,
+    ))
+}
+
+/// First responses of one base cell, working-day count and SLA outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseRow {
+    /// Working days from submission to first response (15 = fifteen or more).
+    pub working_days: i64,
+    /// Answered before the due time.
+    pub within_sla: bool,
+    /// How many.
+    pub n: u64,
+}
+
+/// First responses of text consultations in `f`, per base cell (day of submission, place, GP),
+/// working days and SLA outcome.
+pub async fn response_rows(
     conn: &mut AnyConnection,
     f: &Filter,
-) -> Result<ResponseTimes, sqlx::Error> {
+) -> Result<Vec<(Cell, ResponseRow)>, sqlx::Error> {
     let rows = filtered(
         sqlx::query(
-            "SELECT working_days, within_sla, CAST(SUM(n) AS BIGINT) AS n FROM stats_consultation_responses \
+            "SELECT day, org_number, municipality_number, gp_id, working_days, within_sla, CAST(SUM(n) AS BIGINT) AS n \
+             FROM stats_consultation_responses \
              WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-             GROUP BY working_days, within_sla",
+             GROUP BY day, org_number, municipality_number, gp_id, working_days, within_sla",
         ),
         f,
     )
     .fetch_all(conn)
     .await?;
-    let mut out = ResponseTimes {
-        working_days_histogram: vec![0; 16],
-        ..Default::default()
-    };
-    for r in rows {
-        let n = r.try_get::<i64, _>("n")? as u64;
-        let wd: i64 = r.try_get("working_days")?;
-        out.responded += n;
-        if r.try_get::<i64, _>("within_sla")? != 0 {
-            out.within_sla += n;
-        }
-        out.working_days_histogram[wd.clamp(0, 15) as usize] += n;
-    }
-    out.within_sla_share = if out.responded == 0 {
-        0.0
-    } else {
-        out.within_sla as f64 / out.responded as f64
-    };
-    Ok(out)
+    rows.iter()
+        .map(|r| {
+            Ok((
+                cell(r)?,
+                ResponseRow {
+                    working_days: r.try_get("working_days")?,
+                    within_sla: r.try_get::<i64, _>("within_sla")? != 0,
+                    n: r.try_get::<i64, _>("n")? as u64,
+                },
+            ))
+        })
+        .collect()
 }
 
-/// Ended video sessions in `f`.
-pub async fn video_sessions(
+/// Ended video sessions of one base cell by outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoRow {
+    /// The peers connected.
+    pub connected: bool,
+    /// Marked held.
+    pub held: bool,
+    /// Sessions.
+    pub n: u64,
+    /// Their connected time, ms.
+    pub connected_ms: i64,
+}
+
+/// Ended video sessions in `f`, per base cell (day started, place, GP) and outcome.
+pub async fn video_rows(
     conn: &mut AnyConnection,
     f: &Filter,
-) -> Result<VideoSessions, sqlx::Error> {
+) -> Result<Vec<(Cell, VideoRow)>, sqlx::Error> {
     let rows = filtered(
         sqlx::query(
-            "SELECT connected, held, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(connected_ms) AS BIGINT) AS ms \
+            "SELECT day, org_number, municipality_number, gp_id, connected, held, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(connected_ms) AS BIGINT) AS ms \
              FROM stats_video_sessions \
              WHERE day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-             GROUP BY connected, held",
+             GROUP BY day, org_number, municipality_number, gp_id, connected, held",
         ),
         f,
     )
     .fetch_all(conn)
     .await?;
-    let mut out = VideoSessions::default();
-    let (mut connected_n, mut connected_ms) = (0u64, 0i64);
-    for r in rows {
-        let n = r.try_get::<i64, _>("n")? as u64;
-        out.sessions += n;
-        if r.try_get::<i64, _>("held")? != 0 {
-            out.held += n;
-        }
-        if r.try_get::<i64, _>("connected")? != 0 {
-            connected_n += n;
-            connected_ms += r.try_get::<i64, _>("ms")?;
-        } else {
-            out.failed_to_connect += n;
-        }
-    }
-    out.average_connected_seconds = if connected_n == 0 {
-        0.0
-    } else {
-        connected_ms as f64 / 1000.0 / connected_n as f64
-    };
-    Ok(out)
+    rows.iter()
+        .map(|r| {
+            Ok((
+                cell(r)?,
+                VideoRow {
+                    connected: r.try_get::<i64, _>("connected")? != 0,
+                    held: r.try_get::<i64, _>("held")? != 0,
+                    n: r.try_get::<i64, _>("n")? as u64,
+                    connected_ms: r.try_get("ms")?,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// First responses per municipality in the days (`after`, `through`]: (municipality, responded,

@@ -55,6 +55,21 @@ const PERSONS_WITHOUT_GP: &str = "SELECT COUNT(*) FROM booking_list_members l JO
 const WAITLIST_ACTIVE: &str = "SELECT COUNT(*) FROM booking_waitlist w JOIN booking_gps g ON g.gp_uid = w.gp_uid \
      WHERE w.active = 1 AND ($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2)";
 
+/// [`LISTS`], [`PERSONS_WITHOUT_GP`] and [`WAITLIST_ACTIVE`] per organisation and municipality.
+const LISTS_BY_PLACE: &str = "SELECT g.org_number, g.municipality_number, COUNT(*) AS n, CAST(COALESCE(SUM(CASE WHEN g.list_status = 2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS vacant \
+     FROM booking_gps g WHERE ($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2) \
+     GROUP BY g.org_number, g.municipality_number";
+const PERSONS_WITHOUT_GP_BY_PLACE: &str = "SELECT g.org_number, g.municipality_number, COUNT(*) AS n FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid \
+     WHERE g.list_status = 2 AND ($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2) \
+     GROUP BY g.org_number, g.municipality_number";
+const WAITLIST_ACTIVE_BY_PLACE: &str = "SELECT g.org_number, g.municipality_number, COUNT(*) AS n FROM booking_waitlist w JOIN booking_gps g ON g.gp_uid = w.gp_uid \
+     WHERE w.active = 1 AND ($1 = '' OR g.org_number = $1) AND ($2 = '' OR g.municipality_number = $2) \
+     GROUP BY g.org_number, g.municipality_number";
+
+/// Persons on GP lists (staffed or vacant) per municipality of the list.
+const PERSONS_BY_MUNICIPALITY: &str = "SELECT g.municipality_number, COUNT(*) AS persons \
+     FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid GROUP BY g.municipality_number";
+
 /// A stored code that names no variant of its enum (a row written by a newer version).
 fn decode_error(column: &str) -> sqlx::Error {
     sqlx::Error::ColumnDecode {
@@ -245,4 +260,56 @@ pub(crate) async fn list_figures(
         persons_on_lists_without_gp: persons as u64,
         waitlist_active: waitlist as u64,
     })
+}
+
+/// Persons on GP lists per municipality number (municipalities without any left out).
+pub(crate) async fn persons_by_municipality(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let rows = sqlx::query(PERSONS_BY_MUNICIPALITY).fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("municipality_number")?,
+                r.try_get::<i64, _>("persons")? as u64,
+            ))
+        })
+        .collect()
+}
+
+/// The [`ListFigures`] of organisation `org` and municipality `municipality` ('' = all) per
+/// (organisation, municipality).
+pub(crate) async fn list_figures_by_place(
+    conn: &mut AnyConnection,
+    org: &str,
+    municipality: &str,
+) -> Result<Vec<((String, String), ListFigures)>, sqlx::Error> {
+    let mut out: std::collections::BTreeMap<(String, String), ListFigures> = Default::default();
+    let place = |r: &AnyRow| -> Result<(String, String), sqlx::Error> {
+        Ok((r.try_get("org_number")?, r.try_get("municipality_number")?))
+    };
+    for sql in [
+        LISTS_BY_PLACE,
+        PERSONS_WITHOUT_GP_BY_PLACE,
+        WAITLIST_ACTIVE_BY_PLACE,
+    ] {
+        let rows = sqlx::query(sql)
+            .bind(org)
+            .bind(municipality)
+            .fetch_all(&mut *conn)
+            .await?;
+        for r in &rows {
+            let f = out.entry(place(r)?).or_default();
+            let n = r.try_get::<i64, _>("n")? as u64;
+            match sql {
+                LISTS_BY_PLACE => {
+                    f.lists = n;
+                    f.lists_without_gp = r.try_get::<i64, _>("vacant")? as u64;
+                }
+                PERSONS_WITHOUT_GP_BY_PLACE => f.persons_on_lists_without_gp = n,
+                _ => f.waitlist_active = n,
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
 }

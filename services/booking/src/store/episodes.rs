@@ -64,9 +64,9 @@ const CHOOSE: &str = "UPDATE booking_episodes SET \
          WHERE o.patient_nin = $7 AND o.closed_at IS NULL AND o.last_activity_at > $8 ORDER BY o.requested_at DESC LIMIT 1))";
 
 /// The episodes in a [`Scope`] (`$1`…`$5`: first and last day 0, organisation, municipality, GP;
-/// '' = all), counted by municipality, channel and what decides the figures. Migrated episodes
-/// (`outcome` 4, counted by the old definition) are left out.
-const ACCESSIBILITY: &str = "SELECT municipality_number, channel, vacant, closed_in_window, \
+/// '' = all), counted by day 0, practice, municipality, GP, channel and what decides the figures.
+/// Migrated episodes (`outcome` 4, counted by the old definition) are left out.
+const ACCESSIBILITY: &str = "SELECT day, org_number, municipality_number, gp_id, channel, vacant, closed_in_window, \
      COALESCE(earliest_offer_working_days, -1) AS wd, \
      CASE WHEN earliest_offer_at < deadline_end OR met_by <> 0 THEN 1 ELSE 0 END AS within, met_by, \
      CASE WHEN own_offer_at < deadline_end THEN 1 ELSE 0 END AS own, \
@@ -74,7 +74,7 @@ const ACCESSIBILITY: &str = "SELECT municipality_number, channel, vacant, closed
      COUNT(*) AS n FROM booking_episodes \
      WHERE outcome <> 4 AND day >= $1 AND day <= $2 AND ($3 = '' OR org_number = $3) \
      AND ($4 = '' OR municipality_number = $4) AND ($5 = '' OR gp_id = $5) \
-     GROUP BY municipality_number, channel, vacant, closed_in_window, wd, within, met_by, own, later";
+     GROUP BY day, org_number, municipality_number, gp_id, channel, vacant, closed_in_window, wd, within, met_by, own, later";
 
 /// Defers the merge of `e` ([`UPSERT`]) to `tx`'s commit.
 pub(crate) fn upsert(tx: &mut impl Defer, e: &Episode) {
@@ -186,8 +186,14 @@ pub(crate) async fn open_of_patient(
 
 /// One group of [`ACCESSIBILITY`]: `n` episodes alike in everything the figures look at.
 pub(crate) struct Counted {
+    /// Day 0 (Oslo date, ISO).
+    pub day: String,
+    /// Practice.
+    pub org_number: String,
     /// Municipality of the list.
     pub municipality_number: String,
+    /// GP.
+    pub gp_id: String,
     /// Channel.
     pub channel: Channel,
     /// The list had no GP.
@@ -225,7 +231,10 @@ pub(crate) async fn accessibility_counts(
         .map(|r| {
             let flag = |c: &str| -> Result<bool, sqlx::Error> { Ok(r.try_get::<i64, _>(c)? != 0) };
             Ok(Counted {
+                day: r.try_get("day")?,
+                org_number: r.try_get("org_number")?,
                 municipality_number: r.try_get("municipality_number")?,
+                gp_id: r.try_get("gp_id")?,
                 channel: Channel::from_code(r.try_get("channel")?)
                     .ok_or_else(|| sqlx::Error::Decode("booking_episodes: bad channel".into()))?,
                 vacant: flag("vacant")?,
