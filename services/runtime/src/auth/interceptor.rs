@@ -86,7 +86,10 @@ impl tonic::service::Interceptor for AuthInterceptor {
 /// ([`ACTING_NAME_HEADER`] or [`ACTING_NAME_BIN_HEADER`], [`ACTING_HPR_HEADER`]) into `caller`.
 /// Whether they are required is decided where the access is logged ([`crate::audit`]); here a
 /// malformed value, or one the caller's role may not send, is INVALID_ARGUMENT naming it.
-fn accountability(caller: &mut Caller, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+pub(super) fn accountability(
+    caller: &mut Caller,
+    md: &tonic::metadata::MetadataMap,
+) -> Result<(), Status> {
     let invalid = |m: String| Err(Status::invalid_argument(m));
     if let Some(v) = md.get(PURPOSE_HEADER) {
         if caller.role == Role::Patient {
