@@ -2,10 +2,12 @@
 grpcurl is not at hand). Needs `pip install grpcio-reflection` (brings grpcio and protobuf).
 
     python3 deploy/grpc_call.py ADDRESS list
-    python3 deploy/grpc_call.py ADDRESS package.Service/Method ['{"json": "request"}' [TOKEN [ON_BEHALF_OF]]]
+    python3 deploy/grpc_call.py ADDRESS package.Service/Method ['{"json": "request"}' [TOKEN [ON_BEHALF_OF] [NAME:VALUE ...]]]
 
 ON_BEHALF_OF (11 digits) is sent as the `x-on-behalf-of` header: the patient call acts for that
-person (a child, the giver of a fullmakt).
+person (a child, the giver of a fullmakt). Each NAME:VALUE is sent as a header of its own, e.g.
+what the access log needs from an EHR system (`x-acting-name:Kari Nordmann`,
+`x-acting-hpr:1234567`) or a practice (`x-purpose:treatment`).
 
 It speaks reflection v1alpha, which the server serves beside v1. The answer is printed as JSON;
 an error as its gRPC status code and message (exit status 1).
@@ -20,7 +22,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 
-def main(addr, method, body="{}", token=None, on_behalf_of=None):
+def main(addr, method, body="{}", token=None, *rest):
+    on_behalf_of = next((r for r in rest if ":" not in r), None)
+    headers = [tuple(p.strip() for p in r.split(":", 1)) for r in rest if ":" in r]
     channel = grpc.insecure_channel(addr)
     db = ProtoReflectionDescriptorDatabase(channel)
     if method == "list":
@@ -38,6 +42,7 @@ def main(addr, method, body="{}", token=None, on_behalf_of=None):
     metadata = [("authorization", f"Bearer {token}")] if token else []
     if on_behalf_of:
         metadata.append(("x-on-behalf-of", on_behalf_of))
+    metadata.extend(headers)
     try:
         answer = call(json_format.Parse(body, request()), metadata=metadata or None, timeout=10)
     except grpc.RpcError as e:
@@ -50,4 +55,4 @@ def main(addr, method, body="{}", token=None, on_behalf_of=None):
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    sys.exit(main(*sys.argv[1:6]))
+    sys.exit(main(*sys.argv[1:]))

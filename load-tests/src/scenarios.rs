@@ -33,10 +33,17 @@ use tonic::transport::Channel;
 
 pub(crate) type Auth = MetadataValue<Ascii>;
 
-/// `msg` with the caller's token.
+/// `msg` with the caller's token, and what the access log needs from a practice's or EHR
+/// system's call (its purpose, the acting person: `econsult_runtime::auth::dev_call_headers`).
 pub(crate) fn req<T>(msg: T, auth: &Auth) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("authorization", auth.clone());
+    let token = auth.to_str().unwrap_or("").trim_start_matches("Bearer ");
+    for (name, value) in econsult_runtime::auth::dev_call_headers(token) {
+        if let Ok(v) = value.parse() {
+            r.metadata_mut().insert(name, v);
+        }
+    }
     r
 }
 

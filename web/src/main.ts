@@ -17,10 +17,14 @@ import {
 // The API: the page's own origin, or ?api=http://host:port (needs that server's --cors-origin).
 const api = new URLSearchParams(location.search).get("api") ?? location.origin;
 let token = sessionStorage.getItem("token") ?? "";
+// A clinician states why they access patient data (the access log's purpose): this page is
+// used for the care of the patient.
+let purpose = sessionStorage.getItem("purpose") ?? "";
 const transport = createGrpcWebTransport({
   baseUrl: api,
   interceptors: [(next) => async (req) => {
     if (token) req.header.set("authorization", `Bearer ${token}`);
+    if (purpose) req.header.set("x-purpose", purpose);
     return next(req);
   }],
 });
@@ -58,6 +62,8 @@ async function signIn(query: string) {
   if (!r.ok) throw new Error(await r.text());
   token = (await r.json()).token;
   sessionStorage.setItem("token", token);
+  purpose = query.startsWith("role=clinician") ? "treatment" : "";
+  sessionStorage.setItem("purpose", purpose);
 }
 
 // ── patient ──────────────────────────────────────────────────────────────────────────────────
@@ -160,7 +166,8 @@ async function follow(thread: string, into: string, who: "patient" | "practice")
 async function accessLog() {
   const r = await audit.listMyAccessLog({ limit: 50 });
   document.getElementById("access")!.replaceChildren(...r.entries.map((e) =>
-    h("li", {}, `${when(e.at)}: ${e.subject} (${e.orgNumber || "—"}) – ${e.action.split("/").pop()}`)));
+    h("li", {}, `${when(e.at)}: ${[e.actorName, e.actorHpr && `HPR ${e.actorHpr}`, e.system].filter(Boolean).join(", ") || e.subject}`
+      + ` (${e.orgNumber || "—"}) – ${e.description || e.action.split("/").pop()}`)));
 }
 
 // ── video (both sides) ───────────────────────────────────────────────────────────────────────

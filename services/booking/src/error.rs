@@ -32,6 +32,9 @@ pub enum BookingError {
     /// Database failure.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The call lacks what its access-log row needs (INVALID_ARGUMENT naming the header).
+    #[error(transparent)]
+    Unaccounted(#[from] econsult_runtime::audit::Unaccounted),
     /// Anything else unexpected.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -55,6 +58,15 @@ impl From<IdempotencyError> for BookingError {
             E::BadKey => BookingError::invalid("idempotency_key", "must be 1 to 128 characters"),
             E::Db(d) => BookingError::Db(d),
             E::Codec(c) => BookingError::Other(c.into()),
+        }
+    }
+}
+
+impl From<econsult_runtime::audit::RecordError> for BookingError {
+    fn from(e: econsult_runtime::audit::RecordError) -> Self {
+        match e {
+            econsult_runtime::audit::RecordError::Unaccounted(u) => Self::Unaccounted(u),
+            econsult_runtime::audit::RecordError::Db(d) => Self::Db(d),
         }
     }
 }

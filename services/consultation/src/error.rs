@@ -31,6 +31,9 @@ pub enum ConsultationError {
     /// The database failed.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The call lacks what its access-log row needs (INVALID_ARGUMENT naming the header).
+    #[error(transparent)]
+    Unaccounted(#[from] econsult_runtime::audit::Unaccounted),
     /// Writing an outbox event failed.
     #[error(transparent)]
     Outbox(#[from] anyhow::Error),
@@ -51,6 +54,15 @@ impl ConsultationError {
         Self::Internal {
             context,
             message: err.to_string(),
+        }
+    }
+}
+
+impl From<econsult_runtime::audit::RecordError> for ConsultationError {
+    fn from(e: econsult_runtime::audit::RecordError) -> Self {
+        match e {
+            econsult_runtime::audit::RecordError::Unaccounted(u) => Self::Unaccounted(u),
+            econsult_runtime::audit::RecordError::Db(d) => Self::Db(d),
         }
     }
 }

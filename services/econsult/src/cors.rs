@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 /// Request headers a gRPC-Web client sends (answered in a preflight).
 const ALLOW_HEADERS: &str = "authorization, content-type, x-grpc-web, x-user-agent, grpc-timeout, \
      grpc-accept-encoding, grpc-encoding, connect-protocol-version, connect-timeout-ms, \
-     traceparent, tracestate, x-request-id";
+     traceparent, tracestate, x-request-id, x-purpose";
 
 /// Response headers a page may read: the gRPC status and trailers-in-headers of gRPC-Web.
 const EXPOSE_HEADERS: &str = "grpc-status, grpc-message, grpc-status-details-bin, \

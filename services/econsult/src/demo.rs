@@ -19,8 +19,9 @@
 //! Running it again finds `demo-gp-1` and changes nothing. Run it before `serve` on the same
 //! data (or stop the server first): it is a second process on the same database otherwise.
 
+use crate::walkthrough::{authed, instant};
 use crate::{Application, Config};
-use chrono::{DateTime, Datelike as _, Duration, NaiveDate, TimeZone as _, Utc, Weekday};
+use chrono::{DateTime, Datelike as _, Duration, NaiveDate, TimeZone as _, Utc};
 use chrono_tz::Europe::Oslo;
 use econsult_calendar::{Calendar, oslo_date};
 use econsult_proto::booking::v1 as bk;
@@ -92,22 +93,11 @@ impl Tally {
     }
 }
 
-fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(req)
-}
-
 fn ts(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: 0,
     })
-}
-
-fn instant(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, 0))
 }
 
 /// `hour`:`minute` Oslo time on `day`.
@@ -686,7 +676,7 @@ async fn drive(
             out,
             "demo: {} {day}: {} searches, {} booked ({} by phone), {} cancelled, {} attended, \
              {} no-show, {} video held, {} e-consultations ({} answered)",
-            weekday_name(day.weekday()),
+            day.format("%A"),
             t.searches - before.searches,
             t.booked - before.booked,
             t.booked_by_phone - before.booked_by_phone,
@@ -714,18 +704,6 @@ async fn drive(
         GPS[0].1, demo.patients[0].0, GPS[0].0
     )?;
     Ok(Some(demo.tally))
-}
-
-fn weekday_name(d: Weekday) -> &'static str {
-    match d {
-        Weekday::Mon => "Monday",
-        Weekday::Tue => "Tuesday",
-        Weekday::Wed => "Wednesday",
-        Weekday::Thu => "Thursday",
-        Weekday::Fri => "Friday",
-        Weekday::Sat => "Saturday",
-        Weekday::Sun => "Sunday",
-    }
 }
 
 /// Waits until the statistics have counted the `contacts` the demo made (events reach them

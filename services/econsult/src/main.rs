@@ -350,6 +350,11 @@ struct DevTokenArgs {
     /// EHR client id / ops subject.
     #[arg(long, default_value = "dev-client")]
     subject: String,
+    /// Clinician: the person's name (HelseID's `name` claim); EHR: the system's name
+    /// (`helseid://claims/client/client_name`). Shown in the patient's access log. An EHR
+    /// names the person it acts for per call: headers `x-acting-name`, `x-acting-hpr`.
+    #[arg(long)]
+    name: Option<String>,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: i64,
@@ -513,10 +518,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 Role::Ops => TokenSpec::Ops { subject: a.subject },
             };
-            println!(
-                "{}",
-                keys.mint(&spec, chrono::Utc::now().timestamp(), a.ttl)?
-            );
+            let mut claims = spec.claims(chrono::Utc::now().timestamp(), a.ttl);
+            match a.role {
+                Role::Clinician => claims.name = a.name,
+                Role::Ehr => claims.client_name = a.name,
+                Role::Patient | Role::Ops => {
+                    anyhow::ensure!(a.name.is_none(), "--name is for clinician and ehr tokens")
+                }
+            }
+            println!("{}", keys.sign(&claims)?);
             Ok(())
         }
     }

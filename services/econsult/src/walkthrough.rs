@@ -20,6 +20,10 @@ pub(crate) fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>
     let mut req = tonic::Request::new(msg);
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
+    // A practice states its purpose, an EHR system the person it acts for (the access log).
+    for (name, value) in econsult_runtime::auth::dev_call_headers(token) {
+        req.metadata_mut().insert(name, value.parse()?);
+    }
     Ok(req)
 }
 

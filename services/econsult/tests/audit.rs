@@ -262,9 +262,304 @@ async fn a_nul_byte_in_a_log_filter_is_refused(env: Env) {
     app.shutdown().await;
 }
 
+// ── who, what and why (Normen) ────────────────────────────────────────────────────────────────
+
+const HPR_A: &str = "7100001";
+const HPR_B: &str = "7100002";
+
+/// A clinician of `org` with `hpr`, named by HelseID's name claims, who may read and write
+/// consultations.
+fn clinician(app: &TestApp, hpr: &str, org: &str) -> String {
+    app.mint_with(
+        econsult_runtime::auth::TokenSpec::Clinician {
+            hpr_number: hpr.into(),
+            org_number: org.into(),
+            scopes: vec![
+                "econsult:consultation.read".into(),
+                "econsult:consultation.write".into(),
+            ],
+        },
+        |c| {
+            c.given_name = Some("Lege".into());
+            c.family_name = Some(format!("Nr{hpr}"));
+        },
+    )
+}
+
+/// A patient of a GP of ORG_A with a thread about "Sore throat": (patient, thread id).
+async fn patient_with_thread(app: &TestApp, seed: u64) -> (String, String) {
+    let nins = seed_gp(app, ORG_A, "gp-1", seed, 1).await;
+    let t = app
+        .consultation()
+        .await
+        .start_consultation(authed(
+            cpb::StartConsultationRequest {
+                category: cpb::Category::EConsultation as i32,
+                subject: "Sore throat".into(),
+                body: "it hurts to swallow".into(),
+                attachments: vec![],
+                urgent: false,
+                language: String::new(),
+                idempotency_key: key(),
+                booking_request_id: String::new(),
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .expect("start consultation")
+        .into_inner()
+        .thread
+        .expect("thread");
+    (nins[0].clone(), t.thread_id)
+}
+
+fn get_thread(thread_id: &str) -> cpb::GetThreadRequest {
+    cpb::GetThreadRequest {
+        thread_id: thread_id.into(),
+        after_seq: 0,
+        page_size: 10,
+    }
+}
+
+/// The patient's own log, newest first.
+async fn my_log(app: &TestApp, nin: &str) -> Vec<apb::AccessLogEntry> {
+    AuditServiceClient::new(app.channel().await)
+        .list_my_access_log(authed(
+            apb::ListMyAccessLogRequest {
+                before_id: 0,
+                limit: 500,
+            },
+            &app.patient_token(nin),
+        ))
+        .await
+        .expect("own log")
+        .into_inner()
+        .entries
+}
+
+fn by_action<'a>(log: &'a [apb::AccessLogEntry], rpc: &str) -> Vec<&'a apb::AccessLogEntry> {
+    log.iter().filter(|e| e.action.ends_with(rpc)).collect()
+}
+
+async fn a_clinician_read_shows_who_which_organisation_what_and_why(env: Env) {
+    let app = TestApp::start(env).await;
+    let (nin, thread) = patient_with_thread(&app, 41).await;
+    let mut req = authed(get_thread(&thread), &clinician(&app, HPR_A, ORG_A));
+    req.metadata_mut()
+        .insert("x-purpose", "quality-assurance".parse().expect("header"));
+    app.consultation()
+        .await
+        .get_thread(req)
+        .await
+        .expect("clinician reads the thread");
+
+    let log = my_log(&app, &nin).await;
+    let reads = by_action(&log, "/GetThread");
+    assert_eq!(reads.len(), 1, "{log:?}");
+    let e = reads[0];
+    assert_eq!(e.role, apb::CallerRole::Clinician as i32);
+    assert_eq!(e.actor_name, clinician_name(HPR_A));
+    assert_eq!(e.actor_hpr, HPR_A);
+    assert_eq!(e.org_number, ORG_A);
+    assert_eq!(e.purpose, apb::Purpose::QualityAssurance as i32);
+    assert_eq!(e.description, "read your e-consultation 'Sore throat'");
+    assert!(e.at.is_some());
+    assert!(e.system.is_empty(), "{e:?}");
+    // The patient's own reads are their own access.
+    let own = by_action(&log, "/ListMyAccessLog");
+    assert!(
+        own.iter()
+            .all(|o| o.purpose == apb::Purpose::OwnAccess as i32),
+        "{own:?}"
+    );
+
+    // Operations see the access, but not the patient's words.
+    let ops = entries(&app, &nin).await;
+    let seen = by_action(&ops, "/GetThread");
+    assert_eq!(seen.len(), 1, "{ops:?}");
+    assert_eq!(seen[0].description, "read your e-consultation");
+    assert_eq!(seen[0].actor_name, clinician_name(HPR_A));
+
+    // The new columns are in the hash chain: changing the subject a row names breaks it.
+    let db = app.platform().db.clone();
+    audit::seal(&db, 1000).await.expect("seal");
+    let ok = audit::verify(&db, |_| {}).await.expect("verify");
+    assert!(ok.broken.is_none(), "{ok:?}");
+    tamper_column(&db, e.id as i64, "what_subject").await;
+    let bad = audit::verify(&db, |_| {}).await.expect("verify");
+    assert_eq!(bad.broken.as_ref().map(|b| b.id), Some(e.id), "{bad:?}");
+    app.shutdown().await;
+}
+
+async fn an_ehr_call_shows_the_system_and_the_person_it_acted_for(env: Env) {
+    let app = TestApp::start(env).await;
+    let (nin, thread) = patient_with_thread(&app, 42).await;
+    let mut c = app.consultation().await;
+    // The shared helper names the acting person and the purpose.
+    c.get_thread(authed(get_thread(&thread), &app.ehr_token(ORG_A)))
+        .await
+        .expect("EHR reads the thread");
+    // A name beyond ASCII goes in the binary header.
+    let mut req = authed_bare(get_thread(&thread), &app.ehr_token(ORG_A));
+    req.metadata_mut()
+        .insert("x-purpose", "administration".parse().expect("header"));
+    req.metadata_mut().insert_bin(
+        "x-acting-name-bin",
+        tonic::metadata::MetadataValue::from_bytes("Åse Ødegård".as_bytes()),
+    );
+    c.get_thread(req)
+        .await
+        .expect("EHR reads with a UTF-8 name");
+
+    let log = my_log(&app, &nin).await;
+    let reads = by_action(&log, "/GetThread");
+    assert_eq!(reads.len(), 2, "{log:?}");
+    let (second, first) = (reads[0], reads[1]);
+    for e in [first, second] {
+        assert_eq!(e.role, apb::CallerRole::Ehr as i32);
+        assert_eq!(e.system, ehr_system_name(ORG_A));
+        assert_eq!(e.subject, format!("epj-{ORG_A}"));
+        assert_eq!(e.org_number, ORG_A);
+        assert_eq!(e.description, "read your e-consultation 'Sore throat'");
+    }
+    assert_eq!(first.actor_name, econsult_runtime::auth::DEV_ACTING_NAME);
+    assert_eq!(first.actor_hpr, econsult_runtime::auth::DEV_ACTING_HPR);
+    assert_eq!(first.purpose, apb::Purpose::Treatment as i32);
+    assert_eq!(second.actor_name, "Åse Ødegård");
+    assert_eq!(second.actor_hpr, "");
+    assert_eq!(second.purpose, apb::Purpose::Administration as i32);
+
+    // Without the acting person the read is refused, naming the header, and not logged.
+    let mut req = authed_bare(get_thread(&thread), &app.ehr_token(ORG_A));
+    req.metadata_mut()
+        .insert("x-purpose", "treatment".parse().expect("header"));
+    let err = c.get_thread(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("x-acting-name"), "{err:?}");
+    assert_eq!(by_action(&my_log(&app, &nin).await, "/GetThread").len(), 2);
+    app.shutdown().await;
+}
+
+async fn a_practice_read_outside_an_assigned_thread_needs_a_purpose(env: Env) {
+    let app = TestApp::start(env).await;
+    let (nin, thread) = patient_with_thread(&app, 43).await;
+    let mut c = app.consultation().await;
+    let a = clinician(&app, HPR_A, ORG_A);
+    let b = clinician(&app, HPR_B, ORG_A);
+
+    // Not assigned to anyone: a read without x-purpose is refused and nothing is returned.
+    let err = c
+        .get_thread(authed_bare(get_thread(&thread), &a))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("x-purpose"), "{err:?}");
+    let err = c
+        .list_inbox(authed_bare(
+            cpb::ListInboxRequest {
+                gp_id: String::new(),
+                include_done: false,
+                page_size: 10,
+                page_token: String::new(),
+            },
+            &a,
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("x-purpose"), "{err:?}");
+
+    // Taking the thread is care by its nature; then it is the practitioner's own thread.
+    c.claim_thread(authed_bare(
+        cpb::ClaimThreadRequest {
+            thread_id: thread.clone(),
+            clinician_hpr_number: String::new(),
+            idempotency_key: key(),
+        },
+        &a,
+    ))
+    .await
+    .expect("claim");
+    c.get_thread(authed_bare(get_thread(&thread), &a))
+        .await
+        .expect("the assignee reads their own thread");
+    // Another clinician of the practice still needs a purpose.
+    let err = c
+        .get_thread(authed_bare(get_thread(&thread), &b))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("x-purpose"), "{err:?}");
+
+    let log = my_log(&app, &nin).await;
+    let claims = by_action(&log, "/ClaimThread");
+    assert_eq!(claims.len(), 1, "{log:?}");
+    assert_eq!(claims[0].purpose, apb::Purpose::Treatment as i32);
+    assert_eq!(
+        claims[0].description,
+        "took on your e-consultation 'Sore throat'"
+    );
+    let reads = by_action(&log, "/GetThread");
+    assert_eq!(reads.len(), 1, "only the assignee's read happened: {log:?}");
+    assert_eq!(reads[0].actor_hpr, HPR_A);
+    assert_eq!(reads[0].purpose, apb::Purpose::Treatment as i32);
+    app.shutdown().await;
+}
+
+async fn an_ops_read_of_the_log_is_in_the_patients_log(env: Env) {
+    let app = TestApp::start(env).await;
+    let nin = econsult_runtime::nin::synthetic(4_400_001)
+        .as_str()
+        .to_owned();
+    entries(&app, &nin).await;
+    let log = my_log(&app, &nin).await;
+    let ops = by_action(&log, "/ListAccessLog");
+    assert_eq!(ops.len(), 1, "{log:?}");
+    assert_eq!(ops[0].role, apb::CallerRole::Ops as i32);
+    assert_eq!(ops[0].subject, "ops-1");
+    assert_eq!(ops[0].purpose, apb::Purpose::Operations as i32);
+    assert_eq!(ops[0].description, "read your access log (operations)");
+    app.shutdown().await;
+}
+
+/// Sets `column` of row `id` to 'x' as a privileged connection could (triggers out of the way).
+async fn tamper_column(db: &Db, id: i64, column: &str) {
+    let mut tx = db.begin().await.expect("begin");
+    match db.backend() {
+        Backend::Postgres => {
+            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER USER")
+                .execute(&mut *tx)
+                .await
+                .expect("disable triggers");
+        }
+        Backend::Sqlite => {
+            sqlx::query("DROP TRIGGER audit_log_no_update")
+                .execute(&mut *tx)
+                .await
+                .expect("drop trigger");
+        }
+    }
+    sqlx::query(&format!(
+        "UPDATE audit_log SET {column} = 'x' WHERE id = $1"
+    ))
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .expect("tamper");
+    if db.backend() == Backend::Postgres {
+        sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER USER")
+            .execute(&mut *tx)
+            .await
+            .expect("enable triggers");
+    }
+    tx.commit().await.expect("commit");
+}
+
 on_both_backends!(
     a_nul_byte_in_a_log_filter_is_refused,
     append_only_tables_refuse_truncate_update_and_delete,
     the_hash_chain_finds_the_first_changed_row,
     ops_reads_replays_and_request_ids_are_logged,
+    a_clinician_read_shows_who_which_organisation_what_and_why,
+    an_ehr_call_shows_the_system_and_the_person_it_acted_for,
+    a_practice_read_outside_an_assigned_thread_needs_a_purpose,
+    an_ops_read_of_the_log_is_in_the_patients_log,
 );

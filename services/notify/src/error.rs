@@ -14,6 +14,9 @@ pub enum NotifyError {
     /// Storage failed.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The call lacks what its access-log row needs (INVALID_ARGUMENT naming the header).
+    #[error(transparent)]
+    Unaccounted(#[from] econsult_runtime::audit::Unaccounted),
     /// Anything else (sealing, an event that does not decode).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -25,6 +28,15 @@ impl NotifyError {
         NotifyError::Invalid {
             field: field.into(),
             message: message.into(),
+        }
+    }
+}
+
+impl From<econsult_runtime::audit::RecordError> for NotifyError {
+    fn from(e: econsult_runtime::audit::RecordError) -> Self {
+        match e {
+            econsult_runtime::audit::RecordError::Unaccounted(u) => Self::Unaccounted(u),
+            econsult_runtime::audit::RecordError::Db(d) => Self::Db(d),
         }
     }
 }

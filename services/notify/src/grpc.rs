@@ -19,6 +19,7 @@ impl From<NotifyError> for Status {
         match e {
             NotifyError::Invalid { .. } => Status::invalid_argument(e.to_string()),
             NotifyError::Db(d) => db_status("notify", d),
+            NotifyError::Unaccounted(u) => Status::invalid_argument(u.to_string()),
             NotifyError::Other(o) => anyhow_status("notify", o),
         }
     }

@@ -7,7 +7,7 @@
 //! let appointment = command::run(&db, Command::new(caller, "Cancel", key, &request, now_ms), async |op| {
 //!     let a = store::cancel(&mut op.tx, id).await?;          // the change
 //!     op.emit(NewEvent { topic: "booking.cancelled", .. }, now_ms)?; // its event
-//!     op.audit(caller, &Access { .. }, now_ms);              // who touched whose data
+//!     op.audit(caller, &Access::new(..), now_ms)?;           // who touched whose data, why
 //!     Ok(a)                                                  // the answer, stored for retries
 //! }).await?;
 //! ```
@@ -87,7 +87,7 @@ pub async fn run<Req, S, E>(
 where
     Req: Serialize,
     S: Serialize + DeserializeOwned,
-    E: From<IdempotencyError>,
+    E: From<IdempotencyError> + From<audit::RecordError>,
 {
     run_with(db, cmd, Claim::Own, async |op| {
         body(op).await.map(Outcome::Done)
@@ -106,7 +106,7 @@ pub async fn run_with<Req, S, E>(
 where
     Req: Serialize,
     S: Serialize + DeserializeOwned,
-    E: From<IdempotencyError>,
+    E: From<IdempotencyError> + From<audit::RecordError>,
 {
     let begun = match claim {
         Claim::Own => {
@@ -127,9 +127,15 @@ where
     let mut op = match begun {
         Begun::Replay(first, accesses) => {
             if !accesses.is_empty() {
+                // The replay's caller must account for it as the first caller did.
+                let rows = accesses
+                    .iter()
+                    .map(|a| audit::row(cmd.caller, &a.replayed(), cmd.now_ms))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(audit::RecordError::from)?;
                 let mut w = db.writes();
-                for a in &accesses {
-                    audit::row(cmd.caller, &a.replayed(), cmd.now_ms).write(&mut w);
+                for r in rows {
+                    r.write(&mut w);
                 }
                 w.commit().await.map_err(IdempotencyError::Db)?;
             }
@@ -144,7 +150,9 @@ where
         }
         Outcome::Replayed(first) => {
             for a in &op.take_replayed() {
-                audit::row(cmd.caller, &a.replayed(), cmd.now_ms).write(&mut op.tx);
+                audit::row(cmd.caller, &a.replayed(), cmd.now_ms)
+                    .map_err(audit::RecordError::from)?
+                    .write(&mut op.tx);
             }
             op.tx.commit().await.map_err(IdempotencyError::Db)?;
             Ok(first)
@@ -162,8 +170,15 @@ impl Op {
         outbox::write(&mut self.tx, event, now_ms)
     }
 
-    /// Appends an access-log row for `caller`'s `access` in the call's transaction.
-    pub fn audit(&mut self, caller: &Caller, access: &Access<'_>, now_ms: i64) {
-        audit::row(caller, access, now_ms).write(&mut self.tx);
+    /// Appends an access-log row for `caller`'s `access` in the call's transaction, or refuses
+    /// the access when the caller did not account for it ([`audit::purpose`]).
+    pub fn audit(
+        &mut self,
+        caller: &Caller,
+        access: &Access<'_>,
+        now_ms: i64,
+    ) -> Result<(), audit::RecordError> {
+        audit::row(caller, access, now_ms)?.write(&mut self.tx);
+        Ok(())
     }
 }

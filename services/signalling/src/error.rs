@@ -34,6 +34,9 @@ pub enum SignallingError {
     /// Database failure.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The call lacks what its access-log row needs (INVALID_ARGUMENT naming the header).
+    #[error(transparent)]
+    Unaccounted(#[from] econsult_runtime::audit::Unaccounted),
     /// Anything else unexpected (the outbox, presence in Redis).
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -55,5 +58,14 @@ impl SignallingError {
             self,
             SignallingError::Internal { .. } | SignallingError::Db(_) | SignallingError::Other(_)
         )
+    }
+}
+
+impl From<econsult_runtime::audit::RecordError> for SignallingError {
+    fn from(e: econsult_runtime::audit::RecordError) -> Self {
+        match e {
+            econsult_runtime::audit::RecordError::Unaccounted(u) => Self::Unaccounted(u),
+            econsult_runtime::audit::RecordError::Db(d) => Self::Db(d),
+        }
     }
 }

@@ -57,6 +57,7 @@ impl From<SignallingError> for Status {
             SignallingError::ResourceExhausted(m) => Status::resource_exhausted(m),
             SignallingError::Internal { context, message } => internal(context, message),
             SignallingError::Db(d) => db_status("signalling", d),
+            SignallingError::Unaccounted(u) => Status::invalid_argument(u.to_string()),
             SignallingError::Other(o) => anyhow_status("signalling", o),
         }
     }

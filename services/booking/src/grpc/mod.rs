@@ -651,6 +651,7 @@ impl From<BookingError> for Status {
             BookingError::KeyReused => Status::already_exists(e.to_string()),
             BookingError::Unavailable(m) => Status::unavailable(m),
             BookingError::Db(d) => econsult_runtime::grpc::db_status("booking", d),
+            BookingError::Unaccounted(u) => Status::invalid_argument(u.to_string()),
             BookingError::Other(o) => econsult_runtime::grpc::anyhow_status("booking", o),
         }
     }

@@ -67,21 +67,28 @@ impl Booking {
         let accesses: Vec<Access<'_>> = out
             .iter()
             .map(|(_, _, b)| match b {
-                Change::Appointment(a, _) => Access {
-                    action: rpc::WATCH,
-                    resource: format!("appointment:{}", a.appointment_id),
-                    patient_nin: &a.patient_nin,
-                },
-                Change::ListMoved(m) => Access {
-                    action: rpc::WATCH,
-                    resource: format!("list_move:{}", m.move_id),
-                    patient_nin: &m.patient_nin,
-                },
-                Change::RequestUnmet(u) => Access {
-                    action: rpc::WATCH,
-                    resource: format!("booking_request:{}", u.request_id),
-                    patient_nin: &u.patient_nin,
-                },
+                Change::Appointment(a, _) => Access::new(
+                    rpc::WATCH,
+                    format!("appointment:{}", a.appointment_id),
+                    &a.patient_nin,
+                    format!(
+                        "received a change to your appointment on {}",
+                        audit::local_time(econsult_runtime::clock::from_ms(a.start_ms))
+                    ),
+                ),
+                Change::ListMoved(m) => Access::new(
+                    rpc::WATCH,
+                    format!("list_move:{}", m.move_id),
+                    &m.patient_nin,
+                    "received the move of your place on a GP's list",
+                ),
+                Change::RequestUnmet(u) => Access::new(
+                    rpc::WATCH,
+                    format!("booking_request:{}", u.request_id),
+                    &u.patient_nin,
+                    "was told that your request for an appointment could not be met within \
+                     five working days",
+                ),
             })
             .collect();
         audit::record_reads(&self.p.db, caller, &accesses, self.p.clock.now_ms()).await?;

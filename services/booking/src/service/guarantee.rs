@@ -225,12 +225,13 @@ impl Booking {
                 }
                 // The request (perhaps only a search's so far) is stored with the entry.
                 ep.write(&mut op.tx);
-                let access = Access {
-                    action: rpc::JOIN_WAITLIST,
-                    resource: format!("waitlist:{entry_id}"),
-                    patient_nin: nin.as_str(),
-                };
-                op.audit(caller, &access, now_ms);
+                let access = Access::new(
+                    rpc::JOIN_WAITLIST,
+                    format!("waitlist:{entry_id}"),
+                    nin.as_str(),
+                    "joined the priority waiting list for an appointment within five working days",
+                );
+                op.audit(caller, &access, now_ms)?;
                 Ok(WaitlistEntry {
                     entry_id: entry_id.clone(),
                     gp_id: ep.gp_id.clone(),

@@ -144,14 +144,15 @@ impl Booking {
             ep.met_by_step(m, now);
         }
         ep.searched(now, offers.iter().any(|o| ep.in_time(o.slot.start)));
-        let access = Access {
-            action: rpc::FIND,
-            resource: format!("gp:{}", gp.gp_id),
-            patient_nin: nin.as_str(),
-        };
+        let access = Access::new(
+            rpc::FIND,
+            format!("gp:{}", gp.gp_id),
+            nin.as_str(),
+            "searched for free appointments with your GP",
+        );
         if !self
             .pending
-            .put(ep.clone(), audit::row(caller, &access, now_ms))
+            .put(ep.clone(), audit::row(caller, &access, now_ms)?)
         {
             return Err(BookingError::Unavailable(
                 "booking requests cannot be recorded right now, retry".into(),
@@ -419,12 +420,16 @@ impl Booking {
                 self.emit(&mut op.tx, topics::BOOKING_CANCELLED, &a, &org, &muni, now)
                     .await?;
                 self.offer_to_waitlist(&mut op.tx, &a.slot.slot_id).await?;
-                let access = Access {
-                    action: rpc::CANCEL,
-                    resource: format!("appointment:{id}"),
-                    patient_nin: nin.as_str(),
-                };
-                op.audit(caller, &access, now);
+                let access = Access::new(
+                    rpc::CANCEL,
+                    format!("appointment:{id}"),
+                    nin.as_str(),
+                    format!(
+                        "cancelled an appointment on {}",
+                        audit::local_time(a.slot.start)
+                    ),
+                );
+                op.audit(caller, &access, now)?;
                 Ok(a)
             },
         )
@@ -475,12 +480,17 @@ impl Booking {
                 .await?;
                 self.emit_for(tx, topics::BOOKING_RESCHEDULED, &new, gp.routing(), now)?;
                 self.offer_to_waitlist(tx, &old.slot.slot_id).await?;
-                let access = Access {
-                    action: rpc::RESCHEDULE,
-                    resource: format!("appointment:{}", new.appointment_id),
-                    patient_nin: nin.as_str(),
-                };
-                op.audit(caller, &access, now);
+                let access = Access::new(
+                    rpc::RESCHEDULE,
+                    format!("appointment:{}", new.appointment_id),
+                    nin.as_str(),
+                    format!(
+                        "moved an appointment from {} to {}",
+                        audit::local_time(old.slot.start),
+                        audit::local_time(new.slot.start)
+                    ),
+                );
+                op.audit(caller, &access, now)?;
                 Ok(Outcome::Done(new))
             },
         )
@@ -503,11 +513,12 @@ impl Booking {
         let mut waitlist = store::waitlist_of_patient(&mut conn, nin_str).await?;
         waitlist.extend(store::guarantee::priority_of_patient(&mut conn, nin_str).await?);
         drop(conn);
-        let access = Access {
-            action: rpc::LIST_MINE,
-            resource: "appointments".into(),
-            patient_nin: nin_str,
-        };
+        let access = Access::new(
+            rpc::LIST_MINE,
+            "appointments",
+            nin_str,
+            "read your appointments",
+        );
         audit::record_reads(&self.p.db, caller, &[access], now).await?;
         Ok((appts, holds, waitlist))
     }

@@ -5,7 +5,8 @@ use super::take::Taken;
 use super::*;
 use crate::store::{NewEntry, Practice, TakeOf};
 use econsult_calendar::oslo_date;
-use econsult_runtime::audit::Access;
+use econsult_runtime::audit::{self, Access};
+use econsult_runtime::auth::Purpose;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::command;
 use econsult_runtime::events::{ListMoved, topics};
@@ -37,12 +38,14 @@ impl Booking {
                 let now = self.p.clock.now_ms();
                 for nin in &remove {
                     store::remove_from_list(&mut op.tx, nin, &gp.gp_uid).await?;
-                    let access = Access {
-                        action: rpc::UPDATE_LIST,
-                        resource: format!("gp:{gp_id}"),
-                        patient_nin: nin,
-                    };
-                    op.audit(caller, &access, now);
+                    let access = Access::new(
+                        rpc::UPDATE_LIST,
+                        format!("gp:{gp_id}"),
+                        nin,
+                        "took you off a GP's list",
+                    )
+                    .implies(Purpose::Administration);
+                    op.audit(caller, &access, now)?;
                 }
                 for (i, nin) in add.iter().enumerate() {
                     // A patient on a list of this practice moves within it; one listed with
@@ -51,12 +54,14 @@ impl Booking {
                     if !store::add_to_list(&mut op.tx, nin, &gp.gp_uid, org, now).await? {
                         return Err(listed_elsewhere(&mut op.tx, i, nin).await);
                     }
-                    let access = Access {
-                        action: rpc::UPDATE_LIST,
-                        resource: format!("gp:{gp_id}"),
-                        patient_nin: nin,
-                    };
-                    op.audit(caller, &access, now);
+                    let access = Access::new(
+                        rpc::UPDATE_LIST,
+                        format!("gp:{gp_id}"),
+                        nin,
+                        "put you on a GP's list",
+                    )
+                    .implies(Purpose::Administration);
+                    op.audit(caller, &access, now)?;
                 }
                 let size = store::list_size(&mut op.tx, &gp.gp_uid).await?;
                 if size > i64::from(gp.list_capacity) {
@@ -157,12 +162,14 @@ impl Booking {
                     },
                     now,
                 )?;
-                let access = Access {
-                    action: rpc::MOVE_LISTING,
-                    resource: format!("list_move:{}", moved.move_id),
-                    patient_nin: nin,
-                };
-                op.audit(caller, &access, now);
+                let access = Access::new(
+                    rpc::MOVE_LISTING,
+                    format!("list_move:{}", moved.move_id),
+                    nin,
+                    "moved you to another GP's list",
+                )
+                .implies(Purpose::Administration);
+                op.audit(caller, &access, now)?;
                 Ok(moved)
             },
         )
@@ -239,12 +246,17 @@ impl Booking {
                     now,
                 )
                 .await?;
-                let access = Access {
-                    action: rpc::MARK,
-                    resource: format!("appointment:{id}"),
-                    patient_nin: &after.patient_nin,
-                };
-                op.audit(caller, &access, now);
+                let access = Access::new(
+                    rpc::MARK,
+                    format!("appointment:{id}"),
+                    &after.patient_nin,
+                    format!(
+                        "recorded whether you came to your appointment on {}",
+                        audit::local_time(after.slot.start)
+                    ),
+                )
+                .implies(Purpose::Administration);
+                op.audit(caller, &access, now)?;
                 Ok(after)
             },
         )
@@ -326,12 +338,17 @@ impl Booking {
                     now,
                 )
                 .await?;
-                let access = Access {
-                    action: rpc::CANCEL_BY_PRACTICE,
-                    resource: format!("appointment:{id}"),
-                    patient_nin: &after.patient_nin,
-                };
-                op.audit(caller, &access, now);
+                let access = Access::new(
+                    rpc::CANCEL_BY_PRACTICE,
+                    format!("appointment:{id}"),
+                    &after.patient_nin,
+                    format!(
+                        "cancelled your appointment on {}",
+                        audit::local_time(after.slot.start)
+                    ),
+                )
+                .implies(Purpose::Administration);
+                op.audit(caller, &access, now)?;
                 Ok(after)
             },
         )

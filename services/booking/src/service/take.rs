@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::store::{Claimed, Found, Practice, SlotGp, TakeOf};
-use econsult_runtime::audit::Access;
+use econsult_runtime::audit::{self, Access};
+use econsult_runtime::auth::Purpose;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::db::Backend;
 use econsult_runtime::events::topics;
@@ -197,12 +198,17 @@ impl Booking {
             None,
         );
         self.emit_for(&mut op.tx, topics::BOOKING_CREATED, &a, gp.routing(), now)?;
-        let access = Access {
+        let access = Access::new(
             action,
-            resource: format!("appointment:{}", a.appointment_id),
-            patient_nin: nin.as_str(),
-        };
-        op.audit(caller, &access, now);
+            format!("appointment:{}", a.appointment_id),
+            nin.as_str(),
+            format!(
+                "booked an appointment on {}",
+                audit::local_time(a.slot.start)
+            ),
+        )
+        .implies(Purpose::Administration);
+        op.audit(caller, &access, now)?;
         Ok(a)
     }
 }

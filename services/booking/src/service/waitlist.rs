@@ -58,12 +58,13 @@ impl Booking {
                 {
                     self.offer_to_waitlist(&mut op.tx, &id).await?;
                 }
-                let access = Access {
-                    action: rpc::JOIN_WAITLIST,
-                    resource: format!("waitlist:{entry_id}"),
-                    patient_nin: nin.as_str(),
-                };
-                op.audit(caller, &access, now_ms);
+                let access = Access::new(
+                    rpc::JOIN_WAITLIST,
+                    format!("waitlist:{entry_id}"),
+                    nin.as_str(),
+                    "joined a GP's waiting list for appointments",
+                );
+                op.audit(caller, &access, now_ms)?;
                 store::waitlist_entry(&mut op.tx, &entry_id, None)
                     .await?
                     .ok_or_else(|| BookingError::Db(sqlx::Error::RowNotFound))
@@ -91,11 +92,12 @@ impl Booking {
             }
         }
         .ok_or_else(|| BookingError::NotFound("entry_id".into()))?;
-        let access = Access {
-            action: rpc::LEAVE_WAITLIST,
-            resource: format!("waitlist:{entry_id}"),
-            patient_nin: nin.as_str(),
-        };
+        let access = Access::new(
+            rpc::LEAVE_WAITLIST,
+            format!("waitlist:{entry_id}"),
+            nin.as_str(),
+            "left a GP's waiting list for appointments",
+        );
         audit::record(&mut tx, caller, &access, now).await?;
         tx.commit().await?;
         Ok(entry)

@@ -44,6 +44,7 @@ impl From<ConsultationError> for Status {
             },
             ConsultationError::Booking(e) => Status::from(e),
             ConsultationError::Db(e) => db_status("consultation", e),
+            ConsultationError::Unaccounted(u) => Status::invalid_argument(u.to_string()),
             ConsultationError::Outbox(e) => anyhow_status("outbox", e),
             ConsultationError::Internal { context, message } => internal(context, message),
         }

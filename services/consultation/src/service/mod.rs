@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use econsult_booking::directory;
 use econsult_calendar::Calendar;
 use econsult_runtime::audit::{self, Access};
-use econsult_runtime::auth::{Caller, Role};
+use econsult_runtime::auth::{Caller, Purpose, Role};
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::command::Command;
 use econsult_runtime::db::Tx;
@@ -305,22 +305,53 @@ impl Consultations {
     }
 
     /// The access-log row of a practice's `action` on `t`, or of someone acting for the
-    /// patient (a patient's own actions log none).
-    fn audit(&self, tx: &mut Tx, caller: &Caller, action: &str, t: &Thread) {
+    /// patient (a patient's own actions log none): refused when the caller did not account
+    /// for it.
+    fn audit(
+        &self,
+        tx: &mut Tx,
+        caller: &Caller,
+        action: &str,
+        t: &Thread,
+    ) -> Result<(), ConsultationError> {
         if caller.role == Role::Patient && caller.proxy.acting.is_none() {
-            return;
+            return Ok(());
         }
-        audit::row(
-            caller,
-            &Access {
-                action,
-                resource: format!("consultation:{}", t.thread_id),
-                patient_nin: &t.patient_nin,
-            },
-            self.now(),
-        )
-        .write(tx);
+        audit::row(caller, &thread_access(caller, action, t), self.now())?.write(tx);
+        Ok(())
     }
+}
+
+/// The access of `caller`'s `action` to thread `t`, described for the patient with the thread's
+/// subject. Its purpose is implied (treatment) for a practice's writes, and for a read of a
+/// thread assigned to the practitioner behind the call; any other practice read must state one.
+pub(crate) fn thread_access<'a>(caller: &Caller, action: &'a str, t: &'a Thread) -> Access<'a> {
+    let (what, write) = match action {
+        rpc::START => ("started an e-consultation", true),
+        rpc::SEND => ("sent a message in your e-consultation", true),
+        rpc::WITHDRAW => ("withdrew your e-consultation", true),
+        rpc::LIST => ("saw your e-consultation in a list", false),
+        rpc::GET => ("read your e-consultation", false),
+        rpc::ATTACHMENT => ("opened an attachment in your e-consultation", false),
+        rpc::READ => ("marked your e-consultation as read", true),
+        rpc::INBOX => ("saw your e-consultation in the practice's inbox", false),
+        rpc::CLAIM => ("took on your e-consultation", true),
+        rpc::REPLY => ("replied to your e-consultation", true),
+        rpc::CONVERT => ("answered your e-consultation with an appointment", true),
+        rpc::CLOSE => ("closed your e-consultation", true),
+        rpc::WATCH => ("received a change to your e-consultation", false),
+        _ => ("accessed your e-consultation", false),
+    };
+    let assigned =
+        !t.assigned_hpr.is_empty() && caller.practitioner_hpr() == Some(t.assigned_hpr.as_str());
+    Access::new(
+        action,
+        format!("consultation:{}", t.thread_id),
+        &t.patient_nin,
+        what,
+    )
+    .about(&t.subject)
+    .implies_if(write || assigned, Purpose::Treatment)
 }
 
 /// The working days of practice `org`, read in the call's transaction: a command never waits

@@ -166,7 +166,7 @@ impl Consultations {
                 self.changed(tx, topics::CONSULTATION_STARTED, &t, Some(&cal))?;
                 self.message_event(tx, &t, &m)?;
                 // Logged when someone acted for the patient (the patient's own start logs none).
-                self.audit(tx, caller, rpc::START, &t);
+                self.audit(tx, caller, rpc::START, &t)?;
                 let done = Done::message(&t, &m);
                 started = Some((t.thread_id.clone(), t.due_at));
                 let answer = encode(&Posted {
@@ -237,7 +237,7 @@ impl Consultations {
                 t.updated_at = now;
                 store::update_thread(tx, &t).await?;
                 self.message_event(tx, &t, &m)?;
-                self.audit(tx, caller, rpc::SEND, &t);
+                self.audit(tx, caller, rpc::SEND, &t)?;
                 if state_changed {
                     self.changed(tx, super::TOPIC_STATE, &t, None)?;
                 }
@@ -279,7 +279,7 @@ impl Consultations {
                 t.updated_at = now;
                 store::update_thread(&mut op.tx, &t).await?;
                 self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, None)?;
-                self.audit(&mut op.tx, caller, rpc::WITHDRAW, &t);
+                self.audit(&mut op.tx, caller, rpc::WITHDRAW, &t)?;
                 Ok(Done::thread(&t).answering_bytes(&encode(&t)))
             },
         )
@@ -314,11 +314,7 @@ impl Consultations {
             // Someone acting for the patient: each thread they saw is in the patient's log.
             let accesses: Vec<Access<'_>> = threads
                 .iter()
-                .map(|t| Access {
-                    action: rpc::LIST,
-                    resource: format!("consultation:{}", t.thread_id),
-                    patient_nin: &t.patient_nin,
-                })
+                .map(|t| super::thread_access(caller, rpc::LIST, t))
                 .collect();
             audit::record_reads(&self.p.db, caller, &accesses, self.now()).await?;
         }

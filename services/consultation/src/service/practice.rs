@@ -144,7 +144,7 @@ impl Consultations {
                 t.assigned_hpr = hpr;
                 t.updated_at = now;
                 store::update_thread(&mut op.tx, &t).await?;
-                self.audit(&mut op.tx, caller, rpc::CLAIM, &t);
+                self.audit(&mut op.tx, caller, rpc::CLAIM, &t)?;
                 self.changed(&mut op.tx, super::TOPIC_STATE, &t, None)?;
                 Ok(Done::thread(&t).answering_bytes(&encode(&t)))
             },
@@ -347,7 +347,7 @@ impl Consultations {
                 t.closed_at = Some(now);
                 t.updated_at = now;
                 store::update_thread(&mut op.tx, &t).await?;
-                self.audit(&mut op.tx, caller, rpc::CLOSE, &t);
+                self.audit(&mut op.tx, caller, rpc::CLOSE, &t)?;
                 let cal = calendar(&mut op.tx, &t.org_number).await?;
                 self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, Some(&cal))?;
                 Ok(Done::thread(&t).answering_bytes(&encode(&t)))
@@ -395,7 +395,7 @@ impl Consultations {
             t.assigned_hpr = hpr.to_owned();
         }
         store::update_thread(tx, t).await?;
-        self.audit(tx, caller, action, t);
+        self.audit(tx, caller, action, t)?;
         self.message_event(tx, t, &m)?;
         let cal = calendar(tx, &t.org_number).await?;
         if first {
@@ -451,11 +451,7 @@ impl Consultations {
         threads.truncate(limit as usize);
         let accesses: Vec<Access<'_>> = threads
             .iter()
-            .map(|t| Access {
-                action: rpc::INBOX,
-                resource: format!("consultation:{}", t.thread_id),
-                patient_nin: &t.patient_nin,
-            })
+            .map(|t| super::thread_access(caller, rpc::INBOX, t))
             .collect();
         audit::record_reads(&self.p.db, caller, &accesses, now).await?;
         Ok(Inbox {

@@ -62,11 +62,7 @@ impl Consultations {
             audit::record_reads(
                 &self.p.db,
                 caller,
-                &[Access {
-                    action: rpc::GET,
-                    resource: format!("consultation:{}", t.thread_id),
-                    patient_nin: &t.patient_nin,
-                }],
+                &[super::thread_access(caller, rpc::GET, &t)],
                 self.now(),
             )
             .await?;
@@ -102,9 +98,8 @@ impl Consultations {
                 &self.p.db,
                 caller,
                 &[Access {
-                    action: rpc::ATTACHMENT,
                     resource: format!("consultation-attachment:{id}"),
-                    patient_nin: &t.patient_nin,
+                    ..super::thread_access(caller, rpc::ATTACHMENT, &t)
                 }],
                 self.now(),
             )
@@ -147,7 +142,7 @@ impl Consultations {
                 "up_to_seq": up_to_seq,
             });
             self.event(&mut tx, TOPIC_READ, &t, &body)?;
-            self.audit(&mut tx, caller, rpc::READ, &t);
+            self.audit(&mut tx, caller, rpc::READ, &t)?;
             tx.commit().await?;
         }
         Ok(t)
@@ -218,11 +213,7 @@ impl Consultations {
     ) -> Result<(), ConsultationError> {
         let rows: Vec<Access<'_>> = threads
             .iter()
-            .map(|t| Access {
-                action: rpc::WATCH,
-                resource: format!("consultation:{}", t.thread_id),
-                patient_nin: &t.patient_nin,
-            })
+            .map(|t| super::thread_access(caller, rpc::WATCH, t))
             .collect();
         audit::record_reads(&self.p.db, caller, &rows, self.now()).await?;
         Ok(())

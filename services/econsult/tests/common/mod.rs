@@ -205,18 +205,33 @@ impl TestApp {
         })
     }
 
+    /// An EHR system's token of `org`, with the client name [`ehr_system_name`]`(org)`.
     pub fn ehr_token(&self, org: &str) -> String {
-        self.mint(TokenSpec::Ehr {
-            client_id: format!("epj-{org}"),
-            org_number: org.into(),
-            scopes: vec![
-                "econsult:booking.read".into(),
-                "econsult:booking.write".into(),
-                "econsult:stats.read".into(),
-                "econsult:consultation.read".into(),
-                "econsult:consultation.write".into(),
-            ],
-        })
+        self.mint_with(
+            TokenSpec::Ehr {
+                client_id: format!("epj-{org}"),
+                org_number: org.into(),
+                scopes: vec![
+                    "econsult:booking.read".into(),
+                    "econsult:booking.write".into(),
+                    "econsult:stats.read".into(),
+                    "econsult:consultation.read".into(),
+                    "econsult:consultation.write".into(),
+                ],
+            },
+            |c| c.client_name = Some(ehr_system_name(org)),
+        )
+    }
+
+    /// A token of `spec` whose claims `edit` changed (e.g. HelseID's name claims).
+    pub fn mint_with(
+        &self,
+        spec: TokenSpec,
+        edit: impl FnOnce(&mut econsult_runtime::auth::Claims),
+    ) -> String {
+        let mut claims = spec.claims(Utc::now().timestamp(), 3600);
+        edit(&mut claims);
+        self.keys.sign(&claims).expect("sign")
     }
 
     pub fn ops_token(&self) -> String {
@@ -237,8 +252,20 @@ impl TestApp {
     }
 }
 
-/// A request carrying a bearer token.
+/// A request carrying a bearer token and what the access log needs from its caller
+/// ([`econsult_runtime::auth::dev_call_headers`]: a practice's purpose, an EHR system's
+/// acting person).
 pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = authed_bare(msg, token);
+    for (name, value) in econsult_runtime::auth::dev_call_headers(token) {
+        req.metadata_mut()
+            .insert(name, value.parse().expect("header"));
+    }
+    req
+}
+
+/// A request carrying only a bearer token.
+pub fn authed_bare<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
         "authorization",
@@ -256,6 +283,16 @@ pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
 
 pub fn key() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// The client name of the test EHR system of `org`.
+pub fn ehr_system_name(org: &str) -> String {
+    format!("Test EPJ {org}")
+}
+
+/// The name a test clinician token with `hpr` carries.
+pub fn clinician_name(hpr: &str) -> String {
+    format!("Lege Nr{hpr}")
 }
 
 pub const ORG_A: &str = "910000001";
@@ -401,13 +438,20 @@ impl TestApp {
         Application::start(config).await.expect("start replica")
     }
 
-    /// A clinician (HelseID) token of `org` with `hpr`.
+    /// A clinician (HelseID) token of `org` with `hpr`, named [`clinician_name`]`(hpr)` (the
+    /// `given_name` and `family_name` claims).
     pub fn clinician_token(&self, hpr: &str, org: &str) -> String {
-        self.mint(TokenSpec::Clinician {
-            hpr_number: hpr.into(),
-            org_number: org.into(),
-            scopes: vec![],
-        })
+        self.mint_with(
+            TokenSpec::Clinician {
+                hpr_number: hpr.into(),
+                org_number: org.into(),
+                scopes: vec![],
+            },
+            |c| {
+                c.given_name = Some("Lege".into());
+                c.family_name = Some(format!("Nr{hpr}"));
+            },
+        )
     }
 }
 

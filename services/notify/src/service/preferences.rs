@@ -28,11 +28,12 @@ impl Notify {
         let now = self.p.clock.now_ms();
         let mut tx = self.p.db.begin().await?;
         let stored = Self::stored(&mut tx, nin.as_str()).await?;
-        let access = Access {
-            action: rpc::GET_PREFERENCES,
-            resource: "notify_preferences".into(),
-            patient_nin: nin.as_str(),
-        };
+        let access = Access::new(
+            rpc::GET_PREFERENCES,
+            "notify_preferences",
+            nin.as_str(),
+            "read your contact details and notification settings",
+        );
         audit::record(&mut tx, caller, &access, now).await?;
         tx.commit().await?;
         Ok(self.open(nin.as_str(), &stored)?)
@@ -72,11 +73,12 @@ impl Notify {
         };
         let mut tx = self.p.db.begin().await?;
         store::put_preferences(&mut tx, nin.as_str(), &stored, now).await?;
-        let access = Access {
-            action: rpc::SET_PREFERENCES,
-            resource: "notify_preferences".into(),
-            patient_nin: nin.as_str(),
-        };
+        let access = Access::new(
+            rpc::SET_PREFERENCES,
+            "notify_preferences",
+            nin.as_str(),
+            "changed your contact details and notification settings",
+        );
         audit::record(&mut tx, caller, &access, now).await?;
         tx.commit().await?;
         Ok(Preferences {

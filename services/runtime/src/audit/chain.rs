@@ -5,6 +5,8 @@
 //! A row committed late (a lower id than a sealed one) simply gets a later place, so concurrent
 //! writers cannot fork the chain. The one UPDATE the triggers allow is this sealing, once.
 //! [`verify`] walks the chain and reports the first row whose content, hash or place is wrong.
+//! Every column but `chain_seq` and `hash` is covered, including the thread subject a row may
+//! name (`what_subject`): a patient's log is checked as they see it.
 
 use crate::db::{Db, Defer as _};
 use sha2::Digest as _;
@@ -26,6 +28,12 @@ struct Content {
     request_id: String,
     actor_nin: String,
     acted_as: i64,
+    actor_name: String,
+    actor_hpr: String,
+    system_name: String,
+    purpose: i64,
+    what: String,
+    what_subject: String,
 }
 
 impl Content {
@@ -43,6 +51,12 @@ impl Content {
             request_id: r.try_get("request_id")?,
             actor_nin: r.try_get("actor_nin")?,
             acted_as: r.try_get("acted_as")?,
+            actor_name: r.try_get("actor_name")?,
+            actor_hpr: r.try_get("actor_hpr")?,
+            system_name: r.try_get("system_name")?,
+            purpose: r.try_get("purpose")?,
+            what: r.try_get("what")?,
+            what_subject: r.try_get("what_subject")?,
         })
     }
 
@@ -63,13 +77,28 @@ impl Content {
             self.trace_id,
             self.request_id,
         ]);
-        // The actor (migration 0014) only where there is one: rows sealed before it keep
-        // their hashes.
-        if (!self.actor_nin.is_empty() || self.acted_as != 0)
-            && let Some(a) = content.as_array_mut()
-        {
-            a.push(self.actor_nin.clone().into());
-            a.push(self.acted_as.into());
+        // The actor (migration 0014) only where there is one, and who, why and what in words
+        // (migration 0019, after the actor) only where any is set: rows sealed before either
+        // keep their hashes. The array's length (12, 14 or 20) tells the forms apart.
+        let who_why_what = !self.actor_name.is_empty()
+            || !self.actor_hpr.is_empty()
+            || !self.system_name.is_empty()
+            || self.purpose != 0
+            || !self.what.is_empty()
+            || !self.what_subject.is_empty();
+        if let Some(a) = content.as_array_mut() {
+            if who_why_what || !self.actor_nin.is_empty() || self.acted_as != 0 {
+                a.push(self.actor_nin.clone().into());
+                a.push(self.acted_as.into());
+            }
+            if who_why_what {
+                a.push(self.actor_name.clone().into());
+                a.push(self.actor_hpr.clone().into());
+                a.push(self.system_name.clone().into());
+                a.push(self.purpose.into());
+                a.push(self.what.clone().into());
+                a.push(self.what_subject.clone().into());
+            }
         }
         let digest = sha2::Sha256::digest(content.to_string().as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -90,7 +119,8 @@ pub async fn seal(db: &Db, batch: i64) -> Result<u64, sqlx::Error> {
         None => (0, String::new()),
     };
     let rows = sqlx::query(
-        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as \
+        "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as, \
+         actor_name, actor_hpr, system_name, purpose, what, what_subject \
          FROM audit_log WHERE chain_seq IS NULL ORDER BY id LIMIT $1",
     )
     .bind(batch)
@@ -166,7 +196,8 @@ pub async fn verify(db: &Db, mut progress: impl FnMut(u64)) -> Result<Verified, 
     let (mut seq, mut prev, mut rows) = (0i64, String::new(), 0u64);
     let broken = 'walk: loop {
         let page = sqlx::query(
-            "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as, chain_seq, hash \
+            "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as, \
+             actor_name, actor_hpr, system_name, purpose, what, what_subject, chain_seq, hash \
              FROM audit_log WHERE chain_seq > $1 ORDER BY chain_seq LIMIT $2",
         )
         .bind(seq)

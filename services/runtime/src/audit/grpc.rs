@@ -1,8 +1,8 @@
 //! gRPC adapter of the access log: the caller check, proto conversion, and the one mapping of
 //! [`AuditError`] to a gRPC status.
 
-use super::{Access, AuditError, Entry, list, record_reads};
-use crate::auth::{Caller, Role};
+use super::{Access, AuditError, Entry, RecordError, list, record_reads};
+use crate::auth::{Caller, Purpose, Role};
 use crate::clock::{Clock, from_ms};
 use crate::db::Db;
 use crate::grpc::timestamp;
@@ -20,13 +20,43 @@ pub struct AuditGrpc {
 impl From<AuditError> for Status {
     fn from(e: AuditError) -> Self {
         match e {
-            AuditError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            AuditError::Invalid { .. } | AuditError::Unaccounted(_) => {
+                Status::invalid_argument(e.to_string())
+            }
             AuditError::Db(d) => crate::grpc::db_status("audit log", d),
         }
     }
 }
 
-fn entry(e: Entry) -> pb::AccessLogEntry {
+impl From<RecordError> for Status {
+    fn from(e: RecordError) -> Self {
+        AuditError::from(e).into()
+    }
+}
+
+fn purpose(p: Option<Purpose>) -> pb::Purpose {
+    match p {
+        None => pb::Purpose::Unspecified,
+        Some(Purpose::OwnAccess) => pb::Purpose::OwnAccess,
+        Some(Purpose::Treatment) => pb::Purpose::Treatment,
+        Some(Purpose::Administration) => pb::Purpose::Administration,
+        Some(Purpose::QualityAssurance) => pb::Purpose::QualityAssurance,
+        Some(Purpose::Operations) => pb::Purpose::Operations,
+    }
+}
+
+/// The access in words: `what`, with the patient's free text quoted when `with_subject` (the
+/// patient's own log).
+fn description(e: &Entry, with_subject: bool) -> String {
+    if with_subject && !e.what_subject.is_empty() && !e.what.is_empty() {
+        format!("{} '{}'", e.what, e.what_subject)
+    } else {
+        e.what.clone()
+    }
+}
+
+fn entry(e: Entry, with_subject: bool) -> pb::AccessLogEntry {
+    let description = description(&e, with_subject);
     let role = e.role.map_or(pb::CallerRole::Unspecified, |r| match r {
         Role::Patient => pb::CallerRole::Patient,
         Role::Clinician => pb::CallerRole::Clinician,
@@ -50,12 +80,23 @@ fn entry(e: Entry) -> pb::AccessLogEntry {
             Some(crate::auth::Relation::Parent) => pb::ActedAs::Parent,
             Some(crate::auth::Relation::Fullmakt) => pb::ActedAs::Fullmakt,
         } as i32,
+        actor_name: e.actor_name,
+        actor_hpr: e.actor_hpr,
+        system: e.system_name,
+        purpose: purpose(e.purpose) as i32,
+        description,
     }
 }
 
-fn page((entries, next_before_id): (Vec<Entry>, u64)) -> pb::ListAccessLogResponse {
+fn page(
+    (entries, next_before_id): (Vec<Entry>, u64),
+    with_subject: bool,
+) -> pb::ListAccessLogResponse {
     pb::ListAccessLogResponse {
-        entries: entries.into_iter().map(entry).collect(),
+        entries: entries
+            .into_iter()
+            .map(|e| entry(e, with_subject))
+            .collect(),
         next_before_id,
     }
 }
@@ -99,20 +140,20 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
         record_reads(
             &self.db,
             &caller,
-            &[Access {
-                action: "/econsult.audit.v1.AuditService/ListAccessLog",
-                resource: if r.subject.is_empty() {
+            &[Access::new(
+                "/econsult.audit.v1.AuditService/ListAccessLog",
+                if r.subject.is_empty() {
                     "audit_log".into()
                 } else {
                     format!("audit_log?subject={}", r.subject)
                 },
-                patient_nin: r.patient_nin.as_str(),
-            }],
+                r.patient_nin.as_str(),
+                "read your access log (operations)",
+            )],
             self.clock.now_ms(),
         )
-        .await
-        .map_err(AuditError::from)?;
-        Ok(Response::new(page(found)))
+        .await?;
+        Ok(Response::new(page(found, false)))
     }
 
     async fn list_my_access_log(
@@ -130,15 +171,15 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
         record_reads(
             &self.db,
             &caller,
-            &[Access {
-                action: "/econsult.audit.v1.AuditService/ListMyAccessLog",
-                resource: "audit_log".into(),
-                patient_nin: nin.as_str(),
-            }],
+            &[Access::new(
+                "/econsult.audit.v1.AuditService/ListMyAccessLog",
+                "audit_log",
+                nin.as_str(),
+                "read your access log",
+            )],
             self.clock.now_ms(),
         )
-        .await
-        .map_err(AuditError::from)?;
-        Ok(Response::new(page(found)))
+        .await?;
+        Ok(Response::new(page(found, true)))
     }
 }

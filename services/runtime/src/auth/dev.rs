@@ -86,6 +86,41 @@ impl DevKeys {
     }
 }
 
+/// The person development clients name on their EHR system calls ([`dev_call_headers`]).
+pub const DEV_ACTING_NAME: &str = "Kari Dev-Sekretaer";
+/// Their HPR number.
+pub const DEV_ACTING_HPR: &str = "9900001";
+
+/// The metadata a development client (tests, the load generator, the walkthrough) sends with
+/// `token` so that its accesses to patient data are accounted for in the access log: for a
+/// clinician or an EHR system the purpose `treatment`, for an EHR system also the person it
+/// acts for ([`DEV_ACTING_NAME`], [`DEV_ACTING_HPR`]); nothing for patients and operations.
+/// Reads the token's claims without verifying them.
+pub fn dev_call_headers(token: &str) -> Vec<(&'static str, String)> {
+    let claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Claims>(&b).ok());
+    let Some(c) = claims else {
+        return Vec::new();
+    };
+    let purpose = (PURPOSE_HEADER, "treatment".to_owned());
+    match (&c.pid, &c.hpr_number, &c.org_number) {
+        (None, Some(_), _) => vec![purpose],
+        (None, None, Some(_)) => vec![
+            purpose,
+            (ACTING_NAME_HEADER, DEV_ACTING_NAME.to_owned()),
+            (ACTING_HPR_HEADER, DEV_ACTING_HPR.to_owned()),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 pub(super) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut opts = std::fs::OpenOptions::new();

@@ -82,6 +82,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
             caller.accept_nin(&nin, ON_BEHALF_OF_HEADER)?;
             caller.proxy.on_behalf_of = Some(nin);
         }
+        accountability(&mut caller, req.metadata())?;
         if let Some(kind) = req.extensions().get::<crate::telemetry::CallerKind>() {
             kind.set(caller.role.as_str());
         }
@@ -92,4 +93,79 @@ impl tonic::service::Interceptor for AuthInterceptor {
         req.extensions_mut().insert(caller);
         Ok(req)
     }
+}
+
+/// Reads the call's purpose ([`PURPOSE_HEADER`]) and, for an EHR system, the person it acts for
+/// ([`ACTING_NAME_HEADER`] or [`ACTING_NAME_BIN_HEADER`], [`ACTING_HPR_HEADER`]) into `caller`.
+/// Whether they are required is decided where the access is logged ([`crate::audit`]); here a
+/// malformed value, or one the caller's role may not send, is INVALID_ARGUMENT naming it.
+pub(super) fn accountability(
+    caller: &mut Caller,
+    md: &tonic::metadata::MetadataMap,
+) -> Result<(), Status> {
+    let invalid = |m: String| Err(Status::invalid_argument(m));
+    if let Some(v) = md.get(PURPOSE_HEADER) {
+        if caller.role == Role::Patient {
+            return invalid(format!(
+                "{PURPOSE_HEADER} is for health personnel, EHR systems and operations"
+            ));
+        }
+        match v.to_str().ok().and_then(Purpose::parse) {
+            Some(p) => caller.purpose = Some(p),
+            None => {
+                return invalid(format!(
+                    "{PURPOSE_HEADER} must be treatment, administration, quality-assurance or operations"
+                ));
+            }
+        }
+    }
+    let name = match md.get_bin(ACTING_NAME_BIN_HEADER) {
+        Some(v) => Some(
+            v.to_bytes()
+                .ok()
+                .and_then(|b| String::from_utf8(b.to_vec()).ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("{ACTING_NAME_BIN_HEADER} is not UTF-8"))
+                })?,
+        ),
+        None => md
+            .get(ACTING_NAME_HEADER)
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "{ACTING_NAME_HEADER} must be ASCII (use {ACTING_NAME_BIN_HEADER})"
+                    ))
+                })
+            })
+            .transpose()?,
+    };
+    let hpr = md
+        .get(ACTING_HPR_HEADER)
+        .map(|v| v.to_str().map_or(String::new(), |s| s.trim().to_owned()));
+    if name.is_none() && hpr.is_none() {
+        return Ok(());
+    }
+    if caller.role != Role::Ehr {
+        return invalid(format!(
+            "{ACTING_NAME_HEADER} and {ACTING_HPR_HEADER} are for EHR system calls"
+        ));
+    }
+    let name = name.map(|n| n.trim().to_owned()).unwrap_or_default();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return invalid(format!(
+            "{ACTING_NAME_HEADER} must name the acting person (1 to 200 characters)"
+        ));
+    }
+    if let Some(h) = &hpr
+        && (h.is_empty() || h.len() > 9 || !h.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return invalid(format!(
+            "{ACTING_HPR_HEADER} must be an HPR number (digits)"
+        ));
+    }
+    caller.acting_person = Some(ActingPerson {
+        name,
+        hpr_number: hpr,
+    });
+    Ok(())
 }

@@ -620,6 +620,8 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
         status: Status::permission_denied(message),
     };
     let expires_at = c.exp;
+    let person_name = person_name(&c);
+    let client_name = c.client_name.clone().filter(|n| !n.trim().is_empty());
     let mut scopes: BTreeSet<String> = c
         .scope
         .as_deref()
@@ -674,6 +676,10 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
                 protected_address: c.protected_address,
                 ..Proxy::default()
             },
+            name: None,
+            client_name: None,
+            acting_person: None,
+            purpose: None,
         });
     }
     let org = c.org_number.filter(|o| is_org_number(o));
@@ -691,6 +697,10 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             request_id: String::new(),
             synthetic_numbers: false,
             proxy: Proxy::default(),
+            name: person_name,
+            client_name: None,
+            acting_person: None,
+            purpose: None,
         });
     }
     if allowed.contains(Role::Ops) && scopes.contains(OPS_SCOPE) {
@@ -705,6 +715,10 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             request_id: String::new(),
             synthetic_numbers: false,
             proxy: Proxy::default(),
+            name: None,
+            client_name: None,
+            acting_person: None,
+            purpose: None,
         });
     }
     if let Some(org) = org
@@ -722,7 +736,23 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
             request_id: String::new(),
             synthetic_numbers: false,
             proxy: Proxy::default(),
+            name: None,
+            client_name,
+            acting_person: None,
+            purpose: None,
         });
     }
     Err(denied("role", "token carries no econsult role"))
+}
+
+/// The person's name from HelseID's `profile` claims: `name`, or the parts joined.
+fn person_name(c: &Claims) -> Option<String> {
+    if let Some(n) = c.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        return Some(n.to_owned());
+    }
+    let parts: Vec<&str> = [&c.given_name, &c.middle_name, &c.family_name]
+        .into_iter()
+        .filter_map(|p| p.as_deref().map(str::trim).filter(|p| !p.is_empty()))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
 }

@@ -6,9 +6,11 @@
 //! and a role its issuer may not grant is never derived. The role is read from the claims:
 //! - **patient**: an ID-porten token with `pid` (national identity number) and
 //!   `acr = idporten-loa-high`; a lower level is refused (the app must log in again, stronger);
-//! - **clinician**: a HelseID token with the HPR number claim and an organisation number;
+//! - **clinician**: a HelseID token with the HPR number claim and an organisation number (its
+//!   `name`, or `given_name` `middle_name` `family_name`, name the person in the access log);
 //! - **ehr**: a HelseID client-credentials token with scopes (`econsult:booking.write`, …) and
-//!   an organisation number;
+//!   an organisation number (its client name names the system in the access log; the person
+//!   it acts for comes with each call, [`ACTING_NAME_HEADER`] and [`ACTING_HPR_HEADER`]);
 //! - **ops**: a token with the scope `econsult:ops`, from an issuer configured for ops only
 //!   (the scope means nothing in a token of another issuer).
 //!
@@ -29,6 +31,19 @@ pub const REQUIRED_ACR: &str = "idporten-loa-high";
 pub const HPR_CLAIM: &str = "helseid://claims/hpr/hpr_number";
 /// HelseID claim with the organisation number of the client's (parent) organisation.
 pub const ORG_CLAIM: &str = "helseid://claims/client/claims/orgnr_parent";
+/// HelseID claim with the name of the client (the system), for logging.
+pub const CLIENT_NAME_CLAIM: &str = "helseid://claims/client/client_name";
+/// The metadata header with the purpose of a practice's or operations' call (`treatment`,
+/// `administration`, `quality-assurance`, `operations`): the access log's "why".
+pub const PURPOSE_HEADER: &str = "x-purpose";
+/// The metadata header naming the person an EHR system call acts for (ASCII; a name with other
+/// characters goes in [`ACTING_NAME_BIN_HEADER`]).
+pub const ACTING_NAME_HEADER: &str = "x-acting-name";
+/// [`ACTING_NAME_HEADER`] as gRPC binary metadata: the name's UTF-8 bytes.
+pub const ACTING_NAME_BIN_HEADER: &str = "x-acting-name-bin";
+/// The metadata header with the HPR number of the person an EHR system call acts for (health
+/// personnel; other staff have none).
+pub const ACTING_HPR_HEADER: &str = "x-acting-hpr";
 /// Scope that makes a token an operations token.
 pub const OPS_SCOPE: &str = "econsult:ops";
 /// Issuer of locally minted development tokens.
@@ -107,6 +122,76 @@ pub struct Caller {
     /// Acting for others: the token's relations, the call's `x-on-behalf-of`, and once
     /// resolved ([`crate::proxy::Resolver`]), who acts for whom.
     pub proxy: Proxy,
+    /// The person's name (clinicians: HelseID's `name`, or `given_name` `middle_name`
+    /// `family_name`).
+    pub name: Option<String>,
+    /// The system's name (EHR systems: HelseID's [`CLIENT_NAME_CLAIM`]).
+    pub client_name: Option<String>,
+    /// The person an EHR system call acts for (its [`ACTING_NAME_HEADER`] and
+    /// [`ACTING_HPR_HEADER`]); set by the interceptor.
+    pub acting_person: Option<ActingPerson>,
+    /// The purpose the call states ([`PURPOSE_HEADER`]); set by the interceptor.
+    pub purpose: Option<Purpose>,
+}
+
+/// The person on whose behalf an EHR system calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActingPerson {
+    /// Their name.
+    pub name: String,
+    /// Their HPR number (health personnel), `None` for other staff.
+    pub hpr_number: Option<String>,
+}
+
+/// Why patient data was accessed (the access log's "why"; stored as [`Purpose::code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Purpose {
+    /// The patient's own use (or their parent's or fullmakt holder's for them).
+    OwnAccess,
+    /// Health care for the patient.
+    Treatment,
+    /// Administration of the patient's care (lists, appointments, billing).
+    Administration,
+    /// Quality assurance of the care given.
+    QualityAssurance,
+    /// Operations of the service (e.g. reading the access log).
+    Operations,
+}
+
+impl Purpose {
+    /// The number stored in `audit_log.purpose` and used in `econsult.audit.v1.Purpose`
+    /// (0 is a row written before purposes were recorded).
+    pub fn code(self) -> i64 {
+        match self {
+            Purpose::OwnAccess => 1,
+            Purpose::Treatment => 2,
+            Purpose::Administration => 3,
+            Purpose::QualityAssurance => 4,
+            Purpose::Operations => 5,
+        }
+    }
+    /// Inverse of [`Purpose::code`] (`None` for 0 and unknown codes).
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            1 => Purpose::OwnAccess,
+            2 => Purpose::Treatment,
+            3 => Purpose::Administration,
+            4 => Purpose::QualityAssurance,
+            5 => Purpose::Operations,
+            _ => return None,
+        })
+    }
+    /// The [`PURPOSE_HEADER`] value naming a purpose a caller may state (not `OwnAccess`,
+    /// which is a patient's by their role).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "treatment" => Purpose::Treatment,
+            "administration" => Purpose::Administration,
+            "quality-assurance" => Purpose::QualityAssurance,
+            "operations" => Purpose::Operations,
+            _ => return None,
+        })
+    }
 }
 
 /// The metadata header naming the person a patient call acts for (11 digits).
@@ -227,6 +312,19 @@ impl Caller {
         Ok(())
     }
 
+    /// The HPR number of the practitioner behind the call: a clinician's own, or the person an
+    /// EHR system call acts for.
+    pub fn practitioner_hpr(&self) -> Option<&str> {
+        match self.role {
+            Role::Clinician => self.hpr_number.as_deref(),
+            Role::Ehr => self
+                .acting_person
+                .as_ref()
+                .and_then(|p| p.hpr_number.as_deref()),
+            Role::Patient | Role::Ops => None,
+        }
+    }
+
     /// `Ok` for operations, `PERMISSION_DENIED` otherwise.
     pub fn ops(&self) -> Result<(), Status> {
         if self.role == Role::Ops {
@@ -280,6 +378,25 @@ pub struct Claims {
         skip_serializing_if = "Option::is_none"
     )]
     pub org_number: Option<String>,
+    /// HelseID (scope `profile`): the person's full name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// HelseID (scope `profile`): given name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    /// HelseID (scope `profile`): middle name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub middle_name: Option<String>,
+    /// HelseID (scope `profile`): family name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    /// HelseID: the client's (system's) name.
+    #[serde(
+        rename = "helseid://claims/client/client_name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_name: Option<String>,
     /// The people the token's person may act for, from the population register
     /// ([`REPRESENTS_CLAIM`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -460,7 +577,7 @@ mod issuers;
 #[cfg(test)]
 mod tests;
 
-pub use dev::{DevKeys, TokenSpec};
+pub use dev::{DEV_ACTING_HPR, DEV_ACTING_NAME, DevKeys, TokenSpec, dev_call_headers};
 pub use interceptor::AuthInterceptor;
 pub use issuers::{
     Authenticator, IssuerConfig, JwksSource, TrustedIssuer, UNKNOWN_KID_REFRESH_INTERVAL,

@@ -421,3 +421,139 @@ fn scope_may_be_a_string_or_an_array() {
     assert!(c.scopes.contains("econsult:booking.read"));
     assert!(c.scopes.contains("econsult:booking.write"));
 }
+
+#[test]
+fn helseid_name_claims_name_the_clinician_and_the_client_name_the_system() {
+    let (_d, keys) = keys();
+    let auth = keys.authenticator(DEFAULT_AUDIENCE).expect("auth");
+    let clin = TokenSpec::Clinician {
+        hpr_number: "1234567".into(),
+        org_number: "912345678".into(),
+        scopes: vec![],
+    };
+    let mut claims = clin.claims(now(), 600);
+    claims.given_name = Some("Kari".into());
+    claims.middle_name = Some(" ".into());
+    claims.family_name = Some("Nordmann".into());
+    let c = auth
+        .authenticate(&keys.sign(&claims).expect("sign"))
+        .expect("clinician");
+    assert_eq!(c.name.as_deref(), Some("Kari Nordmann"));
+    claims.name = Some("Kari Ola Nordmann".into());
+    let c = auth
+        .authenticate(&keys.sign(&claims).expect("sign"))
+        .expect("clinician");
+    assert_eq!(c.name.as_deref(), Some("Kari Ola Nordmann"));
+    assert_eq!(c.practitioner_hpr(), Some("1234567"));
+
+    let ehr = TokenSpec::Ehr {
+        client_id: "epj-1".into(),
+        org_number: "912345678".into(),
+        scopes: vec!["econsult:booking.write".into()],
+    };
+    let mut claims = ehr.claims(now(), 600);
+    claims.client_name = Some("Journal AS".into());
+    let json = serde_json::to_value(&claims).expect("json");
+    assert_eq!(json[CLIENT_NAME_CLAIM], "Journal AS");
+    let c = auth
+        .authenticate(&keys.sign(&claims).expect("sign"))
+        .expect("ehr");
+    assert_eq!(c.client_name.as_deref(), Some("Journal AS"));
+    assert_eq!(c.name, None);
+    assert_eq!(c.practitioner_hpr(), None, "no acting person named yet");
+}
+
+/// A caller of `role` as the interceptor would have it before reading the headers.
+fn caller_of(keys: &DevKeys, spec: &TokenSpec) -> Caller {
+    keys.authenticator(DEFAULT_AUDIENCE)
+        .expect("auth")
+        .authenticate(&keys.mint(spec, now(), 600).expect("mint"))
+        .expect("valid")
+}
+
+#[test]
+fn the_purpose_and_the_acting_person_come_from_the_headers_of_whoever_may_send_them() {
+    use super::interceptor::accountability;
+    use tonic::metadata::{MetadataMap, MetadataValue};
+    let (_d, keys) = keys();
+    let ehr = TokenSpec::Ehr {
+        client_id: "epj-1".into(),
+        org_number: "912345678".into(),
+        scopes: vec!["econsult:booking.write".into()],
+    };
+    let patient = TokenSpec::Patient {
+        nin: crate::nin::synthetic(3).as_str().into(),
+        acr: REQUIRED_ACR.into(),
+    };
+    let clin = TokenSpec::Clinician {
+        hpr_number: "1234567".into(),
+        org_number: "912345678".into(),
+        scopes: vec![],
+    };
+    let md = |pairs: &[(&'static str, &str)]| {
+        let mut m = MetadataMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, v.parse().expect("value"));
+        }
+        m
+    };
+
+    let mut c = caller_of(&keys, &ehr);
+    accountability(
+        &mut c,
+        &md(&[
+            (PURPOSE_HEADER, "quality-assurance"),
+            (ACTING_NAME_HEADER, " Kari Nordmann "),
+            (ACTING_HPR_HEADER, "7654321"),
+        ]),
+    )
+    .expect("accepted");
+    assert_eq!(c.purpose, Some(Purpose::QualityAssurance));
+    assert_eq!(
+        c.acting_person,
+        Some(ActingPerson {
+            name: "Kari Nordmann".into(),
+            hpr_number: Some("7654321".into()),
+        })
+    );
+    assert_eq!(c.practitioner_hpr(), Some("7654321"));
+
+    let mut c = caller_of(&keys, &ehr);
+    let mut m = MetadataMap::new();
+    m.insert_bin(
+        ACTING_NAME_BIN_HEADER,
+        MetadataValue::from_bytes("Åse Ødegård".as_bytes()),
+    );
+    accountability(&mut c, &m).expect("accepted");
+    assert_eq!(c.acting_person.expect("named").name, "Åse Ødegård");
+
+    for (spec, pairs, names) in [
+        (
+            &patient,
+            vec![(PURPOSE_HEADER, "treatment")],
+            PURPOSE_HEADER,
+        ),
+        (&ehr, vec![(PURPOSE_HEADER, "curiosity")], PURPOSE_HEADER),
+        (
+            &clin,
+            vec![(ACTING_NAME_HEADER, "Kari")],
+            ACTING_NAME_HEADER,
+        ),
+        (
+            &ehr,
+            vec![(ACTING_NAME_HEADER, "Kari"), (ACTING_HPR_HEADER, "12x")],
+            ACTING_HPR_HEADER,
+        ),
+        (&ehr, vec![(ACTING_NAME_HEADER, "  ")], ACTING_NAME_HEADER),
+        (
+            &ehr,
+            vec![(ACTING_HPR_HEADER, "1234567")],
+            ACTING_NAME_HEADER,
+        ),
+    ] {
+        let mut c = caller_of(&keys, spec);
+        let err = accountability(&mut c, &md(&pairs)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{pairs:?}");
+        assert!(err.message().contains(names), "{pairs:?}: {err:?}");
+    }
+}

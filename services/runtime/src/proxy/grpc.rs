@@ -18,6 +18,7 @@ impl From<ProxyError> for Status {
             ProxyError::NotFound => Status::not_found(e.to_string()),
             ProxyError::KeyReused => Status::already_exists(e.to_string()),
             ProxyError::Db(d) => crate::grpc::db_status("fullmakt", d),
+            ProxyError::Unaccounted(u) => Status::invalid_argument(u.to_string()),
             ProxyError::Other(o) => crate::grpc::anyhow_status("fullmakt", o),
         }
     }

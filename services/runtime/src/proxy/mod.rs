@@ -179,9 +179,21 @@ pub enum ProxyError {
     /// Storage failed.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The call lacks what its access-log row needs.
+    #[error(transparent)]
+    Unaccounted(#[from] crate::audit::Unaccounted),
     /// Something unexpected.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+impl From<crate::audit::RecordError> for ProxyError {
+    fn from(e: crate::audit::RecordError) -> Self {
+        match e {
+            crate::audit::RecordError::Unaccounted(u) => ProxyError::Unaccounted(u),
+            crate::audit::RecordError::Db(d) => ProxyError::Db(d),
+        }
+    }
 }
 
 impl From<crate::idempotency::IdempotencyError> for ProxyError {

@@ -115,7 +115,7 @@ impl Fullmakter {
             };
             store::insert(&mut op.tx, &f).await?;
             emit(op, "proxy.fullmakt_granted", &f, now_ms)?;
-            op.audit(caller, &access(GRANT, &f), now_ms);
+            op.audit(caller, &access(GRANT, &f), now_ms)?;
             Ok::<_, ProxyError>(f)
         })
         .await
@@ -138,7 +138,7 @@ impl Fullmakter {
             if revoked_now {
                 emit(op, "proxy.fullmakt_revoked", &f, now_ms)?;
             }
-            op.audit(caller, &access(REVOKE, &f), now_ms);
+            op.audit(caller, &access(REVOKE, &f), now_ms)?;
             Ok::<_, ProxyError>(f)
         })
         .await
@@ -198,11 +198,13 @@ impl Fullmakter {
 }
 
 fn access<'a>(action: &'a str, f: &'a Fullmakt) -> Access<'a> {
-    Access {
-        action,
-        resource: format!("fullmakt:{}", f.id),
-        patient_nin: &f.giver,
-    }
+    let what = match action {
+        GRANT => "gave a power of attorney (fullmakt)",
+        REVOKE => "revoked a power of attorney (fullmakt)",
+        LIST_GIVEN => "read the powers of attorney (fullmakter) you have given",
+        _ => "looked up the power of attorney (fullmakt) you gave them",
+    };
+    Access::new(action, format!("fullmakt:{}", f.id), &f.giver, what)
 }
 
 fn emit(

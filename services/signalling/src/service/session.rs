@@ -75,11 +75,14 @@ impl Signalling {
         audit::record(
             &mut tx,
             caller,
-            &audit::Access {
-                action: JOIN_ACTION,
-                resource: format!("appointment:{appointment_id}"),
-                patient_nin: &appt.patient_nin,
-            },
+            // Joining a video consultation is giving (or getting) the care itself.
+            &audit::Access::new(
+                JOIN_ACTION,
+                format!("appointment:{appointment_id}"),
+                &appt.patient_nin,
+                "joined the video consultation of your appointment",
+            )
+            .implies(econsult_runtime::auth::Purpose::Treatment),
             now,
         )
         .await?;
