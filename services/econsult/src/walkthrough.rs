@@ -58,6 +58,51 @@ pub(crate) fn oslo_at(day: NaiveDate, hour: u32) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The walk-throughs' callers, with tokens of the development key in `data_dir`: the EHR of
+/// `org` (booking read and write) and a fresh synthetic patient (40 years old, as
+/// `econsult dev-nin --age 40` prints) with the patient's number.
+pub(crate) struct Walkers {
+    pub ehr: String,
+    pub nin: String,
+    pub patient: String,
+}
+
+impl Walkers {
+    pub(crate) fn mint(data_dir: &Path, org: &str) -> anyhow::Result<Self> {
+        let keys = DevKeys::load_or_create(data_dir)?;
+        let now = Utc::now().timestamp();
+        let ehr = keys.mint(
+            &TokenSpec::Ehr {
+                client_id: "demo-epj".into(),
+                org_number: org.into(),
+                scopes: vec![
+                    "econsult:booking.read".into(),
+                    "econsult:booking.write".into(),
+                ],
+            },
+            now,
+            600,
+        )?;
+        let nin = econsult_runtime::nin::synthetic_aged(
+            oslo_date(Utc::now()),
+            40,
+            &mut rand::thread_rng(),
+        )
+        .ok_or_else(|| anyhow::anyhow!("no synthetic number"))?
+        .as_str()
+        .to_owned();
+        let patient = keys.mint(
+            &TokenSpec::Patient {
+                nin: nin.clone(),
+                acr: REQUIRED_ACR.into(),
+            },
+            now,
+            600,
+        )?;
+        Ok(Self { ehr, nin, patient })
+    }
+}
+
 /// Runs the walk-through against the server at `addr` (`http://…`) whose development key is in
 /// `data_dir`, writing what happens to `out`, one line a step.
 pub async fn book_a_slot(
@@ -65,35 +110,7 @@ pub async fn book_a_slot(
     data_dir: &Path,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let keys = DevKeys::load_or_create(data_dir)?;
-    let now = Utc::now().timestamp();
-    let scopes = vec![
-        "econsult:booking.read".into(),
-        "econsult:booking.write".into(),
-    ];
-    let ehr = keys.mint(
-        &TokenSpec::Ehr {
-            client_id: "demo-epj".into(),
-            org_number: ORG.into(),
-            scopes,
-        },
-        now,
-        600,
-    )?;
-    // A fresh synthetic patient (40 years old) each run, as `econsult dev-nin --age 40` prints.
-    let nin =
-        econsult_runtime::nin::synthetic_aged(oslo_date(Utc::now()), 40, &mut rand::thread_rng())
-            .ok_or_else(|| anyhow::anyhow!("no synthetic number"))?
-            .as_str()
-            .to_owned();
-    let patient = keys.mint(
-        &TokenSpec::Patient {
-            nin: nin.clone(),
-            acr: REQUIRED_ACR.into(),
-        },
-        now,
-        600,
-    )?;
+    let Walkers { ehr, nin, patient } = Walkers::mint(data_dir, ORG)?;
     let mut c = BookingServiceClient::connect(addr).await?;
 
     // As the EHR: a GP and a list member.

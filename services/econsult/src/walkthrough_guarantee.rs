@@ -4,11 +4,10 @@
 //! with its reason, and joins the priority waitlist. Tokens are minted by the local development
 //! key; times are Oslo local time.
 
-use crate::walkthrough::{authed, day_and_time, instant, key, oslo_at};
+use crate::walkthrough::{Walkers, authed, day_and_time, instant, key, oslo_at};
 use chrono::Utc;
 use econsult_calendar::{Calendar, oslo_date};
 use econsult_proto::booking::v1 as pb;
-use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
 use pb::booking_service_client::BookingServiceClient;
 use std::io::Write;
 use std::path::Path;
@@ -76,33 +75,7 @@ fn step_name(v: i32) -> String {
 /// Runs the walk-through against the server at `addr` whose development key is in `data_dir`,
 /// writing what happens to `out`, one line a step.
 pub async fn guarantee(addr: String, data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
-    let keys = DevKeys::load_or_create(data_dir)?;
-    let now = Utc::now().timestamp();
-    let ehr = keys.mint(
-        &TokenSpec::Ehr {
-            client_id: "demo-epj".into(),
-            org_number: ORG.into(),
-            scopes: vec![
-                "econsult:booking.read".into(),
-                "econsult:booking.write".into(),
-            ],
-        },
-        now,
-        600,
-    )?;
-    let nin =
-        econsult_runtime::nin::synthetic_aged(oslo_date(Utc::now()), 40, &mut rand::thread_rng())
-            .ok_or_else(|| anyhow::anyhow!("no synthetic number"))?
-            .as_str()
-            .to_owned();
-    let patient = keys.mint(
-        &TokenSpec::Patient {
-            nin: nin.clone(),
-            acr: REQUIRED_ACR.into(),
-        },
-        now,
-        600,
-    )?;
+    let Walkers { ehr, nin, patient } = Walkers::mint(data_dir, ORG)?;
     let mut c = BookingServiceClient::connect(addr).await?;
     for (gp_id, name, hpr) in [
         ("gp-full", "Dr Full", "9876501"),
