@@ -24,63 +24,6 @@ fn at(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// A GP of `org` in `municipality` with `patients` on the list (synthetic identity numbers
-/// from `seed`), added at most 2 500 per call.
-async fn seed_gp_in(
-    app: &TestApp,
-    org: &str,
-    gp_id: &str,
-    municipality: &str,
-    seed: u64,
-    patients: usize,
-    status: pb::ListStatus,
-) -> Vec<String> {
-    let mut c = app.booking().await;
-    let token = app.ehr_token(org);
-    c.upsert_gp(authed(
-        pb::UpsertGpRequest {
-            gp: Some(pb::Gp {
-                gp_id: gp_id.into(),
-                hpr_number: if status == pb::ListStatus::Vacant {
-                    String::new()
-                } else {
-                    format!("{}", 1_000_000 + seed)
-                },
-                display_name: format!("Dr {gp_id}"),
-                org_number: String::new(),
-                municipality_number: municipality.into(),
-                list_capacity: 2500,
-                list_status: status as i32,
-                list_size: 0,
-            }),
-        },
-        &token,
-    ))
-    .await
-    .expect("upsert gp");
-    let nins: Vec<String> = (0..patients)
-        .map(|i| {
-            econsult_runtime::nin::synthetic(seed * 100_000 + i as u64)
-                .as_str()
-                .to_owned()
-        })
-        .collect();
-    for chunk in nins.chunks(2500) {
-        c.update_list(authed(
-            pb::UpdateListRequest {
-                gp_id: gp_id.into(),
-                add: chunk.to_vec(),
-                remove: vec![],
-                idempotency_key: key(),
-            },
-            &token,
-        ))
-        .await
-        .expect("update list");
-    }
-    nins
-}
-
 /// One text e-consultation of `nin`, answered and closed by `org` on the clock's day.
 async fn e_consultation(app: &TestApp, org: &str, nin: &str) {
     let mut c = app.consultation().await;

@@ -317,6 +317,20 @@ pub async fn seed_gp_with(
     patients: usize,
     status: bpb::ListStatus,
 ) -> Vec<String> {
+    seed_gp_in(app, org, gp_id, "0301", seed, patients, status).await
+}
+
+/// A GP of `org` in `municipality` with `patients` on the list (synthetic identity numbers
+/// from `seed`), added at most 2 500 per call.
+pub async fn seed_gp_in(
+    app: &TestApp,
+    org: &str,
+    gp_id: &str,
+    municipality: &str,
+    seed: u64,
+    patients: usize,
+    status: bpb::ListStatus,
+) -> Vec<String> {
     let mut c = app.booking().await;
     let token = app.ehr_token(org);
     c.upsert_gp(authed(
@@ -330,7 +344,7 @@ pub async fn seed_gp_with(
                 },
                 display_name: format!("Dr {gp_id}"),
                 org_number: String::new(),
-                municipality_number: "0301".into(),
+                municipality_number: municipality.into(),
                 list_capacity: 2500,
                 list_status: status as i32,
                 list_size: 0,
@@ -347,11 +361,11 @@ pub async fn seed_gp_with(
                 .to_owned()
         })
         .collect();
-    if !nins.is_empty() {
+    for chunk in nins.chunks(2500) {
         c.update_list(authed(
             bpb::UpdateListRequest {
                 gp_id: gp_id.into(),
-                add: nins.clone(),
+                add: chunk.to_vec(),
                 remove: vec![],
                 idempotency_key: key(),
             },
