@@ -30,6 +30,15 @@ struct Cli {
     command: Command,
 }
 
+/// The README's walk-throughs.
+#[derive(Clone, Copy, ValueEnum)]
+enum Walkthrough {
+    /// "Booking a slot, step by step".
+    BookASlot,
+    /// "When the own GP has no slot in time: the guarantee engine".
+    Guarantee,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the selected services on one port until SIGTERM or Ctrl-C.
@@ -61,6 +70,17 @@ enum Command {
         /// Age in years of the people the numbers are for (default: a random age from 18 to 80).
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=150))]
         age: Option<u32>,
+    },
+    /// Run a README walk-through against a running server whose development key is in the data
+    /// directory: `book-a-slot` (an EHR publishes, a patient finds, holds and books) or
+    /// `guarantee` (the engine's offers when the own GP has no slot in time).
+    Walkthrough {
+        /// Which walk-through.
+        #[arg(value_enum)]
+        name: Walkthrough,
+        /// Server address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
     },
     /// Fill the data directory (or --database-url) with a week of a demo practice: GPs, lists of
     /// synthetic patients, slots, bookings, e-consultations, a held video session, attendance.
@@ -430,6 +450,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         b.id, b.chain_seq, b.reason, found.rows
                     );
                     std::process::exit(1);
+                }
+            }
+        }
+        Command::Walkthrough { name, addr } => {
+            let mut out = std::io::stdout();
+            match name {
+                Walkthrough::BookASlot => {
+                    econsult::walkthrough::book_a_slot(addr, &cli.data_dir, &mut out).await
+                }
+                Walkthrough::Guarantee => {
+                    econsult::walkthrough_guarantee::guarantee(addr, &cli.data_dir, &mut out).await
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! The README walk-through "Booking a slot, step by step" (`examples/book_a_slot.rs` runs it):
+//! The README walk-through "Booking a slot, step by step" (`econsult walkthrough book-a-slot` runs it):
 //! against a running `econsult serve`, act as the GP's EHR (create a GP, put a fresh synthetic
 //! patient on the list, publish slots on the next working day of the national calendar) and then
 //! as the patient (find, hold, book, list), with tokens minted by the local development key. Times

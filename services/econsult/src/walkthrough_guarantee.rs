@@ -1,4 +1,4 @@
-//! The README walk-through "The guarantee engine" (`examples/guarantee.rs` runs it): against a
+//! The README walk-through "The guarantee engine" (`econsult walkthrough guarantee` runs it): against a
 //! running `econsult serve`, a practice whose patient's own GP has no slot within five working
 //! days but a colleague has a video slot in time; the patient sees the engine's offers, each
 //! with its reason, and joins the priority waitlist. Tokens are minted by the local development
