@@ -41,6 +41,8 @@ impl Booking {
         .await?;
         let mut out = Vec::with_capacity(events.len());
         let mut last_seq = cursor;
+        // One connection for the batch's reason lookups (events carry no free text).
+        let mut conn = self.p.db.read().acquire().await?;
         for e in events {
             last_seq = e.seq;
             if matches!(
@@ -56,7 +58,6 @@ impl Booking {
             } else {
                 let a: Box<AppointmentChanged> =
                     serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?;
-                let mut conn = self.p.db.read().acquire().await?;
                 let reason = store::appointment_reason(&mut conn, &a.appointment_id)
                     .await?
                     .unwrap_or_default();
@@ -64,6 +65,7 @@ impl Booking {
             };
             out.push((e.seq, e.topic, body));
         }
+        drop(conn);
         let accesses: Vec<Access<'_>> = out
             .iter()
             .map(|(_, _, b)| match b {
