@@ -94,10 +94,7 @@ impl Tally {
 }
 
 fn ts(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    })
+    Some(econsult_runtime::grpc::timestamp(t))
 }
 
 /// `hour`:`minute` Oslo time on `day`.

@@ -10,6 +10,7 @@ use chrono_tz::Europe::Oslo;
 use econsult_calendar::{Calendar, oslo_date};
 use econsult_proto::booking::v1 as pb;
 use econsult_runtime::auth::{DevKeys, REQUIRED_ACR, TokenSpec};
+use econsult_runtime::grpc::timestamp;
 use pb::booking_service_client::BookingServiceClient;
 use std::io::Write;
 use std::path::Path;
@@ -154,10 +155,7 @@ pub async fn book_a_slot(
             };
             let slots = (0..3)
                 .map(|i| pb::NewSlot {
-                    start: Some(prost_types::Timestamp {
-                        seconds: (first + Duration::minutes(20 * i)).timestamp(),
-                        nanos: 0,
-                    }),
+                    start: Some(timestamp(first + Duration::minutes(20 * i))),
                     duration_minutes: 20,
                     modality: pb::Modality::InPerson as i32,
                     acute_reserve: false,

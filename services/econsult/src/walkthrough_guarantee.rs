@@ -34,10 +34,7 @@ async fn publish_one(
             let request = pb::PublishSlotsRequest {
                 gp_id: gp_id.into(),
                 slots: vec![pb::NewSlot {
-                    start: Some(prost_types::Timestamp {
-                        seconds: start.timestamp(),
-                        nanos: 0,
-                    }),
+                    start: Some(econsult_runtime::grpc::timestamp(start)),
                     duration_minutes: 20,
                     modality: modality as i32,
                     acute_reserve: false,
