@@ -1911,35 +1911,7 @@ async fn figures(
     to: &str,
     want: u64,
 ) -> econsult_proto::stats::v1::GetBookingAccessibilityResponse {
-    use econsult_proto::stats::v1 as spb;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut s = app.stats().await;
-    loop {
-        let a = s
-            .get_booking_accessibility(authed(
-                spb::GetBookingAccessibilityRequest {
-                    filter: Some(spb::Filter {
-                        from_date: from.into(),
-                        to_date: to.into(),
-                        org_number: org.into(),
-                        ..Default::default()
-                    }),
-                },
-                // The practice's own figures are exact (ops get small cells suppressed).
-                &app.ehr_token(org),
-            ))
-            .await
-            .expect("accessibility")
-            .into_inner();
-        if a.requests >= want {
-            return a;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "requests did not reach {want}: {a:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    accessibility_when(app, org, from, to, |a| a.requests >= want).await
 }
 
 fn channels(

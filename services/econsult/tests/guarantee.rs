@@ -136,38 +136,14 @@ async fn get_policy(app: &TestApp, token: &str) -> Result<pb::GuaranteePolicy, t
         .map(|r| r.into_inner())
 }
 
-/// The § 22 figures of `org` (as its EHR reads them) for day 0 2 March, once `want(figures)` holds (the searches'
-/// requests are written within a second).
+/// The § 22 figures of `org` (as its EHR reads them) for day 0 2 March, once `want(figures)`
+/// holds (the searches' requests are written within a second).
 async fn figures(
     app: &TestApp,
     org: &str,
     want: impl Fn(&spb::GetBookingAccessibilityResponse) -> bool,
 ) -> spb::GetBookingAccessibilityResponse {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut s = app.stats().await;
-    loop {
-        let a = s
-            .get_booking_accessibility(authed(
-                spb::GetBookingAccessibilityRequest {
-                    filter: Some(spb::Filter {
-                        from_date: "2026-03-02".into(),
-                        to_date: "2026-03-02".into(),
-                        org_number: org.into(),
-                        ..Default::default()
-                    }),
-                },
-                // The practice's own figures are exact (ops' leave out cells under 5).
-                &app.ehr_token(org),
-            ))
-            .await
-            .expect("accessibility")
-            .into_inner();
-        if want(&a) {
-            return a;
-        }
-        assert!(Instant::now() < deadline, "figures never as wanted: {a:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    accessibility_when(app, org, "2026-03-02", "2026-03-02", want).await
 }
 
 fn steps(g: &[pb::GuaranteeOffer]) -> Vec<i32> {

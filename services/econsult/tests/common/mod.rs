@@ -377,6 +377,46 @@ pub async fn seed_gp_in(
     nins
 }
 
+/// The § 22 figures of `org` for requests with day 0 in `from..=to`, read with the practice's
+/// EHR token (exact; ops get small cells suppressed), once `want(figures)` holds: requests are
+/// written within a second, so this polls for up to 20 s.
+pub async fn accessibility_when(
+    app: &TestApp,
+    org: &str,
+    from: &str,
+    to: &str,
+    want: impl Fn(&econsult_proto::stats::v1::GetBookingAccessibilityResponse) -> bool,
+) -> econsult_proto::stats::v1::GetBookingAccessibilityResponse {
+    use econsult_proto::stats::v1 as spb;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut s = app.stats().await;
+    loop {
+        let a = s
+            .get_booking_accessibility(authed(
+                spb::GetBookingAccessibilityRequest {
+                    filter: Some(spb::Filter {
+                        from_date: from.into(),
+                        to_date: to.into(),
+                        org_number: org.into(),
+                        ..Default::default()
+                    }),
+                },
+                &app.ehr_token(org),
+            ))
+            .await
+            .expect("accessibility")
+            .into_inner();
+        if want(&a) {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "figures never as wanted: {a:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Publishes slots of `minutes` length for `gp_id` at the given starts.
 pub async fn publish(
     app: &TestApp,
