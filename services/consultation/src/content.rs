@@ -131,6 +131,8 @@ pub fn check_attachments(
                     a.content_type
                 )));
             }
+            crate::structure::check(real, &a.content)
+                .map_err(|why| ConsultationError::Invalid(format!("{field}.content {why}")))?;
             let sha256 = hex(&sha2::Sha256::digest(&a.content));
             Ok(CheckedAttachment {
                 file_name: name,

@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod service;
 pub mod sla;
 pub mod store;
+pub mod structure;
 pub mod urgent;
 
 pub use error::ConsultationError;

@@ -12,9 +12,7 @@ use econsult_runtime::audit;
 use econsult_runtime::db::{Backend, Db};
 
 fn png() -> Vec<u8> {
-    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
-    v.extend(0..64u8);
-    v
+    econsult_consultation::structure::samples::png(64)
 }
 
 /// Starts a consultation with one attachment: a row in each consultation table.

@@ -800,9 +800,7 @@ async fn due_times_skip_weekends_and_holidays_and_overdue_comes_first(env: Env) 
 }
 
 fn png(extra: usize) -> Vec<u8> {
-    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
-    v.extend((0..extra).map(|i| (i * 7 % 251) as u8));
-    v
+    econsult_consultation::structure::samples::png(extra)
 }
 
 async fn content_rules_urgency_and_attachments(env: Env) {
@@ -935,6 +933,37 @@ async fn content_rules_urgency_and_attachments(env: Env) {
         "{}",
         err.message()
     );
+    // The first bytes are not enough: a PDF, PNG or JPEG prefix before a web page is refused
+    // (all three were accepted before the structure check), a whole file of each passes.
+    let page = b"<html><script>alert(1)</script></html>";
+    for (kind, prefix) in [
+        ("application/pdf", b"%PDF-".to_vec()),
+        ("image/png", b"\x89PNG\r\n\x1a\n".to_vec()),
+        ("image/jpeg", vec![0xFF, 0xD8, 0xFF, 0xE0]),
+    ] {
+        let mut polyglot = prefix;
+        polyglot.extend_from_slice(page);
+        let err = c
+            .send_message(authed(bad(polyglot, kind), &token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{kind}: {err:?}");
+        assert!(
+            err.message().starts_with("attachments[0].content is not a"),
+            "{kind}: {}",
+            err.message()
+        );
+    }
+    use econsult_consultation::structure::samples;
+    for (kind, whole) in [
+        ("application/pdf", samples::pdf(100)),
+        ("image/png", samples::png(100)),
+        ("image/jpeg", samples::jpeg(100)),
+    ] {
+        c.send_message(authed(bad(whole, kind), &token))
+            .await
+            .unwrap_or_else(|e| panic!("a whole {kind} is accepted: {e:?}"));
+    }
     app.shutdown().await;
 }
 
