@@ -45,6 +45,36 @@ async fn event_ids(db: &Db) -> Vec<String> {
         .collect()
 }
 
+/// Sets the catch-up watermark of consumer `group` (as if it had applied every event to `seq`).
+async fn set_watermark(db: &Db, group: &str, seq: i64) {
+    let mut tx = db.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO bus_offsets (consumer_group, seq) VALUES ($1, $2) \
+         ON CONFLICT (consumer_group) DO UPDATE SET seq = excluded.seq",
+    )
+    .bind(group)
+    .bind(seq)
+    .execute(&mut *tx)
+    .await
+    .expect("watermark");
+    tx.commit().await.expect("commit");
+}
+
+/// Every durable consumer of the stopped server (statistics, notifications) has applied the
+/// events up to `seq`.
+async fn set_watermarks(db: &Db, seq: i64) {
+    let groups: Vec<String> = sqlx::query_scalar(
+        "SELECT consumer_group FROM bus_offsets WHERE consumer_group LIKE '%-catch-up'",
+    )
+    .fetch_all(db.read())
+    .await
+    .expect("groups");
+    assert!(groups.len() >= 2, "stats and notify watermarks: {groups:?}");
+    for g in groups {
+        set_watermark(db, &g, seq).await;
+    }
+}
+
 async fn retention_deletes_only_what_is_older_than_its_window(env: Env) {
     let mut server = TestApp::start(env).await;
     let now = server.clock.now_ms();
@@ -108,6 +138,9 @@ async fn retention_deletes_only_what_is_older_than_its_window(env: Env) {
     .await;
     insert_event(&db, "e-old-unsequenced", now - 40 * DAY, None, None).await;
 
+    // A durable consumer that has applied only seq 1 holds seq 2 back, and is named.
+    set_watermarks(&db, 4).await;
+    set_watermark(&db, "laggard-catch-up", 1).await;
     let deleted = retention::run_once(&db, &Retention::default(), now)
         .await
         .expect("pass");
@@ -115,7 +148,30 @@ async fn retention_deletes_only_what_is_older_than_its_window(env: Env) {
         deleted,
         Deleted {
             idempotency: 2 * retention::BATCH as u64 + 5,
-            outbox: 2
+            outbox: 1,
+            held: 1,
+            held_by: Some("laggard-catch-up".into()),
+        }
+    );
+    assert_eq!(
+        event_ids(&db).await,
+        [
+            "b-old-published",
+            "c-old-unpublished",
+            "d-recent-published",
+            "e-old-unsequenced"
+        ]
+    );
+    // Once it has caught up, the event goes.
+    set_watermark(&db, "laggard-catch-up", 4).await;
+    let deleted = retention::run_once(&db, &Retention::default(), now)
+        .await
+        .expect("pass");
+    assert_eq!(
+        deleted,
+        Deleted {
+            outbox: 1,
+            ..Deleted::default()
         }
     );
     let keys: Vec<String> = sqlx::query("SELECT idem_key FROM idempotency ORDER BY idem_key")
@@ -144,7 +200,7 @@ async fn retention_deletes_only_what_is_older_than_its_window(env: Env) {
         later,
         Deleted {
             idempotency: 2,
-            outbox: 0
+            ..Deleted::default()
         }
     );
     db.close().await;

@@ -5,7 +5,11 @@
 //! clinical tables are not touched (they are kept by law and protected by triggers).
 //!
 //! The outbox row with the highest `seq` is always kept: the relay numbers new events after it,
-//! so `seq` keeps increasing after everything older is gone.
+//! so `seq` keeps increasing after everything older is gone. Nor is an event deleted before
+//! every durable consumer (statistics, notifications: the `<group>-catch-up` watermarks in
+//! `bus_offsets`) has applied it: a consumer more than the window behind holds the outbox back,
+//! and each pass logs a warning naming it (a consumer group retired for good is released by
+//! deleting its watermark row).
 
 use crate::clock::Clock;
 use crate::db::Db;
@@ -40,12 +44,16 @@ impl Default for Retention {
 }
 
 /// Rows one [`run_once`] deleted, by table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Deleted {
     /// From `idempotency`.
     pub idempotency: u64,
     /// From `outbox`.
     pub outbox: u64,
+    /// Published events past their window kept because a durable consumer has not applied them.
+    pub held: u64,
+    /// The consumer's catch-up watermark group furthest behind, when it held any back.
+    pub held_by: Option<String>,
 }
 
 /// Deletes, at `now_ms`, the idempotency rows and the published outbox rows older than their
@@ -61,19 +69,45 @@ pub async fn run_once(db: &Db, policy: &Retention, now_ms: i64) -> Result<Delete
     )
     .await?;
     // Oldest first along the seq index (the rows to delete are at its start); never the
-    // newest sequenced row, and never an unpublished one.
+    // newest sequenced row, never an unpublished one, never one a durable consumer has not
+    // applied yet.
+    let before = now_ms.saturating_sub(millis(policy.outbox));
     let outbox = delete_batches(
         db,
         "outbox",
         "DELETE FROM outbox WHERE id IN \
          (SELECT id FROM outbox WHERE seq IS NOT NULL AND published_at IS NOT NULL AND created_at < $1 \
-          AND seq < (SELECT MAX(seq) FROM outbox) ORDER BY seq LIMIT $2)",
-        now_ms.saturating_sub(millis(policy.outbox)),
+          AND seq < (SELECT MAX(seq) FROM outbox) \
+          AND seq <= (SELECT COALESCE(MIN(seq), 9223372036854775807) FROM bus_offsets WHERE consumer_group LIKE '%-catch-up') \
+          ORDER BY seq LIMIT $2)",
+        before,
     )
     .await?;
+    let slowest: Option<(String, i64)> = sqlx::query_as(
+        "SELECT consumer_group, seq FROM bus_offsets WHERE consumer_group LIKE '%-catch-up' \
+         ORDER BY seq, consumer_group LIMIT 1",
+    )
+    .fetch_optional(db.read())
+    .await?;
+    let (mut held, mut held_by) = (0, None);
+    if let Some((group, seq)) = slowest {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE seq > $1 AND published_at IS NOT NULL AND created_at < $2 \
+             AND seq < (SELECT MAX(seq) FROM outbox)",
+        )
+        .bind(seq)
+        .bind(before)
+        .fetch_one(db.read())
+        .await?;
+        if n > 0 {
+            (held, held_by) = (n as u64, Some(group));
+        }
+    }
     Ok(Deleted {
         idempotency,
         outbox,
+        held,
+        held_by,
     })
 }
 
@@ -137,11 +171,22 @@ pub async fn task(
             return;
         }
         match run_once(&db, &policy, clock.now_ms()).await {
-            Ok(d) => tracing::info!(
-                idempotency = d.idempotency,
-                outbox = d.outbox,
-                "retention pass"
-            ),
+            Ok(d) => {
+                tracing::info!(
+                    idempotency = d.idempotency,
+                    outbox = d.outbox,
+                    "retention pass"
+                );
+                if let Some(group) = &d.held_by {
+                    tracing::warn!(
+                        consumer = %group,
+                        held = d.held,
+                        "a consumer is further behind than the outbox retention window: its \
+                         events are kept until it applies them (delete its bus_offsets row if \
+                         the consumer is retired)"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "retention pass failed; retrying later"),
         }
         wait = policy.every;

@@ -461,6 +461,16 @@ impl Aggregator {
     pub async fn run_catch_up(self, platform: Platform, every: Duration) {
         let mut stop = platform.shutdown.clone();
         let mut horizon = 0i64;
+        // The watermark exists from the start (at 0 until the first pass): retention keeps
+        // every event this consumer has not applied yet.
+        let registered = async {
+            let mut tx = self.db.begin().await?;
+            store::advance_watermark(&mut tx, CATCH_UP_GROUP, 0).await?;
+            tx.commit().await
+        };
+        if let Err(e) = registered.await {
+            tracing::warn!(error = %e, "registering the statistics catch-up failed");
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
