@@ -3,14 +3,24 @@
 // cannot skip at run time, and a test that returned early printed `ok` although nothing ran.
 // Under CI=true they are never ignored, so a missing variable fails them there.
 fn main() {
-    for var in ["TEST_DATABASE_URL", "TEST_REDIS_URL", "CI"] {
+    for var in [
+        "TEST_DATABASE_URL",
+        "TEST_REDIS_URL",
+        "TEST_SERVICE_DATABASE_URL",
+        "CI",
+    ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
     println!("cargo::rustc-check-cfg=cfg(no_test_backends)");
+    println!("cargo::rustc-check-cfg=cfg(no_service_role)");
     let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty());
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let backends = set("TEST_DATABASE_URL") && set("TEST_REDIS_URL");
     if !ci && !backends {
         println!("cargo::rustc-cfg=no_test_backends");
+    }
+    // The restricted service role (migrations by the owner, the server without ownership).
+    if !ci && !(backends && set("TEST_SERVICE_DATABASE_URL")) {
+        println!("cargo::rustc-cfg=no_service_role");
     }
 }

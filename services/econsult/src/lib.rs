@@ -171,6 +171,9 @@ pub struct Config {
     /// them) although an identity provider is configured; with the development key they are
     /// always accepted, and a production server refuses them.
     pub allow_synthetic_nins: bool,
+    /// Apply the migrations on start (the default). Off where a separate owner role migrates
+    /// (`econsult migrate --grant-to <role>`) and the server connects as that restricted role.
+    pub migrate: bool,
 }
 
 impl Config {
@@ -211,6 +214,7 @@ impl Config {
             registry: None,
             clock: Arc::new(econsult_runtime::clock::SystemClock),
             allow_synthetic_nins: false,
+            migrate: true,
         }
     }
 
@@ -491,7 +495,7 @@ impl Application {
             database_url: config.database_url(),
             redis_url: config.redis_url.clone(),
             redis_namespace: config.redis_namespace.clone(),
-            migrate: true,
+            migrate: config.migrate,
             db_max_connections: config.db_max_connections,
             auth: auth.clone(),
             clock: config.clock.clone(),

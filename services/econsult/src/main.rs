@@ -43,8 +43,14 @@ enum Walkthrough {
 enum Command {
     /// Serve the selected services on one port until SIGTERM or Ctrl-C.
     Serve(Box<ServeArgs>),
-    /// Apply the database migrations and exit.
-    Migrate,
+    /// Apply the database migrations and exit (run it as the schema's owner).
+    Migrate {
+        /// PostgreSQL: then grant the service role what the server needs and no more (append
+        /// only on the access log and the e-consultations' messages and attachments); run the
+        /// server as that role with `--no-migrate`.
+        #[arg(long, env = "ECONSULT_SERVICE_ROLE", value_name = "ROLE")]
+        grant_to: Option<String>,
+    },
     /// Work with the access log.
     Audit {
         #[command(subcommand)]
@@ -105,7 +111,13 @@ enum AuditCommand {
     /// Walk the access log's hash chain from its first row and report the first broken link
     /// (exit 1): a row changed, or one removed before it. Read-only; rows of the last second
     /// or so are not sealed yet and are counted, not checked.
-    Verify,
+    Verify {
+        /// Also check the chain against heads the servers logged (lines "audit chain head
+        /// chain_seq=… hash=…" from the log store, text or JSON): a chain recomputed after a
+        /// change passes the walk but not its earlier heads.
+        #[arg(long, value_name = "FILE")]
+        anchors: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -245,6 +257,10 @@ struct ServeArgs {
     /// development key always accepts them; production leaves this off and refuses them.
     #[arg(long, env = "ECONSULT_ALLOW_SYNTHETIC_NINS")]
     allow_synthetic_nins: bool,
+    /// Do not apply migrations on start: the schema's owner ran `econsult migrate --grant-to
+    /// <role>` and this server connects as that restricted service role.
+    #[arg(long, env = "ECONSULT_NO_MIGRATE")]
+    no_migrate: bool,
     /// Most database connections (PostgreSQL pool; SQLite read pool besides its one writer).
     #[arg(
         long,
@@ -411,19 +427,37 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir, cli.database_url, *args).await,
-        Command::Migrate => {
+        Command::Migrate { grant_to } => {
             let mut config = Config::embedded(cli.data_dir.clone());
             config.database_url = cli.database_url;
             std::fs::create_dir_all(&cli.data_dir)?;
             let db = econsult_runtime::db::Db::connect(&config.database_url()).await?;
             db.migrate().await?;
+            if let Some(role) = grant_to {
+                db.grant_service_role(&role).await?;
+                eprintln!("granted the service role {role}");
+            }
             db.close().await;
             eprintln!("migrations applied");
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify,
+            command: AuditCommand::Verify { anchors },
         } => {
+            let anchors = match anchors {
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("read {}", file.display()))?;
+                    let found = econsult_runtime::audit::parse_anchors(&text);
+                    anyhow::ensure!(
+                        !found.is_empty(),
+                        "{}: no \"audit chain head\" lines with chain_seq and hash",
+                        file.display()
+                    );
+                    found
+                }
+                None => Vec::new(),
+            };
             let mut config = Config::embedded(cli.data_dir.clone());
             config.database_url = cli.database_url;
             let db = econsult_runtime::db::Db::connect(&config.database_url()).await?;
@@ -435,12 +469,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })
             .await?;
+            let disagrees = econsult_runtime::audit::verify_anchors(&db, &anchors).await?;
             db.close().await;
             match found.broken {
                 None => {
+                    if let Some((a, why)) = disagrees {
+                        println!(
+                            "broken at chain place {} (logged hash {}): {why}; checked against {} logged heads",
+                            a.chain_seq,
+                            a.hash,
+                            anchors.len()
+                        );
+                        std::process::exit(1);
+                    }
                     println!(
-                        "ok: {} rows chained, {} not sealed yet",
-                        found.rows, found.unsealed
+                        "ok: {} rows chained, {} not sealed yet, {} logged heads agree",
+                        found.rows,
+                        found.unsealed,
+                        anchors.len()
                     );
                     Ok(())
                 }
@@ -649,6 +695,7 @@ async fn serve(
     config.reflection = a.reflection;
     config.cors_origins = a.cors_origins.clone();
     config.allow_synthetic_nins = a.allow_synthetic_nins;
+    config.migrate = !a.no_migrate;
     config.db_max_connections = a.db_max_connections.max(1);
     config.signalling.turn_secret = a.turn_secret.filter(|s| !s.is_empty());
     config.signalling.turn_ttl = Duration::from_secs(a.turn_ttl_seconds.clamp(60, 86_400));

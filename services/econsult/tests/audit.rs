@@ -52,7 +52,8 @@ async fn append_only_tables_refuse_truncate_update_and_delete(env: Env) {
     let app = TestApp::start(env).await;
     let nins = seed_gp(&app, ORG_A, "gp-1", 31, 1).await;
     thread_with_attachment(&app, &nins[0]).await;
-    let db = app.platform().db.clone();
+    // The owner: the triggers refuse (the service role is refused before them, by its grants).
+    let db = app.env.owner_db(&app).await;
     for table in [
         "audit_log",
         "consultation_threads",
@@ -134,7 +135,7 @@ async fn the_hash_chain_finds_the_first_changed_row(env: Env) {
     let app = TestApp::start(env).await;
     let nin = econsult_runtime::nin::synthetic(7).as_str().to_owned();
     read_own_log(&app, &nin, 5).await;
-    let db = app.platform().db.clone();
+    let db = app.env.owner_db(&app).await;
     audit::seal(&db, 1000).await.expect("seal");
     let ok = audit::verify(&db, |_| {}).await.expect("verify");
     assert!(ok.broken.is_none(), "{ok:?}");
@@ -379,7 +380,7 @@ async fn a_clinician_read_shows_who_which_organisation_what_and_why(env: Env) {
     assert_eq!(seen[0].actor_name, clinician_name(HPR_A));
 
     // The new columns are in the hash chain: changing the subject a row names breaks it.
-    let db = app.platform().db.clone();
+    let db = app.env.owner_db(&app).await;
     audit::seal(&db, 1000).await.expect("seal");
     let ok = audit::verify(&db, |_| {}).await.expect("verify");
     assert!(ok.broken.is_none(), "{ok:?}");
@@ -551,6 +552,110 @@ async fn tamper_column(db: &Db, id: i64, column: &str) {
     tx.commit().await.expect("commit");
 }
 
+/// The chain alone cannot show a rewrite by someone who recomputes it; the head the sealer
+/// logged earlier can.
+async fn a_rechained_log_passes_the_walk_but_not_its_logged_head(env: Env) {
+    let app = TestApp::start(env).await;
+    let nin = econsult_runtime::nin::synthetic(9).as_str().to_owned();
+    read_own_log(&app, &nin, 5).await;
+    let db = app.env.owner_db(&app).await;
+    audit::seal(&db, 1000).await.expect("seal");
+    let logged = audit::head(&db).await.expect("head").expect("a head");
+    let line = format!(
+        "2026-03-02T07:00:01Z  INFO econsult::audit::anchor: audit chain head chain_seq={} hash={}",
+        logged.chain_seq, logged.hash
+    );
+    let anchors = audit::parse_anchors(&line);
+    assert_eq!(anchors, [logged.clone()]);
+    assert_eq!(
+        audit::verify_anchors(&db, &anchors).await.expect("check"),
+        None
+    );
+
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM audit_log ORDER BY id")
+        .fetch_all(db.read())
+        .await
+        .expect("ids");
+    rewrite_and_rechain(&db, ids[1]).await;
+    let walked = audit::verify(&db, |_| {}).await.expect("verify");
+    assert!(
+        walked.broken.is_none(),
+        "the rechained walk passes: {walked:?}"
+    );
+    let (at, why) = audit::verify_anchors(&db, &anchors)
+        .await
+        .expect("check")
+        .expect("the logged head disagrees");
+    assert_eq!(at, logged);
+    assert!(why.contains("rewritten"), "{why}");
+    app.shutdown().await;
+}
+
+/// Runs `sql` in a transaction of its own and rolls it back; true if PostgreSQL refused it for
+/// want of rights (insufficient_privilege: not granted, or not the owner), not by a trigger.
+async fn refused_by_rights(db: &Db, sql: &str) -> bool {
+    let mut tx = db.begin().await.expect("begin");
+    let result = sqlx::query(sql).execute(&mut *tx).await;
+    let _ = tx.rollback().await;
+    match result {
+        Ok(_) => false,
+        Err(e) => {
+            let code = e
+                .as_database_error()
+                .and_then(|d| d.code().map(|c| c.into_owned()));
+            assert_eq!(code.as_deref(), Some("42501"), "{sql}: {e}");
+            true
+        }
+    }
+}
+
+/// The server's own role (CI runs every PostgreSQL test so: migrations by the owner, the
+/// server as a role with `econsult migrate --grant-to`'s grants) cannot take the access log's
+/// protection away or rewrite append-only rows, and can still do its work: append, seal, read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    no_service_role,
+    ignore = "needs TEST_DATABASE_URL, TEST_REDIS_URL and TEST_SERVICE_DATABASE_URL"
+)]
+async fn postgres_service_role_cannot_undo_the_append_only_protection() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    assert!(env.service_role, "TEST_SERVICE_DATABASE_URL is not set");
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 31, 1).await;
+    thread_with_attachment(&app, &nins[0]).await;
+    read_own_log(&app, &nins[0], 3).await;
+    let db = app.platform().db.clone();
+    for sql in [
+        "ALTER TABLE audit_log DISABLE TRIGGER USER",
+        "DROP TRIGGER audit_log_no_change ON audit_log",
+        "DROP TABLE consultation_messages",
+        "UPDATE audit_log SET subject = 'someone-else'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+        "UPDATE consultation_messages SET body = 'x'",
+        "DELETE FROM consultation_attachments",
+        "DELETE FROM consultation_threads",
+        "TRUNCATE outbox",
+        "CREATE TABLE mine (a int)",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'x', true, '\\x00', 0)",
+    ] {
+        assert!(
+            refused_by_rights(&db, sql).await,
+            "the service role may: {sql}"
+        );
+    }
+    // What it must do still works: the calls above appended rows, and it seals them.
+    audit::seal(&db, 1000)
+        .await
+        .expect("the service role seals");
+    let ok = audit::verify(&db, |_| {}).await.expect("verify");
+    assert!(ok.broken.is_none() && ok.rows >= 3, "{ok:?}");
+    app.shutdown().await;
+}
+
 on_both_backends!(
     a_nul_byte_in_a_log_filter_is_refused,
     append_only_tables_refuse_truncate_update_and_delete,
@@ -560,4 +665,5 @@ on_both_backends!(
     an_ehr_call_shows_the_system_and_the_person_it_acted_for,
     a_practice_read_outside_an_assigned_thread_needs_a_purpose,
     an_ops_read_of_the_log_is_in_the_patients_log,
+    a_rechained_log_passes_the_walk_but_not_its_logged_head,
 );

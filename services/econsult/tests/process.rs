@@ -948,3 +948,64 @@ fn a_busy_port_is_reported_as_such_and_nothing_starts() {
     );
     drop(taken);
 }
+
+/// The sealer logs the chain's head; `econsult audit verify --anchors <log>` accepts the
+/// untouched database and refuses one whose chain was recomputed after a change, which the
+/// walk alone passes.
+#[tokio::test]
+async fn audit_verify_checks_the_chain_against_the_heads_in_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Proc::spawn(dir.path(), &[], None);
+    let ch = server.channel().await;
+    let (ehr, _, _, nin) = tokens(dir.path());
+    seed(ch, &ehr, &nin).await;
+    log_with(dir.path(), "audit chain head").await;
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+
+    let log = dir.path().join("server.log");
+    let verify = |anchors: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_econsult"));
+        cmd.arg("--data-dir")
+            .arg(dir.path())
+            .args(["audit", "verify"]);
+        if anchors {
+            cmd.arg("--anchors").arg(&log);
+        }
+        let out = cmd.output().expect("run audit verify");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify(true);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("logged heads agree"), "{out}");
+
+    let db = econsult_runtime::db::Db::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("econsult.db").display()
+    ))
+    .await
+    .expect("db");
+    let first: i64 = sqlx::query_scalar("SELECT MIN(id) FROM audit_log")
+        .fetch_one(db.read())
+        .await
+        .expect("a row");
+    common::rewrite_and_rechain(&db, first).await;
+    db.close().await;
+    let (code, out) = verify(false);
+    assert_eq!(
+        code,
+        Some(0),
+        "the walk alone passes a recomputed chain: {out}"
+    );
+    let (code, out) = verify(true);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("rewritten"), "{out}");
+}

@@ -450,6 +450,21 @@ pub struct Db {
 /// Default pool size of [`Db::connect`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 
+/// The grants of [`Db::grant_service_role`] (`role` already checked to be a plain name).
+fn service_role_grants(role: &str) -> [String; 7] {
+    [
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+        format!(
+            "REVOKE UPDATE, DELETE, TRUNCATE ON audit_log, consultation_messages, consultation_attachments FROM {role}"
+        ),
+        format!("REVOKE DELETE, TRUNCATE ON consultation_threads FROM {role}"),
+        format!("GRANT UPDATE (chain_seq, hash) ON audit_log TO {role}"),
+        format!("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON _sqlx_migrations FROM {role}"),
+    ]
+}
+
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -534,12 +549,70 @@ impl Db {
 
     /// Applies the embedded migrations of every service (PostgreSQL: under an advisory lock,
     /// so replicas starting together do not race).
+    /// A database whose migrations are all applied (same versions and checksums) is left
+    /// untouched, so a server connected as a service role that may not create anything
+    /// starts on a schema its owner migrated.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let migrator = match self.backend {
             Backend::Sqlite => &SQLITE_MIGRATOR,
             Backend::Postgres => &POSTGRES_MIGRATOR,
         };
-        migrator.run(&self.write).await.context("run migrations")?;
+        if self.all_applied(migrator).await {
+            return Ok(());
+        }
+        migrator.run(&self.write).await.context(
+            "run migrations (a role that does not own the schema cannot: run `econsult migrate` \
+             as its owner first)",
+        )?;
+        Ok(())
+    }
+
+    /// Whether every migration of `migrator` is recorded as applied with its checksum (false
+    /// also when the record cannot be read, e.g. on a new database).
+    async fn all_applied(&self, migrator: &sqlx::migrate::Migrator) -> bool {
+        let applied: Vec<(i64, Vec<u8>)> =
+            match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.write)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(_) => return false,
+            };
+        migrator.iter().all(|m| {
+            applied
+                .iter()
+                .any(|(v, sum)| *v == m.version && sum.as_slice() == &*m.checksum)
+        })
+    }
+
+    /// PostgreSQL: gives the service role `role` what the running system needs and no more,
+    /// after [`Db::migrate`] ran as the owner of the schema (`econsult migrate --grant-to`).
+    /// The service role reads and writes the mutable tables, only appends to the append-only
+    /// ones (the access log, whose sealer may fill in `chain_seq`/`hash` once, and the
+    /// e-consultations' messages and attachments), never deletes or truncates those, and owns
+    /// nothing, so it cannot drop or disable their triggers. Idempotent: run after every
+    /// migration (new tables get their grants). An error on SQLite (one file, one user).
+    pub async fn grant_service_role(&self, role: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.backend == Backend::Postgres,
+            "--grant-to needs PostgreSQL: SQLite has no roles"
+        );
+        anyhow::ensure!(
+            !role.is_empty()
+                && role.len() <= 63
+                && role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && role
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "role {role:?}: expected a plain lower-case PostgreSQL role name"
+        );
+        let mut tx = self.write.begin().await?;
+        for statement in service_role_grants(role) {
+            tx.execute(statement.as_str())
+                .await
+                .with_context(|| format!("grant to {role}: {statement}"))?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -3,6 +3,11 @@
 //!
 //! PostgreSQL/Redis variants need `TEST_DATABASE_URL` / `TEST_REDIS_URL`. Locally they are
 //! skipped when unset; under `CI=true` a missing variable fails the test.
+//!
+//! With `TEST_SERVICE_DATABASE_URL` also set (a role without ownership or CREATEDB, as in
+//! production; CI sets it), each PostgreSQL test database is migrated by the
+//! `TEST_DATABASE_URL` role, which owns the schema, and the server runs as the service role
+//! with only what `econsult migrate --grant-to` gives it.
 #![allow(dead_code)]
 
 pub mod process;
@@ -26,6 +31,8 @@ pub struct Env {
     pub redis_url: Option<String>,
     admin_url: Option<String>,
     db_name: Option<String>,
+    /// The server connects as a restricted service role; the schema was migrated by its owner.
+    pub service_role: bool,
 }
 
 impl Drop for Env {
@@ -58,6 +65,7 @@ impl Env {
             redis_url: None,
             admin_url: None,
             db_name: None,
+            service_role: false,
         }
     }
 
@@ -69,14 +77,53 @@ impl Env {
         let url = econsult_runtime::db::create_database(&admin, &name)
             .await
             .expect("create db");
+        let service = std::env::var("TEST_SERVICE_DATABASE_URL")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let database_url = match &service {
+            Some(service) => {
+                let owner = econsult_runtime::db::Db::connect(&url)
+                    .await
+                    .expect("connect as owner");
+                owner.migrate().await.expect("migrate as owner");
+                owner
+                    .grant_service_role(&url_user(service))
+                    .await
+                    .expect("grant the service role");
+                owner.close().await;
+                econsult_runtime::db::with_database(service, &name)
+            }
+            None => url,
+        };
         Some(Self {
             name: "postgres",
-            database_url: Some(url),
+            database_url: Some(database_url),
             redis_url: Some(redis),
             admin_url: Some(admin),
             db_name: Some(name),
+            service_role: service.is_some(),
         })
     }
+
+    /// A connection with the schema owner's rights (tests that play a privileged attacker):
+    /// the `TEST_DATABASE_URL` role on PostgreSQL, the one file on SQLite.
+    pub async fn owner_db(&self, app: &TestApp) -> econsult_runtime::db::Db {
+        match (&self.admin_url, &self.db_name) {
+            (Some(admin), Some(name)) => {
+                econsult_runtime::db::Db::connect(&econsult_runtime::db::with_database(admin, name))
+                    .await
+                    .expect("connect as owner")
+            }
+            _ => app.platform().db.clone(),
+        }
+    }
+}
+
+/// The user name of a `postgres://user[:password]@host/…` URL.
+fn url_user(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let auth = rest.split_once('@').map_or("", |(a, _)| a);
+    auth.split(':').next().unwrap_or_default().to_owned()
 }
 
 /// A started system plus what tests need to talk to it.
@@ -143,6 +190,7 @@ impl TestApp {
         config.redis_namespace = namespace.to_owned();
         config.clock = Arc::new(clock.clone()) as Arc<dyn Clock>;
         config.shutdown_grace = std::time::Duration::from_secs(5);
+        config.migrate = !env.service_role;
         if let Some(t) = tweak {
             t(&mut config);
         }
@@ -485,6 +533,7 @@ impl TestApp {
         config.redis_namespace = self.namespace.clone();
         config.clock = Arc::new(self.clock.clone()) as Arc<dyn Clock>;
         config.shutdown_grace = std::time::Duration::from_secs(5);
+        config.migrate = !self.env.service_role;
         if let Some(t) = &self.tweak {
             t(&mut config);
         }
@@ -565,4 +614,46 @@ impl Drop for TestApp {
             delete_redis_namespace(url, &self.namespace);
         }
     }
+}
+
+/// Rewrites row `id` as someone with the owner's rights who knows the chain would: changes it,
+/// unseals it and every row after it, and lets the sealer chain them again.
+pub async fn rewrite_and_rechain(db: &econsult_runtime::db::Db, id: i64) {
+    let mut tx = db.begin().await.expect("begin");
+    match db.backend() {
+        econsult_runtime::db::Backend::Postgres => {
+            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER USER")
+                .execute(&mut *tx)
+                .await
+                .map(|_| ())
+        }
+        econsult_runtime::db::Backend::Sqlite => sqlx::query("DROP TRIGGER audit_log_no_update")
+            .execute(&mut *tx)
+            .await
+            .map(|_| ()),
+    }
+    .expect("triggers out of the way");
+    sqlx::query("UPDATE audit_log SET subject = 'someone-else' WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .expect("change");
+    sqlx::query(
+        "UPDATE audit_log SET chain_seq = NULL, hash = NULL \
+         WHERE chain_seq >= (SELECT chain_seq FROM audit_log WHERE id = $1)",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .expect("unseal");
+    if db.backend() == econsult_runtime::db::Backend::Postgres {
+        sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER USER")
+            .execute(&mut *tx)
+            .await
+            .expect("enable triggers");
+    }
+    tx.commit().await.expect("commit");
+    econsult_runtime::audit::seal(db, 1000)
+        .await
+        .expect("rechain");
 }

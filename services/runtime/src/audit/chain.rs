@@ -7,6 +7,12 @@
 //! [`verify`] walks the chain and reports the first row whose content, hash or place is wrong.
 //! Every column but `chain_seq` and `hash` is covered, including the thread subject a row may
 //! name (`what_subject`): a patient's log is checked as they see it.
+//!
+//! A chain inside the database proves nothing against someone who can rewrite the database:
+//! they change a row and recompute every hash after it. So the sealer writes the chain's head
+//! (`chain_seq`, `hash`) to the log stream ([`ANCHOR_TARGET`], at most every
+//! [`ANCHOR_EVERY`]), which leaves the machine; [`verify_anchors`] checks a database against
+//! heads taken from those logs (`econsult audit verify --anchors FILE`).
 
 use crate::db::{Db, Defer as _};
 use sha2::Digest as _;
@@ -143,25 +149,130 @@ pub async fn seal(db: &Db, batch: i64) -> Result<u64, sqlx::Error> {
 /// Rows sealed per transaction of the background sealer.
 const SEAL_BATCH: i64 = 500;
 
-/// Seals every second until `shutdown`.
+/// The log target of the chain-head lines (`audit chain head chain_seq=… hash=…`).
+pub const ANCHOR_TARGET: &str = "econsult::audit::anchor";
+
+/// Most time between two chain-head lines while rows are being sealed.
+pub const ANCHOR_EVERY: Duration = Duration::from_secs(60);
+
+/// A place in the chain and its hash, as the sealer logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The place.
+    pub chain_seq: i64,
+    /// The hash of the row at that place.
+    pub hash: String,
+}
+
+/// The chain's last sealed place and its hash (`None` before the first seal).
+pub async fn head(db: &Db) -> Result<Option<Anchor>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT chain_seq, hash FROM audit_log WHERE chain_seq IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
+    )
+    .fetch_optional(db.read())
+    .await?;
+    row.map(|r| {
+        Ok(Anchor {
+            chain_seq: r.try_get("chain_seq")?,
+            hash: r.try_get("hash")?,
+        })
+    })
+    .transpose()
+}
+
+/// The chain heads in log text: every line with `chain_seq=N` and `hash=H` (the text format)
+/// or `"chain_seq":N` and `"hash":"H"` (JSON); other lines are skipped.
+pub fn parse_anchors(text: &str) -> Vec<Anchor> {
+    fn after<'a>(line: &'a str, keys: &[&str]) -> Option<&'a str> {
+        keys.iter()
+            .find_map(|k| line.find(k).map(|i| &line[i + k.len()..]))
+    }
+    text.lines()
+        .filter_map(|line| {
+            let seq = after(line, &["chain_seq=", "\"chain_seq\":"])?;
+            let seq: i64 = seq
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()?;
+            let hash = after(line, &["hash=", "\"hash\":\""])?;
+            let hash: String = hash.chars().take_while(char::is_ascii_hexdigit).collect();
+            (hash.len() == 64).then_some(Anchor {
+                chain_seq: seq,
+                hash,
+            })
+        })
+        .collect()
+}
+
+/// The first anchor the database disagrees with: its place holds another hash (the chain was
+/// recomputed after a change) or does not exist (rows were removed). `None`: all agree.
+pub async fn verify_anchors(
+    db: &Db,
+    anchors: &[Anchor],
+) -> Result<Option<(Anchor, &'static str)>, sqlx::Error> {
+    for a in anchors {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE chain_seq = $1")
+                .bind(a.chain_seq)
+                .fetch_optional(db.read())
+                .await?;
+        match stored {
+            None => return Ok(Some((a.clone(), "the chain no longer reaches this place"))),
+            Some(h) if h != a.hash => {
+                return Ok(Some((
+                    a.clone(),
+                    "the chain was rewritten: this place has another hash than was logged",
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Seals every second until `shutdown`; logs the head after it moved, at once the first time
+/// and then at most every [`ANCHOR_EVERY`], and once more at shutdown.
 pub(super) async fn sealer(db: Db, mut shutdown: watch::Receiver<bool>) {
+    let (mut last, mut pending) = (None::<std::time::Instant>, false);
     loop {
         loop {
             match seal(&db, SEAL_BATCH).await {
-                Ok(n) if n == SEAL_BATCH as u64 => continue,
-                Ok(_) => break,
+                Ok(n) => {
+                    pending |= n > 0;
+                    if n < SEAL_BATCH as u64 {
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "sealing the access log failed; retrying");
                     break;
                 }
             }
         }
+        let stopping = *shutdown.borrow();
+        if pending && (stopping || last.is_none_or(|at| at.elapsed() >= ANCHOR_EVERY)) {
+            match head(&db).await {
+                Ok(Some(h)) => {
+                    tracing::info!(
+                        target: ANCHOR_TARGET,
+                        chain_seq = h.chain_seq,
+                        hash = %h.hash,
+                        "audit chain head"
+                    );
+                    (last, pending) = (Some(std::time::Instant::now()), false);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the access log's head failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
+            changed = shutdown.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -12,7 +12,10 @@ use sqlx::Row as _;
 
 mod chain;
 mod grpc;
-pub use chain::{Broken, Verified, seal, verify};
+pub use chain::{
+    ANCHOR_EVERY, ANCHOR_TARGET, Anchor, Broken, Verified, head, parse_anchors, seal, verify,
+    verify_anchors,
+};
 pub use grpc::AuditGrpc;
 
 /// One access to a patient's data.
