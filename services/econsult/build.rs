@@ -20,7 +20,8 @@ fn main() {
         println!("cargo::rustc-cfg=no_test_backends");
     }
     // The restricted service role (migrations by the owner, the server without ownership).
-    if !ci && !(backends && set("TEST_SERVICE_DATABASE_URL")) {
+    let service_role = backends && set("TEST_SERVICE_DATABASE_URL");
+    if !ci && !service_role {
         println!("cargo::rustc-cfg=no_service_role");
     }
 }
