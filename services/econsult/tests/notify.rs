@@ -814,6 +814,18 @@ async fn list(app: &TestApp, gp_id: &str, nins: &[&str]) {
         .expect("list");
 }
 
+/// How many messages were queued for `recipient` about `appointment_id` (any status).
+async fn queued_for(app: &TestApp, recipient: &str, appointment_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM notify_messages WHERE patient_nin = $1 AND appointment_id = $2",
+    )
+    .bind(recipient)
+    .bind(appointment_id)
+    .fetch_one(app.platform().db.read())
+    .await
+    .expect("count")
+}
+
 /// SetPreferences with phone number `i` (SMS only), as `token`, for `subject` when given.
 async fn set_phone(
     app: &TestApp,
@@ -928,7 +940,7 @@ async fn a_parent_hears_about_a_child_under_16_and_not_after(env: Env) {
     .await;
     assert!(rig.sms.texts_to(&phone(20))[1].starts_with("Påminnelse"));
     // A booking after the birthday is not queued for the parent either.
-    book(app, &turning, &slots[2].slot_id).await;
+    let later = book(app, &turning, &slots[2].slot_id).await;
     settle().await;
     assert_eq!(
         rig.sms.texts_to(&phone(21)).len(),
@@ -936,6 +948,12 @@ async fn a_parent_hears_about_a_child_under_16_and_not_after(env: Env) {
         "nothing to the parent of a 16-year-old: {:?}",
         rig.sms.texts_to(&phone(21))
     );
+    assert_eq!(
+        queued_for(app, &parent, &later.appointment_id).await,
+        0,
+        "not even queued"
+    );
+    assert!(queued_for(app, &turning, &later.appointment_id).await > 0);
     let refused = set_phone(app, &token, Some(&turning), 21)
         .await
         .expect_err("a parent's access ends at 16");
@@ -1009,11 +1027,16 @@ async fn a_fullmakt_holder_hears_about_the_giver_until_it_is_revoked(env: Env) {
         ))
         .await
         .expect("revoke");
-    book(app, &giver, &slots[1].slot_id).await;
+    let later = book(app, &giver, &slots[1].slot_id).await;
     until("the second confirmation to the giver", || {
         rig.sms.texts_to(&phone(30)).len() == 2
     })
     .await;
+    assert_eq!(
+        queued_for(app, &holder, &later.appointment_id).await,
+        0,
+        "nothing queued for the holder after the revocation"
+    );
     move_clock(app, at("2026-03-04T09:00:00Z")).await;
     until("the giver's reminder", || {
         rig.sms.texts_to(&phone(30)).len() == 3
