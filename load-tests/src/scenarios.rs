@@ -73,6 +73,7 @@ pub(crate) async fn upsert_gp_with_list(
                 list_capacity: 2500,
                 list_status: bpb::ListStatus::Staffed as i32,
                 list_size: 0,
+                practice_name: String::new(),
             }),
         },
         auth,

@@ -22,6 +22,8 @@ pub struct GpRef {
     pub hpr_number: String,
     /// Display name.
     pub display_name: String,
+    /// The practice's name for its patients ("" when the EHR set none).
+    pub practice_name: String,
     /// Practice organisation number.
     pub org_number: String,
     /// Municipality number of the list.

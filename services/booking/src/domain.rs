@@ -247,6 +247,8 @@ pub struct Gp {
     pub list_status: ListStatus,
     /// Current list size.
     pub list_size: u32,
+    /// The practice's name for its patients ("" when not set).
+    pub practice_name: String,
 }
 
 /// Validated input of UpsertGp.
@@ -264,6 +266,9 @@ pub struct GpInput {
     pub list_capacity: u32,
     /// Staffing.
     pub list_status: ListStatus,
+    /// The practice's name for its patients ("" when not set).
+    #[serde(default)]
+    pub practice_name: String,
 }
 
 /// Validated input of MoveListing (operations): a move Fastlegeregisteret recorded.

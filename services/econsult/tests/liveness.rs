@@ -136,6 +136,7 @@ async fn every_mutating_booking_rpc_stays_live_with_four_times_the_pool_in_concu
                         list_capacity: 2500,
                         list_status: bpb::ListStatus::Staffed as i32,
                         list_size: 0,
+                        practice_name: String::new(),
                     }),
                 },
                 &t,

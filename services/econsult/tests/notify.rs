@@ -539,8 +539,8 @@ async fn preferences_are_validated_sealed_and_their_reads_logged(env: Env) {
         .expect("get")
         .into_inner();
     assert_eq!(got, set);
-    // Preferences are the person's own: acting for someone else is refused, never applied to
-    // the caller's own preferences.
+    // Acting for someone no relation lets the caller act for is refused, never applied to the
+    // caller's own preferences.
     let mut for_other = authed(npb::GetPreferencesRequest {}, &token);
     for_other.metadata_mut().insert(
         econsult_runtime::auth::ON_BEHALF_OF_HEADER,
@@ -762,6 +762,583 @@ async fn kill_9_between_the_event_and_the_send_gives_exactly_one_message(env: En
     db.close().await;
 }
 
+/// Someone `age` on 2026-03-02 (the test clock's day), born on `month`/`day` of their year.
+fn born(age: u32, month: u32, day: u32, nth: u64) -> String {
+    econsult_runtime::nin::synthetic_born(2026 - age, month, day, nth)
+        .expect("a number")
+        .as_str()
+        .to_owned()
+}
+
+/// `msg` with `x-on-behalf-of: subject`.
+fn on_behalf<T>(msg: T, token: &str, subject: &str) -> tonic::Request<T> {
+    let mut r = authed(msg, token);
+    r.metadata_mut().insert(
+        econsult_runtime::auth::ON_BEHALF_OF_HEADER,
+        subject.parse().expect("header"),
+    );
+    r
+}
+
+/// A token of `parent` whose `represents` claim names `children`.
+fn parent_token(app: &TestApp, parent: &str, children: &[&str]) -> String {
+    app.token(econsult_runtime::auth::TokenSpec::PatientWithRelations {
+        nin: parent.into(),
+        acr: econsult_runtime::auth::REQUIRED_ACR.into(),
+        represents: children
+            .iter()
+            .map(|c| econsult_runtime::auth::RepresentsClaim {
+                pid: (*c).into(),
+                relation: "parent".into(),
+                protected_address: false,
+            })
+            .collect(),
+        protected_address: false,
+    })
+}
+
+/// Puts `nins` on the list of `gp_id` of ORG_A.
+async fn list(app: &TestApp, gp_id: &str, nins: &[&str]) {
+    app.booking()
+        .await
+        .update_list(authed(
+            pb::UpdateListRequest {
+                gp_id: gp_id.into(),
+                add: nins.iter().map(|n| (*n).to_owned()).collect(),
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("list");
+}
+
+/// How many messages were queued for `recipient` about `appointment_id` (any status).
+async fn queued_for(app: &TestApp, recipient: &str, appointment_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM notify_messages WHERE patient_nin = $1 AND appointment_id = $2",
+    )
+    .bind(recipient)
+    .bind(appointment_id)
+    .fetch_one(app.platform().db.read())
+    .await
+    .expect("count")
+}
+
+/// SetPreferences with phone number `i` (SMS only), as `token`, for `subject` when given.
+async fn set_phone(
+    app: &TestApp,
+    token: &str,
+    subject: Option<&str>,
+    i: usize,
+) -> Result<npb::Preferences, tonic::Status> {
+    let msg = npb::SetPreferencesRequest {
+        preferences: Some(npb::Preferences {
+            phone: phone(i),
+            channels: vec![npb::Channel::Sms as i32],
+            ..Default::default()
+        }),
+    };
+    let req = match subject {
+        Some(s) => on_behalf(msg, token, s),
+        None => authed(msg, token),
+    };
+    notify(app)
+        .await
+        .set_preferences(req)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A parent sets their own preferences for each child (stored apart from the parent's own and
+/// the child's): the parent of a child of 10 gets the child's confirmation and reminder; the
+/// parent of a child who turns 16 before the reminder gets the confirmation but not the
+/// reminder (checked again at send time), nothing of a booking made after the birthday
+/// (checked at queue time), and can no longer set preferences for that child.
+async fn a_parent_hears_about_a_child_under_16_and_not_after(env: Env) {
+    let rig = rig(env, monday_0800()).await;
+    let app = &rig.app;
+    seed_gp(app, ORG_A, "gp-1", 8, 1).await;
+    let parent = born(40, 5, 5, 0);
+    let young = born(10, 1, 15, 0);
+    // 15 today, 16 on Wednesday 4 March.
+    let turning = econsult_runtime::nin::synthetic_born(2010, 3, 4, 0)
+        .expect("a number")
+        .as_str()
+        .to_owned();
+    list(app, "gp-1", &[&parent, &young, &turning]).await;
+    let token = parent_token(app, &parent, &[&young, &turning]);
+    set_phone(app, &token, Some(&young), 20)
+        .await
+        .expect("for the child of 10");
+    set_phone(app, &token, Some(&turning), 21)
+        .await
+        .expect("for the child of 15");
+    // The parent's own preferences are untouched; theirs for the child read back.
+    let own = notify(app)
+        .await
+        .get_preferences(authed(npb::GetPreferencesRequest {}, &token))
+        .await
+        .expect("own")
+        .into_inner();
+    assert_eq!(own.phone, "", "{own:?}");
+    let for_child = notify(app)
+        .await
+        .get_preferences(on_behalf(npb::GetPreferencesRequest {}, &token, &young))
+        .await
+        .expect("for the child")
+        .into_inner();
+    assert_eq!(for_child.phone, phone(20));
+    let slots = publish(
+        app,
+        ORG_A,
+        "gp-1",
+        &[
+            // Thursday 5 March 10:00 and 11:00 Oslo, Friday 6 March 10:00.
+            at("2026-03-05T09:00:00Z"),
+            at("2026-03-05T10:00:00Z"),
+            at("2026-03-06T09:00:00Z"),
+        ],
+        pb::Modality::InPerson,
+    )
+    .await;
+    // The parent books for the child of 10; the child of 15 books for themselves.
+    app.booking()
+        .await
+        .book(on_behalf(
+            pb::BookRequest {
+                target: Some(BookTarget::SlotId(slots[0].slot_id.clone())),
+                reason: REASON.into(),
+                request_id: String::new(),
+                idempotency_key: key(),
+            },
+            &token,
+            &young,
+        ))
+        .await
+        .expect("the parent books for the child");
+    book(app, &turning, &slots[1].slot_id).await;
+    until("both confirmations to the parent", || {
+        rig.sms.texts_to(&phone(20)).len() == 1 && rig.sms.texts_to(&phone(21)).len() == 1
+    })
+    .await;
+    let text = &rig.sms.texts_to(&phone(20))[0];
+    assert!(text.contains("torsdag 5. mars kl. 10:00"), "{text}");
+    assert!(!text.contains("SENSITIV"), "{text}");
+    assert!(
+        rig.sms.texts_to(&phone(21))[0].contains("torsdag 5. mars kl. 11:00"),
+        "{:?}",
+        rig.sms.texts_to(&phone(21))
+    );
+
+    // Wednesday: the second child is 16. Both reminders (24 h before) fall due.
+    move_clock(app, at("2026-03-04T10:00:00Z")).await;
+    until("the reminder to the parent of the child of 10", || {
+        rig.sms.texts_to(&phone(20)).len() == 2
+    })
+    .await;
+    assert!(rig.sms.texts_to(&phone(20))[1].starts_with("Påminnelse"));
+    // A booking after the birthday is not queued for the parent either.
+    let later = book(app, &turning, &slots[2].slot_id).await;
+    settle().await;
+    assert_eq!(
+        rig.sms.texts_to(&phone(21)).len(),
+        1,
+        "nothing to the parent of a 16-year-old: {:?}",
+        rig.sms.texts_to(&phone(21))
+    );
+    assert_eq!(
+        queued_for(app, &parent, &later.appointment_id).await,
+        0,
+        "not even queued"
+    );
+    assert!(queued_for(app, &turning, &later.appointment_id).await > 0);
+    let refused = set_phone(app, &token, Some(&turning), 21)
+        .await
+        .expect_err("a parent's access ends at 16");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        refused.message(),
+        econsult_runtime::proxy::rule::PARENT_ENDS_AT_16
+    );
+    rig.app.shutdown().await;
+}
+
+/// A fullmakt holder (booking) who set preferences for the giver gets the giver's
+/// confirmation; once the giver revokes the fullmakt, neither a new booking's confirmation nor
+/// the first appointment's reminder goes to the holder, while the giver still gets theirs.
+async fn a_fullmakt_holder_hears_about_the_giver_until_it_is_revoked(env: Env) {
+    use econsult_proto::proxy::v1 as ppb;
+    use econsult_proto::proxy::v1::proxy_service_client::ProxyServiceClient;
+    let rig = rig(env, monday_0800()).await;
+    let app = &rig.app;
+    seed_gp(app, ORG_A, "gp-1", 9, 1).await;
+    let giver = born(30, 2, 2, 0);
+    let holder = born(45, 3, 3, 0);
+    list(app, "gp-1", &[&giver]).await;
+    let giver_token = app.patient_token(&giver);
+    let holder_token = app.patient_token(&holder);
+    set_phone(app, &giver_token, None, 30)
+        .await
+        .expect("giver's own");
+    // Without a fullmakt: refused.
+    let refused = set_phone(app, &holder_token, Some(&giver), 31)
+        .await
+        .expect_err("no relation yet");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let mut proxy = ProxyServiceClient::new(app.channel().await);
+    let f = proxy
+        .grant_fullmakt(authed(
+            ppb::GrantFullmaktRequest {
+                holder_nin: holder.clone(),
+                scope: ppb::FullmaktScope::Booking as i32,
+                end_date: "2026-12-31".into(),
+                idempotency_key: key(),
+            },
+            &giver_token,
+        ))
+        .await
+        .expect("grant")
+        .into_inner();
+    set_phone(app, &holder_token, Some(&giver), 31)
+        .await
+        .expect("holder for the giver");
+    let slots = publish(
+        app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-05T09:00:00Z"), at("2026-03-06T09:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    book(app, &giver, &slots[0].slot_id).await;
+    until("the confirmation to the giver and the holder", || {
+        rig.sms.texts_to(&phone(30)).len() == 1 && rig.sms.texts_to(&phone(31)).len() == 1
+    })
+    .await;
+    proxy
+        .revoke_fullmakt(authed(
+            ppb::RevokeFullmaktRequest {
+                fullmakt_id: f.id,
+                idempotency_key: key(),
+            },
+            &giver_token,
+        ))
+        .await
+        .expect("revoke");
+    let later = book(app, &giver, &slots[1].slot_id).await;
+    until("the second confirmation to the giver", || {
+        rig.sms.texts_to(&phone(30)).len() == 2
+    })
+    .await;
+    assert_eq!(
+        queued_for(app, &holder, &later.appointment_id).await,
+        0,
+        "nothing queued for the holder after the revocation"
+    );
+    move_clock(app, at("2026-03-04T09:00:00Z")).await;
+    until("the giver's reminder", || {
+        rig.sms.texts_to(&phone(30)).len() == 3
+    })
+    .await;
+    settle().await;
+    assert_eq!(
+        rig.sms.texts_to(&phone(31)).len(),
+        1,
+        "nothing to the holder after the revocation: {:?}",
+        rig.sms.texts_to(&phone(31))
+    );
+    rig.app.shutdown().await;
+}
+
+/// The sender's read of the contact details is in the patient's access log: one row per send
+/// by the system "econsult-notify", for operations, saying what it read and why.
+async fn the_senders_read_of_a_phone_number_is_in_the_patients_access_log(env: Env) {
+    use econsult_proto::audit::v1 as apb;
+    use econsult_proto::audit::v1::audit_service_client::AuditServiceClient;
+    let rig = rig(env, monday_0800()).await;
+    let app = &rig.app;
+    let nins = seed_gp(app, ORG_A, "gp-1", 10, 1).await;
+    let token = app.patient_token(&nins[0]);
+    set_phone(app, &token, None, 40).await.expect("prefs");
+    let slots = publish(
+        app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-05T09:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    book(app, &nins[0], &slots[0].slot_id).await;
+    until("the confirmation", || {
+        rig.sms.texts_to(&phone(40)).len() == 1
+    })
+    .await;
+    let log = AuditServiceClient::new(app.channel().await)
+        .list_my_access_log(authed(apb::ListMyAccessLogRequest::default(), &token))
+        .await
+        .expect("access log")
+        .into_inner()
+        .entries;
+    let sender: Vec<_> = log
+        .iter()
+        .filter(|e| e.system == econsult_notify::service::SYSTEM_NAME)
+        .collect();
+    assert_eq!(sender.len(), 1, "one row for the one SMS: {log:?}");
+    let e = sender[0];
+    assert_eq!(e.role, apb::CallerRole::Ops as i32);
+    assert_eq!(e.purpose, apb::Purpose::Operations as i32);
+    assert_eq!(e.patient_nin, nins[0]);
+    assert_eq!(
+        e.description,
+        "read your phone number to send a booking confirmation"
+    );
+    rig.app.shutdown().await;
+}
+
+/// The practice's name as the EHR set it (UpsertGp's `practice_name`, validated, read back by
+/// GetGp) is what the confirmation names, not the GP.
+async fn the_confirmation_names_the_practice_the_ehr_set(env: Env) {
+    let rig = rig(env, monday_0800()).await;
+    let app = &rig.app;
+    let nins = seed_gp(app, ORG_A, "gp-1", 11, 1).await;
+    let ehr = app.ehr_token(ORG_A);
+    let mut b = app.booking().await;
+    let gp = |practice_name: String| pb::UpsertGpRequest {
+        gp: Some(pb::Gp {
+            gp_id: "gp-1".into(),
+            hpr_number: "1000011".into(),
+            display_name: "Dr gp-1".into(),
+            municipality_number: "0301".into(),
+            list_capacity: 2500,
+            list_status: pb::ListStatus::Staffed as i32,
+            practice_name,
+            ..Default::default()
+        }),
+    };
+    let e = b
+        .upsert_gp(authed(gp("x".repeat(201)), &ehr))
+        .await
+        .expect_err("too long");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("gp.practice_name"),
+        "{}",
+        e.message()
+    );
+    let set = b
+        .upsert_gp(authed(gp("  Storgata legesenter ".into()), &ehr))
+        .await
+        .expect("upsert")
+        .into_inner();
+    assert_eq!(set.practice_name, "Storgata legesenter");
+    set_contact(app, &nins[0], 50).await;
+    let slots = publish(
+        app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-05T09:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    book(app, &nins[0], &slots[0].slot_id).await;
+    until("the confirmation", || {
+        rig.sms.texts_to(&phone(50)).len() == 1
+    })
+    .await;
+    let text = &rig.sms.texts_to(&phone(50))[0];
+    assert!(text.contains("Storgata legesenter"), "{text}");
+    assert!(!text.contains("Dr gp-1"), "{text}");
+    rig.app.shutdown().await;
+}
+
+/// A practice's reply to an e-consultation yields one message per channel, naming the
+/// practice and the link and nothing of the subject, the patient's text or the reply.
+async fn a_reply_to_an_e_consultation_yields_one_message_without_its_text(env: Env) {
+    use econsult_proto::consultation::v1 as cpb;
+    let rig = rig(env, monday_0800()).await;
+    let app = &rig.app;
+    let nins = seed_gp(app, ORG_A, "gp-1", 12, 1).await;
+    set_contact(app, &nins[0], 60).await;
+    let mut c = app.consultation().await;
+    let thread = c
+        .start_consultation(authed(
+            cpb::StartConsultationRequest {
+                category: cpb::Category::EConsultation as i32,
+                subject: "Utslett SENSITIV-subject".into(),
+                body: "Jeg har utslett SENSITIV-body".into(),
+                idempotency_key: key(),
+                ..Default::default()
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .expect("start")
+        .into_inner()
+        .thread
+        .expect("thread");
+    c.reply(authed(
+        cpb::ReplyRequest {
+            thread_id: thread.thread_id,
+            body: "Bruk kremen SENSITIV-reply".into(),
+            ask_patient: false,
+            clinician_hpr_number: "1000012".into(),
+            idempotency_key: key(),
+            ..Default::default()
+        },
+        &app.ehr_token(ORG_A),
+    ))
+    .await
+    .expect("reply");
+    until("the notice of the reply", || {
+        rig.sms.texts_to(&phone(60)).len() == 1 && rig.smtp.mails().len() == 1
+    })
+    .await;
+    settle().await;
+    let texts = rig.sms.texts_to(&phone(60));
+    assert_eq!(texts.len(), 1, "one SMS: {texts:?}");
+    assert!(
+        texts[0].starts_with("Du har fått svar fra Dr gp-1"),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[0].contains("https://econsult.test/logg-inn"),
+        "{}",
+        texts[0]
+    );
+    let mails = rig.smtp.mails();
+    assert_eq!(mails.len(), 1, "one e-mail");
+    for text in [&texts[0], &mails[0].data] {
+        for secret in ["SENSITIV", "Utslett", "utslett", "kremen"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+    rig.app.shutdown().await;
+}
+
+/// A video appointment's waiting room opening is notified 15 minutes before the start, on the
+/// injectable clock: not a minute before.
+async fn a_video_appointment_yields_the_opening_message_at_its_time(env: Env) {
+    let rig = rig(env, monday_0800()).await;
+    let app = &rig.app;
+    let nins = seed_gp(app, ORG_A, "gp-1", 13, 1).await;
+    set_phone(app, &app.patient_token(&nins[0]), None, 70)
+        .await
+        .expect("prefs");
+    // Today 14:00 Oslo: the opening at 13:45, no reminder (the lead time has passed).
+    let slots = publish(
+        app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-02T13:00:00Z")],
+        pb::Modality::Video,
+    )
+    .await;
+    book(app, &nins[0], &slots[0].slot_id).await;
+    until("the confirmation", || {
+        rig.sms.texts_to(&phone(70)).len() == 1
+    })
+    .await;
+    move_clock(app, at("2026-03-02T12:44:00Z")).await;
+    settle().await;
+    assert_eq!(rig.sms.texts_to(&phone(70)).len(), 1, "not before 13:45");
+    move_clock(app, at("2026-03-02T12:45:00Z")).await;
+    until("the opening", || rig.sms.texts_to(&phone(70)).len() == 2).await;
+    let text = &rig.sms.texts_to(&phone(70))[1];
+    assert!(
+        text.starts_with("Venterommet for videokonsultasjonen din hos Dr gp-1"),
+        "{text}"
+    );
+    assert!(text.contains("kl. 14:00"), "{text}");
+    move_clock(app, at("2026-03-02T13:30:00Z")).await;
+    settle().await;
+    assert_eq!(rig.sms.texts_to(&phone(70)).len(), 2, "once");
+    rig.app.shutdown().await;
+}
+
+/// E-mail over STARTTLS: the sender, required to upgrade and trusting the test's own CA
+/// (`ca_pem`), delivers over the upgraded connection and authenticates only after it; a
+/// server that offers no STARTTLS gets neither the credentials nor the mail (no plaintext
+/// fallback).
+async fn e_mail_requires_starttls_and_never_falls_back_to_plaintext(env: Env) {
+    let pki = fake_gateways::TestPki::generate();
+    let tls_server = SmtpServer::start_tls(pki.server.clone()).await;
+    let smtp_cfg = |port: u16| econsult_notify::SmtpConfig {
+        host: "127.0.0.1".into(),
+        port,
+        security: econsult_notify::SmtpSecurity::StartTls,
+        credentials: Some(("econsult".into(), "smtp-password".into())),
+        from: "Legekontoret <ikke-svar@legekontor.test>".into(),
+        ca_pem: Some(pki.ca_pem.clone().into_bytes()),
+        timeout: Duration::from_secs(5),
+    };
+    let cfg = smtp_cfg(tls_server.port);
+    let tweak: Tweak = Arc::new(move |c: &mut econsult::Config| {
+        c.notify.smtp = Some(cfg.clone());
+        c.notify.poll = Duration::from_millis(100);
+    });
+    let app = TestApp::start_configured(env, monday_0800(), Some(tweak)).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 14, 1).await;
+    notify(&app)
+        .await
+        .set_preferences(authed(
+            npb::SetPreferencesRequest {
+                preferences: Some(npb::Preferences {
+                    email: email(80),
+                    ..Default::default()
+                }),
+            },
+            &app.patient_token(&nins[0]),
+        ))
+        .await
+        .expect("prefs");
+    let slots = publish(
+        &app,
+        ORG_A,
+        "gp-1",
+        &[at("2026-03-05T09:00:00Z")],
+        pb::Modality::InPerson,
+    )
+    .await;
+    book(&app, &nins[0], &slots[0].slot_id).await;
+    until("the e-mail over TLS", || !tls_server.mails().is_empty()).await;
+    let mails = tls_server.mails();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].tls, "received over the upgraded connection");
+    assert_eq!(mails[0].to, vec![email(80)]);
+    assert_eq!(
+        tls_server.auths.lock().expect("auths").len(),
+        1,
+        "authenticated (after the upgrade: AUTH is only read in the TLS session here)"
+    );
+    app.shutdown().await;
+
+    // A server without STARTTLS: refused, nothing sent in the clear.
+    use econsult_notify::transport::{Outgoing, SendError, SmtpTransport, Transport as _};
+    let plain = SmtpServer::start().await;
+    let t = SmtpTransport::new(&smtp_cfg(plain.port)).expect("transport");
+    let r = t
+        .send(&Outgoing {
+            message_id: "m-1".into(),
+            to: email(81),
+            subject: "Timen din er bestilt".into(),
+            body: "tekst".into(),
+            kind: "booked",
+        })
+        .await;
+    let Err(SendError::Temporary(reason) | SendError::Permanent(reason)) = r else {
+        panic!("sent without STARTTLS");
+    };
+    assert!(reason.to_lowercase().contains("starttls"), "{reason}");
+    assert!(plain.mails().is_empty(), "no mail in plaintext");
+    assert!(
+        plain.auths.lock().expect("auths").is_empty(),
+        "no credentials in plaintext"
+    );
+}
+
 on_both_backends!(
     kill_9_between_the_event_and_the_send_gives_exactly_one_message,
     a_booking_yields_one_confirmation_and_one_reminder_at_the_lead_time,
@@ -770,4 +1347,11 @@ on_both_backends!(
     quiet_hours_hold_an_sms_until_eight_but_not_a_same_day_change,
     a_5xx_is_retried_and_a_4xx_fails_with_its_reason_as_a_dead_letter,
     preferences_are_validated_sealed_and_their_reads_logged,
+    a_parent_hears_about_a_child_under_16_and_not_after,
+    a_fullmakt_holder_hears_about_the_giver_until_it_is_revoked,
+    the_senders_read_of_a_phone_number_is_in_the_patients_access_log,
+    the_confirmation_names_the_practice_the_ehr_set,
+    a_reply_to_an_e_consultation_yields_one_message_without_its_text,
+    a_video_appointment_yields_the_opening_message_at_its_time,
+    e_mail_requires_starttls_and_never_falls_back_to_plaintext,
 );

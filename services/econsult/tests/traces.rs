@@ -293,6 +293,7 @@ async fn traces_show_what_a_call_waited_on_and_follow_its_events(env: Env) {
                     list_capacity: 2500,
                     list_status: bpb::ListStatus::Staffed as i32,
                     list_size: 0,
+                    practice_name: String::new(),
                 }),
             },
             &ehr,

@@ -54,6 +54,20 @@ impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
     }
+
+    /// The message in words, for the recipient's access log ("read your phone number to send
+    /// a reminder").
+    pub fn described(self) -> &'static str {
+        match self {
+            Kind::Booked => "a booking confirmation",
+            Kind::Rescheduled => "a notice of a moved appointment",
+            Kind::CancelledByPractice => "a notice of a cancelled appointment",
+            Kind::Reminder => "a reminder",
+            Kind::WaitlistOffer => "a waitlist offer",
+            Kind::ConsultationReply => "a notice of a reply",
+            Kind::VideoOpening => "a notice that a video consultation opens",
+        }
+    }
 }
 
 /// How a message travels.
@@ -180,7 +194,8 @@ pub struct Facts {
     /// `in_person`, `video` or `phone`; empty when not about an appointment.
     #[serde(default)]
     pub modality: String,
-    /// The practice as the patient knows it (the GP's display name).
+    /// The practice as the patient knows it (its name as the EHR set it, else the GP's display
+    /// name).
     #[serde(default)]
     pub practice: String,
     /// For a moved appointment: the old start.

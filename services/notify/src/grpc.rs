@@ -7,11 +7,13 @@ use crate::service::Notify;
 use econsult_proto::notify::v1 as pb;
 use econsult_runtime::auth::Caller;
 use econsult_runtime::grpc::{anyhow_status, db_status, timestamp};
+use econsult_runtime::proxy::{Area, Resolver};
 use tonic::{Request, Response, Status};
 
 /// The tonic service.
 pub struct NotifyGrpc {
     notify: Notify,
+    proxies: Resolver,
 }
 
 impl From<NotifyError> for Status {
@@ -95,9 +97,9 @@ fn to_proto(p: Preferences) -> pb::Preferences {
 }
 
 impl NotifyGrpc {
-    /// The adapter over `notify`.
-    pub fn new(notify: Notify) -> Self {
-        Self { notify }
+    /// The adapter over `notify`; `proxies` resolves whom a patient call acts for.
+    pub fn new(notify: Notify, proxies: Resolver) -> Self {
+        Self { notify, proxies }
     }
 
     /// The tonic server.
@@ -113,9 +115,9 @@ impl pb::notify_service_server::NotifyService for NotifyGrpc {
         &self,
         req: Request<pb::GetPreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
-        let caller = Caller::from_request(&req)?;
-        let nin = own_patient(caller)?;
-        let p = self.notify.preferences(caller, nin).await?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
+        let p = self.notify.preferences(&caller, &nin).await?;
         Ok(Response::new(to_proto(p)))
     }
 
@@ -124,15 +126,15 @@ impl pb::notify_service_server::NotifyService for NotifyGrpc {
         &self,
         req: Request<pb::SetPreferencesRequest>,
     ) -> Result<Response<pb::Preferences>, Status> {
-        let caller = Caller::from_request(&req)?;
-        let nin = own_patient(caller)?;
+        let mut caller = Caller::from_request(&req)?.clone();
+        let nin = self.proxies.subject(&mut caller, Area::Booking).await?;
         let p = req
             .get_ref()
             .preferences
             .clone()
             .ok_or_else(|| Status::invalid_argument("preferences is required"))?;
         let p = Preferences::try_from(p)?;
-        let p = self.notify.set_preferences(caller, nin, p).await?;
+        let p = self.notify.set_preferences(&caller, &nin, p).await?;
         Ok(Response::new(to_proto(p)))
     }
 
@@ -161,18 +163,5 @@ impl pb::notify_service_server::NotifyService for NotifyGrpc {
                 })
                 .collect(),
         }))
-    }
-}
-
-/// The patient's own identity number: preferences (where to reach a person) are set by that
-/// person; a call acting for someone else (`x-on-behalf-of` naming another person) is refused
-/// rather than silently applied to the caller's own preferences.
-fn own_patient(caller: &Caller) -> Result<&econsult_runtime::nin::NationalId, Status> {
-    let nin = caller.patient()?;
-    match &caller.proxy.on_behalf_of {
-        Some(other) if other != nin => Err(Status::permission_denied(
-            "notification preferences are set by the patient themselves, not on their behalf",
-        )),
-        _ => Ok(nin),
     }
 }

@@ -93,6 +93,6 @@ pub fn mount(
         tokio::join!(live, consumer.run_catch_up(platform.clone(), every));
     });
     m.spawn(notify.clone().run_sender(cfg.poll));
-    m.serve(NotifyGrpc::new(notify.clone()).into_server());
+    m.serve(NotifyGrpc::new(notify.clone(), p.proxies()).into_server());
     Ok(notify)
 }

@@ -21,6 +21,17 @@ pub struct StoredPreferences {
     pub opted_out: bool,
 }
 
+fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<StoredPreferences, sqlx::Error> {
+    Ok(StoredPreferences {
+        email_sealed: r.try_get("email_sealed")?,
+        phone_sealed: r.try_get("phone_sealed")?,
+        channels: r.try_get("channels")?,
+        reminder_minutes: r.try_get("reminder_minutes")?,
+        language: r.try_get("language")?,
+        opted_out: r.try_get::<i64, _>("opted_out")? != 0,
+    })
+}
+
 /// A patient's stored preferences.
 pub async fn preferences(
     conn: &mut AnyConnection,
@@ -33,17 +44,7 @@ pub async fn preferences(
     .bind(nin)
     .fetch_optional(conn)
     .await?;
-    row.map(|r| {
-        Ok(StoredPreferences {
-            email_sealed: r.try_get("email_sealed")?,
-            phone_sealed: r.try_get("phone_sealed")?,
-            channels: r.try_get("channels")?,
-            reminder_minutes: r.try_get("reminder_minutes")?,
-            language: r.try_get("language")?,
-            opted_out: r.try_get::<i64, _>("opted_out")? != 0,
-        })
-    })
-    .transpose()
+    row.as_ref().map(stored_from_row).transpose()
 }
 
 /// Replaces a patient's preferences.
@@ -73,6 +74,89 @@ pub async fn put_preferences(
     Ok(())
 }
 
+/// Preferences a person who acts for `subject_nin` set for messages about them.
+#[derive(Debug, Clone)]
+pub struct ProxyPreferences {
+    /// Who gets the messages (a parent, a fullmakt holder).
+    pub recipient_nin: String,
+    /// How they were related when they set these ([`econsult_runtime::auth::Relation::code`]).
+    pub relation: i64,
+    /// Their preferences (contact details sealed for `recipient_nin`).
+    pub stored: StoredPreferences,
+}
+
+fn proxy_from_row(r: &sqlx::any::AnyRow) -> Result<ProxyPreferences, sqlx::Error> {
+    Ok(ProxyPreferences {
+        recipient_nin: r.try_get("recipient_nin")?,
+        relation: r.try_get("relation")?,
+        stored: stored_from_row(r)?,
+    })
+}
+
+/// The preferences `recipient` set for messages about `subject`.
+pub async fn proxy_preferences(
+    conn: &mut AnyConnection,
+    subject: &str,
+    recipient: &str,
+) -> Result<Option<ProxyPreferences>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT recipient_nin, relation, email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out \
+         FROM notify_proxy_preferences WHERE subject_nin = $1 AND recipient_nin = $2",
+    )
+    .bind(subject)
+    .bind(recipient)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(proxy_from_row).transpose()
+}
+
+/// Everyone who set preferences for messages about `subject`, by recipient.
+pub async fn proxies_of(
+    conn: &mut AnyConnection,
+    subject: &str,
+) -> Result<Vec<ProxyPreferences>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT recipient_nin, relation, email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out \
+         FROM notify_proxy_preferences WHERE subject_nin = $1 ORDER BY recipient_nin",
+    )
+    .bind(subject)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(proxy_from_row).collect()
+}
+
+/// Replaces the preferences `recipient` (related as `relation`) set for messages about
+/// `subject`.
+pub async fn put_proxy_preferences(
+    tx: &mut Tx,
+    subject: &str,
+    recipient: &str,
+    relation: i64,
+    p: &StoredPreferences,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notify_proxy_preferences (subject_nin, recipient_nin, relation, email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (subject_nin, recipient_nin) DO UPDATE SET relation = excluded.relation, email_sealed = excluded.email_sealed, \
+         phone_sealed = excluded.phone_sealed, channels = excluded.channels, reminder_minutes = excluded.reminder_minutes, \
+         language = excluded.language, opted_out = excluded.opted_out, updated_at = excluded.updated_at",
+    )
+    .bind(subject)
+    .bind(recipient)
+    .bind(relation)
+    .bind(p.email_sealed.clone())
+    .bind(p.phone_sealed.clone())
+    .bind(p.channels)
+    .bind(&p.reminder_minutes)
+    .bind(&p.language)
+    .bind(i64::from(p.opted_out))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// A message to queue.
 pub struct NewMessage<'a> {
     /// Id.
@@ -81,6 +165,8 @@ pub struct NewMessage<'a> {
     pub dedupe_key: &'a str,
     /// Recipient.
     pub nin: &'a str,
+    /// The person it is about when the recipient acts for them ("" when the recipient is).
+    pub subject_nin: &'a str,
     /// Kind name.
     pub kind: &'a str,
     /// Channel name.
@@ -101,8 +187,8 @@ pub struct NewMessage<'a> {
 pub async fn enqueue(tx: &mut Tx, m: &NewMessage<'_>) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
         "INSERT INTO notify_messages (message_id, dedupe_key, patient_nin, kind, channel, facts, appointment_id, urgent, \
-         status, attempts, not_before, lease_until, last_error, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, 0, '', $10) \
+         status, attempts, not_before, lease_until, last_error, created_at, subject_nin) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, 0, '', $10, $11) \
          ON CONFLICT (dedupe_key) DO NOTHING",
     )
     .bind(m.message_id)
@@ -115,6 +201,7 @@ pub async fn enqueue(tx: &mut Tx, m: &NewMessage<'_>) -> Result<bool, sqlx::Erro
     .bind(i64::from(m.urgent))
     .bind(m.not_before)
     .bind(m.now)
+    .bind(m.subject_nin)
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -153,6 +240,8 @@ pub struct Claimed {
     pub message_id: String,
     /// Recipient.
     pub nin: String,
+    /// The person it is about when the recipient acts for them ("" when the recipient is).
+    pub subject_nin: String,
     /// Kind name.
     pub kind: String,
     /// Channel name.
@@ -193,14 +282,14 @@ pub async fn claim_due(
              SELECT m.message_id FROM notify_messages m WHERE m.status = 0 AND m.not_before <= $1 AND m.lease_until <= $1 \
              AND NOT (m.kind IN ('reminder', 'video_opening') AND EXISTS (SELECT 1 FROM notify_cancelled_appointments c WHERE c.appointment_id = m.appointment_id)) \
              ORDER BY m.not_before LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING message_id, patient_nin, kind, channel, facts, urgent, attempts, not_before"
+             RETURNING message_id, patient_nin, subject_nin, kind, channel, facts, urgent, attempts, not_before"
         }
         Backend::Sqlite => {
             "UPDATE notify_messages SET lease_until = $2 WHERE message_id IN ( \
              SELECT m.message_id FROM notify_messages m WHERE m.status = 0 AND m.not_before <= $1 AND m.lease_until <= $1 \
              AND NOT (m.kind IN ('reminder', 'video_opening') AND EXISTS (SELECT 1 FROM notify_cancelled_appointments c WHERE c.appointment_id = m.appointment_id)) \
              ORDER BY m.not_before LIMIT $3) \
-             RETURNING message_id, patient_nin, kind, channel, facts, urgent, attempts, not_before"
+             RETURNING message_id, patient_nin, subject_nin, kind, channel, facts, urgent, attempts, not_before"
         }
     };
     let mut tx = db.begin().await?;
@@ -216,6 +305,7 @@ pub async fn claim_due(
             Ok(Claimed {
                 message_id: r.try_get("message_id")?,
                 nin: r.try_get("patient_nin")?,
+                subject_nin: r.try_get("subject_nin")?,
                 kind: r.try_get("kind")?,
                 channel: r.try_get("channel")?,
                 facts: r.try_get("facts")?,

@@ -177,6 +177,7 @@ pub(super) fn gp_to(g: &Gp) -> pb::Gp {
         gp_id: g.gp_id.clone(),
         hpr_number: g.hpr_number.clone(),
         display_name: g.display_name.clone(),
+        practice_name: g.practice_name.clone(),
         org_number: g.org_number.clone(),
         municipality_number: g.municipality_number.clone(),
         list_capacity: g.list_capacity,
@@ -259,6 +260,7 @@ impl TryFrom<pb::Gp> for GpInput {
         if display_name.is_empty() {
             return Err(Status::invalid_argument("gp.display_name is required"));
         }
+        let practice_name = text_field(&g.practice_name, "gp.practice_name", 200)?;
         if g.municipality_number.len() != 4
             || !g.municipality_number.bytes().all(|b| b.is_ascii_digit())
         {
@@ -278,6 +280,7 @@ impl TryFrom<pb::Gp> for GpInput {
             municipality_number: g.municipality_number,
             list_capacity: g.list_capacity,
             list_status,
+            practice_name,
         })
     }
 }

@@ -11,11 +11,11 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 /// The GP of the list of patient `$1` ([`gp_ref`]'s columns).
-const PATIENT_GP: &str = "SELECT g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, g.list_status \
+const PATIENT_GP: &str = "SELECT g.gp_id, g.hpr_number, g.display_name, g.practice_name, g.org_number, g.municipality_number, g.list_status \
      FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1";
 
 /// GP `$2` of organisation `$1` ([`gp_ref`]'s columns).
-const GP: &str = "SELECT g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, g.list_status \
+const GP: &str = "SELECT g.gp_id, g.hpr_number, g.display_name, g.practice_name, g.org_number, g.municipality_number, g.list_status \
      FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2";
 
 /// The first `$4` free (or lapsed-hold) non-acute slots of GP `$2` of organisation `$1` starting
@@ -83,6 +83,7 @@ fn gp_ref(r: &AnyRow) -> Result<GpRef, sqlx::Error> {
         gp_id: r.try_get("gp_id")?,
         hpr_number: r.try_get("hpr_number")?,
         display_name: r.try_get("display_name")?,
+        practice_name: r.try_get("practice_name")?,
         org_number: r.try_get("org_number")?,
         municipality_number: r.try_get("municipality_number")?,
         vacant: ListStatus::from_code(r.try_get("list_status")?) == Some(ListStatus::Vacant),

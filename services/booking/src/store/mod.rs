@@ -31,7 +31,7 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 /// A GP of an organisation, with the size of the GP's list: `$1` organisation, `$2` GP id.
-const GP_IN_ORG: &str = "SELECT g.gp_uid, g.gp_id, g.hpr_number, g.display_name, g.org_number, g.municipality_number, \
+const GP_IN_ORG: &str = "SELECT g.gp_uid, g.gp_id, g.hpr_number, g.display_name, g.practice_name, g.org_number, g.municipality_number, \
      g.list_capacity, g.list_status, (SELECT COUNT(*) FROM booking_list_members m WHERE m.gp_uid = g.gp_uid) AS list_size \
      FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2";
 
@@ -95,6 +95,7 @@ fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {
         list_capacity: r.try_get::<i64, _>("list_capacity")? as u32,
         list_status: list_status_from_row(r)?,
         list_size: r.try_get::<i64, _>("list_size")? as u32,
+        practice_name: r.try_get("practice_name")?,
     })
 }
 
@@ -152,11 +153,11 @@ pub(crate) async fn upsert_gp(
     now_ms: i64,
 ) -> Result<(), BookingError> {
     sqlx::query(
-        "INSERT INTO booking_gps (gp_uid, org_number, gp_id, hpr_number, display_name, municipality_number, list_capacity, list_status, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+        "INSERT INTO booking_gps (gp_uid, org_number, gp_id, hpr_number, display_name, municipality_number, list_capacity, list_status, updated_at, practice_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (org_number, gp_id) DO UPDATE SET hpr_number = excluded.hpr_number, display_name = excluded.display_name, \
          municipality_number = excluded.municipality_number, list_capacity = excluded.list_capacity, \
-         list_status = excluded.list_status, updated_at = excluded.updated_at",
+         list_status = excluded.list_status, updated_at = excluded.updated_at, practice_name = excluded.practice_name",
     )
     .bind(gp_uid)
     .bind(org)
@@ -167,6 +168,7 @@ pub(crate) async fn upsert_gp(
     .bind(i64::from(input.list_capacity))
     .bind(input.list_status.code())
     .bind(now_ms)
+    .bind(&input.practice_name)
     .execute(conn)
     .await?;
     Ok(())

@@ -396,6 +396,7 @@ pub async fn seed_gp_in(
                 list_capacity: 2500,
                 list_status: status as i32,
                 list_size: 0,
+                practice_name: String::new(),
             }),
         },
         &token,

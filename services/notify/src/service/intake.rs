@@ -1,9 +1,11 @@
-//! Events in, queued messages out: each event becomes at most one message per recipient and
-//! channel (the store's unique `dedupe_key`), in the consumer's transaction. Booking also
-//! schedules the reminders (at the patient's lead times) and, for video, the opening of the
-//! waiting room; a cancellation or a move cancels them.
+//! Events in, queued messages out: each event becomes at most one message per recipient (the
+//! patient and those acting for them: `recipients`) and channel (the store's unique
+//! `dedupe_key`), in the consumer's transaction. Booking also schedules the reminders (at each
+//! recipient's lead times) and, for video, the opening of the waiting room; a cancellation or a
+//! move cancels them.
 
 use super::Notify;
+use super::recipients::{Recipient, area};
 use crate::domain::{Channel, Channels};
 use crate::domain::{Facts, Kind, message_channels, same_day, sms_allowed_at};
 use crate::store::{self, NewMessage};
@@ -12,6 +14,7 @@ use econsult_runtime::clock::from_ms;
 use econsult_runtime::consumer::Handler;
 use econsult_runtime::db::Tx;
 use econsult_runtime::events::{AppointmentChanged, ConsultationChanged, WaitlistOffered, topics};
+use econsult_runtime::proxy::Area;
 
 /// Consumer group of the notify service on the bus.
 pub const CONSUMER_GROUP: &str = "notify";
@@ -27,10 +30,10 @@ const VIDEO_OPENS_BEFORE_MS: i64 = 15 * 60 * 1000;
 /// The consumer's handler.
 pub struct Intake(pub Notify);
 
-/// One message to queue for a patient.
+/// One message to queue for each recipient of a patient.
+#[derive(Clone)]
 struct Plan<'a> {
     key: String,
-    nin: &'a str,
     kind: Kind,
     facts: Facts,
     appointment_id: &'a str,
@@ -39,9 +42,9 @@ struct Plan<'a> {
 }
 
 impl Notify {
-    /// Queues `plan` on each of the patient's channels; returns how many were new.
-    async fn queue(&self, tx: &mut Tx, plan: Plan<'_>) -> anyhow::Result<usize> {
-        let prefs = Self::stored(tx, plan.nin).await?;
+    /// Queues `plan` on each of `to`'s channels; returns how many were new.
+    async fn queue(&self, tx: &mut Tx, to: &Recipient, plan: &Plan<'_>) -> anyhow::Result<usize> {
+        let prefs = &to.prefs;
         let channels = message_channels(
             prefs.phone_sealed.is_some(),
             prefs.email_sealed.is_some(),
@@ -58,13 +61,19 @@ impl Notify {
                 plan.at
             };
             let id = uuid::Uuid::now_v7().to_string();
-            let key = format!("{}:{}", plan.key, ch.as_str());
+            // The subject's own key as before; one of their own per person acting for them.
+            let key = if to.subject_nin.is_empty() {
+                format!("{}:{}", plan.key, ch.as_str())
+            } else {
+                format!("{}:proxy:{}:{}", plan.key, to.nin, ch.as_str())
+            };
             let queued = store::enqueue(
                 tx,
                 &NewMessage {
                     message_id: &id,
                     dedupe_key: &key,
-                    nin: plan.nin,
+                    nin: &to.nin,
+                    subject_nin: &to.subject_nin,
                     kind: plan.kind.as_str(),
                     channel: ch.as_str(),
                     facts: &facts,
@@ -80,11 +89,32 @@ impl Notify {
         Ok(n)
     }
 
-    /// The practice as the patient knows it: the GP's display name.
+    /// Queues `plan` for every recipient of messages about the patient `subject_nin`.
+    async fn queue_all(
+        &self,
+        tx: &mut Tx,
+        subject_nin: &str,
+        plan: Plan<'_>,
+    ) -> anyhow::Result<usize> {
+        let mut n = 0;
+        for to in self.recipients(tx, subject_nin, area(plan.kind)).await? {
+            n += self.queue(tx, &to, &plan).await?;
+        }
+        Ok(n)
+    }
+
+    /// The practice as the patient knows it: the name the EHR set (UpsertGp's
+    /// `practice_name`), else the GP's display name.
     async fn practice(&self, tx: &mut Tx, org: &str, gp_id: &str) -> anyhow::Result<String> {
         Ok(econsult_booking::directory::gp(tx, org, gp_id)
             .await?
-            .map(|g| g.display_name)
+            .map(|g| {
+                if g.practice_name.is_empty() {
+                    g.display_name
+                } else {
+                    g.practice_name
+                }
+            })
             .unwrap_or_default())
     }
 
@@ -105,58 +135,44 @@ impl Notify {
             old_start_ms,
             ..Default::default()
         };
-        let mut n = self
-            .queue(
-                tx,
-                Plan {
-                    key: format!("event:{}", e.event_id),
-                    nin: &a.patient_nin,
-                    kind,
-                    facts: facts.clone(),
-                    appointment_id: &a.appointment_id,
-                    urgent: same_day(a.start_ms, now),
-                    at: now.timestamp_millis(),
-                },
-            )
-            .await?;
-        let prefs = Self::stored(tx, &a.patient_nin).await?;
-        for lead in super::lead_times(&prefs.reminder_minutes) {
-            let at = a.start_ms - i64::from(lead) * 60_000;
-            if at <= now.timestamp_millis() {
-                continue;
+        let confirmation = Plan {
+            key: format!("event:{}", e.event_id),
+            kind,
+            facts: facts.clone(),
+            appointment_id: &a.appointment_id,
+            urgent: same_day(a.start_ms, now),
+            at: now.timestamp_millis(),
+        };
+        let mut n = 0;
+        for to in self.recipients(tx, &a.patient_nin, Area::Booking).await? {
+            n += self.queue(tx, &to, &confirmation).await?;
+            // Each recipient's own lead times.
+            for lead in super::lead_times(&to.prefs.reminder_minutes) {
+                let at = a.start_ms - i64::from(lead) * 60_000;
+                if at <= now.timestamp_millis() {
+                    continue;
+                }
+                let reminder = Plan {
+                    key: format!("reminder:{}:{lead}", a.appointment_id),
+                    kind: Kind::Reminder,
+                    urgent: false,
+                    at,
+                    ..confirmation.clone()
+                };
+                n += self.queue(tx, &to, &reminder).await?;
             }
-            n += self
-                .queue(
-                    tx,
-                    Plan {
-                        key: format!("reminder:{}:{lead}", a.appointment_id),
-                        nin: &a.patient_nin,
-                        kind: Kind::Reminder,
-                        facts: facts.clone(),
-                        appointment_id: &a.appointment_id,
-                        urgent: false,
-                        at,
-                    },
-                )
-                .await?;
-        }
-        let opens = a.start_ms - VIDEO_OPENS_BEFORE_MS;
-        if a.modality == "video" && opens > now.timestamp_millis() {
-            n += self
-                .queue(
-                    tx,
-                    Plan {
-                        key: format!("video:{}", a.appointment_id),
-                        nin: &a.patient_nin,
-                        kind: Kind::VideoOpening,
-                        facts,
-                        appointment_id: &a.appointment_id,
-                        // Minutes before the start: never held for the quiet hours.
-                        urgent: true,
-                        at: opens,
-                    },
-                )
-                .await?;
+            let opens = a.start_ms - VIDEO_OPENS_BEFORE_MS;
+            if a.modality == "video" && opens > now.timestamp_millis() {
+                let opening = Plan {
+                    key: format!("video:{}", a.appointment_id),
+                    kind: Kind::VideoOpening,
+                    // Minutes before the start: never held for the quiet hours.
+                    urgent: true,
+                    at: opens,
+                    ..confirmation.clone()
+                };
+                n += self.queue(tx, &to, &opening).await?;
+            }
         }
         Ok(n)
     }
@@ -195,11 +211,11 @@ impl Notify {
                     practice: self.practice(tx, &a.org_number, &a.gp_id).await?,
                     ..Default::default()
                 };
-                self.queue(
+                self.queue_all(
                     tx,
+                    &a.patient_nin,
                     Plan {
                         key: format!("event:{}", e.event_id),
-                        nin: &a.patient_nin,
                         kind: Kind::CancelledByPractice,
                         facts,
                         appointment_id: &a.appointment_id,
@@ -220,11 +236,11 @@ impl Notify {
                     ..Default::default()
                 };
                 // An offer lapses within its window: it is sent at once, quiet hours or not.
-                self.queue(
+                self.queue_all(
                     tx,
+                    &o.patient_nin,
                     Plan {
                         key: format!("event:{}", e.event_id),
-                        nin: &o.patient_nin,
                         kind: Kind::WaitlistOffer,
                         facts,
                         appointment_id: "",
@@ -243,11 +259,11 @@ impl Notify {
                     practice: self.practice(tx, &c.org_number, &c.gp_id).await?,
                     ..Default::default()
                 };
-                self.queue(
+                self.queue_all(
                     tx,
+                    &c.patient_nin,
                     Plan {
                         key: format!("event:{}", e.event_id),
-                        nin: &c.patient_nin,
                         kind: Kind::ConsultationReply,
                         facts,
                         appointment_id: "",

@@ -1,11 +1,14 @@
 //! The notify service's use cases: turning events into queued messages (`intake`), sending
-//! them (`send`), and the patient's preferences and ops' dead-letter list (`preferences`).
+//! them (`send`), who hears about a patient (`recipients`: the patient and those acting for
+//! them), and the preferences and ops' dead-letter list (`preferences`).
 
 mod intake;
 mod preferences;
+mod recipients;
 mod send;
 
 pub use intake::{CONSUMER_GROUP, Intake};
+pub use send::{SEND_ACTION, SYSTEM_NAME};
 
 use crate::NotifyConfig;
 use crate::content::Templates;
@@ -91,11 +94,16 @@ impl Notify {
     ) -> Result<StoredPreferences, sqlx::Error> {
         Ok(store::preferences(conn, nin)
             .await?
-            .unwrap_or_else(|| StoredPreferences {
-                reminder_minutes: crate::domain::DEFAULT_REMINDER_MINUTES.to_string(),
-                language: Language::Nb.as_str().into(),
-                ..Default::default()
-            }))
+            .unwrap_or_else(Self::defaults))
+    }
+
+    /// The preferences of someone who never set any.
+    fn defaults() -> StoredPreferences {
+        StoredPreferences {
+            reminder_minutes: crate::domain::DEFAULT_REMINDER_MINUTES.to_string(),
+            language: Language::Nb.as_str().into(),
+            ..Default::default()
+        }
     }
 
     /// Opens stored preferences (contact details in the clear).

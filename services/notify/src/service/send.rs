@@ -1,6 +1,8 @@
 //! The sender: takes due messages (a lease, so replicas share the work and a dead process's
-//! messages are taken again), holds SMS in the quiet hours, opens the contact details, renders
-//! the template and hands the message to its transport. A temporary failure is retried with
+//! messages are taken again), holds SMS in the quiet hours, checks again that a person acting
+//! for the patient may still hear about them, opens the contact details (an access-log row of
+//! the system `econsult-notify` for each send that reads them), renders the template and hands
+//! the message to its transport. A temporary failure is retried with
 //! backoff until `max_attempts`, then given up; a permanent one fails at once with its reason.
 //!
 //! Delivery is exactly once per (event, recipient, channel) up to the hand-over: a process
@@ -9,12 +11,21 @@
 //! e-mail's Message-ID), so a gateway that keeps ids sends it once.
 
 use super::Notify;
+use super::recipients::area;
 use crate::domain::{Channel, Facts, Kind, Status, backoff, sms_allowed_at};
 use crate::store::{self, Claimed};
 use crate::transport::{Outgoing, SendError, Transport};
+use econsult_runtime::audit::{self, Access};
+use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The sender as its access-log rows name it.
+pub const SYSTEM_NAME: &str = "econsult-notify";
+
+/// The action of the sender's access-log rows (no RPC: the background sender).
+pub const SEND_ACTION: &str = "econsult-notify/send";
 
 /// Messages taken per pass.
 const BATCH: i64 = 50;
@@ -99,7 +110,33 @@ impl Notify {
         }
         let stored = {
             let mut conn = self.p.db.read().acquire().await?;
-            Self::stored(&mut conn, &c.nin).await?
+            if c.subject_nin.is_empty() {
+                Self::stored(&mut conn, &c.nin).await?
+            } else {
+                // A person acting for the patient: only while the relation still allows it.
+                let p = store::proxy_preferences(&mut conn, &c.subject_nin, &c.nin).await?;
+                drop(conn);
+                match p {
+                    Some(p)
+                        if self
+                            .relation_allows(&c.subject_nin, &c.nin, p.relation, area(kind))
+                            .await? =>
+                    {
+                        p.stored
+                    }
+                    _ => {
+                        return self
+                            .fail(
+                                &c,
+                                Status::Cancelled,
+                                label,
+                                "the relation to the patient no longer allows it",
+                                now,
+                            )
+                            .await;
+                    }
+                }
+            }
         };
         let prefs = match self.open(&c.nin, &stored) {
             Ok(p) => p,
@@ -150,6 +187,24 @@ impl Notify {
                 )
                 .await;
         };
+        if label != "log" {
+            // The sender read the recipient's phone number or e-mail address: in their access
+            // log, by the system, for operations. No row, no send.
+            let access = Access::new(
+                SEND_ACTION,
+                format!("notify_message:{}", c.message_id),
+                &c.nin,
+                format!(
+                    "read your {} to send {}",
+                    match channel {
+                        Channel::Email => "e-mail address",
+                        _ => "phone number",
+                    },
+                    kind.described()
+                ),
+            );
+            audit::record_reads(&self.p.db, &Caller::system(SYSTEM_NAME), &[access], now).await?;
+        }
         let out = Outgoing {
             message_id: c.message_id.clone(),
             to: if label == "log" { String::new() } else { to },

@@ -213,7 +213,8 @@ pub struct Row(Vec<crate::db::Value>);
 
 /// The row [`record`] would write, or why the caller must not make this access
 /// ([`purpose`]). Who acted: a clinician's name and HPR number; for an EHR system, the system
-/// (client name, else its id) and the person it names; a patient's actor is `actor_nin`.
+/// (client name, else its id) and the person it names; for a system of econsult's own
+/// ([`Caller::system`]), its name; a patient's actor is `actor_nin`.
 pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Result<Row, Unaccounted> {
     let purpose = purpose(caller, access.purpose)?;
     let (actor_name, actor_hpr, system_name) = match caller.role {
@@ -233,7 +234,14 @@ pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Result<Row, Una
                     .unwrap_or_else(|| caller.subject.clone()),
             )
         }
-        Role::Patient | Role::Ops => Default::default(),
+        // A system caller ([`Caller::system`]) names itself; an operator's token has no
+        // client name.
+        Role::Ops => (
+            String::new(),
+            String::new(),
+            caller.client_name.clone().unwrap_or_default(),
+        ),
+        Role::Patient => Default::default(),
     };
     let (actor_nin, acted_as) = caller.actor();
     Ok(Row(vec![

@@ -325,6 +325,28 @@ impl Caller {
         }
     }
 
+    /// A background task of econsult itself acting without a token (e.g. the notification
+    /// sender opening contact details): an operations caller whose access-log rows name the
+    /// system `name` and the purpose operations. Never built from a request.
+    pub fn system(name: &str) -> Caller {
+        Caller {
+            subject: format!("system:{name}"),
+            role: Role::Ops,
+            nin: None,
+            hpr_number: None,
+            org_number: None,
+            scopes: BTreeSet::new(),
+            expires_at: 0,
+            request_id: String::new(),
+            synthetic_numbers: false,
+            proxy: Proxy::default(),
+            name: None,
+            client_name: Some(name.to_owned()),
+            acting_person: None,
+            purpose: Some(Purpose::Operations),
+        }
+    }
+
     /// `Ok` for operations, `PERMISSION_DENIED` otherwise.
     pub fn ops(&self) -> Result<(), Status> {
         if self.role == Role::Ops {
