@@ -210,7 +210,8 @@ pub struct Row(Vec<crate::db::Value>);
 
 /// The row [`record`] would write, or why the caller must not make this access
 /// ([`purpose`]). Who acted: a clinician's name and HPR number; for an EHR system, the system
-/// (client name, else its id) and the person it names; a patient's actor is `actor_nin`.
+/// (client name, else its id) and the person it names; a patient's actor is `actor_nin`, with
+/// their name when they acted for someone else and their token names them.
 pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Result<Row, Unaccounted> {
     let purpose = purpose(caller, access.purpose)?;
     let (actor_name, actor_hpr, system_name) = match caller.role {
@@ -230,7 +231,10 @@ pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Result<Row, Una
                     .unwrap_or_else(|| caller.subject.clone()),
             )
         }
-        Role::Patient | Role::Ops => Default::default(),
+        // A parent or fullmakt holder acting for the patient: their name when the token gives
+        // one (their number is `actor_nin`).
+        Role::Patient => (caller.actor_name().to_owned(), String::new(), String::new()),
+        Role::Ops => Default::default(),
     };
     let (actor_nin, acted_as) = caller.actor();
     Ok(Row(vec![
