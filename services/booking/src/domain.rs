@@ -366,6 +366,20 @@ pub struct Appointment {
     pub late_cancellation: bool,
     /// Replaced appointment.
     pub rescheduled_from: Option<String>,
+    /// Who booked it when someone acted for the patient (a parent, a fullmakt holder); `None`
+    /// when the patient or the practice booked it.
+    #[serde(default)]
+    pub booked_by: Option<Booker>,
+}
+
+/// Someone who booked for the patient: how they are related, and their display name when
+/// their token gave one (their identity number stays in the store and the access log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Booker {
+    /// The relation.
+    pub relation: econsult_runtime::auth::Relation,
+    /// Display name, or "" when unknown.
+    pub name: String,
 }
 
 impl fmt::Debug for Appointment {
@@ -381,6 +395,7 @@ impl fmt::Debug for Appointment {
             .field("cancelled_by", &self.cancelled_by)
             .field("late_cancellation", &self.late_cancellation)
             .field("rescheduled_from", &self.rescheduled_from)
+            .field("booked_by", &self.booked_by)
             .finish_non_exhaustive()
     }
 }

@@ -238,6 +238,11 @@ pub struct Thread {
     /// How that person is related to the patient (`econsult_runtime::auth::Relation::code`;
     /// 0 for the patient).
     pub started_by_relation: i64,
+    /// That person's display name when their token gave one ("" otherwise).
+    pub started_by_name: String,
+    /// The practice marked it confidential to the patient: a parent with limited access
+    /// (child 12 to 16) does not see it, even one who started it.
+    pub confidential: bool,
 }
 
 impl Thread {

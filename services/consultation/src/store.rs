@@ -43,6 +43,8 @@ fn thread_row(r: &AnyRow) -> Result<Thread, sqlx::Error> {
         updated_at: r.try_get("updated_at")?,
         started_by_nin: r.try_get("started_by_nin")?,
         started_by_relation: r.try_get("started_by_relation")?,
+        started_by_name: r.try_get("started_by_name")?,
+        confidential: r.try_get::<i64, _>("confidential")? != 0,
     })
 }
 
@@ -54,7 +56,8 @@ where
     sqlx::query(
         "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
+         started_by_name, confidential \
          FROM consultation_threads WHERE thread_id = $1",
     )
     .bind(thread_id)
@@ -70,8 +73,9 @@ pub async fn insert_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), s
     sqlx::query(
         "INSERT INTO consultation_threads (thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
+         started_by_name, confidential) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
     )
     .bind(&t.thread_id)
     .bind(&t.patient_nin)
@@ -95,6 +99,8 @@ pub async fn insert_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), s
     .bind(t.updated_at)
     .bind(&t.started_by_nin)
     .bind(t.started_by_relation)
+    .bind(&t.started_by_name)
+    .bind(i64::from(t.confidential))
     .execute(conn)
     .await?;
     Ok(())
@@ -148,6 +154,24 @@ pub async fn update_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), s
     .bind(&t.tariff_code)
     .bind(t.closed_at)
     .bind(t.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks thread `thread_id` confidential to its patient (or not) at `now_ms`.
+pub async fn set_confidential(
+    conn: &mut AnyConnection,
+    thread_id: &str,
+    confidential: bool,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE consultation_threads SET confidential = $2, updated_at = $3 WHERE thread_id = $1",
+    )
+    .bind(thread_id)
+    .bind(i64::from(confidential))
+    .bind(now_ms)
     .execute(conn)
     .await?;
     Ok(())
@@ -422,8 +446,9 @@ where
     sqlx::query(
         "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation \
-         FROM consultation_threads WHERE patient_nin = $1 AND ($4 = '' OR started_by_nin = $4) \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
+         started_by_name, confidential \
+         FROM consultation_threads WHERE patient_nin = $1 AND ($4 = '' OR (started_by_nin = $4 AND confidential = 0)) \
          ORDER BY submitted_at DESC, thread_id DESC LIMIT $2 OFFSET $3",
     )
     .bind(nin)
@@ -455,14 +480,16 @@ where
     let sql = if include_done {
         "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
+         started_by_name, confidential \
          FROM consultation_threads WHERE org_number = $1 AND ($2 = '' OR gp_id = $2) AND state IN (1,2,3,4,5,6,7) \
          ORDER BY CASE WHEN first_response_at IS NULL AND due_at < $3 AND state IN (1,2,3) THEN 0 ELSE 1 END, due_at, thread_id \
          LIMIT $4 OFFSET $5"
     } else {
         "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
+         started_by_name, confidential \
          FROM consultation_threads WHERE org_number = $1 AND ($2 = '' OR gp_id = $2) AND state IN (1,2,3) \
          ORDER BY CASE WHEN first_response_at IS NULL AND due_at < $3 AND state IN (1,2,3) THEN 0 ELSE 1 END, due_at, thread_id \
          LIMIT $4 OFFSET $5"

@@ -386,7 +386,9 @@ struct DevTokenArgs {
     /// EHR client id / ops subject.
     #[arg(long, default_value = "dev-client")]
     subject: String,
-    /// Clinician: the person's name (HelseID's `name` claim); EHR: the system's name
+    /// Patient and clinician: the person's display name (the `name` claim, as Helsenorge's
+    /// identity service and HelseID give it; a patient acting for someone else is shown by
+    /// it, e.g. "booked by your parent <name>"); EHR: the system's name
     /// (`helseid://claims/client/client_name`). Shown in the patient's access log. An EHR
     /// names the person it acts for per call: headers `x-acting-name`, `x-acting-hpr`.
     #[arg(long)]
@@ -567,6 +569,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 pid: other.as_str().to_owned(),
                                 relation: "parent".into(),
                                 protected_address: a.protected_address,
+                                name: None,
                             });
                             own_protected = false;
                         }
@@ -581,6 +584,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         acr: a.acr,
                         represents,
                         protected_address: own_protected,
+                        name: a.name.clone(),
                     }
                 }
                 Role::Clinician => TokenSpec::Clinician {
@@ -599,8 +603,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match a.role {
                 Role::Clinician => claims.name = a.name,
                 Role::Ehr => claims.client_name = a.name,
-                Role::Patient | Role::Ops => {
-                    anyhow::ensure!(a.name.is_none(), "--name is for clinician and ehr tokens")
+                Role::Patient => {}
+                Role::Ops => {
+                    anyhow::ensure!(
+                        a.name.is_none(),
+                        "--name is for patient, clinician and ehr tokens"
+                    )
                 }
             }
             println!("{}", keys.sign(&claims)?);

@@ -191,6 +191,10 @@ fn table() -> BTreeMap<&'static str, Audience> {
             Practice(CONSULT_W),
         ),
         (
+            "econsult.consultation.v1.ConsultationService/SetThreadConfidential",
+            Practice(CONSULT_W),
+        ),
+        (
             "econsult.consultation.v1.ConsultationService/Reply",
             Practice(CONSULT_W),
         ),

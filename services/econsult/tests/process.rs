@@ -703,6 +703,45 @@ fn dev_token_refuses_an_invalid_identity_number_at_once() {
     }
 }
 
+#[test]
+fn dev_token_puts_a_patients_name_beside_the_parent_relation() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, parent, err) = run_cli(dir.path(), &["dev-nin", "--age", "40"]);
+    assert!(ok, "{err}");
+    let (ok, child, err) = run_cli(dir.path(), &["dev-nin", "--age", "10"]);
+    assert!(ok, "{err}");
+    let (ok, token, err) = run_cli(
+        dir.path(),
+        &[
+            "dev-token",
+            "--role",
+            "patient",
+            "--nin",
+            parent.trim(),
+            "--on-behalf-of",
+            child.trim(),
+            "--relation",
+            "parent",
+            "--name",
+            "Kari Nordmann",
+        ],
+    );
+    assert!(ok, "{err}");
+    let payload = token.trim().split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("JSON claims");
+    assert_eq!(claims["name"], "Kari Nordmann", "{claims}");
+    assert_eq!(claims["pid"], parent.trim());
+    assert_eq!(claims["represents"][0]["pid"], child.trim());
+    let (ok, _, err) = run_cli(dir.path(), &["dev-token", "--role", "ops", "--name", "Ops"]);
+    assert!(!ok && err.contains("--name is for"), "{err}");
+}
+
 #[tokio::test]
 async fn a_patient_token_without_nin_gets_a_fresh_number_the_server_accepts() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -101,8 +101,10 @@ fn parent_token(app: &TestApp, parent: &str, child: &str, protected: bool) -> St
             pid: child.into(),
             relation: "parent".into(),
             protected_address: protected,
+            name: None,
         }],
         protected_address: false,
+        name: None,
     })
 }
 
@@ -160,6 +162,8 @@ fn start_req(subject: &str) -> cpb::StartConsultationRequest {
 
 /// One cell's fixture.
 struct Cell {
+    /// Its number (the subject of the thread the cell starts names it).
+    n: usize,
     age: u32,
     rel: Rel,
     subject: String,
@@ -235,7 +239,7 @@ async fn run_cell(app: &TestApp, cell: &Cell, class: Class) -> Result<(), tonic:
             let r = app
                 .consultation()
                 .await
-                .start_consultation(on_behalf(start_req("for my child"), t, s))
+                .start_consultation(on_behalf(start_req(&started_in(cell)), t, s))
                 .await?
                 .into_inner();
             assert!(r.thread.is_some());
@@ -254,7 +258,13 @@ async fn run_cell(app: &TestApp, cell: &Cell, class: Class) -> Result<(), tonic:
                 "the child's own thread is hidden exactly when limited"
             );
             // The thread started for them in this cell is listed.
-            assert!(r.threads.iter().any(|th| th.subject == "for my child"));
+            let started = r
+                .threads
+                .iter()
+                .find(|th| th.subject == started_in(cell))
+                .expect("the thread started in this cell")
+                .thread_id
+                .clone();
             let got = app
                 .consultation()
                 .await
@@ -271,6 +281,41 @@ async fn run_cell(app: &TestApp, cell: &Cell, class: Class) -> Result<(), tonic:
             assert_eq!(got.is_ok(), !limited, "{got:?}");
             if limited {
                 assert_eq!(got.unwrap_err().code(), Code::NotFound);
+            }
+            // The practice marks the thread the parent started confidential to the child: a
+            // parent with limited access no longer sees it anywhere; one of a child under 12
+            // (and a fullmakt holder) still does.
+            mark_confidential(app, &started).await;
+            let listed = app
+                .consultation()
+                .await
+                .list_threads(on_behalf(cpb::ListThreadsRequest::default(), t, s))
+                .await?
+                .into_inner()
+                .threads
+                .iter()
+                .any(|th| th.thread_id == started);
+            assert_eq!(listed, !limited, "confidential hidden exactly when limited");
+            let got = app
+                .consultation()
+                .await
+                .get_thread(on_behalf(
+                    cpb::GetThreadRequest {
+                        thread_id: started.clone(),
+                        after_seq: 0,
+                        page_size: 0,
+                    },
+                    t,
+                    s,
+                ))
+                .await;
+            match got {
+                Ok(g) => {
+                    assert!(!limited);
+                    let th = g.into_inner().thread.expect("thread");
+                    assert!(th.confidential_to_patient, "the patient side sees the mark");
+                }
+                Err(e) => assert!(limited && e.code() == Code::NotFound, "{e:?}"),
             }
         }
         Class::JoinVideo => {
@@ -337,6 +382,32 @@ async fn run_cell(app: &TestApp, cell: &Cell, class: Class) -> Result<(), tonic:
         }
     }
     Ok(())
+}
+
+/// The subject of the thread cell `cell` starts for its patient.
+fn started_in(cell: &Cell) -> String {
+    format!("for them, cell {}", cell.n)
+}
+
+/// The practice (ORG_A's EHR) marks thread `id` confidential to its patient.
+async fn mark_confidential(app: &TestApp, id: &str) {
+    let t = app
+        .consultation()
+        .await
+        .set_thread_confidential(authed(
+            cpb::SetThreadConfidentialRequest {
+                thread_id: id.into(),
+                confidential_to_patient: true,
+                idempotency_key: key(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("marked confidential")
+        .into_inner()
+        .thread
+        .expect("thread");
+    assert!(t.confidential_to_patient);
 }
 
 async fn every_cell_of_the_age_relation_rpc_matrix_has_its_exact_outcome(env: Env) {
@@ -422,6 +493,7 @@ async fn every_cell_of_the_age_relation_rpc_matrix_has_its_exact_outcome(env: En
                 }
             }
             cells.push(Cell {
+                n: i,
                 age: *age,
                 rel: *rel,
                 subject: subject.clone(),
@@ -483,12 +555,14 @@ async fn fullmakt_rpcs_grant_list_revoke_and_refuse_by_the_rules(env: Env) {
     .await
     .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    // A giver whose token says their address is strictly confidential gives none.
+    // A giver whose token says their address is strictly confidential gives none (another
+    // person: from then on nobody acts for them, see the test below).
     let protected = app.token(TokenSpec::PatientWithRelations {
-        nin: giver.clone(),
+        nin: aged(31, 4),
         acr: REQUIRED_ACR.into(),
         represents: vec![],
         protected_address: true,
+        name: None,
     });
     let e = c
         .grant_fullmakt(authed(
@@ -646,7 +720,110 @@ async fn an_on_behalf_of_that_is_no_identity_number_is_invalid_argument(env: Env
     app.shutdown().await;
 }
 
+/// A patient token stating (or not) its own person's protected address.
+fn own_token(app: &TestApp, nin: &str, protected: bool) -> String {
+    app.token(TokenSpec::PatientWithRelations {
+        nin: nin.into(),
+        acr: REQUIRED_ACR.into(),
+        represents: vec![],
+        protected_address: protected,
+        name: None,
+    })
+}
+
+async fn list_for(app: &TestApp, token: &str, subject: &str) -> Result<(), tonic::Status> {
+    app.booking()
+        .await
+        .list_my_bookings(on_behalf(
+            bpb::ListMyBookingsRequest {
+                include_past: false,
+            },
+            token,
+            subject,
+        ))
+        .await
+        .map(|_| ())
+}
+
+/// A protected address the giver's (or child's) own token states on a later call ends every
+/// representation of them from then on: the fullmakt holder's and the parent's calls are
+/// refused naming the rule, and the holder's ListRepresented leaves them out; a grant by a
+/// token without it forgets it.
+async fn a_protected_address_learned_after_the_grant_refuses_every_later_call(env: Env) {
+    let app = TestApp::start(env).await;
+    let today = NaiveDate::from_ymd_opt(2026, 3, 2).expect("day");
+    let giver = aged(30, 1);
+    let holder = aged(45, 2);
+    let other = aged(50, 3);
+    let child = aged(10, 4);
+    let parent = aged(40, 5);
+    grant(&app, &giver, &holder, ppb::FullmaktScope::Both, today)
+        .await
+        .expect("granted");
+    let holder_token = app.patient_token(&holder);
+    let parent_token = parent_token(&app, &parent, &child, false);
+    list_for(&app, &holder_token, &giver)
+        .await
+        .expect("the holder acts for the giver");
+    list_for(&app, &parent_token, &child)
+        .await
+        .expect("the parent acts for the child");
+
+    // The giver and the child call for themselves with tokens saying their addresses are now
+    // strictly confidential.
+    list_for(&app, &own_token(&app, &giver, true), &giver)
+        .await
+        .expect("the giver's own call");
+    list_for(&app, &own_token(&app, &child, true), &child)
+        .await
+        .expect("the child's own call");
+    let refused = |r: Result<(), tonic::Status>| {
+        let e = r.expect_err("refused");
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::PermissionDenied, rule::PROTECTED_ADDRESS)
+        );
+    };
+    refused(list_for(&app, &holder_token, &giver).await);
+    refused(
+        app.consultation()
+            .await
+            .list_threads(on_behalf(
+                cpb::ListThreadsRequest::default(),
+                &holder_token,
+                &giver,
+            ))
+            .await
+            .map(|_| ()),
+    );
+    // The parent's token still says nothing of it; the stored fact refuses them all the same.
+    refused(list_for(&app, &parent_token, &child).await);
+    let represented = |token: String| {
+        let app = &app;
+        async move {
+            ProxyServiceClient::new(app.channel().await)
+                .list_represented(authed(ppb::ListRepresentedRequest {}, &token))
+                .await
+                .expect("represented")
+                .into_inner()
+                .represented
+        }
+    };
+    assert!(represented(holder_token.clone()).await.is_empty());
+    assert!(represented(parent_token.clone()).await.is_empty());
+
+    // A grant by the giver's token without a protected address forgets it.
+    grant(&app, &giver, &other, ppb::FullmaktScope::Booking, today)
+        .await
+        .expect("granted again");
+    list_for(&app, &holder_token, &giver)
+        .await
+        .expect("the holder acts for the giver again");
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_protected_address_learned_after_the_grant_refuses_every_later_call,
     every_cell_of_the_age_relation_rpc_matrix_has_its_exact_outcome,
     fullmakt_rpcs_grant_list_revoke_and_refuse_by_the_rules,
     an_on_behalf_of_that_is_no_identity_number_is_invalid_argument,

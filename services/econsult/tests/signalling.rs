@@ -355,6 +355,19 @@ async fn connect_two_peers_via(
         .expect("GP stream");
     let w = gp.welcome().await;
     assert!(w.peer_online && w.peer_waiting, "{w:?}");
+    // The practice sees who is there for the patient: a parent, or the patient themselves.
+    let want = if v.acting.is_some() {
+        pb::PatientRelation::Parent
+    } else {
+        pb::PatientRelation::Self_
+    };
+    match gp
+        .expect(|e| matches!(e, Ev::PeerJoined(p) if p.side == pb::Side::Patient as i32))
+        .await
+    {
+        Ev::PeerJoined(p) => assert_eq!(p.relation, want as i32, "{p:?}"),
+        _ => unreachable!(),
+    }
     assert!(
         !patient
             .arrives_within(Duration::from_millis(300), |e| matches!(e, Ev::Admitted(_)))
@@ -626,8 +639,10 @@ async fn a_parent_books_for_a_child_of_10_and_joins_the_video_as_the_patient_sid
             pid: child.clone(),
             relation: "parent".into(),
             protected_address: false,
+            name: Some("Ola Nordmann".into()),
         }],
         protected_address: false,
+        name: Some("Kari Nordmann".into()),
     });
     let booked = app
         .booking()
@@ -655,11 +670,64 @@ async fn a_parent_books_for_a_child_of_10_and_joins_the_video_as_the_patient_sid
     };
     let (mut patient, mut gp, p1, p2) =
         connect_two_peers(&v, v.app.channel().await, v.app.channel().await).await;
+    // The practice's PeerJoined said a parent is present (connect_two_peers); it carries the
+    // parent's name, and so does the session, never a number.
+    let session = v
+        .client()
+        .await
+        .get_session(authed(
+            pb::GetSessionRequest {
+                appointment_id: booked.appointment_id.clone(),
+            },
+            &v.gp(),
+        ))
+        .await
+        .expect("the practice's view")
+        .into_inner();
+    assert_eq!(
+        (
+            session.patient_relation,
+            session.patient_represented_by_name.as_str()
+        ),
+        (pb::PatientRelation::Parent as i32, "Kari Nordmann")
+    );
     end_and_check(&v, v.app.channel().await, &mut patient, &mut gp).await;
     let _ = p1.pc.close().await;
     let _ = p2.pc.close().await;
+    // The appointment says the parent booked it, by name, to the child and to the parent.
+    for (t, for_child) in [
+        (v.app.patient_token(&child), None),
+        (token.clone(), Some(child.as_str())),
+    ] {
+        let mine = v
+            .app
+            .booking()
+            .await
+            .list_my_bookings(as_for(
+                bpb::ListMyBookingsRequest { include_past: true },
+                &t,
+                for_child,
+            ))
+            .await
+            .expect("the child's bookings")
+            .into_inner()
+            .appointments;
+        let a = mine
+            .iter()
+            .find(|a| a.appointment_id == booked.appointment_id)
+            .expect("listed");
+        let by = a.booked_by.clone().expect("booked_by");
+        assert_eq!(
+            (by.relation, by.name.as_str()),
+            (bpb::BookerRelation::Parent as i32, "Kari Nordmann")
+        );
+    }
+    assert_eq!(
+        booked.booked_by.map(|b| b.relation),
+        Some(bpb::BookerRelation::Parent as i32)
+    );
     // The child's log (read by the child, and by the parent for the child) lists the parent's
-    // booking and join, each with the parent as actor.
+    // booking and join, each with the parent as actor, by name.
     for (t, for_child) in [
         (v.app.patient_token(&child), None),
         (token.clone(), Some(child.as_str())),
@@ -685,6 +753,17 @@ async fn a_parent_books_for_a_child_of_10_and_joins_the_video_as_the_patient_sid
             assert!(by_parent.contains(&action), "{action} in {by_parent:?}");
         }
         assert!(log.iter().all(|e| e.patient_nin == child));
+        let booking = log
+            .iter()
+            .find(|e| e.action.ends_with("/Book"))
+            .expect("the booking");
+        assert_eq!(booking.actor_name, "Kari Nordmann");
+        assert!(
+            booking
+                .description
+                .starts_with("your parent Kari Nordmann booked an appointment on "),
+            "{booking:?}"
+        );
     }
     v.app.shutdown().await;
 }

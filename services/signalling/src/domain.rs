@@ -254,6 +254,8 @@ pub enum Event {
         rejoined: bool,
         /// The peer is the patient and still waits in the waiting room.
         waiting: bool,
+        /// For the patient side: who is there for the patient.
+        patient: Option<PatientSide>,
     },
     /// The peer's stream ended.
     PeerLeft {
@@ -357,6 +359,17 @@ pub struct Joined {
     pub ice_servers: Vec<IceServer>,
 }
 
+/// Who is on the patient side of a session: the patient, or a parent or fullmakt holder
+/// acting for them (as they joined). Never their identity numbers: the practice sees the
+/// relation and the name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PatientSide {
+    /// `None`: the patient themselves.
+    pub relation: Option<econsult_runtime::auth::Relation>,
+    /// The acting person's display name when their token gave one, else "".
+    pub name: String,
+}
+
 /// The lifecycle record of a session (GetSession, EndSession).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VideoSession {
@@ -382,6 +395,8 @@ pub struct VideoSession {
     pub patient_online: bool,
     /// The practice has a live stream.
     pub practice_online: bool,
+    /// Who is on the patient side, once it has joined.
+    pub patient_side: Option<PatientSide>,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 mod stream;
 pub(crate) mod wire;
 
-use crate::domain::{EndReason, IceServer, Joined, LeaveReason, Side, VideoSession};
+use crate::domain::{EndReason, IceServer, Joined, LeaveReason, PatientSide, Side, VideoSession};
 use crate::error::SignallingError;
 use crate::service::Signalling;
 use econsult_proto::signalling::v1 as pb;
@@ -43,6 +43,17 @@ impl SignallingGrpc {
     /// The tonic server for this service.
     pub fn into_server(self) -> pb::signalling_service_server::SignallingServiceServer<Self> {
         pb::signalling_service_server::SignallingServiceServer::new(self)
+    }
+}
+
+/// Who is on the patient side (unset when unknown: not the patient side, or not joined).
+pub(crate) fn patient_relation_pb(p: Option<&PatientSide>) -> pb::PatientRelation {
+    use econsult_runtime::auth::Relation;
+    match p.map(|p| p.relation) {
+        None => pb::PatientRelation::Unspecified,
+        Some(None) => pb::PatientRelation::Self_,
+        Some(Some(Relation::Parent)) => pb::PatientRelation::Parent,
+        Some(Some(Relation::Fullmakt)) => pb::PatientRelation::Fullmakt,
     }
 }
 
@@ -150,6 +161,8 @@ impl From<VideoSession> for pb::VideoSession {
             held: s.held,
             patient_online: s.patient_online,
             practice_online: s.practice_online,
+            patient_relation: patient_relation_pb(s.patient_side.as_ref()) as i32,
+            patient_represented_by_name: s.patient_side.map(|p| p.name).unwrap_or_default(),
         }
     }
 }

@@ -91,6 +91,9 @@ pub(crate) struct Participant {
     pub candidates: i64,
     pub end_of_candidates: bool,
     pub ice_restarts: i64,
+    /// Patient side: who joined for the patient (relation code, 0 the patient; name or "").
+    pub actor_relation: i64,
+    pub actor_name: String,
 }
 
 fn participant_state(r: &sqlx::any::AnyRow) -> Result<ParticipantState, sqlx::Error> {
@@ -106,6 +109,8 @@ fn participant(r: &sqlx::any::AnyRow) -> Result<Participant, sqlx::Error> {
         candidates: r.try_get("candidates")?,
         end_of_candidates: r.try_get::<i64, _>("end_of_candidates")? != 0,
         ice_restarts: r.try_get("ice_restarts")?,
+        actor_relation: r.try_get("actor_relation")?,
+        actor_name: r.try_get("actor_name")?,
     })
 }
 
@@ -208,8 +213,8 @@ pub(crate) async fn participant_of(
     side: Side,
 ) -> Result<Option<Participant>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT subject, state, epoch, described, candidates, end_of_candidates, ice_restarts \
-         FROM signalling_participants WHERE session_id = $1 AND side = $2",
+        "SELECT subject, state, epoch, described, candidates, end_of_candidates, ice_restarts, \
+         actor_relation, actor_name FROM signalling_participants WHERE session_id = $1 AND side = $2",
     )
     .bind(session_id)
     .bind(side.code())
@@ -229,7 +234,8 @@ pub(crate) async fn session_and_participant(
         "SELECT s.session_id, s.appointment_id, s.patient_nin, s.gp_id, s.org_number, s.municipality_number, \
          s.window_start, s.window_end, s.started_at, s.admitted_at, s.pending_offer_side, s.both_connected_since, \
          s.connected_at, s.connected_ms, s.ended_at, s.end_reason, s.held, \
-         p.subject, p.state, p.epoch, p.described, p.candidates, p.end_of_candidates, p.ice_restarts \
+         p.subject, p.state, p.epoch, p.described, p.candidates, p.end_of_candidates, p.ice_restarts, \
+         p.actor_relation, p.actor_name \
          FROM signalling_sessions s \
          JOIN signalling_participants p ON p.session_id = s.session_id AND p.side = $2 \
          WHERE s.appointment_id = $1",
@@ -283,19 +289,25 @@ pub(crate) async fn head_seq(
     .and_then(|r| r.try_get::<i64, _>("s"))
 }
 
-/// Joins (or rejoins) `side`: a participant who left becomes joined again.
+/// Joins (or rejoins) `side`: a participant who left becomes joined again. `actor`: on the
+/// patient side, who joined for the patient (number, relation code, name; "", 0, "" for the
+/// patient themselves), the latest join's.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn join_participant(
     conn: &mut AnyConnection,
     session_id: &str,
     side: Side,
     subject: &str,
     hpr_number: &str,
+    (actor_nin, actor_relation, actor_name): (&str, i64, &str),
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO signalling_participants (session_id, side, subject, hpr_number, state, joined_at, last_join_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (session_id, side) DO UPDATE SET \
+        "INSERT INTO signalling_participants (session_id, side, subject, hpr_number, state, joined_at, last_join_at, \
+         actor_nin, actor_relation, actor_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9) ON CONFLICT (session_id, side) DO UPDATE SET \
          subject = excluded.subject, hpr_number = excluded.hpr_number, last_join_at = excluded.last_join_at, \
+         actor_nin = excluded.actor_nin, actor_relation = excluded.actor_relation, actor_name = excluded.actor_name, \
          joins = signalling_participants.joins + 1, left_at = NULL, left_reason = NULL, \
          state = CASE WHEN signalling_participants.state = 4 THEN 1 ELSE signalling_participants.state END",
     )
@@ -305,6 +317,9 @@ pub(crate) async fn join_participant(
     .bind(hpr_number)
     .bind(ParticipantState::Joined.code())
     .bind(now)
+    .bind(actor_nin)
+    .bind(actor_relation)
+    .bind(actor_name)
     .execute(conn)
     .await?;
     Ok(())

@@ -85,6 +85,24 @@ pub(super) fn appt_to(a: &Appointment) -> pb::Appointment {
         cancelled_by: cancelled_by_to(a.cancelled_by) as i32,
         late_cancellation: a.late_cancellation,
         rescheduled_from: a.rescheduled_from.clone().unwrap_or_default(),
+        booked_by: Some(booked_by_to(a.booked_by.as_ref())),
+    }
+}
+
+fn booked_by_to(b: Option<&Booker>) -> pb::BookedBy {
+    use econsult_runtime::auth::Relation;
+    match b {
+        None => pb::BookedBy {
+            relation: pb::BookerRelation::Self_ as i32,
+            name: String::new(),
+        },
+        Some(b) => pb::BookedBy {
+            relation: match b.relation {
+                Relation::Parent => pb::BookerRelation::Parent,
+                Relation::Fullmakt => pb::BookerRelation::Fullmakt,
+            } as i32,
+            name: b.name.clone(),
+        },
     }
 }
 
@@ -121,6 +139,8 @@ pub(super) fn change_to(c: &AppointmentChanged, reason: &str) -> pb::Appointment
         } as i32,
         late_cancellation: c.late_cancellation,
         rescheduled_from: c.rescheduled_from.clone().unwrap_or_default(),
+        // Events carry no actor.
+        booked_by: None,
     }
 }
 

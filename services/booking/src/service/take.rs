@@ -167,10 +167,16 @@ impl Booking {
             cancelled_by: None,
             late_cancellation: false,
             rescheduled_from: rescheduled_from.map(str::to_owned),
+            booked_by: caller.proxy.acting.as_ref().map(|acting| Booker {
+                relation: acting.relation,
+                name: caller.actor_name().to_owned(),
+            }),
         };
         let request = Some(request_id).filter(|r| !r.is_empty());
         // Who booked: someone acting for the patient (a parent, a fullmakt holder), or "".
-        store::insert_appointment(tx, &a, &gp.gp_uid, request, caller.actor());
+        let (actor_nin, acted_as) = caller.actor();
+        let actor = (actor_nin, acted_as, caller.actor_name());
+        store::insert_appointment(tx, &a, &gp.gp_uid, request, actor);
         a
     }
 

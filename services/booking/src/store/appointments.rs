@@ -1,6 +1,7 @@
 //! Appointments and the waitlist.
 
 use super::*;
+use econsult_runtime::auth::Relation;
 use econsult_runtime::db::Defer;
 
 /// An appointment row read back: the appointment, and its practice and municipality (for
@@ -30,6 +31,10 @@ fn appt_from_row(r: &AnyRow, now_ms: i64) -> Result<StoredAppointment, BookingEr
             .and_then(CancelledBy::from_code),
         late_cancellation: r.try_get::<i64, _>("late_cancellation")? != 0,
         rescheduled_from: r.try_get("rescheduled_from")?,
+        booked_by: Relation::from_code(r.try_get("booked_by_relation")?).map(|relation| Booker {
+            relation,
+            name: r.try_get("booked_by_name").unwrap_or_default(),
+        }),
     };
     Ok(StoredAppointment {
         appointment,
@@ -59,7 +64,7 @@ pub(crate) async fn appointment_in_org(
 ) -> Result<Option<StoredAppointment>, BookingError> {
     let row = sqlx::query(
         "SELECT a.appointment_id, a.status, a.patient_nin, a.reason, a.booked_at, a.cancelled_at, \
-         a.cancelled_by, a.late_cancellation, a.rescheduled_from, s.slot_id, s.start_at, s.end_at, s.modality, \
+         a.cancelled_by, a.late_cancellation, a.rescheduled_from, a.booked_by_relation, a.booked_by_name, s.slot_id, s.start_at, s.end_at, s.modality, \
          s.acute_reserve, s.status AS slot_status, s.hold_expires_at, g.gp_id, g.org_number, g.municipality_number \
          FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id JOIN booking_gps g ON g.gp_uid = a.gp_uid \
          WHERE a.appointment_id = $1 AND g.org_number = $2",
@@ -80,7 +85,7 @@ pub(crate) async fn appointment_of_patient(
 ) -> Result<Option<StoredAppointment>, BookingError> {
     let row = sqlx::query(
         "SELECT a.appointment_id, a.status, a.patient_nin, a.reason, a.booked_at, a.cancelled_at, \
-         a.cancelled_by, a.late_cancellation, a.rescheduled_from, s.slot_id, s.start_at, s.end_at, s.modality, \
+         a.cancelled_by, a.late_cancellation, a.rescheduled_from, a.booked_by_relation, a.booked_by_name, s.slot_id, s.start_at, s.end_at, s.modality, \
          s.acute_reserve, s.status AS slot_status, s.hold_expires_at, g.gp_id, g.org_number, g.municipality_number \
          FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id JOIN booking_gps g ON g.gp_uid = a.gp_uid \
          WHERE a.appointment_id = $1 AND a.patient_nin = $2",
@@ -101,7 +106,7 @@ pub(crate) async fn appointments_of_patient(
 ) -> Result<Vec<Appointment>, BookingError> {
     let rows = sqlx::query(
         "SELECT a.appointment_id, a.status, a.patient_nin, a.reason, a.booked_at, a.cancelled_at, \
-         a.cancelled_by, a.late_cancellation, a.rescheduled_from, s.slot_id, s.start_at, s.end_at, s.modality, \
+         a.cancelled_by, a.late_cancellation, a.rescheduled_from, a.booked_by_relation, a.booked_by_name, s.slot_id, s.start_at, s.end_at, s.modality, \
          s.acute_reserve, s.status AS slot_status, s.hold_expires_at, g.gp_id, g.org_number, g.municipality_number \
          FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id JOIN booking_gps g ON g.gp_uid = a.gp_uid \
          WHERE a.patient_nin = $1 AND ($2 = 1 OR s.end_at > $3) ORDER BY s.start_at",
@@ -139,11 +144,11 @@ pub(crate) fn insert_appointment(
     a: &Appointment,
     gp_uid: &str,
     request_id: Option<&str>,
-    (actor_nin, acted_as): (&str, i64),
+    (actor_nin, acted_as, actor_name): (&str, i64, &str),
 ) {
     tx.defer(
-        "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at, rescheduled_from, request_id, booked_by_nin, booked_by_relation) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at, rescheduled_from, request_id, booked_by_nin, booked_by_relation, booked_by_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         vec![
             a.appointment_id.as_str().into(),
             a.slot.slot_id.as_str().into(),
@@ -156,6 +161,7 @@ pub(crate) fn insert_appointment(
             request_id.into(),
             actor_nin.into(),
             acted_as.into(),
+            actor_name.into(),
         ],
     );
 }

@@ -36,6 +36,7 @@ pub fn thread(t: &Thread, now_ms: i64, for_practice: bool) -> pb::Thread {
         tariff_code: t.tariff_code.clone(),
         closed_at: t.closed_at.map(|t| timestamp(from_ms(t))),
         updated_at: Some(timestamp(from_ms(t.updated_at))),
+        confidential_to_patient: t.confidential,
     }
 }
 

@@ -525,6 +525,37 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
         }))
     }
 
+    async fn set_thread_confidential(
+        &self,
+        req: Request<pb::SetThreadConfidentialRequest>,
+    ) -> Result<Response<pb::SetThreadConfidentialResponse>, Status> {
+        let caller = Caller::from_request(&req)?.clone();
+        let org = caller.org_with_scope(SCOPE_WRITE)?.to_owned();
+        let r = req.into_inner();
+        no_nuls(&[(&r.thread_id, "thread_id")])?;
+        let mut built = None;
+        let encode = keeping(&mut built, |t| pb::SetThreadConfidentialResponse {
+            thread: Some(convert::thread(t, self.now(), true)),
+        });
+        let done = self
+            .svc
+            .set_confidential(
+                &caller,
+                &org,
+                &r.idempotency_key,
+                &r.thread_id,
+                r.confidential_to_patient,
+                encode,
+            )
+            .await?;
+        if let Some(resp) = answered(built, &done)? {
+            return Ok(Response::new(resp));
+        }
+        Ok(Response::new(pb::SetThreadConfidentialResponse {
+            thread: Some(self.thread_view(&done.thread_id, true).await?),
+        }))
+    }
+
     async fn reply(
         &self,
         req: Request<pb::ReplyRequest>,

@@ -68,6 +68,9 @@ pub mod rpc {
     pub const CLOSE: &str = "/econsult.consultation.v1.ConsultationService/CloseConsultation";
     /// WatchInbox.
     pub const WATCH: &str = "/econsult.consultation.v1.ConsultationService/WatchInbox";
+    /// SetThreadConfidential.
+    pub const CONFIDENTIAL: &str =
+        "/econsult.consultation.v1.ConsultationService/SetThreadConfidential";
 }
 
 /// What an idempotent call stored: its first response, and (for records stored before the
@@ -134,7 +137,8 @@ pub enum Viewer {
     /// The patient of this identity number (or someone with full access for them).
     Patient(NationalId),
     /// A parent of a child from 12 to 16 (limited access): the child's threads that this
-    /// parent (`parent`, an identity number) started, no others.
+    /// parent (`parent`, an identity number) started and the practice did not mark
+    /// confidential to the child, no others.
     Parent {
         /// The child.
         child: NationalId,
@@ -340,6 +344,10 @@ pub(crate) fn thread_access<'a>(caller: &Caller, action: &'a str, t: &'a Thread)
         rpc::CONVERT => ("answered your e-consultation with an appointment", true),
         rpc::CLOSE => ("closed your e-consultation", true),
         rpc::WATCH => ("received a change to your e-consultation", false),
+        rpc::CONFIDENTIAL if t.confidential => {
+            ("marked your e-consultation as confidential to you", true)
+        }
+        rpc::CONFIDENTIAL => ("marked your e-consultation as no longer confidential", true),
         _ => ("accessed your e-consultation", false),
     };
     let assigned =
@@ -368,7 +376,7 @@ fn authorize(viewer: &Viewer, t: Option<Thread>, id: &str) -> Result<Thread, Con
     let visible = t.filter(|t| match viewer {
         Viewer::Patient(nin) => t.patient_nin == nin.as_str(),
         Viewer::Parent { child, parent } => {
-            t.patient_nin == child.as_str() && t.started_by_nin == *parent
+            t.patient_nin == child.as_str() && t.started_by_nin == *parent && !t.confidential
         }
         Viewer::Practice(org) => t.org_number == *org,
     });

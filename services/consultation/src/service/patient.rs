@@ -145,6 +145,8 @@ impl Consultations {
                         .acting
                         .as_ref()
                         .map_or(0, |a| a.relation.code()),
+                    started_by_name: caller.actor_name().to_owned(),
+                    confidential: false,
                 };
                 store::insert_thread(tx, &t).await?;
                 if !new.booking_request_id.is_empty() {
@@ -295,7 +297,8 @@ impl Consultations {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Thread>, bool), ConsultationError> {
-        // A parent with limited access sees only the threads they started.
+        // A parent with limited access sees only the threads they started that the practice
+        // did not mark confidential to the child.
         let only_started_by = match Viewer::patient(caller, nin) {
             Viewer::Parent { parent, .. } => parent,
             _ => String::new(),

@@ -152,6 +152,41 @@ impl Consultations {
         .await
     }
 
+    /// Practice `org` marks thread `thread_id` confidential to its patient, or lifts the mark:
+    /// a parent with limited access (child 12 to 16) then sees it nowhere, not even one who
+    /// started it. Any state; setting the state it has changes nothing but is logged. No event
+    /// (the mark changes nothing the event consumers count). `encode` as for
+    /// [`Consultations::claim`].
+    pub async fn set_confidential(
+        &self,
+        caller: &Caller,
+        org: &str,
+        key: &str,
+        thread_id: &str,
+        confidential: bool,
+        encode: impl FnOnce(&Thread) -> Vec<u8>,
+    ) -> Result<Done, ConsultationError> {
+        let viewer = Viewer::Practice(org.to_owned());
+        required_id(thread_id, "thread_id")?;
+        let fp = serde_json::json!([thread_id, confidential]);
+        command::run(
+            &self.p.db,
+            self.command(caller, rpc::CONFIDENTIAL, key, &fp),
+            async |op: &mut Op| -> Result<Done, ConsultationError> {
+                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+                if t.confidential != confidential {
+                    t.confidential = confidential;
+                    t.updated_at = self.now();
+                    store::set_confidential(&mut op.tx, thread_id, confidential, t.updated_at)
+                        .await?;
+                }
+                self.audit(&mut op.tx, caller, rpc::CONFIDENTIAL, &t)?;
+                Ok(Done::thread(&t).answering_bytes(&encode(&t)))
+            },
+        )
+        .await
+    }
+
     /// The practice's reply in thread `thread_id`: answered, or awaiting the patient when it
     /// asks something. `encode` as for [`Consultations::claim`].
     pub async fn reply(

@@ -46,13 +46,29 @@ fn purpose(p: Option<Purpose>) -> pb::Purpose {
 }
 
 /// The access in words: `what`, with the patient's free text quoted when `with_subject` (the
-/// patient's own log).
+/// patient's own log). There an action someone took for the patient starts with who it was:
+/// "your parent Kari Nordmann booked an appointment on …" (their number when the token gave
+/// no name).
 fn description(e: &Entry, with_subject: bool) -> String {
-    if with_subject && !e.what_subject.is_empty() && !e.what.is_empty() {
+    let what = if with_subject && !e.what_subject.is_empty() && !e.what.is_empty() {
         format!("{} '{}'", e.what, e.what_subject)
     } else {
         e.what.clone()
+    };
+    let by = match e.acted_as {
+        Some(crate::auth::Relation::Parent) => "your parent",
+        Some(crate::auth::Relation::Fullmakt) => "your fullmakt holder",
+        None => return what,
+    };
+    if !with_subject || what.is_empty() {
+        return what;
     }
+    let who = if e.actor_name.is_empty() {
+        &e.actor_nin
+    } else {
+        &e.actor_name
+    };
+    format!("{by} {who} {what}")
 }
 
 fn entry(e: Entry, with_subject: bool) -> pb::AccessLogEntry {

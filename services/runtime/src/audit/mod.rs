@@ -214,7 +214,8 @@ pub struct Row(Vec<crate::db::Value>);
 /// The row [`record`] would write, or why the caller must not make this access
 /// ([`purpose`]). Who acted: a clinician's name and HPR number; for an EHR system, the system
 /// (client name, else its id) and the person it names; for a system of econsult's own
-/// ([`Caller::system`]), its name; a patient's actor is `actor_nin`.
+/// ([`Caller::system`]), its name; a patient's actor is `actor_nin`, with their name when they
+/// acted for someone else and their token names them.
 pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Result<Row, Unaccounted> {
     let purpose = purpose(caller, access.purpose)?;
     let (actor_name, actor_hpr, system_name) = match caller.role {
@@ -241,7 +242,9 @@ pub fn row(caller: &Caller, access: &Access<'_>, now_ms: i64) -> Result<Row, Una
             String::new(),
             caller.client_name.clone().unwrap_or_default(),
         ),
-        Role::Patient => Default::default(),
+        // A parent or fullmakt holder acting for the patient: their name when the token gives
+        // one (their number is `actor_nin`).
+        Role::Patient => (caller.actor_name().to_owned(), String::new(), String::new()),
     };
     let (actor_nin, acted_as) = caller.actor();
     Ok(Row(vec![

@@ -136,12 +136,14 @@ pub enum TokenSpec {
     /// A patient with this identity number and assurance level.
     Patient { nin: String, acr: String },
     /// A patient whose token also carries the `represents` claim (the people the population
-    /// register says they are parent of) and, for themselves, `protected_address`.
+    /// register says they are parent of) and, for themselves, `protected_address` and
+    /// optionally their display name (`name`).
     PatientWithRelations {
         nin: String,
         acr: String,
         represents: Vec<RepresentsClaim>,
         protected_address: bool,
+        name: Option<String>,
     },
     /// Health personnel of an organisation.
     Clinician {
@@ -183,6 +185,7 @@ impl TokenSpec {
                 acr,
                 represents,
                 protected_address,
+                name,
             } => {
                 c = TokenSpec::Patient {
                     nin: nin.clone(),
@@ -191,6 +194,7 @@ impl TokenSpec {
                 .claims(now, ttl_seconds);
                 c.represents = represents.clone();
                 c.protected_address = *protected_address;
+                c.name = name.clone();
             }
             TokenSpec::Clinician {
                 hpr_number,

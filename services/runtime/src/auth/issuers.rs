@@ -659,6 +659,12 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
                 nin,
                 relation: Relation::Parent,
                 protected_address: r.protected_address,
+                name: r
+                    .name
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned),
             });
         }
         return Ok(Caller {
@@ -676,7 +682,7 @@ pub(super) fn caller_from_claims(c: Claims, allowed: Roles) -> Result<Caller, Re
                 protected_address: c.protected_address,
                 ..Proxy::default()
             },
-            name: None,
+            name: person_name,
             client_name: None,
             acting_person: None,
             purpose: None,

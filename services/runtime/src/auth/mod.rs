@@ -123,7 +123,7 @@ pub struct Caller {
     /// resolved ([`crate::proxy::Resolver`]), who acts for whom.
     pub proxy: Proxy,
     /// The person's name (clinicians: HelseID's `name`, or `given_name` `middle_name`
-    /// `family_name`).
+    /// `family_name`; patients: the identity service's optional `name`).
     pub name: Option<String>,
     /// The system's name (EHR systems: HelseID's [`CLIENT_NAME_CLAIM`]).
     pub client_name: Option<String>,
@@ -235,6 +235,8 @@ pub struct Represented {
     pub relation: Relation,
     /// Whether they have a strictly confidential address (no representation at all).
     pub protected_address: bool,
+    /// Their display name, when the claim gives one.
+    pub name: Option<String>,
 }
 
 /// Who acts for whom in a call that acts for someone else.
@@ -297,6 +299,15 @@ impl Caller {
             .acting
             .as_ref()
             .map_or(("", 0), |a| (a.actor.as_str(), a.relation.code()))
+    }
+
+    /// The acting person's display name when the call acts for someone else and the token
+    /// names them; `""` otherwise.
+    pub fn actor_name(&self) -> &str {
+        match &self.proxy.acting {
+            Some(_) => self.name.as_deref().unwrap_or(""),
+            None => "",
+        }
     }
 
     /// `Ok` when this server accepts `nin` as the identity number in `field`: a synthetic test
@@ -429,7 +440,8 @@ pub struct Claims {
 }
 
 /// One entry of the `represents` claim:
-/// `{"pid": "<11 digits>", "relation": "parent", "protected_address": false}`.
+/// `{"pid": "<11 digits>", "relation": "parent", "protected_address": false, "name": "Ola"}`
+/// (`name` optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepresentsClaim {
     /// The represented person's identity number.
@@ -439,6 +451,9 @@ pub struct RepresentsClaim {
     /// The represented person has a strictly confidential address.
     #[serde(default)]
     pub protected_address: bool,
+    /// The represented person's display name (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `scope` as a space-separated string or an array of scopes, joined with spaces.

@@ -157,6 +157,7 @@ impl pb::proxy_service_server::ProxyService for ProxyGrpc {
                         .as_ref()
                         .map(|f| f.end_date.to_string())
                         .unwrap_or_default(),
+                    name: r.name.clone().unwrap_or_default(),
                 })
                 .collect(),
         }))

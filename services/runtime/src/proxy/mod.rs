@@ -8,6 +8,13 @@
 //! and the access-log rows written for the call record the actor beside the patient.
 //! `grpc` is the adapter of the fullmakt RPCs (the one `From<ProxyError> for Status`), `store`
 //! their SQL.
+//!
+//! A protected address (strengt fortrolig adresse) is known from a token's claims: the
+//! `represents` entry of a parent's token, and a person's own token (`protected_address`).
+//! Whenever a person's own token says so on a patient call, the fact is stored
+//! (`proxy_protected_addresses`), and from then on every call acting for them is refused with
+//! [`rule::PROTECTED_ADDRESS`], a fullmakt holder's included. GrantFullmakt with a token that
+//! no longer says so forgets it.
 
 use crate::auth::{Acting, Caller, Relation, Role};
 use crate::clock::Clock;
@@ -282,6 +289,9 @@ impl Resolver {
             (Role::Patient, Some(nin)) => nin.clone(),
             _ => return Err(ProxyError::Denied("this call is for patients")),
         };
+        if caller.proxy.protected_address {
+            store::note_protected(&self.db, own.as_str(), self.clock.now_ms()).await?;
+        }
         let Some(target) = caller.proxy.on_behalf_of.clone().filter(|t| *t != own) else {
             return Ok(own);
         };
@@ -293,6 +303,9 @@ impl Resolver {
             .find(|r| r.nin == target && r.relation == Relation::Parent)
         {
             let limited = parent_rule(&r.nin, r.protected_address, today)?;
+            if store::is_protected(&self.db, target.as_str()).await? {
+                return Err(ProxyError::Denied(rule::PROTECTED_ADDRESS));
+            }
             caller.proxy.acting = Some(Acting {
                 actor: own,
                 relation: Relation::Parent,
@@ -303,6 +316,11 @@ impl Resolver {
         let mut all = store::between(&self.db, target.as_str(), own.as_str()).await?;
         if all.is_empty() {
             return Err(ProxyError::Denied(rule::NO_RELATION));
+        }
+        // The giver's own token said on a call since the grant that their address is
+        // strictly confidential: the fullmakt no longer lets anyone act for them.
+        if store::is_protected(&self.db, target.as_str()).await? {
+            return Err(ProxyError::Denied(rule::PROTECTED_ADDRESS));
         }
         // One in force that covers the area lets the call through; otherwise the refusal of
         // the first in force, or of the newest.

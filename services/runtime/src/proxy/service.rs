@@ -30,6 +30,8 @@ pub struct Representee {
     pub limited: bool,
     /// The fullmakt, for that relation.
     pub fullmakt: Option<Fullmakt>,
+    /// Their display name, when the token's `represents` entry gives one.
+    pub name: Option<String>,
 }
 
 /// The event payload of a granted or revoked fullmakt.
@@ -92,8 +94,11 @@ impl Fullmakter {
             });
         }
         if caller.proxy.protected_address {
+            store::note_protected(&self.db, giver.as_str(), self.clock.now_ms()).await?;
             return Err(ProxyError::Denied(rule::PROTECTED_ADDRESS));
         }
+        // The giver's token no longer states a protected address: forget one noted before.
+        store::clear_protected(&self.db, giver.as_str()).await?;
         if age(&giver, today)? < GIVER_FROM_AGE {
             return Err(ProxyError::Denied(rule::GIVER_UNDER_16));
         }
@@ -154,18 +159,23 @@ impl Fullmakter {
     }
 
     /// Whom the caller may act for today: the token's children under 16 without a protected
-    /// address, and the fullmakter in force the caller holds.
+    /// address, and the fullmakter in force the caller holds whose giver is not known to have
+    /// one.
     pub async fn represented(&self, caller: &Caller) -> Result<Vec<Representee>, ProxyError> {
         let holder = giver(caller)?;
         let today = oslo_today(self.clock.as_ref());
         let mut out = Vec::new();
         for r in &caller.proxy.represents {
+            if store::is_protected(&self.db, r.nin.as_str()).await? {
+                continue;
+            }
             if let Ok(limited) = super::parent_rule(&r.nin, r.protected_address, today) {
                 out.push(Representee {
                     nin: r.nin.clone(),
                     relation: Relation::Parent,
                     limited,
                     fullmakt: None,
+                    name: r.name.clone(),
                 });
             }
         }
@@ -173,6 +183,7 @@ impl Fullmakter {
         let mut accesses = Vec::new();
         for f in held {
             if f.state(today) != State::Active
+                || store::is_protected(&self.db, &f.giver).await?
                 || super::fullmakt_rule(&f, super::Area::Booking, today).is_err()
                     && super::fullmakt_rule(&f, super::Area::Consultation, today).is_err()
             {
@@ -185,6 +196,7 @@ impl Fullmakter {
                 relation: Relation::Fullmakt,
                 limited: false,
                 fullmakt: Some(f),
+                name: None,
             });
         }
         for r in &out {

@@ -108,3 +108,33 @@ pub async fn between(db: &Db, giver: &str, holder: &str) -> Result<Vec<Fullmakt>
     .await?;
     rows.iter().map(from_row).collect()
 }
+
+/// Notes that `nin` has a strictly confidential address (their own token said so), once.
+pub async fn note_protected(db: &Db, nin: &str, now_ms: i64) -> Result<(), sqlx::Error> {
+    db.write_one(
+        sqlx::query(
+            "INSERT INTO proxy_protected_addresses (nin, noted_at) VALUES ($1, $2) \
+             ON CONFLICT (nin) DO NOTHING",
+        )
+        .bind(nin)
+        .bind(now_ms),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets a protected address `nin`'s own token no longer states.
+pub async fn clear_protected(db: &Db, nin: &str) -> Result<(), sqlx::Error> {
+    db.write_one(sqlx::query("DELETE FROM proxy_protected_addresses WHERE nin = $1").bind(nin))
+        .await?;
+    Ok(())
+}
+
+/// Whether `nin` is known to have a strictly confidential address.
+pub async fn is_protected(db: &Db, nin: &str) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query("SELECT nin FROM proxy_protected_addresses WHERE nin = $1")
+        .bind(nin)
+        .fetch_optional(db.read())
+        .await?;
+    Ok(row.is_some())
+}

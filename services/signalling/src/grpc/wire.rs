@@ -5,7 +5,7 @@
 //! logic hands it domain [`Event`]s to [`encode`] and passes the [`Delivered`] events of
 //! [`decode`] (a `ServerEvent` inside) through unopened but for [`Delivered::ends_session`].
 
-use super::{end_reason_pb, leave_reason_pb, side_pb};
+use super::{end_reason_pb, leave_reason_pb, patient_relation_pb, side_pb};
 use crate::domain::{Candidate, Description, Event, MediaState, SdpKind};
 use crate::service::{Delivered, EventCodec};
 use base64::Engine as _;
@@ -55,10 +55,13 @@ impl From<&Event> for Ev {
                 side,
                 rejoined,
                 waiting,
+                patient,
             } => Ev::PeerJoined(pb::PeerJoined {
                 side: side_pb(*side) as i32,
                 rejoined: *rejoined,
                 waiting: *waiting,
+                relation: patient_relation_pb(patient.as_ref()) as i32,
+                represented_by_name: patient.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
             }),
             Event::PeerLeft {
                 side,
@@ -129,6 +132,10 @@ mod tests {
                 side: Side::Patient,
                 rejoined: true,
                 waiting: true,
+                patient: Some(crate::domain::PatientSide {
+                    relation: Some(econsult_runtime::auth::Relation::Parent),
+                    name: "Kari Nordmann".into(),
+                }),
             },
             Event::PeerLeft {
                 side: Side::Practice,

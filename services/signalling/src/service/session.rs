@@ -2,7 +2,9 @@
 //! session (by the practice or the sweeper).
 
 use super::Signalling;
-use crate::domain::{EndReason, Event, IceServers, Joined, ParticipantState, Side, VideoSession};
+use crate::domain::{
+    EndReason, Event, IceServers, Joined, ParticipantState, PatientSide, Side, VideoSession,
+};
 use crate::error::SignallingError;
 use crate::store::{self, NewSession, Session};
 use econsult_runtime::audit;
@@ -68,6 +70,10 @@ impl Signalling {
             access.side,
             &caller.subject,
             &hpr,
+            {
+                let (nin, relation) = caller.actor();
+                (nin, relation, caller.actor_name())
+            },
             now,
         )
         .await?;
@@ -290,6 +296,7 @@ impl Signalling {
                 SignallingError::NotFound("no video session for this appointment yet".into())
             })?;
         let online = store::online_sides(&mut conn, &s.session_id).await?;
+        let patient = store::participant_of(&mut conn, &s.session_id, Side::Patient).await?;
         Ok(VideoSession {
             session_id: s.session_id,
             appointment_id: s.appointment_id,
@@ -302,6 +309,15 @@ impl Signalling {
             held: s.held,
             patient_online: online.contains(&Side::Patient),
             practice_online: online.contains(&Side::Practice),
+            patient_side: patient.as_ref().map(patient_side),
         })
+    }
+}
+
+/// Who is on the patient side, from its participant row.
+pub(crate) fn patient_side(p: &store::Participant) -> PatientSide {
+    PatientSide {
+        relation: econsult_runtime::auth::Relation::from_code(p.actor_relation),
+        name: p.actor_name.clone(),
     }
 }

@@ -153,6 +153,9 @@ impl Signalling {
                     side: access.side,
                     rejoined: me.state == ParticipantState::Disconnected,
                     waiting: access.side == Side::Patient && waiting,
+                    // The practice learns who is there for the patient (as they joined).
+                    patient: (access.side == Side::Patient)
+                        .then(|| super::session::patient_side(&me)),
                 },
                 now,
             )
