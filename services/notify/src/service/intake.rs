@@ -98,6 +98,13 @@ impl Notify {
         old_start_ms: Option<i64>,
     ) -> anyhow::Result<usize> {
         let now = self.p.clock.now();
+        // Events carry no identity numbers: the patient is the appointment's.
+        let Some(nin) = econsult_booking::directory::appointment(tx, &a.appointment_id)
+            .await?
+            .map(|r| r.patient_nin)
+        else {
+            return Ok(0);
+        };
         let facts = Facts {
             start_ms: a.start_ms,
             modality: a.modality.clone(),
@@ -110,7 +117,7 @@ impl Notify {
                 tx,
                 Plan {
                     key: format!("event:{}", e.event_id),
-                    nin: &a.patient_nin,
+                    nin: &nin,
                     kind,
                     facts: facts.clone(),
                     appointment_id: &a.appointment_id,
@@ -119,7 +126,7 @@ impl Notify {
                 },
             )
             .await?;
-        let prefs = Self::stored(tx, &a.patient_nin).await?;
+        let prefs = Self::stored(tx, &nin).await?;
         for lead in super::lead_times(&prefs.reminder_minutes) {
             let at = a.start_ms - i64::from(lead) * 60_000;
             if at <= now.timestamp_millis() {
@@ -130,7 +137,7 @@ impl Notify {
                     tx,
                     Plan {
                         key: format!("reminder:{}:{lead}", a.appointment_id),
-                        nin: &a.patient_nin,
+                        nin: &nin,
                         kind: Kind::Reminder,
                         facts: facts.clone(),
                         appointment_id: &a.appointment_id,
@@ -147,7 +154,7 @@ impl Notify {
                     tx,
                     Plan {
                         key: format!("video:{}", a.appointment_id),
-                        nin: &a.patient_nin,
+                        nin: &nin,
                         kind: Kind::VideoOpening,
                         facts,
                         appointment_id: &a.appointment_id,
@@ -189,6 +196,12 @@ impl Notify {
                 if a.cancelled_by.as_deref() != Some("practice") {
                     return Ok(0);
                 }
+                let Some(nin) = econsult_booking::directory::appointment(tx, &a.appointment_id)
+                    .await?
+                    .map(|r| r.patient_nin)
+                else {
+                    return Ok(0);
+                };
                 let facts = Facts {
                     start_ms: a.start_ms,
                     modality: a.modality.clone(),
@@ -199,7 +212,7 @@ impl Notify {
                     tx,
                     Plan {
                         key: format!("event:{}", e.event_id),
-                        nin: &a.patient_nin,
+                        nin: &nin,
                         kind: Kind::CancelledByPractice,
                         facts,
                         appointment_id: &a.appointment_id,
@@ -211,6 +224,11 @@ impl Notify {
             }
             topics::BOOKING_WAITLIST_OFFERED => {
                 let o: WaitlistOffered = serde_json::from_str(&e.payload)?;
+                let Some(nin) =
+                    econsult_booking::directory::waitlist_patient(tx, &o.entry_id).await?
+                else {
+                    return Ok(0);
+                };
                 let facts = Facts {
                     start_ms: o.start_ms,
                     modality: o.modality.clone(),
@@ -224,7 +242,7 @@ impl Notify {
                     tx,
                     Plan {
                         key: format!("event:{}", e.event_id),
-                        nin: &o.patient_nin,
+                        nin: &nin,
                         kind: Kind::WaitlistOffer,
                         facts,
                         appointment_id: "",
@@ -236,9 +254,11 @@ impl Notify {
             }
             topics::CONSULTATION_ANSWERED => {
                 let c: ConsultationChanged = serde_json::from_str(&e.payload)?;
-                if c.patient_nin.is_empty() {
+                let Some(nin) =
+                    econsult_consultation::directory::thread_patient(tx, &c.thread_id).await?
+                else {
                     return Ok(0);
-                }
+                };
                 let facts = Facts {
                     practice: self.practice(tx, &c.org_number, &c.gp_id).await?,
                     ..Default::default()
@@ -247,7 +267,7 @@ impl Notify {
                     tx,
                     Plan {
                         key: format!("event:{}", e.event_id),
-                        nin: &c.patient_nin,
+                        nin: &nin,
                         kind: Kind::ConsultationReply,
                         facts,
                         appointment_id: "",
