@@ -79,6 +79,15 @@ pub async fn request_window_end(
     store::request_window_end(conn, request_id, nin).await
 }
 
+/// The patient (identity number) offered a slot from waitlist entry `entry_id`
+/// (`booking.waitlist_offered` names the entry, not the patient), if the entry is stored.
+pub async fn waitlist_patient(
+    conn: &mut AnyConnection,
+    entry_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    store::waitlist_patient(conn, entry_id).await
+}
+
 /// Closure days of a practice (ISO dates), as set through booking's SetClosures.
 pub async fn closures(
     conn: &mut AnyConnection,

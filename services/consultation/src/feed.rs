@@ -23,10 +23,11 @@ use tokio::sync::{broadcast, watch};
 /// Topic prefix of the events the feed carries.
 pub const TOPIC_PREFIX: &str = "consultation.";
 
-/// A sequenced consultation event with its route key (the patient's identity number).
+/// A sequenced consultation event with its route key (the patient's pseudonymous key).
 #[derive(Debug, Clone)]
 pub struct FeedEvent {
-    /// Routes per-patient streams.
+    /// Routes per-patient streams: [`econsult_runtime::pseudonym::Pseudonymizer::key_for`] of
+    /// the thread's patient.
     pub route_key: String,
     /// The event.
     pub event: Event,

@@ -9,11 +9,13 @@
 //!   closing), each mutating command one transaction with its outbox events, audit rows and
 //!   idempotency record.
 //! - [`store`]: every SQL statement, over the tables `consultation_*`.
+//! - [`directory`]: read-only lookups for the other services (the patient of a thread).
 //! - [`feed`]: the process's one reader of consultation events for the change streams.
 //! - [`grpc`]: `econsult.consultation.v1.ConsultationService`, the adapter (caller check,
 //!   proto ⇄ domain, the status of each [`ConsultationError`]).
 
 pub mod content;
+pub mod directory;
 pub mod domain;
 pub mod error;
 pub mod feed;

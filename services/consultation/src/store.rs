@@ -48,6 +48,19 @@ fn thread_row(r: &AnyRow) -> Result<Thread, sqlx::Error> {
     })
 }
 
+/// The patient (identity number) of thread `thread_id`, if stored.
+pub async fn thread_patient(
+    conn: &mut AnyConnection,
+    thread_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query("SELECT patient_nin FROM consultation_threads WHERE thread_id = $1")
+        .bind(thread_id)
+        .fetch_optional(conn)
+        .await?
+        .map(|r| r.try_get("patient_nin"))
+        .transpose()
+}
+
 /// A thread by id, read with `exec` (the read pool, or a call's transaction).
 pub async fn thread<'e, E>(exec: E, thread_id: &str) -> Result<Option<Thread>, sqlx::Error>
 where

@@ -8,6 +8,7 @@ use econsult_booking::BookingConfig;
 use econsult_runtime::auth::{AuthInterceptor, Authenticator, DevKeys};
 use econsult_runtime::clock::Clock;
 use econsult_runtime::platform::{Mount, Platform, PlatformConfig, PlatformHandle};
+use econsult_runtime::pseudonym::Pseudonymizer;
 use econsult_runtime::telemetry::RpcMetricsLayer;
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
@@ -159,6 +160,9 @@ pub struct Config {
     /// Key sealing patients' contact details (base64 of 32 bytes); `None`: a key kept in the
     /// data directory (`notify-contact.key`).
     pub notify_contact_key: Option<String>,
+    /// File with the key of patients' pseudonymous event keys (base64 of at least 32 bytes;
+    /// every replica the same); `None`: a key kept in the data directory (`event.key`).
+    pub event_key_file: Option<PathBuf>,
     /// How long to drain calls and streams on shutdown.
     pub shutdown_grace: Duration,
     /// Name of this instance (consumer name on the bus).
@@ -209,6 +213,7 @@ impl Config {
             signalling: econsult_signalling::SignallingConfig::default(),
             notify: econsult_notify::NotifyConfig::default(),
             notify_contact_key: None,
+            event_key_file: None,
             shutdown_grace: Duration::from_secs(20),
             instance_id: default_instance_id(),
             registry: None,
@@ -500,6 +505,10 @@ impl Application {
             auth: auth.clone(),
             clock: config.clock.clone(),
             instance_id: config.instance_id.clone(),
+            pseudonyms: Arc::new(match &config.event_key_file {
+                Some(path) => Pseudonymizer::from_file(path).context("--event-key-file")?,
+                None => Pseudonymizer::load_or_create(&config.data_dir)?,
+            }),
         })
         .await?;
 

@@ -324,6 +324,10 @@ struct ServeArgs {
     /// a key is made and kept in the data directory.
     #[arg(long, env = "ECONSULT_NOTIFY_CONTACT_KEY", hide_env_values = true)]
     notify_contact_key: Option<String>,
+    /// File with the key of patients' pseudonymous event keys (base64 of at least 32 bytes,
+    /// the same on every replica); without it a key is made and kept in the data directory.
+    #[arg(long, env = "ECONSULT_EVENT_KEY_FILE")]
+    event_key_file: Option<std::path::PathBuf>,
     /// Notify: attempts before a message that keeps failing temporarily is given up.
     #[arg(long, env = "ECONSULT_NOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
     notify_max_attempts: u32,
@@ -758,6 +762,10 @@ fn notify_config(config: &mut Config, a: &ServeArgs) -> anyhow::Result<()> {
         });
     }
     config.notify_contact_key = a.notify_contact_key.clone().filter(|k| !k.is_empty());
+    config.event_key_file = a
+        .event_key_file
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty());
     Ok(())
 }
 

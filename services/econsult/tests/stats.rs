@@ -679,7 +679,6 @@ async fn a_batch_counts_each_event_once_and_sums_events_of_a_row(env: Env) {
         gp_id: "gp-1".into(),
         org_number: ORG_A.into(),
         municipality_number: "0301".into(),
-        patient_nin: String::new(),
         modality: "in_person".into(),
         start_ms: at("2026-03-04T07:00:00Z").timestamp_millis(),
         end_ms: at("2026-03-04T07:15:00Z").timestamp_millis(),

@@ -1,5 +1,13 @@
 //! The event contracts between services (JSON bodies of outbox events). Producers and consumers
 //! share these types; add fields with `#[serde(default)]` so old events still parse.
+//!
+//! Events carry no identity numbers and no free text: the outbox and Redis keep them longer
+//! than the service tables would need to. A body names the patient by an id (appointment,
+//! thread, waitlist entry, request, list move) that a consumer resolves in the producer's
+//! tables (`econsult_booking::directory`, `econsult_consultation::directory`); the outbox
+//! `route_key` of an event about a patient is their pseudonymous key
+//! ([`crate::pseudonym::Pseudonymizer::key_for`]). Events written before carry `patient_nin`
+//! too; the bodies no longer have the field, so it is ignored.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +50,7 @@ pub mod topics {
 /// Body of the consultation topics: the thread after the change. Producer: services/consultation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsultationChanged {
-    /// The thread.
+    /// The thread (its patient: `econsult_consultation::directory::thread_patient`).
     pub thread_id: String,
     /// The patient's GP.
     pub gp_id: String,
@@ -74,10 +82,6 @@ pub struct ConsultationChanged {
     /// Outcome at closing, e.g. `answered`, `converted_to_booking`, `withdrawn`.
     #[serde(default)]
     pub outcome: Option<String>,
-    /// The patient's identity number (whom a reply is notified to); empty in events written
-    /// before it was added.
-    #[serde(default)]
-    pub patient_nin: String,
 }
 
 /// Body of `signalling.session_ended`. Producer: services/signalling.
@@ -133,7 +137,7 @@ pub struct BookingRequested {
 /// the outbox and Redis never hold it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppointmentChanged {
-    /// The appointment.
+    /// The appointment (its patient: `econsult_booking::directory::appointment`).
     pub appointment_id: String,
     /// Its slot.
     pub slot_id: String,
@@ -143,8 +147,6 @@ pub struct AppointmentChanged {
     pub org_number: String,
     /// Municipality of the GP's list.
     pub municipality_number: String,
-    /// Patient identity number.
-    pub patient_nin: String,
     /// `in_person`, `video` or `phone`.
     pub modality: String,
     /// Slot start and end (ms since the epoch).
@@ -173,10 +175,8 @@ pub struct AppointmentChanged {
 /// where to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListMoved {
-    /// The recorded move.
+    /// The recorded move (its patient is in the booking tables; WatchBookings reads it there).
     pub move_id: String,
-    /// Patient identity number.
-    pub patient_nin: String,
     /// The practice the patient left (the event's organisation).
     pub from_org_number: String,
     /// The GP whose list the patient left.
@@ -192,14 +192,12 @@ pub struct ListMoved {
 /// Producer: services/booking.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WaitlistOffered {
-    /// The waitlist entry.
+    /// The waitlist entry (its patient: `econsult_booking::directory::waitlist_patient`).
     pub entry_id: String,
     /// The hold to book with.
     pub hold_id: String,
     /// The slot.
     pub slot_id: String,
-    /// The patient offered it.
-    pub patient_nin: String,
     /// Until when the slot is held (ms since the epoch).
     pub expires_at_ms: i64,
     /// The slot's GP.
@@ -220,10 +218,8 @@ pub struct WaitlistOffered {
 /// guarantee engine's "tell the practice"). Producer: services/booking.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestUnmet {
-    /// The booking request.
+    /// The booking request (its patient is in the booking tables; WatchBookings reads it there).
     pub request_id: String,
-    /// The patient.
-    pub patient_nin: String,
     /// The patient's list GP.
     pub gp_id: String,
     /// Practice organisation number.

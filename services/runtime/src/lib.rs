@@ -16,6 +16,7 @@ pub mod nin;
 pub mod outbox;
 pub mod platform;
 pub mod proxy;
+pub mod pseudonym;
 pub mod ratelimit;
 pub mod retention;
 pub mod streams;

@@ -31,7 +31,8 @@ pub struct NewEvent<'a, P: Serialize> {
     pub topic: &'a str,
     /// Organisation the event belongs to (routes EHR change streams).
     pub org_number: &'a str,
-    /// Routes per-person change streams, e.g. the patient's identity number; "" for none.
+    /// Routes per-person change streams: the patient's pseudonymous key
+    /// ([`crate::pseudonym::Pseudonymizer::key_for`]), never an identity number; "" for none.
     pub route_key: &'a str,
     /// The event body, stored as JSON.
     pub payload: &'a P,
@@ -77,7 +78,7 @@ pub struct EventFilter<'a> {
     pub topic_prefix: &'a str,
     /// Only this organisation.
     pub org_number: Option<&'a str>,
-    /// Only this route key (e.g. one patient's events).
+    /// Only this route key (one patient's events: their pseudonymous key).
     pub route_key: Option<&'a str>,
 }
 

@@ -6,6 +6,7 @@ use crate::bus::{DbBus, EventBus, RedisBus};
 use crate::clock::Clock;
 use crate::db::Db;
 use crate::outbox::Relay;
+use crate::pseudonym::Pseudonymizer;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,6 +30,8 @@ pub struct PlatformConfig {
     pub clock: Arc<dyn Clock>,
     /// This process among the replicas (consumer name on the bus, presence owner).
     pub instance_id: String,
+    /// Patients' pseudonymous event keys (the same key on every replica).
+    pub pseudonyms: Arc<Pseudonymizer>,
 }
 
 /// Shared handles of one process.
@@ -53,6 +56,9 @@ pub struct Platform {
     pub redis_url: Option<String>,
     /// Prefix of this deployment's Redis keys.
     pub redis_namespace: String,
+    /// Patients' pseudonymous event keys: the outbox `route_key` of events about a patient
+    /// (events carry no identity number).
+    pub pseudonyms: Arc<Pseudonymizer>,
 }
 
 impl Platform {
@@ -90,6 +96,7 @@ impl Platform {
             instance_id: cfg.instance_id,
             redis_url: cfg.redis_url,
             redis_namespace: cfg.redis_namespace,
+            pseudonyms: cfg.pseudonyms,
         };
         Ok((
             platform,

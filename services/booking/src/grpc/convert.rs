@@ -106,7 +106,13 @@ fn booked_by_to(b: Option<&Booker>) -> pb::BookedBy {
     }
 }
 
-pub(super) fn change_to(c: &AppointmentChanged, reason: &str) -> pb::Appointment {
+/// An appointment change as WatchBookings sends it: the event's body with the patient and the
+/// reason for the visit read from the appointment (events carry neither).
+pub(super) fn change_to(
+    c: &AppointmentChanged,
+    patient_nin: &str,
+    reason: &str,
+) -> pb::Appointment {
     let status = AppointmentStatus::from_fhir(&c.status)
         .map_or(pb::AppointmentStatus::Unspecified, appt_status_to);
     let modality = match c.modality.as_str() {
@@ -127,7 +133,7 @@ pub(super) fn change_to(c: &AppointmentChanged, reason: &str) -> pb::Appointment
             acute_reserve: false,
         }),
         status: status as i32,
-        patient_nin: c.patient_nin.clone(),
+        patient_nin: patient_nin.to_owned(),
         gp_id: c.gp_id.clone(),
         reason: reason.to_owned(),
         booked_at: Some(timestamp(from_ms(c.booked_at_ms))),
@@ -158,11 +164,12 @@ pub(super) fn list_move_to(m: &ListMove) -> pb::ListMove {
     }
 }
 
-/// A `booking.list_moved` change as the old practice sees it: without the new practice.
-pub(super) fn list_moved_to(m: &ListMoved) -> pb::ListMove {
+/// A `booking.list_moved` change as the old practice sees it: without the new practice; the
+/// patient read from the list move (the event does not carry it).
+pub(super) fn list_moved_to(m: &ListMoved, patient_nin: &str) -> pb::ListMove {
     pb::ListMove {
         move_id: m.move_id.clone(),
-        patient_nin: m.patient_nin.clone(),
+        patient_nin: patient_nin.to_owned(),
         from_org_number: m.from_org_number.clone(),
         from_gp_id: m.from_gp_id.clone(),
         registry_reference: m.registry_reference.clone(),

@@ -116,11 +116,15 @@ pub(super) async fn get_policy(
     Ok(Response::new(policy_to(&svc.guarantee_policy(org).await?)))
 }
 
-/// A "booking.request_unmet" change.
-pub(super) fn unmet_to(u: &econsult_runtime::events::RequestUnmet) -> pb::UnmetRequest {
+/// A "booking.request_unmet" change, with the patient read from the request (the event does
+/// not carry it).
+pub(super) fn unmet_to(
+    u: &econsult_runtime::events::RequestUnmet,
+    patient_nin: &str,
+) -> pb::UnmetRequest {
     pb::UnmetRequest {
         request_id: u.request_id.clone(),
-        patient_nin: u.patient_nin.clone(),
+        patient_nin: patient_nin.to_owned(),
         gp_id: u.gp_id.clone(),
         requested_at: Some(econsult_runtime::grpc::timestamp(
             econsult_runtime::clock::from_ms(u.requested_at_ms),

@@ -362,26 +362,39 @@ impl pb::booking_service_server::BookingService for BookingGrpc {
                                     continue;
                                 }
                                 let change = match &body {
-                                    Change::Appointment(a, reason) => pb::BookingChange {
+                                    Change::Appointment {
+                                        change,
+                                        patient_nin,
+                                        reason,
+                                    } => pb::BookingChange {
                                         cursor: seq,
                                         kind,
-                                        appointment: Some(change_to(a, reason)),
+                                        appointment: Some(change_to(change, patient_nin, reason)),
                                         list_moved: None,
                                         unmet_request: None,
                                     },
-                                    Change::ListMoved(m) => pb::BookingChange {
+                                    Change::ListMoved {
+                                        change,
+                                        patient_nin,
+                                    } => pb::BookingChange {
                                         cursor: seq,
                                         kind,
                                         appointment: None,
-                                        list_moved: Some(list_moved_to(m)),
+                                        list_moved: Some(list_moved_to(change, patient_nin)),
                                         unmet_request: None,
                                     },
-                                    Change::RequestUnmet(u) => pb::BookingChange {
+                                    Change::RequestUnmet {
+                                        change,
+                                        patient_nin,
+                                    } => pb::BookingChange {
                                         cursor: seq,
                                         kind,
                                         appointment: None,
                                         list_moved: None,
-                                        unmet_request: Some(guarantee::unmet_to(u)),
+                                        unmet_request: Some(guarantee::unmet_to(
+                                            change,
+                                            patient_nin,
+                                        )),
                                     },
                                 };
                                 if tx.send(Ok(change)).await.is_err() {

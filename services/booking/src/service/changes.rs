@@ -1,5 +1,7 @@
 //! An organisation's change stream (WatchBookings): its appointments' changes, the moves of
-//! patients off its lists and its unmet booking requests, read from the outbox.
+//! patients off its lists and its unmet booking requests, read from the outbox. Events carry no
+//! identity numbers and no free text: the patient (and an appointment's reason) is read from the
+//! booking tables by the event's id, and sent to the EHR at this edge.
 
 use super::*;
 use econsult_runtime::audit::{self, Access};
@@ -8,13 +10,30 @@ use econsult_runtime::events::{ListMoved, RequestUnmet, topics};
 /// One entry of an organisation's change stream (WatchBookings).
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// An appointment after its change (boxed: the larger variant by far) and the patient's
-    /// reason for the visit, read from the appointment (events carry no free text).
-    Appointment(Box<AppointmentChanged>, String),
+    /// An appointment after its change (boxed: the larger variant by far), its patient's
+    /// identity number and reason for the visit, read from the appointment.
+    Appointment {
+        /// The event's body.
+        change: Box<AppointmentChanged>,
+        /// The patient, from the appointment.
+        patient_nin: String,
+        /// The reason for the visit, from the appointment.
+        reason: String,
+    },
     /// A patient left one of the organisation's lists.
-    ListMoved(ListMoved),
+    ListMoved {
+        /// The event's body.
+        change: ListMoved,
+        /// The patient, from the list move.
+        patient_nin: String,
+    },
     /// A booking request of a patient of the organisation is unmet (the guarantee engine).
-    RequestUnmet(RequestUnmet),
+    RequestUnmet {
+        /// The event's body.
+        change: RequestUnmet,
+        /// The patient, from the request's episode.
+        patient_nin: String,
+    },
 }
 
 impl Booking {
@@ -41,7 +60,8 @@ impl Booking {
         .await?;
         let mut out = Vec::with_capacity(events.len());
         let mut last_seq = cursor;
-        // One connection for the batch's reason lookups (events carry no free text).
+        // One connection for the batch's lookups of patients and reasons (events carry no
+        // identity numbers and no free text).
         let mut conn = self.p.db.read().acquire().await?;
         for e in events {
             last_seq = e.seq;
@@ -52,16 +72,37 @@ impl Booking {
                 continue;
             }
             let body = if e.topic == topics::BOOKING_LIST_MOVED {
-                Change::ListMoved(serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?)
-            } else if e.topic == topics::BOOKING_REQUEST_UNMET {
-                Change::RequestUnmet(serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?)
-            } else {
-                let a: Box<AppointmentChanged> =
+                let change: ListMoved =
                     serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?;
-                let reason = store::appointment_reason(&mut conn, &a.appointment_id)
+                let patient_nin = store::list_move_patient(&mut conn, &change.move_id)
                     .await?
                     .unwrap_or_default();
-                Change::Appointment(a, reason)
+                Change::ListMoved {
+                    change,
+                    patient_nin,
+                }
+            } else if e.topic == topics::BOOKING_REQUEST_UNMET {
+                let change: RequestUnmet =
+                    serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?;
+                let patient_nin = store::request_patient(&mut conn, &change.request_id)
+                    .await?
+                    .unwrap_or_default();
+                Change::RequestUnmet {
+                    change,
+                    patient_nin,
+                }
+            } else {
+                let change: Box<AppointmentChanged> =
+                    serde_json::from_str(&e.payload).map_err(anyhow::Error::from)?;
+                let (patient_nin, reason) =
+                    store::appointment_patient_reason(&mut conn, &change.appointment_id)
+                        .await?
+                        .unwrap_or_default();
+                Change::Appointment {
+                    change,
+                    patient_nin,
+                    reason,
+                }
             };
             out.push((e.seq, e.topic, body));
         }
@@ -69,25 +110,35 @@ impl Booking {
         let accesses: Vec<Access<'_>> = out
             .iter()
             .map(|(_, _, b)| match b {
-                Change::Appointment(a, _) => Access::new(
+                Change::Appointment {
+                    change: a,
+                    patient_nin,
+                    ..
+                } => Access::new(
                     rpc::WATCH,
                     format!("appointment:{}", a.appointment_id),
-                    &a.patient_nin,
+                    patient_nin,
                     format!(
                         "received a change to your appointment on {}",
                         audit::local_time(econsult_runtime::clock::from_ms(a.start_ms))
                     ),
                 ),
-                Change::ListMoved(m) => Access::new(
+                Change::ListMoved {
+                    change: m,
+                    patient_nin,
+                } => Access::new(
                     rpc::WATCH,
                     format!("list_move:{}", m.move_id),
-                    &m.patient_nin,
+                    patient_nin,
                     "received the move of your place on a GP's list",
                 ),
-                Change::RequestUnmet(u) => Access::new(
+                Change::RequestUnmet {
+                    change: u,
+                    patient_nin,
+                } => Access::new(
                     rpc::WATCH,
                     format!("booking_request:{}", u.request_id),
-                    &u.patient_nin,
+                    patient_nin,
                     "was told that your request for an appointment could not be met within \
                      five working days",
                 ),
@@ -99,7 +150,11 @@ impl Booking {
             out.push((
                 last_seq,
                 String::new(),
-                Change::Appointment(Box::new(empty_change()), String::new()),
+                Change::Appointment {
+                    change: Box::new(empty_change()),
+                    patient_nin: String::new(),
+                    reason: String::new(),
+                },
             ));
         }
         Ok(out)
@@ -113,7 +168,6 @@ fn empty_change() -> AppointmentChanged {
         gp_id: String::new(),
         org_number: String::new(),
         municipality_number: String::new(),
-        patient_nin: String::new(),
         modality: String::new(),
         start_ms: 0,
         end_ms: 0,

@@ -96,7 +96,6 @@ fn changed(a: &Appointment, org: &str, municipality: &str) -> AppointmentChanged
         gp_id: a.gp_id.clone(),
         org_number: org.to_owned(),
         municipality_number: municipality.to_owned(),
-        patient_nin: a.patient_nin.clone(),
         modality: a.slot.modality.as_str().to_owned(),
         start_ms: a.slot.start.timestamp_millis(),
         end_ms: a.slot.end.timestamp_millis(),
@@ -281,7 +280,7 @@ impl Booking {
             NewEvent {
                 topic,
                 org_number: org,
-                route_key: &a.patient_nin,
+                route_key: &self.p.pseudonyms.key_for(&a.patient_nin),
                 payload: &body,
             },
             now,

@@ -147,7 +147,6 @@ impl Booking {
                     .await?;
                 let body = ListMoved {
                     move_id: moved.move_id.clone(),
-                    patient_nin: nin.to_owned(),
                     from_org_number: moved.from_org_number.clone(),
                     from_gp_id: moved.from_gp_id.clone(),
                     registry_reference: moved.registry_reference.clone(),
@@ -157,7 +156,7 @@ impl Booking {
                     NewEvent {
                         topic: topics::BOOKING_LIST_MOVED,
                         org_number: &moved.from_org_number,
-                        route_key: nin,
+                        route_key: &self.p.pseudonyms.key_for(nin),
                         payload: &body,
                     },
                     now,

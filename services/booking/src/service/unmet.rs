@@ -31,7 +31,6 @@ impl Booking {
             }
             let body = RequestUnmet {
                 request_id: u.request_id.clone(),
-                patient_nin: u.patient_nin.clone(),
                 gp_id: u.gp_id.clone(),
                 org_number: u.org_number.clone(),
                 requested_at_ms: u.requested_at,
@@ -44,7 +43,7 @@ impl Booking {
                 NewEvent {
                     topic: topics::BOOKING_REQUEST_UNMET,
                     org_number: &u.org_number,
-                    route_key: &u.patient_nin,
+                    route_key: &self.p.pseudonyms.key_for(&u.patient_nin),
                     payload: &body,
                 },
                 now,

@@ -150,7 +150,6 @@ impl Booking {
             entry_id: entry_id.to_owned(),
             hold_id: hold_id.to_owned(),
             slot_id: slot_id.to_owned(),
-            patient_nin: patient.to_owned(),
             expires_at_ms: expires,
             gp_id: s.gp_id.clone(),
             start_ms: s.start_at,
@@ -165,7 +164,7 @@ impl Booking {
             NewEvent {
                 topic: topics::BOOKING_WAITLIST_OFFERED,
                 org_number: &s.org_number,
-                route_key: patient,
+                route_key: &self.p.pseudonyms.key_for(patient),
                 payload: &body,
             },
             self.p.clock.now_ms(),

@@ -43,16 +43,45 @@ fn appt_from_row(r: &AnyRow, now_ms: i64) -> Result<StoredAppointment, BookingEr
     })
 }
 
-/// The patient's reason for visit `id` (WatchBookings: events do not carry it).
-pub(crate) async fn appointment_reason(
+/// The patient (identity number) and reason of visit `id` (WatchBookings: events carry
+/// neither).
+pub(crate) async fn appointment_patient_reason(
     conn: &mut AnyConnection,
     id: &str,
+) -> Result<Option<(String, String)>, BookingError> {
+    let row = sqlx::query(
+        "SELECT patient_nin, reason FROM booking_appointments WHERE appointment_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row
+        .map(|r| Ok::<_, sqlx::Error>((r.try_get("patient_nin")?, r.try_get("reason")?)))
+        .transpose()?)
+}
+
+/// The patient (identity number) of list move `move_id`, if stored.
+pub(crate) async fn list_move_patient(
+    conn: &mut AnyConnection,
+    move_id: &str,
 ) -> Result<Option<String>, BookingError> {
-    let row = sqlx::query("SELECT reason FROM booking_appointments WHERE appointment_id = $1")
-        .bind(id)
+    let row = sqlx::query("SELECT patient_nin FROM booking_list_moves WHERE move_id = $1")
+        .bind(move_id)
         .fetch_optional(conn)
         .await?;
-    Ok(row.map(|r| r.try_get("reason")).transpose()?)
+    Ok(row.map(|r| r.try_get("patient_nin")).transpose()?)
+}
+
+/// The patient (identity number) of booking request `request_id` (its episode), if stored.
+pub(crate) async fn request_patient(
+    conn: &mut AnyConnection,
+    request_id: &str,
+) -> Result<Option<String>, BookingError> {
+    let row = sqlx::query("SELECT patient_nin FROM booking_episodes WHERE request_id = $1")
+        .bind(request_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("patient_nin")).transpose()?)
 }
 
 /// Appointment `id` of organisation `org`, as it stands at `now_ms`.

@@ -36,6 +36,10 @@ const APPOINTMENT: &str = "SELECT a.appointment_id, a.patient_nin, a.status, s.s
      FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id \
      JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE a.appointment_id = $1";
 
+/// The patient of waitlist entry `$1` (the waitlist or the priority waitlist).
+const WAITLIST_PATIENT: &str = "SELECT patient_nin FROM booking_waitlist WHERE entry_id = $1 \
+     UNION ALL SELECT patient_nin FROM booking_priority_waitlist WHERE entry_id = $1";
+
 /// The patients' phone number of organisation `$1`.
 const PRACTICE_PHONE: &str = "SELECT phone FROM booking_practice_phones WHERE org_number = $1";
 
@@ -157,6 +161,18 @@ pub(crate) async fn request_window_end(
         Some(r) => r.try_get("deadline_end")?,
         None => None,
     })
+}
+
+/// The patient (identity number) of waitlist entry `entry_id`, if stored.
+pub(crate) async fn waitlist_patient(
+    conn: &mut AnyConnection,
+    entry_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let row = sqlx::query(WAITLIST_PATIENT)
+        .bind(entry_id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| r.try_get("patient_nin")).transpose()
 }
 
 /// The closure days of organisation `org_number`; a stored day that is no ISO date is skipped.

@@ -458,10 +458,12 @@ impl pb::consultation_service_server::ConsultationService for ConsultationGrpc {
             ));
         }
         let cursor = req.into_inner().after_cursor;
+        // Events are routed by the patient's pseudonymous key, computed per call.
+        let route = self.p.pseudonyms.key_for(nin.as_str());
         Ok(Response::new(self.change_stream(
             caller,
             None,
-            Some(nin.as_str().to_owned()),
+            Some(route),
             cursor,
         )))
     }

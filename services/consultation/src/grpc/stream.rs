@@ -20,6 +20,7 @@ pub type ChangeStream =
 impl ConsultationGrpc {
     /// The changes after `cursor` of the patient's threads (`practice` `None`) or of practice
     /// `practice`'s, until the client goes, the token expires or the server shuts down.
+    /// `patient` is the patient's pseudonymous key (the outbox `route_key`).
     pub(super) fn change_stream(
         &self,
         caller: Caller,

@@ -277,7 +277,7 @@ impl Consultations {
             NewEvent {
                 topic,
                 org_number: &t.org_number,
-                route_key: &t.patient_nin,
+                route_key: &self.p.pseudonyms.key_for(&t.patient_nin),
                 payload: body,
             },
             self.now(),
@@ -422,7 +422,6 @@ fn changed_body(t: &Thread, cal: Option<&Calendar>) -> ConsultationChanged {
         closed_at_ms: t.closed_at,
         tariff_code: (!t.tariff_code.is_empty()).then(|| t.tariff_code.clone()),
         outcome: (!t.outcome.is_empty()).then(|| t.outcome.clone()),
-        patient_nin: t.patient_nin.clone(),
     }
 }
 

@@ -128,6 +128,13 @@ impl Notify {
         old_start_ms: Option<i64>,
     ) -> anyhow::Result<usize> {
         let now = self.p.clock.now();
+        // Events carry no identity numbers: the patient is the appointment's.
+        let Some(nin) = econsult_booking::directory::appointment(tx, &a.appointment_id)
+            .await?
+            .map(|r| r.patient_nin)
+        else {
+            return Ok(0);
+        };
         let facts = Facts {
             start_ms: a.start_ms,
             modality: a.modality.clone(),
@@ -144,7 +151,7 @@ impl Notify {
             at: now.timestamp_millis(),
         };
         let mut n = 0;
-        for to in self.recipients(tx, &a.patient_nin, Area::Booking).await? {
+        for to in self.recipients(tx, &nin, Area::Booking).await? {
             n += self.queue(tx, &to, &confirmation).await?;
             // Each recipient's own lead times.
             for lead in super::lead_times(&to.prefs.reminder_minutes) {
@@ -205,6 +212,12 @@ impl Notify {
                 if a.cancelled_by.as_deref() != Some("practice") {
                     return Ok(0);
                 }
+                let Some(nin) = econsult_booking::directory::appointment(tx, &a.appointment_id)
+                    .await?
+                    .map(|r| r.patient_nin)
+                else {
+                    return Ok(0);
+                };
                 let facts = Facts {
                     start_ms: a.start_ms,
                     modality: a.modality.clone(),
@@ -213,7 +226,7 @@ impl Notify {
                 };
                 self.queue_all(
                     tx,
-                    &a.patient_nin,
+                    &nin,
                     Plan {
                         key: format!("event:{}", e.event_id),
                         kind: Kind::CancelledByPractice,
@@ -227,6 +240,11 @@ impl Notify {
             }
             topics::BOOKING_WAITLIST_OFFERED => {
                 let o: WaitlistOffered = serde_json::from_str(&e.payload)?;
+                let Some(nin) =
+                    econsult_booking::directory::waitlist_patient(tx, &o.entry_id).await?
+                else {
+                    return Ok(0);
+                };
                 let facts = Facts {
                     start_ms: o.start_ms,
                     modality: o.modality.clone(),
@@ -238,7 +256,7 @@ impl Notify {
                 // An offer lapses within its window: it is sent at once, quiet hours or not.
                 self.queue_all(
                     tx,
-                    &o.patient_nin,
+                    &nin,
                     Plan {
                         key: format!("event:{}", e.event_id),
                         kind: Kind::WaitlistOffer,
@@ -252,16 +270,18 @@ impl Notify {
             }
             topics::CONSULTATION_ANSWERED => {
                 let c: ConsultationChanged = serde_json::from_str(&e.payload)?;
-                if c.patient_nin.is_empty() {
+                let Some(nin) =
+                    econsult_consultation::directory::thread_patient(tx, &c.thread_id).await?
+                else {
                     return Ok(0);
-                }
+                };
                 let facts = Facts {
                     practice: self.practice(tx, &c.org_number, &c.gp_id).await?,
                     ..Default::default()
                 };
                 self.queue_all(
                     tx,
-                    &c.patient_nin,
+                    &nin,
                     Plan {
                         key: format!("event:{}", e.event_id),
                         kind: Kind::ConsultationReply,

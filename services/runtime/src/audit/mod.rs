@@ -452,7 +452,7 @@ pub fn mount(p: &Platform, m: &mut Mount<'_>) {
     m.spawn(chain::sealer(p.db.clone(), p.shutdown.clone()));
     m.serve(
         crate::proxy::ProxyGrpc::new(
-            crate::proxy::Fullmakter::new(p.db.clone(), p.clock.clone()),
+            crate::proxy::Fullmakter::new(p.db.clone(), p.clock.clone(), p.pseudonyms.clone()),
             p.clock.clone(),
         )
         .into_server(),

@@ -11,6 +11,7 @@ use crate::command::{self, Command};
 use crate::db::Db;
 use crate::nin::NationalId;
 use crate::outbox::NewEvent;
+use crate::pseudonym::Pseudonymizer;
 use chrono::NaiveDate;
 use std::sync::Arc;
 
@@ -34,12 +35,11 @@ pub struct Representee {
     pub name: Option<String>,
 }
 
-/// The event payload of a granted or revoked fullmakt.
+/// The event payload of a granted or revoked fullmakt: no identity numbers (the giver is the
+/// event's `route_key`, as a pseudonymous key; both are in the fullmakt's row).
 #[derive(serde::Serialize)]
 struct FullmaktEvent<'a> {
     fullmakt_id: &'a str,
-    giver_nin: &'a str,
-    holder_nin: &'a str,
     scope: i64,
     end_date: String,
 }
@@ -49,6 +49,7 @@ struct FullmaktEvent<'a> {
 pub struct Fullmakter {
     db: Db,
     clock: Arc<dyn Clock>,
+    pseudonyms: Arc<Pseudonymizer>,
 }
 
 /// The caller as the giver: a patient acting for themselves.
@@ -65,9 +66,13 @@ fn giver(caller: &Caller) -> Result<NationalId, ProxyError> {
 }
 
 impl Fullmakter {
-    /// Over the platform's database and clock.
-    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
-        Self { db, clock }
+    /// Over the platform's database, clock and pseudonymous event keys.
+    pub fn new(db: Db, clock: Arc<dyn Clock>, pseudonyms: Arc<Pseudonymizer>) -> Self {
+        Self {
+            db,
+            clock,
+            pseudonyms,
+        }
     }
 
     /// The caller gives `holder` a fullmakt for `scope` through `end_date`.
@@ -119,7 +124,7 @@ impl Fullmakter {
                 revoked_at_ms: None,
             };
             store::insert(&mut op.tx, &f).await?;
-            emit(op, "proxy.fullmakt_granted", &f, now_ms)?;
+            emit(op, "proxy.fullmakt_granted", &f, &self.pseudonyms, now_ms)?;
             op.audit(caller, &access(GRANT, &f), now_ms)?;
             Ok::<_, ProxyError>(f)
         })
@@ -141,7 +146,7 @@ impl Fullmakter {
                 .await?
                 .ok_or(ProxyError::NotFound)?;
             if revoked_now {
-                emit(op, "proxy.fullmakt_revoked", &f, now_ms)?;
+                emit(op, "proxy.fullmakt_revoked", &f, &self.pseudonyms, now_ms)?;
             }
             op.audit(caller, &access(REVOKE, &f), now_ms)?;
             Ok::<_, ProxyError>(f)
@@ -223,17 +228,16 @@ fn emit(
     op: &mut crate::idempotency::Op,
     topic: &str,
     f: &Fullmakt,
+    pseudonyms: &Pseudonymizer,
     now_ms: i64,
 ) -> Result<(), ProxyError> {
     op.emit(
         NewEvent {
             topic,
             org_number: "",
-            route_key: &f.giver,
+            route_key: &pseudonyms.key_for(&f.giver),
             payload: &FullmaktEvent {
                 fullmakt_id: &f.id,
-                giver_nin: &f.giver,
-                holder_nin: &f.holder,
                 scope: f.scope.code(),
                 end_date: f.end_date.to_string(),
             },

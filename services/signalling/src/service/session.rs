@@ -269,7 +269,7 @@ impl Signalling {
             NewEvent {
                 topic: topics::VIDEO_SESSION_ENDED,
                 org_number: &session.org_number,
-                route_key: &session.patient_nin,
+                route_key: &self.inner.platform.pseudonyms.key_for(&session.patient_nin),
                 payload: &payload,
             },
             now,
