@@ -791,9 +791,11 @@ fn parent_token(app: &TestApp, parent: &str, children: &[&str]) -> String {
                 pid: (*c).into(),
                 relation: "parent".into(),
                 protected_address: false,
+                name: None,
             })
             .collect(),
         protected_address: false,
+        name: None,
     })
 }
 
