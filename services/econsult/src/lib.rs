@@ -507,7 +507,18 @@ impl Application {
             instance_id: config.instance_id.clone(),
             pseudonyms: Arc::new(match &config.event_key_file {
                 Some(path) => Pseudonymizer::from_file(path).context("--event-key-file")?,
-                None => Pseudonymizer::load_or_create(&config.data_dir)?,
+                None => {
+                    if config.redis_url.is_some() {
+                        // Replicas sharing Redis must key events alike; a per-instance data
+                        // directory (a pod's emptyDir) would give each its own key.
+                        tracing::warn!(
+                            data_dir = %config.data_dir.display(),
+                            "no --event-key-file: events are keyed with the data directory's key; \
+                             every replica must share it (set --event-key-file to one secret)"
+                        );
+                    }
+                    Pseudonymizer::load_or_create(&config.data_dir)?
+                }
             }),
         })
         .await?;
