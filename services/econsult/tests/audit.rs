@@ -566,7 +566,7 @@ async fn a_rechained_log_passes_the_walk_but_not_its_logged_head(env: Env) {
         logged.chain_seq, logged.hash
     );
     let anchors = audit::parse_anchors(&line);
-    assert_eq!(anchors, [logged.clone()]);
+    assert_eq!(anchors, std::slice::from_ref(&logged));
     assert_eq!(
         audit::verify_anchors(&db, &anchors).await.expect("check"),
         None
