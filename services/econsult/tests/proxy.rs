@@ -822,7 +822,92 @@ async fn a_protected_address_learned_after_the_grant_refuses_every_later_call(en
     app.shutdown().await;
 }
 
+/// The child's access log rows about e-consultations, as `token` reads them for `child`.
+async fn thread_rows(app: &TestApp, token: &str, child: &str) -> (usize, usize) {
+    let log = AuditServiceClient::new(app.channel().await)
+        .list_my_access_log(on_behalf(
+            apb::ListMyAccessLogRequest {
+                before_id: 0,
+                limit: 500,
+            },
+            token,
+            child,
+        ))
+        .await
+        .expect("the child's log")
+        .into_inner()
+        .entries;
+    let threads = log
+        .iter()
+        .filter(|e| e.resource.starts_with("consultation"))
+        .count();
+    (log.len(), threads)
+}
+
+/// A parent of a child from 12 to 16 reads the child's access log without the rows about the
+/// child's threads (which quote their subjects and show who read them); a parent of a younger
+/// child, and the child itself, see them. Before the filter the parent of the 13-year-old saw
+/// the row of the practice's read of "private".
+async fn a_limited_parent_reads_the_childs_log_without_its_threads(env: Env) {
+    let app = TestApp::start(env).await;
+    let (teen, small) = (aged(13, 1), aged(10, 2));
+    let parent = aged(40, 3);
+    seed_gp(&app, ORG_A, GP, 43, 0).await;
+    app.booking()
+        .await
+        .update_list(authed(
+            bpb::UpdateListRequest {
+                gp_id: GP.into(),
+                add: vec![teen.clone(), small.clone()],
+                remove: vec![],
+                idempotency_key: key(),
+            },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("list");
+    for child in [&teen, &small] {
+        let thread = app
+            .consultation()
+            .await
+            .start_consultation(authed(start_req("private"), &app.patient_token(child)))
+            .await
+            .expect("the child's own thread")
+            .into_inner()
+            .thread
+            .expect("thread")
+            .thread_id;
+        // The practice reads it: a row in the child's log that names the thread's subject.
+        app.consultation()
+            .await
+            .get_thread(authed(
+                cpb::GetThreadRequest {
+                    thread_id: thread,
+                    after_seq: 0,
+                    page_size: 0,
+                },
+                &app.ehr_token(ORG_A),
+            ))
+            .await
+            .expect("the practice reads the thread");
+    }
+    let (teen_all, teen_threads) = thread_rows(&app, &app.patient_token(&teen), &teen).await;
+    assert!(teen_threads >= 1, "the child sees its thread's rows");
+    let (parent_all, parent_threads) =
+        thread_rows(&app, &parent_token(&app, &parent, &teen, false), &teen).await;
+    assert_eq!(parent_threads, 0, "a limited parent sees no thread rows");
+    assert!(
+        parent_all >= teen_all - teen_threads,
+        "every other row is there: {parent_all} of {teen_all} - {teen_threads}"
+    );
+    let (_, small_threads) =
+        thread_rows(&app, &parent_token(&app, &parent, &small, false), &small).await;
+    assert!(small_threads >= 1, "a parent of a child under 12 sees them");
+    app.shutdown().await;
+}
+
 on_both_backends!(
+    a_limited_parent_reads_the_childs_log_without_its_threads,
     a_protected_address_learned_after_the_grant_refuses_every_later_call,
     every_cell_of_the_age_relation_rpc_matrix_has_its_exact_outcome,
     fullmakt_rpcs_grant_list_revoke_and_refuse_by_the_rules,

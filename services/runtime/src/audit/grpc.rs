@@ -149,6 +149,7 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
             Some(r.subject.as_str()).filter(|s| !s.is_empty()),
             r.before_id,
             r.limit,
+            false,
         )
         .await?;
         // Ops reading the log is itself an access: to that patient's data (or to everyone's,
@@ -182,7 +183,17 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
             .subject(&mut caller, crate::proxy::Area::AccessLog)
             .await?;
         let r = req.into_inner();
-        let found = list(&self.db, Some(nin.as_str()), None, r.before_id, r.limit).await?;
+        // A parent of a child from 12 to 16 does not see the child's threads: nor their rows.
+        let limited = caller.proxy.acting.as_ref().is_some_and(|a| a.limited);
+        let found = list(
+            &self.db,
+            Some(nin.as_str()),
+            None,
+            r.before_id,
+            r.limit,
+            limited,
+        )
+        .await?;
         // Reading one's own access log is itself an access to patient data.
         record_reads(
             &self.db,
