@@ -149,7 +149,7 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
             Some(r.subject.as_str()).filter(|s| !s.is_empty()),
             r.before_id,
             r.limit,
-            false,
+            None,
         )
         .await?;
         // Ops reading the log is itself an access: to that patient's data (or to everyone's,
@@ -183,15 +183,21 @@ impl pb::audit_service_server::AuditService for AuditGrpc {
             .subject(&mut caller, crate::proxy::Area::AccessLog)
             .await?;
         let r = req.into_inner();
-        // A parent of a child from 12 to 16 does not see the child's threads: nor their rows.
-        let limited = caller.proxy.acting.as_ref().is_some_and(|a| a.limited);
+        // A parent of a child from 12 to 16 does not see the child's threads: nor their rows
+        // (but for what the parent did).
+        let limited = caller
+            .proxy
+            .acting
+            .as_ref()
+            .filter(|a| a.limited)
+            .map(|a| a.actor.as_str().to_owned());
         let found = list(
             &self.db,
             Some(nin.as_str()),
             None,
             r.before_id,
             r.limit,
-            limited,
+            limited.as_deref(),
         )
         .await?;
         // Reading one's own access log is itself an access to patient data.

@@ -380,16 +380,17 @@ impl std::fmt::Debug for Entry {
 /// A page of the access log, newest first: rows before `before_id` (0 = from the newest) of
 /// `patient` and/or `subject` (`None` = any), at most `limit` (0 = 100; 1 to 500). The second
 /// value is the cursor of the next page (0 when this is the last).
-/// With `without_threads`, rows about e-consultations (`resource` `consultation…`) are left out:
-/// a parent of a child from 12 to 16 may read the child's log, but not learn of the child's
-/// own or confidential threads from it (their subjects, who read them).
+/// With `limited_parent` (a parent of a child from 12 to 16, by number), rows about
+/// e-consultations (`resource` `consultation…`) are left out but for the parent's own: the
+/// parent may read the child's log, but not learn of the child's own or confidential threads
+/// from it (their subjects, who read them).
 pub async fn list(
     db: &Db,
     patient: Option<&str>,
     subject: Option<&str>,
     before_id: u64,
     limit: u32,
-    without_threads: bool,
+    limited_parent: Option<&str>,
 ) -> Result<(Vec<Entry>, u64), AuditError> {
     let limit = match limit {
         0 => 100,
@@ -410,14 +411,14 @@ pub async fn list(
         "SELECT id, at, subject, role, org_number, action, resource, patient_nin, trace_id, request_id, actor_nin, acted_as, \
          actor_name, actor_hpr, system_name, purpose, what, what_subject \
          FROM audit_log WHERE id < $1 AND ($2 = '' OR patient_nin = $2) AND ($3 = '' OR subject = $3) \
-         AND ($5 = 0 OR resource NOT LIKE 'consultation%') \
+         AND ($5 = '' OR resource NOT LIKE 'consultation%' OR actor_nin = $5) \
          ORDER BY id DESC LIMIT $4",
     )
     .bind(before)
     .bind(patient.unwrap_or(""))
     .bind(subject.unwrap_or(""))
     .bind(limit)
-    .bind(i64::from(without_threads))
+    .bind(limited_parent.unwrap_or(""))
     .fetch_all(db.read())
     .await?;
     let mut entries = Vec::with_capacity(rows.len());
