@@ -100,35 +100,12 @@ async fn read_own_log(app: &TestApp, nin: &str, n: usize) {
 
 /// Changes a stored row as a privileged connection could (triggers out of the way).
 async fn tamper(db: &Db, id: i64) {
-    let mut tx = db.begin().await.expect("begin");
-    match db.backend() {
-        // The table's owner may switch its triggers off (a superuser could also skip them
-        // with session_replication_role; CI's role is not one).
-        Backend::Postgres => {
-            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER USER")
-                .execute(&mut *tx)
-                .await
-                .expect("disable triggers");
-        }
-        Backend::Sqlite => {
-            sqlx::query("DROP TRIGGER audit_log_no_update")
-                .execute(&mut *tx)
-                .await
-                .expect("drop trigger");
-        }
-    }
-    sqlx::query("UPDATE audit_log SET subject = 'someone-else' WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .expect("tamper");
-    if db.backend() == Backend::Postgres {
-        sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER USER")
-            .execute(&mut *tx)
-            .await
-            .expect("enable triggers");
-    }
-    tx.commit().await.expect("commit");
+    owner_rewrite(
+        db,
+        &["UPDATE audit_log SET subject = 'someone-else' WHERE id = $1"],
+        id,
+    )
+    .await;
 }
 
 async fn the_hash_chain_finds_the_first_changed_row(env: Env) {
@@ -521,35 +498,14 @@ async fn an_ops_read_of_the_log_is_in_the_patients_log(env: Env) {
 
 /// Sets `column` of row `id` to 'x' as a privileged connection could (triggers out of the way).
 async fn tamper_column(db: &Db, id: i64, column: &str) {
-    let mut tx = db.begin().await.expect("begin");
-    match db.backend() {
-        Backend::Postgres => {
-            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER USER")
-                .execute(&mut *tx)
-                .await
-                .expect("disable triggers");
-        }
-        Backend::Sqlite => {
-            sqlx::query("DROP TRIGGER audit_log_no_update")
-                .execute(&mut *tx)
-                .await
-                .expect("drop trigger");
-        }
-    }
-    sqlx::query(&format!(
-        "UPDATE audit_log SET {column} = 'x' WHERE id = $1"
-    ))
-    .bind(id)
-    .execute(&mut *tx)
-    .await
-    .expect("tamper");
-    if db.backend() == Backend::Postgres {
-        sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER USER")
-            .execute(&mut *tx)
-            .await
-            .expect("enable triggers");
-    }
-    tx.commit().await.expect("commit");
+    owner_rewrite(
+        db,
+        &[&format!(
+            "UPDATE audit_log SET {column} = 'x' WHERE id = $1"
+        )],
+        id,
+    )
+    .await;
 }
 
 /// The chain alone cannot show a rewrite by someone who recomputes it; the head the sealer

@@ -617,43 +617,49 @@ impl Drop for TestApp {
     }
 }
 
-/// Rewrites row `id` as someone with the owner's rights who knows the chain would: changes it,
-/// unseals it and every row after it, and lets the sealer chain them again.
-pub async fn rewrite_and_rechain(db: &econsult_runtime::db::Db, id: i64) {
+/// Runs `statements` (each binding `$1` = `id`) on the access log as a privileged connection
+/// could: its triggers out of the way (the table's owner may switch them off on PostgreSQL;
+/// on SQLite the update trigger is dropped), in one transaction.
+pub async fn owner_rewrite(db: &econsult_runtime::db::Db, statements: &[&str], id: i64) {
+    use econsult_runtime::db::Backend;
     let mut tx = db.begin().await.expect("begin");
-    match db.backend() {
-        econsult_runtime::db::Backend::Postgres => {
-            sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER USER")
-                .execute(&mut *tx)
-                .await
-                .map(|_| ())
-        }
-        econsult_runtime::db::Backend::Sqlite => sqlx::query("DROP TRIGGER audit_log_no_update")
-            .execute(&mut *tx)
-            .await
-            .map(|_| ()),
-    }
-    .expect("triggers out of the way");
-    sqlx::query("UPDATE audit_log SET subject = 'someone-else' WHERE id = $1")
-        .bind(id)
+    let off = match db.backend() {
+        Backend::Postgres => "ALTER TABLE audit_log DISABLE TRIGGER USER",
+        Backend::Sqlite => "DROP TRIGGER audit_log_no_update",
+    };
+    sqlx::query(off)
         .execute(&mut *tx)
         .await
-        .expect("change");
-    sqlx::query(
-        "UPDATE audit_log SET chain_seq = NULL, hash = NULL \
-         WHERE chain_seq >= (SELECT chain_seq FROM audit_log WHERE id = $1)",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await
-    .expect("unseal");
-    if db.backend() == econsult_runtime::db::Backend::Postgres {
+        .expect("triggers out of the way");
+    for sql in statements {
+        sqlx::query(sql)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    if db.backend() == Backend::Postgres {
         sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER USER")
             .execute(&mut *tx)
             .await
             .expect("enable triggers");
     }
     tx.commit().await.expect("commit");
+}
+
+/// Rewrites row `id` as someone with the owner's rights who knows the chain would: changes it,
+/// unseals it and every row after it, and lets the sealer chain them again.
+pub async fn rewrite_and_rechain(db: &econsult_runtime::db::Db, id: i64) {
+    owner_rewrite(
+        db,
+        &[
+            "UPDATE audit_log SET subject = 'someone-else' WHERE id = $1",
+            "UPDATE audit_log SET chain_seq = NULL, hash = NULL \
+             WHERE chain_seq >= (SELECT chain_seq FROM audit_log WHERE id = $1)",
+        ],
+        id,
+    )
+    .await;
     econsult_runtime::audit::seal(db, 1000)
         .await
         .expect("rechain");
