@@ -115,13 +115,8 @@ impl Content {
 pub async fn seal(db: &Db, batch: i64) -> Result<u64, sqlx::Error> {
     let mut tx = db.begin().await?;
     db.lock(&mut tx, "audit_log.chain").await?;
-    let last = sqlx::query(
-        "SELECT chain_seq, hash FROM audit_log WHERE chain_seq IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (mut seq, mut prev) = match last {
-        Some(r) => (r.try_get::<i64, _>("chain_seq")?, r.try_get("hash")?),
+    let (mut seq, mut prev) = match last_link(&mut *tx).await? {
+        Some(a) => (a.chain_seq, a.hash),
         None => (0, String::new()),
     };
     let rows = sqlx::query(
@@ -166,10 +161,18 @@ pub struct Anchor {
 
 /// The chain's last sealed place and its hash (`None` before the first seal).
 pub async fn head(db: &Db) -> Result<Option<Anchor>, sqlx::Error> {
+    last_link(db.read()).await
+}
+
+/// [`head`] on `conn` (the sealer reads it inside its transaction).
+async fn last_link<'e, E>(conn: E) -> Result<Option<Anchor>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let row = sqlx::query(
         "SELECT chain_seq, hash FROM audit_log WHERE chain_seq IS NOT NULL ORDER BY chain_seq DESC LIMIT 1",
     )
-    .fetch_optional(db.read())
+    .fetch_optional(conn)
     .await?;
     row.map(|r| {
         Ok(Anchor {
