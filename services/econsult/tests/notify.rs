@@ -967,10 +967,29 @@ async fn a_parent_hears_about_a_child_under_16_and_not_after(env: Env) {
     rig.app.shutdown().await;
 }
 
+/// How a fullmakt holder's hearing about the giver ends.
+enum Ending {
+    /// The giver revokes the fullmakt.
+    Revoked,
+    /// The giver calls with a token saying their address is now strictly confidential, which
+    /// ends every representation (the fullmakt itself stays in the store, in force).
+    ProtectedAddress,
+}
+
 /// A fullmakt holder (booking) who set preferences for the giver gets the giver's
 /// confirmation; once the giver revokes the fullmakt, neither a new booking's confirmation nor
 /// the first appointment's reminder goes to the holder, while the giver still gets theirs.
 async fn a_fullmakt_holder_hears_about_the_giver_until_it_is_revoked(env: Env) {
+    a_fullmakt_holder_hears_about_the_giver_until(env, Ending::Revoked).await
+}
+
+/// As above, ended by the giver's protected address instead: the sender applies the rule the
+/// calls apply.
+async fn a_fullmakt_holder_hears_nothing_once_the_givers_address_is_protected(env: Env) {
+    a_fullmakt_holder_hears_about_the_giver_until(env, Ending::ProtectedAddress).await
+}
+
+async fn a_fullmakt_holder_hears_about_the_giver_until(env: Env, ending: Ending) {
     use econsult_proto::proxy::v1 as ppb;
     use econsult_proto::proxy::v1::proxy_service_client::ProxyServiceClient;
     let rig = rig(env, monday_0800()).await;
@@ -1019,16 +1038,39 @@ async fn a_fullmakt_holder_hears_about_the_giver_until_it_is_revoked(env: Env) {
         rig.sms.texts_to(&phone(30)).len() == 1 && rig.sms.texts_to(&phone(31)).len() == 1
     })
     .await;
-    proxy
-        .revoke_fullmakt(authed(
-            ppb::RevokeFullmaktRequest {
-                fullmakt_id: f.id,
-                idempotency_key: key(),
-            },
-            &giver_token,
-        ))
-        .await
-        .expect("revoke");
+    match ending {
+        Ending::Revoked => {
+            proxy
+                .revoke_fullmakt(authed(
+                    ppb::RevokeFullmaktRequest {
+                        fullmakt_id: f.id,
+                        idempotency_key: key(),
+                    },
+                    &giver_token,
+                ))
+                .await
+                .expect("revoke");
+        }
+        Ending::ProtectedAddress => {
+            let protected = app.token(econsult_runtime::auth::TokenSpec::PatientWithRelations {
+                nin: giver.clone(),
+                acr: econsult_runtime::auth::REQUIRED_ACR.into(),
+                represents: vec![],
+                protected_address: true,
+                name: None,
+            });
+            set_phone(app, &protected, None, 30)
+                .await
+                .expect("the giver's own call, with the protected address");
+            let refused = set_phone(app, &holder_token, Some(&giver), 31)
+                .await
+                .expect_err("the holder's own calls are refused at once");
+            assert_eq!(
+                refused.message(),
+                econsult_runtime::proxy::rule::PROTECTED_ADDRESS
+            );
+        }
+    }
     let later = book(app, &giver, &slots[1].slot_id).await;
     until("the second confirmation to the giver", || {
         rig.sms.texts_to(&phone(30)).len() == 2
@@ -1037,7 +1079,7 @@ async fn a_fullmakt_holder_hears_about_the_giver_until_it_is_revoked(env: Env) {
     assert_eq!(
         queued_for(app, &holder, &later.appointment_id).await,
         0,
-        "nothing queued for the holder after the revocation"
+        "nothing queued for the holder after the end"
     );
     move_clock(app, at("2026-03-04T09:00:00Z")).await;
     until("the giver's reminder", || {
@@ -1048,7 +1090,7 @@ async fn a_fullmakt_holder_hears_about_the_giver_until_it_is_revoked(env: Env) {
     assert_eq!(
         rig.sms.texts_to(&phone(31)).len(),
         1,
-        "nothing to the holder after the revocation: {:?}",
+        "nothing to the holder after the end: {:?}",
         rig.sms.texts_to(&phone(31))
     );
     rig.app.shutdown().await;
@@ -1351,6 +1393,7 @@ on_both_backends!(
     preferences_are_validated_sealed_and_their_reads_logged,
     a_parent_hears_about_a_child_under_16_and_not_after,
     a_fullmakt_holder_hears_about_the_giver_until_it_is_revoked,
+    a_fullmakt_holder_hears_nothing_once_the_givers_address_is_protected,
     the_senders_read_of_a_phone_number_is_in_the_patients_access_log,
     the_confirmation_names_the_practice_the_ehr_set,
     a_reply_to_an_e_consultation_yields_one_message_without_its_text,

@@ -69,7 +69,8 @@ impl Notify {
     /// set their preferences, may hear about `subject` in `area` today: a parent while the
     /// child is under 16 (from 12, not of consultation replies: a parent then sees only the
     /// threads a parent started); a fullmakt holder while a fullmakt from `subject` is in force
-    /// and covers `area` (the rules of [`econsult_runtime::proxy`]).
+    /// and covers `area`; nobody once `subject` is known to have a strictly confidential
+    /// address ([`proxy::recorded_relation_allows`]).
     pub(super) async fn relation_allows(
         &self,
         subject: &str,
@@ -78,19 +79,25 @@ impl Notify {
         area: Area,
     ) -> anyhow::Result<bool> {
         let today = proxy::oslo_today(self.p.clock.as_ref());
-        let Ok(subject_id) = NationalId::parse(subject) else {
+        let (Ok(subject_id), Some(relation)) =
+            (NationalId::parse(subject), Relation::from_code(relation))
+        else {
             return Ok(false);
         };
-        Ok(match Relation::from_code(relation) {
-            Some(Relation::Parent) => match proxy::parent_rule(&subject_id, false, today) {
-                Ok(limited) => !(limited && area == Area::Consultation),
-                Err(_) => false,
+        Ok(
+            match proxy::recorded_relation_allows(
+                &self.p.db,
+                &subject_id,
+                recipient,
+                relation,
+                area,
+                today,
+            )
+            .await?
+            {
+                Some(limited) => !(limited && area == Area::Consultation),
+                None => false,
             },
-            Some(Relation::Fullmakt) => proxy::store::between(&self.p.db, subject, recipient)
-                .await?
-                .iter()
-                .any(|f| proxy::fullmakt_rule(f, area, today).is_ok()),
-            None => false,
-        })
+        )
     }
 }

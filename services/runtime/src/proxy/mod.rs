@@ -267,6 +267,33 @@ pub fn fullmakt_rule(f: &Fullmakt, area: Area, today: NaiveDate) -> Result<(), P
     f.scope.covers(area)
 }
 
+/// Whether a relation recorded earlier (a parent's, from their token when it was recorded; a
+/// fullmakt, from the store) still lets `holder` hear about `subject` in `area` on `today`, by
+/// the rules [`Resolver::subject`] applies to a call: `Some(limited)` for a parent of a child
+/// under 16 and for a holder of a fullmakt in force that covers `area` (never limited);
+/// `None` otherwise, and always once `subject`'s own token has said their address is strictly
+/// confidential. For whoever acts on a relation without a call of the holder's own (notify).
+pub async fn recorded_relation_allows(
+    db: &Db,
+    subject: &NationalId,
+    holder: &str,
+    relation: Relation,
+    area: Area,
+    today: NaiveDate,
+) -> Result<Option<bool>, sqlx::Error> {
+    if store::is_protected(db, subject.as_str()).await? {
+        return Ok(None);
+    }
+    Ok(match relation {
+        Relation::Parent => parent_rule(subject, false, today).ok(),
+        Relation::Fullmakt => store::between(db, subject.as_str(), holder)
+            .await?
+            .iter()
+            .any(|f| fullmakt_rule(f, area, today).is_ok())
+            .then_some(false),
+    })
+}
+
 /// Resolves the patient a call is about (see the module doc).
 #[derive(Clone)]
 pub struct Resolver {
