@@ -6,7 +6,9 @@
 //! checks the database afterwards (no double booking, every accepted message stored once).
 //! See `load-tests/README.md`.
 
+mod efficiency;
 mod engine;
+mod floor;
 mod pgbench;
 mod procstat;
 mod report;
@@ -45,7 +47,7 @@ enum ScenarioKind {
     Messaging,
     /// The gRPC health Check (an empty call).
     Baseline,
-    /// Rush and messaging alternating.
+    /// Rush and messaging in national proportions (`--mixed-rush-share`).
     Mixed,
     /// `--sessions` live video sessions; one flow = one MediaState signal relayed to the peer.
     Signalling,
@@ -104,7 +106,7 @@ struct Args {
     /// ANALYZE the seeded database before the run (in-process servers), as autovacuum would
     /// have long before a real Monday rush. Off by default, as in every run recorded so far:
     /// the PostgreSQL of these machines runs with autovacuum off, so without it plans are made on
-    /// the planner's guesses (see RESULTS.md on what changes with it).
+    /// the planner's guesses (see results/HISTORY.md, 2026-12-01, on what changes with it).
     #[arg(long)]
     analyze: bool,
     /// External server, e.g. http://127.0.0.1:50051 (loopback only).
@@ -219,6 +221,25 @@ struct Args {
     pgbench_seconds: u64,
     #[arg(long, default_value_t = 8)]
     pgbench_clients: u32,
+
+    /// Efficiency against the floor: measure the floor's database parts now (pgbench, or the
+    /// same SQL on SQLite), then per scenario a step sweep to saturation (`--rates`/`--step-*`,
+    /// going on while p99 ≤ `--step-stop-p99-ms`, default 1000), a run of `--run-duration` at
+    /// 40 % and one at 60 % of it, and an empty-call run at the 40 % run's RPC rate; writes the
+    /// ratio table (`--out`). In-process targets only.
+    #[arg(long)]
+    efficiency: bool,
+    /// Length of each fixed-rate run of `--efficiency`.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    run_duration: Duration,
+    /// Seconds of each floor measurement of `--efficiency`.
+    #[arg(long, default_value_t = 8)]
+    floor_seconds: u64,
+    /// Share of rush flows in the mixed scenario, the rest messaging. National proportions:
+    /// ~68 000 consultations a working day, about one in four booked online (~17 000 bookings)
+    /// and 21 % of them e-consultations (~14 300 threads): 54 : 46.
+    #[arg(long, default_value_t = 0.54)]
+    mixed_rush_share: f64,
 
     /// Worker threads of the in-process server's runtime.
     #[arg(long, default_value_t = 2)]
@@ -339,10 +360,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool> {
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let loadavg_start = procstat::loadavg();
-    let spec = match args.target {
+/// What `--target` and its options say to start.
+fn spec(args: &Args) -> anyhow::Result<Spec> {
+    Ok(match args.target {
         TargetKind::EmbeddedSqlite => Spec::EmbeddedSqlite,
         TargetKind::EmbeddedPostgres => Spec::EmbeddedPostgres {
             admin_url: args
@@ -371,7 +391,16 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
                 check_database_url: args.check_database_url.clone(),
             }
         }
-    };
+    })
+}
+
+async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool> {
+    if args.efficiency {
+        return efficiency::run(args, server).await;
+    }
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let loadavg_start = procstat::loadavg();
+    let spec = spec(&args)?;
     if args.step && args.step_rates().is_empty() {
         anyhow::bail!("no step rates");
     }
@@ -529,13 +558,15 @@ async fn run_scenario(
             (m.clone(), None, Some(m))
         }
         ScenarioKind::Mixed => {
-            let r =
-                Rush::seed(target, channels, times.clone(), &shape, planned.div_ceil(2)).await?;
+            let share = args.mixed_rush_share.clamp(0.0, 1.0);
+            let rush_flows = (planned as f64 * share).ceil() as u64;
+            let r = Rush::seed(target, channels, times.clone(), &shape, rush_flows.max(1)).await?;
             let m = Messaging::seed(target, channels, times.clone(), &shape).await?;
             (
                 Arc::new(Mixed {
                     rush: r.clone(),
                     messaging: m.clone(),
+                    rush_share: share,
                 }),
                 Some(r),
                 Some(m),
@@ -553,6 +584,9 @@ async fn run_scenario(
     };
     if args.analyze && target.analyze().await? {
         eprintln!("econsult-load: analyzed the seeded database");
+    }
+    if args.efficiency {
+        efficiency::settle(kind.name()).await;
     }
     let mut seed = BTreeMap::new();
     if let Some(s) = &video {

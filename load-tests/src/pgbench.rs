@@ -32,7 +32,8 @@ fn find_pgbench() -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn parse_url(url: &str) -> (String, String, String, Option<String>) {
+/// (host, port, user, password) of a PostgreSQL URL, for pgbench's options.
+pub fn connection(url: &str) -> (String, String, String, Option<String>) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("", authority));
@@ -50,6 +51,27 @@ fn parse_url(url: &str) -> (String, String, String, Option<String>) {
         user
     };
     (url_host(url), port, user, password)
+}
+
+/// (tps, transactions processed) from pgbench's report.
+pub fn parse_output(stdout: &str) -> (Option<f64>, Option<u64>) {
+    let tps = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("tps = "))
+        .and_then(|l| {
+            l.trim_start()
+                .trim_start_matches("tps = ")
+                .split_whitespace()
+                .next()
+        })
+        .and_then(|v| v.parse().ok());
+    let transactions = stdout
+        .lines()
+        .find(|l| l.contains("number of transactions actually processed"))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|v| v.trim().split('/').next())
+        .and_then(|v| v.trim().parse().ok());
+    (tps, transactions)
 }
 
 /// Runs the baseline against a fresh database next to `admin_url`'s.
@@ -99,7 +121,7 @@ pub async fn run(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Result<
         sqlx::query("ANALYZE").execute(&pool).await?;
         let script = std::env::temp_dir().join(format!("{name}.sql"));
         std::fs::write(&script, SCRIPT)?;
-        let (host, port, user, password) = parse_url(admin_url);
+        let (host, port, user, password) = connection(admin_url);
         let mut cmd = tokio::process::Command::new(&pgbench);
         cmd.args(["-n", "-M", "prepared"])
             .args(["-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()])
@@ -132,17 +154,7 @@ pub async fn run(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Result<
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        result.tps = stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with("tps = "))
-            .and_then(|l| l.trim_start().trim_start_matches("tps = ").split_whitespace().next())
-            .and_then(|v| v.parse().ok());
-        result.transactions = stdout
-            .lines()
-            .find(|l| l.contains("number of transactions actually processed"))
-            .and_then(|l| l.rsplit(':').next())
-            .and_then(|v| v.trim().split('/').next())
-            .and_then(|v| v.trim().parse().ok());
+        (result.tps, result.transactions) = parse_output(&stdout);
         use sqlx::Row as _;
         let row = sqlx::query("SELECT COUNT(*) FROM booking_appointments")
             .fetch_one(&pool)

@@ -67,13 +67,26 @@ fn stat_ticks(path: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
-fn server_threads_ticks() -> Option<u64> {
+/// As [`stat_ticks`], plus the time of the process's children that exited and were waited for
+/// (cutime + cstime, fields 16 and 17): PostgreSQL's postmaster collects the time of every
+/// backend that ended, such as a pgbench client's.
+fn stat_ticks_with_children(path: &str) -> Option<(String, u64)> {
+    let (comm, own) = stat_ticks(path)?;
+    let s = std::fs::read_to_string(path).ok()?;
+    let rest: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
+    let cutime: u64 = rest.get(13)?.parse().ok()?;
+    let cstime: u64 = rest.get(14)?.parse().ok()?;
+    Some((comm, own + cutime + cstime))
+}
+
+/// CPU ticks of this process's threads whose name `keep` accepts.
+fn threads_ticks(keep: impl Fn(&str) -> bool) -> Option<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
         let entry = entry.ok()?;
         let path = format!("{}/stat", entry.path().display());
         if let Some((comm, ticks)) = stat_ticks(&path)
-            && is_server_thread(&comm)
+            && keep(&comm)
         {
             total += ticks;
         }
@@ -81,8 +94,19 @@ fn server_threads_ticks() -> Option<u64> {
     Some(total)
 }
 
+fn server_threads_ticks() -> Option<u64> {
+    threads_ticks(is_server_thread)
+}
+
+/// CPU seconds so far of this process's threads whose name starts with `prefix` (living ones:
+/// a thread that exited takes its time with it).
+pub fn threads_cpu_s(prefix: &str) -> Option<f64> {
+    threads_ticks(|comm| comm.starts_with(prefix)).map(|t| t as f64 / TICKS)
+}
+
 /// CPU ticks of every process on the machine named `postgres` or `redis-server` (the database
-/// and event bus of a PostgreSQL target; other users of the same servers are included).
+/// and event bus of a PostgreSQL target; other users of the same servers are included), with
+/// those of their children that ended (connections closed during the phase).
 fn db_ticks() -> Option<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir("/proc").ok()? {
@@ -92,7 +116,7 @@ fn db_ticks() -> Option<u64> {
         if !name.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        if let Some((comm, ticks)) = stat_ticks(&format!("/proc/{name}/stat"))
+        if let Some((comm, ticks)) = stat_ticks_with_children(&format!("/proc/{name}/stat"))
             && (comm == "postgres" || comm == "redis-server")
         {
             total += ticks;

@@ -10,7 +10,7 @@
 //!   of their threads exactly once, and every practice holds a WatchInbox stream that must
 //!   receive every message and every thread start of its threads exactly once.
 //! - `baseline`: the standard gRPC health Check on the same server (no auth, no database).
-//! - `mixed`: rush and messaging flows alternating.
+//! - `mixed`: rush and messaging flows in national proportions (`--mixed-rush-share`).
 
 use crate::engine::{Outcome, RpcTimes, Scenario, record, status_error, timed, uncertain};
 use crate::target::Target;
@@ -266,6 +266,9 @@ pub struct Rush {
     cancel_ratio: f64,
     salt: u64,
     since_ms: i64,
+    /// `gp_uid IN (…)` of this seed's GPs: the checks count only their appointments, so runs
+    /// one after the other on one database do not see each other's.
+    own_gps: String,
     booked: AtomicU64,
     cancelled: AtomicU64,
     lost_race: AtomicU64,
@@ -316,6 +319,14 @@ impl Rush {
                 patients.push((nin.clone(), target.patient(nin)?));
             }
         }
+        // gp ids are `load-<tag>-gp<i>`, the tag fresh per seed (hex: nothing to escape).
+        let tag = seeded
+            .first()
+            .and_then(|g| g.gp_id.rsplit_once("-gp"))
+            .map(|(t, _)| t.to_owned())
+            .context("no GP seeded")?;
+        let own_gps =
+            format!("gp_uid IN (SELECT gp_uid FROM booking_gps WHERE gp_id LIKE '{tag}-gp%')");
         let mut acc = 0.0;
         let cum = shares
             .iter()
@@ -343,6 +354,7 @@ impl Rush {
             cancel_ratio: shape.cancel_ratio,
             salt: rand::random(),
             since_ms,
+            own_gps,
             booked: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             lost_race: AtomicU64::new(0),
@@ -517,9 +529,10 @@ impl Rush {
         let slack_book = (self.uncertain_book.load(Ordering::Relaxed) + abandoned) as i64;
         let slack_cancel = (self.uncertain_cancel.load(Ordering::Relaxed) + abandoned) as i64;
         let since = self.since_ms;
+        let own = &self.own_gps;
         match target
             .count(&format!(
-                "SELECT COUNT(*) FROM booking_appointments WHERE booked_at >= {since}"
+                "SELECT COUNT(*) FROM booking_appointments WHERE booked_at >= {since} AND {own}"
             ))
             .await
         {
@@ -537,7 +550,7 @@ impl Rush {
         }
         match target
             .count(&format!(
-                "SELECT COUNT(*) FROM booking_appointments WHERE booked_at >= {since} AND status <> 4"
+                "SELECT COUNT(*) FROM booking_appointments WHERE booked_at >= {since} AND status <> 4 AND {own}"
             ))
             .await
         {
@@ -572,7 +585,7 @@ impl Rush {
         // search opened, written with the hold or the booking (a search writes nothing itself).
         match target
             .count(&format!(
-                "SELECT COUNT(*) FROM booking_appointments a WHERE a.booked_at >= {since} AND a.rescheduled_from IS NULL \
+                "SELECT COUNT(*) FROM booking_appointments a WHERE a.booked_at >= {since} AND a.{own} AND a.rescheduled_from IS NULL \
                  AND NOT EXISTS (SELECT 1 FROM booking_episodes e WHERE e.patient_nin = a.patient_nin \
                  AND e.chosen_slot_id = a.slot_id AND e.outcome = 1)"
             ))
@@ -676,11 +689,19 @@ impl Messaging {
         let n_patients = shape.messaging_patients.max(1);
         let per_gp = 50usize.min(n_patients);
         let gps = n_patients.div_ceil(per_gp);
+        // Fresh patients and practices per seed: a patient may have at most 10 open
+        // e-consultations, and each flow leaves its thread open (the reply asks for more), so a
+        // second scenario on the same database (`--efficiency` runs four) would be refused
+        // with the first's; and a practice's WatchInbox starts at cursor 0, so it would first
+        // replay every earlier scenario's changes.
+        static ROUND: AtomicU64 = AtomicU64::new(0);
+        let round = ROUND.fetch_add(1, Ordering::Relaxed);
+        anyhow::ensure!(n_patients <= 100_000, "at most 100 000 messaging patients");
         let (seeded, practices, _) = seed_gps(
             target,
             channels,
-            940_000_000,
-            10_000_000,
+            940_000_000 + round * 10_000,
+            10_000_000 + round * 100_000,
             gps,
             10,
             per_gp,
@@ -1381,18 +1402,60 @@ impl Scenario for Baseline {
 
 // -------------------------------------------------------------------------------------- mixed
 
-/// Rush and messaging flows alternating.
+/// Rush and messaging flows, `rush_share` of them rush, spread evenly.
 pub struct Mixed {
     pub rush: Arc<Rush>,
     pub messaging: Arc<Messaging>,
+    /// Share of flows that are rush flows (0..=1), spread evenly over the sequence.
+    pub rush_share: f64,
+}
+
+impl Mixed {
+    /// Whether flow `n` is a rush flow, and its number within its own scenario: flow `n` is a
+    /// rush flow when ⌊(n+1)·share⌋ > ⌊n·share⌋, so both sub-sequences are dense from 0.
+    pub fn route(share: f64, n: u64) -> (bool, u64) {
+        let before = (n as f64 * share).floor() as u64;
+        let after = ((n + 1) as f64 * share).floor() as u64;
+        if after > before {
+            (true, before)
+        } else {
+            (false, n - before)
+        }
+    }
 }
 
 impl Scenario for Mixed {
     fn flow(self: Arc<Self>, n: u64, channel: Channel) -> BoxFuture<'static, Outcome> {
-        if n.is_multiple_of(2) {
-            self.rush.clone().flow(n / 2, channel)
-        } else {
-            self.messaging.clone().flow(n / 2, channel)
+        match Mixed::route(self.rush_share, n) {
+            (true, k) => self.rush.clone().flow(k, channel),
+            (false, k) => self.messaging.clone().flow(k, channel),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mixed;
+
+    #[test]
+    fn the_mix_keeps_its_share_and_numbers_each_side_densely() {
+        for share in [0.0, 0.25, 0.54, 0.5, 1.0] {
+            let (mut rush, mut messaging) = (Vec::new(), Vec::new());
+            for n in 0..1000 {
+                match Mixed::route(share, n) {
+                    (true, k) => rush.push(k),
+                    (false, k) => messaging.push(k),
+                }
+            }
+            assert_eq!(rush.len(), (1000.0 * share) as usize, "share {share}");
+            assert!(
+                rush.iter().copied().eq(0..rush.len() as u64),
+                "share {share}"
+            );
+            assert!(
+                messaging.iter().copied().eq(0..messaging.len() as u64),
+                "share {share}"
+            );
         }
     }
 }

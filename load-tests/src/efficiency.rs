@@ -1,0 +1,442 @@
+//! The `--efficiency` run: per scenario a sweep to saturation, fixed-rate runs at 40 % and
+//! 60 % of it and empty calls at the 40 % run's RPC rate, against the floor measured first
+//! ([`crate::floor`]); the ratio table with the verdicts of issue 28's targets.
+
+use crate::engine::{self, Limits};
+use crate::floor;
+use crate::report::{self, RunReport, ScenarioReport};
+use crate::target::Target;
+use crate::{Args, ScenarioKind, TargetKind, procstat, run_scenario, spec};
+use anyhow::Context as _;
+use std::time::Duration;
+
+/// One scenario's line of the efficiency table (`--efficiency`).
+#[derive(Debug, Clone, serde::Serialize)]
+struct EfficiencyRow {
+    scenario: String,
+    backend: String,
+    /// The sweep's highest rate of answered flows (OK or an expected refusal) per second of
+    /// wall time.
+    saturation: f64,
+    /// The fixed-rate run at 40 % of saturation.
+    rate_40: f64,
+    /// CPU ms per completed flow at 40 %: the server's threads, PostgreSQL + Redis (zero on
+    /// SQLite, whose work runs on the server's threads), and their sum.
+    server_ms: f64,
+    db_ms: f64,
+    product_ms: f64,
+    parts: floor::FlowParts,
+    /// Server CPU ms of one empty call at the 40 % run's RPC rate.
+    rpc_ms: f64,
+    floor_ms: f64,
+    ratio: f64,
+    target_ratio: Option<f64>,
+    /// Flow p99 at 40 % and 60 % of saturation.
+    p99_40_ms: f64,
+    p99_60_ms: f64,
+    /// Messaging: SendMessage's service time and delivery to a subscriber at 60 %.
+    send_p99_60_ms: Option<f64>,
+    delivery_p99_60_ms: Option<f64>,
+    checks_passed: bool,
+    verdict: String,
+}
+
+/// The whole `--efficiency` result.
+#[derive(Debug, Clone, serde::Serialize)]
+struct EfficiencyReport {
+    started_at: String,
+    command: String,
+    loadavg_start: String,
+    loadavg_end: String,
+    floor: floor::DbFloor,
+    rows: Vec<EfficiencyRow>,
+    /// Every phase run (sweeps, fixed rates, empty calls), with its checks.
+    run: RunReport,
+}
+
+fn cpu_of(p: &engine::PhaseResult, with_db: bool) -> (f64, f64) {
+    let Some(u) = &p.resources else {
+        return (0.0, 0.0);
+    };
+    let flows = p.completed.max(1) as f64;
+    let server = u.server_cpu_s.unwrap_or(0.0) * 1000.0 / flows;
+    let db = if with_db {
+        u.db_cpu_percent.unwrap_or(0.0) / 100.0 * u.wall_s * 1000.0 / flows
+    } else {
+        0.0
+    };
+    (server, db)
+}
+
+pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool> {
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let loadavg_start = procstat::loadavg();
+    let floor = match args.target {
+        TargetKind::EmbeddedPostgres => {
+            let url = args
+                .database_url
+                .clone()
+                .context("--target embedded-postgres needs --database-url")?;
+            floor::postgres(&url, args.floor_seconds, args.pgbench_clients).await?
+        }
+        TargetKind::EmbeddedSqlite => {
+            floor::sqlite(args.floor_seconds, args.pgbench_clients).await?
+        }
+        TargetKind::External => anyhow::bail!("--efficiency needs an in-process target"),
+    };
+    for u in [&floor.booking_write, &floor.message_write, &floor.read] {
+        eprintln!(
+            "econsult-load: floor: {} {:.0}/s, {:.3} ms of database CPU each",
+            u.name, u.per_second, u.cpu_ms
+        );
+    }
+    let target = Target::start(spec(&args)?, server, args.db_max_connections).await?;
+    eprintln!("econsult-load: target {} at {}", target.label, target.addr);
+    let channels = target.channels(args.connections).await?;
+    let limits = Limits {
+        max_in_flight: args.max_in_flight.max(1),
+        timeout: args.request_timeout,
+    };
+    let mut reports = Vec::new();
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    let mut outcome = Ok(());
+    for kind in args.scenario.clone() {
+        let parts = match kind {
+            ScenarioKind::Rush => floor::FlowParts::rush(args.cancel_ratio),
+            ScenarioKind::Messaging => floor::FlowParts::messaging(args.retry_ratio),
+            ScenarioKind::Mixed => floor::FlowParts::mix(
+                floor::FlowParts::rush(args.cancel_ratio),
+                args.mixed_rush_share.clamp(0.0, 1.0),
+                floor::FlowParts::messaging(args.retry_ratio),
+            ),
+            ScenarioKind::Signalling => floor::FlowParts::signalling(),
+            ScenarioKind::Baseline => continue,
+        };
+        let result = efficiency_scenario(kind, parts, &args, &target, &channels, &limits).await;
+        match result {
+            Ok((row, runs)) => {
+                for rep in &runs {
+                    for c in rep.checks.iter().filter(|c| !c.passed) {
+                        failures.push(format!("{}: {} ({})", rep.scenario, c.name, c.detail));
+                    }
+                }
+                reports.extend(runs);
+                let mut row = row;
+                row.backend = target.backend.clone();
+                row.floor_ms = parts.floor_ms(&floor, row.rpc_ms);
+                row.ratio = row.product_ms / row.floor_ms.max(1e-9);
+                row.verdict = verdict(&row, args.p99_target_ms);
+                eprintln!(
+                    "econsult-load: {}: saturation {:.0}/s; at {:.0}/s {:.2} ms/flow against a floor of {:.2}: {:.2}×; {}",
+                    row.scenario,
+                    row.saturation,
+                    row.rate_40,
+                    row.product_ms,
+                    row.floor_ms,
+                    row.ratio,
+                    row.verdict
+                );
+                rows.push(row);
+            }
+            Err(e) => {
+                outcome = Err(e.context(format!("scenario {}", kind.name())));
+                break;
+            }
+        }
+    }
+    let backend = target.backend.clone();
+    let target_label = target.label.clone();
+    drop(channels);
+    if let Err(e) = target.shutdown().await {
+        eprintln!("econsult-load: shutdown: {e:#}");
+    }
+    outcome?;
+    let run = RunReport {
+        tool: format!("econsult-load {}", env!("CARGO_PKG_VERSION")),
+        started_at: started_at.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        target: target_label,
+        backend,
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg_start: loadavg_start.clone(),
+        loadavg_end: procstat::loadavg(),
+        connections: args.connections,
+        p99_target_ms: args.p99_target_ms,
+        max_error_rate: args.max_error_percent / 100.0,
+        scenarios: reports,
+        pgbench: None,
+        passed: failures.is_empty(),
+        failures,
+    };
+    let report = EfficiencyReport {
+        started_at,
+        command: run.command.clone(),
+        loadavg_start,
+        loadavg_end: run.loadavg_end.clone(),
+        floor,
+        rows,
+        run,
+    };
+    let md = efficiency_markdown(&report);
+    println!("{md}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", out.display()))?;
+        let md_path = args
+            .summary
+            .clone()
+            .unwrap_or_else(|| out.with_extension("md"));
+        std::fs::write(&md_path, &md).with_context(|| format!("write {}", md_path.display()))?;
+        if let Some(svg) = report::svg(&report.run) {
+            let p = args
+                .svg
+                .clone()
+                .unwrap_or_else(|| out.with_extension("svg"));
+            std::fs::write(&p, svg).with_context(|| format!("write {}", p.display()))?;
+        }
+    }
+    if !report.run.passed {
+        eprintln!("econsult-load: FAILED");
+        for f in &report.run.failures {
+            eprintln!("  - {f}");
+        }
+    }
+    Ok(report.run.passed)
+}
+
+/// The sweep, the runs at 40 % and 60 % and the empty calls of one scenario.
+async fn efficiency_scenario(
+    kind: ScenarioKind,
+    parts: floor::FlowParts,
+    args: &Args,
+    target: &Target,
+    channels: &[tonic::transport::Channel],
+    limits: &Limits,
+) -> anyhow::Result<(EfficiencyRow, Vec<ScenarioReport>)> {
+    let with_db = target.backend == "postgres";
+    let mut sweep_args = args.clone();
+    sweep_args.step = true;
+    sweep_args.step_stop_p99_ms = Some(args.step_stop_p99_ms.unwrap_or(1000.0));
+    eprintln!("econsult-load: {}: sweep", kind.name());
+    let sweep = run_scenario(kind, &sweep_args, target, channels, limits).await?;
+    let saturation = sweep
+        .phases
+        .iter()
+        .map(|p| (p.completed - p.error_count.min(p.completed)) as f64 / p.wall_s.max(1e-3))
+        .fold(0.0, f64::max);
+    anyhow::ensure!(saturation > 0.0, "the sweep completed no flow");
+    let fixed = |share: f64| {
+        let mut a = args.clone();
+        a.step = false;
+        a.rate = (saturation * share).max(1.0);
+        a.duration = args.run_duration;
+        a
+    };
+    let at40_args = fixed(0.4);
+    eprintln!(
+        "econsult-load: {}: {:.0}/s (40 % of {saturation:.0})",
+        kind.name(),
+        at40_args.rate
+    );
+    let at40 = run_scenario(kind, &at40_args, target, channels, limits).await?;
+    let at60_args = fixed(0.6);
+    eprintln!(
+        "econsult-load: {}: {:.0}/s (60 % of {saturation:.0})",
+        kind.name(),
+        at60_args.rate
+    );
+    let at60 = run_scenario(kind, &at60_args, target, channels, limits).await?;
+    let mut empty_args = args.clone();
+    empty_args.step = false;
+    empty_args.rate = (at40_args.rate * parts.rpcs).max(10.0);
+    empty_args.duration = args.run_duration.min(Duration::from_secs(8));
+    eprintln!(
+        "econsult-load: {}: empty calls at {:.0}/s",
+        kind.name(),
+        empty_args.rate
+    );
+    let empty = run_scenario(
+        ScenarioKind::Baseline,
+        &empty_args,
+        target,
+        channels,
+        limits,
+    )
+    .await?;
+    let p40 = at40.phases.first().context("no 40 % phase")?;
+    let p60 = at60.phases.first().context("no 60 % phase")?;
+    let (server_ms, db_ms) = cpu_of(p40, with_db);
+    let (rpc_ms, _) = cpu_of(empty.phases.first().context("no empty-call phase")?, false);
+    let messaging = kind == ScenarioKind::Messaging;
+    let row = EfficiencyRow {
+        scenario: kind.name().into(),
+        backend: String::new(),
+        saturation,
+        rate_40: at40_args.rate,
+        server_ms,
+        db_ms,
+        product_ms: server_ms + db_ms,
+        parts,
+        rpc_ms,
+        floor_ms: 0.0,
+        ratio: 0.0,
+        target_ratio: match kind {
+            ScenarioKind::Rush => Some(2.0),
+            ScenarioKind::Messaging | ScenarioKind::Mixed => Some(2.5),
+            _ => None,
+        },
+        p99_40_ms: p40.latency.p99_ms,
+        p99_60_ms: p60.latency.p99_ms,
+        send_p99_60_ms: messaging
+            .then(|| at60.rpc_service_time.get("consultation.SendMessage"))
+            .flatten()
+            .map(|l| l.p99_ms),
+        delivery_p99_60_ms: messaging
+            .then(|| at60.stream_delivery.as_ref())
+            .flatten()
+            .map(|l| l.p99_ms),
+        checks_passed: [&sweep, &at40, &at60, &empty]
+            .iter()
+            .all(|r| r.checks.iter().all(|c| c.passed)),
+        verdict: String::new(),
+    };
+    Ok((row, vec![sweep, at40, at60, empty]))
+}
+
+/// Met or not, and why, against issue 28's targets.
+fn verdict(r: &EfficiencyRow, p99_target_ms: f64) -> String {
+    let mut missed = Vec::new();
+    if let Some(t) = r.target_ratio
+        && r.ratio > t
+    {
+        missed.push(format!("ratio {:.2}× > {t}×", r.ratio));
+    }
+    match r.scenario.as_str() {
+        "signalling" => {
+            if r.p99_40_ms >= 5.0 {
+                missed.push(format!("relay p99 {:.1} ms ≥ 5 ms", r.p99_40_ms));
+            }
+        }
+        "mixed" => {
+            if r.p99_40_ms >= p99_target_ms {
+                missed.push(format!("p99 at 40 % {:.1} ms", r.p99_40_ms));
+            }
+        }
+        "messaging" => {
+            for (what, v) in [
+                ("SendMessage p99 at 60 %", r.send_p99_60_ms),
+                ("delivery p99 at 60 %", r.delivery_p99_60_ms),
+            ] {
+                match v {
+                    Some(v) if v < p99_target_ms => {}
+                    Some(v) => missed.push(format!("{what} {v:.1} ms")),
+                    None => missed.push(format!("{what} not measured")),
+                }
+            }
+        }
+        _ => {
+            for (what, v) in [("p99 at 40 %", r.p99_40_ms), ("p99 at 60 %", r.p99_60_ms)] {
+                if v >= p99_target_ms {
+                    missed.push(format!("{what} {v:.1} ms"));
+                }
+            }
+        }
+    }
+    if !r.checks_passed {
+        missed.push("a correctness check failed".into());
+    }
+    if missed.is_empty() {
+        "met".into()
+    } else {
+        format!("not met: {}", missed.join("; "))
+    }
+}
+
+fn efficiency_markdown(r: &EfficiencyReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Efficiency against the floor ({}, {})\n\nStarted {}; load average {} → {}.\nCommand: `{}`\n",
+        r.run.backend, r.run.build, r.started_at, r.loadavg_start, r.loadavg_end, r.command
+    );
+    let _ = writeln!(
+        s,
+        "## The floor's database parts\n\n| part | transactions | per second | database CPU ms each | how |\n|---|---:|---:|---:|---|"
+    );
+    for u in [
+        &r.floor.booking_write,
+        &r.floor.message_write,
+        &r.floor.read,
+    ] {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.3} | `{}` |",
+            u.name, u.transactions, u.per_second, u.cpu_ms, u.command
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Per scenario\n\n| scenario | saturation (flows/s) | at 40 % (flows/s) | CPU ms/flow: server + DB = product | floor ms/flow (writes, reads, RPCs × ms) | ratio | target | p99 at 40 % / 60 % (ms) | verdict |\n|---|---:|---:|---|---|---:|---:|---|---|"
+    );
+    for row in &r.rows {
+        let p = &row.parts;
+        let extra = match (row.send_p99_60_ms, row.delivery_p99_60_ms) {
+            (Some(a), Some(b)) => format!("; SendMessage {a:.1}, delivery {b:.1} at 60 %"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.2} + {:.2} = **{:.2}** | {:.2} ({:.2} booking + {:.2} message writes, {:.2} reads, {:.2} RPCs × {:.3}) | **{:.2}×** | {} | {:.1} / {:.1}{} | {} |",
+            row.scenario,
+            row.saturation,
+            row.rate_40,
+            row.server_ms,
+            row.db_ms,
+            row.product_ms,
+            row.floor_ms,
+            p.booking_writes,
+            p.message_writes,
+            p.reads,
+            p.rpcs,
+            row.rpc_ms,
+            row.ratio,
+            row.target_ratio.map_or("—".into(), |t| format!("≤ {t}×")),
+            row.p99_40_ms,
+            row.p99_60_ms,
+            extra,
+            row.verdict
+        );
+    }
+    let _ = writeln!(s, "\n## Every phase\n\n{}", report::markdown(&r.run));
+    s
+}
+
+/// Waits until what seeding set off (the relay publishing its events, the consumers applying
+/// them) is done: until the server and PostgreSQL + Redis together use under 10 % of a core for
+/// two half-second windows in a row, at most 20 s (open video sessions keep it busier).
+pub async fn settle(what: &str) {
+    let started = std::time::Instant::now();
+    let mut quiet = 0;
+    let mut last = 0.0;
+    while started.elapsed() < Duration::from_secs(20) && quiet < 2 {
+        let Some(snap) = procstat::Snapshot::take() else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let u = snap.usage_until_now();
+        last = u.server_cpu_percent.unwrap_or(0.0) + u.db_cpu_percent.unwrap_or(0.0);
+        quiet = if last < 10.0 { quiet + 1 } else { 0 };
+    }
+    eprintln!(
+        "econsult-load: {what}: settled after seeding in {:.1} s (server + database at {last:.1} % of a core)",
+        started.elapsed().as_secs_f64()
+    );
+}

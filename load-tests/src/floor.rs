@@ -1,0 +1,413 @@
+//! The floor of `--efficiency`: what the least possible implementation of a scenario's flow
+//! costs in CPU on this machine now, measured minutes before the product in the same run.
+//!
+//! The floor of a flow is the sum of its parts, each measured now:
+//! - a write transaction: the scenario's equivalent SQL (`pgbench/booking.sql`,
+//!   `pgbench/message.sql`) as pgbench transactions against a scratch database with the real
+//!   schema (PostgreSQL), or the same statements in one transaction each on a plain SQLite
+//!   connection with the service's pragmas (SQLite);
+//! - a read: `pgbench/read.sql` (a select of free slots by the service's index), likewise;
+//! - an RPC: an empty gRPC call (the health Check) on the same server, at the RPC rate the
+//!   product ran at.
+//!
+//! Each part's cost is the CPU of the database alone (PostgreSQL + Redis processes, or this
+//! process's SQLite threads) and, for the empty call, of the server's threads alone: the
+//! clients (pgbench, the generator) are left out on both sides, as the product's figure leaves
+//! out the generator.
+
+use crate::procstat;
+use crate::target::require_loopback;
+use anyhow::Context as _;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+pub const BOOKING_SQL: &str = include_str!("../pgbench/booking.sql");
+pub const MESSAGE_SQL: &str = include_str!("../pgbench/message.sql");
+pub const READ_SQL: &str = include_str!("../pgbench/read.sql");
+
+/// Slots and threads seeded for the floor's transactions.
+const SLOTS: i64 = 1_000_000;
+const THREADS: i64 = 100_000;
+
+/// One measured part of the floor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unit {
+    /// `booking write`, `message write`, `read`, `empty RPC`.
+    pub name: String,
+    pub transactions: u64,
+    pub per_second: f64,
+    /// CPU of the database (or the server, for the empty RPC) per transaction, in ms.
+    pub cpu_ms: f64,
+    pub command: String,
+}
+
+/// The database parts of the floor (the empty RPC is measured per scenario, at its rate).
+#[derive(Debug, Clone, Serialize)]
+pub struct DbFloor {
+    pub backend: String,
+    pub booking_write: Unit,
+    pub message_write: Unit,
+    pub read: Unit,
+}
+
+/// What one flow of a scenario consists of, in floor parts.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FlowParts {
+    pub booking_writes: f64,
+    pub message_writes: f64,
+    pub reads: f64,
+    pub rpcs: f64,
+}
+
+impl FlowParts {
+    /// The parts of one rush flow: FindSlots (a read: a search records nothing until it
+    /// books), HoldSlot and Book (a write each), and the share that cancels (a write).
+    pub fn rush(cancel_ratio: f64) -> Self {
+        Self {
+            booking_writes: 2.0 + cancel_ratio,
+            message_writes: 0.0,
+            reads: 1.0,
+            rpcs: 3.0 + cancel_ratio,
+        }
+    }
+
+    /// The parts of one messaging flow: StartConsultation, SendMessage and Reply (a message
+    /// write each; the thread's own INSERT is left out, so this floor is if anything low), and
+    /// the retried share (a read of the stored answer). Delivery on the streams is not a part:
+    /// its least cost was not measured, so it counts as product cost.
+    pub fn messaging(retry_ratio: f64) -> Self {
+        Self {
+            booking_writes: 0.0,
+            message_writes: 3.0,
+            reads: retry_ratio,
+            rpcs: 3.0 + retry_ratio,
+        }
+    }
+
+    /// One signal relayed: one RPC, no database.
+    pub fn signalling() -> Self {
+        Self {
+            booking_writes: 0.0,
+            message_writes: 0.0,
+            reads: 0.0,
+            rpcs: 1.0,
+        }
+    }
+
+    /// `share` of `a` and the rest of `b`.
+    pub fn mix(a: Self, share: f64, b: Self) -> Self {
+        let w = |x: f64, y: f64| share * x + (1.0 - share) * y;
+        Self {
+            booking_writes: w(a.booking_writes, b.booking_writes),
+            message_writes: w(a.message_writes, b.message_writes),
+            reads: w(a.reads, b.reads),
+            rpcs: w(a.rpcs, b.rpcs),
+        }
+    }
+
+    /// CPU ms of the floor of one flow.
+    pub fn floor_ms(&self, db: &DbFloor, rpc_ms: f64) -> f64 {
+        self.booking_writes * db.booking_write.cpu_ms
+            + self.message_writes * db.message_write.cpu_ms
+            + self.reads * db.read.cpu_ms
+            + self.rpcs * rpc_ms
+    }
+}
+
+/// Seeds the floor's rows into a freshly migrated database: one GP with `SLOTS` free slots a
+/// minute apart, and `THREADS` open threads.
+async fn seed(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO booking_gps (gp_uid, org_number, gp_id, hpr_number, display_name, municipality_number, list_capacity, list_status, updated_at) \
+         VALUES ('pgb-gp', '999999999', 'pgb', '1', 'pgbench', '0301', 2500, 1, 0)",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+         INSERT INTO booking_slots (slot_id, gp_uid, start_at, end_at, modality, acute_reserve, status, created_at) \
+         SELECT 'pgb-' || i, 'pgb-gp', 4000000000000 + i * 60000, 4000000000000 + i * 60000 + 60000, 1, 0, 1, 0 FROM n",
+    )
+    .bind(SLOTS)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+         INSERT INTO consultation_threads (thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
+         category, subject, state, submitted_at, due_at, updated_at) \
+         SELECT 'pgb-t' || i, 'p' || i, 'pgb', 'pgbench', '999999999', '0301', 1, 'Sår hals', 1, 0, 0, 0 FROM n",
+    )
+    .bind(THREADS)
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
+fn find_pgbench() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("pgbench"))
+        .find(|p| p.is_file())
+}
+
+/// CPU seconds of the PostgreSQL and Redis processes between `snap` and now.
+fn db_cpu_s(snap: &procstat::Snapshot) -> f64 {
+    let u = snap.usage_until_now();
+    u.db_cpu_percent.unwrap_or(0.0) / 100.0 * u.wall_s
+}
+
+/// The PostgreSQL floor: the three scripts by pgbench, `seconds` each, against a scratch
+/// database next to `admin_url`'s (dropped afterwards).
+pub async fn postgres(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Result<DbFloor> {
+    require_loopback("--database-url", admin_url)?;
+    let pgbench = find_pgbench().context(
+        "pgbench is not installed (Debian: apt-get install postgresql-contrib or postgresql-client)",
+    )?;
+    let name = format!(
+        "econsult_floor_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let url = econsult_runtime::db::create_database(admin_url, &name)
+        .await
+        .context("create the floor's database")?;
+    let outcome = async {
+        let db = econsult_runtime::db::Db::connect(&url).await?;
+        db.migrate().await?;
+        eprintln!("econsult-load: floor: seeding {SLOTS} slots and {THREADS} threads");
+        seed(db.read()).await?;
+        db.close().await;
+        let (host, port, user, password) = crate::pgbench::connection(admin_url);
+        let mut units = Vec::new();
+        for (unit, file, script) in [
+            ("booking write", "booking.sql", BOOKING_SQL),
+            ("message write", "message.sql", MESSAGE_SQL),
+            ("read", "read.sql", READ_SQL),
+        ] {
+            let path = std::env::temp_dir().join(format!("{name}-{file}"));
+            std::fs::write(&path, script)?;
+            let mut cmd = tokio::process::Command::new(&pgbench);
+            cmd.args(["-n", "-M", "prepared"])
+                .args(["-c", &clients.to_string(), "-j", "2"])
+                .args(["-T", &seconds.to_string()])
+                .args(["-D", &format!("nslots={SLOTS}")])
+                .args(["-D", &format!("nthreads={THREADS}")])
+                .arg("-f")
+                .arg(&path)
+                .args(["-h", &host, "-p", &port, "-U", &user])
+                .arg(&name);
+            if let Some(p) = &password {
+                cmd.env("PGPASSWORD", p);
+            }
+            eprintln!("econsult-load: floor: pgbench {file} for {seconds} s");
+            let snap = procstat::Snapshot::take().context("no /proc")?;
+            let out = tokio::time::timeout(
+                Duration::from_secs(seconds + 60),
+                cmd.kill_on_drop(true).output(),
+            )
+            .await
+            .context("pgbench did not finish")??;
+            // pgbench's backends end as it does; their time reaches the postmaster's cutime
+            // once it has reaped them. A snapshot in between would miss a backend whose
+            // process was gone while its parent had not yet collected it.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let cpu = db_cpu_s(&snap);
+            let _ = std::fs::remove_file(&path);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                anyhow::bail!(
+                    "pgbench {file} failed: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let (tps, transactions) = crate::pgbench::parse_output(&stdout);
+            let transactions = transactions.context("pgbench printed no transaction count")?;
+            anyhow::ensure!(transactions > 0, "pgbench {file} ran no transaction");
+            units.push(Unit {
+                name: unit.into(),
+                transactions,
+                per_second: tps.unwrap_or(0.0),
+                cpu_ms: 1000.0 * cpu / transactions as f64,
+                command: format!(
+                    "pgbench -n -M prepared -c {clients} -j 2 -T {seconds} -D nslots={SLOTS} -D nthreads={THREADS} -f load-tests/pgbench/{file}"
+                ),
+            });
+        }
+        let mut units = units.into_iter();
+        anyhow::Ok(DbFloor {
+            backend: "postgres".into(),
+            booking_write: units.next().context("booking")?,
+            message_write: units.next().context("message")?,
+            read: units.next().context("read")?,
+        })
+    }
+    .await;
+    econsult_runtime::db::drop_database(admin_url, &name).await;
+    outcome
+}
+
+/// The scripts' statements with sqlx parameters, for SQLite (pgbench's `:vars` become binds;
+/// ids come from the client, as SQLite has no `gen_random_uuid`).
+const SQLITE_BOOKING: [&str; 2] = [
+    "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
+     WHERE slot_id = $1 AND status = 1",
+    "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at) \
+     SELECT $2, slot_id, gp_uid, $3, 1, '', 0 FROM booking_slots WHERE slot_id = $1 AND status = 2 \
+     ON CONFLICT DO NOTHING",
+];
+const SQLITE_MESSAGE: [&str; 2] = [
+    "UPDATE consultation_threads SET last_seq = last_seq + 1, updated_at = 0 WHERE thread_id = $1 RETURNING last_seq",
+    "INSERT INTO consultation_messages (message_id, thread_id, seq, author, author_hpr, body, sent_at) \
+     VALUES ($1, $2, $3, 1, '', 'Hei, jeg har hatt vondt i halsen i fem dager og lurer på om jeg bør komme inn.', 0)",
+];
+const SQLITE_READ: &str = "SELECT slot_id, start_at, end_at, modality FROM booking_slots \
+     WHERE gp_uid = 'pgb-gp' AND start_at >= $1 AND status = 1 ORDER BY start_at LIMIT 20";
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Booking,
+    Message,
+    Read,
+}
+
+/// One transaction of `kind` with random parameters.
+async fn sqlite_once(
+    write: &sqlx::AnyPool,
+    read: &sqlx::AnyPool,
+    kind: Kind,
+) -> anyhow::Result<()> {
+    use rand::Rng as _;
+    use sqlx::Row as _;
+    let (n, patient) = {
+        let mut rng = rand::thread_rng();
+        (rng.gen_range(1..=SLOTS), rng.gen_range(1..=100_000))
+    };
+    match kind {
+        Kind::Booking => {
+            let slot = format!("pgb-{n}");
+            let mut tx = write.begin().await?;
+            sqlx::query(SQLITE_BOOKING[0])
+                .bind(&slot)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(SQLITE_BOOKING[1])
+                .bind(&slot)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(format!("p{patient}"))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Kind::Message => {
+            let thread = format!("pgb-t{}", 1 + n % THREADS);
+            let mut tx = write.begin().await?;
+            let seq: i64 = sqlx::query(SQLITE_MESSAGE[0])
+                .bind(&thread)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            sqlx::query(SQLITE_MESSAGE[1])
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&thread)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Kind::Read => {
+            sqlx::query(SQLITE_READ)
+                .bind(4_000_000_000_000 + n * 60_000)
+                .fetch_all(read)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The SQLite floor: the same statements, `clients` tasks for `seconds` each, in one
+/// transaction each on one writing connection with the service's pragmas (WAL,
+/// `synchronous = FULL`) and a pool of readers, on a scratch file migrated with the real schema.
+/// The cost is the CPU of this process's SQLite threads (`sqlx-sqlite-worker-*`).
+pub async fn sqlite(seconds: u64, clients: u32) -> anyhow::Result<DbFloor> {
+    use sqlx::Executor as _;
+    use std::str::FromStr as _;
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("floor.db").display());
+    {
+        let db = econsult_runtime::db::Db::connect(&url).await?;
+        db.migrate().await?;
+        eprintln!("econsult-load: floor: seeding {SLOTS} slots and {THREADS} threads");
+        seed(db.writer()).await?;
+        db.close().await;
+    }
+    let write = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect_with(sqlx::any::AnyConnectOptions::from_str(&format!(
+            "{url}?mode=rw"
+        ))?)
+        .await?;
+    let read = sqlx::any::AnyPoolOptions::new()
+        .max_connections(clients.max(1))
+        .connect_with(sqlx::any::AnyConnectOptions::from_str(&format!(
+            "{url}?mode=ro"
+        ))?)
+        .await?;
+    let mut units = Vec::new();
+    for (name, kind) in [
+        ("booking write", Kind::Booking),
+        ("message write", Kind::Message),
+        ("read", Kind::Read),
+    ] {
+        eprintln!("econsult-load: floor: SQLite {name} for {seconds} s");
+        let before = procstat::threads_cpu_s("sqlx-sqlite").context("no /proc")?;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..clients.max(1) {
+            let (write, read) = (write.clone(), read.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    sqlite_once(&write, &read, kind).await?;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            }));
+        }
+        let mut transactions = 0;
+        for t in tasks {
+            transactions += t.await??;
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = procstat::threads_cpu_s("sqlx-sqlite").context("no /proc")? - before;
+        anyhow::ensure!(transactions > 0, "SQLite {name} ran no transaction");
+        units.push(Unit {
+            name: name.into(),
+            transactions,
+            per_second: transactions as f64 / wall,
+            cpu_ms: 1000.0 * cpu / transactions as f64,
+            command: format!(
+                "in-process: {clients} tasks, one transaction each on one writer (WAL, synchronous = FULL), {seconds} s"
+            ),
+        });
+    }
+    write.close().await;
+    read.close().await;
+    let mut units = units.into_iter();
+    Ok(DbFloor {
+        backend: "sqlite".into(),
+        booking_write: units.next().context("booking")?,
+        message_write: units.next().context("message")?,
+        read: units.next().context("read")?,
+    })
+}
