@@ -6,6 +6,7 @@
 
 use crate::content::CheckedAttachment;
 use crate::domain::{Attachment, Author, Category, Message, State, Thread};
+use econsult_runtime::db::MultiRow;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row as _};
 
@@ -352,6 +353,88 @@ pub async fn message(pool: &AnyPool, message_id: &str) -> Result<Option<Message>
         None => Ok(None),
         Some(r) => Ok(with_attachments(pool, vec![message_row(&r)?]).await?.pop()),
     }
+}
+
+/// Threads by id, for a page of change events: `IN (VALUES ($1), …)`.
+const THREADS_BY_ID: MultiRow = MultiRow {
+    head: "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
+         category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
+         started_by_name, confidential \
+         FROM consultation_threads WHERE thread_id IN (VALUES",
+    columns: 1,
+    tail: ")",
+};
+
+/// Messages by id, likewise.
+const MESSAGES_BY_ID: MultiRow = MultiRow {
+    head: "SELECT message_id, thread_id, seq, author, author_hpr, body, sent_at FROM consultation_messages \
+         WHERE message_id IN (VALUES",
+    columns: 1,
+    tail: ")",
+};
+
+/// The attachments (metadata) of messages by id, in their order.
+const ATTACHMENTS_OF_MESSAGES: MultiRow = MultiRow {
+    head: "SELECT attachment_id, message_id, file_name, content_type, size_bytes, sha256 \
+         FROM consultation_attachments WHERE message_id IN (VALUES",
+    columns: 1,
+    tail: ") ORDER BY message_id, position",
+};
+
+/// Ids per statement of the batch reads (far below either backend's limit of parameters).
+const IDS_PER_READ: usize = 500;
+
+/// Runs `stmt` for `ids` in pages of [`IDS_PER_READ`], returning every row.
+async fn rows_by_ids(
+    pool: &AnyPool,
+    stmt: &MultiRow,
+    ids: &[&str],
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    let mut out = Vec::with_capacity(ids.len());
+    for page in ids.chunks(IDS_PER_READ) {
+        let sql = stmt.sql(page.len());
+        let mut q = sqlx::query(&sql);
+        for id in page {
+            q = q.bind(*id);
+        }
+        out.extend(q.fetch_all(pool).await?);
+    }
+    Ok(out)
+}
+
+/// The threads of `ids` (distinct), in no particular order; missing ones are left out.
+pub async fn threads_by_id(pool: &AnyPool, ids: &[&str]) -> Result<Vec<Thread>, sqlx::Error> {
+    rows_by_ids(pool, &THREADS_BY_ID, ids)
+        .await?
+        .iter()
+        .map(thread_row)
+        .collect()
+}
+
+/// The messages of `ids` (distinct) with their attachments' metadata, in no particular
+/// order; missing ones are left out. Two statements for the whole batch.
+pub async fn messages_by_id(pool: &AnyPool, ids: &[&str]) -> Result<Vec<Message>, sqlx::Error> {
+    let mut msgs: Vec<Message> = rows_by_ids(pool, &MESSAGES_BY_ID, ids)
+        .await?
+        .iter()
+        .map(message_row)
+        .collect::<Result<_, _>>()?;
+    if msgs.is_empty() {
+        return Ok(msgs);
+    }
+    let found: Vec<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
+    let metas = rows_by_ids(pool, &ATTACHMENTS_OF_MESSAGES, &found)
+        .await?
+        .iter()
+        .map(attachment_meta)
+        .collect::<Result<Vec<_>, _>>()?;
+    for (mid, meta) in metas {
+        if let Some(m) = msgs.iter_mut().find(|m| m.message_id == mid) {
+            m.attachments.push(meta);
+        }
+    }
+    Ok(msgs)
 }
 
 /// An attachment with its bytes, and its thread.

@@ -574,6 +574,109 @@ async fn a_subscriber_resumes_from_its_cursor_and_sees_every_message_once(env: E
     app.shutdown().await;
 }
 
+/// A stream catching up reads a page of events at once (one read of the threads, one of the
+/// messages, one of their attachments): each change still carries its own thread, message and
+/// attachments, in cursor order, on the patient's Subscribe and the practice's WatchInbox.
+async fn a_catch_up_page_gives_each_change_its_own_thread_message_and_attachments(env: Env) {
+    let app = TestApp::start(env).await;
+    let nins = seed_gp(&app, ORG_A, "gp-1", 6, 1).await;
+    let token = app.patient_token(&nins[0]);
+    let mut c = app.consultation().await;
+    let file = |name: &str| pb::NewAttachment {
+        file_name: name.into(),
+        content_type: "image/png".into(),
+        content: png(100),
+    };
+    let mut first = start_req("first in A");
+    first.attachments = vec![file("a1.png")];
+    let a = c
+        .start_consultation(authed(first, &token))
+        .await
+        .expect("start A")
+        .into_inner();
+    let b = start(&app, &nins[0], "first in B").await;
+    let (a_id, b_id) = (
+        a.thread.expect("thread").thread_id,
+        b.thread.expect("thread").thread_id,
+    );
+    let second = c
+        .send_message(authed(
+            pb::SendMessageRequest {
+                thread_id: a_id.clone(),
+                body: "second in A".into(),
+                attachments: vec![file("a2.png"), file("a3.png")],
+                idempotency_key: key(),
+            },
+            &token,
+        ))
+        .await
+        .expect("send A")
+        .into_inner()
+        .message
+        .expect("message");
+    let third = send(&app, &nins[0], &b_id, "second in B")
+        .await
+        .expect("send B");
+    // message id → (thread, body, attachment names), as answered when sent.
+    let expected: BTreeMap<String, (String, String, Vec<String>)> = [
+        a.message.expect("message"),
+        b.message.expect("message"),
+        second,
+        third,
+    ]
+    .into_iter()
+    .map(|m| {
+        let names = m.attachments.iter().map(|x| x.file_name.clone()).collect();
+        (m.message_id, (m.thread_id, m.body, names))
+    })
+    .collect();
+    assert_eq!(expected.len(), 4);
+    let check = |ch: &pb::ThreadChange,
+                 got: &mut BTreeMap<String, (String, String, Vec<String>)>| {
+        let thread = ch.thread.as_ref().expect("every change has its thread");
+        if let Some(m) = &ch.message {
+            assert_eq!(
+                m.thread_id, thread.thread_id,
+                "the change's thread is its message's"
+            );
+            let names = m.attachments.iter().map(|x| x.file_name.clone()).collect();
+            assert!(
+                got.insert(
+                    m.message_id.clone(),
+                    (m.thread_id.clone(), m.body.clone(), names)
+                )
+                .is_none(),
+                "message {} twice",
+                m.message_id
+            );
+        }
+    };
+    let mut patient = c
+        .subscribe(authed(pb::SubscribeRequest { after_cursor: 0 }, &token))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut practice = c
+        .watch_inbox(authed(
+            pb::WatchInboxRequest { after_cursor: 0 },
+            &app.ehr_token(ORG_A),
+        ))
+        .await
+        .expect("watch inbox")
+        .into_inner();
+    for (who, stream) in [("Subscribe", &mut patient), ("WatchInbox", &mut practice)] {
+        let (mut got, mut cursor) = (BTreeMap::new(), 0);
+        while got.len() < expected.len() {
+            let ch = next_change(stream).await;
+            assert!(ch.cursor > cursor, "{who}: cursors increase");
+            cursor = ch.cursor;
+            check(&ch, &mut got);
+        }
+        assert_eq!(got, expected, "{who}");
+    }
+    app.shutdown().await;
+}
+
 /// A change stream whose client stops reading falls behind the process's event feed (here: more
 /// than one batch, the feed's capacity in this test) and catches up from the database: when the
 /// client reads again it gets every message once, in order, none missing.
@@ -1448,6 +1551,7 @@ async fn a_nul_byte_in_a_string_field_is_refused(env: Env) {
 }
 
 on_both_backends!(
+    a_catch_up_page_gives_each_change_its_own_thread_message_and_attachments,
     a_nul_byte_in_a_string_field_is_refused,
     a_patient_stays_within_the_storage_quotas,
     keys_and_attachment_types_are_checked_as_the_protos_say,

@@ -136,16 +136,13 @@ impl ConsultationGrpc {
         events: &[&Event],
         tx: &tokio::sync::mpsc::Sender<Result<pb::ThreadChange, Status>>,
     ) -> Option<u64> {
-        let mut changes: Vec<Change> = Vec::with_capacity(events.len());
-        for e in events {
-            match self.svc.change(e).await {
-                Ok(change) => changes.push(change),
-                Err(err) => {
-                    let _ = tx.send(Err(err.into())).await;
-                    return None;
-                }
+        let changes: Vec<Change> = match self.svc.changes(events).await {
+            Ok(changes) => changes,
+            Err(err) => {
+                let _ = tx.send(Err(err.into())).await;
+                return None;
             }
-        }
+        };
         if practice {
             let threads: Vec<_> = changes.iter().map(|c| &c.thread).collect();
             if let Err(e) = self.svc.log_watched(caller, &threads).await {

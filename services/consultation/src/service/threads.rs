@@ -11,6 +11,7 @@ use econsult_runtime::auth::Caller;
 use econsult_runtime::bus::Event;
 use econsult_runtime::events::topics;
 use econsult_runtime::outbox::{self, EventFilter};
+use std::collections::HashMap;
 
 /// A page of a thread's messages.
 #[derive(Debug, Clone)]
@@ -177,32 +178,67 @@ impl Consultations {
         Ok(outbox::read_after(&self.p.db, cursor, u64::MAX, filter, 200).await?)
     }
 
-    /// The change event `e` stands for, with the thread as it is now.
-    pub async fn change(&self, e: &Event) -> Result<Change, ConsultationError> {
-        let v: serde_json::Value = serde_json::from_str(&e.payload)
-            .map_err(|err| ConsultationError::internal("event", err))?;
-        let thread_id = v["thread_id"].as_str().unwrap_or_default();
-        let t = store::thread(self.p.db.read(), thread_id)
+    /// The changes `events` stand for, in their order, with each thread as it is now: one read
+    /// of the threads, one of the messages and one of their attachments for the whole batch
+    /// (a read per event kept a busy practice's WatchInbox seconds behind).
+    pub async fn changes(&self, events: &[&Event]) -> Result<Vec<Change>, ConsultationError> {
+        let mut parsed = Vec::with_capacity(events.len());
+        for e in events {
+            let v: serde_json::Value = serde_json::from_str(&e.payload)
+                .map_err(|err| ConsultationError::internal("event", err))?;
+            let thread_id = v["thread_id"].as_str().unwrap_or_default().to_owned();
+            let kind = match e.topic.as_str() {
+                topics::CONSULTATION_STARTED => ChangeKind::Started,
+                TOPIC_MESSAGE => ChangeKind::Message,
+                TOPIC_READ => ChangeKind::Read,
+                _ => ChangeKind::State,
+            };
+            let message_id = match v["message_id"].as_str() {
+                Some(id) if kind == ChangeKind::Message => Some(id.to_owned()),
+                _ => None,
+            };
+            parsed.push((e.seq, kind, thread_id, message_id));
+        }
+        let mut thread_ids: Vec<&str> = parsed.iter().map(|p| p.2.as_str()).collect();
+        thread_ids.sort_unstable();
+        thread_ids.dedup();
+        let threads: HashMap<String, Thread> = store::threads_by_id(self.p.db.read(), &thread_ids)
             .await?
-            .ok_or_else(|| {
-                ConsultationError::internal("event", format!("thread {thread_id} missing"))
-            })?;
-        let kind = match e.topic.as_str() {
-            topics::CONSULTATION_STARTED => ChangeKind::Started,
-            TOPIC_MESSAGE => ChangeKind::Message,
-            TOPIC_READ => ChangeKind::Read,
-            _ => ChangeKind::State,
-        };
-        let message = match v["message_id"].as_str() {
-            Some(id) if kind == ChangeKind::Message => Some(self.stored_message(id).await?),
-            _ => None,
-        };
-        Ok(Change {
-            cursor: e.seq,
-            kind,
-            thread: t,
-            message,
-        })
+            .into_iter()
+            .map(|t| (t.thread_id.clone(), t))
+            .collect();
+        let mut message_ids: Vec<&str> = parsed.iter().filter_map(|p| p.3.as_deref()).collect();
+        message_ids.sort_unstable();
+        message_ids.dedup();
+        let messages: HashMap<String, Message> =
+            store::messages_by_id(self.p.db.read(), &message_ids)
+                .await?
+                .into_iter()
+                .map(|m| (m.message_id.clone(), m))
+                .collect();
+        parsed
+            .into_iter()
+            .map(|(cursor, kind, thread_id, message_id)| {
+                let thread = threads.get(&thread_id).cloned().ok_or_else(|| {
+                    ConsultationError::internal("event", format!("thread {thread_id} missing"))
+                })?;
+                let message = match message_id {
+                    Some(id) => Some(messages.get(&id).cloned().ok_or_else(|| {
+                        ConsultationError::internal(
+                            "message",
+                            format!("stored message {id} missing"),
+                        )
+                    })?),
+                    None => None,
+                };
+                Ok(Change {
+                    cursor,
+                    kind,
+                    thread,
+                    message,
+                })
+            })
+            .collect()
     }
 
     /// Logs a practice's reads of `threads` through WatchInbox.
