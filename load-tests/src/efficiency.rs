@@ -298,9 +298,10 @@ async fn efficiency_scenario(
             .then(|| at60.rpc_service_time.get("consultation.SendMessage"))
             .flatten()
             .map(|l| l.p99_ms),
-        delivery_p99_60_ms: messaging
-            .then(|| at60.stream_delivery.as_ref())
-            .flatten()
+        delivery_p99_60_ms: at60
+            .stream_delivery
+            .as_ref()
+            .filter(|_| messaging)
             .map(|l| l.p99_ms),
         checks_passed: [&sweep, &at40, &at60, &empty]
             .iter()
