@@ -13,7 +13,7 @@
 //! Delivery across instances: with two instances, messages written through the one that does
 //! not lead the outbox relay reach Subscribe streams on both within a generous p99 bound, and a
 //! `kill -9` of the leader pauses delivery less than a second; the test prints the measured
-//! latencies beside those of writes through the leader (`load-tests/RESULTS.md`).
+//! latencies beside those of writes through the leader (`load-tests/results/HISTORY.md`).
 //!
 //! Statistics after a kill: two `booking,stats` instances; the one that does not lead the relay
 //! is killed with `kill -9` while its stats consumer holds entries it read from Redis and never
@@ -1245,7 +1245,7 @@ const LATENCY_PATIENTS: usize = 8;
 const LATENCY_P50_BOUND: Duration = Duration::from_millis(50);
 /// Liveness bound of the p99 (the target is 50 ms). On a machine shared with other builds and
 /// test suites the p99 of writes through the leader itself reached 500 ms in one run: a tighter
-/// bound would measure the machine, not the path (`load-tests/RESULTS.md`, 2026-12-05).
+/// bound would measure the machine, not the path (`load-tests/results/HISTORY.md`, 2026-12-05).
 const LATENCY_P99_BOUND: Duration = Duration::from_millis(500);
 /// After the leader's kill: messages through the survivor, this often, for this long.
 const AFTER_KILL_SEND_EVERY: Duration = Duration::from_millis(20);

@@ -622,7 +622,7 @@ impl Db {
     /// autovacuum removes the dead row versions its relay leaves (two per event). Off for the
     /// server (`autovacuum`, or `track_counts`, without which autovacuum does nothing) or for one
     /// of our tables (`autovacuum_enabled`), the relay's plans went stale in a load test (a
-    /// whole-outbox scan per pass, `load-tests/RESULTS.md`, 2026-12-01). Logged at start.
+    /// whole-outbox scan per pass, `load-tests/results/HISTORY.md`, 2026-12-01). Logged at start.
     pub async fn maintenance_warnings(&self) -> Result<Vec<String>, sqlx::Error> {
         if self.backend != Backend::Postgres {
             return Ok(Vec::new());

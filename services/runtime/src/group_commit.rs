@@ -2,7 +2,7 @@
 //!
 //! SQLite has one writer, and with `synchronous = FULL` every commit waits for an fsync. One
 //! commit per write transaction made the fsyncs, not the CPU, the limit of the embedded
-//! backend (`load-tests/RESULTS.md`: the server at 83 % of a core while booking flows queued).
+//! backend (`load-tests/results/HISTORY.md`: the server at 83 % of a core while booking flows queued).
 //! Here a write transaction is a savepoint inside a SQLite transaction shared with the write
 //! transactions around it, a *group*:
 //!
