@@ -6,7 +6,7 @@ use crate::engine::{self, Limits};
 use crate::floor;
 use crate::report::{self, RunReport, ScenarioReport};
 use crate::target::Target;
-use crate::{Args, ScenarioKind, TargetKind, procstat, run_scenario, spec};
+use crate::{Args, ScenarioKind, TargetKind, procstat, run_report, run_scenario, spec, stop};
 use anyhow::Context as _;
 use std::time::Duration;
 
@@ -145,36 +145,17 @@ pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<b
             }
         }
     }
-    let backend = target.backend.clone();
-    let target_label = target.label.clone();
-    drop(channels);
-    if let Err(e) = target.shutdown().await {
-        eprintln!("econsult-load: shutdown: {e:#}");
-    }
+    let (target_label, backend) = stop(target, channels).await;
     outcome?;
-    let run = RunReport {
-        tool: format!("econsult-load {}", env!("CARGO_PKG_VERSION")),
-        started_at: started_at.clone(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        target: target_label,
-        backend,
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-        .into(),
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg_start: loadavg_start.clone(),
-        loadavg_end: procstat::loadavg(),
-        connections: args.connections,
-        p99_target_ms: args.p99_target_ms,
-        max_error_rate: args.max_error_percent / 100.0,
-        scenarios: reports,
-        pgbench: None,
-        passed: failures.is_empty(),
+    let run = run_report(
+        &args,
+        started_at.clone(),
+        loadavg_start.clone(),
+        (target_label, backend),
+        reports,
+        None,
         failures,
-    };
+    );
     let report = EfficiencyReport {
         started_at,
         command: run.command.clone(),

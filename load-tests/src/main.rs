@@ -441,12 +441,7 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
             }
         }
     }
-    let backend = target.backend.clone();
-    let target_label = target.label.clone();
-    drop(channels);
-    if let Err(e) = target.shutdown().await {
-        eprintln!("econsult-load: shutdown: {e:#}");
-    }
+    let (target_label, backend) = stop(target, channels).await;
     outcome?;
 
     let pg = if args.pgbench {
@@ -475,29 +470,15 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
         failures.push(format!("pgbench: {n} double-booked slots"));
     }
 
-    let report = RunReport {
-        tool: format!("econsult-load {}", env!("CARGO_PKG_VERSION")),
+    let report = run_report(
+        &args,
         started_at,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        target: target_label,
-        backend,
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-        .into(),
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg_start,
-        loadavg_end: procstat::loadavg(),
-        connections: args.connections,
-        p99_target_ms: args.p99_target_ms,
-        max_error_rate: args.max_error_percent / 100.0,
-        scenarios: reports,
-        pgbench: pg,
-        passed: failures.is_empty(),
+        (target_label, backend),
+        reports,
+        pg,
         failures,
-    };
+    );
     let md = report::markdown(&report);
     println!("{md}");
     if let Some(out) = &args.out {
@@ -527,6 +508,51 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
         }
     }
     Ok(report.passed)
+}
+
+/// Shuts the target down (after the channels); its label and backend, for the report.
+async fn stop(target: Target, channels: Vec<tonic::transport::Channel>) -> (String, String) {
+    let named = (target.label.clone(), target.backend.clone());
+    drop(channels);
+    if let Err(e) = target.shutdown().await {
+        eprintln!("econsult-load: shutdown: {e:#}");
+    }
+    named
+}
+
+/// The run's report: what ran where, every scenario's phases and checks, and the verdict.
+fn run_report(
+    args: &Args,
+    started_at: String,
+    loadavg_start: String,
+    (target, backend): (String, String),
+    scenarios: Vec<ScenarioReport>,
+    pgbench: Option<pgbench::PgbenchResult>,
+    failures: Vec<String>,
+) -> RunReport {
+    RunReport {
+        tool: format!("econsult-load {}", env!("CARGO_PKG_VERSION")),
+        started_at,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        target,
+        backend,
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg_start,
+        loadavg_end: procstat::loadavg(),
+        connections: args.connections,
+        p99_target_ms: args.p99_target_ms,
+        max_error_rate: args.max_error_percent / 100.0,
+        scenarios,
+        pgbench,
+        passed: failures.is_empty(),
+        failures,
+    }
 }
 
 async fn run_scenario(
