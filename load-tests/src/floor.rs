@@ -344,11 +344,8 @@ pub async fn sqlite(seconds: u64, clients: u32) -> anyhow::Result<DbFloor> {
         .max_connections(1)
         .after_connect(|conn, _| {
             Box::pin(async move {
-                conn.execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                )
-                .await?;
+                conn.execute(econsult_runtime::db::SQLITE_WRITER_PRAGMAS)
+                    .await?;
                 Ok(())
             })
         })

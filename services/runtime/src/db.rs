@@ -468,6 +468,11 @@ fn service_role_grants(role: &str) -> [String; 7] {
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The pragmas of SQLite's writing connection: WAL, an fsync per commit (of a group), a busy
+/// wait, foreign keys. The load test's floor opens its SQLite connection with the same.
+pub const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+
 impl Db {
     /// Connects to `url`: `sqlite://path/to/file.db` (created if missing) or `postgres://…`,
     /// with the default pool size ([`DEFAULT_MAX_CONNECTIONS`]).
@@ -493,11 +498,7 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .after_connect(|conn, _| {
                     Box::pin(async move {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_WRITER_PRAGMAS).await?;
                         Ok(())
                     })
                 })
