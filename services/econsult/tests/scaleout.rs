@@ -28,7 +28,7 @@ mod common;
 
 use chrono::Utc;
 use common::sig::Sig;
-use common::{ORG_A, authed, free_port, key, ts};
+use common::{ORG_A, authed, key, ts};
 use econsult_proto::booking::v1 as bpb;
 use econsult_proto::booking::v1::booking_service_client::BookingServiceClient;
 use econsult_proto::consultation::v1 as cpb;
@@ -46,7 +46,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -97,22 +97,27 @@ struct Proc {
     /// Full gRPC name of the one service this process serves (its health check asks for it).
     grpc_service: &'static str,
     child: Mutex<Child>,
-    port: u16,
+    /// The gRPC port the process bound, read from its start line by `ready`. The kernel picks
+    /// it (`--listen 127.0.0.1:0`): a port chosen here and freed before the process binds it
+    /// can be taken meanwhile by any outgoing connection on the machine.
+    port: OnceLock<u16>,
     log: PathBuf,
+    /// Where this process's lines start in `log` (the file is appended to).
+    log_from: usize,
 }
 
 impl Proc {
     fn spawn(dir: &Path, name: &str, service: &str, db_url: &str, redis: &str, ns: &str) -> Self {
-        let (port, metrics_port) = (free_port(), free_port());
         let log = dir.join(format!("{name}.log"));
+        let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let child = econsult(dir, &log)
             .arg("--database-url")
             .arg(db_url)
             .arg("serve")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg("127.0.0.1:0")
             .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("127.0.0.1:0")
             .arg("--services")
             .arg(service)
             .arg("--redis-url")
@@ -134,8 +139,9 @@ impl Proc {
             name: name.to_owned(),
             grpc_service: kind.grpc_name(),
             child: Mutex::new(child),
-            port,
+            port: OnceLock::new(),
             log,
+            log_from,
         }
     }
 
@@ -144,11 +150,17 @@ impl Proc {
     async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
-                .expect("uri")
-                .connect_timeout(Duration::from_secs(1))
-                .connect()
-                .await
+            if self.port.get().is_none()
+                && let Some(port) = self.bound_port()
+            {
+                let _ = self.port.set(port);
+            }
+            if let Some(port) = self.port.get()
+                && let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                    .expect("uri")
+                    .connect_timeout(Duration::from_secs(1))
+                    .connect()
+                    .await
             {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
                 let serving =
@@ -174,6 +186,24 @@ impl Proc {
         }
     }
 
+    /// The gRPC port of the process's start line (`"grpc":"127.0.0.1:PORT"`), once logged.
+    fn bound_port(&self) -> Option<u16> {
+        let log = std::fs::read(&self.log).ok()?;
+        let log = String::from_utf8_lossy(log.get(self.log_from..)?);
+        let line = log.lines().rev().find(|l| l.contains("\"grpc\":\""))?;
+        let line: serde_json::Value = serde_json::from_str(line).ok()?;
+        let addr: std::net::SocketAddr = line["grpc"].as_str()?.parse().ok()?;
+        Some(addr.port())
+    }
+
+    /// The gRPC port; known once `ready` has returned.
+    fn port(&self) -> u16 {
+        *self
+            .port
+            .get()
+            .expect("the port is known once ready() has returned")
+    }
+
     /// `kill -STOP`: the process stops where it is (its sockets stay open) until killed.
     fn stop(&self) {
         let pid = self.child.lock().expect("child").id();
@@ -196,7 +226,7 @@ impl Proc {
 
     /// A channel that (re)connects on use: after the kill every call on it fails fast.
     fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))
+        Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port()))
             .expect("uri")
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))
@@ -1430,8 +1460,8 @@ async fn writes_through_the_non_leader_reach_streams_promptly_and_a_leader_kill_
             (Arrivals::default(), Arrivals::default());
         let mut threads = Vec::new();
         for (i, (_, token)) in patients.iter().enumerate() {
-            record_arrivals(other.port, token, on_other.clone()).await;
-            record_arrivals(leader.port, token, on_leader.clone()).await;
+            record_arrivals(other.port(), token, on_other.clone()).await;
+            record_arrivals(leader.port(), token, on_leader.clone()).await;
             let start = cpb::StartConsultationRequest {
                 category: cpb::Category::EConsultation as i32,
                 subject: format!("Latens {i}"),
