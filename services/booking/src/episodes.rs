@@ -456,13 +456,19 @@ impl Pending {
         true
     }
 
-    /// Takes the patient's waiting episode out (the caller writes it); one being flushed is
-    /// cloned (the flush writes it too: writes merge).
+    /// Takes the patient's episode out: the caller writes it, and puts it back ([`restore`])
+    /// only if that write fails. One being flushed is taken out of the flush's keeping too:
+    /// the flush still writes its copy (writes merge), but once the caller has written the
+    /// episode on (chosen, perhaps booked and closed) no later search may find that older,
+    /// still open copy here, nor may a failed flush put it back. A search that did would add
+    /// the patient's next booking to the closed episode, and the next request would never be
+    /// counted.
+    ///
+    /// [`restore`]: Pending::restore
     pub fn take(&self, nin: &str) -> Option<Episode> {
         let mut b = self.lock();
-        b.waiting
-            .remove(nin)
-            .or_else(|| b.flushing.get(nin).cloned())
+        let flushed = b.flushing.remove(nin);
+        b.waiting.remove(nin).or(flushed)
     }
 
     /// Puts back an episode whose write failed, unless a newer version is waiting.
@@ -487,13 +493,7 @@ impl Pending {
     /// transaction (one statement each on PostgreSQL). What a failed transaction held waits
     /// again for the next flush. Returns how many episodes were written.
     pub async fn flush(&self, db: &Db) -> Result<usize, sqlx::Error> {
-        let (batch, mut rows) = {
-            let mut b = self.lock();
-            let waiting = std::mem::take(&mut b.waiting);
-            b.flushing.extend(waiting);
-            let batch: Vec<Episode> = b.flushing.values().cloned().collect();
-            (batch, std::mem::take(&mut b.audit))
-        };
+        let (batch, mut rows) = self.lock().begin_flush();
         let mut written = 0;
         let mut result = Ok(());
         let chunks = batch.len().div_ceil(FLUSH_CHUNK).max(1);
@@ -528,13 +528,28 @@ impl Pending {
                 }
             }
         }
-        let mut b = self.lock();
-        b.audit.extend(rows);
-        let left = std::mem::take(&mut b.flushing);
-        for (nin, e) in left {
-            b.waiting.entry(nin).or_insert(e);
-        }
+        self.lock().end_flush(rows);
         result.map(|()| written)
+    }
+}
+
+impl Buffers {
+    /// A flush begins: what waits is now being flushed; returns copies of the episodes to
+    /// write and the access-log rows.
+    fn begin_flush(&mut self) -> (Vec<Episode>, Vec<audit::Row>) {
+        let waiting = std::mem::take(&mut self.waiting);
+        self.flushing.extend(waiting);
+        let batch = self.flushing.values().cloned().collect();
+        (batch, std::mem::take(&mut self.audit))
+    }
+
+    /// A flush ends: the access-log `rows` and the episodes it did not write (still being
+    /// flushed, not taken meanwhile) wait again, behind any newer version.
+    fn end_flush(&mut self, rows: Vec<audit::Row>) {
+        self.audit.extend(rows);
+        for (nin, e) in std::mem::take(&mut self.flushing) {
+            self.waiting.entry(nin).or_insert(e);
+        }
     }
 }
 
