@@ -36,9 +36,35 @@ pub struct Unit {
     pub name: String,
     pub transactions: u64,
     pub per_second: f64,
-    /// CPU of the database (or the server, for the empty RPC) per transaction, in ms.
+    /// CPU of the database (or the server, for the empty RPC) per transaction, in ms: the
+    /// median of `cpu_ms_runs`.
     pub cpu_ms: f64,
+    /// Every measurement of the part, in the order taken (`--floor-repeats`).
+    pub cpu_ms_runs: Vec<f64>,
     pub command: String,
+}
+
+/// The median measurement of a part (the middle one by CPU per transaction; of an even
+/// number, the upper middle), carrying every measurement's CPU. One measurement on this
+/// machine moved ±15–30 % within half an hour; the median of several is what the ratio uses.
+pub fn median(mut runs: Vec<Unit>) -> anyhow::Result<Unit> {
+    anyhow::ensure!(!runs.is_empty(), "a floor part was not measured");
+    let all: Vec<f64> = runs.iter().map(|u| u.cpu_ms).collect();
+    runs.sort_by(|a, b| a.cpu_ms.total_cmp(&b.cpu_ms));
+    let mut m = runs.swap_remove(runs.len() / 2);
+    m.cpu_ms_runs = all;
+    Ok(m)
+}
+
+/// The three parts from their measurements, in the order booking, message, read.
+fn parts(backend: &str, runs: [Vec<Unit>; 3]) -> anyhow::Result<DbFloor> {
+    let [booking, message, read] = runs;
+    Ok(DbFloor {
+        backend: backend.into(),
+        booking_write: median(booking)?,
+        message_write: median(message)?,
+        read: median(read)?,
+    })
 }
 
 /// The database parts of the floor (the empty RPC is measured per scenario, at its rate).
@@ -157,9 +183,26 @@ fn db_cpu_s(snap: &procstat::Snapshot) -> f64 {
     u.db_cpu_percent.unwrap_or(0.0) / 100.0 * u.wall_s
 }
 
-/// The PostgreSQL floor: the three scripts by pgbench, `seconds` each, against a scratch
-/// database next to `admin_url`'s (dropped afterwards).
-pub async fn postgres(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Result<DbFloor> {
+/// How long and how often the floor's parts are measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Seconds of one measurement of one part.
+    pub seconds: u64,
+    /// Measurements of each part, taken in rounds (booking, message, read, booking, …) so
+    /// that a drift of the machine reaches every part alike.
+    pub repeats: u32,
+    /// Concurrent clients.
+    pub clients: u32,
+}
+
+/// The PostgreSQL floor: the three scripts by pgbench, `plan.seconds` each, `plan.repeats`
+/// rounds, against a scratch database next to `admin_url`'s (dropped afterwards).
+pub async fn postgres(admin_url: &str, plan: Plan) -> anyhow::Result<DbFloor> {
+    let Plan {
+        seconds,
+        repeats,
+        clients,
+    } = plan;
     require_loopback("--database-url", admin_url)?;
     let pgbench = find_pgbench().context(
         "pgbench is not installed (Debian: apt-get install postgresql-contrib or postgresql-client)",
@@ -178,12 +221,14 @@ pub async fn postgres(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Re
         seed(db.read()).await?;
         db.close().await;
         let (host, port, user, password) = crate::pgbench::connection(admin_url);
-        let mut units = Vec::new();
-        for (unit, file, script) in [
+        let scripts = [
             ("booking write", "booking.sql", BOOKING_SQL),
             ("message write", "message.sql", MESSAGE_SQL),
             ("read", "read.sql", READ_SQL),
-        ] {
+        ];
+        let mut runs: [Vec<Unit>; 3] = Default::default();
+        for round in 1..=repeats.max(1) {
+        for (i, (unit, file, script)) in scripts.into_iter().enumerate() {
             let path = std::env::temp_dir().join(format!("{name}-{file}"));
             std::fs::write(&path, script)?;
             let mut cmd = tokio::process::Command::new(&pgbench);
@@ -199,7 +244,7 @@ pub async fn postgres(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Re
             if let Some(p) = &password {
                 cmd.env("PGPASSWORD", p);
             }
-            eprintln!("econsult-load: floor: pgbench {file} for {seconds} s");
+            eprintln!("econsult-load: floor: pgbench {file} for {seconds} s (round {round} of {repeats})");
             let snap = procstat::Snapshot::take().context("no /proc")?;
             let out = tokio::time::timeout(
                 Duration::from_secs(seconds + 60),
@@ -223,23 +268,19 @@ pub async fn postgres(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Re
             let (tps, transactions) = crate::pgbench::parse_output(&stdout);
             let transactions = transactions.context("pgbench printed no transaction count")?;
             anyhow::ensure!(transactions > 0, "pgbench {file} ran no transaction");
-            units.push(Unit {
+            runs[i].push(Unit {
                 name: unit.into(),
                 transactions,
                 per_second: tps.unwrap_or(0.0),
                 cpu_ms: 1000.0 * cpu / transactions as f64,
+                cpu_ms_runs: Vec::new(),
                 command: format!(
-                    "pgbench -n -M prepared -c {clients} -j 2 -T {seconds} -D nslots={SLOTS} -D nthreads={THREADS} -f load-tests/pgbench/{file}"
+                    "pgbench -n -M prepared -c {clients} -j 2 -T {seconds} -D nslots={SLOTS} -D nthreads={THREADS} -f load-tests/pgbench/{file} (median of {repeats})"
                 ),
             });
         }
-        let mut units = units.into_iter();
-        anyhow::Ok(DbFloor {
-            backend: "postgres".into(),
-            booking_write: units.next().context("booking")?,
-            message_write: units.next().context("message")?,
-            read: units.next().context("read")?,
-        })
+        }
+        parts("postgres", runs)
     }
     .await;
     econsult_runtime::db::drop_database(admin_url, &name).await;
@@ -324,11 +365,16 @@ async fn sqlite_once(
     Ok(())
 }
 
-/// The SQLite floor: the same statements, `clients` tasks for `seconds` each, in one
-/// transaction each on one writing connection with the service's pragmas (WAL,
+/// The SQLite floor: the same statements, `plan.clients` tasks for `plan.seconds` each,
+/// `plan.repeats` rounds, in one transaction each on one writing connection with the service's pragmas (WAL,
 /// `synchronous = FULL`) and a pool of readers, on a scratch file migrated with the real schema.
 /// The cost is the CPU of this process's SQLite threads (`sqlx-sqlite-worker-*`).
-pub async fn sqlite(seconds: u64, clients: u32) -> anyhow::Result<DbFloor> {
+pub async fn sqlite(plan: Plan) -> anyhow::Result<DbFloor> {
+    let Plan {
+        seconds,
+        repeats,
+        clients,
+    } = plan;
     use sqlx::Executor as _;
     use std::str::FromStr as _;
     let dir = tempfile::tempdir()?;
@@ -359,52 +405,80 @@ pub async fn sqlite(seconds: u64, clients: u32) -> anyhow::Result<DbFloor> {
             "{url}?mode=ro"
         ))?)
         .await?;
-    let mut units = Vec::new();
-    for (name, kind) in [
-        ("booking write", Kind::Booking),
-        ("message write", Kind::Message),
-        ("read", Kind::Read),
-    ] {
-        eprintln!("econsult-load: floor: SQLite {name} for {seconds} s");
-        let before = procstat::threads_cpu_s("sqlx-sqlite").context("no /proc")?;
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(seconds);
-        let mut tasks = Vec::new();
-        for _ in 0..clients.max(1) {
-            let (write, read) = (write.clone(), read.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut done = 0u64;
-                while Instant::now() < deadline {
-                    sqlite_once(&write, &read, kind).await?;
-                    done += 1;
-                }
-                anyhow::Ok(done)
-            }));
-        }
-        let mut transactions = 0;
-        for t in tasks {
-            transactions += t.await??;
-        }
-        let wall = started.elapsed().as_secs_f64();
-        let cpu = procstat::threads_cpu_s("sqlx-sqlite").context("no /proc")? - before;
-        anyhow::ensure!(transactions > 0, "SQLite {name} ran no transaction");
-        units.push(Unit {
+    let mut runs: [Vec<Unit>; 3] = Default::default();
+    for round in 1..=repeats.max(1) {
+        for (i, (name, kind)) in [
+            ("booking write", Kind::Booking),
+            ("message write", Kind::Message),
+            ("read", Kind::Read),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            eprintln!(
+                "econsult-load: floor: SQLite {name} for {seconds} s (round {round} of {repeats})"
+            );
+            let before = procstat::threads_cpu_s("sqlx-sqlite").context("no /proc")?;
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(seconds);
+            let mut tasks = Vec::new();
+            for _ in 0..clients.max(1) {
+                let (write, read) = (write.clone(), read.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut done = 0u64;
+                    while Instant::now() < deadline {
+                        sqlite_once(&write, &read, kind).await?;
+                        done += 1;
+                    }
+                    anyhow::Ok(done)
+                }));
+            }
+            let mut transactions = 0;
+            for t in tasks {
+                transactions += t.await??;
+            }
+            let wall = started.elapsed().as_secs_f64();
+            let cpu = procstat::threads_cpu_s("sqlx-sqlite").context("no /proc")? - before;
+            anyhow::ensure!(transactions > 0, "SQLite {name} ran no transaction");
+            runs[i].push(Unit {
             name: name.into(),
             transactions,
             per_second: transactions as f64 / wall,
             cpu_ms: 1000.0 * cpu / transactions as f64,
+            cpu_ms_runs: Vec::new(),
             command: format!(
-                "in-process: {clients} tasks, one transaction each on one writer (WAL, synchronous = FULL), {seconds} s"
+                "in-process: {clients} tasks, one transaction each on one writer (WAL, synchronous = FULL), {seconds} s (median of {repeats})"
             ),
         });
+        }
     }
     write.close().await;
     read.close().await;
-    let mut units = units.into_iter();
-    Ok(DbFloor {
-        backend: "sqlite".into(),
-        booking_write: units.next().context("booking")?,
-        message_write: units.next().context("message")?,
-        read: units.next().context("read")?,
-    })
+    parts("sqlite", runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(cpu_ms: f64, transactions: u64) -> Unit {
+        Unit {
+            name: "read".into(),
+            transactions,
+            per_second: transactions as f64 / 8.0,
+            cpu_ms,
+            cpu_ms_runs: Vec::new(),
+            command: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_part_is_its_median_measurement_with_every_measurement_kept() {
+        let m = median(vec![unit(0.30, 1), unit(0.10, 2), unit(0.20, 3)]).expect("median");
+        assert_eq!((m.cpu_ms, m.transactions), (0.20, 3));
+        assert_eq!(m.cpu_ms_runs, vec![0.30, 0.10, 0.20]);
+        let m = median(vec![unit(0.40, 1), unit(0.10, 2)]).expect("median");
+        assert_eq!(m.cpu_ms, 0.40, "of two, the upper middle");
+        assert!(median(Vec::new()).is_err());
+    }
 }

@@ -235,6 +235,9 @@ struct Args {
     /// Seconds of each floor measurement of `--efficiency`.
     #[arg(long, default_value_t = 8)]
     floor_seconds: u64,
+    /// Measurements of each floor part (in rounds); the ratio uses the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    floor_repeats: u32,
     /// Share of rush flows in the mixed scenario, the rest messaging. National proportions:
     /// ~68 000 consultations a working day, about one in four booked online (~17 000 bookings)
     /// and 21 % of them e-consultations (~14 300 threads): 54 : 46.
