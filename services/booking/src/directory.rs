@@ -32,6 +32,22 @@ pub struct GpRef {
     pub vacant: bool,
 }
 
+impl GpRef {
+    /// The practice as the patient knows it: the name the EHR set (UpsertGp's
+    /// `practice_name`), else the GP's display name.
+    pub fn practice_as_known(&self) -> &str {
+        known_as(&self.practice_name, &self.display_name)
+    }
+}
+
+fn known_as<'a>(practice_name: &'a str, gp_display_name: &'a str) -> &'a str {
+    if practice_name.is_empty() {
+        gp_display_name
+    } else {
+        practice_name
+    }
+}
+
 /// The regular GP of a patient (by identity number), if the patient is on a list.
 pub async fn patient_gp(conn: &mut AnyConnection, nin: &str) -> Result<Option<GpRef>, sqlx::Error> {
     store::patient_gp(conn, nin).await
@@ -120,6 +136,18 @@ pub struct AppointmentRef {
     pub modality: Modality,
     /// Where the appointment stands.
     pub status: AppointmentStatus,
+    /// Display name of the slot's GP.
+    pub gp_display_name: String,
+    /// The practice's name for its patients ("" when the EHR set none).
+    pub practice_name: String,
+}
+
+impl AppointmentRef {
+    /// The practice as the patient knows it: the name the EHR set (UpsertGp's
+    /// `practice_name`), else the GP's display name.
+    pub fn practice_as_known(&self) -> &str {
+        known_as(&self.practice_name, &self.gp_display_name)
+    }
 }
 
 impl std::fmt::Debug for AppointmentRef {
@@ -138,11 +166,13 @@ impl std::fmt::Debug for AppointmentRef {
             .field("end_ms", &self.end_ms)
             .field("modality", &self.modality)
             .field("status", &self.status)
+            .field("gp_display_name", &self.gp_display_name)
+            .field("practice_name", &self.practice_name)
             .finish()
     }
 }
 
-/// One appointment by id, with its slot and GP.
+/// One appointment by id, with its slot, its GP and the practice's name, in one read.
 pub async fn appointment(
     conn: &mut AnyConnection,
     appointment_id: &str,

@@ -110,19 +110,34 @@ pub async fn proxy_preferences(
     row.as_ref().map(proxy_from_row).transpose()
 }
 
-/// Everyone who set preferences for messages about `subject`, by recipient.
-pub async fn proxies_of(
+/// Everyone who hears about `subject`, in one read: `subject`'s own preferences, if stored,
+/// and those of everyone who set preferences for messages about them, by recipient.
+pub async fn recipients_of(
     conn: &mut AnyConnection,
     subject: &str,
-) -> Result<Vec<ProxyPreferences>, sqlx::Error> {
+) -> Result<(Option<StoredPreferences>, Vec<ProxyPreferences>), sqlx::Error> {
+    // The subject's own row is the one with recipient '' (a proxy's recipient never is), and
+    // sorts first.
     let rows = sqlx::query(
-        "SELECT recipient_nin, relation, email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out \
+        "SELECT '' AS recipient_nin, 0 AS relation, email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out \
+         FROM notify_preferences WHERE patient_nin = $1 \
+         UNION ALL SELECT recipient_nin, relation, email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out \
          FROM notify_proxy_preferences WHERE subject_nin = $1 ORDER BY recipient_nin",
     )
     .bind(subject)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(proxy_from_row).collect()
+    let mut own = None;
+    let mut proxies = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let p = proxy_from_row(r)?;
+        if p.recipient_nin.is_empty() {
+            own = Some(p.stored);
+        } else {
+            proxies.push(p);
+        }
+    }
+    Ok((own, proxies))
 }
 
 /// Replaces the preferences `recipient` (related as `relation`) set for messages about

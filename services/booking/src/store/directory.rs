@@ -32,7 +32,7 @@ const REQUEST_WINDOW_END: &str = "SELECT deadline_end FROM booking_episodes WHER
 
 /// Appointment `$1` with its slot and GP.
 const APPOINTMENT: &str = "SELECT a.appointment_id, a.patient_nin, a.status, s.start_at, s.end_at, s.modality, \
-     g.gp_id, g.hpr_number, g.org_number, g.municipality_number \
+     g.gp_id, g.hpr_number, g.org_number, g.municipality_number, g.display_name, g.practice_name \
      FROM booking_appointments a JOIN booking_slots s ON s.slot_id = a.slot_id \
      JOIN booking_gps g ON g.gp_uid = s.gp_uid WHERE a.appointment_id = $1";
 
@@ -217,6 +217,8 @@ pub(crate) async fn appointment(
                 .ok_or_else(|| decode_error("modality"))?,
             status: AppointmentStatus::from_code(r.try_get("status")?)
                 .ok_or_else(|| decode_error("status"))?,
+            gp_display_name: r.try_get("display_name")?,
+            practice_name: r.try_get("practice_name")?,
         })
     })
     .transpose()

@@ -108,13 +108,7 @@ impl Notify {
     async fn practice(&self, tx: &mut Tx, org: &str, gp_id: &str) -> anyhow::Result<String> {
         Ok(econsult_booking::directory::gp(tx, org, gp_id)
             .await?
-            .map(|g| {
-                if g.practice_name.is_empty() {
-                    g.display_name
-                } else {
-                    g.practice_name
-                }
-            })
+            .map(|g| g.practice_as_known().to_owned())
             .unwrap_or_default())
     }
 
@@ -128,17 +122,17 @@ impl Notify {
         old_start_ms: Option<i64>,
     ) -> anyhow::Result<usize> {
         let now = self.p.clock.now();
-        // Events carry no identity numbers: the patient is the appointment's.
-        let Some(nin) = econsult_booking::directory::appointment(tx, &a.appointment_id)
-            .await?
-            .map(|r| r.patient_nin)
+        // Events carry no identity numbers: the patient is the appointment's, read with the
+        // practice's name.
+        let Some(booked) = econsult_booking::directory::appointment(tx, &a.appointment_id).await?
         else {
             return Ok(0);
         };
+        let nin = booked.patient_nin.as_str();
         let facts = Facts {
             start_ms: a.start_ms,
             modality: a.modality.clone(),
-            practice: self.practice(tx, &a.org_number, &a.gp_id).await?,
+            practice: booked.practice_as_known().to_owned(),
             old_start_ms,
             ..Default::default()
         };
@@ -151,7 +145,7 @@ impl Notify {
             at: now.timestamp_millis(),
         };
         let mut n = 0;
-        for to in self.recipients(tx, &nin, Area::Booking).await? {
+        for to in self.recipients(tx, nin, Area::Booking).await? {
             n += self.queue(tx, &to, &confirmation).await?;
             // Each recipient's own lead times.
             for lead in super::lead_times(&to.prefs.reminder_minutes) {
@@ -212,21 +206,20 @@ impl Notify {
                 if a.cancelled_by.as_deref() != Some("practice") {
                     return Ok(0);
                 }
-                let Some(nin) = econsult_booking::directory::appointment(tx, &a.appointment_id)
-                    .await?
-                    .map(|r| r.patient_nin)
+                let Some(cancelled) =
+                    econsult_booking::directory::appointment(tx, &a.appointment_id).await?
                 else {
                     return Ok(0);
                 };
                 let facts = Facts {
                     start_ms: a.start_ms,
                     modality: a.modality.clone(),
-                    practice: self.practice(tx, &a.org_number, &a.gp_id).await?,
+                    practice: cancelled.practice_as_known().to_owned(),
                     ..Default::default()
                 };
                 self.queue_all(
                     tx,
-                    &nin,
+                    &cancelled.patient_nin,
                     Plan {
                         key: format!("event:{}", e.event_id),
                         kind: Kind::CancelledByPractice,

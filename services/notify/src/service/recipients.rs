@@ -45,12 +45,13 @@ impl Notify {
         subject_nin: &str,
         area: Area,
     ) -> anyhow::Result<Vec<Recipient>> {
+        let (own, proxies) = store::recipients_of(conn, subject_nin).await?;
         let mut out = vec![Recipient {
             nin: subject_nin.to_owned(),
             subject_nin: String::new(),
-            prefs: Self::stored(conn, subject_nin).await?,
+            prefs: own.unwrap_or_else(Self::defaults),
         }];
-        for p in store::proxies_of(conn, subject_nin).await? {
+        for p in proxies {
             if self
                 .relation_allows(subject_nin, &p.recipient_nin, p.relation, area)
                 .await?
