@@ -217,6 +217,70 @@ async fn a_booking_yields_one_confirmation_and_one_reminder_at_the_lead_time(env
     rig.app.shutdown().await;
 }
 
+/// Three patients' reminders fall due at the same moment, so one sender pass takes them all
+/// (one read of their preferences, one mark of the sent): each reaches its own patient's
+/// phone and e-mail once, every message ends marked sent after one attempt, and later passes
+/// send nothing again.
+async fn reminders_due_together_reach_each_patient_once_and_are_marked_sent(env: Env) {
+    let rig = rig(env, monday_0800()).await;
+    let app = &rig.app;
+    let nins = seed_gp(app, ORG_A, "gp-1", 1, 3).await;
+    // Tuesday 3 March 10:00, 10:15 and 10:30 Oslo: reminders at 09:00, 09:15 and 09:30 UTC
+    // on Monday (24 h before).
+    let slots = publish(
+        app,
+        ORG_A,
+        "gp-1",
+        &[
+            at("2026-03-03T09:00:00Z"),
+            at("2026-03-03T09:15:00Z"),
+            at("2026-03-03T09:30:00Z"),
+        ],
+        pb::Modality::InPerson,
+    )
+    .await;
+    for (i, nin) in nins.iter().enumerate() {
+        set_contact(app, nin, i).await;
+        book(app, nin, &slots[i].slot_id).await;
+    }
+    until("three confirmations by SMS and e-mail", || {
+        rig.sms.requests().len() == 3 && rig.smtp.mails().len() == 3
+    })
+    .await;
+    move_clock(app, at("2026-03-02T09:30:00Z")).await;
+    until("three reminders by SMS and e-mail", || {
+        rig.sms.requests().len() == 6 && rig.smtp.mails().len() == 6
+    })
+    .await;
+    settle().await;
+    move_clock(app, at("2026-03-02T12:00:00Z")).await;
+    settle().await;
+    for i in 0..3 {
+        let texts = rig.sms.texts_to(&phone(i));
+        assert_eq!(texts.len(), 2, "patient {i}: {texts:?}");
+        assert!(texts[1].starts_with("Påminnelse"), "{}", texts[1]);
+        let mails = rig.smtp.mails();
+        let to_me = mails.iter().filter(|m| m.to == vec![email(i)]).count();
+        assert_eq!(
+            to_me, 2,
+            "patient {i}: a confirmation and a reminder by e-mail"
+        );
+    }
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT kind, status, attempts FROM notify_messages ORDER BY kind, message_id",
+    )
+    .fetch_all(app.platform().db.read())
+    .await
+    .expect("messages");
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(_, status, attempts)| (*status, *attempts) == (1, 1)),
+        "every message sent after one attempt: {rows:?}"
+    );
+    rig.app.shutdown().await;
+}
+
 /// A practice cancellation is notified at once (the next sender pass after the relay's), and
 /// the appointment's reminder is never sent.
 async fn a_practice_cancellation_is_notified_and_cancels_the_reminder(env: Env) {
@@ -1386,6 +1450,7 @@ async fn e_mail_requires_starttls_and_never_falls_back_to_plaintext(env: Env) {
 on_both_backends!(
     kill_9_between_the_event_and_the_send_gives_exactly_one_message,
     a_booking_yields_one_confirmation_and_one_reminder_at_the_lead_time,
+    reminders_due_together_reach_each_patient_once_and_are_marked_sent,
     a_practice_cancellation_is_notified_and_cancels_the_reminder,
     a_waitlist_offer_goes_to_the_first_then_after_its_window_to_the_second,
     quiet_hours_hold_an_sms_until_eight_but_not_a_same_day_change,

@@ -1,8 +1,9 @@
 //! Every SQL statement of the notify service, each a complete literal (PostgreSQL and SQLite
 //! variants side by side where they differ).
 
-use econsult_runtime::db::{Backend, Db, Tx};
+use econsult_runtime::db::{Backend, Db, MultiRow, Tx, Value, bind_values};
 use sqlx::{AnyConnection, Row as _};
+use std::collections::HashMap;
 
 /// Preferences as stored (contact details sealed).
 #[derive(Debug, Clone, Default)]
@@ -45,6 +46,30 @@ pub async fn preferences(
     .fetch_optional(conn)
     .await?;
     row.as_ref().map(stored_from_row).transpose()
+}
+
+/// The stored preferences of each of `nins` that has any, by identity number, in one read.
+pub async fn preferences_of(
+    conn: &mut AnyConnection,
+    nins: &[&str],
+) -> Result<HashMap<String, StoredPreferences>, sqlx::Error> {
+    const PREFERENCES_OF: MultiRow = MultiRow {
+        head: "SELECT patient_nin, email_sealed, phone_sealed, channels, reminder_minutes, language, opted_out \
+               FROM notify_preferences WHERE patient_nin IN (VALUES",
+        columns: 1,
+        tail: ")",
+    };
+    if nins.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = PREFERENCES_OF.sql(nins.len());
+    let values = nins.iter().map(|n| Value::from(*n)).collect();
+    let rows = bind_values(sqlx::query(&sql), values)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("patient_nin")?, stored_from_row(r)?)))
+        .collect()
 }
 
 /// Replaces a patient's preferences.
@@ -356,6 +381,31 @@ pub async fn finish(
     .await?;
     tx.commit().await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// Ends the queued messages of `sent` (message id, when it was handed over) as sent, in one
+/// statement; returns how many were still queued.
+pub async fn finish_sent(db: &Db, sent: &[(String, i64)]) -> Result<u64, sqlx::Error> {
+    const FINISH_SENT: MultiRow = MultiRow {
+        head: "UPDATE notify_messages SET status = 1, attempts = attempts + 1, last_error = '', done_at = v.column2, \
+               lease_until = 0 FROM (VALUES",
+        columns: 2,
+        tail: ") AS v WHERE notify_messages.message_id = v.column1 AND notify_messages.status = 0",
+    };
+    if sent.is_empty() {
+        return Ok(0);
+    }
+    let sql = FINISH_SENT.sql(sent.len());
+    let values = sent
+        .iter()
+        .flat_map(|(id, at)| [Value::from(id.as_str()), Value::from(*at)])
+        .collect();
+    let mut tx = db.begin().await?;
+    let r = bind_values(sqlx::query(&sql), values)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(r.rows_affected())
 }
 
 /// Puts a queued message back for `not_before` (a retry after a failed attempt when

@@ -8,18 +8,21 @@
 //! Delivery is exactly once per (event, recipient, channel) up to the hand-over: a process
 //! killed after the transport accepted a message and before it was marked sent hands it over
 //! again when the lease lapses, with the same message id (the gateway's idempotency key, the
-//! e-mail's Message-ID), so a gateway that keeps ids sends it once.
+//! e-mail's Message-ID), so a gateway that keeps ids sends it once. A pass reads its patients'
+//! preferences in one statement and marks its hand-overs sent together, at the latest
+//! [`MARK_WITHIN`] after the first.
 
 use super::Notify;
 use super::recipients::area;
 use crate::domain::{Channel, Facts, Kind, Status, backoff, sms_allowed_at};
-use crate::store::{self, Claimed};
+use crate::store::{self, Claimed, StoredPreferences};
 use crate::transport::{Outgoing, SendError, Transport};
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The sender as its access-log rows name it.
 pub const SYSTEM_NAME: &str = "econsult-notify";
@@ -32,6 +35,36 @@ const BATCH: i64 = 50;
 
 /// How long a taken message is left to its sender before another may take it.
 const LEASE_MS: i64 = 60_000;
+
+/// Longest a handed-over message waits to be marked sent with the others of its pass.
+const MARK_WITHIN: Duration = Duration::from_millis(250);
+
+/// Messages of a pass handed over and not yet marked sent: (id, when, transport label). They
+/// are marked together when the pass ends, or once the oldest has waited [`MARK_WITHIN`]. A
+/// process killed in between hands them over again after their lease with the same ids, as it
+/// would one message killed between its hand-over and its mark.
+#[derive(Default)]
+struct Sent {
+    since: Option<Instant>,
+    messages: Vec<(String, i64, &'static str)>,
+}
+
+impl Sent {
+    fn push(&mut self, id: String, at: i64, label: &'static str) {
+        self.since.get_or_insert_with(Instant::now);
+        self.messages.push((id, at, label));
+    }
+
+    /// The oldest has waited long enough.
+    fn due(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= MARK_WITHIN)
+    }
+
+    fn take(&mut self) -> Vec<(String, i64, &'static str)> {
+        self.since = None;
+        std::mem::take(&mut self.messages)
+    }
+}
 
 impl Notify {
     /// Sends what is due now; returns how many messages were taken.
@@ -46,13 +79,57 @@ impl Notify {
         }
         let claimed = store::claim_due(&self.p.db, now, now + LEASE_MS, BATCH).await?;
         let n = claimed.len();
+        // The patients' own preferences for the whole pass in one read (those a person acting
+        // for a patient set are read with the relation's check, message by message).
+        let own = {
+            let mut nins: Vec<&str> = claimed
+                .iter()
+                .filter(|c| c.subject_nin.is_empty())
+                .map(|c| c.nin.as_str())
+                .collect();
+            nins.sort_unstable();
+            nins.dedup();
+            let mut conn = self.p.db.read().acquire().await?;
+            store::preferences_of(&mut conn, &nins).await?
+        };
+        let mut sent = Sent::default();
         for c in claimed {
             let id = c.message_id.clone();
-            if let Err(e) = self.deliver(c, now).await {
-                tracing::warn!(message_id = %id, error = %e, "notification not handed over; taken again after its lease");
+            match self.deliver(c, now, &own).await {
+                Ok(Some((at, label))) => {
+                    sent.push(id, at, label);
+                    if sent.due() {
+                        self.mark_sent(&mut sent).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "notification not handed over; taken again after its lease");
+                }
             }
         }
+        self.mark_sent(&mut sent).await;
         Ok(n)
+    }
+
+    /// Marks the handed-over messages of `sent` as sent, in one statement. Should that fail,
+    /// they are handed over again, with the same ids, once their lease lapses.
+    async fn mark_sent(&self, sent: &mut Sent) {
+        let batch = sent.take();
+        if batch.is_empty() {
+            return;
+        }
+        let ids: Vec<(String, i64)> = batch.iter().map(|(id, at, _)| (id.clone(), *at)).collect();
+        match store::finish_sent(&self.p.db, &ids).await {
+            Ok(_) => {
+                for (_, _, label) in &batch {
+                    self.count(label, "sent");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(messages = batch.len(), error = %e, "handed-over notifications not marked sent; handed over again after their lease");
+            }
+        }
     }
 
     fn transport(&self, channel: Channel) -> (&'static str, Arc<dyn Transport>) {
@@ -86,11 +163,19 @@ impl Notify {
         Ok(())
     }
 
-    async fn deliver(&self, c: Claimed, now: i64) -> anyhow::Result<()> {
+    /// Hands `c` over to its transport, or ends or requeues it. Returns when it was handed
+    /// over, and the transport's label, for the caller to mark it sent ([`store::finish_sent`]);
+    /// `own` holds the stored preferences of the pass's patients.
+    async fn deliver(
+        &self,
+        c: Claimed,
+        now: i64,
+        own: &HashMap<String, StoredPreferences>,
+    ) -> anyhow::Result<Option<(i64, &'static str)>> {
         let (Some(kind), Some(channel)) = (Kind::parse(&c.kind), Channel::parse(&c.channel)) else {
-            return self
-                .fail(&c, Status::Failed, "log", "unknown kind or channel", now)
-                .await;
+            self.fail(&c, Status::Failed, "log", "unknown kind or channel", now)
+                .await?;
+            return Ok(None);
         };
         let (label, transport) = self.transport(channel);
         if channel == Channel::Sms {
@@ -105,36 +190,36 @@ impl Notify {
                 )
                 .await?;
                 self.count(label, "held");
-                return Ok(());
+                return Ok(None);
             }
         }
-        let stored = {
-            let mut conn = self.p.db.read().acquire().await?;
-            if c.subject_nin.is_empty() {
-                Self::stored(&mut conn, &c.nin).await?
-            } else {
-                // A person acting for the patient: only while the relation still allows it.
-                let p = store::proxy_preferences(&mut conn, &c.subject_nin, &c.nin).await?;
-                drop(conn);
-                match p {
-                    Some(p)
-                        if self
-                            .relation_allows(&c.subject_nin, &c.nin, p.relation, area(kind))
-                            .await? =>
-                    {
-                        p.stored
-                    }
-                    _ => {
-                        return self
-                            .fail(
-                                &c,
-                                Status::Cancelled,
-                                label,
-                                "the relation to the patient no longer allows it",
-                                now,
-                            )
-                            .await;
-                    }
+        let stored = if c.subject_nin.is_empty() {
+            own.get(&c.nin).cloned().unwrap_or_else(Self::defaults)
+        } else {
+            // A person acting for the patient: only while the relation still allows it.
+            let p = {
+                let mut conn = self.p.db.read().acquire().await?;
+                store::proxy_preferences(&mut conn, &c.subject_nin, &c.nin).await?
+            };
+            match p {
+                Some(p)
+                    if self
+                        .relation_allows(&c.subject_nin, &c.nin, p.relation, area(kind))
+                        .await? =>
+                {
+                    p.stored
+                }
+                _ => {
+                    return self
+                        .fail(
+                            &c,
+                            Status::Cancelled,
+                            label,
+                            "the relation to the patient no longer allows it",
+                            now,
+                        )
+                        .await
+                        .map(|()| None);
                 }
             }
         };
@@ -143,20 +228,23 @@ impl Notify {
             Err(e) => {
                 return self
                     .fail(&c, Status::Failed, label, &e.to_string(), now)
-                    .await;
+                    .await
+                    .map(|()| None);
             }
         };
         if prefs.opted_out {
             return self
                 .fail(&c, Status::Cancelled, label, "the patient opted out", now)
-                .await;
+                .await
+                .map(|()| None);
         }
         let facts: Facts = match serde_json::from_str(&c.facts) {
             Ok(f) => f,
             Err(e) => {
                 return self
                     .fail(&c, Status::Failed, label, &format!("facts: {e}"), now)
-                    .await;
+                    .await
+                    .map(|()| None);
             }
         };
         let rendered =
@@ -168,7 +256,8 @@ impl Notify {
                 Err(e) => {
                     return self
                         .fail(&c, Status::Failed, label, &e.to_string(), now)
-                        .await;
+                        .await
+                        .map(|()| None);
                 }
             };
         let to = match channel {
@@ -185,7 +274,8 @@ impl Notify {
                     "no address on file for this channel",
                     now,
                 )
-                .await;
+                .await
+                .map(|()| None);
         };
         if label != "log" {
             // The sender read the recipient's phone number or e-mail address: in their access
@@ -218,18 +308,7 @@ impl Notify {
         };
         let done = self.p.clock.now_ms();
         match result {
-            Ok(()) => {
-                store::finish(
-                    &self.p.db,
-                    &c.message_id,
-                    Status::Sent.code(),
-                    true,
-                    "",
-                    done,
-                )
-                .await?;
-                self.count(label, "sent");
-            }
+            Ok(()) => return Ok(Some((done, label))),
             Err(SendError::Permanent(reason)) => {
                 self.fail(&c, Status::Failed, label, &reason, done).await?;
             }
@@ -256,7 +335,7 @@ impl Notify {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Background task: sends what is due every `every`, and at once when the intake queued
