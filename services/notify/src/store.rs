@@ -223,28 +223,55 @@ pub struct NewMessage<'a> {
     pub now: i64,
 }
 
-/// Queues a message unless one with its key exists. Returns whether it was queued.
-pub async fn enqueue(tx: &mut Tx, m: &NewMessage<'_>) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "INSERT INTO notify_messages (message_id, dedupe_key, patient_nin, kind, channel, facts, appointment_id, urgent, \
-         status, attempts, not_before, lease_until, last_error, created_at, subject_nin) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, 0, '', $10, $11) \
-         ON CONFLICT (dedupe_key) DO NOTHING",
-    )
-    .bind(m.message_id)
-    .bind(m.dedupe_key)
-    .bind(m.nin)
-    .bind(m.kind)
-    .bind(m.channel)
-    .bind(m.facts)
-    .bind(m.appointment_id)
-    .bind(i64::from(m.urgent))
-    .bind(m.not_before)
-    .bind(m.now)
-    .bind(m.subject_nin)
-    .execute(&mut **tx)
-    .await?;
-    Ok(r.rows_affected() == 1)
+/// Messages to queue together ([`enqueue`]).
+#[derive(Default)]
+pub struct Queue {
+    values: Vec<Value>,
+    rows: usize,
+}
+
+impl Queue {
+    /// Adds `m`.
+    pub fn push(&mut self, m: &NewMessage<'_>) {
+        self.values.extend([
+            Value::from(m.message_id),
+            m.dedupe_key.into(),
+            m.nin.into(),
+            m.kind.into(),
+            m.channel.into(),
+            m.facts.into(),
+            m.appointment_id.into(),
+            i64::from(m.urgent).into(),
+            m.not_before.into(),
+            m.now.into(),
+            m.subject_nin.into(),
+            // Queued, no attempt yet, no lease, no error.
+            0i64.into(),
+            0i64.into(),
+            0i64.into(),
+            "".into(),
+        ]);
+        self.rows += 1;
+    }
+}
+
+/// Queues the messages of `q` whose key no message has yet, in one statement. Returns how many
+/// were queued.
+pub async fn enqueue(tx: &mut Tx, q: Queue) -> Result<u64, sqlx::Error> {
+    const ENQUEUE: MultiRow = MultiRow {
+        head: "INSERT INTO notify_messages (message_id, dedupe_key, patient_nin, kind, channel, facts, appointment_id, urgent, \
+               not_before, created_at, subject_nin, status, attempts, lease_until, last_error) VALUES",
+        columns: 15,
+        tail: "ON CONFLICT (dedupe_key) DO NOTHING",
+    };
+    if q.rows == 0 {
+        return Ok(0);
+    }
+    let sql = ENQUEUE.sql(q.rows);
+    let r = bind_values(sqlx::query(&sql), q.values)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected())
 }
 
 /// Records that an appointment was cancelled or moved, and cancels its queued scheduled

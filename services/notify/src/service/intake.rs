@@ -8,7 +8,7 @@ use super::Notify;
 use super::recipients::{Recipient, area};
 use crate::domain::{Channel, Channels};
 use crate::domain::{Facts, Kind, message_channels, same_day, sms_allowed_at};
-use crate::store::{self, NewMessage};
+use crate::store::{self, NewMessage, Queue};
 use econsult_runtime::bus::Event;
 use econsult_runtime::clock::from_ms;
 use econsult_runtime::consumer::Handler;
@@ -42,8 +42,8 @@ struct Plan<'a> {
 }
 
 impl Notify {
-    /// Queues `plan` on each of `to`'s channels; returns how many were new.
-    async fn queue(&self, tx: &mut Tx, to: &Recipient, plan: &Plan<'_>) -> anyhow::Result<usize> {
+    /// Adds `plan` on each of `to`'s channels to `q`.
+    fn queue(&self, q: &mut Queue, to: &Recipient, plan: &Plan<'_>) -> anyhow::Result<()> {
         let prefs = &to.prefs;
         let channels = message_channels(
             prefs.phone_sealed.is_some(),
@@ -53,7 +53,6 @@ impl Notify {
         );
         let facts = serde_json::to_string(&plan.facts)?;
         let now = self.p.clock.now_ms();
-        let mut n = 0;
         for ch in channels {
             let at = if ch == Channel::Sms {
                 sms_allowed_at(from_ms(plan.at), plan.urgent).timestamp_millis()
@@ -67,40 +66,36 @@ impl Notify {
             } else {
                 format!("{}:proxy:{}:{}", plan.key, to.nin, ch.as_str())
             };
-            let queued = store::enqueue(
-                tx,
-                &NewMessage {
-                    message_id: &id,
-                    dedupe_key: &key,
-                    nin: &to.nin,
-                    subject_nin: &to.subject_nin,
-                    kind: plan.kind.as_str(),
-                    channel: ch.as_str(),
-                    facts: &facts,
-                    appointment_id: plan.appointment_id,
-                    urgent: plan.urgent,
-                    not_before: at,
-                    now,
-                },
-            )
-            .await?;
-            n += usize::from(queued);
+            q.push(&NewMessage {
+                message_id: &id,
+                dedupe_key: &key,
+                nin: &to.nin,
+                subject_nin: &to.subject_nin,
+                kind: plan.kind.as_str(),
+                channel: ch.as_str(),
+                facts: &facts,
+                appointment_id: plan.appointment_id,
+                urgent: plan.urgent,
+                not_before: at,
+                now,
+            });
         }
-        Ok(n)
+        Ok(())
     }
 
-    /// Queues `plan` for every recipient of messages about the patient `subject_nin`.
+    /// Queues `plan` for every recipient of messages about the patient `subject_nin`; returns
+    /// how many messages were new.
     async fn queue_all(
         &self,
         tx: &mut Tx,
         subject_nin: &str,
         plan: Plan<'_>,
     ) -> anyhow::Result<usize> {
-        let mut n = 0;
+        let mut q = Queue::default();
         for to in self.recipients(tx, subject_nin, area(plan.kind)).await? {
-            n += self.queue(tx, &to, &plan).await?;
+            self.queue(&mut q, &to, &plan)?;
         }
-        Ok(n)
+        Ok(store::enqueue(tx, q).await? as usize)
     }
 
     /// The practice as the patient knows it: the name the EHR set (UpsertGp's
@@ -144,9 +139,9 @@ impl Notify {
             urgent: same_day(a.start_ms, now),
             at: now.timestamp_millis(),
         };
-        let mut n = 0;
+        let mut q = Queue::default();
         for to in self.recipients(tx, nin, Area::Booking).await? {
-            n += self.queue(tx, &to, &confirmation).await?;
+            self.queue(&mut q, &to, &confirmation)?;
             // Each recipient's own lead times.
             for lead in super::lead_times(&to.prefs.reminder_minutes) {
                 let at = a.start_ms - i64::from(lead) * 60_000;
@@ -160,7 +155,7 @@ impl Notify {
                     at,
                     ..confirmation.clone()
                 };
-                n += self.queue(tx, &to, &reminder).await?;
+                self.queue(&mut q, &to, &reminder)?;
             }
             let opens = a.start_ms - VIDEO_OPENS_BEFORE_MS;
             if a.modality == "video" && opens > now.timestamp_millis() {
@@ -172,10 +167,11 @@ impl Notify {
                     at: opens,
                     ..confirmation.clone()
                 };
-                n += self.queue(tx, &to, &opening).await?;
+                self.queue(&mut q, &to, &opening)?;
             }
         }
-        Ok(n)
+        // The confirmation, the reminders and the opening, for everyone, in one statement.
+        Ok(store::enqueue(tx, q).await? as usize)
     }
 
     /// Queues what `e` calls for; returns how many messages were new.
