@@ -36,6 +36,11 @@ const BATCH: i64 = 50;
 /// How long a taken message is left to its sender before another may take it.
 const LEASE_MS: i64 = 60_000;
 
+/// How long the sender, woken by the intake, waits for more before its pass: at a booking
+/// rush one pass then takes the messages of many bookings (a claim, a read of preferences and a
+/// mark for all of them) instead of one or two.
+const GATHER: Duration = Duration::from_millis(25);
+
 /// Longest a handed-over message waits to be marked sent with the others of its pass.
 const MARK_WITHIN: Duration = Duration::from_millis(250);
 
@@ -355,7 +360,13 @@ impl Notify {
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => {
+                    // What the intake queues in the next moments goes in the same pass.
+                    tokio::select! {
+                        _ = tokio::time::sleep(GATHER) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
                 _ = stop.changed() => return,
             }
         }
