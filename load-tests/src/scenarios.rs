@@ -275,6 +275,9 @@ pub struct Rush {
     no_slot: AtomicU64,
     uncertain_book: AtomicU64,
     uncertain_cancel: AtomicU64,
+    /// Bookings of flows that shared their patient with another flow (every patient of the GP
+    /// was busy): two flows of one patient may book twice on one booking request.
+    shared_booked: AtomicU64,
     pub seed: SeedInfo,
 }
 
@@ -361,6 +364,7 @@ impl Rush {
             no_slot: AtomicU64::new(0),
             uncertain_book: AtomicU64::new(0),
             uncertain_cancel: AtomicU64::new(0),
+            shared_booked: AtomicU64::new(0),
             seed,
         }))
     }
@@ -462,6 +466,9 @@ impl Rush {
             }
         };
         self.booked.fetch_add(1, Ordering::Relaxed);
+        if chosen.is_none() {
+            self.shared_booked.fetch_add(1, Ordering::Relaxed);
+        }
         if cancel {
             match timed(
                 &self.times,
@@ -499,6 +506,10 @@ impl Rush {
             (
                 "no_slot_offered".into(),
                 self.no_slot.load(Ordering::Relaxed),
+            ),
+            (
+                "shared_patient_bookings".into(),
+                self.shared_booked.load(Ordering::Relaxed),
             ),
         ])
     }
@@ -583,6 +594,10 @@ impl Rush {
         }
         // Every flow searched first: its booking closed the booking request (episode) its
         // search opened, written with the hold or the booking (a search writes nothing itself).
+        // Two flows that shared a patient searched within one request, which the first booking
+        // closed: the second booking is that request's too, and closes none (the figure counts
+        // requests, not bookings).
+        let shared = self.shared_booked.load(Ordering::Relaxed) as i64;
         match target
             .count(&format!(
                 "SELECT COUNT(*) FROM booking_appointments a WHERE a.booked_at >= {since} AND a.{own} AND a.rescheduled_from IS NULL \
@@ -593,8 +608,10 @@ impl Rush {
         {
             Ok(rows) => out.push(Check::new(
                 "every booking closed the booking request of its search",
-                rows == 0,
-                format!("{rows} bookings without a booked request"),
+                rows <= shared,
+                format!(
+                    "{rows} bookings without a booked request (allowed: {shared} bookings of flows that shared their patient)"
+                ),
             )),
             Err(e) => out.push(Check::new("booking request query", false, format!("{e:#}"))),
         }
