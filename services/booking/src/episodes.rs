@@ -157,7 +157,7 @@ pub struct Episode {
     pub(crate) closed: Option<(i64, Outcome)>,
     /// The step of the guarantee engine that met the request, and when (the first stays).
     pub(crate) met: Option<(MetBy, i64)>,
-    /// Opened by this process (not read back): its writes also end the patient's other open
+    /// Opened by this process (not read back): its writes also end the patient's older open
     /// episodes, which a new one supersedes.
     pub(crate) fresh: bool,
 }
@@ -352,8 +352,9 @@ impl Episode {
     }
 
     /// Writes (merges) the episode in `tx` (the merge rules are the module's); on PostgreSQL
-    /// it joins the commit's one statement. A new episode also ends the patient's other open
-    /// ones (expired by inactivity, or superseded by this new one).
+    /// it joins the commit's one statement. A new episode also ends the patient's older open
+    /// ones (expired by inactivity, or superseded by this new one), never a newer one: a copy
+    /// may be written late, after the patient's next request was opened.
     pub fn write(&self, tx: &mut impl Defer) {
         if self.fresh {
             store::expire_others(tx, self);

@@ -45,10 +45,11 @@ const UPSERT: &str = "INSERT INTO booking_episodes (request_id, patient_nin, gp_
      met_by = CASE WHEN booking_episodes.met_by = 0 THEN excluded.met_by ELSE booking_episodes.met_by END \
      WHERE booking_episodes.patient_nin = excluded.patient_nin";
 
-/// Ends the patient's (`$2`) open episodes other than `$3` with outcome `$1`, closed at their
-/// last activity.
+/// Ends the patient's (`$2`) open episodes requested before `$4` other than `$3` with outcome
+/// `$1`, closed at their last activity. A newer one is never ended: a copy of an older episode
+/// may be written late (a flush that began before it was booked), after the next was opened.
 const EXPIRE_OTHERS: &str = "UPDATE booking_episodes SET closed_at = last_activity_at, outcome = $1 \
-     WHERE patient_nin = $2 AND closed_at IS NULL AND request_id <> $3";
+     WHERE patient_nin = $2 AND closed_at IS NULL AND request_id <> $3 AND requested_at < $4";
 
 /// Records a hold (`closed` unset) or a booking (`closed` = now) of slot `$1` starting at `$2`
 /// for the patient's (`$7`) episode `$6`, or when `$6` is NULL their open episode active after
@@ -113,7 +114,7 @@ fn upsert_values(e: &Episode) -> Vec<Value> {
     ]
 }
 
-/// Defers the end of the patient's open episodes other than `e` ([`EXPIRE_OTHERS`]: expired by
+/// Defers the end of the patient's open episodes older than `e` ([`EXPIRE_OTHERS`]: expired by
 /// inactivity, or superseded by `e`) to `tx`'s commit.
 pub(crate) fn expire_others(tx: &mut impl Defer, e: &Episode) {
     tx.defer(
@@ -122,6 +123,7 @@ pub(crate) fn expire_others(tx: &mut impl Defer, e: &Episode) {
             Outcome::Expired.code().into(),
             e.patient_nin.as_str().into(),
             e.request_id.as_str().into(),
+            e.requested_at_ms.into(),
         ],
     );
 }
