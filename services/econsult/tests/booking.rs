@@ -2167,23 +2167,10 @@ async fn the_five_working_day_figure_counts_requests_as_the_authorities_do(env: 
 /// the next request is counted as expired (seen as 1–3 of ~17 000 bookings in PostgreSQL rush
 /// sweeps at 1 200–1 600 flows/s, where flushes wait long for their locks).
 async fn a_late_copy_of_an_older_request_leaves_the_newer_one_open(env: Env) {
-    use econsult_booking::episodes::{Channel, Episode, ListedAt};
-    let app = TestApp::start_at(env, at("2026-03-02T07:00:00Z")).await;
+    use econsult_booking::episodes::{Channel, Episode};
+    let (app, nin, gp, t0) = episode_rig(env, 78).await;
     let db = &app.platform().db;
-    let write = async |e: &Episode| {
-        let mut w = db.writes();
-        e.write(&mut w);
-        w.commit().await.expect("write");
-    };
-    let nin = econsult_runtime::nin::synthetic(78).as_str().to_owned();
-    let gp = ListedAt {
-        gp_uid: "u-1".into(),
-        gp_id: "gp-1".into(),
-        org_number: ORG_A.into(),
-        municipality_number: "0301".into(),
-        vacant: false,
-    };
-    let t0 = at("2026-03-02T07:00:00Z");
+    let write = async |e: &Episode| write_episode(db, e).await;
     let first = Episode::open(&nin, &gp, Channel::Online, t0, &Default::default());
     // The flush's copy, taken before the hold.
     let flushing = first.clone();
@@ -2244,27 +2231,45 @@ async fn a_late_copy_of_an_older_request_leaves_the_newer_one_open(env: Env) {
     app.shutdown().await;
 }
 
-/// Writes of one booking request merge, in any order and any number of times: offers only get
-/// earlier, the narrowing follows the latest activity, a booked request stays booked with its
-/// choice (the flush, HoldSlot and Book may race and repeat).
-async fn booking_request_writes_merge_in_any_order(env: Env) {
-    use econsult_booking::episodes::{self, Channel, Episode, ListedAt, Scope};
-    let app = TestApp::start_at(env, at("2026-03-02T07:00:00Z")).await;
-    let db = &app.platform().db;
-    let write = async |e: &Episode| {
-        let mut w = db.writes();
-        e.write(&mut w);
-        w.commit().await.expect("write");
-    };
-    let nin = econsult_runtime::nin::synthetic(77).as_str().to_owned();
-    let gp = ListedAt {
+/// A server on 2 March 2026, 07:00 UTC, the identity number of synthetic patient `seed`, a GP
+/// to list them on, and that instant: for writing booking requests directly.
+async fn episode_rig(
+    env: Env,
+    seed: u64,
+) -> (
+    TestApp,
+    String,
+    econsult_booking::episodes::ListedAt,
+    DateTime<Utc>,
+) {
+    let t0 = at("2026-03-02T07:00:00Z");
+    let app = TestApp::start_at(env, t0).await;
+    let nin = econsult_runtime::nin::synthetic(seed).as_str().to_owned();
+    let gp = econsult_booking::episodes::ListedAt {
         gp_uid: "u-1".into(),
         gp_id: "gp-1".into(),
         org_number: ORG_A.into(),
         municipality_number: "0301".into(),
         vacant: false,
     };
-    let t0 = at("2026-03-02T07:00:00Z");
+    (app, nin, gp, t0)
+}
+
+/// Writes (merges) `e` in a transaction of its own, as a flush does.
+async fn write_episode(db: &econsult_runtime::db::Db, e: &econsult_booking::episodes::Episode) {
+    let mut w = db.writes();
+    e.write(&mut w);
+    w.commit().await.expect("write");
+}
+
+/// Writes of one booking request merge, in any order and any number of times: offers only get
+/// earlier, the narrowing follows the latest activity, a booked request stays booked with its
+/// choice (the flush, HoldSlot and Book may race and repeat).
+async fn booking_request_writes_merge_in_any_order(env: Env) {
+    use econsult_booking::episodes::{self, Channel, Episode, Scope};
+    let (app, nin, gp, t0) = episode_rig(env, 77).await;
+    let db = &app.platform().db;
+    let write = async |e: &Episode| write_episode(db, e).await;
     let mut first = Episode::open(&nin, &gp, Channel::Online, t0, &Default::default());
     first.offered(Some(at("2026-03-05T07:00:00Z")), None);
     first.searched(t0, true);
