@@ -9,8 +9,8 @@
 //! killed after the transport accepted a message and before it was marked sent hands it over
 //! again when the lease lapses, with the same message id (the gateway's idempotency key, the
 //! e-mail's Message-ID), so a gateway that keeps ids sends it once. A pass reads its patients'
-//! preferences in one statement and marks its hand-overs sent together, at the latest
-//! [`MARK_WITHIN`] after the first.
+//! preferences in one statement and marks its hand-overs sent together: when it ends, or at the
+//! first hand-over after the oldest unmarked one has waited [`MARK_WITHIN`].
 
 use super::Notify;
 use super::recipients::area;
@@ -45,7 +45,8 @@ const GATHER: Duration = Duration::from_millis(25);
 const MARK_WITHIN: Duration = Duration::from_millis(250);
 
 /// Messages of a pass handed over and not yet marked sent: (id, when, transport label). They
-/// are marked together when the pass ends, or once the oldest has waited [`MARK_WITHIN`]. A
+/// are marked together when the pass ends, or at the first hand-over after the oldest has
+/// waited [`MARK_WITHIN`] (a hand-over itself may take up to the send timeout). A
 /// process killed in between hands them over again after their lease with the same ids, as it
 /// would one message killed between its hand-over and its mark.
 #[derive(Default)]
