@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod nin;
 pub mod outbox;
 pub mod platform;
+mod private_file;
 pub mod proxy;
 pub mod pseudonym;
 pub mod ratelimit;

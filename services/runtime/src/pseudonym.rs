@@ -63,27 +63,17 @@ impl Pseudonymizer {
     /// first start. Replicas started together on one directory read the same key.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join(DEFAULT_KEY_FILE);
-        if path.exists() {
-            return Self::from_file(&path);
-        }
-        let mut key = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut key);
-        let created = {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .and_then(|mut f| f.write_all(STANDARD.encode(key).as_bytes()))
-        };
-        match created {
-            Ok(()) => Self::new(&key),
+        if !path.exists() {
+            let mut key = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            let made = crate::private_file::create_once(&path, STANDARD.encode(key).as_bytes())
+                .with_context(|| format!("create the event key {}", path.display()))?;
+            if made {
+                return Self::new(&key);
+            }
             // Another process made it first: use that one.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::from_file(&path),
-            Err(e) => Err(e).with_context(|| format!("create the event key {}", path.display())),
         }
+        Self::from_file(&path)
     }
 
     /// The pseudonymous key of the patient with identity number `nin` (the outbox `route_key`
@@ -127,5 +117,36 @@ mod tests {
         assert_eq!(first.key_for("01010112345"), again.key_for("01010112345"));
         let configured = Pseudonymizer::from_file(&path).expect("from file");
         assert_eq!(first.key_for("x"), configured.key_for("x"));
+    }
+
+    /// Replicas started together on one fresh data directory (as the scale-out tests start
+    /// two): every one reads the one key, none an empty or half-written file.
+    #[test]
+    fn replicas_starting_together_all_read_the_one_key() {
+        for round in 0..100 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let starts: Vec<_> = (0..6)
+                    .map(|_| {
+                        s.spawn(|| {
+                            Pseudonymizer::load_or_create(dir.path())
+                                .map(|p| p.key_for("01010112345"))
+                        })
+                    })
+                    .collect();
+                starts
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .expect("thread")
+                            .unwrap_or_else(|e| panic!("round {round}: {e:#}"))
+                    })
+                    .collect()
+            });
+            assert!(
+                keys.iter().all(|k| *k == keys[0]),
+                "round {round}: {keys:?}"
+            );
+        }
     }
 }

@@ -18,20 +18,24 @@ impl DevKeys {
         use ed25519_dalek::pkcs8::EncodePrivateKey as _;
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("dev-signing-key.b64");
-        let seed: [u8; 32] = if path.exists() {
-            let text = std::fs::read_to_string(&path)?;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim())?;
-            bytes
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?
-        } else {
-            let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let seed = key.to_bytes();
-            write_private(
-                &path,
-                &base64::engine::general_purpose::STANDARD.encode(seed),
-            )?;
-            seed
+        // Made once: replicas started together on one directory all read the one key.
+        let mut made = None;
+        if !path.exists() {
+            let seed = SigningKey::generate(&mut rand::rngs::OsRng).to_bytes();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(seed);
+            if crate::private_file::create_once(&path, encoded.as_bytes())? {
+                made = Some(seed);
+            }
+        }
+        let seed: [u8; 32] = match made {
+            Some(seed) => seed,
+            None => {
+                let text = std::fs::read_to_string(&path)?;
+                let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim())?;
+                bytes
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?
+            }
         };
         let key = SigningKey::from_bytes(&seed);
         let der = key.to_pkcs8_der()?;
@@ -119,15 +123,6 @@ pub fn dev_call_headers(token: &str) -> Vec<(&'static str, String)> {
         ],
         _ => Vec::new(),
     }
-}
-
-pub(super) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(path)?.write_all(contents.as_bytes())
 }
 
 /// What a development token should say.

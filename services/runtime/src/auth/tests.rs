@@ -204,6 +204,31 @@ fn the_key_survives_a_restart() {
     assert_eq!(first.jwks(), second.jwks());
 }
 
+/// Replicas started together on one fresh data directory all read the one signing key (none
+/// fails on the file another is still writing).
+#[test]
+fn replicas_starting_together_all_read_the_one_signing_key() {
+    for round in 0..50 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jwks: Vec<String> = std::thread::scope(|s| {
+            let starts: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| DevKeys::load_or_create(dir.path()).map(|k| k.jwks().to_owned()))
+                })
+                .collect();
+            starts
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .expect("thread")
+                        .unwrap_or_else(|e| panic!("round {round}: {e:#}"))
+                })
+                .collect()
+        });
+        assert!(jwks.iter().all(|j| *j == jwks[0]), "round {round}");
+    }
+}
+
 #[test]
 fn ehr_clinician_and_ops_roles_come_from_the_claims() {
     let (_d, keys) = keys();

@@ -1,0 +1,38 @@
+//! Files only this user may read (mode 0600), made once and never seen half-written: the keys a
+//! data directory keeps (the development signing key, the event key), which replicas started
+//! together on one directory must all read the same.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+/// Makes `path` with `contents` (mode 0600) unless it exists; returns whether this call made it.
+/// The contents are written and synced to a file of their own first and then linked to `path`,
+/// which fails if `path` exists: whoever finds `path` finds it whole.
+pub(crate) fn create_once(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("private");
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(contents)?;
+            f.sync_all()
+        });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
