@@ -122,11 +122,7 @@ pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<b
         let result = efficiency_scenario(kind, parts, &args, &target, &channels, &limits).await;
         match result {
             Ok((row, runs)) => {
-                for rep in &runs {
-                    for c in rep.checks.iter().filter(|c| !c.passed) {
-                        failures.push(format!("{}: {} ({})", rep.scenario, c.name, c.detail));
-                    }
-                }
+                failures.extend(runs.iter().flat_map(ScenarioReport::failed_checks));
                 reports.extend(runs);
                 let mut row = row;
                 row.backend = target.backend.clone();

@@ -423,9 +423,7 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
     for kind in args.scenario.clone() {
         match run_scenario(kind, &args, &target, &channels, &limits).await {
             Ok(rep) => {
-                for c in rep.checks.iter().filter(|c| !c.passed) {
-                    failures.push(format!("{}: {} ({})", rep.scenario, c.name, c.detail));
-                }
+                failures.extend(rep.failed_checks());
                 if args.smoke {
                     for p in &rep.phases {
                         if p.error_count > 0 {

@@ -33,6 +33,16 @@ pub struct ScenarioReport {
     pub checks_skipped: Option<String>,
 }
 
+impl ScenarioReport {
+    /// A line for each check that failed: `scenario: check (detail)`.
+    pub fn failed_checks(&self) -> impl Iterator<Item = String> + '_ {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{}: {} ({})", self.scenario, c.name, c.detail))
+    }
+}
+
 /// A whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
