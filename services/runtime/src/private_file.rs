@@ -36,3 +36,27 @@ pub(crate) fn create_once(path: &Path, contents: &[u8]) -> std::io::Result<bool>
         Err(e) => Err(e),
     }
 }
+
+/// Test helper: for `rounds` fresh directories, starts six threads at once on each, each calling
+/// `load` (a key made once in the directory); every call must succeed and all must agree.
+#[cfg(test)]
+pub(crate) fn all_starting_together_agree<T: PartialEq + std::fmt::Debug + Send>(
+    rounds: usize,
+    load: impl Fn(&Path) -> anyhow::Result<T> + Sync,
+) {
+    for round in 0..rounds {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let got: Vec<T> = std::thread::scope(|s| {
+            let starts: Vec<_> = (0..6).map(|_| s.spawn(|| load(dir.path()))).collect();
+            starts
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .expect("thread")
+                        .unwrap_or_else(|e| panic!("round {round}: {e:#}"))
+                })
+                .collect()
+        });
+        assert!(got.iter().all(|g| *g == got[0]), "round {round}: {got:?}");
+    }
+}

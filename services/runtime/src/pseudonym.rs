@@ -123,30 +123,8 @@ mod tests {
     /// two): every one reads the one key, none an empty or half-written file.
     #[test]
     fn replicas_starting_together_all_read_the_one_key() {
-        for round in 0..100 {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let keys: Vec<String> = std::thread::scope(|s| {
-                let starts: Vec<_> = (0..6)
-                    .map(|_| {
-                        s.spawn(|| {
-                            Pseudonymizer::load_or_create(dir.path())
-                                .map(|p| p.key_for("01010112345"))
-                        })
-                    })
-                    .collect();
-                starts
-                    .into_iter()
-                    .map(|t| {
-                        t.join()
-                            .expect("thread")
-                            .unwrap_or_else(|e| panic!("round {round}: {e:#}"))
-                    })
-                    .collect()
-            });
-            assert!(
-                keys.iter().all(|k| *k == keys[0]),
-                "round {round}: {keys:?}"
-            );
-        }
+        crate::private_file::all_starting_together_agree(100, |dir| {
+            Pseudonymizer::load_or_create(dir).map(|p| p.key_for("01010112345"))
+        });
     }
 }

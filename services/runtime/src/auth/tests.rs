@@ -208,25 +208,9 @@ fn the_key_survives_a_restart() {
 /// fails on the file another is still writing).
 #[test]
 fn replicas_starting_together_all_read_the_one_signing_key() {
-    for round in 0..50 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let jwks: Vec<String> = std::thread::scope(|s| {
-            let starts: Vec<_> = (0..6)
-                .map(|_| {
-                    s.spawn(|| DevKeys::load_or_create(dir.path()).map(|k| k.jwks().to_owned()))
-                })
-                .collect();
-            starts
-                .into_iter()
-                .map(|t| {
-                    t.join()
-                        .expect("thread")
-                        .unwrap_or_else(|e| panic!("round {round}: {e:#}"))
-                })
-                .collect()
-        });
-        assert!(jwks.iter().all(|j| *j == jwks[0]), "round {round}");
-    }
+    crate::private_file::all_starting_together_agree(50, |dir| {
+        DevKeys::load_or_create(dir).map(|k| k.jwks().to_owned())
+    });
 }
 
 #[test]
