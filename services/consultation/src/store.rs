@@ -6,7 +6,7 @@
 
 use crate::content::CheckedAttachment;
 use crate::domain::{Attachment, Author, Category, Message, State, Thread};
-use econsult_runtime::db::MultiRow;
+use econsult_runtime::db::{MultiRow, rows_by_ids};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row as _};
 
@@ -381,27 +381,6 @@ const ATTACHMENTS_OF_MESSAGES: MultiRow = MultiRow {
     columns: 1,
     tail: ") ORDER BY message_id, position",
 };
-
-/// Ids per statement of the batch reads (far below either backend's limit of parameters).
-const IDS_PER_READ: usize = 500;
-
-/// Runs `stmt` for `ids` in pages of [`IDS_PER_READ`], returning every row.
-async fn rows_by_ids(
-    pool: &AnyPool,
-    stmt: &MultiRow,
-    ids: &[&str],
-) -> Result<Vec<AnyRow>, sqlx::Error> {
-    let mut out = Vec::with_capacity(ids.len());
-    for page in ids.chunks(IDS_PER_READ) {
-        let sql = stmt.sql(page.len());
-        let mut q = sqlx::query(&sql);
-        for id in page {
-            q = q.bind(*id);
-        }
-        out.extend(q.fetch_all(pool).await?);
-    }
-    Ok(out)
-}
 
 /// The threads of `ids` (distinct), in no particular order; missing ones are left out.
 pub async fn threads_by_id(pool: &AnyPool, ids: &[&str]) -> Result<Vec<Thread>, sqlx::Error> {

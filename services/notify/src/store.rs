@@ -1,8 +1,8 @@
 //! Every SQL statement of the notify service, each a complete literal (PostgreSQL and SQLite
 //! variants side by side where they differ).
 
-use econsult_runtime::db::{Backend, Db, MultiRow, Tx, Value, bind_values};
-use sqlx::{AnyConnection, Row as _};
+use econsult_runtime::db::{Backend, Db, MultiRow, Tx, Value, bind_values, rows_by_ids};
+use sqlx::{AnyConnection, AnyPool, Row as _};
 use std::collections::HashMap;
 
 /// Preferences as stored (contact details sealed).
@@ -50,7 +50,7 @@ pub async fn preferences(
 
 /// The stored preferences of each of `nins` that has any, by identity number, in one read.
 pub async fn preferences_of(
-    conn: &mut AnyConnection,
+    pool: &AnyPool,
     nins: &[&str],
 ) -> Result<HashMap<String, StoredPreferences>, sqlx::Error> {
     const PREFERENCES_OF: MultiRow = MultiRow {
@@ -59,15 +59,9 @@ pub async fn preferences_of(
         columns: 1,
         tail: ")",
     };
-    if nins.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let sql = PREFERENCES_OF.sql(nins.len());
-    let values = nins.iter().map(|n| Value::from(*n)).collect();
-    let rows = bind_values(sqlx::query(&sql), values)
-        .fetch_all(conn)
-        .await?;
-    rows.iter()
+    rows_by_ids(pool, &PREFERENCES_OF, nins)
+        .await?
+        .iter()
         .map(|r| Ok((r.try_get("patient_nin")?, stored_from_row(r)?)))
         .collect()
 }

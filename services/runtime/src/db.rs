@@ -177,6 +177,26 @@ impl MultiRow {
     }
 }
 
+/// Runs `stmt` (one column per row: `… IN (VALUES ($1), …)`) for `ids` in pages of 500 (far
+/// below either backend's limit of parameters), returning every row; no statement for no ids.
+pub async fn rows_by_ids(
+    pool: &AnyPool,
+    stmt: &MultiRow,
+    ids: &[&str],
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    const IDS_PER_READ: usize = 500;
+    let mut out = Vec::with_capacity(ids.len());
+    for page in ids.chunks(IDS_PER_READ) {
+        let sql = stmt.sql(page.len());
+        let mut q = sqlx::query(&sql);
+        for id in page {
+            q = q.bind(*id);
+        }
+        out.extend(q.fetch_all(pool).await?);
+    }
+    Ok(out)
+}
+
 /// Binds `values` to `q` in order.
 pub fn bind_values<'q>(
     mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,

@@ -95,8 +95,7 @@ impl Notify {
                 .collect();
             nins.sort_unstable();
             nins.dedup();
-            let mut conn = self.p.db.read().acquire().await?;
-            store::preferences_of(&mut conn, &nins).await?
+            store::preferences_of(self.p.db.read(), &nins).await?
         };
         let mut sent = Sent::default();
         for c in claimed {
