@@ -361,7 +361,8 @@ pub async fn claim_due(
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
-    rows.iter()
+    let mut claimed = rows
+        .iter()
         .map(|r| {
             Ok(Claimed {
                 message_id: r.try_get("message_id")?,
@@ -375,7 +376,12 @@ pub async fn claim_due(
                 not_before: r.try_get("not_before")?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // RETURNING keeps no order: hand over by due time, and what fell due together in the
+    // order it was queued (ids are UUIDv7), so that a pass never sends a later message of a
+    // patient before an earlier one.
+    claimed.sort_by(|a, b| (a.not_before, &a.message_id).cmp(&(b.not_before, &b.message_id)));
+    Ok(claimed)
 }
 
 /// Ends a queued message as sent, failed, given up or cancelled (`status` code), counting the
