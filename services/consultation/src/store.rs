@@ -1,12 +1,14 @@
 //! Every SQL statement of the consultation service, over the tables `consultation_*`. Thread
-//! mutations run inside a write transaction that first takes the thread's lock
-//! ([`econsult_runtime::db::Db::lock`]), so a check of the state and the change that follows
-//! cannot interleave with another call. The statements are the same on PostgreSQL and SQLite.
+//! mutations run inside a write transaction that first reads the thread with its lock
+//! ([`thread_for_update`]), so a check of the state and the change that follows cannot
+//! interleave with another call; the writes themselves are deferred to the commit (one
+//! statement with the call's outbox event, access-log row and stored answer on PostgreSQL).
+//! The statements are the same on PostgreSQL and SQLite, but for that lock.
 //! Codes are converted here: [`State`], [`Category`] and [`Author`] in, their numbers stored.
 
 use crate::content::CheckedAttachment;
 use crate::domain::{Attachment, Author, Category, Message, State, Thread};
-use econsult_runtime::db::{MultiRow, rows_by_ids};
+use econsult_runtime::db::{Backend, Defer, MultiRow, rows_by_ids};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row as _};
 
@@ -62,18 +64,26 @@ pub async fn thread_patient(
         .transpose()
 }
 
+/// The columns a [`Thread`] is read from, in `thread_row`'s names.
+macro_rules! thread_columns {
+    () => {
+        "thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
+         category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
+         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
+         started_by_name, confidential"
+    };
+}
+
 /// A thread by id, read with `exec` (the read pool, or a call's transaction).
 pub async fn thread<'e, E>(exec: E, thread_id: &str) -> Result<Option<Thread>, sqlx::Error>
 where
     E: Executor<'e, Database = Any>,
 {
-    sqlx::query(
-        "SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
-         category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
-         started_by_name, confidential \
-         FROM consultation_threads WHERE thread_id = $1",
-    )
+    sqlx::query(concat!(
+        "SELECT ",
+        thread_columns!(),
+        " FROM consultation_threads WHERE thread_id = $1"
+    ))
     .bind(thread_id)
     .fetch_optional(exec)
     .await?
@@ -82,57 +92,73 @@ where
     .transpose()
 }
 
-/// Inserts a new thread.
-pub async fn insert_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// A thread by id, read in the call's transaction and locked for the rest of it: on PostgreSQL
+/// with `FOR UPDATE`, the row lock that orders every change of the thread (the read and its
+/// lock in one statement, where an advisory lock took a round trip of its own); on SQLite the
+/// one writer serialises the transactions already.
+pub async fn thread_for_update(
+    conn: &mut AnyConnection,
+    thread_id: &str,
+    backend: Backend,
+) -> Result<Option<Thread>, sqlx::Error> {
+    let sql = match backend {
+        Backend::Postgres => concat!(
+            "SELECT ",
+            thread_columns!(),
+            " FROM consultation_threads WHERE thread_id = $1 FOR UPDATE"
+        ),
+        Backend::Sqlite => concat!(
+            "SELECT ",
+            thread_columns!(),
+            " FROM consultation_threads WHERE thread_id = $1"
+        ),
+    };
+    sqlx::query(sql)
+        .bind(thread_id)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(thread_row)
+        .transpose()
+}
+
+/// Inserts a new thread, started from the patient's booking request `booking_request_id` when
+/// there is one (the guarantee engine's e-consultation offer); deferred to the commit.
+pub fn insert_thread(tx: &mut impl Defer, t: &Thread, booking_request_id: Option<&str>) {
+    tx.defer(
         "INSERT INTO consultation_threads (thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
          practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
-         started_by_name, confidential) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
-    )
-    .bind(&t.thread_id)
-    .bind(&t.patient_nin)
-    .bind(&t.gp_id)
-    .bind(&t.gp_display_name)
-    .bind(&t.org_number)
-    .bind(&t.municipality_number)
-    .bind(t.category.code())
-    .bind(&t.subject)
-    .bind(t.state.code())
-    .bind(t.submitted_at)
-    .bind(t.due_at)
-    .bind(t.first_response_at)
-    .bind(&t.assigned_hpr)
-    .bind(t.last_seq)
-    .bind(t.patient_read_seq)
-    .bind(t.practice_read_seq)
-    .bind(&t.outcome)
-    .bind(&t.tariff_code)
-    .bind(t.closed_at)
-    .bind(t.updated_at)
-    .bind(&t.started_by_nin)
-    .bind(t.started_by_relation)
-    .bind(&t.started_by_name)
-    .bind(i64::from(t.confidential))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Links thread `thread_id` to the patient's booking request `request_id` (the guarantee
-/// engine's e-consultation offer).
-pub async fn link_booking_request(
-    conn: &mut AnyConnection,
-    thread_id: &str,
-    request_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE consultation_threads SET booking_request_id = $1 WHERE thread_id = $2")
-        .bind(request_id)
-        .bind(thread_id)
-        .execute(conn)
-        .await?;
-    Ok(())
+         started_by_name, confidential, booking_request_id) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+        vec![
+            t.thread_id.as_str().into(),
+            t.patient_nin.as_str().into(),
+            t.gp_id.as_str().into(),
+            t.gp_display_name.as_str().into(),
+            t.org_number.as_str().into(),
+            t.municipality_number.as_str().into(),
+            t.category.code().into(),
+            t.subject.as_str().into(),
+            t.state.code().into(),
+            t.submitted_at.into(),
+            t.due_at.into(),
+            t.first_response_at.into(),
+            t.assigned_hpr.as_str().into(),
+            t.last_seq.into(),
+            t.patient_read_seq.into(),
+            t.practice_read_seq.into(),
+            t.outcome.as_str().into(),
+            t.tariff_code.as_str().into(),
+            t.closed_at.into(),
+            t.updated_at.into(),
+            t.started_by_nin.as_str().into(),
+            t.started_by_relation.into(),
+            t.started_by_name.as_str().into(),
+            i64::from(t.confidential).into(),
+            booking_request_id.into(),
+        ],
+    );
 }
 
 /// The booking request thread `thread_id` was started from, if any.
@@ -151,26 +177,29 @@ pub async fn booking_request_of(
     })
 }
 
-/// Writes the mutable fields of a thread back.
-pub async fn update_thread(conn: &mut AnyConnection, t: &Thread) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Writes the mutable fields of a thread back (its last seq included), deferred to the commit.
+/// At most once per transaction, and never in one with [`insert_thread`] of the same thread:
+/// PostgreSQL runs a transaction's deferred writes as one statement, whose parts do not see
+/// each other's rows.
+pub fn update_thread(tx: &mut impl Defer, t: &Thread) {
+    tx.defer(
         "UPDATE consultation_threads SET state = $2, first_response_at = $3, assigned_hpr = $4, \
-         patient_read_seq = $5, practice_read_seq = $6, outcome = $7, tariff_code = $8, closed_at = $9, updated_at = $10 \
-         WHERE thread_id = $1",
-    )
-    .bind(&t.thread_id)
-    .bind(t.state.code())
-    .bind(t.first_response_at)
-    .bind(&t.assigned_hpr)
-    .bind(t.patient_read_seq)
-    .bind(t.practice_read_seq)
-    .bind(&t.outcome)
-    .bind(&t.tariff_code)
-    .bind(t.closed_at)
-    .bind(t.updated_at)
-    .execute(conn)
-    .await?;
-    Ok(())
+         last_seq = $5, patient_read_seq = $6, practice_read_seq = $7, outcome = $8, tariff_code = $9, closed_at = $10, \
+         updated_at = $11 WHERE thread_id = $1",
+        vec![
+            t.thread_id.as_str().into(),
+            t.state.code().into(),
+            t.first_response_at.into(),
+            t.assigned_hpr.as_str().into(),
+            t.last_seq.into(),
+            t.patient_read_seq.into(),
+            t.practice_read_seq.into(),
+            t.outcome.as_str().into(),
+            t.tariff_code.as_str().into(),
+            t.closed_at.into(),
+            t.updated_at.into(),
+        ],
+    );
 }
 
 /// Marks thread `thread_id` confidential to its patient (or not) at `now_ms`.
@@ -191,57 +220,53 @@ pub async fn set_confidential(
     Ok(())
 }
 
-/// Appends a message: takes the thread's next seq (the thread lock is held by the caller's
-/// transaction, and `(thread_id, seq)` is unique besides) and stores the attachments.
-pub async fn append_message(
-    conn: &mut AnyConnection,
+/// Message `seq` of thread `thread_id` (the thread's last seq + 1: the caller holds the
+/// thread's lock, [`thread_for_update`], and writes the new last seq back with
+/// [`update_thread`]; `(thread_id, seq)` is unique besides) with its attachments, deferred to
+/// the commit.
+#[allow(clippy::too_many_arguments)]
+pub fn append_message(
+    tx: &mut impl Defer,
     thread_id: &str,
+    seq: i64,
     author: Author,
     author_hpr: &str,
     body: &str,
     attachments: &[CheckedAttachment],
     now_ms: i64,
-) -> Result<Message, sqlx::Error> {
-    let seq: i64 = sqlx::query(
-        "UPDATE consultation_threads SET last_seq = last_seq + 1, updated_at = $2 WHERE thread_id = $1 RETURNING last_seq",
-    )
-    .bind(thread_id)
-    .bind(now_ms)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get("last_seq")?;
+) -> Message {
     let message_id = uuid::Uuid::now_v7().to_string();
-    sqlx::query(
+    tx.defer(
         "INSERT INTO consultation_messages (message_id, thread_id, seq, author, author_hpr, body, sent_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&message_id)
-    .bind(thread_id)
-    .bind(seq)
-    .bind(author.code())
-    .bind(author_hpr)
-    .bind(body)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
+        vec![
+            message_id.as_str().into(),
+            thread_id.into(),
+            seq.into(),
+            author.code().into(),
+            author_hpr.into(),
+            body.into(),
+            now_ms.into(),
+        ],
+    );
     let mut metas = Vec::with_capacity(attachments.len());
     for (i, a) in attachments.iter().enumerate() {
         let attachment_id = uuid::Uuid::now_v7().to_string();
-        sqlx::query(
+        tx.defer(
             "INSERT INTO consultation_attachments (attachment_id, message_id, thread_id, position, file_name, content_type, size_bytes, sha256, content) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&attachment_id)
-        .bind(&message_id)
-        .bind(thread_id)
-        .bind(i as i64)
-        .bind(&a.file_name)
-        .bind(a.content_type)
-        .bind(a.content.len() as i64)
-        .bind(&a.sha256)
-        .bind(a.content.clone())
-        .execute(&mut *conn)
-        .await?;
+            vec![
+                attachment_id.as_str().into(),
+                message_id.as_str().into(),
+                thread_id.into(),
+                (i as i64).into(),
+                a.file_name.as_str().into(),
+                a.content_type.into(),
+                (a.content.len() as i64).into(),
+                a.sha256.as_str().into(),
+                a.content.clone().into(),
+            ],
+        );
         metas.push(Attachment {
             attachment_id,
             file_name: a.file_name.clone(),
@@ -250,7 +275,7 @@ pub async fn append_message(
             sha256: a.sha256.clone(),
         });
     }
-    Ok(Message {
+    Message {
         message_id,
         thread_id: thread_id.into(),
         seq,
@@ -259,7 +284,7 @@ pub async fn append_message(
         body: body.into(),
         sent_at: now_ms,
         attachments: metas,
-    })
+    }
 }
 
 fn attachment_meta(r: &AnyRow) -> Result<(String, Attachment), sqlx::Error> {

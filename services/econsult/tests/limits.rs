@@ -169,8 +169,13 @@ async fn a_client_deadline_cancels_the_database_work() {
     let mut holder = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
         .await
         .expect("connect");
-    let lock =
-        format!("SELECT pg_advisory_lock(hashtextextended('consultation:{thread}', 0))::text");
+    // The thread's lock is its row's (every change of a thread reads it `FOR UPDATE`).
+    sqlx::Executor::execute(&mut holder, "BEGIN")
+        .await
+        .expect("begin");
+    let lock = format!(
+        "SELECT thread_id FROM consultation_threads WHERE thread_id = '{thread}' FOR UPDATE"
+    );
     sqlx::Executor::execute(&mut holder, lock.as_str())
         .await
         .expect("hold the thread's lock");
@@ -189,9 +194,7 @@ async fn a_client_deadline_cancels_the_database_work() {
     );
     // Keep the lock a little longer than the deadline, then let go.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let unlock =
-        format!("SELECT pg_advisory_unlock(hashtextextended('consultation:{thread}', 0))::text");
-    sqlx::Executor::execute(&mut holder, unlock.as_str())
+    sqlx::Executor::execute(&mut holder, "ROLLBACK")
         .await
         .expect("release");
     tokio::time::sleep(Duration::from_millis(1000)).await;

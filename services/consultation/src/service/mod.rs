@@ -252,15 +252,14 @@ impl Consultations {
         Ok(())
     }
 
-    /// Locks the thread for this transaction and reads it.
+    /// Reads the thread with its lock for this transaction ([`crate::store::thread_for_update`]).
     async fn locked(
         &self,
         tx: &mut Tx,
         viewer: &Viewer,
         id: &str,
     ) -> Result<Thread, ConsultationError> {
-        self.p.db.lock(tx, &format!("consultation:{id}")).await?;
-        let t = crate::store::thread(&mut **tx, id).await?;
+        let t = crate::store::thread_for_update(tx, id, self.p.db.backend()).await?;
         authorize(viewer, t, id)
     }
 

@@ -114,7 +114,7 @@ impl Consultations {
                 {
                     due = due.min(end);
                 }
-                let mut t = Thread {
+                let t = Thread {
                     thread_id: uuid::Uuid::now_v7().to_string(),
                     patient_nin: nin.as_str().to_owned(),
                     gp_id: gp.gp_id,
@@ -128,8 +128,8 @@ impl Consultations {
                     due_at: due,
                     first_response_at: None,
                     assigned_hpr: String::new(),
-                    last_seq: 0,
-                    patient_read_seq: 0,
+                    last_seq: 1,
+                    patient_read_seq: 1,
                     practice_read_seq: 0,
                     outcome: String::new(),
                     tariff_code: String::new(),
@@ -148,23 +148,19 @@ impl Consultations {
                     started_by_name: caller.actor_name().to_owned(),
                     confidential: false,
                 };
-                store::insert_thread(tx, &t).await?;
-                if !new.booking_request_id.is_empty() {
-                    store::link_booking_request(tx, &t.thread_id, &new.booking_request_id).await?;
-                }
+                // The thread is written as it is after its first message: one INSERT.
+                let request = Some(new.booking_request_id.as_str()).filter(|r| !r.is_empty());
+                store::insert_thread(tx, &t, request);
                 let m = store::append_message(
                     tx,
                     &t.thread_id,
+                    t.last_seq,
                     Author::Patient,
                     "",
                     &body,
                     &attachments,
                     now,
-                )
-                .await?;
-                t.last_seq = m.seq;
-                t.patient_read_seq = m.seq;
-                store::update_thread(tx, &t).await?;
+                );
                 self.changed(tx, topics::CONSULTATION_STARTED, &t, Some(&cal))?;
                 self.message_event(tx, &t, &m)?;
                 // Logged when someone acted for the patient (the patient's own start logs none).
@@ -225,19 +221,19 @@ impl Consultations {
                 let m = store::append_message(
                     tx,
                     &t.thread_id,
+                    t.last_seq + 1,
                     Author::Patient,
                     "",
                     &body,
                     &attachments,
                     now,
-                )
-                .await?;
+                );
                 let state_changed = to != t.state;
                 t.last_seq = m.seq;
                 t.state = to;
                 t.patient_read_seq = m.seq;
                 t.updated_at = now;
-                store::update_thread(tx, &t).await?;
+                store::update_thread(tx, &t);
                 self.message_event(tx, &t, &m)?;
                 self.audit(tx, caller, rpc::SEND, &t)?;
                 if state_changed {
@@ -279,7 +275,7 @@ impl Consultations {
                 t.outcome = "withdrawn".into();
                 t.closed_at = Some(now);
                 t.updated_at = now;
-                store::update_thread(&mut op.tx, &t).await?;
+                store::update_thread(&mut op.tx, &t);
                 self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, None)?;
                 self.audit(&mut op.tx, caller, rpc::WITHDRAW, &t)?;
                 Ok(Done::thread(&t).answering_bytes(&encode(&t)))

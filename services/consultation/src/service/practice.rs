@@ -143,7 +143,7 @@ impl Consultations {
                 t.state = State::InReview;
                 t.assigned_hpr = hpr;
                 t.updated_at = now;
-                store::update_thread(&mut op.tx, &t).await?;
+                store::update_thread(&mut op.tx, &t);
                 self.audit(&mut op.tx, caller, rpc::CLAIM, &t)?;
                 self.changed(&mut op.tx, super::TOPIC_STATE, &t, None)?;
                 Ok(Done::thread(&t).answering_bytes(&encode(&t)))
@@ -381,7 +381,7 @@ impl Consultations {
                 t.outcome = outcome;
                 t.closed_at = Some(now);
                 t.updated_at = now;
-                store::update_thread(&mut op.tx, &t).await?;
+                store::update_thread(&mut op.tx, &t);
                 self.audit(&mut op.tx, caller, rpc::CLOSE, &t)?;
                 let cal = calendar(&mut op.tx, &t.org_number).await?;
                 self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, Some(&cal))?;
@@ -411,13 +411,13 @@ impl Consultations {
         let m = store::append_message(
             tx,
             &t.thread_id,
+            t.last_seq + 1,
             Author::Practice,
             hpr,
             body,
             attachments,
             now,
-        )
-        .await?;
+        );
         t.last_seq = m.seq;
         t.state = to;
         t.practice_read_seq = m.seq;
@@ -429,7 +429,7 @@ impl Consultations {
         if t.assigned_hpr.is_empty() {
             t.assigned_hpr = hpr.to_owned();
         }
-        store::update_thread(tx, t).await?;
+        store::update_thread(tx, t);
         self.audit(tx, caller, action, t)?;
         self.message_event(tx, t, &m)?;
         let cal = calendar(tx, &t.org_number).await?;

@@ -136,7 +136,7 @@ impl Consultations {
         if up_to_seq > *receipt {
             *receipt = up_to_seq;
             t.updated_at = self.now();
-            store::update_thread(&mut tx, &t).await?;
+            store::update_thread(&mut tx, &t);
             let body = serde_json::json!({
                 "thread_id": t.thread_id,
                 "by": if practice { "practice" } else { "patient" },
