@@ -3,8 +3,10 @@
 //! A service writes its events with [`enqueue`] in the same transaction as the state change, so
 //! an event exists exactly when its change committed. The [`Relay`] then (1) gives unsequenced
 //! events a gap-free `seq` in one statement, (2) publishes sequenced-but-unpublished events to
-//! the bus, (3) marks them published. A crash anywhere repeats at most step 2 on restart:
-//! delivery is at least once, and consumers deduplicate by `event_id`. Only one relay sequences
+//! the bus, (3) marks them published, in the statement of its next step 1 (PostgreSQL; SQLite:
+//! in its transaction), at most [`POLL`] later, or when it stops. A crash anywhere repeats at
+//! most the last pass's step 2 on restart: delivery is at least once, and consumers deduplicate
+//! by `event_id`. Only one relay sequences
 //! at a time (PostgreSQL advisory lock held by the leader; `seq` is also UNIQUE). After a wake-up
 //! the relay lingers [`RELAY_LINGER`] so that one pass carries the commits of that window.
 //!
@@ -183,6 +185,19 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// that wrote events.
 pub const NOTIFY_CHANNEL: &str = "econsult_outbox";
 
+/// The relay's sequencing statement ([`Relay::sequence_batch`]): `$1` the batch, `$2` the
+/// highest seq the leader knows.
+macro_rules! sequence {
+    () => {
+        "UPDATE outbox SET seq = COALESCE($2, (SELECT COALESCE(MAX(seq), 0) FROM outbox)) + n.rn \
+             FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS rn FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) AS n \
+             WHERE outbox.id = n.id \
+             RETURNING outbox.seq AS seq, outbox.event_id AS event_id, outbox.topic AS topic, \
+                       outbox.org_number AS org_number, outbox.payload AS payload, outbox.created_at AS created_at, \
+                       outbox.trace_parent AS trace_parent"
+    };
+}
+
 impl Relay {
     /// A relay over `db` publishing to `bus`, woken by the commits of `db` that wrote events
     /// ([`Db::events_committed`]), on PostgreSQL by other replicas' `NOTIFY`, and every
@@ -276,14 +291,19 @@ impl Relay {
         // PostgreSQL: the highest seq this leader gave (no one else sequences while it leads),
         // so its passes need not read it; read from the outbox by the first pass that sequences.
         let mut last = None;
+        // The seqs the last pass published, marked published by the next pass's statement.
+        let mut unmarked = None;
         loop {
             if *stop.borrow() {
+                if let Some(range) = unmarked {
+                    self.mark(range).await?;
+                }
                 return Ok(());
             }
             // A pass that moved less than a full batch emptied the outbox as far as it could see;
             // commits after its statement began have stored a wake-up. (Another pass right
             // away, as before, found nothing most of the time: one statement per pass wasted.)
-            let moved = self.pass(&mut last).await?;
+            let moved = self.pass(&mut last, &mut unmarked).await?;
             if moved < self.batch as usize {
                 let woken = tokio::select! {
                     _ = self.wake.notified() => true,
@@ -311,23 +331,33 @@ impl Relay {
 
     /// One pass: sequence a batch, publish a batch. Returns how many events moved.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
-        let sequenced = self.sequence_batch(None).await?.len();
+        let sequenced = self.sequence_batch(None, None).await?.len();
         let published = self.publish_batch().await?;
         Ok(sequenced + published)
     }
 
-    /// A pass of the leader once nothing sequenced is left unpublished: sequences a batch and
-    /// publishes exactly those events, as the sequencing statement returned them (no re-read:
-    /// two statements per pass). `last` is the highest seq the leader gave (PostgreSQL; `None`
-    /// until known, and always on SQLite). Returns how many events moved.
-    async fn pass(&self, last: &mut Option<i64>) -> anyhow::Result<usize> {
-        let events = self.sequence_batch(*last).await?;
-        if self.db.backend() == Backend::Postgres
-            && let Some(e) = events.last()
-        {
-            *last = Some(seq_param(e.seq));
+    /// A pass of the leader once nothing sequenced is left unpublished: marks the previous
+    /// pass's events published (`unmarked`) and sequences a batch in one statement, then
+    /// publishes exactly those events, as the statement returned them (no re-read), and leaves
+    /// their seqs in `unmarked` for the next pass: one statement per pass. `last` is the
+    /// highest seq the leader gave (PostgreSQL; `None` until known, and always on SQLite).
+    /// Returns how many events moved.
+    async fn pass(
+        &self,
+        last: &mut Option<i64>,
+        unmarked: &mut Option<(i64, i64)>,
+    ) -> anyhow::Result<usize> {
+        let events = self.sequence_batch(*last, *unmarked).await?;
+        *unmarked = None;
+        let (Some(first), Some(end)) = (events.first(), events.last()) else {
+            return Ok(0);
+        };
+        let range = (seq_param(first.seq), seq_param(end.seq));
+        if self.db.backend() == Backend::Postgres {
+            *last = Some(range.1);
         }
         self.publish(&events).await?;
+        *unmarked = Some(range);
         Ok(events.len())
     }
 
@@ -339,25 +369,47 @@ impl Relay {
     /// outbox looked empty to the planner reads the highest seq by a scan of the whole outbox
     /// (6.4 ms for 20 events with 15 000 in the outbox; as a joined subquery, as it was, once for
     /// every event: 64.6 ms). `seq` is UNIQUE: a stale `last` fails the statement, never gives a
-    /// seq twice. Returns the events it sequenced, in seq order.
-    async fn sequence_batch(&self, last: Option<i64>) -> anyhow::Result<Vec<Event>> {
-        let query = sqlx::query(
-            "UPDATE outbox SET seq = COALESCE($2, (SELECT COALESCE(MAX(seq), 0) FROM outbox)) + n.rn \
-             FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS rn FROM outbox WHERE seq IS NULL ORDER BY id LIMIT $1) AS n \
-             WHERE outbox.id = n.id \
-             RETURNING outbox.seq AS seq, outbox.event_id AS event_id, outbox.topic AS topic, \
-                       outbox.org_number AS org_number, outbox.payload AS payload, outbox.created_at AS created_at, \
-                       outbox.trace_parent AS trace_parent",
-        )
-        .bind(self.batch)
-        .bind(last);
-        let mut events: Vec<Event> = self
-            .db
-            .write_one(query)
-            .await?
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<_, _>>()?;
+    /// seq twice. First it marks the seqs `published` (inclusive; the previous pass's) published:
+    /// on PostgreSQL in the same statement (a data-modifying CTE: the two touch different rows),
+    /// on SQLite in the same transaction. Returns the events it sequenced, in seq order.
+    async fn sequence_batch(
+        &self,
+        last: Option<i64>,
+        published: Option<(i64, i64)>,
+    ) -> anyhow::Result<Vec<Event>> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let rows = match (self.db.backend(), published) {
+            (_, None) => {
+                self.db
+                    .write_one(sqlx::query(sequence!()).bind(self.batch).bind(last))
+                    .await?
+            }
+            (Backend::Postgres, Some((first, end))) => {
+                let query = sqlx::query(concat!(
+                    "WITH marked AS (UPDATE outbox SET published_at = $3 \
+                     WHERE seq >= $4 AND seq <= $5 AND published_at IS NULL) ",
+                    sequence!()
+                ))
+                .bind(self.batch)
+                .bind(last)
+                .bind(now)
+                .bind(first)
+                .bind(end);
+                self.db.write_one(query).await?
+            }
+            (Backend::Sqlite, Some((first, end))) => {
+                let mut tx = self.db.begin().await?;
+                mark_query(now, first, end).execute(&mut *tx).await?;
+                let rows = sqlx::query(sequence!())
+                    .bind(self.batch)
+                    .bind(last)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows
+            }
+        };
+        let mut events: Vec<Event> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
         events.sort_unstable_by_key(|e| e.seq);
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(events);
@@ -371,6 +423,8 @@ impl Relay {
         Ok(events)
     }
 
+    /// Publishes the sequenced events no pass published, and marks them: what an earlier leader
+    /// left, and [`Relay::run_once`]'s.
     async fn publish_batch(&self) -> anyhow::Result<usize> {
         let rows = sqlx::query(
             "SELECT seq, event_id, topic, org_number, payload, created_at, trace_parent FROM outbox \
@@ -384,11 +438,15 @@ impl Relay {
         }
         let events: Vec<Event> = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
         self.publish(&events).await?;
+        if let (Some(first), Some(end)) = (events.first(), events.last()) {
+            self.mark((seq_param(first.seq), seq_param(end.seq)))
+                .await?;
+        }
         Ok(events.len())
     }
 
-    /// Publishes `events` (in seq order) and marks them published. Traced as `outbox relay`,
-    /// a span of its own linked to the calls that wrote the events.
+    /// Publishes `events` (in seq order). Traced as `outbox relay`, a span of its own linked to
+    /// the calls that wrote the events.
     async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
         if events.is_empty() {
             return Ok(());
@@ -402,23 +460,30 @@ impl Relay {
     }
 
     async fn publish_traced(&self, events: &[Event]) -> anyhow::Result<()> {
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return Ok(());
-        };
         self.bus.publish(events).await?;
-        let (first, last) = (first.seq as i64, last.seq as i64);
-        self.db
-            .write_one(
-                sqlx::query(
-                    "UPDATE outbox SET published_at = $1 WHERE seq >= $2 AND seq <= $3 AND published_at IS NULL",
-                )
-                .bind(chrono::Utc::now().timestamp_millis())
-                .bind(first)
-                .bind(last),
-            )
-            .await?;
         Ok(())
     }
+
+    /// Marks the seqs `range` (inclusive) published, in a statement of its own.
+    async fn mark(&self, (first, end): (i64, i64)) -> anyhow::Result<()> {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.db.write_one(mark_query(now, first, end)).await?;
+        Ok(())
+    }
+}
+
+/// Marks the seqs `first..=end` published at `now_ms`.
+fn mark_query<'q>(
+    now_ms: i64,
+    first: i64,
+    end: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(
+        "UPDATE outbox SET published_at = $1 WHERE seq >= $2 AND seq <= $3 AND published_at IS NULL",
+    )
+    .bind(now_ms)
+    .bind(first)
+    .bind(end)
 }
 
 #[cfg(test)]

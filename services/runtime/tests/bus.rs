@@ -12,6 +12,8 @@ struct Fixture {
     db: Db,
     bus: Arc<dyn EventBus>,
     relay: Relay,
+    /// The sender the fixture's relay reports its highest seq on (a second relay shares it).
+    sequenced: watch::Sender<u64>,
     _dir: tempfile::TempDir,
     /// PostgreSQL: (admin URL, scratch database), dropped with the fixture.
     scratch: Option<(String, String)>,
@@ -41,11 +43,12 @@ async fn sqlite_fixture() -> Fixture {
     db.migrate().await.expect("migrate");
     let (tx, rx) = watch::channel(0);
     let bus: Arc<dyn EventBus> = Arc::new(DbBus::new(db.clone(), rx));
-    let relay = Relay::new(db.clone(), bus.clone(), tx);
+    let relay = Relay::new(db.clone(), bus.clone(), tx.clone());
     Fixture {
         db,
         bus,
         relay,
+        sequenced: tx,
         _dir: dir,
         scratch: None,
     }
@@ -67,11 +70,12 @@ async fn redis_fixture() -> Option<Fixture> {
             .await
             .expect("redis"),
     );
-    let relay = Relay::new(db.clone(), bus.clone(), tx);
+    let relay = Relay::new(db.clone(), bus.clone(), tx.clone());
     Some(Fixture {
         db,
         bus,
         relay,
+        sequenced: tx,
         _dir: tempfile::tempdir().expect("tempdir"),
         scratch: Some((admin, name)),
     })
@@ -449,6 +453,78 @@ async fn sqlite_commits_with_events_wake_the_relay() {
 async fn postgres_commits_with_events_wake_the_relay() {
     if let Some(f) = redis_fixture().await {
         commits_with_events_wake_the_relay(f).await;
+    }
+}
+
+/// A running relay marks a pass's events published in its next pass (one statement on
+/// PostgreSQL), and what its last pass published when it stops: every event ends marked, and a
+/// stop publishes nothing twice.
+async fn a_running_relay_marks_every_pass_and_stops_without_repeats(f: Fixture) {
+    let unmarked = async || -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(f.db.read())
+            .await
+            .expect("count")
+    };
+    let mut sub = f.bus.subscribe("marks", "c").await.expect("subscribe");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let relay = Relay::new(f.db.clone(), f.bus.clone(), f.sequenced.clone());
+    let running = tokio::spawn(relay.run(stop_rx));
+    enqueue(&f.db, 3, "test.first").await;
+    let first = fetch_all(&mut sub, 3).await;
+    assert_eq!(first.len(), 3, "the first pass's events arrive");
+    enqueue(&f.db, 2, "test.second").await;
+    let second = fetch_all(&mut sub, 2).await;
+    assert_eq!(second.len(), 2, "the second pass's events arrive");
+    // The first pass's events are marked by a later pass (at most a poll later).
+    let mut marked_first = false;
+    for _ in 0..40 {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND topic = 'test.first'",
+        )
+        .fetch_one(f.db.read())
+        .await
+        .expect("count");
+        if left == 0 {
+            marked_first = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(marked_first, "a later pass marks the first pass published");
+    stop_tx.send(true).expect("stop");
+    running.await.expect("relay task");
+    assert_eq!(
+        unmarked().await,
+        0,
+        "a stopped relay leaves nothing unmarked"
+    );
+    sub.ack(&first).await.expect("ack");
+    sub.ack(&second).await.expect("ack");
+    let again = sub
+        .fetch(10, Duration::from_millis(500))
+        .await
+        .expect("fetch");
+    assert!(
+        again.is_empty(),
+        "the stop published again: {:?}",
+        again.iter().map(|d| d.event.seq).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_relay_marks_every_pass_and_stops_without_repeats() {
+    a_running_relay_marks_every_pass_and_stops_without_repeats(sqlite_fixture().await).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
+async fn postgres_relay_marks_every_pass_and_stops_without_repeats() {
+    if let Some(f) = redis_fixture().await {
+        a_running_relay_marks_every_pass_and_stops_without_repeats(f).await;
     }
 }
 
