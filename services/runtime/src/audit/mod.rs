@@ -275,7 +275,8 @@ impl Row {
     }
 }
 
-/// Appends several rows in one transaction of their own (for reads).
+/// Appends several rows in one transaction of their own (for reads): on PostgreSQL one
+/// autocommit statement ([`Db::writes`]).
 pub async fn record_reads(
     db: &Db,
     caller: &Caller,
@@ -289,11 +290,11 @@ pub async fn record_reads(
         .iter()
         .map(|a| row(caller, a, now_ms))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut tx = db.begin().await?;
+    let mut w = db.writes();
     for r in rows {
-        r.write(&mut tx);
+        r.write(&mut w);
     }
-    Ok(tx.commit().await?)
+    Ok(w.commit().await?)
 }
 
 /// Why reading the access log failed.
