@@ -20,6 +20,13 @@ pub trait Handler: Send + Sync + 'static {
     /// effect must be idempotent. Returns how many had an effect.
     async fn apply(&self, tx: &mut Tx, events: &[&Event]) -> anyhow::Result<usize>;
 
+    /// Whether [`Handler::apply`] could do anything with `event` (by its topic, say). A batch
+    /// from the bus of none it wants is acknowledged without a transaction: on a bus that
+    /// carries every service's events, most batches of a consumer that takes a few topics.
+    fn wants(&self, _event: &Event) -> bool {
+        true
+    }
+
     /// Called after a transaction of [`Handler::apply`] committed, with its count (wake a
     /// worker, add to counters).
     fn after_commit(&self, _applied: usize) {}
@@ -88,8 +95,15 @@ impl<H: Handler> Consumer<H> {
     }
 
     async fn apply_batch_traced(&self, deliveries: &[Delivery]) -> anyhow::Result<usize> {
+        let events: Vec<&Event> = deliveries
+            .iter()
+            .map(|d| &d.event)
+            .filter(|e| self.handler.wants(e))
+            .collect();
+        if events.is_empty() {
+            return Ok(0);
+        }
         let mut tx = self.db.begin().await?;
-        let events: Vec<&Event> = deliveries.iter().map(|d| &d.event).collect();
         let n = self.handler.apply(&mut tx, &events).await?;
         tx.commit().await?;
         self.handler.after_commit(n);

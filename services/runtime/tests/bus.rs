@@ -632,3 +632,64 @@ async fn sqlite_has_no_maintenance_to_report() {
             .is_empty()
     );
 }
+
+/// A consumer hands its handler only the events it wants, and a batch of none it wants opens no
+/// transaction: the handler is not called.
+#[tokio::test]
+async fn a_consumer_passes_on_only_the_events_its_handler_wants() {
+    use econsult_runtime::bus::{Delivery, Event};
+    use econsult_runtime::consumer::{Consumer, Handler};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Wanted(Mutex<Vec<Vec<String>>>);
+
+    #[async_trait::async_trait]
+    impl Handler for Wanted {
+        async fn apply(
+            &self,
+            _tx: &mut econsult_runtime::db::Tx,
+            events: &[&Event],
+        ) -> anyhow::Result<usize> {
+            let topics = events.iter().map(|e| e.topic.clone()).collect();
+            self.0.lock().expect("lock").push(topics);
+            Ok(events.len())
+        }
+
+        fn wants(&self, event: &Event) -> bool {
+            event.topic == "test.wanted"
+        }
+    }
+
+    let f = sqlite_fixture().await;
+    let handler = Arc::new(Wanted::default());
+    let consumer = Consumer::new(f.db.clone(), "wanted", handler.clone());
+    let delivery = |seq: u64, topic: &str| Delivery {
+        event: Event {
+            seq,
+            event_id: format!("e{seq}"),
+            topic: topic.into(),
+            org_number: String::new(),
+            payload: "{}".into(),
+            created_at: 0,
+            trace_parent: String::new(),
+        },
+        receipt: seq.to_string(),
+    };
+    let unwanted = [delivery(1, "test.other"), delivery(2, "test.other")];
+    assert_eq!(consumer.apply_batch(&unwanted).await.expect("apply"), 0);
+    assert!(
+        handler.0.lock().expect("lock").is_empty(),
+        "no call for a batch of none it wants"
+    );
+    let mixed = [
+        delivery(3, "test.other"),
+        delivery(4, "test.wanted"),
+        delivery(5, "test.other"),
+    ];
+    assert_eq!(consumer.apply_batch(&mixed).await.expect("apply"), 1);
+    assert_eq!(
+        *handler.0.lock().expect("lock"),
+        vec![vec!["test.wanted".to_owned()]]
+    );
+}
