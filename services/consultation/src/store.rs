@@ -391,20 +391,16 @@ const THREADS_BY_ID: MultiRow = MultiRow {
     tail: ")",
 };
 
-/// Messages by id, likewise.
+/// Messages by id, each with its attachments' metadata (one row per attachment; one with NULL
+/// attachment columns for a message without), a message's rows together in attachment order.
 const MESSAGES_BY_ID: MultiRow = MultiRow {
-    head: "SELECT message_id, thread_id, seq, author, author_hpr, body, sent_at FROM consultation_messages \
-         WHERE message_id IN (VALUES",
+    head: "SELECT m.message_id AS message_id, m.thread_id AS thread_id, m.seq AS seq, m.author AS author, \
+         m.author_hpr AS author_hpr, m.body AS body, m.sent_at AS sent_at, a.attachment_id AS attachment_id, \
+         a.file_name AS file_name, a.content_type AS content_type, a.size_bytes AS size_bytes, a.sha256 AS sha256 \
+         FROM consultation_messages m LEFT JOIN consultation_attachments a ON a.message_id = m.message_id \
+         WHERE m.message_id IN (VALUES",
     columns: 1,
-    tail: ")",
-};
-
-/// The attachments (metadata) of messages by id, in their order.
-const ATTACHMENTS_OF_MESSAGES: MultiRow = MultiRow {
-    head: "SELECT attachment_id, message_id, file_name, content_type, size_bytes, sha256 \
-         FROM consultation_attachments WHERE message_id IN (VALUES",
-    columns: 1,
-    tail: ") ORDER BY message_id, position",
+    tail: ") ORDER BY m.message_id, a.position",
 };
 
 /// The threads of `ids` (distinct), in no particular order; missing ones are left out.
@@ -417,25 +413,20 @@ pub async fn threads_by_id(pool: &AnyPool, ids: &[&str]) -> Result<Vec<Thread>, 
 }
 
 /// The messages of `ids` (distinct) with their attachments' metadata, in no particular
-/// order; missing ones are left out. Two statements for the whole batch.
+/// order; missing ones are left out. One statement for the whole batch (a page of 500).
 pub async fn messages_by_id(pool: &AnyPool, ids: &[&str]) -> Result<Vec<Message>, sqlx::Error> {
-    let mut msgs: Vec<Message> = rows_by_ids(pool, &MESSAGES_BY_ID, ids)
-        .await?
-        .iter()
-        .map(message_row)
-        .collect::<Result<_, _>>()?;
-    if msgs.is_empty() {
-        return Ok(msgs);
-    }
-    let found: Vec<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
-    let metas = rows_by_ids(pool, &ATTACHMENTS_OF_MESSAGES, &found)
-        .await?
-        .iter()
-        .map(attachment_meta)
-        .collect::<Result<Vec<_>, _>>()?;
-    for (mid, meta) in metas {
-        if let Some(m) = msgs.iter_mut().find(|m| m.message_id == mid) {
-            m.attachments.push(meta);
+    let mut msgs: Vec<Message> = Vec::with_capacity(ids.len());
+    for r in rows_by_ids(pool, &MESSAGES_BY_ID, ids).await? {
+        let id: String = r.try_get("message_id")?;
+        if msgs.last().is_none_or(|m| m.message_id != id) {
+            msgs.push(message_row(&r)?);
+        }
+        if r.try_get::<Option<String>, _>("attachment_id")?.is_some() {
+            let (_, meta) = attachment_meta(&r)?;
+            msgs.last_mut()
+                .expect("pushed above")
+                .attachments
+                .push(meta);
         }
     }
     Ok(msgs)

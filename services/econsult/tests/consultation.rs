@@ -575,7 +575,7 @@ async fn a_subscriber_resumes_from_its_cursor_and_sees_every_message_once(env: E
 }
 
 /// A stream catching up reads a page of events at once (one read of the threads, one of the
-/// messages, one of their attachments): each change still carries its own thread, message and
+/// messages with their attachments): each change still carries its own thread, message and
 /// attachments, in cursor order, on the patient's Subscribe and the practice's WatchInbox.
 async fn a_catch_up_page_gives_each_change_its_own_thread_message_and_attachments(env: Env) {
     let app = TestApp::start(env).await;

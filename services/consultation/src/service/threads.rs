@@ -179,8 +179,8 @@ impl Consultations {
     }
 
     /// The changes `events` stand for, in their order, with each thread as it is now: one read
-    /// of the threads, one of the messages and one of their attachments for the whole batch
-    /// (a read per event kept a busy practice's WatchInbox seconds behind).
+    /// of the threads and one of the messages with their attachments for the whole batch (a
+    /// read per event kept a busy practice's WatchInbox seconds behind).
     pub async fn changes(&self, events: &[&Event]) -> Result<Vec<Change>, ConsultationError> {
         let mut parsed = Vec::with_capacity(events.len());
         for e in events {
