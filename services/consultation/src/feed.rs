@@ -33,8 +33,18 @@ pub struct FeedEvent {
     pub event: Event,
 }
 
-/// New events in `seq` order.
-pub type Batch = Arc<Vec<FeedEvent>>;
+/// New events in `seq` order, with what they stand for, read once for every stream of the
+/// process that sends any of them.
+pub struct FeedBatch {
+    /// The events.
+    pub events: Vec<FeedEvent>,
+    /// The threads and messages of all the events, read by the first stream that needs them
+    /// ([`crate::service::Consultations::changes_in`]); a failed read is tried again by the next.
+    pub(crate) resolved: tokio::sync::OnceCell<crate::service::threads::Resolved>,
+}
+
+/// A [`FeedBatch`] as every stream receives it.
+pub type Batch = Arc<FeedBatch>;
 
 /// Batches a lagging stream may fall behind before it catches up from the database instead
 /// (the default of [`Feed::start`]'s `capacity`).
@@ -166,7 +176,10 @@ async fn run(
                     if let Some(last) = events.last() {
                         cursor = last.event.seq;
                         // No receivers is fine: nobody watches right now.
-                        let _ = tx.send(Arc::new(events));
+                        let _ = tx.send(Arc::new(FeedBatch {
+                            events,
+                            resolved: tokio::sync::OnceCell::new(),
+                        }));
                     }
                     if full {
                         continue;

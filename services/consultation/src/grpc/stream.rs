@@ -60,7 +60,7 @@ impl ConsultationGrpc {
                             Ok(events) if !events.is_empty() => {
                                 let events: Vec<&Event> = events.iter().collect();
                                 match this
-                                    .deliver(&caller, practice.is_some(), &events, &tx)
+                                    .deliver(&caller, practice.is_some(), &events, None, &tx)
                                     .await
                                 {
                                     Some(c) => cursor = c,
@@ -86,6 +86,7 @@ impl ConsultationGrpc {
                         match batch {
                             Ok(batch) => {
                                 let events: Vec<&Event> = batch
+                                    .events
                                     .iter()
                                     .filter(|f| {
                                         f.event.seq > cursor
@@ -97,7 +98,13 @@ impl ConsultationGrpc {
                                     continue;
                                 }
                                 match this
-                                    .deliver(&caller, practice.is_some(), &events, &tx)
+                                    .deliver(
+                                        &caller,
+                                        practice.is_some(),
+                                        &events,
+                                        Some(&batch),
+                                        &tx,
+                                    )
                                     .await
                                 {
                                     Some(c) => cursor = c,
@@ -126,17 +133,22 @@ impl ConsultationGrpc {
         )
     }
 
-    /// Turns `events` into changes, logs a practice's reads, and sends them in order. Returns
-    /// the cursor after the last one sent, or `None` when the stream ended (client gone, error
-    /// sent).
+    /// Turns `events` (of the feed's `batch`, whose reads every stream shares, or of a catch-up
+    /// read) into changes, logs a practice's reads, and sends them in order. Returns the cursor
+    /// after the last one sent, or `None` when the stream ended (client gone, error sent).
     async fn deliver(
         &self,
         caller: &Caller,
         practice: bool,
         events: &[&Event],
+        batch: Option<&feed::FeedBatch>,
         tx: &tokio::sync::mpsc::Sender<Result<pb::ThreadChange, Status>>,
     ) -> Option<u64> {
-        let changes: Vec<Change> = match self.svc.changes(events).await {
+        let changes = match batch {
+            Some(batch) => self.svc.changes_in(batch, events).await,
+            None => self.svc.changes(events).await,
+        };
+        let changes: Vec<Change> = match changes {
             Ok(changes) => changes,
             Err(err) => {
                 let _ = tx.send(Err(err.into())).await;

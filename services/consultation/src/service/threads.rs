@@ -4,6 +4,7 @@
 use super::{Consultations, TOPIC_MESSAGE, TOPIC_READ, Viewer, authorize, required_id, rpc};
 use crate::domain::{Attachment, ChangeKind, Message, Thread};
 use crate::error::ConsultationError;
+use crate::feed::FeedBatch;
 use crate::service::practice::page;
 use crate::store;
 use econsult_runtime::audit::{self, Access};
@@ -182,63 +183,56 @@ impl Consultations {
     /// of the threads and one of the messages with their attachments for the whole batch (a
     /// read per event kept a busy practice's WatchInbox seconds behind).
     pub async fn changes(&self, events: &[&Event]) -> Result<Vec<Change>, ConsultationError> {
-        let mut parsed = Vec::with_capacity(events.len());
+        let resolved = self.resolve(events).await?;
+        changes_from(events, &resolved)
+    }
+
+    /// [`Consultations::changes`] of `events`, some of the feed's `batch`: the threads and
+    /// messages of the whole batch are read once, by the first stream of the process that
+    /// sends any of them, and every other stream's changes of the batch come from that read
+    /// (each event went to the patient's Subscribe and the practice's WatchInbox, each reading
+    /// for itself).
+    pub async fn changes_in(
+        &self,
+        batch: &FeedBatch,
+        events: &[&Event],
+    ) -> Result<Vec<Change>, ConsultationError> {
+        let resolved = batch
+            .resolved
+            .get_or_try_init(async || {
+                let all: Vec<&Event> = batch.events.iter().map(|f| &f.event).collect();
+                self.resolve(&all).await
+            })
+            .await?;
+        changes_from(events, resolved)
+    }
+
+    /// The threads and messages `events` name, in two reads.
+    async fn resolve(&self, events: &[&Event]) -> Result<Resolved, ConsultationError> {
+        let mut thread_ids = Vec::with_capacity(events.len());
+        let mut message_ids = Vec::with_capacity(events.len());
         for e in events {
-            let v: serde_json::Value = serde_json::from_str(&e.payload)
-                .map_err(|err| ConsultationError::internal("event", err))?;
-            let thread_id = v["thread_id"].as_str().unwrap_or_default().to_owned();
-            let kind = match e.topic.as_str() {
-                topics::CONSULTATION_STARTED => ChangeKind::Started,
-                TOPIC_MESSAGE => ChangeKind::Message,
-                TOPIC_READ => ChangeKind::Read,
-                _ => ChangeKind::State,
-            };
-            let message_id = match v["message_id"].as_str() {
-                Some(id) if kind == ChangeKind::Message => Some(id.to_owned()),
-                _ => None,
-            };
-            parsed.push((e.seq, kind, thread_id, message_id));
+            let (_, thread_id, message_id) = parse(e)?;
+            thread_ids.push(thread_id);
+            message_ids.extend(message_id);
         }
-        let mut thread_ids: Vec<&str> = parsed.iter().map(|p| p.2.as_str()).collect();
         thread_ids.sort_unstable();
         thread_ids.dedup();
-        let threads: HashMap<String, Thread> = store::threads_by_id(self.p.db.read(), &thread_ids)
+        message_ids.sort_unstable();
+        message_ids.dedup();
+        let thread_ids: Vec<&str> = thread_ids.iter().map(String::as_str).collect();
+        let message_ids: Vec<&str> = message_ids.iter().map(String::as_str).collect();
+        let threads = store::threads_by_id(self.p.db.read(), &thread_ids)
             .await?
             .into_iter()
             .map(|t| (t.thread_id.clone(), t))
             .collect();
-        let mut message_ids: Vec<&str> = parsed.iter().filter_map(|p| p.3.as_deref()).collect();
-        message_ids.sort_unstable();
-        message_ids.dedup();
-        let messages: HashMap<String, Message> =
-            store::messages_by_id(self.p.db.read(), &message_ids)
-                .await?
-                .into_iter()
-                .map(|m| (m.message_id.clone(), m))
-                .collect();
-        parsed
+        let messages = store::messages_by_id(self.p.db.read(), &message_ids)
+            .await?
             .into_iter()
-            .map(|(cursor, kind, thread_id, message_id)| {
-                let thread = threads.get(&thread_id).cloned().ok_or_else(|| {
-                    ConsultationError::internal("event", format!("thread {thread_id} missing"))
-                })?;
-                let message = match message_id {
-                    Some(id) => Some(messages.get(&id).cloned().ok_or_else(|| {
-                        ConsultationError::internal(
-                            "message",
-                            format!("stored message {id} missing"),
-                        )
-                    })?),
-                    None => None,
-                };
-                Ok(Change {
-                    cursor,
-                    kind,
-                    thread,
-                    message,
-                })
-            })
-            .collect()
+            .map(|m| (m.message_id.clone(), m))
+            .collect();
+        Ok(Resolved { threads, messages })
     }
 
     /// Logs a practice's reads of `threads` through WatchInbox.
@@ -254,4 +248,54 @@ impl Consultations {
         audit::record_reads(&self.p.db, caller, &rows, self.now()).await?;
         Ok(())
     }
+}
+
+/// The threads and messages a batch of events names, by id.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    threads: HashMap<String, Thread>,
+    messages: HashMap<String, Message>,
+}
+
+/// What event `e` stands for: its kind, its thread, and its message (a new message's).
+fn parse(e: &Event) -> Result<(ChangeKind, String, Option<String>), ConsultationError> {
+    let v: serde_json::Value = serde_json::from_str(&e.payload)
+        .map_err(|err| ConsultationError::internal("event", err))?;
+    let thread_id = v["thread_id"].as_str().unwrap_or_default().to_owned();
+    let kind = match e.topic.as_str() {
+        topics::CONSULTATION_STARTED => ChangeKind::Started,
+        TOPIC_MESSAGE => ChangeKind::Message,
+        TOPIC_READ => ChangeKind::Read,
+        _ => ChangeKind::State,
+    };
+    let message_id = match v["message_id"].as_str() {
+        Some(id) if kind == ChangeKind::Message => Some(id.to_owned()),
+        _ => None,
+    };
+    Ok((kind, thread_id, message_id))
+}
+
+/// The changes `events` stand for, in their order, from `resolved` (which names them all).
+fn changes_from(events: &[&Event], resolved: &Resolved) -> Result<Vec<Change>, ConsultationError> {
+    events
+        .iter()
+        .map(|e| {
+            let (kind, thread_id, message_id) = parse(e)?;
+            let thread = resolved.threads.get(&thread_id).cloned().ok_or_else(|| {
+                ConsultationError::internal("event", format!("thread {thread_id} missing"))
+            })?;
+            let message = match message_id {
+                Some(id) => Some(resolved.messages.get(&id).cloned().ok_or_else(|| {
+                    ConsultationError::internal("message", format!("stored message {id} missing"))
+                })?),
+                None => None,
+            };
+            Ok(Change {
+                cursor: e.seq,
+                kind,
+                thread,
+                message,
+            })
+        })
+        .collect()
 }
