@@ -8,7 +8,7 @@
 
 use crate::content::CheckedAttachment;
 use crate::domain::{Attachment, Author, Category, Message, State, Thread};
-use econsult_runtime::db::{Backend, Defer, MultiRow, rows_by_ids};
+use econsult_runtime::db::{Backend, Defer, MultiRow, Value, rows_by_ids};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row as _};
 
@@ -122,42 +122,51 @@ pub async fn thread_for_update(
         .transpose()
 }
 
+/// The columns of a thread that change after it is started, in the order of [`mutable_values`]:
+/// [`insert_thread`] writes them last, [`update_thread`] as `$2`…`$11`.
+fn mutable_values(t: &Thread) -> [Value; 10] {
+    [
+        t.state.code().into(),
+        t.first_response_at.into(),
+        t.assigned_hpr.as_str().into(),
+        t.last_seq.into(),
+        t.patient_read_seq.into(),
+        t.practice_read_seq.into(),
+        t.outcome.as_str().into(),
+        t.tariff_code.as_str().into(),
+        t.closed_at.into(),
+        t.updated_at.into(),
+    ]
+}
+
 /// Inserts a new thread, started from the patient's booking request `booking_request_id` when
 /// there is one (the guarantee engine's e-consultation offer); deferred to the commit.
 pub fn insert_thread(tx: &mut impl Defer, t: &Thread, booking_request_id: Option<&str>) {
+    let mut values: Vec<Value> = vec![
+        t.thread_id.as_str().into(),
+        t.patient_nin.as_str().into(),
+        t.gp_id.as_str().into(),
+        t.gp_display_name.as_str().into(),
+        t.org_number.as_str().into(),
+        t.municipality_number.as_str().into(),
+        t.category.code().into(),
+        t.subject.as_str().into(),
+        t.submitted_at.into(),
+        t.due_at.into(),
+        t.started_by_nin.as_str().into(),
+        t.started_by_relation.into(),
+        t.started_by_name.as_str().into(),
+        i64::from(t.confidential).into(),
+        booking_request_id.into(),
+    ];
+    values.extend(mutable_values(t));
     tx.defer(
         "INSERT INTO consultation_threads (thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
-         category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq, patient_read_seq, \
-         practice_read_seq, outcome, tariff_code, closed_at, updated_at, started_by_nin, started_by_relation, \
-         started_by_name, confidential, booking_request_id) VALUES \
+         category, subject, submitted_at, due_at, started_by_nin, started_by_relation, started_by_name, confidential, \
+         booking_request_id, state, first_response_at, assigned_hpr, last_seq, patient_read_seq, practice_read_seq, \
+         outcome, tariff_code, closed_at, updated_at) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
-        vec![
-            t.thread_id.as_str().into(),
-            t.patient_nin.as_str().into(),
-            t.gp_id.as_str().into(),
-            t.gp_display_name.as_str().into(),
-            t.org_number.as_str().into(),
-            t.municipality_number.as_str().into(),
-            t.category.code().into(),
-            t.subject.as_str().into(),
-            t.state.code().into(),
-            t.submitted_at.into(),
-            t.due_at.into(),
-            t.first_response_at.into(),
-            t.assigned_hpr.as_str().into(),
-            t.last_seq.into(),
-            t.patient_read_seq.into(),
-            t.practice_read_seq.into(),
-            t.outcome.as_str().into(),
-            t.tariff_code.as_str().into(),
-            t.closed_at.into(),
-            t.updated_at.into(),
-            t.started_by_nin.as_str().into(),
-            t.started_by_relation.into(),
-            t.started_by_name.as_str().into(),
-            i64::from(t.confidential).into(),
-            booking_request_id.into(),
-        ],
+        values,
     );
 }
 
@@ -182,23 +191,13 @@ pub async fn booking_request_of(
 /// PostgreSQL runs a transaction's deferred writes as one statement, whose parts do not see
 /// each other's rows.
 pub fn update_thread(tx: &mut impl Defer, t: &Thread) {
+    let mut values: Vec<Value> = vec![t.thread_id.as_str().into()];
+    values.extend(mutable_values(t));
     tx.defer(
         "UPDATE consultation_threads SET state = $2, first_response_at = $3, assigned_hpr = $4, \
          last_seq = $5, patient_read_seq = $6, practice_read_seq = $7, outcome = $8, tariff_code = $9, closed_at = $10, \
          updated_at = $11 WHERE thread_id = $1",
-        vec![
-            t.thread_id.as_str().into(),
-            t.state.code().into(),
-            t.first_response_at.into(),
-            t.assigned_hpr.as_str().into(),
-            t.last_seq.into(),
-            t.patient_read_seq.into(),
-            t.practice_read_seq.into(),
-            t.outcome.as_str().into(),
-            t.tariff_code.as_str().into(),
-            t.closed_at.into(),
-            t.updated_at.into(),
-        ],
+        values,
     );
 }
 
