@@ -93,9 +93,10 @@ where
 }
 
 /// A thread by id, read in the call's transaction and locked for the rest of it: on PostgreSQL
-/// with `FOR UPDATE`, the row lock that orders every change of the thread (the read and its
-/// lock in one statement, where an advisory lock took a round trip of its own); on SQLite the
-/// one writer serialises the transactions already.
+/// with `FOR NO KEY UPDATE`, the row lock an UPDATE of the thread takes, which orders every
+/// change of the thread (the read and its lock in one statement, where an advisory lock took a
+/// round trip of its own) and, unlike `FOR UPDATE`, leaves the foreign-key checks of rows that
+/// reference the thread free; on SQLite the one writer serialises the transactions already.
 pub async fn thread_for_update(
     conn: &mut AnyConnection,
     thread_id: &str,
@@ -105,7 +106,7 @@ pub async fn thread_for_update(
         Backend::Postgres => concat!(
             "SELECT ",
             thread_columns!(),
-            " FROM consultation_threads WHERE thread_id = $1 FOR UPDATE"
+            " FROM consultation_threads WHERE thread_id = $1 FOR NO KEY UPDATE"
         ),
         Backend::Sqlite => concat!(
             "SELECT ",

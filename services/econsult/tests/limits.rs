@@ -169,12 +169,12 @@ async fn a_client_deadline_cancels_the_database_work() {
     let mut holder = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
         .await
         .expect("connect");
-    // The thread's lock is its row's (every change of a thread reads it `FOR UPDATE`).
+    // The thread's lock is its row's (every change of a thread reads it `FOR NO KEY UPDATE`).
     sqlx::Executor::execute(&mut holder, "BEGIN")
         .await
         .expect("begin");
     let lock = format!(
-        "SELECT thread_id FROM consultation_threads WHERE thread_id = '{thread}' FOR UPDATE"
+        "SELECT thread_id FROM consultation_threads WHERE thread_id = '{thread}' FOR NO KEY UPDATE"
     );
     sqlx::Executor::execute(&mut holder, lock.as_str())
         .await
