@@ -6,9 +6,9 @@
 //! the bus, (3) marks them published, in the statement of its next step 1 (PostgreSQL; SQLite:
 //! in its transaction), at most [`POLL`] later, or when it stops. A crash anywhere repeats at
 //! most the last pass's step 2 on restart: delivery is at least once, and consumers deduplicate
-//! by `event_id`. Only one relay sequences
-//! at a time (PostgreSQL advisory lock held by the leader; `seq` is also UNIQUE). After a wake-up
-//! the relay lingers [`RELAY_LINGER`] so that one pass carries the commits of that window.
+//! by `event_id`. Only one relay sequences at a time (PostgreSQL advisory lock held by the
+//! leader; `seq` is also UNIQUE). After a wake-up the relay lingers [`RELAY_LINGER`] so that one
+//! pass carries the commits of that window.
 //!
 //! On PostgreSQL the other replicas wait for the lock, trying it every [`LOCK_RETRY`], and pass
 //! their own commits that wrote events on to the leader: a `NOTIFY` on [`NOTIFY_CHANNEL`] after
