@@ -495,12 +495,16 @@ async fn traces_show_what_a_call_waited_on_and_follow_its_events(env: Env) {
         share * 100.0
     );
     let names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
-    assert!(
-        names
-            .iter()
-            .any(|n| n.contains("writer") || n.contains("acquire")),
-        "the wait for the database is named: {names:?}"
-    );
+    let db_wait = children
+        .iter()
+        .find(|c| c.name.contains("writer") || c.name.contains("acquire"))
+        .unwrap_or_else(|| panic!("the wait for the database is named: {names:?}"));
+    // The wait for the request message ends before the handler asks for the database.
+    let receive = children
+        .iter()
+        .find(|c| c.name == "receive request")
+        .unwrap_or_else(|| panic!("the wait for the request is named: {names:?}"));
+    assert!(receive.end <= db_wait.start, "{printed}");
     assert!(
         names
             .iter()

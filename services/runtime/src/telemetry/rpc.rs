@@ -1,7 +1,6 @@
 //! The server side of every gRPC call: a SERVER span per the OpenTelemetry RPC conventions
-//! that lasts until the response body's end (a stream's whole life), RED metrics and the
-//! request log line.
-
+//! that lasts until the response body's end (a stream's whole life), a child span of its wait
+//! for the request, RED metrics and the request log line.
 use super::{CallerKind, current_trace_id};
 use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::{KeyValue, global};
@@ -160,14 +159,15 @@ pub fn server_fault(code: i64) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
-impl<S, B> tower::Service<http::Request<B>> for RpcMetricsService<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for RpcMetricsService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -177,7 +177,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         let method = method_label(req.uri().path());
         let caller = CallerKind::default();
         req.extensions_mut().insert(caller.clone());
@@ -196,6 +196,13 @@ where
             otel.status_code = tracing::field::Empty,
         );
         let _ = span.set_parent(parent);
+        let receiving = Receiving::new(&span);
+        let req = req.map(|body| {
+            tonic::body::Body::new(ReceivingBody {
+                body,
+                receiving: Some(receiving.clone()),
+            })
+        });
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let instruments = self.instruments.clone();
@@ -204,6 +211,7 @@ where
         Box::pin(
             async move {
                 let result = inner.call(req).await;
+                receiving.end();
                 // Trailers-only responses (errors) carry grpc-status in the headers; a normal
                 // response carries it in the trailers, after a successful start: count it as 0
                 // here (the span takes the trailers' code when they come).
@@ -253,6 +261,61 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The call's wait for its request: a span `receive request` under the call's span, from the
+/// call's start until the first frame of the request body, its end or an error (a unary call's
+/// message is in), or until the handler answers, whichever is first (a stream's handler answers
+/// before its client sends). Under load, a unary call's headers can come well before its
+/// message, on a busy connection or to a busy process; without it that time was covered by no
+/// span of the call.
+#[derive(Clone)]
+struct Receiving(Arc<std::sync::Mutex<Option<tracing::Span>>>);
+
+impl Receiving {
+    fn new(call: &tracing::Span) -> Self {
+        let span = tracing::info_span!(parent: call, "rpc.receive", otel.name = "receive request");
+        Self(Arc::new(std::sync::Mutex::new(Some(span))))
+    }
+
+    /// Ends the span (when the last handle of it goes), once.
+    fn end(&self) {
+        let span = self.0.lock().map(|mut s| s.take()).unwrap_or_default();
+        drop(span);
+    }
+}
+
+/// A request body that ends its call's [`Receiving`] span at its first frame.
+struct ReceivingBody {
+    body: tonic::body::Body,
+    /// Until the first frame.
+    receiving: Option<Receiving>,
+}
+
+impl http_body::Body for ReceivingBody {
+    type Data = <tonic::body::Body as http_body::Body>::Data;
+    type Error = <tonic::body::Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if polled.is_ready()
+            && let Some(r) = self.receiving.take()
+        {
+            r.end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
