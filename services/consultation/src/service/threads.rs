@@ -207,21 +207,20 @@ impl Consultations {
         changes_from(events, resolved)
     }
 
-    /// The threads and messages `events` name, in two reads.
+    /// `events` parsed (each once), and the threads and messages they name, in two reads. An
+    /// event that does not parse is left out: it fails only the changes that include it
+    /// ([`changes_from`]), not every stream sharing the batch.
     async fn resolve(&self, events: &[&Event]) -> Result<Resolved, ConsultationError> {
-        let mut thread_ids = Vec::with_capacity(events.len());
-        let mut message_ids = Vec::with_capacity(events.len());
-        for e in events {
-            let (_, thread_id, message_id) = parse(e)?;
-            thread_ids.push(thread_id);
-            message_ids.extend(message_id);
-        }
+        let parsed: HashMap<u64, Parsed> = events
+            .iter()
+            .filter_map(|e| parse(e).ok().map(|p| (e.seq, p)))
+            .collect();
+        let mut thread_ids: Vec<&str> = parsed.values().map(|p| p.1.as_str()).collect();
+        let mut message_ids: Vec<&str> = parsed.values().filter_map(|p| p.2.as_deref()).collect();
         thread_ids.sort_unstable();
         thread_ids.dedup();
         message_ids.sort_unstable();
         message_ids.dedup();
-        let thread_ids: Vec<&str> = thread_ids.iter().map(String::as_str).collect();
-        let message_ids: Vec<&str> = message_ids.iter().map(String::as_str).collect();
         let threads = store::threads_by_id(self.p.db.read(), &thread_ids)
             .await?
             .into_iter()
@@ -232,7 +231,11 @@ impl Consultations {
             .into_iter()
             .map(|m| (m.message_id.clone(), m))
             .collect();
-        Ok(Resolved { threads, messages })
+        Ok(Resolved {
+            parsed,
+            threads,
+            messages,
+        })
     }
 
     /// Logs a practice's reads of `threads` through WatchInbox.
@@ -250,15 +253,19 @@ impl Consultations {
     }
 }
 
-/// The threads and messages a batch of events names, by id.
+/// What an event stands for: its kind, its thread, and its message (a new message's).
+type Parsed = (ChangeKind, String, Option<String>);
+
+/// A batch of events parsed (by seq), and the threads and messages they name (by id).
 #[derive(Debug, Default)]
 pub struct Resolved {
+    parsed: HashMap<u64, Parsed>,
     threads: HashMap<String, Thread>,
     messages: HashMap<String, Message>,
 }
 
-/// What event `e` stands for: its kind, its thread, and its message (a new message's).
-fn parse(e: &Event) -> Result<(ChangeKind, String, Option<String>), ConsultationError> {
+/// What event `e` stands for.
+fn parse(e: &Event) -> Result<Parsed, ConsultationError> {
     let v: serde_json::Value = serde_json::from_str(&e.payload)
         .map_err(|err| ConsultationError::internal("event", err))?;
     let thread_id = v["thread_id"].as_str().unwrap_or_default().to_owned();
@@ -280,7 +287,11 @@ fn changes_from(events: &[&Event], resolved: &Resolved) -> Result<Vec<Change>, C
     events
         .iter()
         .map(|e| {
-            let (kind, thread_id, message_id) = parse(e)?;
+            let (kind, thread_id, message_id) = match resolved.parsed.get(&e.seq) {
+                Some(p) => p.clone(),
+                // Left out by `resolve`: its parse error.
+                None => parse(e)?,
+            };
             let thread = resolved.threads.get(&thread_id).cloned().ok_or_else(|| {
                 ConsultationError::internal("event", format!("thread {thread_id} missing"))
             })?;
