@@ -9,7 +9,7 @@ use std::path::Path;
 /// Makes `path` with `contents` (mode 0600) unless it exists; returns whether this call made it.
 /// The contents are written and synced to a file of their own first and then linked to `path`,
 /// which fails if `path` exists: whoever finds `path` finds it whole.
-pub(crate) fn create_once(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
+fn create_once(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -35,6 +35,18 @@ pub(crate) fn create_once(path: &Path, contents: &[u8]) -> std::io::Result<bool>
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// The contents of `path`, made by `make` (with [`create_once`]) when there is no such file: a
+/// process that finds the file, or loses the race to make it, reads what is there.
+pub(crate) fn made_once(path: &Path, make: impl FnOnce() -> String) -> std::io::Result<String> {
+    if !path.exists() {
+        let contents = make();
+        if create_once(path, contents.as_bytes())? {
+            return Ok(contents);
+        }
+    }
+    std::fs::read_to_string(path)
 }
 
 /// Test helper: for `rounds` fresh directories, starts six threads at once on each, each calling

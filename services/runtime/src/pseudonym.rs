@@ -53,6 +53,11 @@ impl Pseudonymizer {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read the event key {}", path.display()))?;
+        Self::from_text(&text, path)
+    }
+
+    /// The key `text` read from `path` (for errors): as [`Pseudonymizer::from_file`].
+    fn from_text(text: &str, path: &Path) -> anyhow::Result<Self> {
         let key = STANDARD
             .decode(text.trim())
             .with_context(|| format!("the event key {} is not base64", path.display()))?;
@@ -63,17 +68,13 @@ impl Pseudonymizer {
     /// first start. Replicas started together on one directory read the same key.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join(DEFAULT_KEY_FILE);
-        if !path.exists() {
+        let text = crate::private_file::made_once(&path, || {
             let mut key = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut key);
-            let made = crate::private_file::create_once(&path, STANDARD.encode(key).as_bytes())
-                .with_context(|| format!("create the event key {}", path.display()))?;
-            if made {
-                return Self::new(&key);
-            }
-            // Another process made it first: use that one.
-        }
-        Self::from_file(&path)
+            STANDARD.encode(key)
+        })
+        .with_context(|| format!("create or read the event key {}", path.display()))?;
+        Self::from_text(&text, &path)
     }
 
     /// The pseudonymous key of the patient with identity number `nin` (the outbox `route_key`

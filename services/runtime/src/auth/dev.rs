@@ -19,24 +19,14 @@ impl DevKeys {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("dev-signing-key.b64");
         // Made once: replicas started together on one directory all read the one key.
-        let mut made = None;
-        if !path.exists() {
+        let text = crate::private_file::made_once(&path, || {
             let seed = SigningKey::generate(&mut rand::rngs::OsRng).to_bytes();
-            let encoded = base64::engine::general_purpose::STANDARD.encode(seed);
-            if crate::private_file::create_once(&path, encoded.as_bytes())? {
-                made = Some(seed);
-            }
-        }
-        let seed: [u8; 32] = match made {
-            Some(seed) => seed,
-            None => {
-                let text = std::fs::read_to_string(&path)?;
-                let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim())?;
-                bytes
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?
-            }
-        };
+            base64::engine::general_purpose::STANDARD.encode(seed)
+        })?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim())?;
+        let seed: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
         let key = SigningKey::from_bytes(&seed);
         let der = key.to_pkcs8_der()?;
         let encoding = EncodingKey::from_ed_der(der.as_bytes());
