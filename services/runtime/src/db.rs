@@ -493,6 +493,20 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 pub const SQLITE_WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
 
+/// How long a pooled PostgreSQL connection may have been idle and still be handed out without
+/// a ping first.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether a PostgreSQL connection idle for `idle_for` is pinged before it is handed out: one
+/// that has been idle longer may have been closed by a restart, a failover or a proxy since
+/// (a failed ping closes it and the pool takes another). Under load connections come back
+/// within milliseconds, and a ping on every acquire was a round trip per transaction and per
+/// read (sqlx's default, `test_before_acquire`). A connection closed less than this after its
+/// last use fails the call that gets it, as a call in flight on it would have.
+fn stale(idle_for: Duration) -> bool {
+    idle_for > PING_AFTER_IDLE
+}
+
 impl Db {
     /// Connects to `url`: `sqlite://path/to/file.db` (created if missing) or `postgres://…`,
     /// with the default pool size ([`DEFAULT_MAX_CONNECTIONS`]).
@@ -513,9 +527,12 @@ impl Db {
                 })?;
             }
             let rw = with_param(url, "mode=rwc");
+            // A connection to a file cannot go stale while idle: no ping before each use (a
+            // round trip to the connection's worker thread).
             let write = AnyPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         conn.execute(SQLITE_WRITER_PRAGMAS).await?;
@@ -532,6 +549,7 @@ impl Db {
                 .max_connections(max_connections)
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         conn.execute("PRAGMA busy_timeout = 10000;").await?;
@@ -553,6 +571,12 @@ impl Db {
             let pool = AnyPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(5))
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        Ok(!stale(meta.idle_for) || sqlx::Connection::ping(conn).await.is_ok())
+                    })
+                })
                 .connect(url)
                 .await
                 .context("connect to postgresql")?;
