@@ -1,24 +1,30 @@
-//! One reader of new consultation events per process, fanned out to every change stream
-//! (`Subscribe`, `WatchInbox`).
+//! One reader of new consultation events per process, fanned out to the change streams
+//! (`Subscribe`, `WatchInbox`) they concern.
 //!
 //! Without it each open stream re-read the outbox after every sequenced commit, so the work grew
 //! with streams × commits (the load tests: 50 streams took the server from 45 % to 142 % of a
-//! core). Now the feed reads each new event once and broadcasts it; a stream reads the database
-//! only to catch up from its cursor: when it opens, and when it fell so far behind that the
-//! broadcast dropped batches for it.
+//! core). Now the feed reads each new event once and hands it on; a stream reads the database
+//! only to catch up from its cursor: when it opens, and when it fell so far behind that the feed
+//! dropped batches for it.
 //!
-//! **No gaps:** a stream subscribes to the feed *before* its catch-up read. An event broadcast
-//! before the subscription was visible before it, so the catch-up read sees it; an event
-//! broadcast after it arrives through the feed. The stream skips what it already sent by `seq`.
+//! **Only the streams a batch concerns wake:** each stream registers its practice or its patient
+//! (route key), and the feed hands a batch to the streams of the practices and patients its
+//! events name. A broadcast to every stream woke all 500 Subscribe streams of the load test for
+//! every batch, for the one or two with a change in it.
+//!
+//! **No gaps:** a stream subscribes to the feed *before* its catch-up read. An event sent before
+//! the subscription was visible before it, so the catch-up read sees it; an event sent after it
+//! arrives through the feed. The stream skips what it already sent by `seq`.
 
 use econsult_runtime::bus::Event;
 use econsult_runtime::db::Db;
 use econsult_runtime::outbox;
 use opentelemetry::metrics::Counter;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{mpsc, watch};
 
 /// Topic prefix of the events the feed carries.
 pub const TOPIC_PREFIX: &str = "consultation.";
@@ -43,8 +49,18 @@ pub struct FeedBatch {
     pub(crate) resolved: tokio::sync::OnceCell<crate::service::threads::Resolved>,
 }
 
-/// A [`FeedBatch`] as every stream receives it.
+/// A [`FeedBatch`] as every stream it concerns receives it.
 pub type Batch = Arc<FeedBatch>;
+
+/// The events a stream wants: a practice's (by organisation number) or a patient's (by route
+/// key). An empty one wants every event, as [`outbox::EventFilter`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Interest {
+    /// A practice's threads (`WatchInbox`).
+    Practice(String),
+    /// A patient's threads (`Subscribe`): the patient's route key.
+    Patient(String),
+}
 
 /// Batches a lagging stream may fall behind before it catches up from the database instead
 /// (the default of [`Feed::start`]'s `capacity`).
@@ -56,7 +72,8 @@ const READ_LIMIT: i64 = 500;
 /// The process's consultation event feed.
 #[derive(Clone)]
 pub struct Feed {
-    tx: broadcast::Sender<Batch>,
+    streams: Arc<Mutex<Registry>>,
+    capacity: usize,
     ready: watch::Receiver<bool>,
     catch_ups: Arc<AtomicU64>,
     catch_ups_metric: Counter<u64>,
@@ -72,9 +89,9 @@ impl Feed {
         stop: watch::Receiver<bool>,
         capacity: usize,
     ) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
+        let streams = Arc::new(Mutex::new(Registry::default()));
         let (ready_tx, ready) = watch::channel(false);
-        tokio::spawn(run(db, sequenced, stop, tx.clone(), ready_tx));
+        tokio::spawn(run(db, sequenced, stop, streams.clone(), ready_tx));
         let catch_ups_metric = opentelemetry::global::meter("econsult.consultation")
             .u64_counter("econsult_consultation_stream_catch_ups")
             .with_description(
@@ -82,7 +99,8 @@ impl Feed {
             )
             .build();
         Self {
-            tx,
+            streams,
+            capacity: capacity.max(1),
             ready,
             catch_ups: Arc::default(),
             catch_ups_metric,
@@ -100,12 +118,185 @@ impl Feed {
         self.catch_ups.load(Ordering::Relaxed)
     }
 
-    /// A receiver of every batch read from now on; returns once the feed knows where it starts,
-    /// so that whatever it will not broadcast is visible to the caller's catch-up read.
-    pub async fn subscribe(&self) -> Option<broadcast::Receiver<Batch>> {
+    /// A receiver of every batch read from now on with an event for `interest`; returns once the
+    /// feed knows where it starts, so that whatever it will not send is visible to the caller's
+    /// catch-up read. `None` once the feed has stopped.
+    pub async fn subscribe(&self, interest: Interest) -> Option<Subscription> {
         let mut ready = self.ready.clone();
         ready.wait_for(|r| *r).await.ok()?;
-        Some(self.tx.subscribe())
+        register(&self.streams, interest, self.capacity)
+    }
+}
+
+/// Registers a stream for `interest` with a queue of `capacity` batches; `None` once the feed
+/// has stopped.
+fn register(
+    registry: &Arc<Mutex<Registry>>,
+    interest: Interest,
+    capacity: usize,
+) -> Option<Subscription> {
+    let (tx, rx) = mpsc::channel(capacity);
+    let lagged = Arc::new(AtomicBool::new(false));
+    let mut streams = registry.lock().unwrap_or_else(|e| e.into_inner());
+    if streams.stopped {
+        return None;
+    }
+    streams.next_id += 1;
+    let id = streams.next_id;
+    let stream = Stream {
+        tx,
+        lagged: lagged.clone(),
+    };
+    streams.of(&interest).insert(id, stream);
+    Some(Subscription {
+        rx,
+        lagged,
+        _registered: Registered {
+            streams: registry.clone(),
+            interest,
+            id,
+        },
+    })
+}
+
+/// The open streams of the process by what they want.
+#[derive(Default)]
+struct Registry {
+    /// By organisation number.
+    practices: HashMap<String, HashMap<u64, Stream>>,
+    /// By route key.
+    patients: HashMap<String, HashMap<u64, Stream>>,
+    /// Those registered with an empty organisation number or route key: every event.
+    every: HashMap<u64, Stream>,
+    next_id: u64,
+    /// The feed stopped: no more streams, and those open were told (their senders dropped).
+    stopped: bool,
+}
+
+struct Stream {
+    tx: mpsc::Sender<Batch>,
+    /// A batch was dropped because the stream's queue was full.
+    lagged: Arc<AtomicBool>,
+}
+
+impl Registry {
+    /// Closes every stream's queue (its receiver gets [`Missed::Closed`] once it has taken what
+    /// is queued) and refuses new ones.
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.practices.clear();
+        self.patients.clear();
+        self.every.clear();
+    }
+
+    /// The streams registered for `interest`.
+    fn of(&mut self, interest: &Interest) -> &mut HashMap<u64, Stream> {
+        match interest {
+            Interest::Practice(k) | Interest::Patient(k) if k.is_empty() => &mut self.every,
+            Interest::Practice(org) => self.practices.entry(org.clone()).or_default(),
+            Interest::Patient(route) => self.patients.entry(route.clone()).or_default(),
+        }
+    }
+
+    /// Removes stream `id` of `interest`.
+    fn remove(&mut self, interest: &Interest, id: u64) {
+        let (map, k) = match interest {
+            Interest::Practice(k) | Interest::Patient(k) if k.is_empty() => {
+                self.every.remove(&id);
+                return;
+            }
+            Interest::Practice(org) => (&mut self.practices, org),
+            Interest::Patient(route) => (&mut self.patients, route),
+        };
+        if let Some(streams) = map.get_mut(k) {
+            streams.remove(&id);
+            if streams.is_empty() {
+                map.remove(k);
+            }
+        }
+    }
+
+    /// Hands `batch` to every stream one of its events concerns, once each (a stream is
+    /// registered under one key). A stream whose queue is full is marked lagged instead (it
+    /// catches up from the database); one whose receiver is gone is removed.
+    fn send(&mut self, batch: &Batch) {
+        let mut orgs: Vec<&str> = batch
+            .events
+            .iter()
+            .map(|e| e.event.org_number.as_str())
+            .collect();
+        let mut routes: Vec<&str> = batch.events.iter().map(|e| e.route_key.as_str()).collect();
+        for keys in [&mut orgs, &mut routes] {
+            keys.sort_unstable();
+            keys.dedup();
+        }
+        hand(&mut self.every, batch);
+        for (map, keys) in [(&mut self.practices, orgs), (&mut self.patients, routes)] {
+            for k in keys {
+                if let Some(streams) = map.get_mut(k) {
+                    hand(streams, batch);
+                    if streams.is_empty() {
+                        map.remove(k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Queues `batch` for each of `streams`: see [`Registry::send`].
+fn hand(streams: &mut HashMap<u64, Stream>, batch: &Batch) {
+    streams.retain(|_, s| match s.tx.try_send(batch.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            s.lagged.store(true, Ordering::Release);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
+}
+
+/// A stream's registration with the feed, removed when dropped.
+struct Registered {
+    streams: Arc<Mutex<Registry>>,
+    interest: Interest,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams.remove(&self.interest, self.id);
+    }
+}
+
+/// Why [`Subscription::recv`] gave no batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Missed {
+    /// The feed dropped a batch for this stream (its queue was full): catch up from the
+    /// database, then go on receiving (and skip by `seq` what the catch-up sent).
+    Lagged,
+    /// The feed stopped.
+    Closed,
+}
+
+/// The batches of the feed one stream receives ([`Feed::subscribe`]).
+pub struct Subscription {
+    rx: mpsc::Receiver<Batch>,
+    lagged: Arc<AtomicBool>,
+    _registered: Registered,
+}
+
+impl Subscription {
+    /// The next batch with an event this stream wants, in `seq` order. [`Missed::Lagged`] comes
+    /// before any batch queued after the one dropped: the feed sets the flag before it queues a
+    /// later batch, and a batch is taken from a full queue's front only after a look at the
+    /// flag.
+    pub async fn recv(&mut self) -> Result<Batch, Missed> {
+        if self.lagged.swap(false, Ordering::Acquire) {
+            return Err(Missed::Lagged);
+        }
+        self.rx.recv().await.ok_or(Missed::Closed)
     }
 }
 
@@ -146,9 +337,17 @@ async fn run(
     db: Db,
     mut sequenced: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
-    tx: broadcast::Sender<Batch>,
+    streams: Arc<Mutex<Registry>>,
     ready: watch::Sender<bool>,
 ) {
+    // However the feed ends, its streams are told (their queues close) and no new one opens.
+    struct Stopped(Arc<Mutex<Registry>>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).stop();
+        }
+    }
+    let _stopped = Stopped(streams.clone());
     let mut cursor = loop {
         match start_position(&db).await {
             Ok(c) => break c,
@@ -175,11 +374,14 @@ async fn run(
                     let full = events.len() as i64 == READ_LIMIT;
                     if let Some(last) = events.last() {
                         cursor = last.event.seq;
-                        // No receivers is fine: nobody watches right now.
-                        let _ = tx.send(Arc::new(FeedBatch {
+                        let batch = Arc::new(FeedBatch {
                             events,
                             resolved: tokio::sync::OnceCell::new(),
-                        }));
+                        });
+                        streams
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .send(&batch);
                     }
                     if full {
                         continue;
@@ -197,5 +399,97 @@ async fn run(
             _ = tokio::time::sleep(Duration::from_millis(500)) => false,
             _ = stop.changed() => return,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, org: &str, route: &str) -> FeedEvent {
+        FeedEvent {
+            route_key: route.into(),
+            event: Event {
+                seq,
+                topic: "consultation.message".into(),
+                org_number: org.into(),
+                event_id: format!("e{seq}"),
+                payload: "{}".into(),
+                created_at: 0,
+                trace_parent: String::new(),
+            },
+        }
+    }
+
+    fn batch(events: Vec<FeedEvent>) -> Batch {
+        Arc::new(FeedBatch {
+            events,
+            resolved: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    fn seqs(b: &Batch) -> Vec<u64> {
+        b.events.iter().map(|e| e.event.seq).collect()
+    }
+
+    /// Whether a batch is queued for `sub` right now.
+    fn queued(sub: &mut Subscription) -> Option<Vec<u64>> {
+        sub.rx.try_recv().ok().map(|b| seqs(&b))
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_to_the_streams_it_concerns_once_each() {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let reg = |i: Interest| register(&registry, i, 8).expect("open");
+        let mut practice_a = reg(Interest::Practice("A".into()));
+        let mut practice_b = reg(Interest::Practice("B".into()));
+        let mut patient_1 = reg(Interest::Patient("p1".into()));
+        let mut patient_2 = reg(Interest::Patient("p2".into()));
+        let mut every = reg(Interest::Patient(String::new()));
+        // Two events of patient 1 at practice A: one batch for each stream they concern.
+        let b = batch(vec![event(1, "A", "p1"), event(2, "A", "p1")]);
+        registry.lock().expect("lock").send(&b);
+        assert_eq!(queued(&mut practice_a), Some(vec![1, 2]));
+        assert_eq!(queued(&mut practice_a), None, "once");
+        assert_eq!(queued(&mut patient_1), Some(vec![1, 2]));
+        assert_eq!(queued(&mut patient_1), None, "once");
+        assert_eq!(queued(&mut every), Some(vec![1, 2]));
+        assert_eq!(queued(&mut practice_b), None, "not woken");
+        assert_eq!(queued(&mut patient_2), None, "not woken");
+        // A stream that went is no longer registered, and an empty key goes with it.
+        drop(patient_2);
+        let r = registry.lock().expect("lock");
+        assert!(!r.patients.contains_key("p2"));
+        assert_eq!(r.patients.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_lagged_before_any_later_batch() {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let mut sub = register(&registry, Interest::Patient("p1".into()), 1).expect("open");
+        for seq in 1..=3 {
+            registry
+                .lock()
+                .expect("lock")
+                .send(&batch(vec![event(seq, "A", "p1")]));
+        }
+        // 1 was queued, 2 and 3 dropped (full): the stream hears it lagged first (its catch-up
+        // reads 1, 2 and 3 from the database), then gets 1 (which it skips by seq).
+        assert_eq!(sub.recv().await.err(), Some(Missed::Lagged));
+        assert_eq!(sub.recv().await.map(|b| seqs(&b)), Ok(vec![1]));
+        registry
+            .lock()
+            .expect("lock")
+            .send(&batch(vec![event(4, "A", "p1")]));
+        assert_eq!(sub.recv().await.map(|b| seqs(&b)), Ok(vec![4]));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_feed_closes_its_streams_and_opens_no_more() {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let mut sub = register(&registry, Interest::Practice("A".into()), 4).expect("open");
+        registry.lock().expect("lock").stop();
+        assert_eq!(sub.recv().await.err(), Some(Missed::Closed));
+        assert!(register(&registry, Interest::Practice("A".into()), 4).is_none());
     }
 }

@@ -9,7 +9,6 @@ use econsult_runtime::auth::Caller;
 use econsult_runtime::bus::Event;
 use econsult_runtime::outbox::EventFilter;
 use std::pin::Pin;
-use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 use tracing::Instrument as _;
 
@@ -35,9 +34,6 @@ impl ConsultationGrpc {
             async move {
                 let mut stop = this.p.shutdown.clone();
                 let route = patient;
-                if practice.is_none() && route.is_none() {
-                    return;
-                }
                 let filter = EventFilter {
                     topic_prefix: feed::TOPIC_PREFIX,
                     org_number: practice.as_deref(),
@@ -50,7 +46,12 @@ impl ConsultationGrpc {
                 let unavailable =
                     || Status::unavailable("server shutting down, resume from the last cursor");
                 // Subscribe before reading: an event is then either in the catch-up read or in the feed.
-                let Some(mut live) = this.feed.subscribe().await else {
+                let interest = match (&practice, &route) {
+                    (Some(org), _) => feed::Interest::Practice(org.clone()),
+                    (None, Some(route)) => feed::Interest::Patient(route.clone()),
+                    (None, None) => return,
+                };
+                let Some(mut live) = this.feed.subscribe(interest).await else {
                     let _ = tx.send(Err(unavailable())).await;
                     return;
                 };
@@ -112,11 +113,11 @@ impl ConsultationGrpc {
                                 }
                             }
                             // Fell behind the feed: read what it missed from the database.
-                            Err(RecvError::Lagged(_)) => {
+                            Err(feed::Missed::Lagged) => {
                                 this.feed.fell_behind();
                                 continue 'catch_up;
                             }
-                            Err(RecvError::Closed) => {
+                            Err(feed::Missed::Closed) => {
                                 let _ = tx.send(Err(unavailable())).await;
                                 return;
                             }
