@@ -505,7 +505,9 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// (a failed ping closes it and the pool takes another). Under load connections come back
 /// within milliseconds, and a ping on every acquire was a round trip per transaction and per
 /// read (sqlx's default, `test_before_acquire`). A connection closed less than this after its
-/// last use fails the call that gets it, as a call in flight on it would have.
+/// last use fails the call that gets it (a transient error: UNAVAILABLE), as a call in flight
+/// on it would have. sqlx still pings every connection returned to the pool, whatever this
+/// says: its guard against one left mid-protocol by a cancelled call.
 fn stale(idle_for: Duration) -> bool {
     idle_for > PING_AFTER_IDLE
 }

@@ -1,6 +1,7 @@
 //! The server side of every gRPC call: a SERVER span per the OpenTelemetry RPC conventions
 //! that lasts until the response body's end (a stream's whole life), a child span of its wait
 //! for the request, RED metrics and the request log line.
+
 use super::{CallerKind, current_trace_id};
 use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::{KeyValue, global};
