@@ -159,13 +159,16 @@ fn register(
     })
 }
 
+/// Streams by a key (an organisation number or a route key), each by its id.
+type Keyed = HashMap<String, HashMap<u64, Stream>>;
+
 /// The open streams of the process by what they want.
 #[derive(Default)]
 struct Registry {
     /// By organisation number.
-    practices: HashMap<String, HashMap<u64, Stream>>,
+    practices: Keyed,
     /// By route key.
-    patients: HashMap<String, HashMap<u64, Stream>>,
+    patients: Keyed,
     /// Those registered with an empty organisation number or route key: every event.
     every: HashMap<u64, Stream>,
     next_id: u64,
@@ -191,22 +194,17 @@ impl Registry {
 
     /// The streams registered for `interest`.
     fn of(&mut self, interest: &Interest) -> &mut HashMap<u64, Stream> {
-        match interest {
-            Interest::Practice(k) | Interest::Patient(k) if k.is_empty() => &mut self.every,
-            Interest::Practice(org) => self.practices.entry(org.clone()).or_default(),
-            Interest::Patient(route) => self.patients.entry(route.clone()).or_default(),
+        match keyed(&mut self.practices, &mut self.patients, interest) {
+            Some((map, k)) => map.entry(k.to_owned()).or_default(),
+            None => &mut self.every,
         }
     }
 
-    /// Removes stream `id` of `interest`.
+    /// Removes stream `id` of `interest`, and its key once no stream has it.
     fn remove(&mut self, interest: &Interest, id: u64) {
-        let (map, k) = match interest {
-            Interest::Practice(k) | Interest::Patient(k) if k.is_empty() => {
-                self.every.remove(&id);
-                return;
-            }
-            Interest::Practice(org) => (&mut self.practices, org),
-            Interest::Patient(route) => (&mut self.patients, route),
+        let Some((map, k)) = keyed(&mut self.practices, &mut self.patients, interest) else {
+            self.every.remove(&id);
+            return;
         };
         if let Some(streams) = map.get_mut(k) {
             streams.remove(&id);
@@ -241,6 +239,20 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+/// The registry's streams by key (`practices` or `patients`) that `interest` is kept in, and its
+/// key there; `None` for an empty organisation number or route key (every event: `every`).
+fn keyed<'m, 'i>(
+    practices: &'m mut Keyed,
+    patients: &'m mut Keyed,
+    interest: &'i Interest,
+) -> Option<(&'m mut Keyed, &'i str)> {
+    match interest {
+        Interest::Practice(k) | Interest::Patient(k) if k.is_empty() => None,
+        Interest::Practice(org) => Some((practices, org)),
+        Interest::Patient(route) => Some((patients, route)),
     }
 }
 
