@@ -62,6 +62,22 @@ pub enum Interest {
     Patient(String),
 }
 
+impl Interest {
+    /// The same events as a filter of the outbox, for a stream's catch-up read and for the
+    /// events of a batch it receives.
+    pub fn filter(&self) -> outbox::EventFilter<'_> {
+        let (org_number, route_key) = match self {
+            Interest::Practice(org) => (Some(org.as_str()), None),
+            Interest::Patient(route) => (None, Some(route.as_str())),
+        };
+        outbox::EventFilter {
+            topic_prefix: TOPIC_PREFIX,
+            org_number,
+            route_key,
+        }
+    }
+}
+
 /// Batches a lagging stream may fall behind before it catches up from the database instead
 /// (the default of [`Feed::start`]'s `capacity`).
 pub const DEFAULT_CAPACITY: usize = 1024;

@@ -7,7 +7,6 @@ use crate::service::threads::Change;
 use econsult_proto::consultation::v1 as pb;
 use econsult_runtime::auth::Caller;
 use econsult_runtime::bus::Event;
-use econsult_runtime::outbox::EventFilter;
 use std::pin::Pin;
 use tonic::Status;
 use tracing::Instrument as _;
@@ -33,25 +32,16 @@ impl ConsultationGrpc {
         tokio::spawn(
             async move {
                 let mut stop = this.p.shutdown.clone();
-                let route = patient;
-                let filter = EventFilter {
-                    topic_prefix: feed::TOPIC_PREFIX,
-                    org_number: practice.as_deref(),
-                    route_key: if practice.is_some() {
-                        None
-                    } else {
-                        route.as_deref()
-                    },
+                let interest = match (&practice, patient) {
+                    (Some(org), _) => feed::Interest::Practice(org.clone()),
+                    (None, Some(route)) => feed::Interest::Patient(route),
+                    (None, None) => return,
                 };
+                let filter = interest.filter();
                 let unavailable =
                     || Status::unavailable("server shutting down, resume from the last cursor");
                 // Subscribe before reading: an event is then either in the catch-up read or in the feed.
-                let interest = match (&practice, &route) {
-                    (Some(org), _) => feed::Interest::Practice(org.clone()),
-                    (None, Some(route)) => feed::Interest::Patient(route.clone()),
-                    (None, None) => return,
-                };
-                let Some(mut live) = this.feed.subscribe(interest).await else {
+                let Some(mut live) = this.feed.subscribe(interest.clone()).await else {
                     let _ = tx.send(Err(unavailable())).await;
                     return;
                 };
