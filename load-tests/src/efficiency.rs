@@ -37,8 +37,23 @@ struct EfficiencyRow {
     /// Messaging: SendMessage's service time and delivery to a subscriber at 60 %.
     send_p99_60_ms: Option<f64>,
     delivery_p99_60_ms: Option<f64>,
+    /// Requests per flow to PostgreSQL and Redis at 40 %, counted on the wire.
+    pg_requests_per_flow: Option<f64>,
+    redis_requests_per_flow: Option<f64>,
+    /// One round trip to PostgreSQL at the 40 % run's rate of requests to it.
+    round_trip: Option<floor::RoundTrip>,
     checks_passed: bool,
     verdict: String,
+}
+
+impl EfficiencyRow {
+    /// CPU ms per flow that its round trips to PostgreSQL would cost at the least a round trip
+    /// costs (`SELECT 1`, both ends), and that as a share of the product.
+    fn round_trips_ms(&self) -> Option<(f64, f64)> {
+        let rt = self.round_trip.as_ref()?;
+        let ms = self.pg_requests_per_flow? * (rt.client_cpu_ms + rt.db_cpu_ms);
+        Some((ms, ms / self.product_ms.max(1e-9)))
+    }
 }
 
 /// The whole `--efficiency` result.
@@ -96,6 +111,7 @@ pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<b
             runs_text(&u.cpu_ms_runs)
         );
     }
+    let runtime = server.clone();
     let target = Target::start(spec(&args)?, server, args.db_max_connections).await?;
     eprintln!("econsult-load: target {} at {}", target.label, target.addr);
     let channels = target.channels(args.connections).await?;
@@ -119,7 +135,8 @@ pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<b
             ScenarioKind::Signalling => floor::FlowParts::signalling(),
             ScenarioKind::Baseline => continue,
         };
-        let result = efficiency_scenario(kind, parts, &args, &target, &channels, &limits).await;
+        let result =
+            efficiency_scenario(kind, parts, &args, (&target, &runtime), &channels, &limits).await;
         match result {
             Ok((row, runs)) => {
                 failures.extend(runs.iter().flat_map(ScenarioReport::failed_checks));
@@ -199,7 +216,7 @@ async fn efficiency_scenario(
     kind: ScenarioKind,
     parts: floor::FlowParts,
     args: &Args,
-    target: &Target,
+    (target, runtime): (&Target, &tokio::runtime::Handle),
     channels: &[tonic::transport::Channel],
     limits: &Limits,
 ) -> anyhow::Result<(EfficiencyRow, Vec<ScenarioReport>)> {
@@ -257,6 +274,23 @@ async fn efficiency_scenario(
     let p60 = at60.phases.first().context("no 60 % phase")?;
     let (server_ms, db_ms) = cpu_of(p40, with_db);
     let (rpc_ms, _) = cpu_of(empty.phases.first().context("no empty-call phase")?, false);
+    let per_flow = |peer: &str| {
+        let u = p40.resources.as_ref()?;
+        Some(u.requests_to(peer)? as f64 / p40.completed.max(1) as f64)
+    };
+    let pg_requests_per_flow = per_flow("postgres");
+    let round_trip = match (&args.database_url, pg_requests_per_flow) {
+        (Some(url), Some(n)) if with_db && n > 0.0 => {
+            let rate = n * p40.completed as f64 / p40.wall_s.max(1e-3);
+            eprintln!(
+                "econsult-load: {}: round trips to PostgreSQL at {rate:.0}/s ({n:.1} a flow)",
+                kind.name()
+            );
+            let seconds = args.run_duration.min(Duration::from_secs(8)).as_secs().max(1);
+            Some(floor::round_trip(url, runtime, rate, seconds, args.pgbench_clients).await?)
+        }
+        _ => None,
+    };
     let messaging = kind == ScenarioKind::Messaging;
     let row = EfficiencyRow {
         scenario: kind.name().into(),
@@ -286,6 +320,9 @@ async fn efficiency_scenario(
             .as_ref()
             .filter(|_| messaging)
             .map(|l| l.p99_ms),
+        pg_requests_per_flow,
+        redis_requests_per_flow: per_flow("redis"),
+        round_trip,
         checks_passed: [&sweep, &at40, &at60, &empty]
             .iter()
             .all(|r| r.checks.iter().all(|c| c.passed)),
@@ -411,6 +448,35 @@ fn efficiency_markdown(r: &EfficiencyReport) -> String {
             extra,
             row.verdict
         );
+    }
+    let rows: Vec<_> = r.rows.iter().filter(|row| row.round_trip.is_some()).collect();
+    if !rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Round trips\n\nRequests per flow at 40 %, counted on the wire (data segments the clients sent); the least one round trip to PostgreSQL costs at that run's rate of them (`SELECT 1` on a held connection through the service's pool, CPU of the server's runtime threads and of PostgreSQL + Redis); and what the flow's round trips would cost at that price.\n\n| scenario | PostgreSQL requests/flow | Redis requests/flow | round trips/s measured (wire requests each) | one round trip: client + database CPU µs | round trips' least cost ms/flow | share of product |\n|---|---:|---:|---|---|---:|---:|"
+        );
+        for row in rows {
+            let (Some(rt), Some((ms, share))) = (&row.round_trip, row.round_trips_ms()) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {} | {:.0} of {:.0} ({}) | {:.0} + {:.0} = {:.0} | {:.2} | {:.0} % |",
+                row.scenario,
+                row.pg_requests_per_flow.unwrap_or(0.0),
+                row.redis_requests_per_flow
+                    .map_or("–".into(), |n| format!("{n:.1}")),
+                rt.per_second,
+                rt.offered_per_second,
+                rt.wire_per_round_trip
+                    .map_or("–".into(), |w| format!("{w:.2}")),
+                1000.0 * rt.client_cpu_ms,
+                1000.0 * rt.db_cpu_ms,
+                1000.0 * (rt.client_cpu_ms + rt.db_cpu_ms),
+                ms,
+                100.0 * share
+            );
+        }
     }
     let _ = writeln!(s, "\n## Every phase\n\n{}", report::markdown(&r.run));
     s

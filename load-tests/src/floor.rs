@@ -287,6 +287,91 @@ pub async fn postgres(admin_url: &str, plan: Plan) -> anyhow::Result<DbFloor> {
     outcome
 }
 
+/// The CPU of one round trip to PostgreSQL on both ends, at a given rate: the product's client
+/// stack (the service's pool, sqlx, tokio, on the server's runtime) sending `SELECT 1`, each
+/// task on a connection it holds, so that nothing but the statement crosses the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTrip {
+    /// Round trips asked for per second, and done.
+    pub offered_per_second: f64,
+    pub per_second: f64,
+    pub round_trips: u64,
+    /// Requests the wire carried per round trip (1.0 when each is one segment).
+    pub wire_per_round_trip: Option<f64>,
+    /// CPU ms per round trip of the server's runtime threads (the client side) and of
+    /// PostgreSQL + Redis.
+    pub client_cpu_ms: f64,
+    pub db_cpu_ms: f64,
+    pub command: String,
+}
+
+/// Measures [`RoundTrip`] for `seconds` at `rate` round trips a second from `clients` tasks on
+/// `runtime` (the server's: its threads are the ones the snapshot counts as the server).
+pub async fn round_trip(
+    url: &str,
+    runtime: &tokio::runtime::Handle,
+    rate: f64,
+    seconds: u64,
+    clients: u32,
+) -> anyhow::Result<RoundTrip> {
+    require_loopback("--database-url", url)?;
+    let clients = clients.max(1);
+    let url = url.to_owned();
+    // Connected on the server's runtime, so that its threads do the sockets' I/O too.
+    let (round_trips, usage) = runtime
+        .spawn(async move {
+            let db = econsult_runtime::db::Db::connect_with(&url, clients).await?;
+            let period = Duration::from_secs_f64(f64::from(clients) / rate.max(1.0));
+            let mut conns = Vec::new();
+            for _ in 0..clients {
+                conns.push(db.read().acquire().await?);
+            }
+            let snap = procstat::Snapshot::take().context("no /proc")?;
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let mut tasks = Vec::new();
+            for (i, mut conn) in conns.into_iter().enumerate() {
+                let first =
+                    tokio::time::Instant::now() + period.mul_f64(i as f64 / f64::from(clients));
+                tasks.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval_at(first, period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    let mut done = 0u64;
+                    while Instant::now() < deadline {
+                        tick.tick().await;
+                        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                        done += 1;
+                    }
+                    anyhow::Ok((done, conn))
+                }));
+            }
+            let mut round_trips = 0;
+            let mut held = Vec::new();
+            for t in tasks {
+                let (done, conn) = t.await??;
+                round_trips += done;
+                held.push(conn);
+            }
+            let usage = snap.usage_until_now();
+            drop(held);
+            db.close().await;
+            anyhow::Ok((round_trips, usage))
+        })
+        .await??;
+    anyhow::ensure!(round_trips > 0, "no round trip was made");
+    let n = round_trips as f64;
+    Ok(RoundTrip {
+        offered_per_second: rate,
+        per_second: n / usage.wall_s.max(1e-3),
+        round_trips,
+        wire_per_round_trip: usage.requests_to("postgres").map(|r| r as f64 / n),
+        client_cpu_ms: 1000.0 * usage.server_cpu_s.unwrap_or(0.0) / n,
+        db_cpu_ms: 10.0 * usage.db_cpu_percent.unwrap_or(0.0) * usage.wall_s / n,
+        command: format!(
+            "SELECT 1 from {clients} tasks, each on a connection it holds, {rate:.0}/s for {seconds} s"
+        ),
+    })
+}
+
 /// The scripts' statements with sqlx parameters, for SQLite (pgbench's `:vars` become binds;
 /// ids come from the client, as SQLite has no `gen_random_uuid`).
 const SQLITE_BOOKING: [&str; 2] = [

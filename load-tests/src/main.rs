@@ -367,7 +367,28 @@ fn main() -> ExitCode {
 fn spec(args: &Args) -> anyhow::Result<Spec> {
     Ok(match args.target {
         TargetKind::EmbeddedSqlite => Spec::EmbeddedSqlite,
-        TargetKind::EmbeddedPostgres => Spec::EmbeddedPostgres {
+        TargetKind::EmbeddedPostgres => {
+            // The port of `scheme://[user@]host:port/…`, else the service's default.
+            let port = |url: &Option<String>, default: u16| {
+                url.as_deref()
+                    .and_then(|u| u.split_once("://"))
+                    .and_then(|(_, rest)| rest.split(['/', '?']).next())
+                    .map(|authority| authority.rsplit_once('@').map_or(authority, |(_, h)| h))
+                    .and_then(|host| host.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or(default)
+            };
+            procstat::set_wire_peers(vec![
+                procstat::WirePeer {
+                    name: "postgres",
+                    port: port(&args.database_url, 5432),
+                },
+                procstat::WirePeer {
+                    name: "redis",
+                    port: port(&args.redis_url, 6379),
+                },
+            ]);
+            Spec::EmbeddedPostgres {
             admin_url: args
                 .database_url
                 .clone()
@@ -377,7 +398,8 @@ fn spec(args: &Args) -> anyhow::Result<Spec> {
                 .clone()
                 .context("--target embedded-postgres needs --redis-url")?,
             keep_database: args.keep_database,
-        },
+        }
+        }
         TargetKind::External => {
             if let Some(pid) = args.server_pid {
                 procstat::set_server(procstat::ServerProc::Pid(pid));

@@ -6,6 +6,12 @@
 //! that exited during the phase (an idle blocking-pool thread) takes its time with it, so the
 //! server figure is a lower bound; the process figure (generator + server) is exact. RSS is the
 //! whole process's. With `--server-pid`, the external server's /proc/<pid> is read instead.
+//!
+//! Round trips are counted on the wire: `ss` reports each TCP connection's data segments, and
+//! the segments the clients of PostgreSQL and Redis sent (every connection whose peer is their
+//! port) are their requests. A request is one segment on loopback (64 KiB MSS) unless a client
+//! pipelines several into one write; a connection that closed between two snapshots takes its
+//! count with it, so the figure is a lower bound, as the server's CPU is.
 
 use serde::Serialize;
 use std::sync::OnceLock;
@@ -43,6 +49,70 @@ pub fn set_commit_counts(f: CommitCounts) {
 
 fn commit_counts() -> Option<(u64, u64)> {
     COMMIT_COUNTS.get().and_then(|f| f())
+}
+
+/// A peer whose requests are counted on the wire: its name and its TCP port.
+#[derive(Debug, Clone)]
+pub struct WirePeer {
+    pub name: &'static str,
+    pub port: u16,
+}
+
+static WIRE_PEERS: OnceLock<Vec<WirePeer>> = OnceLock::new();
+
+/// Sets the peers whose requests every snapshot counts (once, before the first phase).
+pub fn set_wire_peers(peers: Vec<WirePeer>) {
+    let _ = WIRE_PEERS.set(peers);
+}
+
+/// (peer port, data segments out, data segments in) of every established TCP connection, from
+/// `ss -tinH`: each connection is a line with its addresses and a line with its counters.
+pub fn parse_ss(out: &str) -> Vec<(u16, u64, u64)> {
+    let mut conns = Vec::new();
+    let mut peer = None;
+    for line in out.lines() {
+        if !line.starts_with([' ', '\t']) {
+            // `Recv-Q Send-Q Local:Port Peer:Port`; an IPv6 address is bracketed.
+            peer = line
+                .split_whitespace()
+                .nth(3)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, port)| port.parse::<u16>().ok());
+            continue;
+        }
+        let Some(port) = peer.take() else { continue };
+        let field = |name: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        conns.push((port, field("data_segs_out:"), field("data_segs_in:")));
+    }
+    conns
+}
+
+/// Requests (data segments sent by clients) per peer, in the order of `set_wire_peers`.
+fn wire_counts() -> Option<Vec<u64>> {
+    let peers = WIRE_PEERS.get().filter(|p| !p.is_empty())?;
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let conns = parse_ss(&String::from_utf8_lossy(&out.stdout));
+    Some(
+        peers
+            .iter()
+            .map(|p| {
+                conns
+                    .iter()
+                    .filter(|(port, _, _)| *port == p.port)
+                    .map(|(_, out, _)| out)
+                    .sum()
+            })
+            .collect(),
+    )
 }
 
 fn server() -> ServerProc {
@@ -151,6 +221,14 @@ pub struct Snapshot {
     server_ticks: Option<u64>,
     db_ticks: Option<u64>,
     commits: Option<(u64, u64)>,
+    wire: Option<Vec<u64>>,
+}
+
+/// Requests sent to one peer during a phase, counted on the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct WireRequests {
+    pub peer: String,
+    pub requests: u64,
 }
 
 /// Resource use between two snapshots.
@@ -176,6 +254,18 @@ pub struct Usage {
     pub sqlite_commits: Option<u64>,
     /// In-process SQLite: write transactions those commits made durable (group commit).
     pub sqlite_write_transactions: Option<u64>,
+    /// Requests sent to PostgreSQL and Redis (see the module's doc), when `ss` is there.
+    pub wire: Vec<WireRequests>,
+}
+
+impl Usage {
+    /// Requests sent to `peer` during the phase.
+    pub fn requests_to(&self, peer: &str) -> Option<u64> {
+        self.wire
+            .iter()
+            .find(|w| w.peer == peer)
+            .map(|w| w.requests)
+    }
 }
 
 impl Snapshot {
@@ -193,6 +283,7 @@ impl Snapshot {
             server_ticks,
             db_ticks: db_ticks(),
             commits: commit_counts(),
+            wire: wire_counts(),
         })
     }
 
@@ -225,6 +316,33 @@ impl Snapshot {
             loadavg: loadavg(),
             sqlite_commits: self.commits.zip(now.commits).map(|(a, b)| b.0 - a.0),
             sqlite_write_transactions: self.commits.zip(now.commits).map(|(a, b)| b.1 - a.1),
+            wire: match (&self.wire, &now.wire, WIRE_PEERS.get()) {
+                (Some(a), Some(b), Some(peers)) => peers
+                    .iter()
+                    .zip(a.iter().zip(b))
+                    .map(|(p, (a, b))| WireRequests {
+                        peer: p.name.into(),
+                        requests: b.saturating_sub(*a),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ss_lines_give_each_connections_peer_port_and_segments() {
+        let out = "0      0      127.0.0.1:52450 127.0.0.1:5432\n\t bbr wscale:10,10 segs_out:9 segs_in:8 data_segs_out:6 data_segs_in:4 send 8bps\n\
+                   0      0      [::1]:41000 [::1]:6379\n\t cubic data_segs_out:17 data_segs_in:15\n\
+                   0      0      127.0.0.1:5432 127.0.0.1:52450\n\t cubic data_segs_in:6\n";
+        assert_eq!(
+            parse_ss(out),
+            vec![(5432, 6, 4), (6379, 17, 15), (52450, 0, 6)]
+        );
     }
 }

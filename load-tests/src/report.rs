@@ -110,7 +110,7 @@ pub fn markdown(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "- columns: *flows* scheduled (refused by the concurrency cap included); *expected* = outcomes of contention that are not errors (a lost race for a slot); *max lag* = how late the generator started a flow; CPU columns are % of one core over the phase: *server* = the in-process server's threads (or `--server-pid`), *process* = the whole load-test process (generator + in-process server), *PG+Redis* = every `postgres` and `redis-server` process on the machine; *SQLite txns/commit* = write transactions per SQLite commit (fsync) of an in-process SQLite server: the mean group of group commit"
+        "- columns: *flows* scheduled (refused by the concurrency cap included); *expected* = outcomes of contention that are not errors (a lost race for a slot); *max lag* = how late the generator started a flow; CPU columns are % of one core over the phase: *server* = the in-process server's threads (or `--server-pid`), *process* = the whole load-test process (generator + in-process server), *PG+Redis* = every `postgres` and `redis-server` process on the machine; *requests per flow* = data segments sent to PostgreSQL's and Redis's ports (from `ss`), per completed flow: their round trips; *SQLite txns/commit* = write transactions per SQLite commit (fsync) of an in-process SQLite server: the mean group of group commit"
     );
     let _ = writeln!(
         s,
@@ -145,17 +145,17 @@ pub fn markdown(r: &RunReport) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| offered/s | achieved/s | OK/s | flows | OK | expected | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | max lag ms | server CPU | process CPU | PG+Redis CPU | server RSS MiB | SQLite txns/commit | load avg | pass |"
+            "| offered/s | achieved/s | OK/s | flows | OK | expected | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | max lag ms | server CPU | process CPU | PG+Redis CPU | PG / Redis requests per flow | server RSS MiB | SQLite txns/commit | load avg | pass |"
         );
         let _ = writeln!(
             s,
-            "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+            "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
         );
         for p in &sc.phases {
             let res = p.resources.as_ref();
             let _ = writeln!(
                 s,
-                "| {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.offered_rate,
                 p.achieved_rate,
                 p.ok_rate,
@@ -186,6 +186,11 @@ pub fn markdown(r: &RunReport) -> String {
                 )),
                 res.and_then(|u| u.db_cpu_percent)
                     .map_or("–".into(), |c| format!("{c:.0} %")),
+                res.and_then(|u| Some((u.requests_to("postgres")?, u.requests_to("redis")?)))
+                    .map_or("–".into(), |(pg, redis)| {
+                        let flows = p.completed.max(1) as f64;
+                        format!("{:.1} / {:.1}", pg as f64 / flows, redis as f64 / flows)
+                    }),
                 res.and_then(|u| u.server_rss_mib)
                     .map_or("–".into(), |m| format!("{m:.0}")),
                 res.and_then(|u| u.sqlite_commits.zip(u.sqlite_write_transactions))
