@@ -286,7 +286,11 @@ async fn efficiency_scenario(
                 "econsult-load: {}: round trips to PostgreSQL at {rate:.0}/s ({n:.1} a flow)",
                 kind.name()
             );
-            let seconds = args.run_duration.min(Duration::from_secs(8)).as_secs().max(1);
+            let seconds = args
+                .run_duration
+                .min(Duration::from_secs(8))
+                .as_secs()
+                .max(1);
             Some(floor::round_trip(url, runtime, rate, seconds, args.pgbench_clients).await?)
         }
         _ => None,
@@ -449,7 +453,11 @@ fn efficiency_markdown(r: &EfficiencyReport) -> String {
             row.verdict
         );
     }
-    let rows: Vec<_> = r.rows.iter().filter(|row| row.round_trip.is_some()).collect();
+    let rows: Vec<_> = r
+        .rows
+        .iter()
+        .filter(|row| row.round_trip.is_some())
+        .collect();
     if !rows.is_empty() {
         let _ = writeln!(
             s,

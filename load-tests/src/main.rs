@@ -389,16 +389,16 @@ fn spec(args: &Args) -> anyhow::Result<Spec> {
                 },
             ]);
             Spec::EmbeddedPostgres {
-            admin_url: args
-                .database_url
-                .clone()
-                .context("--target embedded-postgres needs --database-url")?,
-            redis_url: args
-                .redis_url
-                .clone()
-                .context("--target embedded-postgres needs --redis-url")?,
-            keep_database: args.keep_database,
-        }
+                admin_url: args
+                    .database_url
+                    .clone()
+                    .context("--target embedded-postgres needs --database-url")?,
+                redis_url: args
+                    .redis_url
+                    .clone()
+                    .context("--target embedded-postgres needs --redis-url")?,
+                keep_database: args.keep_database,
+            }
         }
         TargetKind::External => {
             if let Some(pid) = args.server_pid {

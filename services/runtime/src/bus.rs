@@ -5,7 +5,7 @@
 //!   a row in `bus_offsets`, advanced on ack. Nothing to install, survives restarts.
 //! - [`RedisBus`]: events go to a Redis Stream (`XADD`), consumer groups read with `XREADGROUP`
 //!   and `XACK`; entries left pending by a dead consumer are claimed after [`CLAIM_IDLE`]
-//!   (`XAUTOCLAIM`). A consumer's connection waits for a reply longer than any `BLOCK` it sends. The newest sequence number is also sent by pub/sub so that replicas wake up
+//!   (`XAUTOCLAIM`, looked for every [`CLAIM_EVERY`]). A consumer's connection waits for a reply longer than any `BLOCK` it sends. The newest sequence number is also sent by pub/sub so that replicas wake up
 //!   their change streams at once.
 //!
 //! Consumers must be idempotent (deduplicate by `event_id`): a redelivery after a crash, or a
@@ -185,6 +185,13 @@ const CONSUMER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// within seconds. A claim of an entry still being processed only repeats idempotent work.
 pub const CLAIM_IDLE: Duration = Duration::from_secs(10);
 
+/// How often a consumer looks for entries to claim (`XAUTOCLAIM`) once a look found none: an
+/// entry becomes claimable `CLAIM_IDLE` after its consumer took it, so looking before every
+/// read (a round trip each, as it was) found it no sooner than looking once a second does, and
+/// costs one more round trip per read under load. A killed instance's entries are acked by a
+/// survivor within `CLAIM_IDLE` + this + one read's wait.
+pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
+
 /// Redis Streams bus.
 pub struct RedisBus {
     client: redis::Client,
@@ -323,6 +330,7 @@ impl EventBus for RedisBus {
             consumer: consumer.to_owned(),
             pending_done: false,
             claim_cursor: "0-0".to_owned(),
+            claim_at: std::time::Instant::now(),
         }))
     }
 }
@@ -334,6 +342,8 @@ struct RedisSubscription {
     consumer: String,
     pending_done: bool,
     claim_cursor: String,
+    /// When the next `XAUTOCLAIM` is due ([`CLAIM_EVERY`]).
+    claim_at: std::time::Instant,
 }
 
 fn delivery_from(id: &redis::streams::StreamId) -> Option<Delivery> {
@@ -392,19 +402,25 @@ impl Subscription for RedisSubscription {
             }
             self.pending_done = true;
         }
-        let claimed: redis::Value = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(CLAIM_IDLE.as_millis() as u64)
-            .arg(&self.claim_cursor)
-            .arg("COUNT")
-            .arg(max)
-            .query_async(&mut self.con)
-            .await?;
-        let claimed = parse_autoclaim(claimed, &mut self.claim_cursor);
-        if !claimed.is_empty() {
-            return Ok(claimed);
+        if std::time::Instant::now() >= self.claim_at {
+            let claimed: redis::Value = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(CLAIM_IDLE.as_millis() as u64)
+                .arg(&self.claim_cursor)
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut self.con)
+                .await?;
+            let claimed = parse_autoclaim(claimed, &mut self.claim_cursor);
+            // Claimed entries, or a scan not at its end (`0-0`): look again at the next fetch.
+            if claimed.is_empty() && self.claim_cursor == "0-0" {
+                self.claim_at = std::time::Instant::now() + CLAIM_EVERY;
+            }
+            if !claimed.is_empty() {
+                return Ok(claimed);
+            }
         }
         self.read(">", max, Some(wait)).await
     }

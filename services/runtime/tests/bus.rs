@@ -693,3 +693,67 @@ async fn a_consumer_passes_on_only_the_events_its_handler_wants() {
         vec![vec!["test.wanted".to_owned()]]
     );
 }
+
+/// Entries a consumer took and never acked (it died) go to another consumer of its group once
+/// they have been idle for `CLAIM_IDLE`, each once, and within `CLAIM_EVERY` (plus a read's
+/// wait) after that: the survivor looks for them once a second, not before every read.
+#[tokio::test]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
+async fn redis_a_dead_consumers_entries_are_claimed_once_idle() {
+    use econsult_runtime::bus::{CLAIM_EVERY, CLAIM_IDLE};
+    let Some(f) = redis_fixture().await else {
+        return;
+    };
+    let mut survivor = f
+        .bus
+        .subscribe("claims", "survivor")
+        .await
+        .expect("subscribe");
+    let mut dead = f.bus.subscribe("claims", "dead").await.expect("subscribe");
+    enqueue(&f.db, 3, "t.claim").await;
+    drain(&f.relay).await;
+    let taken = fetch_all(&mut dead, 3).await;
+    let taken_at = tokio::time::Instant::now();
+    assert_eq!(taken.len(), 3, "the consumer that dies took every entry");
+    drop(dead);
+    let mut claimed = Vec::new();
+    let mut fetches = 0;
+    while claimed.len() < 3
+        && taken_at.elapsed() < CLAIM_IDLE + CLAIM_EVERY + Duration::from_secs(3)
+    {
+        claimed.extend(
+            survivor
+                .fetch(10, Duration::from_millis(100))
+                .await
+                .expect("fetch"),
+        );
+        fetches += 1;
+    }
+    let after = taken_at.elapsed();
+    assert!(
+        after >= CLAIM_IDLE,
+        "claimed after {after:?}, before the entries were idle"
+    );
+    let ids = |d: &[econsult_runtime::bus::Delivery]| {
+        let mut v: Vec<String> = d.iter().map(|d| d.event.event_id.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ids(&claimed),
+        ids(&taken),
+        "each entry the dead consumer took, once ({fetches} fetches)"
+    );
+    survivor.ack(&claimed).await.expect("ack");
+    assert!(
+        survivor
+            .fetch(10, Duration::from_millis(200))
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "nothing is left to claim or read"
+    );
+}
