@@ -53,6 +53,25 @@ pub async fn patient_gp(conn: &mut AnyConnection, nin: &str) -> Result<Option<Gp
     store::patient_gp(conn, nin).await
 }
 
+/// The closure days of a `closures` column aggregated as `string_agg(closed_on, ',')` (NULL
+/// when there are none); a day that is no ISO date is skipped, as [`closures`] skips it.
+pub fn closure_days(aggregated: Option<&str>) -> Vec<chrono::NaiveDate> {
+    aggregated
+        .into_iter()
+        .flat_map(|c| c.split(','))
+        .filter_map(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .collect()
+}
+
+/// [`patient_gp`] and the closure days of the GP's practice (as [`closures`] gives them), read
+/// by one statement.
+pub async fn patient_gp_with_closures(
+    conn: &mut AnyConnection,
+    nin: &str,
+) -> Result<Option<(GpRef, Vec<chrono::NaiveDate>)>, sqlx::Error> {
+    store::patient_gp_with_closures(conn, nin).await
+}
+
 /// A GP of an organisation.
 pub async fn gp(
     conn: &mut AnyConnection,

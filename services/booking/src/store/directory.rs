@@ -14,6 +14,11 @@ use sqlx::any::AnyRow;
 const PATIENT_GP: &str = "SELECT g.gp_id, g.hpr_number, g.display_name, g.practice_name, g.org_number, g.municipality_number, g.list_status \
      FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1";
 
+/// [`PATIENT_GP`] with the closure days of the GP's practice, comma-separated, as `closures`.
+const PATIENT_GP_WITH_CLOSURES: &str = "SELECT g.gp_id, g.hpr_number, g.display_name, g.practice_name, g.org_number, g.municipality_number, g.list_status, \
+     (SELECT string_agg(c.closed_on, ',') FROM booking_closures c WHERE c.org_number = g.org_number) AS closures \
+     FROM booking_list_members l JOIN booking_gps g ON g.gp_uid = l.gp_uid WHERE l.patient_nin = $1";
+
 /// GP `$2` of organisation `$1` ([`gp_ref`]'s columns).
 const GP: &str = "SELECT g.gp_id, g.hpr_number, g.display_name, g.practice_name, g.org_number, g.municipality_number, g.list_status \
      FROM booking_gps g WHERE g.org_number = $1 AND g.gp_id = $2";
@@ -104,6 +109,24 @@ pub(crate) async fn patient_gp(
         .fetch_optional(conn)
         .await?;
     row.as_ref().map(gp_ref).transpose()
+}
+
+/// [`patient_gp`] and the closure days of the GP's practice (as [`closures`] reads them), in
+/// one statement.
+pub(crate) async fn patient_gp_with_closures(
+    conn: &mut AnyConnection,
+    nin: &str,
+) -> Result<Option<(GpRef, Vec<chrono::NaiveDate>)>, sqlx::Error> {
+    let Some(row) = sqlx::query(PATIENT_GP_WITH_CLOSURES)
+        .bind(nin)
+        .fetch_optional(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let days =
+        crate::directory::closure_days(row.try_get::<Option<String>, _>("closures")?.as_deref());
+    Ok(Some((gp_ref(&row)?, days)))
 }
 
 /// GP `gp_id` of organisation `org_number`, if any.

@@ -102,12 +102,9 @@ fn gp_from_row(r: &AnyRow) -> Result<Gp, BookingError> {
 /// The working-day calendar of a row with a `closures` column (comma-separated closure days).
 fn calendar_from_row(r: &AnyRow) -> Result<Calendar, BookingError> {
     let closures: Option<String> = r.try_get("closures")?;
-    Ok(Calendar::with_closures(
-        closures
-            .iter()
-            .flat_map(|c| c.split(','))
-            .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()),
-    ))
+    Ok(Calendar::with_closures(crate::directory::closure_days(
+        closures.as_deref(),
+    )))
 }
 
 /// A slot of a row with the columns `slot_id, start_at, end_at, modality, acute_reserve,
