@@ -1,7 +1,7 @@
 //! Every SQL statement of the consultation service, over the tables `consultation_*`. Thread
 //! mutations run inside a write transaction that first reads the thread with its lock
-//! ([`thread_for_update`]), so a check of the state and the change that follows cannot
-//! interleave with another call; the writes themselves are deferred to the commit (one
+//! ([`lock_thread`], which on PostgreSQL also claims the call's idempotency key), so a check of
+//! the state and the change that follows cannot interleave with another call; the writes themselves are deferred to the commit (one
 //! statement with the call's outbox event, access-log row and stored answer on PostgreSQL).
 //! The statements are the same on PostgreSQL and SQLite, but for that lock.
 //! Codes are converted here: [`State`], [`Category`] and [`Author`] in, their numbers stored.
@@ -123,6 +123,120 @@ pub async fn thread_for_update(
         .transpose()
 }
 
+/// A thread read with its lock ([`thread_for_update`]) by a command's first statement, with
+/// what the commands need besides, read by the same statement: the closure days of its practice
+/// (booking's `booking_closures`, as booking's directory reads them) and the booking request it
+/// was started from.
+pub struct LockedThread {
+    pub thread: Thread,
+    pub closures: Vec<chrono::NaiveDate>,
+    pub booking_request: Option<String>,
+}
+
+/// The columns of a [`LockedThread`] after the thread's: `booking_request_id` and `closures`
+/// (the practice's closure days, comma-separated), of the table `consultation_threads`.
+macro_rules! locked_extra_columns {
+    () => {
+        ", booking_request_id, (SELECT string_agg(c.closed_on, ',') FROM booking_closures c \
+         WHERE c.org_number = consultation_threads.org_number) AS closures"
+    };
+}
+
+/// PostgreSQL, claiming the call's key (`$1`…`$5`, see
+/// `econsult_runtime::idempotency::begin_claiming_first`): thread `$6` with its lock and the
+/// [`LockedThread`] columns, read only when the claim was made, so the claim is the statement's
+/// first lock, as when it took a round trip of its own.
+const LOCK_THREAD_CLAIMING: &str = concat!(
+    "WITH claim AS (INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, idem_key) DO NOTHING RETURNING 1 AS one) \
+     SELECT c.claimed, t.* FROM (SELECT count(*) AS claimed FROM claim) c LEFT JOIN (SELECT ",
+    thread_columns!(),
+    locked_extra_columns!(),
+    " FROM consultation_threads WHERE thread_id = $6 AND EXISTS (SELECT 1 FROM claim) \
+     FOR NO KEY UPDATE) t ON true"
+);
+
+/// PostgreSQL, the key claimed already: thread `$1` with its lock and the [`LockedThread`]
+/// columns.
+const LOCK_THREAD: &str = concat!(
+    "SELECT 1 AS claimed, ",
+    thread_columns!(),
+    locked_extra_columns!(),
+    " FROM consultation_threads WHERE thread_id = $1 FOR NO KEY UPDATE"
+);
+
+/// SQLite (the one writer serialises the transactions): [`LOCK_THREAD`] without the lock.
+const READ_THREAD_FOR_WRITE: &str = concat!(
+    "SELECT 1 AS claimed, ",
+    thread_columns!(),
+    locked_extra_columns!(),
+    " FROM consultation_threads WHERE thread_id = $1"
+);
+
+/// The command's first statement: thread `thread_id` read with its lock as a [`LockedThread`]
+/// (`None` when it is not stored), claiming the call's key in the same statement while it is
+/// still to be claimed (PostgreSQL). Returns the claim's count, to be handed to `Op::claimed`
+/// before anything else (1 when this statement made no claim).
+pub async fn lock_thread(
+    op: &mut econsult_runtime::idempotency::Op,
+    thread_id: &str,
+    backend: Backend,
+) -> Result<(i64, Option<LockedThread>), sqlx::Error> {
+    let q = match backend {
+        Backend::Postgres if op.claims_in_statement() => op
+            .bind_claim(sqlx::query(LOCK_THREAD_CLAIMING))
+            .bind(thread_id),
+        Backend::Postgres => sqlx::query(LOCK_THREAD).bind(thread_id),
+        Backend::Sqlite => sqlx::query(READ_THREAD_FOR_WRITE).bind(thread_id),
+    };
+    let Some(r) = q.fetch_optional(&mut *op.tx).await? else {
+        return Ok((1, None));
+    };
+    let claimed: i64 = r.try_get("claimed")?;
+    if r.try_get::<Option<String>, _>("thread_id")?.is_none() {
+        return Ok((claimed, None));
+    }
+    let closures = econsult_booking::directory::closure_days(
+        r.try_get::<Option<String>, _>("closures")?.as_deref(),
+    );
+    Ok((
+        claimed,
+        Some(LockedThread {
+            thread: thread_row(&r)?,
+            closures,
+            booking_request: r.try_get("booking_request_id")?,
+        }),
+    ))
+}
+
+/// PostgreSQL, claiming the call's key (`$1`…`$5`, see
+/// `econsult_runtime::idempotency::begin_claiming_first`), then, only when it claimed it, the
+/// transaction's advisory lock `$6` (as `Db::lock` takes it).
+const CLAIM_AND_LOCK: &str = "WITH claim AS (INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, idem_key) DO NOTHING RETURNING 1 AS one) \
+     SELECT c.claimed, CASE WHEN c.claimed > 0 THEN pg_advisory_xact_lock(hashtextextended($6, 0))::text END AS locked \
+     FROM (SELECT count(*) AS claimed FROM claim) c";
+
+/// The command's first statement on PostgreSQL while its key is to be claimed: claims it and
+/// takes the advisory lock `lock_key` in one round trip. Returns the claim's count for
+/// `Op::claimed` (the lock is taken only when it is 1), or `None` when this statement does not
+/// fit (SQLite, or the key claimed already): take the lock with `Db::lock` then.
+pub async fn claim_and_lock(
+    op: &mut econsult_runtime::idempotency::Op,
+    lock_key: &str,
+    backend: Backend,
+) -> Result<Option<i64>, sqlx::Error> {
+    if backend != Backend::Postgres || !op.claims_in_statement() {
+        return Ok(None);
+    }
+    let row = op
+        .bind_claim(sqlx::query(CLAIM_AND_LOCK))
+        .bind(lock_key)
+        .fetch_one(&mut *op.tx)
+        .await?;
+    Ok(Some(row.try_get("claimed")?))
+}
+
 /// The columns of a thread that change after it is started, in the order of [`mutable_values`]:
 /// [`insert_thread`] writes them last, [`update_thread`] as `$2`…`$11`.
 fn mutable_values(t: &Thread) -> [Value; 10] {
@@ -169,22 +283,6 @@ pub fn insert_thread(tx: &mut impl Defer, t: &Thread, booking_request_id: Option
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
         values,
     );
-}
-
-/// The booking request thread `thread_id` was started from, if any.
-pub async fn booking_request_of(
-    conn: &mut AnyConnection,
-    thread_id: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT booking_request_id FROM consultation_threads WHERE thread_id = $1")
-            .bind(thread_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(match row {
-        Some(r) => r.try_get("booking_request_id")?,
-        None => None,
-    })
 }
 
 /// Writes the mutable fields of a thread back (its last seq included), deferred to the commit.

@@ -899,6 +899,30 @@ async fn due_times_skip_weekends_and_holidays_and_overdue_comes_first(env: Env) 
             (answered_one.thread_id.as_str(), false),
         ]
     );
+
+    // A closure day of the practice (SetClosures) is no working day either: started Wed 15
+    // April, 2 working days skip the closed Thu 16 and end Mon 20.
+    app.booking()
+        .await
+        .set_closures(authed(
+            bpb::SetClosuresRequest {
+                dates: vec!["2026-04-16".into()],
+                idempotency_key: key(),
+            },
+            &ehr,
+        ))
+        .await
+        .expect("closures");
+    app.clock.set(oslo(2026, 4, 15, 10, 0));
+    let closed = start(&app, &nins[0], "before a closure day")
+        .await
+        .thread
+        .expect("thread");
+    assert_eq!(
+        closed.due_at,
+        Some(ts(oslo(2026, 4, 20, 10, 0))),
+        "Wed 15 + 2 working days, Thu 16 closed = Mon 20"
+    );
     app.shutdown().await;
 }
 

@@ -1,8 +1,10 @@
 //! The consultation's commands and queries on domain types: the thread state machine, quotas,
 //! SLA due times, the urgent answer, read receipts, closing with tariff and outcome, and the
 //! events of the change streams. Every mutating command with an idempotency key runs through
-//! [`econsult_runtime::command::run`]: one write transaction holding the thread's lock, with its
-//! messages, outbox events, audit rows and the stored answer.
+//! [`econsult_runtime::command`]: one write transaction holding the thread's lock, with its
+//! messages, outbox events, audit rows and the stored answer. A command on a thread starts with
+//! one statement that claims the key (PostgreSQL), locks the thread and reads its practice's
+//! calendar ([`Consultations::on_thread`]).
 //!
 //! - [`patient`]: starting, writing, withdrawing, listing; the urgent answer.
 //! - [`practice`]: claiming, replying, converting to a booking, closing, the inbox, the SLA.
@@ -18,19 +20,18 @@ use crate::error::ConsultationError;
 use crate::{Quotas, sla};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use econsult_booking::directory;
 use econsult_calendar::Calendar;
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::{Caller, Purpose, Role};
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::command::Command;
+use econsult_runtime::command::{self, Claim, Command, Outcome};
 use econsult_runtime::db::Tx;
 use econsult_runtime::events::ConsultationChanged;
+use econsult_runtime::idempotency::Op;
 use econsult_runtime::nin::NationalId;
 use econsult_runtime::outbox::{self, NewEvent};
 use econsult_runtime::platform::Platform;
 use serde::{Deserialize, Serialize};
-use sqlx::AnyConnection;
 
 /// Topic of a new message (for the change streams; stats ignores it).
 pub const TOPIC_MESSAGE: &str = "consultation.message";
@@ -215,20 +216,20 @@ impl Consultations {
     /// Refuses (RESOURCE_EXHAUSTED) what would take the patient past a quota, inside the call's
     /// transaction and under the patient's lock (two concurrent calls cannot both squeeze in):
     /// a new thread when `opening`, and `new_bytes` of attachments.
+    /// `locked`: the call holds the patient's quota lock already ([`quota_lock_key`]).
     async fn check_quotas(
         &self,
         tx: &mut Tx,
         nin: &str,
-        opening: bool,
-        new_bytes: i64,
+        (opening, new_bytes): (bool, i64),
+        locked: bool,
     ) -> Result<(), ConsultationError> {
         if !opening && new_bytes == 0 {
             return Ok(());
         }
-        self.p
-            .db
-            .lock(tx, &format!("consultation-quota:{nin}"))
-            .await?;
+        if !locked {
+            self.p.db.lock(tx, &quota_lock_key(nin)).await?;
+        }
         if opening {
             let open = crate::store::open_threads(tx, nin).await?;
             if open >= self.quotas.open_threads {
@@ -250,6 +251,44 @@ impl Consultations {
             }
         }
         Ok(())
+    }
+
+    /// Runs `body` as the command `cmd` on thread `thread_id`, which the command's first
+    /// statement reads with its lock, its practice's calendar and its booking request
+    /// ([`crate::store::lock_thread`]), claiming the key in the same round trip on PostgreSQL.
+    /// A retry of a call that committed gets the first answer before anything else is checked;
+    /// a thread `viewer` may not see is NOT_FOUND, as [`Consultations::locked`] says.
+    async fn on_thread(
+        &self,
+        cmd: Command<'_, serde_json::Value>,
+        viewer: &Viewer,
+        thread_id: &str,
+        body: impl AsyncFnOnce(&mut Op, Locked) -> Result<Done, ConsultationError>,
+    ) -> Result<Done, ConsultationError> {
+        let backend = self.p.db.backend();
+        command::run_with(
+            &self.p.db,
+            cmd,
+            Claim::InFirstStatement,
+            async |op: &mut Op| -> Result<Outcome<Done>, ConsultationError> {
+                let (claimed, found) = crate::store::lock_thread(op, thread_id, backend).await?;
+                if let Some(first) = op.claimed(claimed).await? {
+                    return Ok(Outcome::Replayed(first));
+                }
+                let booking_request = found.as_ref().and_then(|f| f.booking_request.clone());
+                let (thread, closures) = match found {
+                    Some(f) => (Some(f.thread), f.closures),
+                    None => (None, Vec::new()),
+                };
+                let locked = Locked {
+                    thread: authorize(viewer, thread, thread_id)?,
+                    calendar: Calendar::with_closures(closures),
+                    booking_request,
+                };
+                body(op, locked).await.map(Outcome::Done)
+            },
+        )
+        .await
     }
 
     /// Reads the thread with its lock for this transaction ([`crate::store::thread_for_update`]).
@@ -361,13 +400,6 @@ pub(crate) fn thread_access<'a>(caller: &Caller, action: &'a str, t: &'a Thread)
     .implies_if(write || assigned, Purpose::Treatment)
 }
 
-/// The working days of practice `org`, read in the call's transaction: a command never waits
-/// for a second pooled connection while its transaction holds one.
-async fn calendar(conn: &mut AnyConnection, org: &str) -> Result<Calendar, ConsultationError> {
-    let days = directory::closures(conn, org).await?;
-    Ok(Calendar::with_closures(days))
-}
-
 /// The thread if `viewer` may see it; `NOT_FOUND`, with the same message, both when it does
 /// not exist and when it belongs to another patient or organisation (a different answer
 /// would tell a caller that a thread id exists: booking answers the same way).
@@ -380,6 +412,20 @@ fn authorize(viewer: &Viewer, t: Option<Thread>, id: &str) -> Result<Thread, Con
         Viewer::Practice(org) => t.org_number == *org,
     });
     visible.ok_or_else(|| ConsultationError::NotFound(format!("thread {id} not found")))
+}
+
+/// The advisory lock under which a patient's quotas are checked and used.
+fn quota_lock_key(nin: &str) -> String {
+    format!("consultation-quota:{nin}")
+}
+
+/// A thread a command changes, read with its lock by [`Consultations::on_thread`].
+struct Locked {
+    thread: Thread,
+    /// Its practice's working days.
+    calendar: Calendar,
+    /// The booking request it was started from (the guarantee engine), if any.
+    booking_request: Option<String>,
 }
 
 /// FAILED_PRECONDITION: the thread cannot go from `from` to `to`.

@@ -2,8 +2,8 @@
 //! withdrawing it, listing the own threads, and the answer to an urgent matter.
 
 use super::{
-    Consultations, Done, Posted, Viewer, bytes_of, calendar, fingerprint, required_id, rpc,
-    transition_refused,
+    Consultations, Done, Locked, Posted, Viewer, bytes_of, fingerprint, quota_lock_key,
+    required_id, rpc, transition_refused,
 };
 use crate::content::{
     MAX_BODY_CHARS, MAX_SUBJECT_CHARS, NewAttachment, check_attachments, checked_text,
@@ -18,7 +18,7 @@ use econsult_calendar::Calendar;
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::command;
+use econsult_runtime::command::{self, Claim, Outcome};
 use econsult_runtime::events::topics;
 use econsult_runtime::idempotency::Op;
 use econsult_runtime::nin::NationalId;
@@ -85,26 +85,40 @@ impl Consultations {
             &attachments,
         );
         let mut started = None;
-        let done = command::run(
+        let quota_key = quota_lock_key(nin.as_str());
+        let backend = self.p.db.backend();
+        let done = command::run_with(
             &self.p.db,
             self.command(caller, rpc::START, key, &fp),
-            async |op: &mut Op| -> Result<Done, ConsultationError> {
-                // Read in the call's transaction (as everything below): a retry gets the first
-                // answer before this runs, and the transaction's connection is the only one it
-                // holds.
-                let gp = directory::patient_gp(&mut op.tx, nin.as_str())
+            Claim::InFirstStatement,
+            async |op: &mut Op| -> Result<Outcome<Done>, ConsultationError> {
+                // The first statement claims the key and takes the patient's quota lock
+                // (PostgreSQL, one round trip): a retry gets the first answer before anything
+                // else runs. Everything below reads in the call's transaction, whose connection
+                // is the only one it holds.
+                let locked = match store::claim_and_lock(op, &quota_key, backend).await? {
+                    Some(claimed) => {
+                        if let Some(first) = op.claimed(claimed).await? {
+                            return Ok(Outcome::Replayed(first));
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                let (gp, closures) = directory::patient_gp_with_closures(&mut op.tx, nin.as_str())
                     .await?
                     .ok_or_else(|| {
                         ConsultationError::FailedPrecondition(
                             "you are not on a GP's list (fastlegeliste): choose a GP first".into(),
                         )
                     })?;
-                self.check_quotas(&mut op.tx, nin.as_str(), true, bytes_of(&attachments))
+                let quota = (true, bytes_of(&attachments));
+                self.check_quotas(&mut op.tx, nin.as_str(), quota, locked)
                     .await?;
                 let now = self.now();
                 let tx = &mut op.tx;
                 let n = store::response_days(tx, &gp.org_number).await?;
-                let cal = calendar(tx, &gp.org_number).await?;
+                let cal = Calendar::with_closures(closures);
                 let mut due = sla::due_at(&cal, from_ms(now), n).timestamp_millis();
                 // Started from a booking request (the guarantee engine): answered in its window.
                 if !new.booking_request_id.is_empty()
@@ -171,7 +185,7 @@ impl Consultations {
                     thread: t,
                     message: m,
                 });
-                Ok(done.answering_bytes(&answer))
+                Ok(Outcome::Done(done.answering_bytes(&answer)))
             },
         )
         .await?;
@@ -199,12 +213,14 @@ impl Consultations {
         let body = checked_text(body, "body", MAX_BODY_CHARS)?;
         let attachments = check_attachments(attachments)?;
         let fp = fingerprint(serde_json::json!([thread_id, body]), &attachments);
-        command::run(
-            &self.p.db,
+        self.on_thread(
             self.command(caller, rpc::SEND, key, &fp),
-            async |op: &mut Op| -> Result<Done, ConsultationError> {
-                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
-                self.check_quotas(&mut op.tx, &t.patient_nin, false, bytes_of(&attachments))
+            &viewer,
+            thread_id,
+            async |op: &mut Op, locked: Locked| -> Result<Done, ConsultationError> {
+                let mut t = locked.thread;
+                let quota = (false, bytes_of(&attachments));
+                self.check_quotas(&mut op.tx, &t.patient_nin, quota, false)
                     .await?;
                 let to = match t.state {
                     State::Submitted | State::InReview => t.state,
@@ -262,11 +278,12 @@ impl Consultations {
         let viewer = Viewer::patient(caller, nin);
         required_id(thread_id, "thread_id")?;
         let fp = serde_json::json!([thread_id]);
-        command::run(
-            &self.p.db,
+        self.on_thread(
             self.command(caller, rpc::WITHDRAW, key, &fp),
-            async |op: &mut Op| -> Result<Done, ConsultationError> {
-                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+            &viewer,
+            thread_id,
+            async |op: &mut Op, locked: Locked| -> Result<Done, ConsultationError> {
+                let mut t = locked.thread;
                 if !t.state.allows(State::Withdrawn) {
                     return Err(transition_refused(t.state, State::Withdrawn));
                 }

@@ -3,8 +3,7 @@
 //! threads, and the practice's response SLA.
 
 use super::{
-    Consultations, Done, Posted, Viewer, calendar, fingerprint, required_id, rpc,
-    transition_refused,
+    Consultations, Done, Locked, Posted, Viewer, fingerprint, required_id, rpc, transition_refused,
 };
 use crate::content::{
     CheckedAttachment, MAX_BODY_CHARS, NewAttachment, check_attachments, checked_text,
@@ -13,10 +12,10 @@ use crate::domain::{Author, Message, State, Thread};
 use crate::error::ConsultationError;
 use crate::store;
 use econsult_booking::directory::{self, FreeSlot};
+use econsult_calendar::Calendar;
 use econsult_runtime::audit::{self, Access};
 use econsult_runtime::auth::Caller;
 use econsult_runtime::clock::from_ms;
-use econsult_runtime::command;
 use econsult_runtime::db::Tx;
 use econsult_runtime::events::topics;
 use econsult_runtime::idempotency::Op;
@@ -131,11 +130,12 @@ impl Consultations {
             ));
         }
         let fp = serde_json::json!([thread_id, hpr]);
-        command::run(
-            &self.p.db,
+        self.on_thread(
             self.command(caller, rpc::CLAIM, key, &fp),
-            async |op: &mut Op| -> Result<Done, ConsultationError> {
-                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+            &viewer,
+            thread_id,
+            async |op: &mut Op, locked: Locked| -> Result<Done, ConsultationError> {
+                let mut t = locked.thread;
                 if !matches!(t.state, State::Submitted | State::InReview) {
                     return Err(transition_refused(t.state, State::InReview));
                 }
@@ -169,11 +169,12 @@ impl Consultations {
         let viewer = Viewer::Practice(org.to_owned());
         required_id(thread_id, "thread_id")?;
         let fp = serde_json::json!([thread_id, confidential]);
-        command::run(
-            &self.p.db,
+        self.on_thread(
             self.command(caller, rpc::CONFIDENTIAL, key, &fp),
-            async |op: &mut Op| -> Result<Done, ConsultationError> {
-                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+            &viewer,
+            thread_id,
+            async |op: &mut Op, locked: Locked| -> Result<Done, ConsultationError> {
+                let mut t = locked.thread;
                 if t.confidential != confidential {
                     t.confidential = confidential;
                     t.updated_at = self.now();
@@ -207,11 +208,12 @@ impl Consultations {
             serde_json::json!([thread_id, body, reply.ask_patient, hpr]),
             &attachments,
         );
-        command::run(
-            &self.p.db,
+        self.on_thread(
             self.command(caller, rpc::REPLY, key, &fp),
-            async |op: &mut Op| -> Result<Done, ConsultationError> {
-                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+            &viewer,
+            thread_id,
+            async |op: &mut Op, locked: Locked| -> Result<Done, ConsultationError> {
+                let mut t = locked.thread;
                 let to = if reply.ask_patient {
                     State::AwaitingPatient
                 } else {
@@ -227,6 +229,7 @@ impl Consultations {
                         &hpr,
                         &body,
                         &attachments,
+                        (&locked.calendar, locked.booking_request.as_deref()),
                     )
                     .await?;
                 let done = Done::message(&t, &m);
@@ -260,11 +263,12 @@ impl Consultations {
         let body = checked_text(body, "body", MAX_BODY_CHARS)?;
         let count = page(offer_count, 3, 10, "offer_count")?;
         let fp = serde_json::json!([thread_id, body, count]);
-        command::run(
-            &self.p.db,
+        self.on_thread(
             self.command(caller, rpc::CONVERT, key, &fp),
-            async |op: &mut Op| -> Result<Done, ConsultationError> {
-                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+            &viewer,
+            thread_id,
+            async |op: &mut Op, locked: Locked| -> Result<Done, ConsultationError> {
+                let mut t = locked.thread;
                 if !t.state.allows(State::Converted) {
                     return Err(transition_refused(t.state, State::Converted));
                 }
@@ -295,6 +299,7 @@ impl Consultations {
                         &hpr,
                         &text,
                         &[],
+                        (&locked.calendar, locked.booking_request.as_deref()),
                     )
                     .await?;
                 // The conversion opens the patient's booking request (§ 22 counts it from now).
@@ -355,11 +360,12 @@ impl Consultations {
             ));
         }
         let fp = serde_json::json!([thread_id, outcome, tariff_code]);
-        command::run(
-            &self.p.db,
+        self.on_thread(
             self.command(caller, rpc::CLOSE, key, &fp),
-            async |op: &mut Op| -> Result<Done, ConsultationError> {
-                let mut t = self.locked(&mut op.tx, &viewer, thread_id).await?;
+            &viewer,
+            thread_id,
+            async |op: &mut Op, locked: Locked| -> Result<Done, ConsultationError> {
+                let mut t = locked.thread;
                 if !t.state.allows(State::Closed) {
                     return Err(transition_refused(t.state, State::Closed));
                 }
@@ -383,8 +389,12 @@ impl Consultations {
                 t.updated_at = now;
                 store::update_thread(&mut op.tx, &t);
                 self.audit(&mut op.tx, caller, rpc::CLOSE, &t)?;
-                let cal = calendar(&mut op.tx, &t.org_number).await?;
-                self.changed(&mut op.tx, topics::CONSULTATION_CLOSED, &t, Some(&cal))?;
+                self.changed(
+                    &mut op.tx,
+                    topics::CONSULTATION_CLOSED,
+                    &t,
+                    Some(&locked.calendar),
+                )?;
                 Ok(Done::thread(&t).answering_bytes(&encode(&t)))
             },
         )
@@ -403,6 +413,7 @@ impl Consultations {
         hpr: &str,
         body: &str,
         attachments: &[CheckedAttachment],
+        (cal, booking_request): (&Calendar, Option<&str>),
     ) -> Result<Message, ConsultationError> {
         if !t.state.allows(to) {
             return Err(transition_refused(t.state, to));
@@ -432,14 +443,13 @@ impl Consultations {
         store::update_thread(tx, t);
         self.audit(tx, caller, action, t)?;
         self.message_event(tx, t, &m)?;
-        let cal = calendar(tx, &t.org_number).await?;
         if first {
-            self.changed(tx, topics::CONSULTATION_FIRST_RESPONSE, t, Some(&cal))?;
+            self.changed(tx, topics::CONSULTATION_FIRST_RESPONSE, t, Some(cal))?;
             // Started from a booking request (the guarantee engine): the reply meets it.
-            if let Some(request) = store::booking_request_of(tx, &t.thread_id).await? {
+            if let Some(request) = booking_request {
                 econsult_booking::service::record_e_consultation_reply(
                     tx,
-                    &request,
+                    request,
                     &t.patient_nin,
                     from_ms(now),
                 )
@@ -451,7 +461,7 @@ impl Consultations {
         } else {
             super::TOPIC_STATE
         };
-        self.changed(tx, topic, t, Some(&cal))?;
+        self.changed(tx, topic, t, Some(cal))?;
         Ok(m)
     }
 
