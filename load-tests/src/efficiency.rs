@@ -164,7 +164,7 @@ pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<b
             }
         }
     }
-    let (target_label, backend) = stop(target, channels).await;
+    let (target_label, backend) = stop(target, channels, !failures.is_empty()).await;
     outcome?;
     let run = run_report(
         &args,

@@ -100,7 +100,8 @@ struct Args {
     /// embedded-postgres: Redis URL (a fresh key namespace per run). Loopback only.
     #[arg(long, env = "ECONSULT_LOAD_REDIS_URL")]
     redis_url: Option<String>,
-    /// Keep the run's PostgreSQL database instead of dropping it.
+    /// Keep the run's PostgreSQL database instead of dropping it (kept anyway when a check
+    /// fails, for inspection).
     #[arg(long)]
     keep_database: bool,
     /// ANALYZE the seeded database before the run (in-process servers), as autovacuum would
@@ -464,7 +465,7 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
             }
         }
     }
-    let (target_label, backend) = stop(target, channels).await;
+    let (target_label, backend) = stop(target, channels, !failures.is_empty()).await;
     outcome?;
 
     let pg = if args.pgbench {
@@ -534,7 +535,15 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
 }
 
 /// Shuts the target down (after the channels); its label and backend, for the report.
-async fn stop(target: Target, channels: Vec<tonic::transport::Channel>) -> (String, String) {
+/// Stops the target; `failed` (a check failed) keeps a PostgreSQL run's database for inspection.
+async fn stop(
+    mut target: Target,
+    channels: Vec<tonic::transport::Channel>,
+    failed: bool,
+) -> (String, String) {
+    if failed {
+        target.keep_database();
+    }
     let named = (target.label.clone(), target.backend.clone());
     drop(channels);
     if let Err(e) = target.shutdown().await {

@@ -334,7 +334,15 @@ impl Target {
             .context("count is not a number")
     }
 
-    /// Stops an in-process server and drops the run's database and Redis keys.
+    /// Keeps the run's PostgreSQL database at [`Target::shutdown`] (a check failed: what it
+    /// counted can then be looked at; the shutdown prints its name).
+    pub fn keep_database(&mut self) {
+        if let Some((_, _, keep)) = &mut self.pg {
+            *keep = true;
+        }
+    }
+
+    /// Stops an in-process server and drops the run's database (unless kept) and Redis keys.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.check_pool = None;
         if let (Some(app), Some(h)) = (self.app.take(), &self.server) {
@@ -342,7 +350,7 @@ impl Target {
         }
         if let Some((admin, name, keep)) = self.pg.take() {
             if keep {
-                eprintln!("kept database {name}");
+                eprintln!("econsult-load: kept database {name} (drop it when done)");
             } else {
                 econsult_runtime::db::drop_database(&admin, &name).await;
             }
