@@ -257,7 +257,7 @@ impl Consultations {
     /// statement reads with its lock, its practice's calendar and its booking request
     /// ([`crate::store::lock_thread`]), claiming the key in the same round trip on PostgreSQL.
     /// A retry of a call that committed gets the first answer before anything else is checked;
-    /// a thread `viewer` may not see is NOT_FOUND, as [`Consultations::locked`] says.
+    /// a thread `viewer` may not see is NOT_FOUND, as `authorize` says.
     async fn on_thread(
         &self,
         cmd: Command<'_, serde_json::Value>,
