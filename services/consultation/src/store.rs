@@ -1,9 +1,12 @@
-//! Every SQL statement of the consultation service, over the tables `consultation_*`. Thread
-//! mutations run inside a write transaction that first reads the thread with its lock
+//! Every SQL statement of the consultation service, over the tables `consultation_*` (the locked
+//! read of a thread also reads its practice's closure days from booking's `booking_closures`).
+//! Thread mutations run inside a write transaction that first reads the thread with its lock
 //! ([`lock_thread`], which on PostgreSQL also claims the call's idempotency key), so a check of
-//! the state and the change that follows cannot interleave with another call; the writes themselves are deferred to the commit (one
-//! statement with the call's outbox event, access-log row and stored answer on PostgreSQL).
-//! The statements are the same on PostgreSQL and SQLite, but for that lock.
+//! the state and the change that follows cannot interleave with another call; the writes
+//! themselves are deferred to the commit (one statement with the call's outbox event,
+//! access-log row and stored answer on PostgreSQL).
+//! The statements are the same on PostgreSQL and SQLite, but for that lock and the claims
+//! made with it.
 //! Codes are converted here: [`State`], [`Category`] and [`Author`] in, their numbers stored.
 
 use crate::content::CheckedAttachment;
