@@ -5,8 +5,9 @@
 //!   a row in `bus_offsets`, advanced on ack. Nothing to install, survives restarts.
 //! - [`RedisBus`]: events go to a Redis Stream (`XADD`), consumer groups read with `XREADGROUP`
 //!   and `XACK`; entries left pending by a dead consumer are claimed after [`CLAIM_IDLE`]
-//!   (`XAUTOCLAIM`, looked for every [`CLAIM_EVERY`]). A consumer's connection waits for a reply longer than any `BLOCK` it sends. The newest sequence number is also sent by pub/sub so that replicas wake up
-//!   their change streams at once.
+//!   (`XAUTOCLAIM`, looked for every [`CLAIM_EVERY`]). A consumer's connection waits for a reply
+//!   longer than any `BLOCK` it sends. The newest sequence number is also sent by pub/sub so
+//!   that replicas wake up their change streams at once.
 //!
 //! Consumers must be idempotent (deduplicate by `event_id`): a redelivery after a crash, or a
 //! relay that publishes again after dying before it marked an event published, is normal.
@@ -185,11 +186,11 @@ const CONSUMER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// within seconds. A claim of an entry still being processed only repeats idempotent work.
 pub const CLAIM_IDLE: Duration = Duration::from_secs(10);
 
-/// How often a consumer looks for entries to claim (`XAUTOCLAIM`) once a look found none: an
-/// entry becomes claimable `CLAIM_IDLE` after its consumer took it, so looking before every
-/// read (a round trip each, as it was) found it no sooner than looking once a second does, and
-/// costs one more round trip per read under load. A killed instance's entries are acked by a
-/// survivor within `CLAIM_IDLE` + this + one read's wait.
+/// How often a consumer looks for entries to claim (`XAUTOCLAIM`) once a look found none. An
+/// entry becomes claimable only `CLAIM_IDLE` after its consumer took it; looking before every
+/// read, as it was, found it at most this much sooner, for one more round trip per read under
+/// load. A killed instance's entries are acked by a survivor within `CLAIM_IDLE` + this + one
+/// read's wait.
 pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Redis Streams bus.
