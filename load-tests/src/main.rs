@@ -369,15 +369,8 @@ fn spec(args: &Args) -> anyhow::Result<Spec> {
     Ok(match args.target {
         TargetKind::EmbeddedSqlite => Spec::EmbeddedSqlite,
         TargetKind::EmbeddedPostgres => {
-            // The port of `scheme://[user@]host:port/…`, else the service's default.
             let port = |url: &Option<String>, default: u16| {
-                url.as_deref()
-                    .and_then(|u| u.split_once("://"))
-                    .and_then(|(_, rest)| rest.split(['/', '?']).next())
-                    .map(|authority| authority.rsplit_once('@').map_or(authority, |(_, h)| h))
-                    .and_then(|host| host.rsplit_once(':'))
-                    .and_then(|(_, p)| p.parse().ok())
-                    .unwrap_or(default)
+                url.as_deref().and_then(target::url_port).unwrap_or(default)
             };
             procstat::set_wire_peers(vec![
                 procstat::WirePeer {
@@ -534,8 +527,8 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
     Ok(report.passed)
 }
 
-/// Shuts the target down (after the channels); its label and backend, for the report.
-/// Stops the target; `failed` (a check failed) keeps a PostgreSQL run's database for inspection.
+/// Shuts the target down (after the channels); its label and backend, for the report. `failed`
+/// (a check failed) keeps a PostgreSQL run's database for inspection.
 async fn stop(
     mut target: Target,
     channels: Vec<tonic::transport::Channel>,

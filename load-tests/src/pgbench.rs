@@ -2,7 +2,7 @@
 //! (`load-tests/pgbench/booking.sql`) against a scratch database that has the real schema (the
 //! embedded migrations) and many free slots. Skipped with a note when pgbench is missing.
 
-use crate::target::{require_loopback, url_host};
+use crate::target::{require_loopback, url_host, url_port};
 use anyhow::Context as _;
 use serde::Serialize;
 use std::time::Duration;
@@ -36,15 +36,12 @@ fn find_pgbench() -> Option<std::path::PathBuf> {
 pub fn connection(url: &str) -> (String, String, String, Option<String>) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let userinfo = authority.rsplit_once('@').map_or("", |(u, _)| u);
     let (user, password) = match userinfo.split_once(':') {
         Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
         None => (userinfo.to_owned(), None),
     };
-    let port = hostport
-        .rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or("5432".to_owned(), |(_, p)| p.to_owned());
+    let port = url_port(url).unwrap_or(5432).to_string();
     let user = if user.is_empty() {
         "postgres".into()
     } else {

@@ -20,13 +20,29 @@ pub fn is_loopback_host(host: &str) -> bool {
 
 /// The host of a URL like `scheme://user:pass@host:port/path?query` (empty for a Unix socket).
 pub fn url_host(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let hostport = url_host_port(url);
     if let Some(stripped) = hostport.strip_prefix('[') {
         return stripped.split(']').next().unwrap_or("").to_owned();
     }
     hostport.split(':').next().unwrap_or("").to_owned()
+}
+
+/// The `host:port` of a URL (`[v6]:port` for IPv6): what follows the scheme and the user,
+/// before the path and the query.
+fn url_host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
+/// The port a URL names, if it names one.
+pub fn url_port(url: &str) -> Option<u16> {
+    let hostport = url_host_port(url);
+    let after_host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => hostport,
+    };
+    after_host.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Refuses a URL whose host is not a loopback address (an empty host is a local socket).
@@ -383,6 +399,18 @@ async fn drop_redis_namespace(url: &str, ns: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_urls_port_is_read_after_its_host() {
+        assert_eq!(
+            url_port("postgres://postgres@127.0.0.1:5433/postgres"),
+            Some(5433)
+        );
+        assert_eq!(url_port("redis://127.0.0.1:6379"), Some(6379));
+        assert_eq!(url_port("redis://[::1]:6380/0"), Some(6380));
+        assert_eq!(url_port("postgres://u:secret@localhost/db"), None);
+        assert_eq!(url_port("redis://[::1]"), None);
+    }
 
     #[test]
     fn loopback_only() {
