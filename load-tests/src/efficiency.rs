@@ -274,11 +274,7 @@ async fn efficiency_scenario(
     let p60 = at60.phases.first().context("no 60 % phase")?;
     let (server_ms, db_ms) = cpu_of(p40, with_db);
     let (rpc_ms, _) = cpu_of(empty.phases.first().context("no empty-call phase")?, false);
-    let per_flow = |peer: &str| {
-        let u = p40.resources.as_ref()?;
-        Some(u.requests_to(peer)? as f64 / p40.completed.max(1) as f64)
-    };
-    let pg_requests_per_flow = per_flow("postgres");
+    let pg_requests_per_flow = p40.requests_per_flow("postgres");
     let round_trip = match (&args.database_url, pg_requests_per_flow) {
         (Some(url), Some(n)) if with_db && n > 0.0 => {
             let rate = n * p40.completed as f64 / p40.wall_s.max(1e-3);
@@ -325,7 +321,7 @@ async fn efficiency_scenario(
             .filter(|_| messaging)
             .map(|l| l.p99_ms),
         pg_requests_per_flow,
-        redis_requests_per_flow: per_flow("redis"),
+        redis_requests_per_flow: p40.requests_per_flow("redis"),
         round_trip,
         checks_passed: [&sweep, &at40, &at60, &empty]
             .iter()

@@ -273,6 +273,14 @@ pub struct PhaseResult {
     pub resources: Option<crate::procstat::Usage>,
 }
 
+impl PhaseResult {
+    /// Requests sent to `peer` per completed flow, counted on the wire (see `procstat`).
+    pub fn requests_per_flow(&self, peer: &str) -> Option<f64> {
+        let requests = self.resources.as_ref()?.requests_to(peer)?;
+        Some(requests as f64 / self.completed.max(1) as f64)
+    }
+}
+
 /// Limits every phase obeys.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -186,11 +186,9 @@ pub fn markdown(r: &RunReport) -> String {
                 )),
                 res.and_then(|u| u.db_cpu_percent)
                     .map_or("–".into(), |c| format!("{c:.0} %")),
-                res.and_then(|u| Some((u.requests_to("postgres")?, u.requests_to("redis")?)))
-                    .map_or("–".into(), |(pg, redis)| {
-                        let flows = p.completed.max(1) as f64;
-                        format!("{:.1} / {:.1}", pg as f64 / flows, redis as f64 / flows)
-                    }),
+                p.requests_per_flow("postgres")
+                    .zip(p.requests_per_flow("redis"))
+                    .map_or("–".into(), |(pg, redis)| format!("{pg:.1} / {redis:.1}")),
                 res.and_then(|u| u.server_rss_mib)
                     .map_or("–".into(), |m| format!("{m:.0}")),
                 res.and_then(|u| u.sqlite_commits.zip(u.sqlite_write_transactions))
