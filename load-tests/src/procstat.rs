@@ -65,9 +65,9 @@ pub fn set_wire_peers(peers: Vec<WirePeer>) {
     let _ = WIRE_PEERS.set(peers);
 }
 
-/// (peer port, data segments out, data segments in) of every established TCP connection, from
-/// `ss -tinH`: each connection is a line with its addresses and a line with its counters.
-pub fn parse_ss(out: &str) -> Vec<(u16, u64, u64)> {
+/// (peer port, data segments sent) of every established TCP connection, from `ss -tinH`: each
+/// connection is a line with its addresses and a line with its counters.
+pub fn parse_ss(out: &str) -> Vec<(u16, u64)> {
     let mut conns = Vec::new();
     let mut peer = None;
     for line in out.lines() {
@@ -87,7 +87,7 @@ pub fn parse_ss(out: &str) -> Vec<(u16, u64, u64)> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        conns.push((port, field("data_segs_out:"), field("data_segs_in:")));
+        conns.push((port, field("data_segs_out:")));
     }
     conns
 }
@@ -107,8 +107,8 @@ fn wire_counts() -> Option<Vec<u64>> {
             .map(|p| {
                 conns
                     .iter()
-                    .filter(|(port, _, _)| *port == p.port)
-                    .map(|(_, out, _)| out)
+                    .filter(|(port, _)| *port == p.port)
+                    .map(|(_, out)| out)
                     .sum()
             })
             .collect(),
@@ -340,9 +340,6 @@ mod tests {
         let out = "0      0      127.0.0.1:52450 127.0.0.1:5432\n\t bbr wscale:10,10 segs_out:9 segs_in:8 data_segs_out:6 data_segs_in:4 send 8bps\n\
                    0      0      [::1]:41000 [::1]:6379\n\t cubic data_segs_out:17 data_segs_in:15\n\
                    0      0      127.0.0.1:5432 127.0.0.1:52450\n\t cubic data_segs_in:6\n";
-        assert_eq!(
-            parse_ss(out),
-            vec![(5432, 6, 4), (6379, 17, 15), (52450, 0, 6)]
-        );
+        assert_eq!(parse_ss(out), vec![(5432, 6), (6379, 17), (52450, 0)]);
     }
 }
