@@ -29,6 +29,9 @@ struct EfficiencyRow {
     /// Server CPU ms of one empty call at the 40 % run's RPC rate.
     rpc_ms: f64,
     floor_ms: f64,
+    /// The floor with its message writes as the product commits them, with the guarantees'
+    /// rows ([`floor::FlowParts::guaranteed_ms`]; PostgreSQL only).
+    guaranteed_ms: Option<f64>,
     ratio: f64,
     target_ratio: Option<f64>,
     /// Flow p99 at 40 % and 60 % of saturation.
@@ -102,7 +105,11 @@ pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<b
         TargetKind::EmbeddedSqlite => floor::sqlite(plan).await?,
         TargetKind::External => anyhow::bail!("--efficiency needs an in-process target"),
     };
-    for u in [&floor.booking_write, &floor.message_write, &floor.read] {
+    for u in [&floor.booking_write, &floor.message_write, &floor.read]
+        .into_iter()
+        .chain(&floor.booking_guaranteed)
+        .chain(&floor.message_guaranteed)
+    {
         eprintln!(
             "econsult-load: floor: {} {:.0}/s, {:.3} ms of database CPU each (median of {})",
             u.name,
@@ -144,6 +151,7 @@ pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<b
                 let mut row = row;
                 row.backend = target.backend.clone();
                 row.floor_ms = parts.floor_ms(&floor, row.rpc_ms);
+                row.guaranteed_ms = parts.guaranteed_ms(&floor, row.rpc_ms);
                 row.ratio = row.product_ms / row.floor_ms.max(1e-9);
                 row.verdict = verdict(&row, args.p99_target_ms);
                 eprintln!(
@@ -303,6 +311,7 @@ async fn efficiency_scenario(
         parts,
         rpc_ms,
         floor_ms: 0.0,
+        guaranteed_ms: None,
         ratio: 0.0,
         target_ratio: match kind {
             ScenarioKind::Rush => Some(2.0),
@@ -404,7 +413,11 @@ fn efficiency_markdown(r: &EfficiencyReport) -> String {
         &r.floor.booking_write,
         &r.floor.message_write,
         &r.floor.read,
-    ] {
+    ]
+    .into_iter()
+    .chain(&r.floor.booking_guaranteed)
+    .chain(&r.floor.message_guaranteed)
+    {
         let _ = writeln!(
             s,
             "| {} | {} | {:.0} | {:.3} | {} | `{}` |",
@@ -482,8 +495,55 @@ fn efficiency_markdown(r: &EfficiencyReport) -> String {
             );
         }
     }
+    guarantees_markdown(&mut s, r);
     let _ = writeln!(s, "\n## Every phase\n\n{}", report::markdown(&r.run));
     s
+}
+
+/// The table of what the guarantees cost: per scenario with writes, the floor, the floor with
+/// its writes as the product commits them, and the product, each split into the database's part
+/// and the server's.
+fn guarantees_markdown(s: &mut String, r: &EfficiencyReport) {
+    use std::fmt::Write as _;
+    let rows: Vec<_> = r
+        .rows
+        .iter()
+        .filter(|row| row.parts.booking_pairs + row.parts.message_writes > 0.0)
+        .filter_map(|row| Some((row, row.guaranteed_ms?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let f = &r.floor;
+    let cost = |u: &Option<floor::Unit>| {
+        u.as_ref()
+            .map_or("–".into(), |u| format!("{:.3}", u.cpu_ms))
+    };
+    let _ = writeln!(
+        s,
+        "\n## What the guarantees cost\n\nThe writes as the product commits them, with the guarantees' rows, in PostgreSQL CPU ms each: a rush flow's HoldSlot and Book {} (the least booking write: {:.3} each); a message write {} (the least: {:.3}). Per flow, in CPU ms (database \\| server = total; the server's part of a floor is its empty calls):\n\n| scenario | floor | floor with the guarantees' rows | product | guarantees: with − floor | the rest: product − with | product / with |\n|---|---|---|---|---:|---:|---:|",
+        cost(&f.booking_guaranteed),
+        f.booking_write.cpu_ms,
+        cost(&f.message_guaranteed),
+        f.message_write.cpu_ms
+    );
+    for (row, with) in rows {
+        let rpcs = row.parts.rpcs * row.rpc_ms;
+        let split = |total: f64| format!("{:.2} \\| {:.2} = {:.2}", total - rpcs, rpcs, total);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} \\| {:.2} = {:.2} | {:.2} | {:.2} | {:.2}× |",
+            row.scenario,
+            split(row.floor_ms),
+            split(with),
+            row.db_ms,
+            row.server_ms,
+            row.product_ms,
+            with - row.floor_ms,
+            row.product_ms - with,
+            row.product_ms / with.max(1e-9)
+        );
+    }
 }
 
 /// Waits until what seeding set off (the relay publishing its events, the consumers applying

@@ -10,6 +10,13 @@
 //! - an RPC: an empty gRPC call (the health Check) on the same server, at the RPC rate the
 //!   product ran at.
 //!
+//! Beside the floor, on PostgreSQL, the writes as the product commits them, with the guarantees'
+//! rows: a rush flow's HoldSlot and Book (`pgbench/booking-guaranteed.sql`) and a message write
+//! (`pgbench/message-guaranteed.sql`): the claimed key and stored answer, the locks, the booking
+//! episode, the outbox events and the relay's sequencing, the access-log rows. The floor with
+//! those parts in place of the least writes, less the floor, is what the guarantees cost
+//! PostgreSQL; the product less it is the cost of everything else.
+//!
 //! Each part's cost is the CPU of the database alone (PostgreSQL + Redis processes, or this
 //! process's SQLite threads) and, for the empty call, of the server's threads alone: the
 //! clients (pgbench, the generator) are left out on both sides, as the product's figure leaves
@@ -24,6 +31,8 @@ use std::time::{Duration, Instant};
 pub const BOOKING_SQL: &str = include_str!("../pgbench/booking.sql");
 pub const MESSAGE_SQL: &str = include_str!("../pgbench/message.sql");
 pub const READ_SQL: &str = include_str!("../pgbench/read.sql");
+pub const BOOKING_GUARANTEED_SQL: &str = include_str!("../pgbench/booking-guaranteed.sql");
+pub const MESSAGE_GUARANTEED_SQL: &str = include_str!("../pgbench/message-guaranteed.sql");
 
 /// Slots and threads seeded for the floor's transactions.
 const SLOTS: i64 = 1_000_000;
@@ -56,14 +65,18 @@ pub fn median(mut runs: Vec<Unit>) -> anyhow::Result<Unit> {
     Ok(m)
 }
 
-/// The three parts from their measurements, in the order booking, message, read.
-fn parts(backend: &str, runs: [Vec<Unit>; 3]) -> anyhow::Result<DbFloor> {
-    let [booking, message, read] = runs;
+/// The parts from their measurements, in the order booking, message, read, and then the
+/// guaranteed booking pair and message write where they were measured.
+fn parts(backend: &str, runs: Vec<Vec<Unit>>) -> anyhow::Result<DbFloor> {
+    let mut runs = runs.into_iter();
+    let mut next = || median(runs.next().unwrap_or_default());
     Ok(DbFloor {
         backend: backend.into(),
-        booking_write: median(booking)?,
-        message_write: median(message)?,
-        read: median(read)?,
+        booking_write: next()?,
+        message_write: next()?,
+        read: next()?,
+        booking_guaranteed: next().ok(),
+        message_guaranteed: next().ok(),
     })
 }
 
@@ -74,12 +87,20 @@ pub struct DbFloor {
     pub booking_write: Unit,
     pub message_write: Unit,
     pub read: Unit,
+    /// A rush flow's HoldSlot and Book with the guarantees' rows, as the product commits them
+    /// (`pgbench/booking-guaranteed.sql`; PostgreSQL only).
+    pub booking_guaranteed: Option<Unit>,
+    /// A message write with the guarantees' rows, as the product commits it
+    /// (`pgbench/message-guaranteed.sql`; PostgreSQL only).
+    pub message_guaranteed: Option<Unit>,
 }
 
 /// What one flow of a scenario consists of, in floor parts.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct FlowParts {
     pub booking_writes: f64,
+    /// Of the booking writes, the HoldSlot-and-Book pairs (two each).
+    pub booking_pairs: f64,
     pub message_writes: f64,
     pub reads: f64,
     pub rpcs: f64,
@@ -91,6 +112,7 @@ impl FlowParts {
     pub fn rush(cancel_ratio: f64) -> Self {
         Self {
             booking_writes: 2.0 + cancel_ratio,
+            booking_pairs: 1.0,
             message_writes: 0.0,
             reads: 1.0,
             rpcs: 3.0 + cancel_ratio,
@@ -104,6 +126,7 @@ impl FlowParts {
     pub fn messaging(retry_ratio: f64) -> Self {
         Self {
             booking_writes: 0.0,
+            booking_pairs: 0.0,
             message_writes: 3.0,
             reads: retry_ratio,
             rpcs: 3.0 + retry_ratio,
@@ -114,6 +137,7 @@ impl FlowParts {
     pub fn signalling() -> Self {
         Self {
             booking_writes: 0.0,
+            booking_pairs: 0.0,
             message_writes: 0.0,
             reads: 0.0,
             rpcs: 1.0,
@@ -125,6 +149,7 @@ impl FlowParts {
         let w = |x: f64, y: f64| share * x + (1.0 - share) * y;
         Self {
             booking_writes: w(a.booking_writes, b.booking_writes),
+            booking_pairs: w(a.booking_pairs, b.booking_pairs),
             message_writes: w(a.message_writes, b.message_writes),
             reads: w(a.reads, b.reads),
             rpcs: w(a.rpcs, b.rpcs),
@@ -138,10 +163,34 @@ impl FlowParts {
             + self.reads * db.read.cpu_ms
             + self.rpcs * rpc_ms
     }
+
+    /// CPU ms of the floor of one flow with its booking pairs and message writes priced as the
+    /// product commits them, with the guarantees' rows (`None` where a part the flow has was
+    /// not measured).
+    pub fn guaranteed_ms(&self, db: &DbFloor, rpc_ms: f64) -> Option<f64> {
+        let anew = |n: f64, unit: &Option<Unit>, least: f64| match unit {
+            _ if n == 0.0 => Some(0.0),
+            Some(g) => Some(n * (g.cpu_ms - least)),
+            None => None,
+        };
+        Some(
+            self.floor_ms(db, rpc_ms)
+                + anew(
+                    self.booking_pairs,
+                    &db.booking_guaranteed,
+                    2.0 * db.booking_write.cpu_ms,
+                )?
+                + anew(
+                    self.message_writes,
+                    &db.message_guaranteed,
+                    db.message_write.cpu_ms,
+                )?,
+        )
+    }
 }
 
 /// Seeds the floor's rows into a freshly migrated database: one GP with `SLOTS` free slots a
-/// minute apart, and `THREADS` open threads.
+/// minute apart, and `THREADS` open threads, one for each of as many patients on its list.
 async fn seed(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO booking_gps (gp_uid, org_number, gp_id, hpr_number, display_name, municipality_number, list_capacity, list_status, updated_at) \
@@ -162,6 +211,15 @@ async fn seed(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
          INSERT INTO consultation_threads (thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number, \
          category, subject, state, submitted_at, due_at, updated_at) \
          SELECT 'pgb-t' || i, 'p' || i, 'pgb', 'pgbench', '999999999', '0301', 1, 'Sår hals', 1, 0, 0, 0 FROM n",
+    )
+    .bind(THREADS)
+    .execute(pool)
+    .await?;
+    // The threads' patients, on the GP's list: the commands of the guaranteed scripts read
+    // the patient's GP through the list, as the product's do.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+         INSERT INTO booking_list_members (patient_nin, gp_uid, added_at) SELECT 'p' || i, 'pgb-gp', 0 FROM n",
     )
     .bind(THREADS)
     .execute(pool)
@@ -225,8 +283,18 @@ pub async fn postgres(admin_url: &str, plan: Plan) -> anyhow::Result<DbFloor> {
             ("booking write", "booking.sql", BOOKING_SQL),
             ("message write", "message.sql", MESSAGE_SQL),
             ("read", "read.sql", READ_SQL),
+            (
+                "booking pair, guaranteed",
+                "booking-guaranteed.sql",
+                BOOKING_GUARANTEED_SQL,
+            ),
+            (
+                "message write, guaranteed",
+                "message-guaranteed.sql",
+                MESSAGE_GUARANTEED_SQL,
+            ),
         ];
-        let mut runs: [Vec<Unit>; 3] = Default::default();
+        let mut runs: Vec<Vec<Unit>> = vec![Vec::new(); scripts.len()];
         for round in 1..=repeats.max(1) {
         for (i, (unit, file, script)) in scripts.into_iter().enumerate() {
             let path = std::env::temp_dir().join(format!("{name}-{file}"));
@@ -490,7 +558,7 @@ pub async fn sqlite(plan: Plan) -> anyhow::Result<DbFloor> {
             "{url}?mode=ro"
         ))?)
         .await?;
-    let mut runs: [Vec<Unit>; 3] = Default::default();
+    let mut runs: Vec<Vec<Unit>> = vec![Vec::new(); 3];
     for round in 1..=repeats.max(1) {
         for (i, (name, kind)) in [
             ("booking write", Kind::Booking),
@@ -565,5 +633,36 @@ mod tests {
         let m = median(vec![unit(0.40, 1), unit(0.10, 2)]).expect("median");
         assert_eq!(m.cpu_ms, 0.40, "of two, the upper middle");
         assert!(median(Vec::new()).is_err());
+    }
+
+    #[test]
+    fn the_guaranteed_floor_prices_the_pairs_and_message_writes_anew() {
+        let mut db = DbFloor {
+            backend: "postgres".into(),
+            booking_write: unit(0.30, 1),
+            message_write: unit(0.20, 1),
+            read: unit(0.05, 1),
+            booking_guaranteed: None,
+            message_guaranteed: None,
+        };
+        let messaging = FlowParts::messaging(0.1);
+        let floor = messaging.floor_ms(&db, 0.1);
+        assert!((floor - (3.0 * 0.20 + 0.1 * 0.05 + 3.1 * 0.1)).abs() < 1e-9);
+        assert_eq!(messaging.guaranteed_ms(&db, 0.1), None, "not measured");
+        db.message_guaranteed = Some(unit(0.50, 1));
+        let with = messaging.guaranteed_ms(&db, 0.1).expect("measured");
+        assert!((with - floor - 3.0 * 0.30).abs() < 1e-9);
+        let rush = FlowParts::rush(0.1);
+        assert_eq!(rush.guaranteed_ms(&db, 0.1), None, "the pair not measured");
+        db.booking_guaranteed = Some(unit(1.00, 1));
+        let with = rush.guaranteed_ms(&db, 0.1).expect("measured");
+        assert!(
+            (with - rush.floor_ms(&db, 0.1) - (1.00 - 2.0 * 0.30)).abs() < 1e-9,
+            "one pair in place of two least booking writes; the cancel stays least"
+        );
+        let mixed = FlowParts::mix(rush, 0.25, messaging);
+        let with = mixed.guaranteed_ms(&db, 0.1).expect("measured");
+        let anew = 0.25 * (1.00 - 0.60) + 0.75 * 3.0 * 0.30;
+        assert!((with - mixed.floor_ms(&db, 0.1) - anew).abs() < 1e-9);
     }
 }
