@@ -189,9 +189,9 @@ impl FlowParts {
     }
 }
 
-/// Seeds the floor's rows into a freshly migrated database: one GP with `SLOTS` free slots a
-/// minute apart, and `THREADS` open threads, one for each of as many patients on its list.
-async fn seed(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
+/// Seeds the floor's rows into a freshly migrated database: one GP with `slots` free slots a
+/// minute apart, and `threads` open threads, one for each of as many patients on its list.
+async fn seed(pool: &sqlx::AnyPool, slots: i64, threads: i64) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO booking_gps (gp_uid, org_number, gp_id, hpr_number, display_name, municipality_number, list_capacity, list_status, updated_at) \
          VALUES ('pgb-gp', '999999999', 'pgb', '1', 'pgbench', '0301', 2500, 1, 0)",
@@ -203,7 +203,7 @@ async fn seed(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
          INSERT INTO booking_slots (slot_id, gp_uid, start_at, end_at, modality, acute_reserve, status, created_at) \
          SELECT 'pgb-' || i, 'pgb-gp', 4000000000000 + i * 60000, 4000000000000 + i * 60000 + 60000, 1, 0, 1, 0 FROM n",
     )
-    .bind(SLOTS)
+    .bind(slots)
     .execute(pool)
     .await?;
     sqlx::query(
@@ -212,7 +212,7 @@ async fn seed(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
          category, subject, state, submitted_at, due_at, updated_at) \
          SELECT 'pgb-t' || i, 'p' || i, 'pgb', 'pgbench', '999999999', '0301', 1, 'Sår hals', 1, 0, 0, 0 FROM n",
     )
-    .bind(THREADS)
+    .bind(threads)
     .execute(pool)
     .await?;
     // The threads' patients, on the GP's list: the commands of the guaranteed scripts read
@@ -221,7 +221,7 @@ async fn seed(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
         "WITH RECURSIVE n(i) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
          INSERT INTO booking_list_members (patient_nin, gp_uid, added_at) SELECT 'p' || i, 'pgb-gp', 0 FROM n",
     )
-    .bind(THREADS)
+    .bind(threads)
     .execute(pool)
     .await?;
     sqlx::query("ANALYZE").execute(pool).await?;
@@ -276,7 +276,7 @@ pub async fn postgres(admin_url: &str, plan: Plan) -> anyhow::Result<DbFloor> {
         let db = econsult_runtime::db::Db::connect(&url).await?;
         db.migrate().await?;
         eprintln!("econsult-load: floor: seeding {SLOTS} slots and {THREADS} threads");
-        seed(db.read()).await?;
+        seed(db.read(), SLOTS, THREADS).await?;
         db.close().await;
         let (host, port, user, password) = crate::pgbench::connection(admin_url);
         let scripts = [
@@ -536,7 +536,7 @@ pub async fn sqlite(plan: Plan) -> anyhow::Result<DbFloor> {
         let db = econsult_runtime::db::Db::connect(&url).await?;
         db.migrate().await?;
         eprintln!("econsult-load: floor: seeding {SLOTS} slots and {THREADS} threads");
-        seed(db.writer()).await?;
+        seed(db.writer(), SLOTS, THREADS).await?;
         db.close().await;
     }
     let write = sqlx::any::AnyPoolOptions::new()
@@ -664,5 +664,117 @@ mod tests {
         let with = mixed.guaranteed_ms(&db, 0.1).expect("measured");
         let anew = 0.25 * (1.00 - 0.60) + 0.75 * 3.0 * 0.30;
         assert!((with - mixed.floor_ms(&db, 0.1) - anew).abs() < 1e-9);
+    }
+
+    /// The guaranteed scripts replay against the real schema (a migration that renames what
+    /// they write fails them here, not in a night's sweep), and write what the product's
+    /// transactions write: each message write its message, events and stored answer; each
+    /// booking pair its appointment, episode, access-log rows and event; the relay's passes
+    /// gap-free seqs.
+    #[tokio::test]
+    #[cfg_attr(no_test_database, ignore = "needs TEST_DATABASE_URL")]
+    async fn the_guaranteed_scripts_replay_against_the_real_schema() {
+        use sqlx::Row as _;
+        let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+        let pgbench = find_pgbench().expect("pgbench on PATH");
+        let name = format!(
+            "econsult_floor_test_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let url = econsult_runtime::db::create_database(&admin, &name)
+            .await
+            .expect("create");
+        let outcome = async {
+            let db = econsult_runtime::db::Db::connect(&url).await?;
+            db.migrate().await?;
+            seed(db.read(), 2_000, 500).await?;
+            let (host, port, user, password) = crate::pgbench::connection(&admin);
+            for (file, script) in [
+                ("message-guaranteed.sql", MESSAGE_GUARANTEED_SQL),
+                ("booking-guaranteed.sql", BOOKING_GUARANTEED_SQL),
+            ] {
+                let path = std::env::temp_dir().join(format!("{name}-{file}"));
+                std::fs::write(&path, script)?;
+                let mut cmd = tokio::process::Command::new(&pgbench);
+                cmd.args(["-n", "-M", "prepared", "-c", "2", "-j", "2", "-t", "60"])
+                    .args(["-D", "nslots=2000", "-D", "nthreads=500", "-f"])
+                    .arg(&path)
+                    .args(["-h", &host, "-p", &port, "-U", &user])
+                    .arg(&name);
+                if let Some(p) = &password {
+                    cmd.env("PGPASSWORD", p);
+                }
+                let out = cmd.output().await?;
+                let _ = std::fs::remove_file(&path);
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                anyhow::ensure!(
+                    out.status.success(),
+                    "pgbench {file}: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let (_, done) = crate::pgbench::parse_output(&stdout);
+                anyhow::ensure!(done == Some(120), "pgbench {file} ran {done:?} of 120");
+            }
+            let count = async |sql: &str| -> anyhow::Result<i64> {
+                Ok(sqlx::query(sql).fetch_one(db.read()).await?.try_get(0)?)
+            };
+            // 120 message writes, a third each: a start writes its thread's first message and
+            // two events, a send one event, a reply three.
+            let messages = count("SELECT COUNT(*) FROM consultation_messages").await?;
+            let starts =
+                count("SELECT COUNT(*) FROM consultation_threads WHERE thread_id LIKE 'pgb-n%'")
+                    .await?;
+            let replies =
+                count("SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/Reply'").await?;
+            assert_eq!(messages, 120);
+            assert!(
+                starts > 0 && replies > 0 && starts + replies < 120,
+                "{starts} starts, {replies} replies"
+            );
+            let sends = 120 - starts - replies;
+            let consultation_events =
+                count("SELECT COUNT(*) FROM outbox WHERE topic LIKE 'consultation.%'").await?;
+            assert_eq!(consultation_events, 2 * starts + sends + 3 * replies);
+            // 120 booking pairs: a few may lose their slot's race to another pair's.
+            let appointments = count("SELECT COUNT(*) FROM booking_appointments").await?;
+            assert!(
+                appointments > 100,
+                "{appointments} appointments of 120 pairs"
+            );
+            assert_eq!(
+                count("SELECT COUNT(*) FROM booking_episodes WHERE outcome = 1").await?,
+                120
+            );
+            assert_eq!(
+                count("SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/Book'").await?,
+                120
+            );
+            assert_eq!(
+                count("SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/FindSlots'").await?,
+                120
+            );
+            assert_eq!(
+                count("SELECT COUNT(*) FROM outbox WHERE topic = 'booking.created'").await?,
+                120
+            );
+            // Every call's key claimed, and its answer stored.
+            assert_eq!(
+                count("SELECT COUNT(*) FROM idempotency WHERE length(response) > 300").await?,
+                360
+            );
+            // The relay's passes gave gap-free seqs and marked what an earlier pass gave.
+            let sequenced = count("SELECT COUNT(seq) FROM outbox").await?;
+            assert!(sequenced > 0);
+            assert_eq!(
+                count("SELECT COALESCE(MAX(seq), 0) FROM outbox").await?,
+                sequenced
+            );
+            assert!(count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL").await? > 0);
+            db.close().await;
+            anyhow::Ok(())
+        }
+        .await;
+        econsult_runtime::db::drop_database(&admin, &name).await;
+        outcome.expect("the replay");
     }
 }
