@@ -59,9 +59,12 @@ WITH d0 AS (INSERT INTO consultation_threads (thread_id, patient_nin, gp_id, gp_
      d4 AS (UPDATE idempotency SET response = convert_to(repeat('x', 543), 'UTF8'), accesses = '[]'
              WHERE scope = E'idporten\x3apgbench|/econsult.consultation.v1.ConsultationService/StartConsultation' AND idem_key = 'pgb-' || :key::text)
 SELECT 1;
-\elif :kind = 2
+\else
+-- SendMessage (kind 2) and Reply: the same first statement, with the call's scope.
 WITH claim AS (INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at)
-     VALUES (E'idporten\x3apgbench|/econsult.consultation.v1.ConsultationService/SendMessage', 'pgb-' || :key::text,
+     VALUES (CASE WHEN :kind = 2 THEN E'idporten\x3apgbench|/econsult.consultation.v1.ConsultationService/SendMessage'
+                  ELSE 'load-epj-999999999|/econsult.consultation.v1.ConsultationService/Reply' END,
+             'pgb-' || :key::text,
              'e26fc66ef51320c6526df3076c9afdde20f92fb631bcf08df56ddab11cc0db05', '\x', 1796602248973)
      ON CONFLICT (scope, idem_key) DO NOTHING RETURNING 1 AS one)
 SELECT c.claimed, t.* FROM (SELECT count(*) AS claimed FROM claim) c LEFT JOIN (
@@ -73,6 +76,7 @@ SELECT c.claimed, t.* FROM (SELECT count(*) AS claimed FROM claim) c LEFT JOIN (
            WHERE c.org_number = consultation_threads.org_number) AS closures
     FROM consultation_threads WHERE thread_id = 'pgb-t' || :thread::text AND EXISTS (SELECT 1 FROM claim)
      FOR NO KEY UPDATE) t ON true \gset
+\if :kind = 2
 WITH d0 AS (INSERT INTO consultation_messages (message_id, thread_id, seq, author, author_hpr, body, sent_at)
             VALUES (gen_random_uuid()::text, 'pgb-t' || :thread::text, :last_seq + 1, 1, '',
                     'It is worse in the evening, and the fever came back last night.', 1796602248974)),
@@ -88,19 +92,6 @@ WITH d0 AS (INSERT INTO consultation_messages (message_id, thread_id, seq, autho
              WHERE scope = E'idporten\x3apgbench|/econsult.consultation.v1.ConsultationService/SendMessage' AND idem_key = 'pgb-' || :key::text)
 SELECT 1;
 \else
-WITH claim AS (INSERT INTO idempotency (scope, idem_key, request_hash, response, created_at)
-     VALUES ('load-epj-999999999|/econsult.consultation.v1.ConsultationService/Reply', 'pgb-' || :key::text,
-             'e26fc66ef51320c6526df3076c9afdde20f92fb631bcf08df56ddab11cc0db05', '\x', 1796602248973)
-     ON CONFLICT (scope, idem_key) DO NOTHING RETURNING 1 AS one)
-SELECT c.claimed, t.* FROM (SELECT count(*) AS claimed FROM claim) c LEFT JOIN (
-  SELECT thread_id, patient_nin, gp_id, gp_display_name, org_number, municipality_number,
-         category, subject, state, submitted_at, due_at, first_response_at, assigned_hpr, last_seq,
-         patient_read_seq, practice_read_seq, outcome, tariff_code, closed_at, updated_at,
-         started_by_nin, started_by_relation, started_by_name, confidential, booking_request_id,
-         (SELECT string_agg(c.closed_on, ',') FROM booking_closures c
-           WHERE c.org_number = consultation_threads.org_number) AS closures
-    FROM consultation_threads WHERE thread_id = 'pgb-t' || :thread::text AND EXISTS (SELECT 1 FROM claim)
-     FOR NO KEY UPDATE) t ON true \gset
 WITH d0 AS (INSERT INTO consultation_messages (message_id, thread_id, seq, author, author_hpr, body, sent_at)
             VALUES (gen_random_uuid()::text, 'pgb-t' || :thread::text, :last_seq + 1, 2, '7000001',
                     'How high is the fever? Please measure it tonight & tell us.', 1796602248974)),
@@ -131,6 +122,7 @@ WITH d0 AS (INSERT INTO consultation_messages (message_id, thread_id, seq, autho
               accesses = E'[{"action"\x3a"/econsult.consultation.v1.ConsultationService/Reply","resource"\x3a"consultation\x3apgb-t' || :thread::text || '","patient_nin":"p' || :thread::text || E'","what"\x3a"replied to your e-consultation","what_subject"\x3a"Sår hals","purpose"\x3a2}]'
              WHERE scope = 'load-epj-999999999|/econsult.consultation.v1.ConsultationService/Reply' AND idem_key = 'pgb-' || :key::text)
 SELECT 1;
+\endif
 \endif
 END;
 \if :relay <= :relay_per_mille

@@ -29,8 +29,8 @@ struct EfficiencyRow {
     /// Server CPU ms of one empty call at the 40 % run's RPC rate.
     rpc_ms: f64,
     floor_ms: f64,
-    /// The floor with its message writes as the product commits them, with the guarantees'
-    /// rows ([`floor::FlowParts::guaranteed_ms`]; PostgreSQL only).
+    /// The floor with its booking pairs and message writes as the product commits them, with
+    /// the guarantees' rows ([`floor::FlowParts::guaranteed_ms`]; PostgreSQL only).
     guaranteed_ms: Option<f64>,
     ratio: f64,
     target_ratio: Option<f64>,
