@@ -19,9 +19,9 @@ for b in target/release/econsult target/debug/econsult; do
 done
 [ -n "$bin" ] || { echo "build econsult first (cargo build)" >&2; exit 1; }
 psql_() { psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q "$@"; }
+tmp=$(mktemp -d)
 psql_ -c "CREATE DATABASE $db"
 trap 'psql_ -c "DROP DATABASE IF EXISTS $db" || true; rm -rf "$tmp"' EXIT
-tmp=$(mktemp -d)
 "$bin" --database-url "postgres://postgres@127.0.0.1:5432/$db" migrate >/dev/null
 echo "ablation: seeding 1 000 000 slots, 100 000 threads and list members" >&2
 psql_ -d "$db" <<'SQL'

@@ -5,8 +5,8 @@
 -- log of a product run) and values of the product's sizes:
 -- - FindSlots' part beyond the search itself (the search is the floor's read): the read of the
 --   patient's open booking episode, and the search's access-log row. The product writes that
---   row through its group commit, several searches to a commit; here it rides in the hold's
---   transaction, so it takes no commit of its own;
+--   row later, with the search's episode, through booking's pending writer (several searches
+--   to a statement); here it rides in the hold's transaction, so it takes no commit of its own;
 -- - HoldSlot: the first statement claims the call's key and, only when it claimed it, holds
 --   the slot (if it is free, of the patient's practice, not started) and releases the
 --   patient's other holds; the deferred writes in one statement: the booking episode (closing

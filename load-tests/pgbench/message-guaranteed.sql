@@ -18,7 +18,9 @@
 -- passes per messaging flow of three message writes
 -- (results/statements-2026-12-06e-messaging-a077ddb.txt). The pass marks the previous pass's
 -- events published by their range of seq, as the relay does (it knows the range; here it is
--- the last 256 seqs, by the index of unpublished events either way).
+-- the last 256 seqs, by the index of unpublished events either way), and reads the highest
+-- seq from the outbox, which the leader keeps instead. The replayed pass is four statements
+-- (BEGIN, the lock, the pass, END) where the product's is one.
 -- Left out, as the rest of the product's cost: the streams' reads and their access-log rows,
 -- the relay's publish to Redis, the consumers' bookkeeping.
 \set relay_per_mille 433
