@@ -1672,3 +1672,56 @@ on_both_backends!(
     a_dropped_stream_resumes_and_gets_what_was_sent_meanwhile,
     a_signal_stream_ends_when_its_token_expires_and_resumes_with_a_fresh_one,
 );
+
+/// A wake-up reaches each replica's streams of the session once: the publishing replica's at
+/// once, the other's through Redis, and the publisher's own message coming back from Redis is
+/// not forwarded again (it used to be, and each signal then cost the peer's stream two reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_test_backends,
+    ignore = "needs TEST_DATABASE_URL and TEST_REDIS_URL"
+)]
+async fn a_wake_up_reaches_each_replica_once() {
+    use econsult_signalling::domain::Side;
+    use econsult_signalling::hub::Hub;
+    let Ok(redis) = std::env::var("TEST_REDIS_URL") else {
+        return;
+    };
+    let ns = format!("wake-{}", uuid::Uuid::new_v4().simple());
+    let ttl = Duration::from_secs(5);
+    let (stop_tx, stop) = watch::channel(false);
+    let a = Hub::redis(&redis, &ns, ttl).await.expect("hub a");
+    let b = Hub::redis(&redis, &ns, ttl).await.expect("hub b");
+    for hub in [&a, &b] {
+        let listener = hub.listener(stop.clone()).await.expect("subscribe");
+        tokio::spawn(listener.expect("a Redis hub listens"));
+    }
+    let mut on_a = a.subscribe("s1");
+    let mut on_b = b.subscribe("s1");
+    a.wake("s1", Some(Side::Practice)).await;
+    for (name, wakes) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let w = tokio::time::timeout(WAIT, wakes.recv())
+            .await
+            .unwrap_or_else(|_| panic!("replica {name} got no wake-up"))
+            .expect("wake-up");
+        assert_eq!(&*w.session_id, "s1", "replica {name}");
+        assert_eq!(w.side, Some(Side::Practice), "replica {name}");
+    }
+    // b's copy came through Redis; a's own would have come the same way by now.
+    b.wake("s1", None).await;
+    let w = tokio::time::timeout(WAIT, on_a.recv())
+        .await
+        .expect("replica a got b's wake-up")
+        .expect("wake-up");
+    assert_eq!(
+        w.side, None,
+        "replica a's next wake-up is b's, not its own echoed: {w:?}"
+    );
+    let echo = tokio::time::timeout(Duration::from_millis(300), on_b.recv()).await;
+    let w = echo.expect("b's own wake-up reaches b").expect("wake-up");
+    assert_eq!(w.side, None);
+    let again = tokio::time::timeout(Duration::from_millis(300), on_b.recv()).await;
+    assert!(again.is_err(), "b got its own wake-up twice: {again:?}");
+    let _ = stop_tx.send(true);
+    delete_redis_namespace(&redis, &ns);
+}

@@ -6,8 +6,11 @@
 //!
 //! - Embedded (no Redis): in-process channels, one per session with a live stream, and an
 //!   in-memory presence table.
-//! - With Redis: a wake-up is `PUBLISH <ns>:signalling:wake:<session_id> <side>`; every replica
-//!   pattern-subscribes to `<ns>:signalling:wake:*` and forwards into the session's local channel.
+//! - With Redis: a wake-up goes to this process's streams at once and is published as
+//!   `PUBLISH <ns>:signalling:wake:<session_id> "<side> <origin>"`; every replica
+//!   pattern-subscribes to `<ns>:signalling:wake:*` and forwards into the session's local channel
+//!   the wake-ups whose origin is another hub (its own were delivered already: forwarding them
+//!   again made every stream of the publishing replica read the database twice per signal).
 //!   Presence is a key `<ns>:signalling:presence:<session_id>:<side>` with an expiry that the
 //!   stream refreshes; a replica that crashed stops refreshing, the key expires, and the sweeper
 //!   of any replica turns the participant into "disconnected" and tells the peer.
@@ -24,7 +27,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::Instrument as _;
 
 /// "Something new for `side` of `session_id`" (`side` `None`: both sides). On Redis the side
-/// travels as its code, 0 for both.
+/// travels as its code, 0 for both, followed by the publishing hub's origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wake {
     /// The session ("" for every session).
@@ -55,6 +58,8 @@ struct RedisHub {
     client: redis::Client,
     con: redis::aio::ConnectionManager,
     prefix: String,
+    /// This hub's tag on what it publishes, so its listener can skip its own wake-ups.
+    origin: String,
 }
 
 /// The in-process side of wake-ups: one channel per session with a live stream, so a wake-up
@@ -138,6 +143,7 @@ impl Hub {
             client,
             con,
             prefix: format!("{namespace}:signalling"),
+            origin: uuid::Uuid::new_v4().simple().to_string(),
         });
         Ok(hub)
     }
@@ -183,9 +189,12 @@ impl Hub {
                     tokio::select! {
                         m = messages.next() => match m {
                             Some(msg) => {
-                                let channel = msg.get_channel_name();
-                                let side = Side::from_code(msg.get_payload().unwrap_or(0));
-                                if let Some(session) = channel.get(skip..) {
+                                let payload: String = msg.get_payload().unwrap_or_default();
+                                let (side, origin) = parse_wake(&payload);
+                                if origin == Some(r.origin.as_str()) {
+                                    continue;
+                                }
+                                if let Some(session) = msg.get_channel_name().get(skip..) {
                                     local.send(Wake { session_id: Arc::from(session), side });
                                 }
                             }
@@ -208,9 +217,9 @@ impl Hub {
         if let Some(r) = &self.redis {
             let mut con = r.con.clone();
             let channel = format!("{}:wake:{session_id}", r.prefix);
-            let code = side.map_or(0, Side::code);
+            let payload = format!("{} {}", side.map_or(0, Side::code), r.origin);
             if let Err(e) = con
-                .publish::<_, _, i64>(channel, code)
+                .publish::<_, _, i64>(channel, payload)
                 .instrument(redis_span("PUBLISH"))
                 .await
             {
@@ -283,6 +292,17 @@ impl Hub {
             }
         }
     }
+}
+
+/// The side and the publishing hub's origin of a wake-up's payload. A payload without an
+/// origin (a replica from before origins) is another hub's; one that does not parse wakes both
+/// sides.
+fn parse_wake(payload: &str) -> (Option<Side>, Option<&str>) {
+    let (code, origin) = match payload.split_once(' ') {
+        Some((code, origin)) => (code, Some(origin)),
+        None => (payload, None),
+    };
+    (Side::from_code(code.parse().unwrap_or(0)), origin)
 }
 
 async fn subscribe(client: &redis::Client, pattern: &str) -> anyhow::Result<redis::aio::PubSub> {

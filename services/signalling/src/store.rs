@@ -425,24 +425,6 @@ pub(crate) async fn open_stream(
     Ok(())
 }
 
-/// The stream epoch and state of the participant on `side`.
-pub(crate) async fn epoch_and_state(
-    conn: &mut AnyConnection,
-    session_id: &str,
-    side: Side,
-) -> Result<Option<(i64, ParticipantState)>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT epoch, state FROM signalling_participants WHERE session_id = $1 AND side = $2",
-    )
-    .bind(session_id)
-    .bind(side.code())
-    .fetch_optional(conn)
-    .await?;
-    row.as_ref()
-        .map(|r| Ok((r.try_get("epoch")?, participant_state(r)?)))
-        .transpose()
-}
-
 /// A queued event: its sequence number and stored form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Queued {
@@ -450,32 +432,43 @@ pub(crate) struct Queued {
     pub body: String,
 }
 
-/// The most queued events read at once ([`queued_after`]).
+/// The most queued events read at once ([`pending`]).
 pub(crate) const QUEUE_PAGE: usize = 200;
 
-/// The first [`QUEUE_PAGE`] queued events of `side` after `cursor`.
-pub(crate) async fn queued_after(
+/// What a stream of `side` has to do: the participant's stream epoch and state, and the first
+/// [`QUEUE_PAGE`] queued events after `cursor`. One statement (one round trip, one snapshot):
+/// every delivery and every poll of every stream reads this. `None`: no such participant.
+pub(crate) async fn pending(
     conn: &mut AnyConnection,
     session_id: &str,
     side: Side,
     cursor: i64,
-) -> Result<Vec<Queued>, sqlx::Error> {
+) -> Result<Option<(i64, ParticipantState, Vec<Queued>)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT seq, body FROM signalling_messages WHERE session_id = $1 AND side = $2 AND seq > $3 ORDER BY seq LIMIT 200",
+        "SELECT p.epoch, p.state, m.seq, m.body FROM signalling_participants p \
+         LEFT JOIN signalling_messages m ON m.session_id = p.session_id AND m.side = p.side AND m.seq > $3 \
+         WHERE p.session_id = $1 AND p.side = $2 ORDER BY m.seq LIMIT 200",
     )
     .bind(session_id)
     .bind(side.code())
     .bind(cursor)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Queued {
-                seq: r.try_get("seq")?,
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let epoch = first.try_get("epoch")?;
+    let state = participant_state(first)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for r in &rows {
+        if let Some(seq) = r.try_get::<Option<i64>, _>("seq")? {
+            events.push(Queued {
+                seq,
                 body: r.try_get("body")?,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(Some((epoch, state, events)))
 }
 
 /// The live stream `epoch` of `side` ended: the participant is `state` (disconnected or left,

@@ -406,17 +406,16 @@ impl Signalling {
     /// Events for the stream after `cursor`, or why the stream must end.
     async fn deliverable(&self, ctx: &StreamCtx, cursor: u64) -> Result<Pending, SignallingError> {
         let mut conn = self.inner.platform.db.read().acquire().await?;
-        let Some((epoch, state)) =
-            store::epoch_and_state(&mut conn, &ctx.session_id, ctx.side).await?
+        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+        let Some((epoch, state, queued)) =
+            store::pending(&mut conn, &ctx.session_id, ctx.side, cursor).await?
         else {
             return Ok(Pending::Lost);
         };
         if epoch != ctx.epoch {
             return Ok(Pending::Superseded);
         }
-        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
-        let events = store::queued_after(&mut conn, &ctx.session_id, ctx.side, cursor)
-            .await?
+        let events = queued
             .into_iter()
             .map(|q| {
                 self.inner
