@@ -21,7 +21,9 @@ use std::{str::FromStr, time::Duration};
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
+mod multirow;
 mod scratch;
+pub use multirow::{MultiRow, rows_by_ids};
 pub use scratch::{create_database, drop_database, drop_database_blocking, with_database};
 
 /// A write transaction: derefs to its connection (`&mut **tx` is an executor); commit with
@@ -140,64 +142,6 @@ fn combined(deferred: &[Deferred]) -> String {
     }
     sql.push_str(" SELECT 1");
     sql
-}
-
-/// A statement over a batch of rows: `head`, then one tuple of `columns` placeholders per row,
-/// then `tail` (`INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) ON CONFLICT …`). The one kind of
-/// statement whose text depends on the data; a service writes `head` and `tail` as literals
-/// and this numbers the placeholders, so no service does placeholder arithmetic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MultiRow {
-    /// Up to and including `VALUES`.
-    pub head: &'static str,
-    /// Values per row.
-    pub columns: usize,
-    /// After the tuples (`ON CONFLICT …`, `RETURNING …`), or "".
-    pub tail: &'static str,
-}
-
-impl MultiRow {
-    /// The statement for `rows` rows.
-    pub fn sql(&self, rows: usize) -> String {
-        let mut sql =
-            String::with_capacity(self.head.len() + self.tail.len() + rows * self.columns * 5);
-        sql.push_str(self.head);
-        for r in 0..rows {
-            sql.push_str(if r == 0 { " (" } else { ", (" });
-            for c in 1..=self.columns {
-                if c > 1 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("${}", r * self.columns + c));
-            }
-            sql.push(')');
-        }
-        if !self.tail.is_empty() {
-            sql.push(' ');
-            sql.push_str(self.tail);
-        }
-        sql
-    }
-}
-
-/// Runs `stmt` (one column per row: `… IN (VALUES ($1), …)`) for `ids` in pages of 500 (far
-/// below either backend's limit of parameters), returning every row; no statement for no ids.
-pub async fn rows_by_ids(
-    pool: &AnyPool,
-    stmt: &MultiRow,
-    ids: &[&str],
-) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
-    const IDS_PER_READ: usize = 500;
-    let mut out = Vec::with_capacity(ids.len());
-    for page in ids.chunks(IDS_PER_READ) {
-        let sql = stmt.sql(page.len());
-        let mut q = sqlx::query(&sql);
-        for id in page {
-            q = q.bind(*id);
-        }
-        out.extend(q.fetch_all(pool).await?);
-    }
-    Ok(out)
 }
 
 /// Binds `values` to `q` in order.
@@ -755,12 +699,26 @@ impl Db {
     }
 
     /// Begins a write transaction. Traced as `db.begin`: on PostgreSQL the wait for a pooled
-    /// connection and BEGIN, on SQLite the wait for the single writer.
+    /// connection and BEGIN (and the lock's wait, from [`Db::begin_locked`]), on SQLite the wait
+    /// for the single writer.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.begin_with(None).await
+    }
+
+    /// [`Db::begin`], then [`Db::lock`] of `key`, in one round trip on PostgreSQL: the BEGIN
+    /// and the lock go as one simple query (the key inlined as hex, so nothing of it is SQL).
+    /// The lock is the one [`Db::lock`] takes, so the two serialise against each other.
+    pub async fn begin_locked(&self, key: &str) -> Result<Tx, sqlx::Error> {
+        self.begin_with(Some(key)).await
+    }
+
+    async fn begin_with(&self, lock: Option<&str>) -> Result<Tx, sqlx::Error> {
         let span = tracing::info_span!(
             "db.begin",
             otel.name = if self.group.is_some() {
                 "wait for the writer"
+            } else if lock.is_some() {
+                "acquire connection, BEGIN and lock"
             } else {
                 "acquire connection and BEGIN"
             },
@@ -773,7 +731,10 @@ impl Db {
         let kind = async {
             Ok::<_, sqlx::Error>(match &self.group {
                 Some(g) => TxKind::Sqlite(g.begin().await?),
-                None => TxKind::Postgres(self.write.begin().await?),
+                None => TxKind::Postgres(match lock {
+                    None => self.write.begin().await?,
+                    Some(key) => self.write.begin_with(begin_and_lock(key)).await?,
+                }),
             })
         }
         .instrument(span)
@@ -836,6 +797,19 @@ impl Db {
         self.write.close().await;
         self.read.close().await;
     }
+}
+
+/// `BEGIN` and [`Db::lock`]'s lock of `key` as one simple query. A simple query has no
+/// parameters, so the key travels as hex digits and PostgreSQL turns it back into the same text.
+fn begin_and_lock(key: &str) -> String {
+    use std::fmt::Write as _;
+    let mut hex = String::with_capacity(2 * key.len());
+    for b in key.as_bytes() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended(convert_from(decode('{hex}', 'hex'), 'UTF8'), 0))"
+    )
 }
 
 fn with_param(url: &str, param: &str) -> String {

@@ -207,10 +207,12 @@ impl Signalling {
 
     /// A write transaction holding the session lock of `appointment_id`.
     async fn begin_locked(&self, appointment_id: &str) -> Result<Tx, SignallingError> {
-        let db = &self.inner.platform.db;
-        let mut tx = db.begin().await?;
-        db.lock(&mut tx, &lock_key(appointment_id)).await?;
-        Ok(tx)
+        Ok(self
+            .inner
+            .platform
+            .db
+            .begin_locked(&lock_key(appointment_id))
+            .await?)
     }
 
     /// Appends `event` to the queue of `side` (in its stored form: see [`EventCodec`]); returns

@@ -113,8 +113,7 @@ impl Content {
 
 /// Seals up to `batch` committed unsealed rows in one transaction; returns how many.
 pub async fn seal(db: &Db, batch: i64) -> Result<u64, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    db.lock(&mut tx, "audit_log.chain").await?;
+    let mut tx = db.begin_locked("audit_log.chain").await?;
     let (mut seq, mut prev) = match last_link(&mut *tx).await? {
         Some(a) => (a.chain_seq, a.hash),
         None => (0, String::new()),
