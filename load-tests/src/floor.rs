@@ -228,13 +228,6 @@ async fn seed(pool: &sqlx::AnyPool, slots: i64, threads: i64) -> anyhow::Result<
     Ok(())
 }
 
-fn find_pgbench() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("pgbench"))
-        .find(|p| p.is_file())
-}
-
 /// CPU seconds of the PostgreSQL and Redis processes between `snap` and now.
 fn db_cpu_s(snap: &procstat::Snapshot) -> f64 {
     let u = snap.usage_until_now();
@@ -262,7 +255,7 @@ pub async fn postgres(admin_url: &str, plan: Plan) -> anyhow::Result<DbFloor> {
         clients,
     } = plan;
     require_loopback("--database-url", admin_url)?;
-    let pgbench = find_pgbench().context(
+    let pgbench = crate::pgbench::find_pgbench().context(
         "pgbench is not installed (Debian: apt-get install postgresql-contrib or postgresql-client)",
     )?;
     let name = format!(
@@ -278,7 +271,6 @@ pub async fn postgres(admin_url: &str, plan: Plan) -> anyhow::Result<DbFloor> {
         eprintln!("econsult-load: floor: seeding {SLOTS} slots and {THREADS} threads");
         seed(db.read(), SLOTS, THREADS).await?;
         db.close().await;
-        let (host, port, user, password) = crate::pgbench::connection(admin_url);
         let scripts = [
             ("booking write", "booking.sql", BOOKING_SQL),
             ("message write", "message.sql", MESSAGE_SQL),
@@ -297,26 +289,24 @@ pub async fn postgres(admin_url: &str, plan: Plan) -> anyhow::Result<DbFloor> {
         let mut runs: Vec<Vec<Unit>> = vec![Vec::new(); scripts.len()];
         for round in 1..=repeats.max(1) {
         for (i, (unit, file, script)) in scripts.into_iter().enumerate() {
-            let path = std::env::temp_dir().join(format!("{name}-{file}"));
-            std::fs::write(&path, script)?;
-            let mut cmd = tokio::process::Command::new(&pgbench);
-            cmd.args(["-n", "-M", "prepared"])
-                .args(["-c", &clients.to_string(), "-j", "2"])
-                .args(["-T", &seconds.to_string()])
-                .args(["-D", &format!("nslots={SLOTS}")])
-                .args(["-D", &format!("nthreads={THREADS}")])
-                .arg("-f")
-                .arg(&path)
-                .args(["-h", &host, "-p", &port, "-U", &user])
-                .arg(&name);
-            if let Some(p) = &password {
-                cmd.env("PGPASSWORD", p);
-            }
+            let mut run = crate::pgbench::command(
+                &pgbench,
+                script,
+                admin_url,
+                &name,
+                &[
+                    format!("-c{clients}"),
+                    "-j2".into(),
+                    format!("-T{seconds}"),
+                    format!("-Dnslots={SLOTS}"),
+                    format!("-Dnthreads={THREADS}"),
+                ],
+            )?;
             eprintln!("econsult-load: floor: pgbench {file} for {seconds} s (round {round} of {repeats})");
             let snap = procstat::Snapshot::take().context("no /proc")?;
             let out = tokio::time::timeout(
                 Duration::from_secs(seconds + 60),
-                cmd.kill_on_drop(true).output(),
+                run.cmd.kill_on_drop(true).output(),
             )
             .await
             .context("pgbench did not finish")??;
@@ -325,7 +315,7 @@ pub async fn postgres(admin_url: &str, plan: Plan) -> anyhow::Result<DbFloor> {
             // process was gone while its parent had not yet collected it.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let cpu = db_cpu_s(&snap);
-            let _ = std::fs::remove_file(&path);
+            drop(run);
             let stdout = String::from_utf8_lossy(&out.stdout);
             if !out.status.success() {
                 anyhow::bail!(
@@ -676,7 +666,7 @@ mod tests {
     async fn the_guaranteed_scripts_replay_against_the_real_schema() {
         use sqlx::Row as _;
         let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-        let pgbench = find_pgbench().expect("pgbench on PATH");
+        let pgbench = crate::pgbench::find_pgbench().expect("pgbench on PATH");
         let name = format!(
             "econsult_floor_test_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -688,24 +678,14 @@ mod tests {
             let db = econsult_runtime::db::Db::connect(&url).await?;
             db.migrate().await?;
             seed(db.read(), 2_000, 500).await?;
-            let (host, port, user, password) = crate::pgbench::connection(&admin);
             for (file, script) in [
                 ("message-guaranteed.sql", MESSAGE_GUARANTEED_SQL),
                 ("booking-guaranteed.sql", BOOKING_GUARANTEED_SQL),
             ] {
-                let path = std::env::temp_dir().join(format!("{name}-{file}"));
-                std::fs::write(&path, script)?;
-                let mut cmd = tokio::process::Command::new(&pgbench);
-                cmd.args(["-n", "-M", "prepared", "-c", "2", "-j", "2", "-t", "60"])
-                    .args(["-D", "nslots=2000", "-D", "nthreads=500", "-f"])
-                    .arg(&path)
-                    .args(["-h", &host, "-p", &port, "-U", &user])
-                    .arg(&name);
-                if let Some(p) = &password {
-                    cmd.env("PGPASSWORD", p);
-                }
-                let out = cmd.output().await?;
-                let _ = std::fs::remove_file(&path);
+                let options = ["-c2", "-j2", "-t60", "-Dnslots=2000", "-Dnthreads=500"];
+                let options = options.map(String::from);
+                let mut run = crate::pgbench::command(&pgbench, script, &admin, &name, &options)?;
+                let out = run.cmd.output().await?;
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 anyhow::ensure!(
                     out.status.success(),

@@ -25,11 +25,51 @@ pub struct PgbenchResult {
     pub command: String,
 }
 
-fn find_pgbench() -> Option<std::path::PathBuf> {
+/// pgbench on PATH.
+pub fn find_pgbench() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join("pgbench"))
         .find(|p| p.is_file())
+}
+
+/// One pgbench run of `script`: the command and the script's temporary file, which lives as
+/// long as this does.
+pub struct Invocation {
+    pub cmd: tokio::process::Command,
+    _script: tempfile::TempPath,
+}
+
+/// pgbench (`pgbench`, from [`find_pgbench`]) running `script` against `database` on the
+/// server of `admin_url`: prepared statements, no vacuum, the run's `options` (clients,
+/// duration, `-D` variables), then the connection's options; its password, if any, in the
+/// environment.
+pub fn command(
+    pgbench: &std::path::Path,
+    script: &str,
+    admin_url: &str,
+    database: &str,
+    options: &[String],
+) -> std::io::Result<Invocation> {
+    use std::io::Write as _;
+    let mut file = tempfile::Builder::new().suffix(".sql").tempfile()?;
+    file.write_all(script.as_bytes())?;
+    let path = file.into_temp_path();
+    let (host, port, user, password) = connection(admin_url);
+    let mut cmd = tokio::process::Command::new(pgbench);
+    cmd.args(["-n", "-M", "prepared"])
+        .args(options)
+        .arg("-f")
+        .arg(&path)
+        .args(["-p", &port, "-U", &user]);
+    if !host.is_empty() {
+        cmd.args(["-h", &host]);
+    }
+    cmd.arg(database);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    Ok(Invocation { cmd, _script: path })
 }
 
 /// (host, port, user, password) of a PostgreSQL URL, for pgbench's options.
@@ -116,33 +156,28 @@ pub async fn run(admin_url: &str, seconds: u64, clients: u32) -> anyhow::Result<
         .execute(&pool)
         .await?;
         sqlx::query("ANALYZE").execute(&pool).await?;
-        let script = std::env::temp_dir().join(format!("{name}.sql"));
-        std::fs::write(&script, SCRIPT)?;
-        let (host, port, user, password) = connection(admin_url);
-        let mut cmd = tokio::process::Command::new(&pgbench);
-        cmd.args(["-n", "-M", "prepared"])
-            .args(["-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()])
-            .args(["-D", &format!("nslots={slots}")])
-            .arg("-f")
-            .arg(&script)
-            .args(["-p", &port, "-U", &user]);
-        if !host.is_empty() {
-            cmd.args(["-h", &host]);
-        }
-        cmd.arg(&name);
-        if let Some(p) = password {
-            cmd.env("PGPASSWORD", p);
-        }
+        let mut run = command(
+            &pgbench,
+            SCRIPT,
+            admin_url,
+            &name,
+            &[
+                format!("-c{clients}"),
+                "-j2".into(),
+                format!("-T{seconds}"),
+                format!("-Dnslots={slots}"),
+            ],
+        )?;
+        let (host, port, user, _) = connection(admin_url);
         result.command = format!(
             "pgbench -n -M prepared -c {clients} -j 2 -T {seconds} -D nslots={slots} -f load-tests/pgbench/booking.sql -h {host} -p {port} -U {user} <scratch db>"
         );
         let out = tokio::time::timeout(
             Duration::from_secs(seconds + 60),
-            cmd.kill_on_drop(true).output(),
+            run.cmd.kill_on_drop(true).output(),
         )
         .await
         .context("pgbench did not finish")??;
-        let _ = std::fs::remove_file(&script);
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             anyhow::bail!(
