@@ -12,10 +12,15 @@ use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// Request headers a gRPC-Web client sends (answered in a preflight).
+/// Request headers a gRPC-Web client sends (answered in a preflight): the protocol's, the
+/// trace's, and every header the server reads a caller's intent from (`econsult_runtime::auth`:
+/// the purpose, the person a patient acts for, the person an EHR system acts for). A header
+/// left out here is one a browser will not send cross-origin: a page could not act for a child
+/// though the server allows it. A test checks the list against those constants.
 const ALLOW_HEADERS: &str = "authorization, content-type, x-grpc-web, x-user-agent, grpc-timeout, \
      grpc-accept-encoding, grpc-encoding, connect-protocol-version, connect-timeout-ms, \
-     traceparent, tracestate, x-request-id, x-purpose";
+     traceparent, tracestate, x-request-id, x-purpose, x-on-behalf-of, x-acting-name, \
+     x-acting-name-bin, x-acting-hpr";
 
 /// Response headers a page may read: the gRPC status and trailers-in-headers of gRPC-Web.
 const EXPOSE_HEADERS: &str = "grpc-status, grpc-message, grpc-status-details-bin, \
@@ -162,7 +167,27 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::parse_origins;
+    use super::{ALLOW_HEADERS, parse_origins};
+    use econsult_runtime::auth;
+
+    /// Every header the server reads a caller's intent from is one a browser may send: a
+    /// preflight that leaves one out makes the page's call fail before it reaches the server.
+    #[test]
+    fn a_preflight_allows_every_header_the_server_reads() {
+        let allowed: Vec<&str> = ALLOW_HEADERS.split(',').map(str::trim).collect();
+        for header in [
+            auth::PURPOSE_HEADER,
+            auth::ON_BEHALF_OF_HEADER,
+            auth::ACTING_NAME_HEADER,
+            auth::ACTING_NAME_BIN_HEADER,
+            auth::ACTING_HPR_HEADER,
+            "authorization",
+            "x-grpc-web",
+            "traceparent",
+        ] {
+            assert!(allowed.contains(&header), "{header} not in {ALLOW_HEADERS}");
+        }
+    }
 
     #[test]
     fn a_wildcard_or_a_malformed_origin_is_refused() {
