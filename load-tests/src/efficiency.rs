@@ -30,7 +30,7 @@ struct EfficiencyRow {
     rpc_ms: f64,
     floor_ms: f64,
     /// The floor with its booking pairs and message writes as the product commits them, with
-    /// the guarantees' rows ([`floor::FlowParts::guaranteed_ms`]; PostgreSQL only).
+    /// the guarantees' rows ([`floor::FlowParts::guaranteed_ms`]).
     guaranteed_ms: Option<f64>,
     ratio: f64,
     target_ratio: Option<f64>,

@@ -10,17 +10,22 @@
 //! - an RPC: an empty gRPC call (the health Check) on the same server, at the RPC rate the
 //!   product ran at.
 //!
-//! Beside the floor, on PostgreSQL, the writes as the product commits them, with the guarantees'
-//! rows: a rush flow's HoldSlot and Book (`pgbench/booking-guaranteed.sql`) and a message write
+//! Beside the floor, the writes as the product commits them, with the guarantees' rows: a rush
+//! flow's HoldSlot and Book (`pgbench/booking-guaranteed.sql`) and a message write
 //! (`pgbench/message-guaranteed.sql`): the claimed key and stored answer, the locks, the booking
-//! episode, the outbox events and the relay's sequencing, the access-log rows. The floor with
-//! those parts in place of the least writes, less the floor, is what the guarantees cost
-//! PostgreSQL; the product less it is the cost of everything else.
+//! episode, the outbox events and the relay's sequencing, the access-log rows. On SQLite the
+//! same writes are the product's SQLite statements, in-process (`floor/sqlite/guaranteed.rs`).
+//! The floor with those parts in place of the least writes, less the floor, is what the
+//! guarantees cost the database; the product less it is the cost of everything else.
 //!
 //! Each part's cost is the CPU of the database alone (PostgreSQL + Redis processes, or this
 //! process's SQLite threads) and, for the empty call, of the server's threads alone: the
 //! clients (pgbench, the generator) are left out on both sides, as the product's figure leaves
 //! out the generator.
+
+mod sqlite;
+
+pub use sqlite::sqlite;
 
 use crate::procstat;
 use crate::target::require_loopback;
@@ -88,10 +93,10 @@ pub struct DbFloor {
     pub message_write: Unit,
     pub read: Unit,
     /// A rush flow's HoldSlot and Book with the guarantees' rows, as the product commits them
-    /// (`pgbench/booking-guaranteed.sql`; PostgreSQL only).
+    /// (`pgbench/booking-guaranteed.sql`; on SQLite `floor/sqlite/guaranteed.rs`).
     pub booking_guaranteed: Option<Unit>,
     /// A message write with the guarantees' rows, as the product commits it
-    /// (`pgbench/message-guaranteed.sql`; PostgreSQL only).
+    /// (`pgbench/message-guaranteed.sql`; on SQLite `floor/sqlite/guaranteed.rs`).
     pub message_guaranteed: Option<Unit>,
 }
 
@@ -428,176 +433,6 @@ pub async fn round_trip(
             "SELECT 1 from {clients} tasks, each on a connection it holds, {rate:.0}/s for {seconds} s"
         ),
     })
-}
-
-/// The scripts' statements with sqlx parameters, for SQLite (pgbench's `:vars` become binds;
-/// ids come from the client, as SQLite has no `gen_random_uuid`).
-const SQLITE_BOOKING: [&str; 2] = [
-    "UPDATE booking_slots SET status = 2, hold_id = NULL, hold_patient = NULL, hold_expires_at = NULL \
-     WHERE slot_id = $1 AND status = 1",
-    "INSERT INTO booking_appointments (appointment_id, slot_id, gp_uid, patient_nin, status, reason, booked_at) \
-     SELECT $2, slot_id, gp_uid, $3, 1, '', 0 FROM booking_slots WHERE slot_id = $1 AND status = 2 \
-     ON CONFLICT DO NOTHING",
-];
-const SQLITE_MESSAGE: [&str; 2] = [
-    "UPDATE consultation_threads SET last_seq = last_seq + 1, updated_at = 0 WHERE thread_id = $1 RETURNING last_seq",
-    "INSERT INTO consultation_messages (message_id, thread_id, seq, author, author_hpr, body, sent_at) \
-     VALUES ($1, $2, $3, 1, '', 'Hei, jeg har hatt vondt i halsen i fem dager og lurer på om jeg bør komme inn.', 0)",
-];
-const SQLITE_READ: &str = "SELECT slot_id, start_at, end_at, modality FROM booking_slots \
-     WHERE gp_uid = 'pgb-gp' AND start_at >= $1 AND status = 1 ORDER BY start_at LIMIT 20";
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Booking,
-    Message,
-    Read,
-}
-
-/// One transaction of `kind` with random parameters.
-async fn sqlite_once(
-    write: &sqlx::AnyPool,
-    read: &sqlx::AnyPool,
-    kind: Kind,
-) -> anyhow::Result<()> {
-    use rand::Rng as _;
-    use sqlx::Row as _;
-    let (n, patient) = {
-        let mut rng = rand::thread_rng();
-        (rng.gen_range(1..=SLOTS), rng.gen_range(1..=100_000))
-    };
-    match kind {
-        Kind::Booking => {
-            let slot = format!("pgb-{n}");
-            let mut tx = write.begin().await?;
-            sqlx::query(SQLITE_BOOKING[0])
-                .bind(&slot)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(SQLITE_BOOKING[1])
-                .bind(&slot)
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(format!("p{patient}"))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Kind::Message => {
-            let thread = format!("pgb-t{}", 1 + n % THREADS);
-            let mut tx = write.begin().await?;
-            let seq: i64 = sqlx::query(SQLITE_MESSAGE[0])
-                .bind(&thread)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
-            sqlx::query(SQLITE_MESSAGE[1])
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(&thread)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
-        Kind::Read => {
-            sqlx::query(SQLITE_READ)
-                .bind(4_000_000_000_000 + n * 60_000)
-                .fetch_all(read)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-/// The SQLite floor: the same statements, `plan.clients` tasks for `plan.seconds` each,
-/// `plan.repeats` rounds, in one transaction each on one writing connection with the service's pragmas (WAL,
-/// `synchronous = FULL`) and a pool of readers, on a scratch file migrated with the real schema.
-/// The cost is the CPU of this process's SQLite threads (`sqlx-sqlite-worker-*`).
-pub async fn sqlite(plan: Plan) -> anyhow::Result<DbFloor> {
-    let Plan {
-        seconds,
-        repeats,
-        clients,
-    } = plan;
-    use sqlx::Executor as _;
-    use std::str::FromStr as _;
-    let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("floor.db").display());
-    {
-        let db = econsult_runtime::db::Db::connect(&url).await?;
-        db.migrate().await?;
-        eprintln!("econsult-load: floor: seeding {SLOTS} slots and {THREADS} threads");
-        seed(db.writer(), SLOTS, THREADS).await?;
-        db.close().await;
-    }
-    let write = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                conn.execute(econsult_runtime::db::SQLITE_WRITER_PRAGMAS)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_with(sqlx::any::AnyConnectOptions::from_str(&format!(
-            "{url}?mode=rw"
-        ))?)
-        .await?;
-    let read = sqlx::any::AnyPoolOptions::new()
-        .max_connections(clients.max(1))
-        .connect_with(sqlx::any::AnyConnectOptions::from_str(&format!(
-            "{url}?mode=ro"
-        ))?)
-        .await?;
-    let mut runs: Vec<Vec<Unit>> = vec![Vec::new(); 3];
-    for round in 1..=repeats.max(1) {
-        for (i, (name, kind)) in [
-            ("booking write", Kind::Booking),
-            ("message write", Kind::Message),
-            ("read", Kind::Read),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            eprintln!(
-                "econsult-load: floor: SQLite {name} for {seconds} s (round {round} of {repeats})"
-            );
-            let before = procstat::threads_cpu_s("sqlx-sqlite").context("no /proc")?;
-            let started = Instant::now();
-            let deadline = started + Duration::from_secs(seconds);
-            let mut tasks = Vec::new();
-            for _ in 0..clients.max(1) {
-                let (write, read) = (write.clone(), read.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut done = 0u64;
-                    while Instant::now() < deadline {
-                        sqlite_once(&write, &read, kind).await?;
-                        done += 1;
-                    }
-                    anyhow::Ok(done)
-                }));
-            }
-            let mut transactions = 0;
-            for t in tasks {
-                transactions += t.await??;
-            }
-            let wall = started.elapsed().as_secs_f64();
-            let cpu = procstat::threads_cpu_s("sqlx-sqlite").context("no /proc")? - before;
-            anyhow::ensure!(transactions > 0, "SQLite {name} ran no transaction");
-            runs[i].push(Unit {
-            name: name.into(),
-            transactions,
-            per_second: transactions as f64 / wall,
-            cpu_ms: 1000.0 * cpu / transactions as f64,
-            cpu_ms_runs: Vec::new(),
-            command: format!(
-                "in-process: {clients} tasks, one transaction each on one writer (WAL, synchronous = FULL), {seconds} s (median of {repeats})"
-            ),
-        });
-        }
-    }
-    write.close().await;
-    read.close().await;
-    parts("sqlite", runs)
 }
 
 #[cfg(test)]
