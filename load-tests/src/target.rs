@@ -350,11 +350,17 @@ impl Target {
             .context("count is not a number")
     }
 
-    /// Keeps the run's PostgreSQL database at [`Target::shutdown`] (a check failed: what it
-    /// counted can then be looked at; the shutdown prints its name).
+    /// Keeps the run's database at [`Target::shutdown`] (a check failed: what it counted can
+    /// then be looked at): PostgreSQL's (the shutdown prints its name), or the in-process
+    /// server's data directory with its SQLite file (printed here).
     pub fn keep_database(&mut self) {
         if let Some((_, _, keep)) = &mut self.pg {
             *keep = true;
+        } else if let Some(dir) = self._dir.take() {
+            eprintln!(
+                "econsult-load: kept the data directory {} (remove it when done)",
+                dir.keep().display()
+            );
         }
     }
 
