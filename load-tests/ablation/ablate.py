@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # Variants of a guaranteed pgbench script (load-tests/pgbench/*-guaranteed.sql) with one
 # guarantee's rows left out, for run.sh: ablate.py SCRIPT none|relay|idempotency|outbox|audit|episode
+# (and, for watermark.sh, the relay's mark moved to a watermark: ablate.py SCRIPT watermark)
 """What each variant leaves out:
 - relay: the outbox relay's passes (the events' total order, and their marking as published);
 - idempotency: the claimed key (the claim becomes a plain row source) and the stored answer;
@@ -9,6 +10,9 @@
 - episode: the booking episode (the five-working-day figure's record): its read, upsert and
   outcome;
 - none: nothing (the script as it is).
+- watermark: leaves nothing out, but the relay's pass marks what the last pass gave published
+  by raising one row's watermark (`outbox_watermark`, made by watermark.sh) instead of setting
+  `published_at` on each of those events: one row updated per pass, not one per event.
 """
 import re
 import sys
@@ -53,8 +57,14 @@ def no_episode(s):
     s = re.sub(r"WITH d0 AS \(UPDATE booking_episodes SET\n.*?ORDER BY o.requested_at DESC LIMIT 1\)\)\),\n     d1 AS", "WITH d1 AS", s, flags=re.S)
     return s
 
+def watermark(s):
+    out, n = re.subn(r"WITH marked AS \(UPDATE outbox SET published_at = (\d+)\n\s*WHERE seq > \(SELECT COALESCE\(MAX\(seq\), 0\) FROM outbox\) - 256 AND published_at IS NULL\)",
+                     r"WITH marked AS (UPDATE outbox_watermark SET seq = (SELECT COALESCE(MAX(seq), 0) FROM outbox), published_at = \1)", s)
+    assert n == 1, "the relay's marking statement not found"
+    return out
+
 src = open(sys.argv[1]).read()
 name = sys.argv[2]
 out = {"none": lambda s: s, "relay": no_relay, "idempotency": no_idempotency, "outbox": no_outbox,
-       "audit": no_audit, "episode": no_episode}[name](src)
+       "audit": no_audit, "episode": no_episode, "watermark": watermark}[name](src)
 sys.stdout.write(out)
