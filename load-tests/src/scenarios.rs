@@ -308,20 +308,25 @@ impl Rush {
             .map(|s| (s * planned_flows as f64 * 1.5).ceil() as usize + 5)
             .collect();
         let since_ms = Utc::now().timestamp_millis() - 1000;
-        // Fresh practices per seed. A patient whose GP has no slot in time is offered the
-        // colleagues' slots in the practice, and an earlier seed's GPs on the same database
-        // (`--efficiency` runs a sweep, two runs and the mixed day on one) were colleagues when
-        // they shared its organisation numbers: a Book then took such a slot, and the checks,
-        // which count this seed's GPs, missed it (one appointment in two runs of hundreds).
+        // Fresh practices and patients per seed. A patient whose GP has no slot in time is
+        // offered the colleagues' slots in the practice, and an earlier seed's GPs on the same
+        // database (`--efficiency` runs a sweep, two runs and the mixed day on one) were
+        // colleagues when they shared its organisation numbers: a Book then took such a slot,
+        // and the checks, which count this seed's GPs, missed it (one appointment in two runs
+        // of hundreds). Patients are fresh too: a move between practices is ops' MoveListing.
         static ROUND: AtomicU64 = AtomicU64::new(0);
-        let round = ROUND.fetch_add(1, Ordering::Relaxed);
+        let round = ROUND.fetch_add(1, Ordering::Relaxed) % 100;
         let n_practices = gps.div_ceil(shape.gps_per_practice.max(1));
         anyhow::ensure!(n_practices <= 10_000, "at most 10 000 rush practices");
+        anyhow::ensure!(
+            gps * shape.patients_per_gp.max(1) <= 90_000,
+            "at most 90 000 rush patients"
+        );
         let (seeded, practices, n_slots) = seed_gps(
             target,
             channels,
-            930_000_000 + (round % 100) * 10_000,
-            1_000_000,
+            930_000_000 + round * 10_000,
+            1_000_000 + round * 90_000,
             gps,
             shape.gps_per_practice,
             shape.patients_per_gp.max(1),
