@@ -119,7 +119,13 @@ pub async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<b
         );
     }
     let runtime = server.clone();
-    let target = Target::start(spec(&args)?, server, args.db_max_connections).await?;
+    let target = Target::start(
+        spec(&args)?,
+        server,
+        args.db_max_connections,
+        &args.services,
+    )
+    .await?;
     eprintln!("econsult-load: target {} at {}", target.label, target.addr);
     let channels = target.channels(args.connections).await?;
     let limits = Limits {
@@ -521,7 +527,7 @@ fn guarantees_markdown(s: &mut String, r: &EfficiencyReport) {
     };
     let _ = writeln!(
         s,
-        "\n## What the guarantees cost\n\nThe writes as the product commits them, with the guarantees' rows, in PostgreSQL CPU ms each: a rush flow's HoldSlot and Book {} (the least booking write: {:.3} each); a message write {} (the least: {:.3}). Per flow, in CPU ms (database \\| server = total; the server's part of a floor is its empty calls):\n\n| scenario | floor | floor with the guarantees' rows | product | guarantees: with − floor | the rest: product − with | product / with |\n|---|---|---|---|---:|---:|---:|",
+        "\n## What the guarantees cost\n\nThe writes as the product commits them, with the guarantees' rows, in database CPU ms each: a rush flow's HoldSlot and Book {} (the least booking write: {:.3} each); a message write {} (the least: {:.3}). Per flow, in CPU ms (database \\| server = total; the server's part of a floor is its empty calls):\n\n| scenario | floor | floor with the guarantees' rows | product | guarantees: with − floor | the rest: product − with | product / with |\n|---|---|---|---|---:|---:|---:|",
         cost(&f.booking_guaranteed),
         f.booking_write.cpu_ms,
         cost(&f.message_guaranteed),

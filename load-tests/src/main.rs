@@ -251,6 +251,15 @@ struct Args {
     /// Database connections of the in-process server (its `--db-max-connections`).
     #[arg(long, default_value_t = econsult_runtime::db::DEFAULT_MAX_CONNECTIONS)]
     db_max_connections: u32,
+    /// Services of the in-process server (its `--services`): leaving out `stats,notify`
+    /// measures what their consumers cost. The scenarios need booking, consultation and
+    /// signalling.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "booking,consultation,signalling,stats,notify"
+    )]
+    services: Vec<econsult::ServiceKind>,
     /// Worker threads of the generator's runtime.
     #[arg(long, default_value_t = 2)]
     generator_threads: usize,
@@ -426,7 +435,7 @@ async fn run(args: Args, server: tokio::runtime::Handle) -> anyhow::Result<bool>
     if !args.step && args.rate <= 0.0 {
         anyhow::bail!("--rate must be positive");
     }
-    let target = Target::start(spec, server, args.db_max_connections).await?;
+    let target = Target::start(spec, server, args.db_max_connections, &args.services).await?;
     eprintln!("econsult-load: target {} at {}", target.label, target.addr);
     let channels = target.channels(args.connections).await?;
     let limits = Limits {

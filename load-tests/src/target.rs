@@ -96,11 +96,11 @@ impl Target {
         spec: Spec,
         server: Handle,
         db_max_connections: u32,
+        services: &[econsult::ServiceKind],
     ) -> anyhow::Result<Self> {
+        let sized = (db_max_connections, services);
         match spec {
-            Spec::EmbeddedSqlite => {
-                Self::in_process(None, None, false, server, db_max_connections).await
-            }
+            Spec::EmbeddedSqlite => Self::in_process(None, None, false, server, sized).await,
             Spec::EmbeddedPostgres {
                 admin_url,
                 redis_url,
@@ -113,7 +113,7 @@ impl Target {
                     Some(redis_url),
                     keep_database,
                     server,
-                    db_max_connections,
+                    sized,
                 )
                 .await
             }
@@ -182,7 +182,7 @@ impl Target {
         redis_url: Option<String>,
         keep_database: bool,
         server: Handle,
-        db_max_connections: u32,
+        (db_max_connections, services): (u32, &[econsult::ServiceKind]),
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("econsult-load-")
@@ -193,6 +193,7 @@ impl Target {
         let mut config = Config::embedded(dir.path().to_path_buf());
         config.shutdown_grace = Duration::from_secs(5);
         config.db_max_connections = db_max_connections;
+        config.services = services.to_vec();
         config.instance_id = format!("econsult-load-{}", &run[..8]);
         let mut pg = None;
         let mut redis = None;
