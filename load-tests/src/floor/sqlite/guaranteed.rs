@@ -21,6 +21,8 @@
 //! sides of the comparison. Left out, as on PostgreSQL: the streams' reads, the consumers'
 //! bookkeeping, the relay's publishing.
 
+use anyhow::Context as _;
+use econsult_runtime::db::{Value, bind_values};
 use rand::Rng as _;
 use sqlx::Row as _;
 use std::sync::Arc;
@@ -140,101 +142,74 @@ fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// `n` bytes of an answer, as the product stores its serialised answer.
-fn answer(n: usize) -> Vec<u8> {
-    vec![b'x'; n]
+/// The values of a statement, in order: `values![a, b, …]`.
+macro_rules! values {
+    ($($v:expr),* $(,)?) => { vec![$(Value::from($v)),*] };
+}
+
+/// Runs `sql` with `values` on `c`.
+async fn exec(c: &mut sqlx::AnyConnection, sql: &str, values: Vec<Value>) -> anyhow::Result<()> {
+    bind_values(sqlx::query(sql), values).execute(c).await?;
+    Ok(())
+}
+
+/// Runs `sql` with `values` on `c` and returns its rows.
+async fn rows(
+    c: &mut sqlx::AnyConnection,
+    sql: &str,
+    values: Vec<Value>,
+) -> anyhow::Result<Vec<sqlx::any::AnyRow>> {
+    Ok(bind_values(sqlx::query(sql), values).fetch_all(c).await?)
 }
 
 /// Claims `key` in `scope`: the first statement of every command.
-async fn claim(
-    tx: &mut sqlx::AnyConnection,
-    scope: &str,
-    key: &str,
-    created_at: i64,
-) -> anyhow::Result<()> {
-    sqlx::query(CLAIM)
-        .bind(scope)
-        .bind(key)
-        .bind("a24c8103347fb6512fb96f160b2a013e6721951fa4b257d2c2e7633af6353513")
-        .bind(Vec::<u8>::new())
-        .bind(created_at)
-        .execute(tx)
-        .await?;
-    Ok(())
+async fn claim(c: &mut sqlx::AnyConnection, scope: &str, key: &str, at: i64) -> anyhow::Result<()> {
+    let hash = "a24c8103347fb6512fb96f160b2a013e6721951fa4b257d2c2e7633af6353513";
+    exec(c, CLAIM, values![scope, key, hash, Vec::<u8>::new(), at]).await
 }
 
+/// Stores the call's answer (`bytes` long, as the product's serialised answers are) and the
+/// accesses it reports.
 async fn store_answer(
-    tx: &mut sqlx::AnyConnection,
-    scope: &str,
-    key: &str,
+    c: &mut sqlx::AnyConnection,
+    (scope, key): (&str, &str),
     bytes: usize,
     accesses: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query(ANSWER)
-        .bind(answer(bytes))
-        .bind(accesses)
-        .bind(scope)
-        .bind(key)
-        .execute(tx)
-        .await?;
-    Ok(())
+    exec(c, ANSWER, values![vec![b'x'; bytes], accesses, scope, key]).await
 }
 
-/// An access-log row: (subject, role, org, action, resource, patient, actor name, actor HPR,
-/// system, purpose, what, what subject).
-#[allow(clippy::too_many_arguments)]
-async fn audit(
-    tx: &mut sqlx::AnyConnection,
-    subject: &str,
+/// An access-log row.
+struct Access<'a> {
+    subject: &'a str,
     role: i64,
-    org: &str,
-    action: &str,
-    resource: &str,
-    patient: &str,
-    actor: (&str, &str, &str),
+    org: &'a str,
+    action: &'a str,
+    resource: &'a str,
+    patient: &'a str,
+    /// The acting person's name and HPR number, and the system (an EHR's call).
+    actor: (&'a str, &'a str, &'a str),
     purpose: i64,
-    what: (&str, &str),
-) -> anyhow::Result<()> {
-    sqlx::query(AUDIT)
-        .bind(NOW)
-        .bind(subject)
-        .bind(role)
-        .bind(org)
-        .bind(action)
-        .bind(resource)
-        .bind(patient)
-        .bind("")
-        .bind(uuid::Uuid::new_v4().simple().to_string())
-        .bind("")
-        .bind(0_i64)
-        .bind(actor.0)
-        .bind(actor.1)
-        .bind(actor.2)
-        .bind(purpose)
-        .bind(what.0)
-        .bind(what.1)
-        .execute(tx)
-        .await?;
-    Ok(())
+    what: (&'a str, &'a str),
+}
+
+async fn audit(c: &mut sqlx::AnyConnection, a: Access<'_>) -> anyhow::Result<()> {
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let values = values![
+        NOW, a.subject, a.role, a.org, a.action, a.resource, a.patient, "", request_id, "", 0,
+        a.actor.0, a.actor.1, a.actor.2, a.purpose, a.what.0, a.what.1,
+    ];
+    exec(c, AUDIT, values).await
 }
 
 async fn event(
-    tx: &mut sqlx::AnyConnection,
+    c: &mut sqlx::AnyConnection,
     topic: &str,
     route_key: &str,
     payload: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query(EVENT)
-        .bind(uuid())
-        .bind(topic)
-        .bind("999999999")
-        .bind(route_key)
-        .bind(payload)
-        .bind(NOW)
-        .bind("")
-        .execute(tx)
-        .await?;
-    Ok(())
+    let values = values![uuid(), topic, "999999999", route_key, payload, NOW, ""];
+    exec(c, EVENT, values).await
 }
 
 /// One relay pass, in a transaction of its own: mark the last pass's events published, give
@@ -243,20 +218,11 @@ pub async fn relay_pass(write: &sqlx::AnyPool, relay: &SharedRelay) -> anyhow::R
     let mut relay = relay.lock().await;
     let mut tx = write.begin().await?;
     if let Some((first, end)) = relay.unmarked {
-        sqlx::query(MARK)
-            .bind(NOW)
-            .bind(first)
-            .bind(end)
-            .execute(&mut *tx)
-            .await?;
+        exec(&mut tx, MARK, values![NOW, first, end]).await?;
     }
-    let rows = sqlx::query(SEQUENCE)
-        .bind(256_i64)
-        .bind(relay.last)
-        .fetch_all(&mut *tx)
-        .await?;
+    let sequenced = rows(&mut tx, SEQUENCE, values![256, relay.last]).await?;
     tx.commit().await?;
-    let seqs: Vec<i64> = rows
+    let seqs: Vec<i64> = sequenced
         .iter()
         .map(|r| r.try_get::<i64, _>("seq"))
         .collect::<Result<_, _>>()?;
@@ -285,156 +251,127 @@ pub async fn booking_pair(
             rng.gen_range(0..1000) < RELAY_PER_MILLE_PAIR,
         )
     };
+    let (slot, patient) = (slot.as_str(), patient.as_str());
     let (hold_id, request_id) = (format!("pgb-h{key}"), format!("pgb-r{key}"));
-    let hold_scope = format!("{PATIENT_SUBJECT}|/econsult.booking.v1.BookingService/HoldSlot");
-    let book_scope = format!("{PATIENT_SUBJECT}|/econsult.booking.v1.BookingService/Book");
-    sqlx::query(OPEN_EPISODE)
-        .bind(&patient)
-        .bind(NOW - 604_800_000)
+    let (hold_id, request_id) = (hold_id.as_str(), request_id.as_str());
+    let week_ago = NOW - 604_800_000;
+    let svc = "/econsult.booking.v1.BookingService";
+    bind_values(sqlx::query(OPEN_EPISODE), values![patient, week_ago])
         .fetch_optional(read)
         .await?;
 
+    // HoldSlot, with the search's access-log row.
+    let hold_scope = format!("{PATIENT_SUBJECT}|{svc}/HoldSlot");
     let mut tx = write.begin().await?;
-    let (c, ms) = (&mut *tx, NOW + 4);
-    audit(
-        c,
-        PATIENT_SUBJECT,
+    let (c, at) = (&mut *tx, NOW + 4);
+    let search = Access {
+        subject: PATIENT_SUBJECT,
+        role: 1,
+        org: "",
+        action: &format!("{svc}/FindSlots"),
+        resource: "gp:pgb",
+        patient,
+        actor: ("", "", ""),
+        purpose: 1,
+        what: ("searched for free appointments with your GP", ""),
+    };
+    audit(c, search).await?;
+    claim(c, &hold_scope, hold_id, at).await?;
+    rows(c, SLOT_AND_LIST, values![slot, patient]).await?;
+    rows(c, RELEASE, values![patient, slot]).await?;
+    let hold = values![hold_id, patient, at + 300_000, request_id, slot, at];
+    rows(c, HOLD, hold).await?;
+    exec(c, CLOSE_OLDER, values![3, patient, request_id, NOW]).await?;
+    let (start, none) = (1_796_689_800_000_i64, None::<i64>);
+    let episode = values![
+        request_id,
+        patient,
+        "pgb-gp",
+        "pgb",
+        "999999999",
+        "0301",
         1,
-        "",
-        "/econsult.booking.v1.BookingService/FindSlots",
-        "gp:pgb",
-        &patient,
-        ("", "", ""),
+        NOW,
+        "2026-12-07",
+        1_797_289_200_000_i64,
+        0,
+        0,
+        1_796_688_000_000_i64,
         1,
-        ("searched for free appointments with your GP", ""),
-    )
-    .await?;
-    claim(c, &hold_scope, &hold_id, ms).await?;
-    sqlx::query(SLOT_AND_LIST)
-        .bind(&slot)
-        .bind(&patient)
-        .fetch_optional(&mut *c)
-        .await?;
-    sqlx::query(RELEASE)
-        .bind(&patient)
-        .bind(&slot)
-        .fetch_all(&mut *c)
-        .await?;
-    sqlx::query(HOLD)
-        .bind(&hold_id)
-        .bind(&patient)
-        .bind(ms + 300_000)
-        .bind(&request_id)
-        .bind(&slot)
-        .bind(ms)
-        .fetch_optional(&mut *c)
-        .await?;
-    sqlx::query(CLOSE_OLDER)
-        .bind(3_i64)
-        .bind(&patient)
-        .bind(&request_id)
-        .bind(NOW)
-        .execute(&mut *c)
-        .await?;
-    let episode = sqlx::query(EPISODE)
-        .bind(&request_id)
-        .bind(&patient)
-        .bind("pgb-gp")
-        .bind("pgb")
-        .bind("999999999")
-        .bind("0301")
-        .bind(1_i64)
-        .bind(NOW)
-        .bind("2026-12-07")
-        .bind(1_797_289_200_000_i64)
-        .bind(0_i64)
-        .bind(0_i64)
-        .bind(1_796_688_000_000_i64)
-        .bind(1_i64)
-        .bind(1_796_688_000_000_i64)
-        .bind(0_i64)
-        .bind(&slot)
-        .bind(1_796_689_800_000_i64)
-        .bind(ms)
-        .bind(None::<i64>)
-        .bind(0_i64)
-        .bind(0_i64)
-        .bind(None::<i64>);
-    episode.execute(&mut *c).await?;
-    store_answer(c, &hold_scope, &hold_id, 327, "[]").await?;
+        1_796_688_000_000_i64,
+        0,
+        slot,
+        start,
+        at,
+        none,
+        0,
+        0,
+        none,
+    ];
+    exec(c, EPISODE, episode).await?;
+    store_answer(c, (&hold_scope, hold_id), 327, "[]").await?;
     tx.commit().await?;
 
-    let book_key = format!("pgb-b{key}");
+    // Book.
+    let (book_scope, book_key) = (
+        format!("{PATIENT_SUBJECT}|{svc}/Book"),
+        format!("pgb-b{key}"),
+    );
     let mut tx = write.begin().await?;
-    let (c, ms) = (&mut *tx, NOW + 9);
-    claim(c, &book_scope, &book_key, ms).await?;
-    sqlx::query(TAKE)
-        .bind(&hold_id)
-        .bind(&patient)
-        .bind(ms)
-        .fetch_optional(&mut *c)
-        .await?;
-    sqlx::query(SLOT_AND_LIST)
-        .bind(&slot)
-        .bind(&patient)
-        .fetch_optional(&mut *c)
-        .await?;
-    sqlx::query(BOOKED_EPISODE)
-        .bind(&slot)
-        .bind(1_796_689_800_000_i64)
-        .bind(ms)
-        .bind(1_i64)
-        .bind(ms)
-        .bind(&request_id)
-        .bind(&patient)
-        .bind(ms - 604_800_000)
-        .execute(&mut *c)
-        .await?;
+    let (c, at) = (&mut *tx, NOW + 9);
+    claim(c, &book_scope, &book_key, at).await?;
+    rows(c, TAKE, values![hold_id, patient, at]).await?;
+    rows(c, SLOT_AND_LIST, values![slot, patient]).await?;
+    let booked = values![
+        slot,
+        start,
+        at,
+        1,
+        at,
+        request_id,
+        patient,
+        at - 604_800_000
+    ];
+    exec(c, BOOKED_EPISODE, booked).await?;
     let appointment = uuid();
-    sqlx::query(APPOINTMENT)
-        .bind(&appointment)
-        .bind(&slot)
-        .bind("pgb-gp")
-        .bind(&patient)
-        .bind(1_i64)
-        .bind("load test")
-        .bind(ms)
-        .bind(None::<String>)
-        .bind(&request_id)
-        .bind("")
-        .bind(0_i64)
-        .bind("")
-        .execute(&mut *c)
-        .await?;
-    let payload = format!(
-        r#"{{"appointment_id":"{appointment}","slot_id":"{slot}","gp_id":"pgb","org_number":"999999999","municipality_number":"0301","modality":"in_person","start_ms":1796689800000,"end_ms":1796690700000,"status":"booked","booked_at_ms":{ms},"cancelled_at_ms":null,"cancelled_by":null,"late_cancellation":false,"rescheduled_from":null,"gp_hpr_number":"7000000"}}"#
-    );
-    event(
-        c,
-        "booking.created",
-        "DWE3D1UtXwfgbsSiicfM-NZrZ2BwNtZOPylmZWEQWyA",
-        &payload,
-    )
-    .await?;
-    let resource = format!("appointment:{appointment}");
-    let what = "booked an appointment on 2026-12-08 01:30";
-    audit(
-        c,
-        PATIENT_SUBJECT,
+    let row = values![
+        appointment.as_str(),
+        slot,
+        "pgb-gp",
+        patient,
         1,
+        "load test",
+        at,
+        None::<&str>,
+        request_id,
         "",
-        "/econsult.booking.v1.BookingService/Book",
-        &resource,
-        &patient,
-        ("", "", ""),
-        1,
-        (what, ""),
-    )
-    .await?;
-    let accesses = format!(
-        r#"[{{"action":"/econsult.booking.v1.BookingService/Book","resource":"{resource}","patient_nin":"{patient}","what":"{what}","what_subject":"","purpose":1}}]"#
+        0,
+        "",
+    ];
+    exec(c, APPOINTMENT, row).await?;
+    let payload = format!(
+        r#"{{"appointment_id":"{appointment}","slot_id":"{slot}","gp_id":"pgb","org_number":"999999999","municipality_number":"0301","modality":"in_person","start_ms":{start},"end_ms":1796690700000,"status":"booked","booked_at_ms":{at},"cancelled_at_ms":null,"cancelled_by":null,"late_cancellation":false,"rescheduled_from":null,"gp_hpr_number":"7000000"}}"#
     );
-    store_answer(c, &book_scope, &book_key, 504, &accesses).await?;
+    let route_key = "DWE3D1UtXwfgbsSiicfM-NZrZ2BwNtZOPylmZWEQWyA";
+    event(c, "booking.created", route_key, &payload).await?;
+    let (action, resource) = (format!("{svc}/Book"), format!("appointment:{appointment}"));
+    let what = "booked an appointment on 2026-12-08 01:30";
+    let book = Access {
+        subject: PATIENT_SUBJECT,
+        role: 1,
+        org: "",
+        action: &action,
+        resource: &resource,
+        patient,
+        actor: ("", "", ""),
+        purpose: 1,
+        what: (what, ""),
+    };
+    audit(c, book).await?;
+    let accesses = format!(
+        r#"[{{"action":"{action}","resource":"{resource}","patient_nin":"{patient}","what":"{what}","what_subject":"","purpose":1}}]"#
+    );
+    store_answer(c, (&book_scope, &book_key), 504, &accesses).await?;
     tx.commit().await?;
 
     if pass {
@@ -460,199 +397,150 @@ pub async fn message_write(
         )
     };
     let (patient, idem_key) = (format!("p{n}"), format!("pgb-{key}"));
+    let (patient, idem_key) = (patient.as_str(), idem_key.as_str());
     let svc = "/econsult.consultation.v1.ConsultationService";
     let mut tx = write.begin().await?;
-    let (c, ms) = (&mut *tx, NOW + 20);
+    let (c, at) = (&mut *tx, NOW + 20);
+    let none = None::<i64>;
     if kind == 1 {
         let scope = format!("{PATIENT_SUBJECT}|{svc}/StartConsultation");
         let thread = format!("pgb-n{key}");
-        claim(c, &scope, &idem_key, ms).await?;
-        sqlx::query(GP_BY_LIST)
-            .bind(&patient)
-            .fetch_optional(&mut *c)
-            .await?;
-        sqlx::query(OPEN_THREADS)
-            .bind(&patient)
-            .bind(1_i64)
-            .bind(2_i64)
-            .bind(3_i64)
-            .fetch_one(&mut *c)
-            .await?;
-        sqlx::query(SETTINGS)
-            .bind("999999999")
-            .fetch_optional(&mut *c)
-            .await?;
-        let due = ms + 604_800_000;
-        sqlx::query(NEW_THREAD)
-            .bind(&thread)
-            .bind(&patient)
-            .bind("pgb")
-            .bind("pgbench")
-            .bind("999999999")
-            .bind("0301")
-            .bind(1_i64)
-            .bind("Sår hals")
-            .bind(ms)
-            .bind(due)
-            .bind("")
-            .bind(0_i64)
-            .bind("")
-            .bind(0_i64)
-            .bind(None::<String>)
-            .bind(1_i64)
-            .bind(None::<i64>)
-            .bind("")
-            .bind(1_i64)
-            .bind(1_i64)
-            .bind(0_i64)
-            .bind("")
-            .bind("")
-            .bind(None::<i64>)
-            .bind(ms)
-            .execute(&mut *c)
-            .await?;
-        let message = uuid();
-        message_row(
-            c,
-            &message,
-            &thread,
+        claim(c, &scope, idem_key, at).await?;
+        rows(c, GP_BY_LIST, values![patient]).await?;
+        rows(c, OPEN_THREADS, values![patient, 1, 2, 3]).await?;
+        rows(c, SETTINGS, values!["999999999"]).await?;
+        let due = at + 604_800_000;
+        let row = values![
+            thread.as_str(),
+            patient,
+            "pgb",
+            "pgbench",
+            "999999999",
+            "0301",
             1,
-            (1, ""),
-            "I have had a cough for two weeks. Should I come in?",
-        )
-        .await?;
-        event(
-            c,
-            "consultation.started",
-            ROUTE_KEY,
-            &thread_payload(&thread, ms, due, None),
-        )
-        .await?;
-        event(
-            c,
-            "consultation.message",
-            ROUTE_KEY,
-            &message_payload(&message, 1, &thread),
-        )
-        .await?;
-        store_answer(c, &scope, &idem_key, 543, "[]").await?;
+            "Sår hals",
+            at,
+            due,
+            "",
+            0,
+            "",
+            0,
+            None::<&str>,
+            1,
+            none,
+            "",
+            1,
+            1,
+            0,
+            "",
+            "",
+            none,
+            at,
+        ];
+        exec(c, NEW_THREAD, row).await?;
+        let message = uuid();
+        let body = "I have had a cough for two weeks. Should I come in?";
+        let row = values![message.as_str(), thread.as_str(), 1, 1, "", body, NOW];
+        exec(c, MESSAGE, row).await?;
+        let started = thread_payload(&thread, at, due, None);
+        event(c, "consultation.started", ROUTE_KEY, &started).await?;
+        let new = message_payload(&message, 1, &thread);
+        event(c, "consultation.message", ROUTE_KEY, &new).await?;
+        store_answer(c, (&scope, idem_key), 543, "[]").await?;
     } else {
+        let reply = kind == 3;
         let thread = format!("pgb-t{n}");
-        let (scope, subject) = if kind == 2 {
-            (
-                format!("{PATIENT_SUBJECT}|{svc}/SendMessage"),
-                PATIENT_SUBJECT,
-            )
-        } else {
-            (format!("{EHR_SUBJECT}|{svc}/Reply"), EHR_SUBJECT)
+        let (subject, rpc) = match reply {
+            true => (EHR_SUBJECT, format!("{svc}/Reply")),
+            false => (PATIENT_SUBJECT, format!("{svc}/SendMessage")),
         };
-        claim(c, &scope, &idem_key, ms).await?;
-        let row = sqlx::query(THREAD_FOR_WRITE)
-            .bind(&thread)
-            .fetch_one(&mut *c)
-            .await?;
-        let (last_seq, patient_read, practice_read): (i64, i64, i64) = (
-            row.try_get("last_seq")?,
+        let scope = format!("{subject}|{rpc}");
+        claim(c, &scope, idem_key, at).await?;
+        let locked = rows(c, THREAD_FOR_WRITE, values![thread.as_str()]).await?;
+        let row = locked.first().context("the thread is seeded")?;
+        let last_seq: i64 = row.try_get("last_seq")?;
+        let (patient_read, practice_read): (i64, i64) = (
             row.try_get("patient_read_seq")?,
             row.try_get("practice_read_seq")?,
         );
         let seq = last_seq + 1;
         let message = uuid();
-        let reply = kind == 3;
-        let (author, body) = if reply {
-            (
+        let ((author, hpr), body) = match reply {
+            true => (
                 (2, "7000001"),
                 "How high is the fever? Please measure it tonight & tell us.",
-            )
-        } else {
-            (
+            ),
+            false => (
                 (1, ""),
                 "It is worse in the evening, and the fever came back last night.",
-            )
+            ),
         };
-        message_row(c, &message, &thread, seq, author, body).await?;
-        sqlx::query(THREAD_UPDATE)
-            .bind(&thread)
-            .bind(if reply { 3_i64 } else { 2 })
-            .bind(reply.then_some(ms))
-            .bind(author.1)
-            .bind(seq)
-            .bind(if reply { patient_read } else { seq })
-            .bind(if reply { seq } else { practice_read })
-            .bind("")
-            .bind("")
-            .bind(None::<i64>)
-            .bind(ms)
-            .execute(&mut *c)
-            .await?;
+        let row = values![
+            message.as_str(),
+            thread.as_str(),
+            seq,
+            author,
+            hpr,
+            body,
+            NOW
+        ];
+        exec(c, MESSAGE, row).await?;
+        let (state, first_response) = if reply { (3, Some(at)) } else { (2, None) };
+        let (patient_read, practice_read) = match reply {
+            true => (patient_read, seq),
+            false => (seq, practice_read),
+        };
+        let update = values![
+            thread.as_str(),
+            state,
+            first_response,
+            hpr,
+            seq,
+            patient_read,
+            practice_read,
+            "",
+            "",
+            none,
+            at,
+        ];
+        exec(c, THREAD_UPDATE, update).await?;
         let mut accesses = String::from("[]");
         if reply {
-            let resource = format!("consultation:{thread}");
-            let what = ("replied to your e-consultation", "Sår hals");
-            audit(
-                c,
+            let (resource, what) = (
+                format!("consultation:{thread}"),
+                ("replied to your e-consultation", "Sår hals"),
+            );
+            let access = Access {
                 subject,
-                3,
-                "999999999",
-                &format!("{svc}/Reply"),
-                &resource,
-                &patient,
-                ("Kari Dev-Sekretaer", "9900001", EHR_SUBJECT),
-                2,
+                role: 3,
+                org: "999999999",
+                action: &rpc,
+                resource: &resource,
+                patient,
+                actor: ("Kari Dev-Sekretaer", "9900001", EHR_SUBJECT),
+                purpose: 2,
                 what,
-            )
-            .await?;
+            };
+            audit(c, access).await?;
             accesses = format!(
-                r#"[{{"action":"{svc}/Reply","resource":"{resource}","patient_nin":"{patient}","what":"{}","what_subject":"{}","purpose":2}}]"#,
+                r#"[{{"action":"{rpc}","resource":"{resource}","patient_nin":"{patient}","what":"{}","what_subject":"{}","purpose":2}}]"#,
                 what.0, what.1
             );
         }
-        event(
-            c,
-            "consultation.message",
-            ROUTE_KEY,
-            &message_payload(&message, seq, &thread),
-        )
-        .await?;
+        let new = message_payload(&message, seq, &thread);
+        event(c, "consultation.message", ROUTE_KEY, &new).await?;
         if reply {
-            let payload = thread_payload(&thread, 1_796_602_248_966, 1_797_207_048_966, Some(ms));
+            let payload = thread_payload(&thread, 1_796_602_248_966, 1_797_207_048_966, Some(at));
             event(c, "consultation.first_response", ROUTE_KEY, &payload).await?;
             event(c, "consultation.state", ROUTE_KEY, &payload).await?;
         }
-        store_answer(
-            c,
-            &scope,
-            &idem_key,
-            if reply { 623 } else { 539 },
-            &accesses,
-        )
-        .await?;
+        let bytes = if reply { 623 } else { 539 };
+        store_answer(c, (&scope, idem_key), bytes, &accesses).await?;
     }
     tx.commit().await?;
     if pass {
         relay_pass(write, relay).await?;
     }
-    Ok(())
-}
-
-async fn message_row(
-    tx: &mut sqlx::AnyConnection,
-    message: &str,
-    thread: &str,
-    seq: i64,
-    author: (i64, &str),
-    body: &str,
-) -> anyhow::Result<()> {
-    sqlx::query(MESSAGE)
-        .bind(message)
-        .bind(thread)
-        .bind(seq)
-        .bind(author.0)
-        .bind(author.1)
-        .bind(body)
-        .bind(NOW)
-        .execute(tx)
-        .await?;
     Ok(())
 }
 
