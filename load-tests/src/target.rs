@@ -98,9 +98,9 @@ impl Target {
         db_max_connections: u32,
         services: &[econsult::ServiceKind],
     ) -> anyhow::Result<Self> {
-        let sized = (db_max_connections, services);
+        let setup = (db_max_connections, services);
         match spec {
-            Spec::EmbeddedSqlite => Self::in_process(None, None, false, server, sized).await,
+            Spec::EmbeddedSqlite => Self::in_process(None, None, false, server, setup).await,
             Spec::EmbeddedPostgres {
                 admin_url,
                 redis_url,
@@ -113,7 +113,7 @@ impl Target {
                     Some(redis_url),
                     keep_database,
                     server,
-                    sized,
+                    setup,
                 )
                 .await
             }

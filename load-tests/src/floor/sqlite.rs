@@ -1,6 +1,6 @@
 //! The floor on SQLite: the floor's statements in-process, on one writing connection with the
 //! service's pragmas and a pool of readers, each part's cost the CPU of this process's SQLite
-//! threads.
+//! threads; beside them the writes as the product commits them on SQLite ([`guaranteed`]).
 
 mod guaranteed;
 
