@@ -499,7 +499,6 @@ mod tests {
     #[tokio::test]
     #[cfg_attr(no_test_database, ignore = "needs TEST_DATABASE_URL")]
     async fn the_guaranteed_scripts_replay_against_the_real_schema() {
-        use sqlx::Row as _;
         let admin = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
         let pgbench = crate::pgbench::find_pgbench().expect("pgbench on PATH");
         let name = format!(
@@ -530,78 +529,87 @@ mod tests {
                 let (_, done) = crate::pgbench::parse_output(&stdout);
                 anyhow::ensure!(done == Some(120), "pgbench {file} ran {done:?} of 120");
             }
-            let count = async |sql: &str| -> anyhow::Result<i64> {
-                Ok(sqlx::query(sql).fetch_one(db.read()).await?.try_get(0)?)
-            };
-            let expect = async |sql: &str, want: i64| -> anyhow::Result<()> {
-                let got = count(sql).await?;
-                anyhow::ensure!(got == want, "{sql}: {got}, not {want}");
-                Ok(())
-            };
-            // 120 message writes, a third each: a start writes its thread's first message and
-            // two events, a send one event, a reply three.
-            expect("SELECT COUNT(*) FROM consultation_messages", 120).await?;
-            let starts =
-                count("SELECT COUNT(*) FROM consultation_threads WHERE thread_id LIKE 'pgb-n%'")
-                    .await?;
-            let replies =
-                count("SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/Reply'").await?;
-            anyhow::ensure!(
-                starts > 0 && replies > 0 && starts + replies < 120,
-                "{starts} starts, {replies} replies"
-            );
-            let sends = 120 - starts - replies;
-            expect(
-                "SELECT COUNT(*) FROM outbox WHERE topic LIKE 'consultation.%'",
-                2 * starts + sends + 3 * replies,
-            )
-            .await?;
-            // 120 booking pairs: a few may lose their slot's race to another pair's.
-            let appointments = count("SELECT COUNT(*) FROM booking_appointments").await?;
-            anyhow::ensure!(
-                appointments > 100,
-                "{appointments} appointments of 120 pairs"
-            );
-            expect(
-                "SELECT COUNT(*) FROM booking_episodes WHERE outcome = 1",
-                120,
-            )
-            .await?;
-            expect(
-                "SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/Book'",
-                120,
-            )
-            .await?;
-            expect(
-                "SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/FindSlots'",
-                120,
-            )
-            .await?;
-            expect(
-                "SELECT COUNT(*) FROM outbox WHERE topic = 'booking.created'",
-                120,
-            )
-            .await?;
-            // Every call's key claimed, and its answer stored.
-            expect(
-                "SELECT COUNT(*) FROM idempotency WHERE length(response) > 300",
-                360,
-            )
-            .await?;
-            // The relay's passes gave gap-free seqs and marked what an earlier pass gave.
-            let sequenced = count("SELECT COUNT(seq) FROM outbox").await?;
-            anyhow::ensure!(sequenced > 0, "no pass of the relay ran");
-            expect("SELECT COALESCE(MAX(seq), 0) FROM outbox", sequenced).await?;
-            let published = count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL");
-            anyhow::ensure!(
-                published.await? > 0,
-                "no pass marked its predecessor's events"
-            );
+            replayed_rows_are_the_products(db.read()).await?;
             db.close().await;
             anyhow::Ok(())
         }
         .await;
         econsult_runtime::db::drop_database(&admin, &name).await;
         outcome.expect("the replay");
+    }
+
+    /// What a replay of 120 message writes and 120 booking pairs must have written, on either
+    /// backend (the SQLite replay's test checks it too): each message write its message,
+    /// events and stored answer; each booking pair its episode, access-log rows, event and
+    /// answers; the relay's passes gap-free seqs, and marks of what an earlier pass gave.
+    pub(super) async fn replayed_rows_are_the_products(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
+        use sqlx::Row as _;
+        let count = async |sql: &str| -> anyhow::Result<i64> {
+            Ok(sqlx::query(sql).fetch_one(pool).await?.try_get(0)?)
+        };
+        let expect = async |sql: &str, want: i64| -> anyhow::Result<()> {
+            let got = count(sql).await?;
+            anyhow::ensure!(got == want, "{sql}: {got}, not {want}");
+            Ok(())
+        };
+        // 120 message writes, a third each: a start writes its thread's first message and
+        // two events, a send one event, a reply three.
+        expect("SELECT COUNT(*) FROM consultation_messages", 120).await?;
+        let starts =
+            count("SELECT COUNT(*) FROM consultation_threads WHERE thread_id LIKE 'pgb-n%'")
+                .await?;
+        let replies = count("SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/Reply'").await?;
+        anyhow::ensure!(
+            starts > 0 && replies > 0 && starts + replies < 120,
+            "{starts} starts, {replies} replies"
+        );
+        let sends = 120 - starts - replies;
+        expect(
+            "SELECT COUNT(*) FROM outbox WHERE topic LIKE 'consultation.%'",
+            2 * starts + sends + 3 * replies,
+        )
+        .await?;
+        // 120 booking pairs: a few may lose their slot's race to another pair's.
+        let appointments = count("SELECT COUNT(*) FROM booking_appointments").await?;
+        anyhow::ensure!(
+            appointments > 100,
+            "{appointments} appointments of 120 pairs"
+        );
+        expect(
+            "SELECT COUNT(*) FROM booking_episodes WHERE outcome = 1",
+            120,
+        )
+        .await?;
+        expect(
+            "SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/Book'",
+            120,
+        )
+        .await?;
+        expect(
+            "SELECT COUNT(*) FROM audit_log WHERE action LIKE '%/FindSlots'",
+            120,
+        )
+        .await?;
+        expect(
+            "SELECT COUNT(*) FROM outbox WHERE topic = 'booking.created'",
+            120,
+        )
+        .await?;
+        // Every call's key claimed, and its answer stored.
+        expect(
+            "SELECT COUNT(*) FROM idempotency WHERE length(response) > 300",
+            360,
+        )
+        .await?;
+        // The relay's passes gave gap-free seqs and marked what an earlier pass gave.
+        let sequenced = count("SELECT COUNT(seq) FROM outbox").await?;
+        anyhow::ensure!(sequenced > 0, "no pass of the relay ran");
+        expect("SELECT COALESCE(MAX(seq), 0) FROM outbox", sequenced).await?;
+        let published = count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL");
+        anyhow::ensure!(
+            published.await? > 0,
+            "no pass marked its predecessor's events"
+        );
+        Ok(())
     }
 }
